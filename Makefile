@@ -1,0 +1,32 @@
+# The README's two commands: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Stage commands in dvc.yaml call `defectgen`, so the venv's bin comes first.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export MLFLOW_DISABLE_TELEMETRY := true
+export DVC_NO_ANALYTICS := true
+
+.PHONY: setup demo test lint clean
+
+setup: $(VENV)/.installed
+
+# constraints.txt pins torch to the CPU wheel on our machines (see docs/architecture.md).
+$(VENV)/.installed: pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $@
+
+# The main job: the DVC pipeline on the embedded default dataset (ELPV).
+demo: setup
+	DEFECTGEN_PIPELINE_KEY=demo-$$(date +%Y%m%dT%H%M%S) dvc repro
+	dvc metrics show
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
+
+clean:
+	rm -rf $(VENV) data/ingested data/preprocessed mlflow.db mlruns mlartifacts

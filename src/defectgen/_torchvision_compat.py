@@ -1,0 +1,53 @@
+"""Make `import torchvision` work where its compiled ops cannot load.
+
+Why: PyPI's torchvision 0.28.0 is a CUDA build. Next to the CPU-only torch wheel
+our machines use, its `_C.so` fails to load, and `import torchvision` then raises
+`RuntimeError: operator torchvision::nms does not exist` (its meta registrations
+call `torch.library.register_fake("torchvision::nms")` unconditionally).
+transformers imports torchvision when it is installed, so diffusers and
+torch-fidelity break with it.
+
+What: before the first torchvision import, try to load the real extension. Only
+if that fails, declare the two op schemas the import needs (nms, qnms) so the
+Python package imports. Models and transforms then work; `torchvision.ops.nms`
+and `torchvision.io` decoding do not (we decode with PIL). Where the extension
+loads (a GPU machine with a matching CUDA torch) this does nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+_SCHEMAS = {
+    "nms": "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+    "qnms": "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+}
+_state: dict[str, str] = {}
+
+
+def ensure_torchvision_importable() -> str:
+    """Idempotent. Returns "native", "schemas-only" or "absent" (torchvision not installed)."""
+    if "mode" in _state:
+        return _state["mode"]
+    import torch
+
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or spec.origin is None:
+        _state["mode"] = "absent"
+        return "absent"
+    package_dir = Path(spec.origin).parent
+    ext = next(iter(sorted(package_dir.glob("_C*.so"))), None) or next(
+        iter(sorted(package_dir.glob("_C*.pyd"))), None
+    )
+    try:
+        if ext is None:
+            raise OSError("no compiled extension")
+        torch.ops.load_library(str(ext))
+        _state["mode"] = "native"
+    except (OSError, RuntimeError):
+        for name, schema in _SCHEMAS.items():
+            if not hasattr(torch.ops.torchvision, name):
+                torch.library.define(f"torchvision::{name}", schema)
+        _state["mode"] = "schemas-only"
+    return _state["mode"]

@@ -1,0 +1,243 @@
+"""Typed, validated parameters: one model per top-level section of params.yaml.
+
+`load_params` is the only place that reads params.yaml. Every error names the
+key, the value and what is allowed, and is raised before any stage does work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from defectgen.errors import ConfigError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+class _Section(BaseModel):
+    """Base for every section: unknown keys are errors, values are checked strictly."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    """What the dataset is and how to read it (used by ingest)."""
+
+    name: str = Field(default="dataset", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    layout: Literal["folders", "image_mask", "voc", "coco", "elpv"] = "folders"
+    root: Path | None = None
+    label_from: Literal["folder", "prefix", "annotation"] = "folder"
+    label_pattern: str = r"^(?P<label>.+)_\d+$"
+    images_dir: str = "images"
+    masks_dir: str = "masks"
+    annotations_dir: str = "annotations"
+    coco_json: str = "annotations.json"
+    masks_required: bool = False
+    classes: list[str] | None = None
+    elpv_bins: list[float] = Field(default_factory=lambda: [0.5])
+    elpv_classes: list[str] = Field(default_factory=lambda: ["functional", "defective"])
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.layout != "elpv" and self.root is None:
+            raise ValueError(
+                f"data.root is required for layout '{self.layout}' "
+                "(the folder holding your images; only layout 'elpv' needs none)"
+            )
+        if self.label_from == "annotation" and self.layout not in ("voc", "coco"):
+            raise ValueError(
+                f"data.label_from = 'annotation' needs layout 'voc' or 'coco', "
+                f"not '{self.layout}'; use 'folder' or 'prefix'"
+            )
+        if self.label_from == "prefix":
+            import re
+
+            try:
+                pattern = re.compile(self.label_pattern)
+            except re.error as exc:
+                raise ValueError(
+                    f"data.label_pattern = {self.label_pattern!r} is not a valid regular "
+                    f"expression ({exc})"
+                ) from None
+            if "label" not in pattern.groupindex:
+                raise ValueError(
+                    f"data.label_pattern = {self.label_pattern!r} must contain a named group "
+                    "(?P<label>...) that captures the class"
+                )
+        bins = self.elpv_bins
+        if any(not 0.0 < b < 1.0 for b in bins) or bins != sorted(set(bins)):
+            raise ValueError(
+                f"data.elpv_bins = {bins}: must be strictly increasing cut points inside (0, 1) "
+                "(ELPV defect probabilities are 0, 1/3, 2/3 and 1)"
+            )
+        if len(self.elpv_classes) != len(bins) + 1:
+            raise ValueError(
+                f"data.elpv_classes = {self.elpv_classes}: needs len(elpv_bins) + 1 = "
+                f"{len(bins) + 1} names, one per bin"
+            )
+        if len(set(self.elpv_classes)) != len(self.elpv_classes):
+            raise ValueError(f"data.elpv_classes = {self.elpv_classes}: names must be unique")
+        return self
+
+
+class IngestConfig(_Section):
+    """How ingest treats imperfect input."""
+
+    min_images_per_class: int = Field(default=2, ge=0)
+    on_label_conflict: Literal["error", "skip"] = "error"
+    binarize_masks: bool = False
+    mask_threshold: int = Field(default=128, ge=1, le=255)
+    sixteen_bit: Literal["scale", "minmax"] = "scale"
+    # copy is the default: DVC makes cached files read-only, which through a hard link
+    # would change the permissions of the raw file too.
+    link: Literal["hardlink", "copy"] = "copy"
+
+
+class RoiConfig(_Section):
+    """StableSDG's ROI recipe (seed 000, section IV-A): binarise, crop the object, tile 1:1."""
+
+    enabled: bool = False
+    foreground: Literal["bright", "dark"] = "bright"
+    min_fill: float = Field(default=0.5, gt=0.0, le=1.0)
+    tile: bool = True
+
+
+class SplitConfig(_Section):
+    train: float = Field(default=0.8, gt=0.0, lt=1.0)
+    val: float = Field(default=0.1, ge=0.0, lt=1.0)
+    test: float = Field(default=0.1, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitConfig:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(
+                f"preprocess.split fractions train={self.train}, val={self.val}, "
+                f"test={self.test} sum to {total:g}; they must sum to 1"
+            )
+        return self
+
+
+class SubsetConfig(_Section):
+    """The few-shot subset of train: a fraction alpha, or a count per class (not both)."""
+
+    alpha: float | None = Field(default=1.0, gt=0.0, le=1.0)
+    per_class: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> SubsetConfig:
+        if (self.alpha is None) == (self.per_class is None):
+            raise ValueError(
+                f"preprocess.subset: set exactly one of alpha (got {self.alpha}) and "
+                f"per_class (got {self.per_class}); set the other to null"
+            )
+        return self
+
+
+class PreprocessConfig(_Section):
+    image_size: int = Field(default=64, ge=8, le=4096)
+    color: Literal["grayscale", "rgb"] = "grayscale"
+    roi: RoiConfig = Field(default_factory=RoiConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    subset: SubsetConfig = Field(default_factory=SubsetConfig)
+
+
+class ModelConfig(_Section):
+    """Base diffusion model. `tiny` is built offline from config; `sd15` loads a checkpoint."""
+
+    profile: Literal["tiny", "sd15"] = "tiny"
+    base: str | None = None
+
+    @model_validator(mode="after")
+    def _base_for_sd15(self) -> ModelConfig:
+        if self.profile == "sd15" and not self.base:
+            raise ValueError(
+                "model.base is required for profile 'sd15': a diffusers Stable Diffusion 1.x "
+                "checkpoint directory or hub id (e.g. runwayml/stable-diffusion-v1-5)"
+            )
+        return self
+
+
+class TrackingConfig(_Section):
+    enabled: bool = True
+    experiment: str = Field(default="defectgen", min_length=1)
+
+
+class Params(_Section):
+    """The whole of params.yaml."""
+
+    seed: int = Field(default=0, ge=0)
+    data: DataConfig
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    def section_hash(self, *sections: str) -> str:
+        """Short sha256 of the named sections (or of all params), for tags and provenance."""
+        dumped = self.model_dump(mode="json")
+        chosen = {k: dumped[k] for k in sections} if sections else dumped
+        blob = json.dumps(chosen, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The field names allowed at the parent of `loc`, walking nested section models."""
+    current: Any = model
+    for part in loc[:-1]:
+        field = current.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not (
+            isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        ):
+            return []
+        current = field.annotation
+    return sorted(current.model_fields)
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid parameters:"]
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if p != "__root__")
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            allowed = ", ".join(_allowed_keys(Params, loc)) or "(none)"
+            lines.append(
+                f"  - {key}: unknown key (value {err['input']!r}); allowed keys: {allowed}"
+            )
+        elif err["type"] == "missing":
+            lines.append(f"  - {key}: required key is missing")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            shown = err.get("input")
+            if isinstance(shown, dict):
+                lines.append(f"  - {key}: {msg}")
+            else:
+                lines.append(f"  - {key} = {shown!r}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: Any, source: str = "params") -> Params:
+    """Validate an already-parsed mapping; raises ConfigError naming key, value and rule."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level, got {raw!r}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+
+
+def load_params(path: Path | str) -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found; pass --params PATH to an existing file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_params(raw, str(path))

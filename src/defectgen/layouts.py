@@ -1,0 +1,402 @@
+"""Reading raw datasets: one function per supported layout, all returning Candidates.
+
+A layout reader only finds files and labels; it never decodes pixels (ingest
+does) and never writes. Whatever it cannot use it records in `skipped` with a
+reason a person can act on.
+
+Layouts (params `data.layout`):
+- folders:    root/<class>/*.png|jpg|bmp|tif  (or any tree, with label_from: prefix)
+- image_mask: root/images/... and root/masks/<same relative stem>.png
+- voc:        root/images/... and root/annotations/<stem>.xml (Pascal VOC boxes)
+- coco:       root/annotations.json (instances; polygons or RLE) and root/images/...
+- elpv:       the elpv-dataset package (labels.csv + images/), classes by binning
+              the defect probability
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import xml.etree.ElementTree as ET
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from defectgen.config import IMAGE_EXTENSIONS, DataConfig
+from defectgen.errors import DataError
+
+MaskSource = Path | Callable[[], np.ndarray] | None
+
+
+@dataclass
+class Candidate:
+    """One raw image that looks usable, before its pixels are checked."""
+
+    path: Path
+    rel: str  # path relative to the dataset root, for reports and provenance
+    label: str
+    mask: MaskSource = None
+    boxes: list[dict] | None = None
+    declared_size: tuple[int, int] | None = None  # (width, height) an annotation claims
+
+
+@dataclass
+class Discovery:
+    candidates: list[Candidate] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # {path, reason}
+    warnings: list[str] = field(default_factory=list)
+    empty_classes: list[str] = field(default_factory=list)
+    version: str | None = None  # a packaged dataset's version; None: hash the content
+
+    def skip(self, rel: str, reason: str) -> None:
+        self.skipped.append({"path": rel, "reason": reason})
+
+
+def _is_hidden(rel: Path) -> bool:
+    return any(part.startswith(".") for part in rel.parts)
+
+
+def _walk_images(base: Path, root: Path, found: Discovery) -> list[Path]:
+    """Image files under `base`, sorted; other files are recorded as skipped."""
+    images = []
+    for path in sorted(base.rglob("*")):
+        if not path.is_file() or _is_hidden(path.relative_to(base)):
+            continue
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
+            images.append(path)
+        else:
+            found.skip(
+                _rel(path, root),
+                f"extension '{path.suffix or '(none)'}' is not an image type "
+                f"({', '.join(IMAGE_EXTENSIONS)}); move it out of the dataset folder",
+            )
+    return images
+
+
+def _rel(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+class _Labeler:
+    """Applies data.label_from (folder / prefix) to a file under a base folder."""
+
+    def __init__(self, cfg: DataConfig, base: Path):
+        self.cfg = cfg
+        self.base = base
+        self.pattern = re.compile(cfg.label_pattern)
+
+    def __call__(self, path: Path) -> tuple[str | None, str | None]:
+        """(label, None) or (None, reason)."""
+        if self.cfg.label_from == "folder":
+            parts = path.relative_to(self.base).parts
+            if len(parts) < 2:
+                return None, (
+                    "not inside a class folder; put it in "
+                    f"{self.base.name}/<class>/ or set data.label_from: prefix"
+                )
+            return parts[0], None
+        match = self.pattern.fullmatch(path.stem)
+        if not match or not match.group("label"):
+            return None, (
+                f"file name '{path.stem}' does not match data.label_pattern "
+                f"{self.cfg.label_pattern!r}; rename it or change the pattern"
+            )
+        return match.group("label"), None
+
+
+def _need_root(root: Path | None, cfg: DataConfig) -> Path:
+    if root is None:
+        raise DataError(
+            f"layout '{cfg.layout}' needs a dataset folder: set data.root or pass --source DIR"
+        )
+    return root
+
+
+def _require_dir(path: Path, what: str) -> None:
+    if not path.is_dir():
+        raise DataError(f"{path}: {what} folder not found; check data.root and the layout")
+
+
+def discover(cfg: DataConfig, root: Path | None) -> Discovery:
+    """Find every candidate image of the dataset described by `cfg`."""
+    readers = {
+        "folders": _folders,
+        "image_mask": _image_mask,
+        "voc": _voc,
+        "coco": _coco,
+        "elpv": _elpv,
+    }
+    found = readers[cfg.layout](cfg, root)
+    if cfg.classes is not None:
+        wanted = set(cfg.classes)
+        kept = []
+        for c in found.candidates:
+            if c.label in wanted:
+                kept.append(c)
+            else:
+                found.skip(c.rel, f"class '{c.label}' is not listed in data.classes")
+        found.candidates = kept
+    return found
+
+
+def _folders(cfg: DataConfig, root: Path | None) -> Discovery:
+    root = _need_root(root, cfg)
+    _require_dir(root, "dataset")
+    found = Discovery()
+    label_of = _Labeler(cfg, root)
+    for path in _walk_images(root, root, found):
+        label, reason = label_of(path)
+        if label is None:
+            found.skip(_rel(path, root), reason)
+        else:
+            found.candidates.append(Candidate(path, _rel(path, root), label))
+    if cfg.label_from == "folder":
+        labels = {c.label for c in found.candidates}
+        found.empty_classes = sorted(
+            d.name
+            for d in root.iterdir()
+            if d.is_dir() and not d.name.startswith(".") and d.name not in labels
+        )
+    return found
+
+
+def _index_by_stem(base: Path) -> dict[str, Path]:
+    """Relative path without suffix -> file, for pairing images with masks/annotations."""
+    if not base.is_dir():
+        return {}
+    return {
+        p.relative_to(base).with_suffix("").as_posix(): p
+        for p in sorted(base.rglob("*"))
+        if p.is_file() and not _is_hidden(p.relative_to(base))
+    }
+
+
+def _image_mask(cfg: DataConfig, root: Path | None) -> Discovery:
+    root = _need_root(root, cfg)
+    images_dir, masks_dir = root / cfg.images_dir, root / cfg.masks_dir
+    _require_dir(images_dir, "images")
+    _require_dir(masks_dir, "masks")
+    found = Discovery()
+    masks = _index_by_stem(masks_dir)
+    label_of = _Labeler(cfg, images_dir)
+    for path in _walk_images(images_dir, root, found):
+        rel = _rel(path, root)
+        label, reason = label_of(path)
+        if label is None:
+            found.skip(rel, reason)
+            continue
+        stem = path.relative_to(images_dir).with_suffix("").as_posix()
+        mask = masks.get(stem)
+        if mask is None and cfg.masks_required:
+            found.skip(
+                rel,
+                f"no mask: expected {cfg.masks_dir}/{stem}.png (masks are required; "
+                "add the mask or set data.masks_required: false)",
+            )
+            continue
+        found.candidates.append(Candidate(path, rel, label, mask=mask))
+    return found
+
+
+def parse_voc(xml_path: Path) -> tuple[list[dict], tuple[int, int] | None]:
+    """Boxes ({label, x0, y0, x1, y1}, pixels) and the declared (width, height) of a VOC file.
+
+    Raises:
+        ValueError: the file is not a readable VOC annotation.
+    """
+    try:
+        tree = ET.parse(xml_path)
+    except (ET.ParseError, OSError) as exc:
+        raise ValueError(f"unreadable XML ({exc})") from None
+    node = tree.getroot()
+    size = None
+    w, h = node.findtext("size/width"), node.findtext("size/height")
+    if w and h:
+        try:
+            size = (int(float(w)), int(float(h)))
+        except ValueError:
+            size = None
+    boxes = []
+    for obj in node.iter("object"):
+        name = (obj.findtext("name") or "").strip()
+        bb = obj.find("bndbox")
+        if not name or bb is None:
+            raise ValueError("an <object> lacks <name> or <bndbox>")
+        try:
+            coords = [float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]
+        except (TypeError, ValueError):
+            raise ValueError(f"object '{name}' has a non-numeric <bndbox>") from None
+        # VOC coordinates are 1-based inclusive; ours are 0-based half-open.
+        x0, y0, x1, y1 = coords
+        boxes.append({"label": name, "x0": x0 - 1, "y0": y0 - 1, "x1": x1, "y1": y1})
+    return boxes, size
+
+
+def _voc(cfg: DataConfig, root: Path | None) -> Discovery:
+    root = _need_root(root, cfg)
+    images_dir, ann_dir = root / cfg.images_dir, root / cfg.annotations_dir
+    _require_dir(images_dir, "images")
+    _require_dir(ann_dir, "annotations")
+    found = Discovery()
+    anns = {k: v for k, v in _index_by_stem(ann_dir).items() if v.suffix.lower() == ".xml"}
+    label_of = _Labeler(cfg, images_dir)
+    for path in _walk_images(images_dir, root, found):
+        rel = _rel(path, root)
+        stem = path.relative_to(images_dir).with_suffix("").as_posix()
+        xml_path = anns.get(stem) or anns.get(path.stem)
+        boxes, size = None, None
+        if xml_path is not None:
+            try:
+                boxes, size = parse_voc(xml_path)
+            except ValueError as exc:
+                found.skip(rel, f"annotation {_rel(xml_path, root)}: {exc}; fix or remove it")
+                continue
+        if cfg.label_from == "annotation":
+            if not boxes:
+                found.skip(
+                    rel,
+                    "no annotated objects to take the class from "
+                    f"(expected {cfg.annotations_dir}/{stem}.xml with <object> entries)",
+                )
+                continue
+            label = Counter(b["label"] for b in boxes).most_common(1)[0][0]
+        else:
+            label, reason = label_of(path)
+            if label is None:
+                found.skip(rel, reason)
+                continue
+            if xml_path is None:
+                found.warnings.append(f"{rel}: no annotation file; kept without boxes")
+        found.candidates.append(Candidate(path, rel, label, boxes=boxes, declared_size=size))
+    return found
+
+
+def _coco_mask(segs: list, height: int, width: int) -> Callable[[], np.ndarray]:
+    """A deferred union of COCO segmentations (polygons, RLE or uncompressed RLE)."""
+
+    def build() -> np.ndarray:
+        from pycocotools import mask as mask_utils
+
+        out = np.zeros((height, width), dtype=np.uint8)
+        for seg in segs:
+            if isinstance(seg, list):  # polygons
+                rles = mask_utils.frPyObjects(seg, height, width)
+                rle = mask_utils.merge(rles)
+            elif isinstance(seg, dict) and isinstance(seg.get("counts"), list):
+                rle = mask_utils.frPyObjects(seg, height, width)
+            else:
+                rle = seg
+            out |= mask_utils.decode(rle).astype(np.uint8)
+        return out * 255
+
+    return build
+
+
+def _coco(cfg: DataConfig, root: Path | None) -> Discovery:
+    root = _need_root(root, cfg)
+    ann_path = root / cfg.coco_json
+    if not ann_path.is_file():
+        raise DataError(f"{ann_path}: COCO annotation file not found; set data.coco_json")
+    try:
+        data = json.loads(ann_path.read_text(encoding="utf-8"))
+        images, anns, cats = data["images"], data.get("annotations", []), data["categories"]
+        cat_names = {c["id"]: c["name"] for c in cats}
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DataError(
+            f"{ann_path}: not a COCO instances file ({type(exc).__name__}: {exc}); it needs "
+            "'images', 'categories' and 'annotations' lists"
+        ) from None
+    images_dir = root / cfg.images_dir
+    found = Discovery()
+    label_of = _Labeler(cfg, images_dir)
+    by_image: dict[int, list[dict]] = {}
+    for a in anns:
+        by_image.setdefault(a.get("image_id"), []).append(a)
+    for entry in sorted(images, key=lambda e: str(e.get("file_name", ""))):
+        name = str(entry.get("file_name", ""))
+        path = images_dir / name
+        rel = _rel(path, root) if path.is_relative_to(root) else name
+        if not path.is_file():
+            found.skip(rel, f"listed in {cfg.coco_json} but not found under {cfg.images_dir}/")
+            continue
+        entry_anns = by_image.get(entry.get("id"), [])
+        try:
+            width, height = int(entry["width"]), int(entry["height"])
+            boxes = []
+            for a in entry_anns:
+                x, y, w, h = (float(v) for v in a["bbox"])
+                boxes.append(
+                    {
+                        "label": cat_names[a["category_id"]],
+                        "x0": x,
+                        "y0": y,
+                        "x1": x + w,
+                        "y1": y + h,
+                    }
+                )
+        except (KeyError, TypeError, ValueError) as exc:
+            found.skip(rel, f"malformed COCO entry ({type(exc).__name__}: {exc})")
+            continue
+        if cfg.label_from == "annotation":
+            if not boxes:
+                found.skip(rel, f"no annotations in {cfg.coco_json} to take the class from")
+                continue
+            label = Counter(b["label"] for b in boxes).most_common(1)[0][0]
+        else:
+            label, reason = label_of(path)
+            if label is None:
+                found.skip(rel, reason)
+                continue
+        segs = [a["segmentation"] for a in entry_anns if a.get("segmentation")]
+        mask = _coco_mask(segs, height, width) if segs else None
+        if mask is None and cfg.masks_required:
+            found.skip(rel, f"no segmentation in {cfg.coco_json} (masks are required)")
+            continue
+        found.candidates.append(
+            Candidate(
+                path, rel, label, mask=mask, boxes=boxes or None, declared_size=(width, height)
+            )
+        )
+    return found
+
+
+def elpv_data_dir() -> Path:
+    """Where the elpv-dataset package keeps labels.csv and images/."""
+    try:
+        import elpv_dataset
+    except ImportError:
+        raise DataError(
+            "layout 'elpv' needs the elpv-dataset package: pip install elpv-dataset"
+        ) from None
+    return Path(elpv_dataset.__file__).parent / "data"
+
+
+def _elpv(cfg: DataConfig, root: Path | None) -> Discovery:
+    """ELPV: labels.csv rows `images/cellNNNN.png  <probability>  <mono|poly>`."""
+    if root is None:
+        root = elpv_data_dir()
+        from elpv_dataset.__about__ import __version__
+
+        version = __version__
+    else:
+        version = None
+    labels_csv = root / "labels.csv"
+    if not labels_csv.is_file():
+        raise DataError(f"{labels_csv}: ELPV labels.csv not found; data.root must hold it")
+    found = Discovery(version=version)
+    bins = np.asarray(cfg.elpv_bins)
+    for lineno, line in enumerate(labels_csv.read_text(encoding="utf-8").splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            rel, prob = parts[0], float(parts[1])
+        except (IndexError, ValueError):
+            found.skip(f"labels.csv:{lineno}", f"malformed line {line!r}")
+            continue
+        label = cfg.elpv_classes[int(np.searchsorted(bins, prob, side="right"))]
+        found.candidates.append(Candidate(root / rel, rel, label))
+    return found

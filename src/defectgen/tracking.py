@@ -1,0 +1,141 @@
+"""MLflow tracking: the only module that imports mlflow.
+
+- Tracking URI: $MLFLOW_TRACKING_URI if set, else `sqlite:///<cwd>/mlflow.db`
+  (MLflow 3 refuses the file store).
+- One parent run per pipeline run, one nested run per stage. Stages of one
+  pipeline run are separate processes (dvc repro, KFP pods), so they find their
+  parent by the tag `defectgen.pipeline_key`: $DEFECTGEN_PIPELINE_KEY when the
+  orchestrator sets it (make demo, the KFP pipeline), else git sha + params hash.
+- The parent carries the git sha, the params hash and all params; each stage
+  run its own sections' params, its metrics and its report files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from defectgen.config import Params
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+
+import mlflow  # noqa: E402  (the environment above must be set first)
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+KEY_TAG = "defectgen.pipeline_key"
+
+
+def tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI, or the embedded default: sqlite in the current directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def git_sha(cwd: Path | None = None) -> str:
+    """The checkout's commit (with '-dirty' when it has changes), or 'unknown' outside git."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+        out[prefix.rstrip(".")] = str(obj)
+    return out
+
+
+def _pipeline_key(params: Params, sha: str) -> str:
+    return os.environ.get("DEFECTGEN_PIPELINE_KEY") or f"{sha}:{params.section_hash()}"
+
+
+def _find_or_create_parent(client: MlflowClient, experiment_id: str, params: Params) -> str:
+    sha = git_sha()
+    key = _pipeline_key(params, sha)
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{KEY_TAG}` = '{key}'",
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(
+        experiment_id,
+        run_name=f"pipeline {params.data.name}",
+        tags={
+            KEY_TAG: key,
+            "mlflow.source.git.commit": sha,
+            "defectgen.params_hash": params.section_hash(),
+            "defectgen.dataset": params.data.name,
+        },
+    )
+    flat = _flatten(params.model_dump(mode="json"))
+    items = list(flat.items())
+    for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(
+            run.info.run_id,
+            params=[mlflow.entities.Param(k, v[:6000]) for k, v in items[i : i + 100]],
+        )
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+class StageRun:
+    """Handle given to the CLI inside `stage_run`: logs metrics, artifacts and tags."""
+
+    def __init__(self, run_id: str, parent_id: str):
+        self.run_id = run_id
+        self.parent_id = parent_id
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+
+    def log_artifact(self, path: Path) -> None:
+        if Path(path).is_file():
+            mlflow.log_artifact(str(path))
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        mlflow.set_tags(tags)
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, params: Params, sections: tuple[str, ...]) -> Iterator[StageRun]:
+    """A nested MLflow run for one stage under the pipeline's parent run.
+
+    Args:
+        stage: the stage name (the nested run's name).
+        params: the validated parameters.
+        sections: the params sections this stage reads; logged as the run's params.
+    """
+    mlflow.set_tracking_uri(tracking_uri())
+    experiment = mlflow.set_experiment(params.tracking.experiment)
+    client = MlflowClient()
+    parent_id = _find_or_create_parent(client, experiment.experiment_id, params)
+    dumped = params.model_dump(mode="json")
+    stage_params = _flatten({s: dumped[s] for s in sections})
+    with mlflow.start_run(
+        run_name=stage,
+        experiment_id=experiment.experiment_id,
+        tags={"mlflow.parentRunId": parent_id, "defectgen.stage": stage},
+    ) as run:
+        mlflow.log_params(stage_params)
+        yield StageRun(run.info.run_id, parent_id)

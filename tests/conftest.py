@@ -1,0 +1,84 @@
+"""Shared fixtures: small real image datasets written with PIL into tmp dirs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from defectgen.config import Params, parse_params
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DVC_NO_ANALYTICS", "true")
+
+
+def shared_data(name: str) -> Path:
+    """A dataset from ../shared/data; skipped (with the reason) only where it is absent."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"{path} is absent (the real steel data lives beside the repo in CI)")
+    return path
+
+
+def texture(seed: int, size: tuple[int, int] = (40, 40), rgb: bool = False) -> np.ndarray:
+    """A distinct random texture per seed: (H, W) or (H, W, 3) uint8."""
+    rng = np.random.default_rng(seed)
+    shape = (size[1], size[0], 3) if rgb else (size[1], size[0])
+    return rng.integers(0, 256, size=shape, dtype=np.uint8)
+
+
+def save(pixels: np.ndarray, path: Path, **kw) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, **kw)
+    return path
+
+
+def blob_mask(seed: int, size: tuple[int, int] = (40, 40)) -> np.ndarray:
+    """A {0, 255} mask with one rectangle placed by the seed."""
+    rng = np.random.default_rng(seed + 10_000)
+    w, h = size
+    m = np.zeros((h, w), dtype=np.uint8)
+    x0, y0 = int(rng.integers(0, w // 2)), int(rng.integers(0, h // 2))
+    m[y0 : y0 + h // 3, x0 : x0 + w // 3] = 255
+    return m
+
+
+def make_params(layout: str = "folders", root: Path | None = None, **sections) -> Params:
+    """Params for tests: a data section for `layout`/`root` plus any section overrides."""
+    data = {"name": "fixture", "layout": layout, "root": str(root) if root else None}
+    data.update(sections.pop("data", {}))
+    raw = {
+        "seed": sections.pop("seed", 7),
+        "data": data,
+        "ingest": {"min_images_per_class": 1, **sections.pop("ingest", {})},
+        "tracking": {"enabled": False},
+    }
+    raw.update(sections)
+    return parse_params(raw, "test-params")
+
+
+@pytest.fixture
+def folders_dataset(tmp_path: Path) -> Path:
+    """root/<class>/*.png: 3 classes x 12 distinct images."""
+    root = tmp_path / "folders"
+    for ci, cls in enumerate(["crack", "dent", "scratch"]):
+        for i in range(12):
+            save(texture(ci * 100 + i), root / cls / f"{cls}_{i}.png")
+    return root
+
+
+@pytest.fixture
+def mask_dataset(tmp_path: Path) -> Path:
+    """images/<Cls>_<n>.bmp + masks/<Cls>_<n>.png, labels from the file-name prefix."""
+    root = tmp_path / "masks_ds"
+    for ci, cls in enumerate(["In", "Pa"]):
+        for i in range(1, 9):
+            save(texture(ci * 100 + i), root / "images" / f"{cls}_{i}.bmp")
+            save(blob_mask(ci * 100 + i), root / "masks" / f"{cls}_{i}.png")
+    return root

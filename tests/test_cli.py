@@ -1,0 +1,104 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from defectgen.cli import main
+from tests.conftest import REPO
+
+
+def _params(tmp_path: Path, root: Path, **data) -> Path:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["data"].update({"name": "cli", "layout": "folders", "root": str(root), **data})
+    raw["ingest"]["min_images_per_class"] = 2
+    raw["tracking"]["enabled"] = False
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_help_lists_the_stages():
+    out = subprocess.run(
+        [sys.executable, "-m", "defectgen.cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "ingest" in out and "preprocess" in out and "check-params" in out
+
+
+def test_stages_through_the_cli(folders_dataset: Path, tmp_path: Path, capsys):
+    params = _params(tmp_path, folders_dataset)
+    assert (
+        main(
+            [
+                "ingest",
+                "--params",
+                str(params),
+                "--out",
+                str(tmp_path / "ing"),
+                "--metrics",
+                str(tmp_path / "m" / "ingest.json"),
+            ]
+        )
+        == 0
+    )
+    assert json.loads((tmp_path / "m" / "ingest.json").read_text())["n_images"] == 36
+    assert (
+        main(
+            [
+                "preprocess",
+                "--params",
+                str(params),
+                "--ingested",
+                str(tmp_path / "ing"),
+                "--out",
+                str(tmp_path / "pre"),
+            ]
+        )
+        == 0
+    )
+    assert "defectgen preprocess: done" in capsys.readouterr().out
+
+
+def test_bad_params_fail_before_work_without_traceback(folders_dataset: Path, tmp_path: Path):
+    params = _params(tmp_path, folders_dataset, layout="yolo")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "defectgen.cli",
+            "ingest",
+            "--params",
+            str(params),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "data.layout = 'yolo'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_data_fails_with_a_message(tmp_path: Path):
+    params = _params(tmp_path, tmp_path / "does-not-exist")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "defectgen.cli",
+            "ingest",
+            "--params",
+            str(params),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "does-not-exist" in proc.stderr and "Traceback" not in proc.stderr

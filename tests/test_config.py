@@ -1,0 +1,92 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from defectgen.config import load_params, parse_params
+from defectgen.errors import ConfigError
+from tests.conftest import REPO
+
+
+def _base() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_repo_params_load_and_hash_is_stable():
+    params = load_params(REPO / "params.yaml")
+    assert params.data.layout == "elpv"
+    assert params.preprocess.split.train == pytest.approx(0.8)
+    assert params.section_hash() == load_params(REPO / "params.yaml").section_hash()
+    assert params.section_hash("data") != params.section_hash("preprocess")
+
+
+def test_unknown_key_names_key_and_allowed_keys():
+    raw = _base()
+    raw["preprocess"]["imagesize"] = 64
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw, "p.yaml")
+    msg = str(err.value)
+    assert "preprocess.imagesize" in msg and "unknown key" in msg
+    assert "image_size" in msg  # the allowed keys are listed
+
+
+def test_wrong_type_names_key_and_value():
+    raw = _base()
+    raw["preprocess"]["image_size"] = "big"
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw, "p.yaml")
+    assert "preprocess.image_size = 'big'" in str(err.value)
+    assert "integer" in str(err.value)
+
+
+def test_wrong_choice_lists_allowed_values():
+    raw = _base()
+    raw["data"]["layout"] = "yolo"
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw, "p.yaml")
+    msg = str(err.value)
+    assert "data.layout = 'yolo'" in msg
+    for allowed in ("folders", "image_mask", "voc", "coco", "elpv"):
+        assert allowed in msg
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "fragment"),
+    [
+        ("split", "train", 0.9, "sum to"),
+        ("subset", "per_class", 5, "exactly one of alpha"),
+    ],
+)
+def test_cross_field_rules(section, key, value, fragment):
+    raw = _base()
+    raw["preprocess"][section][key] = value
+    with pytest.raises(ConfigError, match=fragment):
+        parse_params(raw, "p.yaml")
+
+
+def test_layout_without_root_and_bad_pattern_and_bins():
+    raw = _base()
+    raw["data"].update(layout="folders", root=None)
+    with pytest.raises(ConfigError, match="data.root is required"):
+        parse_params(raw)
+    raw = _base()
+    raw["data"].update(layout="folders", root="x", label_from="prefix", label_pattern="(.+)_\\d+")
+    with pytest.raises(ConfigError, match=r"\(\?P<label>"):
+        parse_params(raw)
+    raw = _base()
+    raw["data"]["elpv_bins"] = [0.7, 0.3]
+    with pytest.raises(ConfigError, match="strictly increasing"):
+        parse_params(raw)
+    raw = _base()
+    raw["model"] = {"profile": "sd15"}
+    with pytest.raises(ConfigError, match="model.base is required"):
+        parse_params(raw)
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)

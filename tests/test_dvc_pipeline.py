@@ -1,0 +1,96 @@
+"""The real dvc.yaml, run by real DVC in a temp git repo on a small fixture dataset."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def _sh(args: list[str], cwd: Path, env: dict) -> str:
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture
+def dvc_repo(tmp_path: Path, folders_dataset: Path) -> tuple[Path, dict]:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copytree(REPO / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", repo)
+    shutil.copytree(REPO / "data" / "raw", repo / "data" / "raw")
+    shutil.copytree(folders_dataset, repo / "data" / "raw" / "fixture")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"].update({"name": "fixture", "layout": "folders", "root": "data/raw/fixture"})
+    params["ingest"]["min_images_per_class"] = 2
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "DEFECTGEN_PIPELINE_KEY": "dvc-test",
+        "DVC_NO_ANALYTICS": "true",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+    _sh(["git", "init", "-q"], repo, env)
+    _sh(["dvc", "init", "-q"], repo, env)
+    _sh(["dvc", "remote", "add", "-d", "local", str(tmp_path / "remote")], repo, env)
+    _sh(["git", "add", "-A"], repo, env)
+    _sh(["git", "commit", "-qm", "init"], repo, env)
+    return repo, env
+
+
+def test_repro_twice_resume_params_diff_metrics_and_push(dvc_repo, tmp_path):
+    repo, env = dvc_repo
+    out = _sh(["dvc", "repro"], repo, env)
+    assert "Running stage 'ingest'" in out and "Running stage 'preprocess'" in out
+    assert (repo / "data" / "preprocessed" / "manifest.parquet").is_file()
+    assert (repo / "dvc.lock").is_file()
+
+    again = _sh(["dvc", "repro"], repo, env)  # nothing changed: nothing runs
+    assert "Running stage" not in again
+
+    # A run killed during preprocess: the finished ingest stage is not redone.
+    shutil.rmtree(repo / "data" / "preprocessed")
+    resumed = _sh(["dvc", "repro"], repo, env)
+    assert "Stage 'ingest' didn't change, skipping" in resumed
+    # DVC restores the lost output from its cache instead of computing it again.
+    assert "'preprocess' is cached - skipping run, checking out outputs" in resumed
+    assert (repo / "data" / "preprocessed" / "manifest.parquet").is_file()
+
+    shown = _sh(["dvc", "metrics", "show"], repo, env)
+    assert "metrics/ingest.json" in shown and "n_images" in shown and "36" in shown
+
+    _sh(["git", "add", "-A"], repo, env)
+    _sh(["git", "commit", "-qm", "run"], repo, env)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["preprocess"]["image_size"] = 32
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    diff = _sh(["dvc", "params", "diff"], repo, env)
+    assert "preprocess.image_size" in diff and "64" in diff and "32" in diff
+    changed = _sh(["dvc", "repro"], repo, env)
+    assert "Running stage 'preprocess'" in changed and "Running stage 'ingest'" not in changed
+
+    _sh(["dvc", "push"], repo, env)
+    assert any((tmp_path / "remote").rglob("*"))
+
+    # One MLflow parent for the pipeline key, a nested run per executed stage.
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("defectgen")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    stages = sorted(r.info.run_name for r in runs if "mlflow.parentRunId" in r.data.tags)
+    assert stages == ["ingest", "preprocess", "preprocess"]

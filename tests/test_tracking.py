@@ -1,0 +1,164 @@
+"""MLflow tracking against real backends: sqlite, and a real `mlflow server` on 127.0.0.1."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from defectgen.cli import main
+from tests.conftest import REPO
+
+
+def _params(tmp_path: Path, root: Path) -> Path:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["data"].update({"name": "tracked", "layout": "folders", "root": str(root)})
+    raw["ingest"]["min_images_per_class"] = 2
+    raw["tracking"] = {"enabled": True, "experiment": "test-exp"}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _runs(uri: str) -> tuple[object, list]:
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("test-exp")
+    return client, client.search_runs([exp.experiment_id])
+
+
+def test_sqlite_parent_and_nested_stage_runs(folders_dataset, tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("DEFECTGEN_PIPELINE_KEY", "test-sqlite-1")
+    monkeypatch.chdir(tmp_path)
+    params = _params(tmp_path, folders_dataset)
+    assert main(["ingest", "--params", str(params), "--out", str(tmp_path / "ing")]) == 0
+    assert (
+        main(
+            [
+                "preprocess",
+                "--params",
+                str(params),
+                "--ingested",
+                str(tmp_path / "ing"),
+                "--out",
+                str(tmp_path / "pre"),
+            ]
+        )
+        == 0
+    )
+    client, runs = _runs(uri)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.data.tags["defectgen.pipeline_key"] == "test-sqlite-1"
+    assert parent.data.tags["mlflow.source.git.commit"]
+    assert len(parent.data.tags["defectgen.params_hash"]) == 12
+    assert parent.data.params["preprocess.image_size"] == "64"
+    assert sorted(r.info.run_name for r in children) == ["ingest", "preprocess"]
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
+    ing = next(r for r in children if r.info.run_name == "ingest")
+    assert ing.data.metrics["n_images"] == 36 and ing.data.metrics["wall_s"] > 0
+    assert ing.data.params["data.layout"] == "folders"
+    artifacts = [a.path for a in client.list_artifacts(ing.info.run_id)]
+    assert "ingest_report.json" in artifacts
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on 127.0.0.1, in its own process group, stopped afterwards."""
+    port = _free_port()
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    log = (tmp_path / "server.log").open("w")
+    proc = subprocess.Popen(
+        [
+            str(mlflow_bin),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'srv.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log_text = (tmp_path / "server.log").read_text()[-2000:]
+                pytest.fail(f"mlflow server did not become healthy:\n{log_text}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+@pytest.mark.slow
+def test_real_mlflow_server(mlflow_server, folders_dataset, tmp_path):
+    params = _params(tmp_path, folders_dataset)
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": mlflow_server,
+        "DEFECTGEN_PIPELINE_KEY": "test-server-1",
+    }
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "defectgen.cli",
+            "ingest",
+            "--params",
+            str(params),
+            "--out",
+            str(tmp_path / "ing"),
+        ],
+        check=True,
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+    )
+    client, runs = _runs(mlflow_server)
+    child = next(r for r in runs if r.info.run_name == "ingest")
+    parent = next(r for r in runs if r.info.run_id == child.data.tags["mlflow.parentRunId"])
+    assert parent.data.tags["defectgen.pipeline_key"] == "test-server-1"
+    assert child.data.metrics["count/crack"] == 12
+    assert "ingest_report.json" in [a.path for a in client.list_artifacts(child.info.run_id)]
+    # The artifact went through the server into its artifact store.
+    assert list((tmp_path / "artifacts").rglob("ingest_report.json"))
