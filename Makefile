@@ -25,8 +25,8 @@ test: setup
 	$(PY) -m pytest
 
 lint: setup
-	$(VENV)/bin/ruff check src tests
-	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/ruff check src tests components pipelines
+	$(VENV)/bin/ruff format --check src tests components pipelines
 
 clean:
 	rm -rf $(VENV) data/ingested data/preprocessed mlflow.db mlruns mlartifacts

@@ -12,58 +12,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from defectgen.config import Params, load_params
+from defectgen.config import load_params
 from defectgen.errors import DefectgenError
 from defectgen.io import atomic_write_json
-
-
-@dataclass(frozen=True)
-class Stage:
-    """How the CLI exposes one stage: its inputs, the params sections it reads, its reports."""
-
-    name: str
-    help: str
-    inputs: tuple[tuple[str, bool, str], ...]  # (option name, required, help)
-    sections: tuple[str, ...]
-    reports: tuple[str, ...]  # files under --out logged to MLflow as artifacts
-    runner: Callable[..., dict[str, float]]
-
-
-def _ingest(params: Params, **kw) -> dict[str, float]:
-    from defectgen.stages import ingest
-
-    return ingest.run(params, **kw)
-
-
-def _preprocess(params: Params, **kw) -> dict[str, float]:
-    from defectgen.stages import preprocess
-
-    return preprocess.run(params, **kw)
-
-
-STAGES = (
-    Stage(
-        "ingest",
-        "read a raw dataset (folders, image+mask, VOC, COCO, ELPV) into a manifest",
-        (("source", False, "raw dataset folder (default: params data.root)"),),
-        ("data", "ingest"),
-        ("ingest_report.json",),
-        _ingest,
-    ),
-    Stage(
-        "preprocess",
-        "ROI crop/tile, resize, colour, stable split, few-shot subset",
-        (("ingested", True, "the ingest stage's output folder"),),
-        ("seed", "preprocess"),
-        ("split_counts.json",),
-        _preprocess,
-    ),
-)
+from defectgen.runner import STAGES, Stage, execute
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,20 +52,9 @@ def _run_stage(stage: Stage, args: argparse.Namespace) -> int:
     for name, path in inputs.items():
         if not path.exists():
             raise DefectgenError(f"--{name} {path}: no such folder")
-    track = params.tracking.enabled and not args.no_track
-    started = time.perf_counter()
-    if not track:
-        metrics = stage.runner(params, out_dir=args.out, **inputs)
-        wall_s = time.perf_counter() - started
-    else:
-        from defectgen import tracking
-
-        with tracking.stage_run(stage.name, params, stage.sections) as run:
-            metrics = stage.runner(params, out_dir=args.out, **inputs)
-            wall_s = time.perf_counter() - started
-            run.log_metrics({**metrics, "wall_s": wall_s})
-            for report in stage.reports:
-                run.log_artifact(args.out / report)
+    metrics, wall_s = execute(
+        stage, params, out_dir=args.out, inputs=inputs, track=not args.no_track
+    )
     if args.metrics:
         # Wall time goes to MLflow only: the metrics file stays reproducible for DVC.
         atomic_write_json(args.metrics, metrics)

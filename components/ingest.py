@@ -1,0 +1,27 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Metrics, Output
+
+from components import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def ingest(
+    params_yaml: str,
+    source_path: str,
+    pipeline_key: str,
+    track: bool,
+    ingested: Output[Dataset],
+    metrics: Output[Metrics],
+):
+    """Raw dataset -> manifest + checked copies (defectgen.stages.ingest)."""
+    from defectgen.runner import run_from_yaml
+
+    run_from_yaml(
+        "ingest",
+        params_yaml,
+        out_dir=ingested.path,
+        inputs={"source": source_path},
+        pipeline_key=pipeline_key,
+        track=track,
+        log_metric=metrics.log_metric,
+    )

@@ -1,0 +1,51 @@
+"""The KFP v2 pipeline: the same stages as dvc.yaml, in the same order.
+
+Stages join here the day they join dvc.yaml. Compile with
+`python -m pipelines.compile` (writes pipelines/build/defectgen.yaml).
+"""
+
+from kfp import dsl
+from kfp.dsl import Dataset
+
+from components.ingest import ingest
+from components.preprocess import preprocess
+
+# CPU stages: small, and kept off GPU nodes by requesting no accelerator.
+CPU_REQUEST, CPU_LIMIT = "1", "2"
+MEMORY_REQUEST, MEMORY_LIMIT = "2G", "8G"
+
+
+def _cpu_task(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
+    task.set_display_name(name)
+    task.set_cpu_request(CPU_REQUEST).set_cpu_limit(CPU_LIMIT)
+    task.set_memory_request(MEMORY_REQUEST).set_memory_limit(MEMORY_LIMIT)
+    task.set_caching_options(True)  # force a rerun with `enable_caching=False` on submit
+    return task
+
+
+@dsl.pipeline(
+    name="defectgen",
+    description="Expand a small defect-image dataset: ingest -> preprocess (more stages to come).",
+)
+def defectgen_pipeline(params_yaml: str, source_path: str = "", track: bool = False) -> Dataset:
+    """Args:
+    params_yaml: the whole params.yaml as text (the compiled default is the repo's).
+    source_path: the raw dataset folder as seen from inside the pods (a mounted
+        volume or bucket); empty: params data.root (or the ELPV package).
+    track: log to MLflow ($MLFLOW_TRACKING_URI must reach a server from the pods).
+    """
+    ing = ingest(
+        params_yaml=params_yaml,
+        source_path=source_path,
+        pipeline_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        track=track,
+    )
+    _cpu_task(ing, "ingest")
+    pre = preprocess(
+        params_yaml=params_yaml,
+        ingested=ing.outputs["ingested"],
+        pipeline_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        track=track,
+    )
+    _cpu_task(pre, "preprocess")
+    return pre.outputs["preprocessed"]

@@ -1,0 +1,124 @@
+"""The stage registry and the one way to execute a stage (used by the CLI and KFP components).
+
+`execute` runs stages.<name>.run with MLflow tracking around it when enabled;
+the CLI and the KFP components only translate their arguments into a call here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from defectgen.config import Params
+
+
+@dataclass(frozen=True)
+class Stage:
+    """How the CLI exposes one stage: its inputs, the params sections it reads, its reports."""
+
+    name: str
+    help: str
+    inputs: tuple[tuple[str, bool, str], ...]  # (option name, required, help)
+    sections: tuple[str, ...]
+    reports: tuple[str, ...]  # files under --out logged to MLflow as artifacts
+    runner: Callable[..., dict[str, float]]
+
+
+def _ingest(params: Params, **kw) -> dict[str, float]:
+    from defectgen.stages import ingest
+
+    return ingest.run(params, **kw)
+
+
+def _preprocess(params: Params, **kw) -> dict[str, float]:
+    from defectgen.stages import preprocess
+
+    return preprocess.run(params, **kw)
+
+
+STAGES = (
+    Stage(
+        "ingest",
+        "read a raw dataset (folders, image+mask, VOC, COCO, ELPV) into a manifest",
+        (("source", False, "raw dataset folder (default: params data.root)"),),
+        ("data", "ingest"),
+        ("ingest_report.json",),
+        _ingest,
+    ),
+    Stage(
+        "preprocess",
+        "ROI crop/tile, resize, colour, stable split, few-shot subset",
+        (("ingested", True, "the ingest stage's output folder"),),
+        ("seed", "preprocess"),
+        ("split_counts.json",),
+        _preprocess,
+    ),
+)
+
+
+def get_stage(name: str) -> Stage:
+    for stage in STAGES:
+        if stage.name == name:
+            return stage
+    raise KeyError(f"unknown stage {name!r}; stages: {[s.name for s in STAGES]}")
+
+
+def execute(
+    stage: Stage, params: Params, *, out_dir: Path, inputs: dict[str, Path], track: bool = True
+) -> tuple[dict[str, float], float]:
+    """Run one stage, tracked in MLflow when params.tracking.enabled and `track`.
+
+    Returns:
+        (metrics, wall seconds). Wall time is logged to MLflow, not returned in metrics,
+        so metrics files stay reproducible.
+    """
+    started = time.perf_counter()
+    if not (params.tracking.enabled and track):
+        metrics = stage.runner(params, out_dir=out_dir, **inputs)
+        return metrics, time.perf_counter() - started
+    from defectgen import tracking
+
+    with tracking.stage_run(stage.name, params, stage.sections) as run:
+        metrics = stage.runner(params, out_dir=out_dir, **inputs)
+        wall_s = time.perf_counter() - started
+        run.log_metrics({**metrics, "wall_s": wall_s})
+        for report in stage.reports:
+            run.log_artifact(Path(out_dir) / report)
+    return metrics, wall_s
+
+
+def run_from_yaml(
+    stage_name: str,
+    params_yaml: str,
+    *,
+    out_dir: str,
+    inputs: dict[str, str],
+    pipeline_key: str = "",
+    track: bool = True,
+    log_metric: Callable[[str, float], None] | None = None,
+) -> dict[str, float]:
+    """Entry point for KFP components: params as YAML text, paths as strings.
+
+    Empty input strings mean "not given". `pipeline_key` (the KFP run id) groups the
+    stages of one pipeline run under one MLflow parent run. `log_metric` receives
+    every metric (a KFP Metrics artifact's log_metric).
+    """
+    import os
+
+    import yaml
+
+    from defectgen.config import parse_params
+
+    params = parse_params(yaml.safe_load(params_yaml), f"{stage_name} component params")
+    if pipeline_key:
+        os.environ["DEFECTGEN_PIPELINE_KEY"] = pipeline_key
+    paths = {k: Path(v) for k, v in inputs.items() if v}
+    metrics, _ = execute(
+        get_stage(stage_name), params, out_dir=Path(out_dir), inputs=paths, track=track
+    )
+    for key, value in metrics.items():
+        if log_metric is not None:
+            log_metric(key, value)
+    return metrics
