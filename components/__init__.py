@@ -6,5 +6,6 @@ so nothing is pip-installed at run time (install_kfp_package=False).
 
 import os
 
-# The image every component runs in; override at compile time (pipelines/compile.py --image).
+# The image every component runs in; set DEFECTGEN_IMAGE when compiling for a cluster
+# (it is read when the components are defined, i.e. at compile time).
 IMAGE = os.environ.get("DEFECTGEN_IMAGE", "defectgen:cpu")

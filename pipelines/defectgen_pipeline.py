@@ -10,7 +10,8 @@ from kfp.dsl import Dataset
 from components.ingest import ingest
 from components.preprocess import preprocess
 
-# CPU stages: small, and kept off GPU nodes by requesting no accelerator.
+# CPU stages request no accelerator; GPU node pools are normally tainted, so these
+# pods (which carry no GPU toleration) are not scheduled there.
 CPU_REQUEST, CPU_LIMIT = "1", "2"
 MEMORY_REQUEST, MEMORY_LIMIT = "2G", "8G"
 

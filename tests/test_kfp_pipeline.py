@@ -24,8 +24,8 @@ def test_compiled_pipeline_runs_locally(folders_dataset: Path, tmp_path: Path):
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
     pipeline = components.load_component_from_file(str(DEFAULT_OUT))
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["data"].update({"name": "kfp", "layout": "folders", "root": None})
-    params["data"]["root"] = "unused"  # the pipeline's source_path overrides it
+    # data.root is required by the folders layout; the pipeline's source_path overrides it.
+    params["data"].update({"name": "kfp", "layout": "folders", "root": "overridden"})
     params["ingest"]["min_images_per_class"] = 2
     task = pipeline(
         params_yaml=yaml.safe_dump(params), source_path=str(folders_dataset), track=False

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,8 +56,6 @@ class DataConfig(_Section):
                 f"not '{self.layout}'; use 'folder' or 'prefix'"
             )
         if self.label_from == "prefix":
-            import re
-
             try:
                 pattern = re.compile(self.label_pattern)
             except re.error as exc:

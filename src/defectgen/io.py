@@ -28,6 +28,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def write_file(path: Path, data: bytes) -> None:
+    """Plain write, creating parents: for files inside an `atomic_dir`, whose rename
+    already makes the whole output appear at once (no per-file fsync needed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
 def atomic_write_json(path: Path, obj: object) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 

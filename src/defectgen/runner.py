@@ -16,7 +16,7 @@ from defectgen.config import Params
 
 @dataclass(frozen=True)
 class Stage:
-    """How the CLI exposes one stage: its inputs, the params sections it reads, its reports."""
+    """One stage as the CLI and KFP see it: inputs, params sections it reads, report files."""
 
     name: str
     help: str
@@ -118,7 +118,7 @@ def run_from_yaml(
     metrics, _ = execute(
         get_stage(stage_name), params, out_dir=Path(out_dir), inputs=paths, track=track
     )
-    for key, value in metrics.items():
-        if log_metric is not None:
+    if log_metric is not None:
+        for key, value in metrics.items():
             log_metric(key, value)
     return metrics

@@ -34,7 +34,7 @@ from defectgen.core.images import (
 )
 from defectgen.core.roi import scale_boxes
 from defectgen.errors import DataError
-from defectgen.io import atomic_dir, atomic_write_bytes, atomic_write_json, link_or_copy
+from defectgen.io import atomic_dir, atomic_write_json, link_or_copy, write_file
 from defectgen.layouts import Candidate, Discovery, discover
 
 REPORT_NAME = "ingest_report.json"
@@ -103,8 +103,7 @@ def run(params: Params, *, out_dir: Path, source: Path | None = None) -> dict[st
     root = Path(source) if source is not None else cfg.root
     found: Discovery = discover(cfg, root)
 
-    rows: list[dict] = []
-    by_id: dict[str, dict] = {}
+    by_id: dict[str, dict] = {}  # pixel id -> manifest row, in discovery order
     mask_ids: dict[str, str] = {}  # image id -> id of its stored mask
     duplicates: list[dict] = []
     conflicts: list[dict] = []  # one image found under two classes
@@ -174,12 +173,12 @@ def run(params: Params, *, out_dir: Path, source: Path | None = None) -> dict[st
                 link_or_copy(cand.path, tmp / rel_img, prefer_link=params.ingest.link == "hardlink")
             else:
                 rel_img = f"images/{cand.label}/{short}.png"
-                atomic_write_bytes(tmp / rel_img, encode_png(pixels))
+                write_file(tmp / rel_img, encode_png(pixels))
                 conversions.append({"path": cand.rel, "conversion": conversion})
             rel_mask = None
             if mask is not None:
                 rel_mask = f"masks/{cand.label}/{short}.png"
-                atomic_write_bytes(tmp / rel_mask, encode_png(mask))
+                write_file(tmp / rel_mask, encode_png(mask))
                 mask_ids[rid] = pixel_id(mask)
             row = manifest.make_row(
                 id=rid,
@@ -194,8 +193,8 @@ def run(params: Params, *, out_dir: Path, source: Path | None = None) -> dict[st
                 original_path=cand.rel,
             )
             by_id[rid] = row
-            rows.append(row)
 
+        rows = list(by_id.values())
         if conflicts and params.ingest.on_label_conflict == "error":
             shown = "\n".join(
                 f"  - {c['a']} (class '{c['la']}') and {c['b']} (class '{c['lb']}') "

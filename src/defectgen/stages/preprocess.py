@@ -27,7 +27,7 @@ from defectgen.core import roi as roi_core
 from defectgen.core.images import ImageProblem, decode_image, encode_png, pixel_id, resize, to_color
 from defectgen.core.split import SPLITS, assign_split, select_subset
 from defectgen.errors import DataError
-from defectgen.io import atomic_dir, atomic_write_bytes, atomic_write_json
+from defectgen.io import atomic_dir, atomic_write_json, write_file
 
 COUNTS_NAME = "split_counts.json"
 
@@ -116,11 +116,11 @@ def run(params: Params, *, ingested: Path, out_dir: Path) -> dict[str, float]:
                 seen.add(oid)
                 short = oid[:16]
                 rel_img = f"images/{src['label']}/{short}.png"
-                atomic_write_bytes(tmp / rel_img, encode_png(img))
+                write_file(tmp / rel_img, encode_png(img))
                 rel_mask = None
                 if m is not None:
                     rel_mask = f"masks/{src['label']}/{short}.png"
-                    atomic_write_bytes(tmp / rel_mask, encode_png(m))
+                    write_file(tmp / rel_mask, encode_png(m))
                 rows.append(
                     manifest.make_row(
                         id=oid,
