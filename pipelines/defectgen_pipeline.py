@@ -7,26 +7,36 @@ Stages join here the day they join dvc.yaml. Compile with
 from kfp import dsl
 from kfp.dsl import Dataset
 
+from components.base import base
+from components.finetune import finetune
+from components.generate import generate
 from components.ingest import ingest
 from components.preprocess import preprocess
 
 # CPU stages request no accelerator; GPU node pools are normally tainted, so these
 # pods (which carry no GPU toleration) are not scheduled there.
+# The model stages (base, finetune, generate) run on CPU here too until the GPU node-pool
+# placement lands (issue: run at scale); they get more memory for the models.
 CPU_REQUEST, CPU_LIMIT = "1", "2"
 MEMORY_REQUEST, MEMORY_LIMIT = "2G", "8G"
+MODEL_MEMORY_REQUEST, MODEL_MEMORY_LIMIT = "4G", "16G"
 
 
-def _cpu_task(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
+def _cpu_task(task: dsl.PipelineTask, name: str, *, model: bool = False) -> dsl.PipelineTask:
     task.set_display_name(name)
     task.set_cpu_request(CPU_REQUEST).set_cpu_limit(CPU_LIMIT)
-    task.set_memory_request(MEMORY_REQUEST).set_memory_limit(MEMORY_LIMIT)
+    if model:
+        task.set_memory_request(MODEL_MEMORY_REQUEST).set_memory_limit(MODEL_MEMORY_LIMIT)
+    else:
+        task.set_memory_request(MEMORY_REQUEST).set_memory_limit(MEMORY_LIMIT)
     task.set_caching_options(True)  # force a rerun with `enable_caching=False` on submit
     return task
 
 
 @dsl.pipeline(
     name="defectgen",
-    description="Expand a small defect-image dataset: ingest -> preprocess (more stages to come).",
+    description="Expand a small defect-image dataset: ingest -> preprocess -> base -> "
+    "finetune -> generate.",
 )
 def defectgen_pipeline(params_yaml: str, source_path: str = "", track: bool = False) -> Dataset:
     """Args:
@@ -49,4 +59,28 @@ def defectgen_pipeline(params_yaml: str, source_path: str = "", track: bool = Fa
         track=track,
     )
     _cpu_task(pre, "preprocess")
-    return pre.outputs["preprocessed"]
+    prior = base(
+        params_yaml=params_yaml,
+        preprocessed=pre.outputs["preprocessed"],
+        pipeline_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        track=track,
+    )
+    _cpu_task(prior, "base", model=True)
+    adapted = finetune(
+        params_yaml=params_yaml,
+        preprocessed=pre.outputs["preprocessed"],
+        base_model=prior.outputs["base_model"],
+        pipeline_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        track=track,
+    )
+    _cpu_task(adapted, "finetune", model=True)
+    gen = generate(
+        params_yaml=params_yaml,
+        preprocessed=pre.outputs["preprocessed"],
+        base_model=prior.outputs["base_model"],
+        adapters=adapted.outputs["adapters"],
+        pipeline_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        track=track,
+    )
+    _cpu_task(gen, "generate", model=True)
+    return gen.outputs["generated"]

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from defectgen import manifest
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -32,6 +33,10 @@ def dvc_repo(tmp_path: Path, folders_dataset: Path) -> tuple[Path, dict]:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"].update({"name": "fixture", "layout": "folders", "root": "data/raw/fixture"})
     params["ingest"]["min_images_per_class"] = 2
+    # The real DAG at toy length: a few steps per training phase, a few images per class.
+    params["base"].update({"vae_steps": 3, "unet_steps": 3, "batch_size": 8})
+    params["finetune"]["ti"]["steps"] = params["finetune"]["lora"]["steps"] = 2
+    params["generate"].update({"images_per_class": 3, "steps": 4})
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {
         **os.environ,
@@ -55,23 +60,30 @@ def dvc_repo(tmp_path: Path, folders_dataset: Path) -> tuple[Path, dict]:
 def test_repro_twice_resume_params_diff_metrics_and_push(dvc_repo, tmp_path):
     repo, env = dvc_repo
     out = _sh(["dvc", "repro"], repo, env)
-    assert "Running stage 'ingest'" in out and "Running stage 'preprocess'" in out
+    for stage in ("ingest", "preprocess", "base", "finetune", "generate"):
+        assert f"Running stage '{stage}'" in out
     assert (repo / "data" / "preprocessed" / "manifest.parquet").is_file()
+    synthetic = manifest.read_rows(repo / "data" / "generated")
+    assert len(synthetic) == 3 * 3 and {r["origin"] for r in synthetic} == {"synthetic"}
     assert (repo / "dvc.lock").is_file()
 
     again = _sh(["dvc", "repro"], repo, env)  # nothing changed: nothing runs
     assert "Running stage" not in again
 
-    # A run killed during preprocess: the finished ingest stage is not redone.
-    shutil.rmtree(repo / "data" / "preprocessed")
+    # A run killed during generate: the finished stages are not redone.
+    shutil.rmtree(repo / "data" / "generated")
     resumed = _sh(["dvc", "repro"], repo, env)
-    assert "Stage 'ingest' didn't change, skipping" in resumed
+    for stage in ("ingest", "preprocess", "base", "finetune"):
+        assert f"Stage '{stage}' didn't change, skipping" in resumed
     # DVC restores the lost output from its cache instead of computing it again.
-    assert "'preprocess' is cached - skipping run, checking out outputs" in resumed
-    assert (repo / "data" / "preprocessed" / "manifest.parquet").is_file()
+    assert "'generate' is cached - skipping run, checking out outputs" in resumed
+    assert (repo / "data" / "generated" / "manifest.parquet").is_file()
 
     shown = _sh(["dvc", "metrics", "show"], repo, env)
     assert "metrics/ingest.json" in shown and "n_images" in shown and "36" in shown
+    assert "metrics/finetune.json" in shown and "crack/lora_loss_last" in shown
+    plots = _sh(["dvc", "plots", "show", "--json"], repo, env)
+    assert "data/finetune/curves/crack.ti.csv" in plots and "data/base/curves/vae.csv" in plots
 
     _sh(["git", "add", "-A"], repo, env)
     _sh(["git", "commit", "-qm", "run"], repo, env)
@@ -82,6 +94,7 @@ def test_repro_twice_resume_params_diff_metrics_and_push(dvc_repo, tmp_path):
     assert "preprocess.image_size" in diff and "64" in diff and "32" in diff
     changed = _sh(["dvc", "repro"], repo, env)
     assert "Running stage 'preprocess'" in changed and "Running stage 'ingest'" not in changed
+    assert "Running stage 'generate'" in changed
 
     _sh(["dvc", "push"], repo, env)
     assert any((tmp_path / "remote").rglob("*"))
@@ -93,4 +106,11 @@ def test_repro_twice_resume_params_diff_metrics_and_push(dvc_repo, tmp_path):
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1
     stages = sorted(r.info.run_name for r in runs if "mlflow.parentRunId" in r.data.tags)
-    assert stages == ["ingest", "preprocess", "preprocess"]
+    once = ["base", "finetune", "generate", "preprocess"]
+    assert stages == sorted(["ingest", *once, *once])
+    finetune_run = next(r for r in runs if r.info.run_name == "finetune")
+    curve = client.get_metric_history(finetune_run.info.run_id, "curve/crack.ti")
+    assert [m.step for m in curve] == [0, 1]
+    generate_run = next(r for r in runs if r.info.run_name == "generate")
+    artifacts = {a.path for a in client.list_artifacts(generate_run.info.run_id)}
+    assert "samples.png" in artifacts and "time/images_per_s" in generate_run.data.metrics

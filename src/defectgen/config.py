@@ -146,11 +146,41 @@ class PreprocessConfig(_Section):
     subset: SubsetConfig = Field(default_factory=SubsetConfig)
 
 
+class TinyArchConfig(_Section):
+    """The tiny profile's architecture: SD's classes at toy size (about 3 M parameters)."""
+
+    vae_channels: list[int] = Field(default_factory=lambda: [16, 32, 32], min_length=1)
+    unet_channels: list[int] = Field(default_factory=lambda: [32, 64], min_length=1)
+    unet_layers_per_block: int = Field(default=1, ge=1)
+    text_hidden: int = Field(default=32, ge=8)
+    text_layers: int = Field(default=2, ge=1)
+    text_heads: int = Field(default=4, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> TinyArchConfig:
+        if self.text_hidden % self.text_heads:
+            raise ValueError(
+                f"model.tiny.text_hidden = {self.text_hidden} must be divisible by "
+                f"model.tiny.text_heads = {self.text_heads}"
+            )
+        if any(c % 8 for c in self.vae_channels + self.unet_channels):
+            raise ValueError(
+                f"model.tiny channel widths {self.vae_channels} / {self.unet_channels} must be "
+                "multiples of 8 (group normalisation uses 8 groups)"
+            )
+        return self
+
+
 class ModelConfig(_Section):
-    """Base diffusion model. `tiny` is built offline from config; `sd15` loads a checkpoint."""
+    """Base diffusion model. `tiny` is built offline and pretrained; `sd15` loads a checkpoint."""
 
     profile: Literal["tiny", "sd15"] = "tiny"
     base: str | None = None
+    revision: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    gradient_checkpointing: bool = False
+    tiny: TinyArchConfig = Field(default_factory=TinyArchConfig)
 
     @model_validator(mode="after")
     def _base_for_sd15(self) -> ModelConfig:
@@ -159,7 +189,109 @@ class ModelConfig(_Section):
                 "model.base is required for profile 'sd15': a diffusers Stable Diffusion 1.x "
                 "checkpoint directory or hub id (e.g. runwayml/stable-diffusion-v1-5)"
             )
+        if self.profile == "tiny" and self.base:
+            raise ValueError(
+                f"model.base = {self.base!r} is only read by profile 'sd15'; set it to null for "
+                "'tiny' (the tiny base is pretrained by the base stage)"
+            )
         return self
+
+
+class BaseConfig(_Section):
+    """The base stage: pretraining of the tiny profile's prior (sd15 only records its checkpoint).
+
+    Pretraining reads the same real images the adaptation may use (`data`), never val/test.
+    """
+
+    data: Literal["subset", "train"] = "subset"
+    batch_size: int = Field(default=32, ge=1)
+    vae_steps: int = Field(default=800, ge=1)
+    vae_lr: float = Field(default=1e-3, gt=0.0)
+    unet_steps: int = Field(default=600, ge=1)
+    unet_lr: float = Field(default=5e-4, gt=0.0)
+    prompt: str = Field(default="a photo of a surface", min_length=1)
+    uncond_prob: float = Field(default=0.1, ge=0.0, lt=1.0)
+
+
+class StepsConfig(_Section):
+    steps: int = Field(ge=0)
+    lr: float = Field(gt=0.0)
+
+
+class LoraConfig(StepsConfig):
+    rank: int = Field(default=1, ge=1)
+    alpha: float | None = Field(default=None, gt=0.0)  # null: alpha = rank (scale 1)
+
+
+class FinetuneConfig(_Section):
+    """StableSDG adaptation per class (seed 000, Algorithm 1), and the Table II ablations.
+
+    mode: ti_lora (token, then LoRA), ti (token only), lora (LoRA only; the token keeps
+    its initial embedding), full_attn (token, then every attention projection trained).
+    """
+
+    mode: Literal["ti_lora", "ti", "lora", "full_attn"] = "ti_lora"
+    classes: list[str] | None = None
+    data: Literal["subset", "train"] = "subset"
+    prompt_template: str = "a photo of {token}"
+    token_template: str = "<{label}>"
+    initializer: str | None = None  # a one-token word, or null: the mean token embedding
+    batch_size: int = Field(default=4, ge=1)
+    resolution: int | None = Field(default=None, ge=8)  # null: preprocess.image_size
+    flip: bool = True
+    ti: StepsConfig = Field(default_factory=lambda: StepsConfig(steps=1000, lr=5e-4))
+    lora: LoraConfig = Field(default_factory=lambda: LoraConfig(steps=1000, lr=1e-4))
+    full_attn: StepsConfig = Field(default_factory=lambda: StepsConfig(steps=1000, lr=1e-5))
+
+    @model_validator(mode="after")
+    def _check(self) -> FinetuneConfig:
+        if "{token}" not in self.prompt_template:
+            raise ValueError(
+                f"finetune.prompt_template = {self.prompt_template!r} must contain {{token}}"
+            )
+        if "{label}" not in self.token_template:
+            raise ValueError(
+                f"finetune.token_template = {self.token_template!r} must contain {{label}}"
+            )
+        return self
+
+
+class ClassGenerateConfig(_Section):
+    strength: float | None = Field(default=None, gt=0.0, le=1.0)
+    guidance: float | None = Field(default=None, ge=0.0)
+
+
+# StableSDG Table I (NEU): FID-chosen strength s and guidance w per class.
+NEU_TABLE_I = {
+    "crazing": {"strength": 0.2, "guidance": 2.0},
+    "inclusion": {"strength": 0.9, "guidance": 9.0},
+    "patches": {"strength": 0.4, "guidance": 6.0},
+    "pitted_surface": {"strength": 0.5, "guidance": 3.0},
+    "rolled-in_scale": {"strength": 0.1, "guidance": 8.0},
+    "scratches": {"strength": 0.5, "guidance": 7.0},
+}
+
+
+class GenerateConfig(_Section):
+    """Image-oriented generation (img2img from train images of the class) or txt2img."""
+
+    mode: Literal["img2img", "txt2img"] = "img2img"
+    images_per_class: int = Field(default=1000, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    steps: int = Field(default=50, ge=1)
+    strength: float = Field(default=0.5, gt=0.0, le=1.0)
+    guidance: float = Field(default=7.0, ge=0.0)
+    per_class: dict[str, ClassGenerateConfig] = Field(
+        default_factory=lambda: {k: ClassGenerateConfig(**v) for k, v in NEU_TABLE_I.items()}
+    )
+    grid_per_class: int = Field(default=8, ge=1)
+
+    def settings(self, label: str) -> tuple[float, float]:
+        """(strength, guidance) for a class: its per_class entry, else the global values."""
+        own = self.per_class.get(label, ClassGenerateConfig())
+        strength = own.strength if own.strength is not None else self.strength
+        guidance = own.guidance if own.guidance is not None else self.guidance
+        return strength, guidance
 
 
 class TrackingConfig(_Section):
@@ -175,6 +307,9 @@ class Params(_Section):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
+    base: BaseConfig = Field(default_factory=BaseConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     def section_hash(self, *sections: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -79,3 +80,52 @@ def link_or_copy(src: Path, dst: Path, *, prefer_link: bool) -> None:
         except OSError:
             pass
     shutil.copyfile(src, dst)
+
+
+class Resume:
+    """Finished units of a stage (one class's adapter, one class's images) that survive a
+    killed run: `.<out_dir name>.resume/<key>/<unit>/` beside the output folder.
+
+    `key` hashes everything the units depend on (params, inputs), so a rerun with other
+    inputs never picks up stale work; other keys' leftovers are removed. Each unit is
+    written to a temp folder and renamed when complete. `finish` removes the lot once
+    the stage's output folder is in place.
+    """
+
+    def __init__(self, out_dir: Path, key: str):
+        self.base = Path(out_dir).parent / f".{Path(out_dir).name}.resume"
+        self.root = self.base / key
+        if self.base.exists():
+            for other in self.base.iterdir():
+                if other.name != key:
+                    shutil.rmtree(other, ignore_errors=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def done(self, unit: str) -> Path | None:
+        """The finished unit's folder, or None if it has not been completed."""
+        path = self.root / unit
+        return path if path.is_dir() else None
+
+    @contextlib.contextmanager
+    def unit(self, unit: str) -> Iterator[Path]:
+        """A temp folder for `unit`, renamed to its final place when the block completes."""
+        tmp = self.root / f".{unit}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        os.replace(tmp, self.root / unit)
+
+    def finish(self) -> None:
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def file_digest(*paths: Path) -> str:
+    """sha256 over the bytes of the given files (stage inputs' identity for Resume keys)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()

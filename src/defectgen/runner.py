@@ -24,6 +24,7 @@ class Stage:
     sections: tuple[str, ...]
     reports: tuple[str, ...]  # files under --out logged to MLflow as artifacts
     runner: Callable[..., dict[str, float]]
+    curves: tuple[str, ...] = ()  # folders of <series>.csv (step, loss): MLflow step metrics
 
 
 def _ingest(params: Params, **kw) -> dict[str, float]:
@@ -37,6 +38,27 @@ def _preprocess(params: Params, **kw) -> dict[str, float]:
 
     return preprocess.run(params, **kw)
 
+
+def _base(params: Params, **kw) -> dict[str, float]:
+    from defectgen.stages import base
+
+    return base.run(params, **kw)
+
+
+def _finetune(params: Params, **kw) -> dict[str, float]:
+    from defectgen.stages import finetune
+
+    return finetune.run(params, **kw)
+
+
+def _generate(params: Params, **kw) -> dict[str, float]:
+    from defectgen.stages import generate
+
+    return generate.run(params, **kw)
+
+
+PREPROCESSED = ("preprocessed", True, "the preprocess stage's output folder")
+BASE = ("base", True, "the base stage's output folder")
 
 STAGES = (
     Stage(
@@ -55,6 +77,32 @@ STAGES = (
         ("split_counts.json",),
         _preprocess,
     ),
+    Stage(
+        "base",
+        "the diffusion prior: pretrain the tiny profile, or check and record an sd15 checkpoint",
+        (PREPROCESSED,),
+        ("seed", "model", "base", "preprocess"),
+        ("base.json", "samples.png"),
+        _base,
+        curves=("curves",),
+    ),
+    Stage(
+        "finetune",
+        "per class: textual inversion, then LoRA (StableSDG), into diffusers adapter files",
+        (PREPROCESSED, BASE),
+        ("seed", "model", "finetune", "preprocess"),
+        ("finetune.json",),
+        _finetune,
+        curves=("curves",),
+    ),
+    Stage(
+        "generate",
+        "per class: image-oriented (img2img) or txt2img generation with the class's adapter",
+        (PREPROCESSED, BASE, ("adapters", True, "the finetune stage's output folder")),
+        ("seed", "model", "finetune", "generate"),
+        ("generate.json", "samples.png"),
+        _generate,
+    ),
 )
 
 
@@ -71,13 +119,13 @@ def execute(
     """Run one stage, tracked in MLflow when params.tracking.enabled and `track`.
 
     Returns:
-        (metrics, wall seconds). Wall time is logged to MLflow, not returned in metrics,
-        so metrics files stay reproducible.
+        (metrics, wall seconds). Timings (wall time, and the stage's own `time/...`
+        metrics) go to MLflow only, so the returned metrics reproduce run to run.
     """
     started = time.perf_counter()
     if not (params.tracking.enabled and track):
         metrics = stage.runner(params, out_dir=out_dir, **inputs)
-        return metrics, time.perf_counter() - started
+        return _reproducible(metrics), time.perf_counter() - started
     from defectgen import tracking
 
     with tracking.stage_run(stage.name, params, stage.sections) as run:
@@ -86,7 +134,13 @@ def execute(
         run.log_metrics({**metrics, "wall_s": wall_s})
         for report in stage.reports:
             run.log_artifact(Path(out_dir) / report)
-    return metrics, wall_s
+        for curve in stage.curves:
+            run.log_curves(Path(out_dir) / curve)
+    return _reproducible(metrics), wall_s
+
+
+def _reproducible(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if not k.startswith("time/")}
 
 
 def run_from_yaml(

@@ -13,8 +13,10 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -112,6 +114,21 @@ class StageRun:
     def log_artifact(self, path: Path) -> None:
         if Path(path).is_file():
             mlflow.log_artifact(str(path))
+
+    def log_curves(self, folder: Path) -> None:
+        """Every `<series>.csv` (step, loss) in `folder` as the step-wise metric curve/<series>."""
+        client = MlflowClient()
+        now = int(time.time() * 1000)
+        for path in sorted(Path(folder).glob("*.csv")):
+            with path.open(encoding="utf-8") as fh:
+                points = [
+                    mlflow.entities.Metric(
+                        f"curve/{path.stem}", float(r["loss"]), now, int(r["step"])
+                    )
+                    for r in csv.DictReader(fh)
+                ]
+            for start in range(0, len(points), 1000):  # MLflow's per-batch limit
+                client.log_batch(self.run_id, metrics=points[start : start + 1000])
 
     def set_tags(self, tags: dict[str, str]) -> None:
         mlflow.set_tags(tags)

@@ -1,0 +1,27 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from components import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def base(
+    params_yaml: str,
+    preprocessed: Input[Dataset],
+    pipeline_key: str,
+    track: bool,
+    base_model: Output[Model],
+    metrics: Output[Metrics],
+):
+    """The diffusion prior: tiny pretrained here, sd15 checked (defectgen.stages.base)."""
+    from defectgen.runner import run_from_yaml
+
+    run_from_yaml(
+        "base",
+        params_yaml,
+        out_dir=base_model.path,
+        inputs={"preprocessed": preprocessed.path},
+        pipeline_key=pipeline_key,
+        track=track,
+        log_metric=metrics.log_metric,
+    )

@@ -1,0 +1,33 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from components import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def generate(
+    params_yaml: str,
+    preprocessed: Input[Dataset],
+    base_model: Input[Model],
+    adapters: Input[Model],
+    pipeline_key: str,
+    track: bool,
+    generated: Output[Dataset],
+    metrics: Output[Metrics],
+):
+    """Synthetic images per class with provenance (defectgen.stages.generate)."""
+    from defectgen.runner import run_from_yaml
+
+    run_from_yaml(
+        "generate",
+        params_yaml,
+        out_dir=generated.path,
+        inputs={
+            "preprocessed": preprocessed.path,
+            "base": base_model.path,
+            "adapters": adapters.path,
+        },
+        pipeline_key=pipeline_key,
+        track=track,
+        log_metric=metrics.log_metric,
+    )

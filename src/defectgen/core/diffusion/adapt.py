@@ -1,0 +1,242 @@
+"""StableSDG adaptation (seed 000, Algorithm 1) and its Table II ablations.
+
+Stage 1, textual inversion: one new token per class; only its embedding row
+trains (every other row is restored after each step, so they stay bit-identical).
+Stage 2, LoRA (peft): rank r (default 1), Gaussian A, zero B, on the attention
+projections of the UNet and the CLIP text encoder, with the learned token frozen.
+Ablation: `full_attn` trains those attention projections' full weights instead.
+
+Adapters are saved in diffusers' formats, so a fresh pipeline loads them with
+`load_textual_inversion` and `load_lora_weights` (see `load_adapter`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+from diffusers import DDPMScheduler, StableDiffusionPipeline
+from diffusers.utils import convert_state_dict_to_diffusers
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+
+from defectgen.core.diffusion.models import Runtime
+from defectgen.core.diffusion.train import LatentCache, StepLogger, denoise_loss
+from defectgen.errors import ConfigError
+
+UNET_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
+TEXT_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
+EMBEDS_NAME = "learned_embeds.safetensors"
+LORA_NAME = "pytorch_lora_weights.safetensors"
+ATTENTION_NAME = "attention_weights.safetensors"
+
+
+def add_token(pipe: StableDiffusionPipeline, token: str, initializer: str | None) -> int:
+    """Add `token` to the tokenizer and an embedding row for it; returns its id.
+
+    The row starts as the embedding of `initializer` (a word that is one token), or,
+    with None, as the mean of all embeddings: StableSDG's "<unknown>" start (Table III).
+    """
+    tok, te = pipe.tokenizer, pipe.text_encoder
+    if tok.add_tokens(token) != 1:
+        raise ConfigError(
+            f"token {token!r} is already in the tokenizer's vocabulary; choose another "
+            "finetune.token_template"
+        )
+    token_id = tok.convert_tokens_to_ids(token)
+    te.resize_token_embeddings(len(tok), mean_resizing=False)  # the row is set below
+    emb = te.get_input_embeddings().weight
+    with torch.no_grad():
+        if initializer is None:
+            emb[token_id] = emb[:token_id].mean(0)
+        else:
+            ids = tok.encode(initializer, add_special_tokens=False)
+            if len(ids) != 1:
+                raise ConfigError(
+                    f"finetune.initializer = {initializer!r} is {len(ids)} tokens; it must be a "
+                    "word the CLIP tokenizer keeps whole (e.g. 'defect'), or null"
+                )
+            emb[token_id] = emb[ids[0]]
+    return token_id
+
+
+def prompt_ids(pipe: StableDiffusionPipeline, prompt: str) -> torch.Tensor:
+    """(1, 77) token ids, padded as the pipelines pad them."""
+    tok = pipe.tokenizer
+    return tok(
+        prompt,
+        padding="max_length",
+        max_length=tok.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+
+
+def train(
+    pipe: StableDiffusionPipeline,
+    parameters: list[torch.nn.Parameter],
+    ids: torch.Tensor,
+    latents: LatentCache,
+    noise_scheduler: DDPMScheduler,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    gen: torch.Generator,
+    rt: Runtime,
+    log: StepLogger,
+    after_step: Callable[[], None] | None = None,
+) -> None:
+    """The adaptation loop shared by every stage: Adam on `parameters`, MSE noise loss,
+    the prompt `ids` (1, 77) encoded by the (possibly adapted) text encoder each step."""
+    opt = torch.optim.Adam(parameters, lr=lr)
+    ids = ids.to(rt.device)
+    for step in range(steps):
+        z = latents.sample(torch.randint(0, len(latents), (batch_size,), generator=gen), gen)
+        with rt.autocast:
+            cond = pipe.text_encoder(ids.expand(len(z), -1))[0]  # (B, 77, D)
+            loss = denoise_loss(pipe.unet, noise_scheduler, z, cond, gen, rt)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if after_step is not None:
+            after_step()
+        log(step, loss.item())
+
+
+def token_parameters(pipe: StableDiffusionPipeline, token_id: int):
+    """The embedding matrix as the only trainable parameter, and the hook that restores
+    every row except `token_id` after each step (so only that row ever changes)."""
+    emb = pipe.text_encoder.get_input_embeddings().weight
+    frozen = emb.detach().clone()
+    keep = torch.ones(len(emb), dtype=torch.bool, device=emb.device)
+    keep[token_id] = False
+    emb.requires_grad_(True)
+
+    def restore() -> None:
+        with torch.no_grad():
+            emb[keep] = frozen[keep]
+
+    return [emb], restore
+
+
+def add_lora(
+    pipe: StableDiffusionPipeline, rank: int, alpha: float | None, *, seed: int
+) -> list[torch.nn.Parameter]:
+    """Inject LoRA (peft) into the attention projections of the UNet and the text encoder.
+
+    A is Gaussian and B zero (peft's "gaussian" init), so the adapted model starts
+    exactly at the base. LoRA weights train in float32 whatever the base dtype.
+    peft draws A from torch's global RNG (it takes no generator), so the draw runs
+    under a forked RNG seeded with `seed`: reproducible, and the caller's state untouched.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module, targets in ((pipe.unet, UNET_ATTENTION), (pipe.text_encoder, TEXT_ATTENTION)):
+            module.add_adapter(
+                LoraConfig(
+                    r=rank,
+                    lora_alpha=alpha or rank,
+                    init_lora_weights="gaussian",
+                    target_modules=list(targets),
+                )
+            )
+    params = [
+        p for m in (pipe.unet, pipe.text_encoder) for n, p in m.named_parameters() if "lora_" in n
+    ]
+    for p in params:
+        p.data = p.data.float()
+        p.requires_grad_(True)
+    return params
+
+
+def attention_modules(pipe: StableDiffusionPipeline) -> Iterable[tuple[str, torch.nn.Module]]:
+    for prefix, module, targets in (
+        ("unet", pipe.unet, UNET_ATTENTION),
+        ("text_encoder", pipe.text_encoder, TEXT_ATTENTION),
+    ):
+        for name, sub in module.named_modules():
+            if any(name == t or name.endswith("." + t) for t in targets):
+                yield f"{prefix}.{name}", sub
+
+
+def attention_parameters(pipe: StableDiffusionPipeline) -> list[torch.nn.Parameter]:
+    """Every weight and bias of the attention projections (the full-adaptation ablation)."""
+    params = [p for _, m in attention_modules(pipe) for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def _lora_metadata(module: torch.nn.Module) -> dict:
+    """The LoRA config diffusers stores in the file (so alpha survives a reload), reduced
+    to what defines the adapter: peft's full dict holds local paths and set-ordered lists,
+    which would make identical adapters differ byte for byte."""
+    cfg = module.peft_config["default"]
+    return {
+        "r": cfg.r,
+        "lora_alpha": cfg.lora_alpha,
+        "target_modules": sorted(cfg.target_modules),
+        "init_lora_weights": cfg.init_lora_weights,
+    }
+
+
+def save_adapter(
+    pipe: StableDiffusionPipeline,
+    out_dir: Path,
+    *,
+    token: str,
+    token_id: int,
+    lora: bool,
+    attention: bool,
+) -> list[str]:
+    """Write the adapter files into `out_dir`; returns their names.
+
+    - learned_embeds.safetensors: {token: (D,) embedding}, diffusers' textual-inversion format;
+    - pytorch_lora_weights.safetensors: UNet + text-encoder LoRA in diffusers' key format
+      (the resized embedding is left out, or `load_lora_weights` refuses the file);
+    - attention_weights.safetensors: the full_attn ablation's trained projections.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    emb = pipe.text_encoder.get_input_embeddings().weight
+    save_file({token: emb[token_id].detach().float().cpu().contiguous()}, out_dir / EMBEDS_NAME)
+    files = [EMBEDS_NAME]
+    if lora:
+        unet_sd = get_peft_model_state_dict(pipe.unet)
+        te_sd = get_peft_model_state_dict(pipe.text_encoder, save_embedding_layers=False)
+        StableDiffusionPipeline.save_lora_weights(
+            out_dir,
+            unet_lora_layers=convert_state_dict_to_diffusers(unet_sd),
+            text_encoder_lora_layers=convert_state_dict_to_diffusers(te_sd),
+            weight_name=LORA_NAME,
+            unet_lora_adapter_metadata=_lora_metadata(pipe.unet),
+            text_encoder_lora_adapter_metadata=_lora_metadata(pipe.text_encoder),
+        )
+        files.append(LORA_NAME)
+    if attention:
+        tensors = {
+            f"{name}.{pname}": p.detach().float().cpu().contiguous()
+            for name, m in attention_modules(pipe)
+            for pname, p in m.named_parameters()
+        }
+        save_file(tensors, out_dir / ATTENTION_NAME)
+        files.append(ATTENTION_NAME)
+    return files
+
+
+def load_adapter(pipe: StableDiffusionPipeline, adapter_dir: Path, token: str) -> None:
+    """Load a saved adapter into a fresh pipeline with diffusers' own loaders."""
+    adapter_dir = Path(adapter_dir)
+    pipe.load_textual_inversion(str(adapter_dir / EMBEDS_NAME), token=token)
+    if (adapter_dir / LORA_NAME).is_file():
+        pipe.load_lora_weights(str(adapter_dir), weight_name=LORA_NAME)
+    if (adapter_dir / ATTENTION_NAME).is_file():
+        tensors = load_file(str(adapter_dir / ATTENTION_NAME))
+        modules = dict(attention_modules(pipe))
+        with torch.no_grad():
+            for key, value in tensors.items():
+                name, pname = key.rsplit(".", 1)
+                param = getattr(modules[name], pname)
+                param.copy_(value.to(param.device, param.dtype))

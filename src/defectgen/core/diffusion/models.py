@@ -1,0 +1,222 @@
+"""Base models: the tiny profile built from config, or a Stable Diffusion 1.x checkpoint.
+
+Both profiles end as the same diffusers `StableDiffusionPipeline` (UNet2DConditionModel,
+AutoencoderKL, CLIPTextModel, CLIPTokenizer, a DDPM-family scheduler); everything after
+construction (pretraining aside) is one code path. The tiny base, once pretrained, is
+saved in SD1.5's on-disk layout and reloaded by the very loader that reads SD1.5.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from defectgen.config import ModelConfig, TinyArchConfig
+from defectgen.core.diffusion.tokenizer import build_tokenizer
+from defectgen.errors import ConfigError
+
+# SD1.x's noise schedule: the tiny profile uses it too, so schedules never differ by profile.
+SD_SCHEDULE = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and in which precision the frozen base runs (trainable weights stay float32)."""
+
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def autocast(self) -> torch.autocast:
+        """Mixed precision on CUDA when the base is half precision; a no-op on CPU."""
+        return torch.autocast(
+            device_type=self.device.type,
+            dtype=self.dtype,
+            enabled=self.device.type == "cuda" and self.dtype != torch.float32,
+        )
+
+
+def runtime(cfg: ModelConfig) -> Runtime:
+    """Resolve model.device / model.dtype: auto = CUDA with bf16 when present, else CPU float32."""
+    cuda = torch.cuda.is_available()
+    if cfg.device == "cuda" and not cuda:
+        raise ConfigError(
+            "model.device = 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'"
+        )
+    device = torch.device(
+        "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and cuda) else "cpu"
+    )
+    if cfg.dtype == "auto":
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    else:
+        dtype = getattr(torch, cfg.dtype)
+    if device.type == "cpu" and dtype == torch.float16:
+        raise ConfigError("model.dtype = 'float16' is not supported on CPU; use float32 or auto")
+    return Runtime(device, dtype)
+
+
+def latent_factor(vae: AutoencoderKL) -> int:
+    """Pixels per latent cell: 2 ** (number of VAE blocks - 1) (8 for SD1.5)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def build_tiny_pipeline(
+    arch: TinyArchConfig, *, image_size: int, work_dir: Path, seed: int
+) -> StableDiffusionPipeline:
+    """A randomly initialised SD-architecture pipeline at toy size (no download).
+
+    Args:
+        arch: the widths and depths (params model.tiny).
+        image_size: the training resolution in pixels.
+        work_dir: scratch folder for the tokenizer files.
+        seed: weight initialisation seed.
+    """
+    torch.manual_seed(seed)  # diffusers/transformers initialise weights from the global RNG
+    vae_blocks = len(arch.vae_channels)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * vae_blocks,
+        up_block_types=("UpDecoderBlock2D",) * vae_blocks,
+        block_out_channels=tuple(arch.vae_channels),
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=image_size,
+    )
+    factor = 2 ** (vae_blocks - 1)
+    if image_size % (factor * 2 ** (len(arch.unet_channels) - 1)):
+        raise ConfigError(
+            f"preprocess.image_size = {image_size} must be divisible by the tiny model's total "
+            f"downsampling ({factor} in the VAE x {2 ** (len(arch.unet_channels) - 1)} in the UNet)"
+        )
+    n = len(arch.unet_channels)
+    unet = UNet2DConditionModel(
+        sample_size=image_size // factor,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=tuple(arch.unet_channels),
+        layers_per_block=arch.unet_layers_per_block,
+        down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
+        cross_attention_dim=arch.text_hidden,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    tokenizer = build_tokenizer(Path(work_dir) / "tokenizer")
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=arch.text_hidden,
+            intermediate_size=4 * arch.text_hidden,
+            num_hidden_layers=arch.text_layers,
+            num_attention_heads=arch.text_heads,
+            max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=DDIMScheduler(**SD_SCHEDULE),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def quiet() -> None:
+    """Silence diffusers' and transformers' progress bars and advisory warnings (stage logs
+    stay readable); errors still raise."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def load_pipeline(
+    source: str | Path, *, revision: str | None, rt: Runtime
+) -> StableDiffusionPipeline:
+    """Load a Stable Diffusion 1.x checkpoint (a local diffusers folder or a hub id).
+
+    The frozen base is put on `rt.device` in `rt.dtype`; SDPA attention is diffusers'
+    default on torch 2. Raises ConfigError, saying what to download, when it cannot load.
+    """
+    source = str(source)
+    local = Path(source).expanduser()
+    kwargs = dict(
+        revision=revision, dtype=rt.dtype, safety_checker=None, requires_safety_checker=False
+    )
+    if local.exists():
+        if not (local / "model_index.json").is_file():
+            raise ConfigError(
+                f"model.base = {source}: this folder is not a diffusers checkpoint (no "
+                "model_index.json); point it at the folder that holds model_index.json, unet/, "
+                "vae/, text_encoder/, tokenizer/ and scheduler/"
+            )
+        pipe = StableDiffusionPipeline.from_pretrained(str(local), **kwargs)
+    else:
+        try:
+            pipe = StableDiffusionPipeline.from_pretrained(source, **kwargs)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"model.base = {source!r} is not a local folder and could not be loaded from the "
+                f"Hugging Face Hub ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
+                "Without network, download it on a machine that has it, e.g. "
+                f"`huggingface-cli download {source} --local-dir /models/sd15`, copy the folder "
+                "here and set model.base to that folder"
+            ) from None
+    return pipe.to(rt.device)
+
+
+def prepare(pipe: StableDiffusionPipeline, cfg: ModelConfig) -> StableDiffusionPipeline:
+    """Freeze the base and apply runtime options (gradient checkpointing) before adaptation."""
+    for module in (pipe.vae, pipe.text_encoder, pipe.unet):
+        module.requires_grad_(False)
+        module.eval()
+    if cfg.gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+        pipe.text_encoder.gradient_checkpointing_enable()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def training_scheduler(pipe: StableDiffusionPipeline) -> DDPMScheduler:
+    """The DDPM noise schedule the base was trained with (read from its scheduler config)."""
+    return DDPMScheduler.from_config(pipe.scheduler.config)
+
+
+def fingerprint(pipe: StableDiffusionPipeline) -> str:
+    """sha256 over every weight of the UNet, VAE and text encoder: the base's identity,
+    whatever it was loaded from (also how tests prove adaptation left the base unchanged)."""
+    digest = hashlib.sha256()
+    for name in ("unet", "vae", "text_encoder"):
+        for key, tensor in sorted(getattr(pipe, name).state_dict().items()):
+            digest.update(f"{name}.{key}".encode())
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

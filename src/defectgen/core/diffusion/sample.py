@@ -1,0 +1,78 @@
+"""Generation: image-oriented (img2img from a real train image of the class, StableSDG
+section III-C) or from pure noise (txt2img, the ablation), in batches, one seed per image.
+
+Each image has its own `torch.Generator`, so its pixels depend on its seed and parent
+only, never on the batch it was generated in.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from diffusers import (
+    DDIMScheduler,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionPipeline,
+)
+
+from defectgen.core.diffusion.train import from_pixels, to_pixels
+
+
+def sampler(pipe: StableDiffusionPipeline, mode: str) -> StableDiffusionPipeline:
+    """The generation pipeline for `mode` sharing `pipe`'s modules, with a DDIM scheduler."""
+    components = dict(pipe.components)
+    components["scheduler"] = DDIMScheduler.from_config(pipe.scheduler.config)
+    cls = StableDiffusionImg2ImgPipeline if mode == "img2img" else StableDiffusionPipeline
+    out = cls(**components, requires_safety_checker=False)
+    out.set_progress_bar_config(disable=True)
+    return out
+
+
+@torch.no_grad()
+def generate(
+    pipe: StableDiffusionPipeline,
+    *,
+    prompt: str,
+    seeds: list[int],
+    parents: list[np.ndarray] | None,
+    strength: float,
+    guidance: float,
+    steps: int,
+    size: int,
+    channels: int,
+) -> list[np.ndarray]:
+    """Generate one image per seed (img2img when `parents` is given, one per seed).
+
+    Args:
+        pipe: from `sampler`.
+        parents: uint8 source images for img2img, or None for txt2img.
+        size: output height and width in pixels.
+        channels: 1 or 3, the dataset's colour.
+
+    Returns:
+        uint8 images (size, size) or (size, size, 3).
+    """
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    prompts = [prompt] * len(seeds)
+    if parents is not None:
+        image = (to_pixels(parents) + 1) / 2  # the pipeline's [0, 1] image convention
+        out = pipe(
+            prompt=prompts,
+            image=image,
+            strength=strength,
+            guidance_scale=guidance,
+            num_inference_steps=steps,
+            generator=generators,
+            output_type="pt",
+        ).images
+    else:
+        out = pipe(
+            prompt=prompts,
+            height=size,
+            width=size,
+            guidance_scale=guidance,
+            num_inference_steps=steps,
+            generator=generators,
+            output_type="pt",
+        ).images
+    return from_pixels(out * 2 - 1, channels)  # (B, 3, H, W) in [0, 1] -> uint8

@@ -1,0 +1,188 @@
+"""Base: the diffusion prior every class adapts from.
+
+- profile `sd15`: load the checkpoint named by model.base (folder or hub id) once, to
+  fail early, and record its identity (a sha256 over its weights) in base.json.
+- profile `tiny`: random weights are no prior, so pretrain one on the real training
+  images (the stand-in for the web-scale prior): the VAE on reconstruction, then the
+  UNet on class-agnostic text-conditioned denoising (one generic prompt, dropped with
+  probability base.uncond_prob so guidance works). Saved in SD1.5's on-disk layout.
+  Which images: base.data (default "subset": the few-shot images the `real` condition
+  also gets, so the prior smuggles in no extra real data). Never val or test.
+
+Writes under `out_dir`:
+    base.json      profile, source, revision, fingerprint, image size
+    pipeline/      tiny only: the pretrained StableDiffusionPipeline (save_pretrained)
+    curves/        tiny only: pretraining loss curves (vae.csv, unet.csv)
+    samples.png    tiny only: train images (top) and their VAE reconstructions (bottom)
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from defectgen import manifest
+from defectgen.config import Params
+from defectgen.core.diffusion import adapt, models, train
+from defectgen.core.images import ImageProblem, decode_image, encode_png
+from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
+from defectgen.stages.diffusion_common import (
+    BASE_JSON,
+    CURVES_DIR,
+    Curves,
+    derive_seed,
+    train_images,
+)
+
+PSNR_IMAGES = 64  # val images used to measure the VAE's reconstruction quality
+
+
+def _val_pixels(preprocessed: Path, n: int) -> torch.Tensor | None:
+    """Up to n val images, for measuring reconstruction only (nothing trains on them)."""
+    rows = [r for r in manifest.read_rows(preprocessed) if r["split"] == "val"]
+    pixels = []
+    for row in sorted(rows, key=lambda r: r["id"])[:n]:
+        try:
+            pixels.append(decode_image((preprocessed / row["path"]).read_bytes())[0])
+        except (OSError, ImageProblem):
+            continue
+    return train.to_pixels(pixels) if pixels else None
+
+
+def _grid(top: list[np.ndarray], bottom: list[np.ndarray]) -> np.ndarray:
+    """Two rows of equally sized images, side by side: (2H, N*W[, C])."""
+    return np.concatenate([np.concatenate(top, axis=1), np.concatenate(bottom, axis=1)], axis=0)
+
+
+def _record_sd15(params: Params, rt: models.Runtime) -> dict:
+    models.quiet()
+    pipe = models.load_pipeline(params.model.base, revision=params.model.revision, rt=rt)
+    local = Path(params.model.base).expanduser()
+    return {
+        "profile": "sd15",
+        "source": str(local.resolve()) if local.exists() else params.model.base,
+        "revision": params.model.revision,
+        "fingerprint": models.fingerprint(pipe),
+        "latent_factor": models.latent_factor(pipe.vae),
+    }
+
+
+def run(params: Params, *, preprocessed: Path, out_dir: Path) -> dict[str, float]:
+    """Build (tiny: pretrain) or check (sd15) the base model into `out_dir`.
+
+    Returns:
+        Metrics. tiny: n_images, vae_loss_last, unet_loss_last, vae_psnr_val_db,
+        params/unet, params/vae, params/text_encoder (+ time/* for MLflow only).
+    """
+    rt = models.runtime(params.model)
+    preprocessed = Path(preprocessed)
+    if params.model.profile == "sd15":
+        with atomic_dir(out_dir) as tmp:
+            atomic_write_json(tmp / BASE_JSON, _record_sd15(params, rt))
+        return {}
+
+    cfg = params.base
+    size = params.preprocess.image_size
+    key = file_digest(preprocessed / manifest.MANIFEST_NAME) + params.section_hash(
+        "seed", "model", "base", "preprocess"
+    )
+    resume = Resume(out_dir, key[:16] + key[-12:])
+    per_class = train_images(preprocessed, data=cfg.data)
+    images = [px for items in per_class.values() for _, px in items]
+    pixels = train.to_pixels(images)  # (N, 3, H, W) in [-1, 1]
+    curves = Curves()
+    times: dict[str, float] = {}
+
+    with atomic_dir(out_dir) as tmp:
+        models.quiet()
+        pipe = models.build_tiny_pipeline(
+            params.model.tiny, image_size=size, work_dir=tmp / "work", seed=params.seed
+        )
+        done = resume.done("vae")
+        if done is None:
+            started = time.perf_counter()
+            with resume.unit("vae") as unit:
+                train.train_vae(
+                    pipe.vae,
+                    pixels,
+                    steps=cfg.vae_steps,
+                    batch_size=cfg.batch_size,
+                    lr=cfg.vae_lr,
+                    gen=torch.Generator().manual_seed(derive_seed(params.seed, "vae")),
+                    rt=rt,
+                    log=curves.logger("vae"),
+                )
+                pipe.vae.save_pretrained(unit)
+                curves.write(unit / CURVES_DIR)
+            times["time/vae_s"] = time.perf_counter() - started
+        else:
+            pipe.vae = type(pipe.vae).from_pretrained(done).to(rt.device)
+            curves.extend_from(done / CURVES_DIR)
+        pipe.vae.requires_grad_(False).eval()
+
+        done = resume.done("pipeline")
+        if done is None:
+            started = time.perf_counter()
+            with resume.unit("pipeline") as unit:
+                latents = train.encode_latents(pipe.vae, pixels, rt, flip=True)
+                with torch.no_grad():
+                    cond, uncond = (
+                        pipe.text_encoder(adapt.prompt_ids(pipe, text).to(rt.device))[0]
+                        for text in (cfg.prompt, "")
+                    )
+                train.train_denoiser(
+                    pipe.unet,
+                    latents,
+                    cond,
+                    uncond,
+                    models.training_scheduler(pipe),
+                    steps=cfg.unet_steps,
+                    batch_size=cfg.batch_size,
+                    lr=cfg.unet_lr,
+                    uncond_prob=cfg.uncond_prob,
+                    gen=torch.Generator().manual_seed(derive_seed(params.seed, "unet")),
+                    rt=rt,
+                    log=curves.logger("unet"),
+                )
+                pipe.save_pretrained(unit)
+                curves.write(unit / CURVES_DIR)
+            times["time/unet_s"] = time.perf_counter() - started
+            done = resume.done("pipeline")
+        else:
+            curves.extend_from(done / CURVES_DIR)
+        shutil.copytree(done, tmp / "pipeline", ignore=shutil.ignore_patterns(CURVES_DIR))
+        shutil.rmtree(tmp / "work")
+
+        saved = models.load_pipeline(tmp / "pipeline", revision=None, rt=rt)
+        record = {
+            "profile": "tiny",
+            "source": "pipeline",
+            "revision": None,
+            "fingerprint": models.fingerprint(saved),
+            "latent_factor": models.latent_factor(saved.vae),
+            "image_size": size,
+            "trained_on": {"data": cfg.data, "n_images": len(images)},
+        }
+        atomic_write_json(tmp / BASE_JSON, record)
+        curves.write(tmp / CURVES_DIR)
+
+        metrics: dict[str, float] = {"n_images": len(images)}
+        for series in ("vae", "unet"):
+            metrics[f"{series}_loss_last"] = curves.summary(series)["last_mean"]
+        val = _val_pixels(preprocessed, PSNR_IMAGES)
+        if val is not None:
+            metrics["vae_psnr_val_db"] = train.reconstruction_psnr(saved.vae, val, rt)
+        for name in ("unet", "vae", "text_encoder"):
+            metrics[f"params/{name}"] = sum(p.numel() for p in getattr(saved, name).parameters())
+        shown = pixels[:8]
+        with torch.no_grad():
+            recon = saved.vae.decode(saved.vae.encode(shown.to(rt.device)).latent_dist.mean).sample
+        channels = 1 if images[0].ndim == 2 else 3
+        grid = _grid(train.from_pixels(shown, channels), train.from_pixels(recon, channels))
+        write_file(tmp / "samples.png", encode_png(grid))
+    resume.finish()
+    return {**metrics, **times}

@@ -1,0 +1,148 @@
+"""What the base, finetune and generate stages share at the path level: which real images
+they may read, how they open the base model, seeds, and loss-curve files.
+
+Only train-split images are ever read here (the subset, or all of train, per params):
+val and test never reach a model that generates images.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+from diffusers import StableDiffusionPipeline
+
+from defectgen import manifest
+from defectgen.config import Params
+from defectgen.core.diffusion import models
+from defectgen.core.images import ImageProblem, decode_image, resize
+from defectgen.errors import DataError
+
+BASE_JSON = "base.json"
+CURVES_DIR = "curves"  # <series>.csv with columns step, loss (DVC plots, MLflow)
+
+
+def derive_seed(seed: int, *parts: object) -> int:
+    """A 63-bit seed from the run seed and names (class, image index): stable, independent."""
+    blob = json.dumps([seed, *map(str, parts)]).encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "big") >> 1
+
+
+def train_images(
+    preprocessed: Path, *, data: str, classes: list[str] | None = None, size: int | None = None
+) -> dict[str, list[tuple[dict, np.ndarray]]]:
+    """The real images generation may learn from, per class: (manifest row, uint8 pixels).
+
+    Args:
+        preprocessed: the preprocess stage's output folder.
+        data: "subset" (train rows in the few-shot subset) or "train" (all train rows).
+        classes: restrict to these classes (None: all); an unknown name is an error.
+        size: resize to this many pixels square (None: as stored).
+    """
+    preprocessed = Path(preprocessed)
+    rows = manifest.read_rows(preprocessed)
+    chosen = [
+        r
+        for r in rows
+        if r["split"] == "train" and r["origin"] == "real" and (data == "train" or r["in_subset"])
+    ]
+    labels = sorted({r["label"] for r in rows})
+    if classes is not None:
+        unknown = sorted(set(classes) - set(labels))
+        if unknown:
+            raise DataError(
+                f"{preprocessed}: classes {unknown} from params are not in the dataset; "
+                f"its classes are {labels}"
+            )
+        labels = [c for c in labels if c in classes]
+    out: dict[str, list[tuple[dict, np.ndarray]]] = {}
+    for label in labels:
+        picked = sorted((r for r in chosen if r["label"] == label), key=lambda r: r["id"])
+        if not picked:
+            raise DataError(
+                f"{preprocessed}: class {label!r} has no {data} images to learn from; "
+                "raise preprocess.subset or drop the class via finetune.classes"
+            )
+        images = []
+        for row in picked:
+            path = preprocessed / row["path"]
+            try:
+                pixels, _ = decode_image(path.read_bytes())
+            except (OSError, ImageProblem) as exc:
+                raise DataError(
+                    f"{path}: cannot decode a preprocessed image ({exc}); re-run preprocess"
+                ) from None
+            images.append(
+                (row, resize(pixels, size) if size and size != pixels.shape[0] else pixels)
+            )
+        out[label] = images
+    return out
+
+
+def read_base(base_dir: Path) -> dict:
+    """The base stage's record: profile, source, revision, fingerprint, image size."""
+    path = Path(base_dir) / BASE_JSON
+    if not path.is_file():
+        raise DataError(f"{path}: missing; pass the base stage's output folder as --base")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def open_base(base_dir: Path, params: Params, rt: models.Runtime) -> StableDiffusionPipeline:
+    """A fresh, frozen copy of the base model recorded by the base stage.
+
+    The tiny base lives inside the base stage's folder in SD1.5's on-disk layout; an
+    sd15 base is loaded from its own folder or hub id. Same loader either way.
+    """
+    record = read_base(base_dir)
+    if record["profile"] != params.model.profile:
+        raise DataError(
+            f"{base_dir}: built for profile {record['profile']!r} but params say "
+            f"{params.model.profile!r}; re-run the base stage"
+        )
+    source = record["source"]
+    if record["profile"] == "tiny":
+        source = Path(base_dir) / source
+    models.quiet()
+    pipe = models.load_pipeline(source, revision=record.get("revision"), rt=rt)
+    return models.prepare(pipe, params.model)
+
+
+class Curves:
+    """Loss curves of a stage: one CSV per series (`<series>.csv`, columns step, loss) in
+    a folder, which dvc.yaml declares as plots and the runner logs to MLflow."""
+
+    def __init__(self) -> None:
+        self.series: dict[str, list[float]] = {}
+
+    def logger(self, series: str):
+        values = self.series.setdefault(series, [])
+        return lambda step, value: values.append(value)
+
+    def write(self, folder: Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for series, values in self.series.items():
+            lines = ["step,loss"] + [f"{i},{v:.6g}" for i, v in enumerate(values)]
+            (folder / f"{series}.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    def extend_from(self, folder: Path) -> None:
+        """Add the curves saved in `folder` (a resumed unit's)."""
+        for path in sorted(Path(folder).glob("*.csv")):
+            with path.open(encoding="utf-8") as fh:
+                self.series[path.stem] = [float(row["loss"]) for row in csv.DictReader(fh)]
+
+    def summary(self, series: str) -> dict[str, float]:
+        """Steps, mean of the first and last tenth, and minimum of one series."""
+        values = self.series.get(series, [])
+        if not values:
+            return {}
+        k = max(1, len(values) // 10)
+        return {
+            "steps": len(values),
+            "first_mean": float(np.mean(values[:k])),
+            "last_mean": float(np.mean(values[-k:])),
+            "min": float(np.min(values)),
+        }

@@ -1,0 +1,230 @@
+"""Finetune: one StableSDG adapter per defect class (seed 000, Algorithm 1).
+
+Per class, on the class's real training images (finetune.data: the few-shot subset
+by default; never val or test):
+    1. textual inversion: a new token (finetune.token_template), only its embedding row
+       trains, with the prompt finetune.prompt_template;
+    2. LoRA (peft) on the attention projections of the UNet and the text encoder, the
+       learned token frozen.
+finetune.mode selects the Table II ablations: ti_lora (both), ti (token only), lora
+(LoRA only: the token keeps its initial embedding), full_attn (the attention
+projections trained in full instead of LoRA; the token keeps its initial embedding).
+
+Writes under `out_dir`:
+    adapters/<class>/learned_embeds.safetensors       diffusers textual-inversion file
+    adapters/<class>/pytorch_lora_weights.safetensors diffusers LoRA file (ti_lora, lora)
+    adapters/<class>/attention_weights.safetensors    full_attn only
+    adapters/<class>/adapter.json                     base identity, token, steps, losses, data
+    curves/<class>.<phase>.csv                        loss curves (DVC plots)
+    finetune.json                                     the adapters, one summary each
+
+A killed run resumes: finished classes are kept beside `out_dir` and not retrained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from defectgen import manifest
+from defectgen.config import Params
+from defectgen.core.diffusion import adapt, models, train
+from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest
+from defectgen.stages.diffusion_common import (
+    CURVES_DIR,
+    Curves,
+    derive_seed,
+    open_base,
+    read_base,
+    train_images,
+)
+
+ADAPTER_JSON = "adapter.json"
+SUMMARY_NAME = "finetune.json"
+
+
+def token_for(params: Params, label: str) -> str:
+    """The class's new token, e.g. '<defective>' (whitespace in labels becomes '_')."""
+    return params.finetune.token_template.format(label=re.sub(r"\s+", "_", label))
+
+
+def prompt_for(params: Params, label: str) -> str:
+    return params.finetune.prompt_template.format(token=token_for(params, label))
+
+
+def _adapt_class(
+    params: Params,
+    base: Path,
+    label: str,
+    images: list[np.ndarray],
+    ids: list[str],
+    rt: models.Runtime,
+    unit: Path,
+) -> dict:
+    """Train one class's adapter into `unit`; returns its adapter.json record."""
+    cfg = params.finetune
+    pipe = open_base(base, params, rt)
+    token = token_for(params, label)
+    token_id = adapt.add_token(pipe, token, cfg.initializer)
+    prompt = prompt_for(params, label)
+    latents = train.encode_latents(pipe.vae, train.to_pixels(images), rt, flip=cfg.flip)
+    noise_scheduler = models.training_scheduler(pipe)
+    gen = torch.Generator().manual_seed(derive_seed(params.seed, "finetune", label))
+    curves = Curves()
+    loop = dict(
+        ids=adapt.prompt_ids(pipe, prompt),
+        latents=latents,
+        noise_scheduler=noise_scheduler,
+        batch_size=cfg.batch_size,
+        gen=gen,
+        rt=rt,
+    )
+    phases: dict[str, dict] = {}
+    if cfg.mode in ("ti_lora", "ti"):
+        trainable, restore = adapt.token_parameters(pipe, token_id)
+        adapt.train(
+            pipe,
+            trainable,
+            steps=cfg.ti.steps,
+            lr=cfg.ti.lr,
+            log=curves.logger(f"{label}.ti"),
+            after_step=restore,
+            **loop,
+        )
+        trainable[0].requires_grad_(False)
+        phases["ti"] = {"steps": cfg.ti.steps, "lr": cfg.ti.lr}
+    if cfg.mode in ("ti_lora", "lora"):
+        trainable = adapt.add_lora(
+            pipe, cfg.lora.rank, cfg.lora.alpha, seed=derive_seed(params.seed, "lora", label)
+        )
+        adapt.train(
+            pipe,
+            trainable,
+            steps=cfg.lora.steps,
+            lr=cfg.lora.lr,
+            log=curves.logger(f"{label}.lora"),
+            **loop,
+        )
+        phases["lora"] = {
+            "steps": cfg.lora.steps,
+            "lr": cfg.lora.lr,
+            "rank": cfg.lora.rank,
+            "alpha": cfg.lora.alpha or cfg.lora.rank,
+            "trainable_params": sum(p.numel() for p in trainable),
+        }
+    if cfg.mode == "full_attn":
+        trainable = adapt.attention_parameters(pipe)
+        adapt.train(
+            pipe,
+            trainable,
+            steps=cfg.full_attn.steps,
+            lr=cfg.full_attn.lr,
+            log=curves.logger(f"{label}.full_attn"),
+            **loop,
+        )
+        phases["full_attn"] = {
+            "steps": cfg.full_attn.steps,
+            "lr": cfg.full_attn.lr,
+            "trainable_params": sum(p.numel() for p in trainable),
+        }
+    files = adapt.save_adapter(
+        pipe,
+        unit,
+        token=token,
+        token_id=token_id,
+        lora=cfg.mode in ("ti_lora", "lora"),
+        attention=cfg.mode == "full_attn",
+    )
+    curves.write(unit / CURVES_DIR)
+    for name in phases:
+        phases[name]["loss"] = curves.summary(f"{label}.{name}")
+    record = read_base(base)
+    adapter = {
+        "label": label,
+        "token": token,
+        "prompt": prompt,
+        "mode": cfg.mode,
+        "adapter_id": file_digest(*(unit / f for f in files))[:16],
+        "files": files,
+        "base": {k: record.get(k) for k in ("profile", "source", "revision", "fingerprint")},
+        "phases": phases,
+        "initializer": cfg.initializer,
+        "batch_size": cfg.batch_size,
+        "resolution": images[0].shape[0],
+        "flip": cfg.flip,
+        "seed": params.seed,
+        "data": {
+            "split": "train",
+            "selection": cfg.data,
+            "n_images": len(images),
+            "ids_sha256": hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest(),
+        },
+    }
+    atomic_write_json(unit / ADAPTER_JSON, adapter)
+    return adapter
+
+
+def run(params: Params, *, preprocessed: Path, base: Path, out_dir: Path) -> dict[str, float]:
+    """Train every class's adapter from the base at `base` into `out_dir`.
+
+    Returns:
+        Metrics: n_classes, <class>/<phase>_loss_last (+ time/<class>_s for MLflow only).
+    """
+    cfg = params.finetune
+    preprocessed, base = Path(preprocessed), Path(base)
+    rt = models.runtime(params.model)
+    record = read_base(base)
+    resolution = cfg.resolution or params.preprocess.image_size
+    per_class = train_images(preprocessed, data=cfg.data, classes=cfg.classes, size=resolution)
+    key = hashlib.sha256(
+        (
+            file_digest(preprocessed / manifest.MANIFEST_NAME)
+            + record["fingerprint"]
+            + params.section_hash("seed", "model", "finetune", "preprocess")
+        ).encode()
+    ).hexdigest()[:24]
+    resume = Resume(out_dir, key)
+    curves = Curves()
+    metrics: dict[str, float] = {"n_classes": len(per_class)}
+    summary: dict[str, dict] = {}
+    with atomic_dir(out_dir) as tmp:
+        for label, items in per_class.items():
+            done = resume.done(label)
+            if done is None:
+                started = time.perf_counter()
+                with resume.unit(label) as unit:
+                    _adapt_class(
+                        params,
+                        base,
+                        label,
+                        [px for _, px in items],
+                        [r["id"] for r, _ in items],
+                        rt,
+                        unit,
+                    )
+                metrics[f"time/{label}_s"] = time.perf_counter() - started
+                done = resume.done(label)
+            shutil.copytree(
+                done, tmp / "adapters" / label, ignore=shutil.ignore_patterns(CURVES_DIR)
+            )
+            curves.extend_from(done / CURVES_DIR)
+            adapter = read_adapter(tmp / "adapters" / label)
+            summary[label] = adapter
+            for phase, info in adapter["phases"].items():
+                metrics[f"{label}/{phase}_loss_last"] = info["loss"]["last_mean"]
+        curves.write(tmp / CURVES_DIR)
+        atomic_write_json(tmp / SUMMARY_NAME, summary)
+    resume.finish()
+    return metrics
+
+
+def read_adapter(adapter_dir: Path) -> dict:
+    """A saved adapter's adapter.json."""
+    return json.loads((Path(adapter_dir) / ADAPTER_JSON).read_text(encoding="utf-8"))

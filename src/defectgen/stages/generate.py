@@ -1,0 +1,218 @@
+"""Generate: synthetic images per class from the base + the class's adapter.
+
+generate.mode img2img is StableSDG's image-oriented generation (seed 000, III-C):
+each image starts from a real train image of its class (the images its adapter saw)
+noised to strength s, denoised with guidance w (per class: generate.per_class, else
+the global values). txt2img starts from pure noise (the Table II ablation).
+Image i of a class uses its own seed, derived from params seed, class and i; its
+parent is drawn from a seeded permutation of the class's images, so every image can be
+regenerated from its manifest row.
+
+Writes under `out_dir`:
+    images/<class>/<id16>.png
+    manifest.parquet    synthetic rows only: split train, parent_id, generator, gen_params
+    samples.png         per class: real parents (top row) and images generated from them
+    generate.json       per class: count, strength, guidance, duplicates dropped
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from defectgen import manifest
+from defectgen.config import Params
+from defectgen.core.diffusion import adapt, models, sample
+from defectgen.core.images import encode_png, pixel_id, resize
+from defectgen.errors import DataError
+from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
+from defectgen.stages.diffusion_common import derive_seed, open_base, read_base, train_images
+from defectgen.stages.finetune import SUMMARY_NAME, read_adapter
+
+REPORT_NAME = "generate.json"
+GRID_NAME = "samples.png"
+
+
+def _generate_class(
+    params: Params,
+    base: Path,
+    adapter_dir: Path,
+    parents: list[tuple[dict, np.ndarray]],
+    rt: models.Runtime,
+    unit: Path,
+) -> dict:
+    """Generate one class's images into `unit` (images/ + manifest.parquet); returns counts."""
+    cfg = params.generate
+    adapter = read_adapter(adapter_dir)
+    label, size = adapter["label"], adapter["resolution"]
+    pipe = open_base(base, params, rt)
+    adapt.load_adapter(pipe, adapter_dir, adapter["token"])
+    pipe.text_encoder.to(rt.dtype)
+    sampler = sample.sampler(pipe, cfg.mode)
+    strength, guidance = cfg.settings(label)
+    record = read_base(base)
+    generator = (
+        f"stablesdg-{cfg.mode} adapter={label}:{adapter['adapter_id']} "
+        f"base={record['profile']}:{record['fingerprint'][:16]}"
+    )
+    channels = 1 if parents[0][1].ndim == 2 else 3
+    order = np.random.default_rng(derive_seed(params.seed, "parents", label)).permutation(
+        len(parents)
+    )
+    rows, seen, duplicates = [], set(), 0
+    for start in range(0, cfg.images_per_class, cfg.batch_size):
+        index = list(range(start, min(start + cfg.batch_size, cfg.images_per_class)))
+        seeds = [derive_seed(params.seed, "generate", label, i) for i in index]
+        chosen = [parents[order[i % len(parents)]] for i in index]
+        images = sample.generate(
+            sampler,
+            prompt=adapter["prompt"],
+            seeds=seeds,
+            parents=[resize(px, size) for _, px in chosen] if cfg.mode == "img2img" else None,
+            strength=strength,
+            guidance=guidance,
+            steps=cfg.steps,
+            size=size,
+            channels=channels,
+        )
+        for i, seed, (parent, _), img in zip(index, seeds, chosen, images, strict=True):
+            oid = pixel_id(img)
+            if oid in seen:  # the model copied an earlier output exactly: keep one
+                duplicates += 1
+                continue
+            seen.add(oid)
+            rel = f"images/{label}/{oid[:16]}.png"
+            write_file(unit / rel, encode_png(img))
+            gen_params = {
+                "mode": cfg.mode,
+                "prompt": adapter["prompt"],
+                "strength": strength if cfg.mode == "img2img" else None,
+                "guidance": guidance,
+                "steps": cfg.steps,
+                "scheduler": "DDIMScheduler",
+                "seed": seed,
+                "index": i,
+                "size": size,
+            }
+            rows.append(
+                manifest.make_row(
+                    id=oid,
+                    path=rel,
+                    label=label,
+                    split="train",
+                    width=size,
+                    height=size,
+                    channels=channels,
+                    origin="synthetic",
+                    parent_id=parent["id"] if cfg.mode == "img2img" else None,
+                    generator=generator,
+                    gen_params=json.dumps(gen_params, sort_keys=True),
+                    source=parent["source"],
+                )
+            )
+    manifest.write_manifest(rows, unit / manifest.MANIFEST_NAME)
+    return {"n": len(rows), "duplicates": duplicates}
+
+
+def _grid(per_class: dict[str, tuple[list[np.ndarray], list[np.ndarray]]]) -> np.ndarray:
+    """Per class two rows: real images (top) and generated ones (bottom), a label strip left."""
+    bands = []
+    for label, (real, fake) in per_class.items():
+        k = min(len(real), len(fake))
+        band = np.concatenate(
+            [np.concatenate(real[:k], axis=1), np.concatenate(fake[:k], axis=1)], axis=0
+        )
+        strip = Image.new("L" if band.ndim == 2 else "RGB", (96, band.shape[0]), 0)
+        ImageDraw.Draw(strip).text(
+            (4, 4), f"{label}\nreal\n\n\ngen", fill=255 if band.ndim == 2 else (255, 255, 255)
+        )
+        bands.append(np.concatenate([np.asarray(strip), band], axis=1))
+    width = max(b.shape[1] for b in bands)
+    padded = [np.pad(b, [(0, 4), (0, width - b.shape[1])] + [(0, 0)] * (b.ndim - 2)) for b in bands]
+    return np.concatenate(padded, axis=0)
+
+
+def run(
+    params: Params, *, preprocessed: Path, base: Path, adapters: Path, out_dir: Path
+) -> dict[str, float]:
+    """Generate generate.images_per_class images for every class that has an adapter.
+
+    Returns:
+        Metrics: n_images, n_duplicates, <class>/n, <class>/strength, <class>/guidance
+        (+ time/<class>_s and time/images_per_s for MLflow only).
+    """
+    cfg = params.generate
+    preprocessed, base, adapters = Path(preprocessed), Path(base), Path(adapters)
+    summary_path = adapters / SUMMARY_NAME
+    if not summary_path.is_file():
+        raise DataError(f"{summary_path}: missing; pass the finetune stage's output as --adapters")
+    labels = sorted(json.loads(summary_path.read_text(encoding="utf-8")))
+    rt = models.runtime(params.model)
+    per_class = train_images(preprocessed, data=params.finetune.data, classes=labels)
+    train_ids = {r["id"] for r in manifest.read_rows(preprocessed) if r["split"] == "train"}
+    key = file_digest(preprocessed / manifest.MANIFEST_NAME, base / "base.json", summary_path)[
+        :16
+    ] + params.section_hash("seed", "generate", "finetune")
+    resume = Resume(out_dir, key)
+    metrics: dict[str, float] = {}
+    report: dict[str, dict] = {}
+    rows: list[dict] = []
+    shown: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+    total_s = 0.0
+    with atomic_dir(out_dir) as tmp:
+        for label in labels:
+            done = resume.done(label)
+            if done is None:
+                started = time.perf_counter()
+                with resume.unit(label) as unit:
+                    _generate_class(
+                        params, base, adapters / "adapters" / label, per_class[label], rt, unit
+                    )
+                metrics[f"time/{label}_s"] = elapsed = time.perf_counter() - started
+                total_s += elapsed
+                done = resume.done(label)
+            class_rows = manifest.read_rows(done)
+            leaked = [
+                r["path"] for r in class_rows if r["parent_id"] and r["parent_id"] not in train_ids
+            ]
+            if leaked:  # cannot happen by construction; a guard for the invariant that matters
+                raise DataError(
+                    f"{done}: synthetic images with parents outside train: {leaked[:3]}"
+                )
+            shutil.copytree(done / "images" / label, tmp / "images" / label)
+            rows.extend(class_rows)
+            strength, guidance = cfg.settings(label)
+            report[label] = {
+                "n": len(class_rows),
+                "duplicates": cfg.images_per_class - len(class_rows),
+                "strength": strength if cfg.mode == "img2img" else None,
+                "guidance": guidance,
+                "mode": cfg.mode,
+            }
+            metrics[f"{label}/n"] = len(class_rows)
+            metrics[f"{label}/guidance"] = guidance
+            if cfg.mode == "img2img":
+                metrics[f"{label}/strength"] = strength
+            by_id = {r["id"]: px for r, px in per_class[label]}
+            first = class_rows[: cfg.grid_per_class]
+            size = first[0]["width"]
+            real = [
+                resize(by_id[r["parent_id"]], size) if r["parent_id"] else resize(px, size)
+                for r, (_, px) in zip(first, per_class[label], strict=False)
+            ]
+            fake = [np.asarray(Image.open(done / r["path"])) for r in first]
+            shown[label] = (real, fake)
+        manifest.write_manifest(rows, tmp / manifest.MANIFEST_NAME)
+        write_file(tmp / GRID_NAME, encode_png(_grid(shown)))
+        atomic_write_json(tmp / REPORT_NAME, report)
+    resume.finish()
+    metrics["n_images"] = len(rows)
+    metrics["n_duplicates"] = sum(r["duplicates"] for r in report.values())
+    if total_s:
+        metrics["time/images_per_s"] = len(rows) / total_s
+    return metrics

@@ -1,0 +1,194 @@
+"""core/diffusion on the tiny profile: tokenizer, textual inversion, LoRA, save/reload
+into a fresh pipeline with diffusers' loaders, generation determinism, the sd15 loader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from defectgen.config import ModelConfig, TinyArchConfig
+from defectgen.core.diffusion import adapt, models, sample, train
+from defectgen.core.diffusion.tokenizer import build_tokenizer
+from defectgen.errors import ConfigError
+from tests.conftest import texture
+
+CPU = models.Runtime(torch.device("cpu"), torch.float32)
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory) -> Path:
+    """A random-weight tiny pipeline saved in SD1.5's on-disk layout."""
+    root = tmp_path_factory.mktemp("tiny")
+    models.quiet()
+    pipe = models.build_tiny_pipeline(TinyArchConfig(), image_size=SIZE, work_dir=root, seed=0)
+    pipe.save_pretrained(root / "pipeline")
+    return root / "pipeline"
+
+
+def fresh(base_dir: Path):
+    pipe = models.load_pipeline(base_dir, revision=None, rt=CPU)
+    return models.prepare(pipe, ModelConfig())
+
+
+def latents_of(pipe, n: int = 6) -> train.LatentCache:
+    images = [texture(i, (SIZE, SIZE)) for i in range(n)]
+    return train.encode_latents(pipe.vae, train.to_pixels(images), CPU, flip=True)
+
+
+def loop_kwargs(pipe, prompt: str, steps: int = 3):
+    return dict(
+        ids=adapt.prompt_ids(pipe, prompt),
+        latents=latents_of(pipe),
+        noise_scheduler=models.training_scheduler(pipe),
+        steps=steps,
+        batch_size=2,
+        gen=torch.Generator().manual_seed(0),
+        rt=CPU,
+        log=lambda step, loss: None,
+    )
+
+
+def test_tokenizer_matches_openai_clip_ids(tmp_path):
+    tok = build_tokenizer(tmp_path)
+    assert len(tok) == 49408
+    # OpenAI CLIP's ids: <start> a photo of a cat <end>
+    assert tok("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+    assert tok("x", padding="max_length", max_length=77).input_ids[-1] == 49407
+
+
+def test_textual_inversion_trains_only_the_new_row(base_dir):
+    pipe = fresh(base_dir)
+    token_id = adapt.add_token(pipe, "<crack>", None)
+    emb = pipe.text_encoder.get_input_embeddings().weight
+    before = emb.detach().clone()
+    assert torch.allclose(before[token_id], before[:token_id].mean(0))  # the "<unknown>" start
+    trainable, restore = adapt.token_parameters(pipe, token_id)
+    adapt.train(
+        pipe, trainable, lr=5e-2, after_step=restore, **loop_kwargs(pipe, "a photo of <crack>")
+    )
+    after = emb.detach()
+    changed = (before != after).any(dim=1).nonzero().flatten().tolist()
+    assert changed == [token_id]
+    assert torch.equal(before[:token_id], after[:token_id])  # bit-identical
+
+
+def test_initializer_must_be_one_token(base_dir):
+    pipe = fresh(base_dir)
+    with pytest.raises(ConfigError, match="one|tokens"):
+        adapt.add_token(pipe, "<x>", "photovoltaic module")
+    pipe = fresh(base_dir)
+    token_id = adapt.add_token(pipe, "<y>", "defect")
+    emb = pipe.text_encoder.get_input_embeddings().weight
+    word = pipe.tokenizer.encode("defect", add_special_tokens=False)[0]
+    assert torch.equal(emb[token_id], emb[word])
+
+
+def test_adding_an_existing_token_is_refused(base_dir):
+    pipe = fresh(base_dir)
+    adapt.add_token(pipe, "<crack>", None)
+    with pytest.raises(ConfigError, match="already in the tokenizer"):
+        adapt.add_token(pipe, "<crack>", None)
+
+
+@pytest.mark.parametrize("alpha", [None, 4.0])  # 4.0: the scale alpha / r must survive a reload
+def test_lora_adapter_reloads_into_a_fresh_pipeline(base_dir, tmp_path, alpha):
+    pipe = fresh(base_dir)
+    token_id = adapt.add_token(pipe, "<crack>", None)
+    kw = loop_kwargs(pipe, "a photo of <crack>")
+    trainable, restore = adapt.token_parameters(pipe, token_id)
+    adapt.train(pipe, trainable, lr=5e-2, after_step=restore, **kw)
+    trainable[0].requires_grad_(False)
+    lora = adapt.add_lora(pipe, rank=1, alpha=alpha, seed=0)
+    lora_b = [p for n, p in pipe.unet.named_parameters() if "lora_B" in n]
+    assert all(torch.count_nonzero(p) == 0 for p in lora_b)  # B starts at zero
+    adapt.train(pipe, lora, lr=1e-2, **kw)
+    assert any(torch.count_nonzero(p) > 0 for p in lora_b)  # ... and trained away from it
+    files = adapt.save_adapter(
+        pipe, tmp_path, token="<crack>", token_id=token_id, lora=True, attention=False
+    )
+    assert files == [adapt.EMBEDS_NAME, adapt.LORA_NAME]
+    keys = set(load_file(tmp_path / adapt.LORA_NAME))
+    assert keys and all(k.startswith(("unet.", "text_encoder.")) for k in keys)
+    # One down and one up matrix per attention projection of UNet and text encoder.
+    projections = [name for name, _ in adapt.attention_modules(fresh(base_dir))]
+    assert len(projections) > 8 and len(keys) == 2 * len(projections)
+    for name in projections:
+        assert len([k for k in keys if k.startswith(name + ".")]) == 2, name
+    assert not any("embed" in k for k in keys)  # the resized embedding stays out
+    ids = adapt.prompt_ids(pipe, "a photo of <crack>")
+    with torch.no_grad():
+        expected = pipe.text_encoder(ids)[0]
+        z = torch.randn(1, 4, SIZE // 4, SIZE // 4, generator=torch.Generator().manual_seed(1))
+        unet_expected = pipe.unet(z, 10, expected).sample
+
+    other = fresh(base_dir)
+    adapt.load_adapter(other, tmp_path, "<crack>")
+    reloaded = [k for m in (other.unet, other.text_encoder) for k, _ in m.named_parameters()]
+    assert len([k for k in reloaded if "lora_A" in k]) == len(projections)
+    with torch.no_grad():
+        got = other.text_encoder(adapt.prompt_ids(other, "a photo of <crack>"))[0]
+        unet_got = other.unet(z, 10, got).sample
+    assert torch.allclose(expected, got, atol=1e-6)
+    assert torch.allclose(unet_expected, unet_got, atol=1e-5)
+
+
+def test_full_attention_adapter_reloads(base_dir, tmp_path):
+    pipe = fresh(base_dir)
+    token_id = adapt.add_token(pipe, "<dent>", None)
+    params = adapt.attention_parameters(pipe)
+    before = [p.detach().clone() for p in params]
+    adapt.train(pipe, params, lr=1e-2, **loop_kwargs(pipe, "a photo of <dent>"))
+    assert any(not torch.equal(b, p) for b, p in zip(before, params, strict=True))
+    adapt.save_adapter(
+        pipe, tmp_path, token="<dent>", token_id=token_id, lora=False, attention=True
+    )
+    other = fresh(base_dir)
+    adapt.load_adapter(other, tmp_path, "<dent>")
+    assert models.fingerprint(other) == models.fingerprint(pipe)
+
+
+def test_generation_is_deterministic_per_image_seed(base_dir):
+    pipe = fresh(base_dir)
+    parents = [texture(i, (SIZE, SIZE)) for i in range(3)]
+    img2img = sample.sampler(pipe, "img2img")
+    kw = dict(
+        prompt="a photo of a surface", strength=0.6, guidance=2.0, steps=4, size=SIZE, channels=1
+    )
+    batch = sample.generate(img2img, seeds=[11, 12, 13], parents=parents, **kw)
+    alone = sample.generate(img2img, seeds=[12], parents=parents[1:2], **kw)
+    assert [b.shape for b in batch] == [(SIZE, SIZE)] * 3 and batch[0].dtype == np.uint8
+    assert np.array_equal(batch[1], alone[0])  # independent of the batch it ran in
+    assert not np.array_equal(batch[0], batch[1])
+    other_seed = sample.generate(img2img, seeds=[99], parents=parents[1:2], **kw)
+    assert not np.array_equal(other_seed[0], alone[0])
+    txt = sample.sampler(pipe, "txt2img")
+    rgb = sample.generate(txt, seeds=[1, 2], parents=None, **{**kw, "channels": 3})
+    assert rgb[0].shape == (SIZE, SIZE, 3)
+
+
+def test_sd15_loader_reads_a_local_checkpoint_folder(base_dir):
+    pipe = models.load_pipeline(str(base_dir), revision=None, rt=CPU)
+    assert type(pipe).__name__ == "StableDiffusionPipeline"
+    assert models.latent_factor(pipe.vae) == 4
+
+
+def test_sd15_without_a_local_copy_says_what_to_download(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match="huggingface-cli download .* set model.base"):
+        models.load_pipeline("runwayml/stable-diffusion-v1-5", revision=None, rt=CPU)
+    (tmp_path / "weights").mkdir()
+    with pytest.raises(ConfigError, match="no model_index.json"):
+        models.load_pipeline(tmp_path / "weights", revision=None, rt=CPU)
+
+
+def test_runtime_refuses_cuda_without_a_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        models.runtime(ModelConfig(device="cuda"))
+    assert models.runtime(ModelConfig()) == CPU

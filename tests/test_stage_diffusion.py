@@ -1,0 +1,301 @@
+"""The base, finetune and generate stages on the tiny profile, end to end on a small
+PIL-made dataset: outputs, provenance, leakage, determinism, resume, ablations, sd15."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from defectgen import manifest
+from defectgen.core.diffusion import adapt, models, sample
+from defectgen.errors import ConfigError, DataError
+from defectgen.stages import base, finetune, generate, ingest, preprocess
+from defectgen.stages.diffusion_common import open_base
+from tests.conftest import make_params, save, texture
+
+CLASSES = ("crack", "dent")
+FAST = {
+    "preprocess": {"image_size": 32, "subset": {"alpha": 0.5}},
+    "base": {"vae_steps": 3, "unet_steps": 3, "batch_size": 8},
+    "finetune": {"ti": {"steps": 2, "lr": 5e-3}, "lora": {"steps": 2, "lr": 1e-3}},
+    "generate": {"images_per_class": 5, "batch_size": 3, "steps": 4, "strength": 0.6},
+}
+
+
+def params_for(root: Path, **overrides):
+    sections = {k: dict(v) for k, v in FAST.items()}
+    for key, value in overrides.items():
+        sections[key] = {**sections.get(key, {}), **value}
+    return make_params("folders", root, **sections)
+
+
+def tree_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def run_dirs(tmp_path_factory) -> dict[str, Path]:
+    """ingest -> preprocess -> base -> finetune -> generate, once for the module."""
+    tmp = tmp_path_factory.mktemp("pipeline")
+    root = tmp / "raw"
+    for ci, cls in enumerate(CLASSES):
+        for i in range(14):
+            save(texture(ci * 100 + i, (48, 48)), root / cls / f"{cls}_{i}.png")
+    params = params_for(root)
+    dirs = {name: tmp / name for name in ("ingested", "pre", "base", "ft", "gen")}
+    ingest.run(params, out_dir=dirs["ingested"])
+    preprocess.run(params, ingested=dirs["ingested"], out_dir=dirs["pre"])
+    dirs["base_metrics"] = base.run(params, preprocessed=dirs["pre"], out_dir=dirs["base"])
+    dirs["base_digest"] = tree_digest(dirs["base"])
+    finetune.run(params, preprocessed=dirs["pre"], base=dirs["base"], out_dir=dirs["ft"])
+    generate.run(
+        params,
+        preprocessed=dirs["pre"],
+        base=dirs["base"],
+        adapters=dirs["ft"],
+        out_dir=dirs["gen"],
+    )
+    dirs["root"] = root
+    return dirs
+
+
+def test_tiny_base_is_pretrained_and_saved_in_sd15_layout(run_dirs):
+    out = run_dirs["base"]
+    record = json.loads((out / "base.json").read_text())
+    assert record["profile"] == "tiny" and record["source"] == "pipeline"
+    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "model_index.json"):
+        assert (out / "pipeline" / part).exists()
+    pipe = models.load_pipeline(
+        out / "pipeline", revision=None, rt=models.runtime(params_for(run_dirs["root"]).model)
+    )
+    assert models.fingerprint(pipe) == record["fingerprint"]
+    assert pipe.vae.config.scaling_factor != 0.18215  # set from the trained latents
+    assert {p.name for p in (out / "curves").iterdir()} == {"vae.csv", "unet.csv"}
+    assert len((out / "curves" / "vae.csv").read_text().splitlines()) == 1 + 3
+    metrics = run_dirs["base_metrics"]
+    subset = [r for r in manifest.read_rows(run_dirs["pre"]) if r["in_subset"]]
+    assert metrics["n_images"] == len(subset)
+    assert np.isfinite(metrics["vae_psnr_val_db"]) and metrics["params/unet"] > 0
+    assert not (out.parent / ".base.resume").exists()  # cleaned once complete
+
+
+def test_finetune_writes_diffusers_adapters_and_leaves_the_base_alone(run_dirs):
+    ft, pre = run_dirs["ft"], run_dirs["pre"]
+    assert tree_digest(run_dirs["base"]) == run_dirs["base_digest"]
+    base_fp = json.loads((run_dirs["base"] / "base.json").read_text())["fingerprint"]
+    rows = manifest.read_rows(pre)
+    for label in CLASSES:
+        folder = ft / "adapters" / label
+        record = json.loads((folder / "adapter.json").read_text())
+        assert record["token"] == f"<{label}>" and record["prompt"] == f"a photo of <{label}>"
+        assert record["base"]["fingerprint"] == base_fp
+        assert set(record["phases"]) == {"ti", "lora"}
+        assert record["phases"]["lora"]["rank"] == 1 and record["phases"]["ti"]["steps"] == 2
+        ids = sorted(r["id"] for r in rows if r["label"] == label and r["in_subset"])
+        assert record["data"]["n_images"] == len(ids)
+        assert record["data"]["ids_sha256"] == hashlib.sha256("\n".join(ids).encode()).hexdigest()
+        assert set(load_file(folder / adapt.EMBEDS_NAME)) == {f"<{label}>"}
+        assert (folder / adapt.LORA_NAME).is_file()
+        assert (ft / "curves" / f"{label}.ti.csv").is_file()
+    # A fresh base copy is bit-identical to the record: finetuning changed no base weight.
+    params = params_for(run_dirs["root"])
+    assert (
+        models.fingerprint(open_base(run_dirs["base"], params, models.runtime(params.model)))
+        == base_fp
+    )
+
+
+def test_generate_writes_counted_sized_images_with_provenance(run_dirs):
+    gen, pre = run_dirs["gen"], run_dirs["pre"]
+    rows = manifest.read_rows(gen)
+    assert sorted({r["label"] for r in rows}) == list(CLASSES)
+    for label in CLASSES:
+        assert len([r for r in rows if r["label"] == label]) == 5
+    real = {r["id"]: r for r in manifest.read_rows(pre)}
+    for row in rows:
+        assert row["origin"] == "synthetic" and row["split"] == "train" and not row["in_subset"]
+        image = Image.open(gen / row["path"])
+        assert image.size == (32, 32) and image.mode == "L"
+        assert row["generator"].startswith("stablesdg-img2img adapter=")
+        params = json.loads(row["gen_params"])
+        assert params["strength"] == 0.6 and params["steps"] == 4 and params["mode"] == "img2img"
+        parent = real[row["parent_id"]]
+        assert parent["label"] == row["label"]
+        # Leakage: parents are train images the adapter saw, never val or test.
+        assert parent["split"] == "train" and parent["in_subset"]
+    assert (gen / "samples.png").is_file()
+    assert json.loads((gen / "generate.json").read_text())["crack"]["n"] == 5
+
+
+def test_a_row_regenerates_its_image(run_dirs):
+    gen, pre = run_dirs["gen"], run_dirs["pre"]
+    row = manifest.read_rows(gen)[3]
+    gp = json.loads(row["gen_params"])
+    parent = next(r for r in manifest.read_rows(pre) if r["id"] == row["parent_id"])
+    params = params_for(run_dirs["root"])
+    pipe = open_base(run_dirs["base"], params, models.runtime(params.model))
+    adapt.load_adapter(pipe, run_dirs["ft"] / "adapters" / row["label"], f"<{row['label']}>")
+    again = sample.generate(
+        sample.sampler(pipe, gp["mode"]),
+        prompt=gp["prompt"],
+        seeds=[gp["seed"]],
+        parents=[np.asarray(Image.open(pre / parent["path"]))],
+        strength=gp["strength"],
+        guidance=gp["guidance"],
+        steps=gp["steps"],
+        size=gp["size"],
+        channels=1,
+    )[0]
+    assert np.array_equal(again, np.asarray(Image.open(gen / row["path"])))
+
+
+def test_generate_is_deterministic(run_dirs, tmp_path):
+    params = params_for(run_dirs["root"])
+    generate.run(
+        params,
+        preprocessed=run_dirs["pre"],
+        base=run_dirs["base"],
+        adapters=run_dirs["ft"],
+        out_dir=tmp_path / "again",
+    )
+    assert [r["id"] for r in manifest.read_rows(tmp_path / "again")] == [
+        r["id"] for r in manifest.read_rows(run_dirs["gen"])
+    ]
+
+
+def test_txt2img_mode_has_no_parent(run_dirs, tmp_path):
+    params = params_for(run_dirs["root"], generate={"mode": "txt2img", "images_per_class": 2})
+    generate.run(
+        params,
+        preprocessed=run_dirs["pre"],
+        base=run_dirs["base"],
+        adapters=run_dirs["ft"],
+        out_dir=tmp_path / "txt",
+    )
+    rows = manifest.read_rows(tmp_path / "txt")
+    assert len(rows) == 4 and all(r["parent_id"] is None for r in rows)
+    assert all(json.loads(r["gen_params"])["strength"] is None for r in rows)
+    assert all(r["generator"].startswith("stablesdg-txt2img") for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("mode", "files"),
+    [
+        ("ti", {adapt.EMBEDS_NAME}),
+        ("lora", {adapt.EMBEDS_NAME, adapt.LORA_NAME}),
+        ("full_attn", {adapt.EMBEDS_NAME, adapt.ATTENTION_NAME}),
+    ],
+)
+def test_ablation_modes(run_dirs, tmp_path, mode, files):
+    params = params_for(
+        run_dirs["root"],
+        finetune={"mode": mode, "classes": ["dent"], "full_attn": {"steps": 2, "lr": 1e-3}},
+    )
+    finetune.run(
+        params, preprocessed=run_dirs["pre"], base=run_dirs["base"], out_dir=tmp_path / "ft"
+    )
+    folder = tmp_path / "ft" / "adapters" / "dent"
+    assert {p.name for p in folder.glob("*.safetensors")} == files
+    assert not (tmp_path / "ft" / "adapters" / "crack").exists()
+    record = json.loads((folder / "adapter.json").read_text())
+    assert set(record["phases"]) == {mode}
+    if mode in ("lora", "full_attn"):  # the token keeps its initial embedding
+        pipe = open_base(run_dirs["base"], params, models.runtime(params.model))
+        emb = pipe.text_encoder.get_input_embeddings().weight
+        assert torch.allclose(
+            load_file(folder / adapt.EMBEDS_NAME)["<dent>"], emb.mean(0), atol=1e-6
+        )
+    generate.run(
+        params,
+        preprocessed=run_dirs["pre"],
+        base=run_dirs["base"],
+        adapters=tmp_path / "ft",
+        out_dir=tmp_path / "gen",
+    )
+    assert len(manifest.read_rows(tmp_path / "gen")) == 5
+
+
+def test_finetune_resumes_after_a_kill(run_dirs, tmp_path, monkeypatch):
+    params = params_for(run_dirs["root"])
+    out = tmp_path / "ft"
+    trained: list[str] = []
+    real = finetune._adapt_class
+
+    def dies_on_second(params, base_dir, label, *args):
+        if trained:
+            raise KeyboardInterrupt("killed")
+        trained.append(label)
+        return real(params, base_dir, label, *args)
+
+    monkeypatch.setattr(finetune, "_adapt_class", dies_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        finetune.run(params, preprocessed=run_dirs["pre"], base=run_dirs["base"], out_dir=out)
+    assert not out.exists() and trained == ["crack"]
+
+    def counting(params, base_dir, label, *args):
+        trained.append(label)
+        return real(params, base_dir, label, *args)
+
+    monkeypatch.setattr(finetune, "_adapt_class", counting)
+    finetune.run(params, preprocessed=run_dirs["pre"], base=run_dirs["base"], out_dir=out)
+    assert trained == ["crack", "dent"]  # crack was not trained again
+    assert sorted(p.name for p in (out / "adapters").iterdir()) == list(CLASSES)
+    # The resumed adapter is the one the uninterrupted run made (same seed, same data).
+    assert (out / "adapters" / "crack" / adapt.LORA_NAME).read_bytes() == (
+        run_dirs["ft"] / "adapters" / "crack" / adapt.LORA_NAME
+    ).read_bytes()
+    assert not (tmp_path / ".ft.resume").exists()
+
+
+def test_sd15_profile_loads_a_local_checkpoint_folder(run_dirs, tmp_path):
+    folder = run_dirs["base"] / "pipeline"  # a tiny checkpoint in SD1.5's on-disk layout
+    params = params_for(
+        run_dirs["root"],
+        model={"profile": "sd15", "base": str(folder)},
+        finetune={"classes": ["crack"]},
+    )
+    base.run(params, preprocessed=run_dirs["pre"], out_dir=tmp_path / "base")
+    record = json.loads((tmp_path / "base" / "base.json").read_text())
+    assert record["profile"] == "sd15" and record["source"] == str(folder.resolve())
+    assert (
+        record["fingerprint"]
+        == json.loads((run_dirs["base"] / "base.json").read_text())["fingerprint"]
+    )
+    assert sorted(p.name for p in (tmp_path / "base").iterdir()) == ["base.json"]  # no copy
+    finetune.run(
+        params, preprocessed=run_dirs["pre"], base=tmp_path / "base", out_dir=tmp_path / "ft"
+    )
+    generate.run(
+        params,
+        preprocessed=run_dirs["pre"],
+        base=tmp_path / "base",
+        adapters=tmp_path / "ft",
+        out_dir=tmp_path / "gen",
+    )
+    rows = manifest.read_rows(tmp_path / "gen")
+    assert len(rows) == 5 and "base=sd15:" in rows[0]["generator"]
+
+
+def test_profile_mismatch_and_unknown_classes_are_clear_errors(run_dirs, tmp_path):
+    params = params_for(run_dirs["root"], model={"profile": "sd15", "base": "/nonexistent"})
+    with pytest.raises(DataError, match="built for profile 'tiny'.*re-run the base stage"):
+        finetune.run(
+            params, preprocessed=run_dirs["pre"], base=run_dirs["base"], out_dir=tmp_path / "x"
+        )
+    params = params_for(run_dirs["root"], finetune={"classes": ["crack", "bubble"]})
+    with pytest.raises(DataError, match=r"\['bubble'\].*not in the dataset"):
+        finetune.run(
+            params, preprocessed=run_dirs["pre"], base=run_dirs["base"], out_dir=tmp_path / "x"
+        )
+    with pytest.raises(ConfigError, match="must contain \\{token\\}"):
+        params_for(run_dirs["root"], finetune={"prompt_template": "a photo"})
