@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from defectgen import manifest
-from defectgen.config import Params
+from defectgen.config import Params, StepsConfig
 from defectgen.core.diffusion import adapt, models, train
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest
 from defectgen.stages.diffusion_common import (
@@ -78,62 +78,37 @@ def _adapt_class(
     noise_scheduler = models.training_scheduler(pipe)
     gen = torch.Generator().manual_seed(derive_seed(params.seed, "finetune", label))
     curves = Curves()
-    loop = dict(
-        ids=adapt.prompt_ids(pipe, prompt),
-        latents=latents,
-        noise_scheduler=noise_scheduler,
-        batch_size=cfg.batch_size,
-        gen=gen,
-        rt=rt,
-    )
+    token_ids = adapt.prompt_ids(pipe, prompt)  # (1, 77)
     phases: dict[str, dict] = {}
-    if cfg.mode in ("ti_lora", "ti"):
+
+    def phase(name: str, trainable: list, steps: StepsConfig, after_step=None, **info) -> None:
+        """Train `trainable` for one phase and record it (losses are added after)."""
+        adapt.train(
+            pipe, trainable, token_ids, latents, noise_scheduler,
+            steps=steps.steps, lr=steps.lr, batch_size=cfg.batch_size, gen=gen, rt=rt,
+            log=curves.logger(f"{label}.{name}"), after_step=after_step,
+        )  # fmt: skip
+        phases[name] = {"steps": steps.steps, "lr": steps.lr, **info}
+
+    if cfg.mode in ("ti_lora", "ti"):  # stage 1: only the new token's row
         trainable, restore = adapt.token_parameters(pipe, token_id)
-        adapt.train(
-            pipe,
-            trainable,
-            steps=cfg.ti.steps,
-            lr=cfg.ti.lr,
-            log=curves.logger(f"{label}.ti"),
-            after_step=restore,
-            **loop,
-        )
-        trainable[0].requires_grad_(False)
-        phases["ti"] = {"steps": cfg.ti.steps, "lr": cfg.ti.lr}
-    if cfg.mode in ("ti_lora", "lora"):
-        trainable = adapt.add_lora(
-            pipe, cfg.lora.rank, cfg.lora.alpha, seed=derive_seed(params.seed, "lora", label)
-        )
-        adapt.train(
-            pipe,
-            trainable,
-            steps=cfg.lora.steps,
-            lr=cfg.lora.lr,
-            log=curves.logger(f"{label}.lora"),
-            **loop,
-        )
-        phases["lora"] = {
-            "steps": cfg.lora.steps,
-            "lr": cfg.lora.lr,
-            "rank": cfg.lora.rank,
-            "alpha": cfg.lora.alpha or cfg.lora.rank,
-            "trainable_params": sum(p.numel() for p in trainable),
-        }
-    if cfg.mode == "full_attn":
+        phase("ti", trainable, cfg.ti, after_step=restore, trainable_params=trainable[0].shape[1])
+        trainable[0].requires_grad_(False)  # frozen from here on
+    if cfg.mode in ("ti_lora", "lora"):  # stage 2: LoRA on every attention projection
+        lora_seed = derive_seed(params.seed, "lora", label)
+        trainable = adapt.add_lora(pipe, cfg.lora.rank, cfg.lora.alpha, seed=lora_seed)
+        phase(
+            "lora", trainable, cfg.lora, rank=cfg.lora.rank, alpha=cfg.lora.alpha or cfg.lora.rank,
+            trainable_params=sum(p.numel() for p in trainable),
+        )  # fmt: skip
+    if cfg.mode == "full_attn":  # ablation: the attention projections in full
         trainable = adapt.attention_parameters(pipe)
-        adapt.train(
-            pipe,
+        phase(
+            "full_attn",
             trainable,
-            steps=cfg.full_attn.steps,
-            lr=cfg.full_attn.lr,
-            log=curves.logger(f"{label}.full_attn"),
-            **loop,
+            cfg.full_attn,
+            trainable_params=sum(p.numel() for p in trainable),
         )
-        phases["full_attn"] = {
-            "steps": cfg.full_attn.steps,
-            "lr": cfg.full_attn.lr,
-            "trainable_params": sum(p.numel() for p in trainable),
-        }
     files = adapt.save_adapter(
         pipe,
         unit,

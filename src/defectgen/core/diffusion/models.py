@@ -20,6 +20,7 @@ from diffusers import (
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
+from diffusers.models.attention_processor import AttnProcessor2_0
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from defectgen.config import ModelConfig, TinyArchConfig
@@ -195,10 +196,13 @@ def load_pipeline(
 
 
 def prepare(pipe: StableDiffusionPipeline, cfg: ModelConfig) -> StableDiffusionPipeline:
-    """Freeze the base and apply runtime options (gradient checkpointing) before adaptation."""
+    """Freeze the base and apply runtime options before adaptation: PyTorch's fused
+    scaled-dot-product attention (flash / memory-efficient kernels on CUDA) and,
+    optionally, gradient checkpointing."""
     for module in (pipe.vae, pipe.text_encoder, pipe.unet):
         module.requires_grad_(False)
         module.eval()
+    pipe.unet.set_attn_processor(AttnProcessor2_0())
     if cfg.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
         pipe.text_encoder.gradient_checkpointing_enable()

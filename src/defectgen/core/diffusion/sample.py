@@ -52,27 +52,17 @@ def generate(
     Returns:
         uint8 images (size, size) or (size, size, 3).
     """
-    generators = [torch.Generator().manual_seed(s) for s in seeds]
-    prompts = [prompt] * len(seeds)
     if parents is not None:
-        image = (to_pixels(parents) + 1) / 2  # the pipeline's [0, 1] image convention
-        out = pipe(
-            prompt=prompts,
-            image=image,
-            strength=strength,
-            guidance_scale=guidance,
-            num_inference_steps=steps,
-            generator=generators,
-            output_type="pt",
-        ).images
+        # (B, 3, H, W) in [0, 1], the pipeline's image convention
+        source = {"image": (to_pixels(parents) + 1) / 2, "strength": strength}
     else:
-        out = pipe(
-            prompt=prompts,
-            height=size,
-            width=size,
-            guidance_scale=guidance,
-            num_inference_steps=steps,
-            generator=generators,
-            output_type="pt",
-        ).images
+        source = {"height": size, "width": size}
+    out = pipe(
+        prompt=[prompt] * len(seeds),
+        guidance_scale=guidance,
+        num_inference_steps=steps,
+        generator=[torch.Generator().manual_seed(s) for s in seeds],
+        output_type="pt",
+        **source,
+    ).images
     return from_pixels(out * 2 - 1, channels)  # (B, 3, H, W) in [0, 1] -> uint8
