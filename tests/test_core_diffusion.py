@@ -42,7 +42,7 @@ def latents_of(pipe, n: int = 6) -> train.LatentCache:
 
 def loop_kwargs(pipe, prompt: str, steps: int = 3):
     return dict(
-        ids=adapt.prompt_ids(pipe, prompt),
+        ids=train.prompt_ids(pipe, prompt),
         latents=latents_of(pipe),
         noise_scheduler=models.training_scheduler(pipe),
         steps=steps,
@@ -120,7 +120,7 @@ def test_lora_adapter_reloads_into_a_fresh_pipeline(base_dir, tmp_path, alpha):
     for name in projections:
         assert len([k for k in keys if k.startswith(name + ".")]) == 2, name
     assert not any("embed" in k for k in keys)  # the resized embedding stays out
-    ids = adapt.prompt_ids(pipe, "a photo of <crack>")
+    ids = train.prompt_ids(pipe, "a photo of <crack>")
     with torch.no_grad():
         expected = pipe.text_encoder(ids)[0]
         z = torch.randn(1, 4, SIZE // 4, SIZE // 4, generator=torch.Generator().manual_seed(1))
@@ -131,7 +131,7 @@ def test_lora_adapter_reloads_into_a_fresh_pipeline(base_dir, tmp_path, alpha):
     reloaded = [k for m in (other.unet, other.text_encoder) for k, _ in m.named_parameters()]
     assert len([k for k in reloaded if "lora_A" in k]) == len(projections)
     with torch.no_grad():
-        got = other.text_encoder(adapt.prompt_ids(other, "a photo of <crack>"))[0]
+        got = other.text_encoder(train.prompt_ids(other, "a photo of <crack>"))[0]
         unet_got = other.unet(z, 10, got).sample
     assert torch.allclose(expected, got, atol=1e-6)
     assert torch.allclose(unet_expected, unet_got, atol=1e-5)

@@ -27,7 +27,7 @@ import torch
 
 from defectgen import manifest
 from defectgen.config import Params
-from defectgen.core.diffusion import adapt, models, train
+from defectgen.core.diffusion import models, train
 from defectgen.core.images import ImageProblem, decode_image, encode_png
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
 from defectgen.stages.diffusion_common import (
@@ -131,7 +131,7 @@ def run(params: Params, *, preprocessed: Path, out_dir: Path) -> dict[str, float
                 latents = train.encode_latents(pipe.vae, pixels, rt, flip=True)
                 with torch.no_grad():
                     cond, uncond = (
-                        pipe.text_encoder(adapt.prompt_ids(pipe, text).to(rt.device))[0]
+                        pipe.text_encoder(train.prompt_ids(pipe, text).to(rt.device))[0]
                         for text in (cfg.prompt, "")
                     )
                 train.train_denoiser(

@@ -78,7 +78,7 @@ def _adapt_class(
     noise_scheduler = models.training_scheduler(pipe)
     gen = torch.Generator().manual_seed(derive_seed(params.seed, "finetune", label))
     curves = Curves()
-    token_ids = adapt.prompt_ids(pipe, prompt)  # (1, 77)
+    token_ids = train.prompt_ids(pipe, prompt)  # (1, 77)
     phases: dict[str, dict] = {}
 
     def phase(name: str, trainable: list, steps: StepsConfig, after_step=None, **info) -> None:

@@ -62,18 +62,6 @@ def add_token(pipe: StableDiffusionPipeline, token: str, initializer: str | None
     return token_id
 
 
-def prompt_ids(pipe: StableDiffusionPipeline, prompt: str) -> torch.Tensor:
-    """(1, 77) token ids, padded as the pipelines pad them."""
-    tok = pipe.tokenizer
-    return tok(
-        prompt,
-        padding="max_length",
-        max_length=tok.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids
-
-
 def train(
     pipe: StableDiffusionPipeline,
     parameters: list[torch.nn.Parameter],
@@ -170,17 +158,19 @@ def attention_parameters(pipe: StableDiffusionPipeline) -> list[torch.nn.Paramet
     return params
 
 
-def _lora_metadata(module: torch.nn.Module) -> dict:
-    """The LoRA config diffusers stores in the file (so alpha survives a reload), reduced
-    to what defines the adapter: peft's full dict holds local paths and set-ordered lists,
-    which would make identical adapters differ byte for byte."""
+def _lora_state(module: torch.nn.Module, **kwargs) -> dict[str, torch.Tensor]:
+    """The module's LoRA weights in diffusers' key format, with the scale alpha / r folded
+    into B, so the file means the same under any loader's default alpha (= r).
+
+    Why fold instead of storing alpha: diffusers keeps alpha in the safetensors header
+    metadata, whose key order is not stable, and identical adapters must be identical
+    files (DVC hashes them; the adapter id is their digest).
+    """
     cfg = module.peft_config["default"]
-    return {
-        "r": cfg.r,
-        "lora_alpha": cfg.lora_alpha,
-        "target_modules": sorted(cfg.target_modules),
-        "init_lora_weights": cfg.init_lora_weights,
-    }
+    scale = cfg.lora_alpha / cfg.r
+    state = get_peft_model_state_dict(module, **kwargs)
+    state = {k: v * scale if "lora_B" in k else v for k, v in state.items()}
+    return convert_state_dict_to_diffusers(state)
 
 
 def save_adapter(
@@ -204,15 +194,12 @@ def save_adapter(
     save_file({token: emb[token_id].detach().float().cpu().contiguous()}, out_dir / EMBEDS_NAME)
     files = [EMBEDS_NAME]
     if lora:
-        unet_sd = get_peft_model_state_dict(pipe.unet)
-        te_sd = get_peft_model_state_dict(pipe.text_encoder, save_embedding_layers=False)
         StableDiffusionPipeline.save_lora_weights(
             out_dir,
-            unet_lora_layers=convert_state_dict_to_diffusers(unet_sd),
-            text_encoder_lora_layers=convert_state_dict_to_diffusers(te_sd),
+            unet_lora_layers=_lora_state(pipe.unet),
+            # the resized embedding stays out, or load_lora_weights refuses the file
+            text_encoder_lora_layers=_lora_state(pipe.text_encoder, save_embedding_layers=False),
             weight_name=LORA_NAME,
-            unet_lora_adapter_metadata=_lora_metadata(pipe.unet),
-            text_encoder_lora_adapter_metadata=_lora_metadata(pipe.text_encoder),
         )
         files.append(LORA_NAME)
     if attention:

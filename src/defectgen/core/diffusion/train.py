@@ -13,11 +13,23 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
 from defectgen.core.diffusion.models import Runtime
 
 StepLogger = Callable[[int, float], None]
+
+
+def prompt_ids(pipe: StableDiffusionPipeline, prompt: str) -> torch.Tensor:
+    """(1, 77) token ids, padded as the pipelines pad them."""
+    tok = pipe.tokenizer
+    return tok(
+        prompt,
+        padding="max_length",
+        max_length=tok.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
 
 
 def to_pixels(images: list[np.ndarray]) -> torch.Tensor:
