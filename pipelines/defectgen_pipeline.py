@@ -4,11 +4,14 @@ Stages join here the day they join dvc.yaml. Compile with
 `python -m pipelines.compile` (writes pipelines/build/defectgen.yaml).
 """
 
+from typing import NamedTuple
+
 from kfp import dsl
 from kfp.dsl import Dataset
 
 from components.base import base
 from components.finetune import finetune
+from components.gate import gate
 from components.generate import generate
 from components.ingest import ingest
 from components.preprocess import preprocess
@@ -20,6 +23,12 @@ from components.preprocess import preprocess
 CPU_REQUEST, CPU_LIMIT = "1", "2"
 MEMORY_REQUEST, MEMORY_LIMIT = "2G", "8G"
 MODEL_MEMORY_REQUEST, MODEL_MEMORY_LIMIT = "4G", "16G"
+
+
+# The pipeline's outputs: every synthetic image, and those the gate let through.
+class Outputs(NamedTuple):
+    generated: Dataset
+    gated: Dataset
 
 
 def _cpu_task(task: dsl.PipelineTask, name: str, *, model: bool = False) -> dsl.PipelineTask:
@@ -36,9 +45,9 @@ def _cpu_task(task: dsl.PipelineTask, name: str, *, model: bool = False) -> dsl.
 @dsl.pipeline(
     name="defectgen",
     description="Expand a small defect-image dataset: ingest -> preprocess -> base -> "
-    "finetune -> generate.",
+    "finetune -> generate -> gate.",
 )
-def defectgen_pipeline(params_yaml: str, source_path: str = "", track: bool = False) -> Dataset:
+def defectgen_pipeline(params_yaml: str, source_path: str = "", track: bool = False) -> Outputs:
     """Args:
     params_yaml: the whole params.yaml as text (the compiled default is the repo's).
     source_path: the raw dataset folder as seen from inside the pods (a mounted
@@ -83,4 +92,12 @@ def defectgen_pipeline(params_yaml: str, source_path: str = "", track: bool = Fa
         track=track,
     )
     _cpu_task(gen, "generate", model=True)
-    return gen.outputs["generated"]
+    judged = gate(
+        params_yaml=params_yaml,
+        preprocessed=pre.outputs["preprocessed"],
+        generated=gen.outputs["generated"],
+        pipeline_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        track=track,
+    )
+    _cpu_task(judged, "gate", model=True)
+    return Outputs(generated=gen.outputs["generated"], gated=judged.outputs["gated"])

@@ -60,7 +60,7 @@ def dvc_repo(tmp_path: Path, folders_dataset: Path) -> tuple[Path, dict]:
 def test_repro_twice_resume_params_diff_metrics_and_push(dvc_repo, tmp_path):
     repo, env = dvc_repo
     out = _sh(["dvc", "repro"], repo, env)
-    for stage in ("ingest", "preprocess", "base", "finetune", "generate"):
+    for stage in ("ingest", "preprocess", "base", "finetune", "generate", "gate"):
         assert f"Running stage '{stage}'" in out
     assert (repo / "data" / "preprocessed" / "manifest.parquet").is_file()
     synthetic = manifest.read_rows(repo / "data" / "generated")
@@ -70,14 +70,14 @@ def test_repro_twice_resume_params_diff_metrics_and_push(dvc_repo, tmp_path):
     again = _sh(["dvc", "repro"], repo, env)  # nothing changed: nothing runs
     assert "Running stage" not in again
 
-    # A run killed during generate: the finished stages are not redone.
-    shutil.rmtree(repo / "data" / "generated")
+    # A run killed during gate: the finished stages are not redone.
+    shutil.rmtree(repo / "data" / "gated")
     resumed = _sh(["dvc", "repro"], repo, env)
-    for stage in ("ingest", "preprocess", "base", "finetune"):
+    for stage in ("ingest", "preprocess", "base", "finetune", "generate"):
         assert f"Stage '{stage}' didn't change, skipping" in resumed
     # DVC restores the lost output from its cache instead of computing it again.
-    assert "'generate' is cached - skipping run, checking out outputs" in resumed
-    assert (repo / "data" / "generated" / "manifest.parquet").is_file()
+    assert "'gate' is cached - skipping run, checking out outputs" in resumed
+    assert (repo / "data" / "gated" / "gate.json").is_file()
 
     shown = _sh(["dvc", "metrics", "show"], repo, env)
     assert "metrics/ingest.json" in shown and "n_images" in shown and "36" in shown
@@ -106,7 +106,7 @@ def test_repro_twice_resume_params_diff_metrics_and_push(dvc_repo, tmp_path):
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1
     stages = sorted(r.info.run_name for r in runs if "mlflow.parentRunId" in r.data.tags)
-    once = ["base", "finetune", "generate", "preprocess"]
+    once = ["base", "finetune", "gate", "generate", "preprocess"]
     assert stages == sorted(["ingest", *once, *once])
     finetune_run = next(r for r in runs if r.info.run_name == "finetune")
     curve = client.get_metric_history(finetune_run.info.run_id, "curve/crack.ti")

@@ -1,5 +1,6 @@
 """The compiled KFP pipeline: not stale, and run end to end with kfp.local (no cluster)."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -33,8 +34,13 @@ def test_compiled_pipeline_runs_locally(folders_dataset: Path, tmp_path: Path):
     task = pipeline(
         params_yaml=yaml.safe_dump(params), source_path=str(folders_dataset), track=False
     )
-    rows = manifest.read_rows(Path(task.output.path))  # the generate stage's output
+    rows = manifest.read_rows(Path(task.outputs["generated"].path))
     assert len(rows) == 3 * 2
     assert {r["label"] for r in rows} == {"crack", "dent", "scratch"}
     assert {(r["origin"], r["split"]) for r in rows} == {("synthetic", "train")}
     assert all(r["parent_id"] and r["generator"] for r in rows)
+    gated = Path(task.outputs["gated"].path)
+    verdicts = json.loads((gated / "gate.json").read_text())["classes"]
+    assert set(verdicts) == {"crack", "dent", "scratch"}
+    kept = manifest.read_rows(gated)
+    assert {r["label"] for r in kept} == {c for c, v in verdicts.items() if v["passed"]}

@@ -294,6 +294,21 @@ class GenerateConfig(_Section):
         return strength, guidance
 
 
+class GateConfig(_Section):
+    """The quality gate: per-class distance of synthetic to real held-out images, judged
+    against the real-vs-real distance of the same class (seed 000 III-C's FID criterion)."""
+
+    extractor: Literal["auto", "effnet-lite0", "inception-v3-compat"] = "auto"
+    inception_weights: Path | None = None
+    max_images: int = Field(default=200, ge=2)  # per compared set and class
+    kid_subsets: int = Field(default=50, ge=1)
+    max_ratio: float = Field(default=2.0, gt=0.0)  # pass: distance <= max_ratio x real-vs-real
+    max_distance: float | None = Field(default=None, gt=0.0)  # optional absolute ceiling
+    near_duplicate: float = Field(default=0.25, ge=0.0)  # x median real nearest-neighbour gap
+    blur_radius: float = Field(default=2.0, gt=0.0)  # the corrupted-real reference baselines
+    noise_sigma: float = Field(default=25.0, gt=0.0)
+
+
 class TrackingConfig(_Section):
     enabled: bool = True
     experiment: str = Field(default="defectgen", min_length=1)
@@ -310,6 +325,7 @@ class Params(_Section):
     base: BaseConfig = Field(default_factory=BaseConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     def section_hash(self, *sections: str) -> str:

@@ -57,6 +57,12 @@ def _generate(params: Params, **kw) -> dict[str, float]:
     return generate.run(params, **kw)
 
 
+def _gate(params: Params, **kw) -> dict[str, float]:
+    from defectgen.stages import gate
+
+    return gate.run(params, **kw)
+
+
 PREPROCESSED = ("preprocessed", True, "the preprocess stage's output folder")
 BASE = ("base", True, "the base stage's output folder")
 
@@ -102,6 +108,15 @@ STAGES = (
         ("seed", "model", "finetune", "generate"),
         ("generate.json", "samples.png"),
         _generate,
+    ),
+    Stage(
+        "gate",
+        "per class: Frechet/kernel distance of synthetic vs held-out real images, judged "
+        "against real-vs-real; keeps the passing classes' images minus near-duplicates",
+        (PREPROCESSED, ("generated", True, "the generate stage's output folder")),
+        ("seed", "gate"),
+        ("gate.json", "gate.csv"),
+        _gate,
     ),
 )
 

@@ -31,6 +31,21 @@ def derive_seed(seed: int, *parts: object) -> int:
     return int.from_bytes(hashlib.sha256(blob).digest()[:8], "big") >> 1
 
 
+def load_images(folder: Path, rows: list[dict], size: int | None = None) -> list[np.ndarray]:
+    """The pixels of manifest `rows` stored under `folder`, resized to `size` if given."""
+    out = []
+    for row in rows:
+        path = Path(folder) / row["path"]
+        try:
+            pixels, _ = decode_image(path.read_bytes())
+        except (OSError, ImageProblem) as exc:
+            raise DataError(
+                f"{path}: cannot decode ({exc}); re-run the stage that wrote it"
+            ) from None
+        out.append(resize(pixels, size) if size and size != pixels.shape[0] else pixels)
+    return out
+
+
 def train_images(
     preprocessed: Path, *, data: str, classes: list[str] | None = None, size: int | None = None
 ) -> dict[str, list[tuple[dict, np.ndarray]]]:
@@ -66,18 +81,7 @@ def train_images(
                 f"{preprocessed}: class {label!r} has no {data} images to learn from; "
                 "raise preprocess.subset or drop the class via finetune.classes"
             )
-        images = []
-        for row in picked:
-            path = preprocessed / row["path"]
-            try:
-                pixels, _ = decode_image(path.read_bytes())
-            except (OSError, ImageProblem) as exc:
-                raise DataError(
-                    f"{path}: cannot decode a preprocessed image ({exc}); re-run preprocess"
-                ) from None
-            images.append(
-                (row, resize(pixels, size) if size and size != pixels.shape[0] else pixels)
-            )
+        images = list(zip(picked, load_images(preprocessed, picked, size), strict=True))
         out[label] = images
     return out
 
