@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from defectgen.config import Params, parse_params
@@ -61,6 +62,18 @@ def make_params(layout: str = "folders", root: Path | None = None, **sections) -
     }
     raw.update(sections)
     return parse_params(raw, "test-params")
+
+
+def toy_repo_params(name: str, root: str, *, images_per_class: int) -> dict:
+    """The repo's params.yaml on a folders dataset, with the DAG at toy length: a few
+    steps per training phase, a few images per class (for the dvc and kfp.local runs)."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"].update({"name": name, "layout": "folders", "root": root})
+    params["ingest"]["min_images_per_class"] = 2
+    params["base"].update({"vae_steps": 3, "unet_steps": 3, "batch_size": 8})
+    params["finetune"]["ti"]["steps"] = params["finetune"]["lora"]["steps"] = 2
+    params["generate"].update({"images_per_class": images_per_class, "steps": 4})
+    return params
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from defectgen import manifest
-from tests.conftest import REPO
+from tests.conftest import REPO, toy_repo_params
 
 pytestmark = pytest.mark.slow
 
@@ -30,13 +30,7 @@ def dvc_repo(tmp_path: Path, folders_dataset: Path) -> tuple[Path, dict]:
     shutil.copy(REPO / "dvc.yaml", repo)
     shutil.copytree(REPO / "data" / "raw", repo / "data" / "raw")
     shutil.copytree(folders_dataset, repo / "data" / "raw" / "fixture")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["data"].update({"name": "fixture", "layout": "folders", "root": "data/raw/fixture"})
-    params["ingest"]["min_images_per_class"] = 2
-    # The real DAG at toy length: a few steps per training phase, a few images per class.
-    params["base"].update({"vae_steps": 3, "unet_steps": 3, "batch_size": 8})
-    params["finetune"]["ti"]["steps"] = params["finetune"]["lora"]["steps"] = 2
-    params["generate"].update({"images_per_class": 3, "steps": 4})
+    params = toy_repo_params("fixture", "data/raw/fixture", images_per_class=3)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {
         **os.environ,

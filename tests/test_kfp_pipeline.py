@@ -9,7 +9,7 @@ from kfp import components, local
 
 from defectgen import manifest
 from pipelines.compile import DEFAULT_OUT, compile_pipeline
-from tests.conftest import REPO
+from tests.conftest import REPO, toy_repo_params
 
 pytestmark = pytest.mark.slow
 
@@ -24,13 +24,8 @@ def test_committed_yaml_is_up_to_date(tmp_path: Path):
 def test_compiled_pipeline_runs_locally(folders_dataset: Path, tmp_path: Path):
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
     pipeline = components.load_component_from_file(str(DEFAULT_OUT))
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
     # data.root is required by the folders layout; the pipeline's source_path overrides it.
-    params["data"].update({"name": "kfp", "layout": "folders", "root": "overridden"})
-    params["ingest"]["min_images_per_class"] = 2
-    params["base"].update({"vae_steps": 2, "unet_steps": 2, "batch_size": 8})
-    params["finetune"]["ti"]["steps"] = params["finetune"]["lora"]["steps"] = 2
-    params["generate"].update({"images_per_class": 2, "steps": 3})
+    params = toy_repo_params("kfp", "overridden", images_per_class=2)
     task = pipeline(
         params_yaml=yaml.safe_dump(params), source_path=str(folders_dataset), track=False
     )
