@@ -29,5 +29,5 @@ lint: setup
 	$(VENV)/bin/ruff format --check src tests components pipelines
 
 clean:
-	rm -rf $(VENV) data/ingested data/preprocessed data/base data/finetune data/generated data/gated \
-		data/.*.resume data/.*.features mlflow.db mlruns mlartifacts
+	rm -rf $(VENV) data/ingested data/preprocessed data/base data/finetune data/sweep data/generated \
+		data/gated data/.*.resume data/.features mlflow.db mlruns mlartifacts

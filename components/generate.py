@@ -10,12 +10,14 @@ def generate(
     preprocessed: Input[Dataset],
     base_model: Input[Model],
     adapters: Input[Model],
+    chosen: Input[Dataset],
     pipeline_key: str,
     track: bool,
     generated: Output[Dataset],
     metrics: Output[Metrics],
 ):
-    """Synthetic images per class with provenance (defectgen.stages.generate)."""
+    """Synthetic images per class at the chosen settings, with provenance
+    (defectgen.stages.generate)."""
     from defectgen.runner import run_from_yaml
 
     run_from_yaml(
@@ -26,6 +28,7 @@ def generate(
             "preprocessed": preprocessed.path,
             "base": base_model.path,
             "adapters": adapters.path,
+            "sweep": chosen.path,
         },
         pipeline_key=pipeline_key,
         track=track,

@@ -15,10 +15,11 @@ from components.gate import gate
 from components.generate import generate
 from components.ingest import ingest
 from components.preprocess import preprocess
+from components.sweep import sweep
 
 # CPU stages request no accelerator; GPU node pools are normally tainted, so these
 # pods (which carry no GPU toleration) are not scheduled there.
-# The model stages (base, finetune, generate) run on CPU here too until the GPU node-pool
+# The model stages (base, finetune, sweep, generate) run on CPU here too until the GPU node-pool
 # placement lands (issue: run at scale); they get more memory for the models.
 CPU_REQUEST, CPU_LIMIT = "1", "2"
 MEMORY_REQUEST, MEMORY_LIMIT = "2G", "8G"
@@ -45,7 +46,7 @@ def _cpu_task(task: dsl.PipelineTask, name: str, *, model: bool = False) -> dsl.
 @dsl.pipeline(
     name="defectgen",
     description="Expand a small defect-image dataset: ingest -> preprocess -> base -> "
-    "finetune -> generate -> gate.",
+    "finetune -> sweep -> generate -> gate.",
 )
 def defectgen_pipeline(params_yaml: str, source_path: str = "", track: bool = False) -> Outputs:
     """Args:
@@ -83,11 +84,21 @@ def defectgen_pipeline(params_yaml: str, source_path: str = "", track: bool = Fa
         track=track,
     )
     _cpu_task(adapted, "finetune", model=True)
+    swept = sweep(
+        params_yaml=params_yaml,
+        preprocessed=pre.outputs["preprocessed"],
+        base_model=prior.outputs["base_model"],
+        adapters=adapted.outputs["adapters"],
+        pipeline_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        track=track,
+    )
+    _cpu_task(swept, "sweep", model=True)
     gen = generate(
         params_yaml=params_yaml,
         preprocessed=pre.outputs["preprocessed"],
         base_model=prior.outputs["base_model"],
         adapters=adapted.outputs["adapters"],
+        chosen=swept.outputs["chosen"],
         pipeline_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         track=track,
     )

@@ -1,5 +1,6 @@
 """The real dvc.yaml, run by real DVC in a temp git repo on a small fixture dataset."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -45,6 +46,7 @@ def dvc_repo(tmp_path: Path, folders_dataset: Path) -> tuple[Path, dict]:
     }
     _sh(["git", "init", "-q"], repo, env)
     _sh(["dvc", "init", "-q"], repo, env)
+    shutil.copytree(REPO / ".dvc" / "plots", repo / ".dvc" / "plots")  # the heatmap template
     _sh(["dvc", "remote", "add", "-d", "local", str(tmp_path / "remote")], repo, env)
     _sh(["git", "add", "-A"], repo, env)
     _sh(["git", "commit", "-qm", "init"], repo, env)
@@ -54,7 +56,7 @@ def dvc_repo(tmp_path: Path, folders_dataset: Path) -> tuple[Path, dict]:
 def test_repro_twice_resume_params_diff_metrics_and_push(dvc_repo, tmp_path):
     repo, env = dvc_repo
     out = _sh(["dvc", "repro"], repo, env)
-    for stage in ("ingest", "preprocess", "base", "finetune", "generate", "gate"):
+    for stage in ("ingest", "preprocess", "base", "finetune", "sweep", "generate", "gate"):
         assert f"Running stage '{stage}'" in out
     assert (repo / "data" / "preprocessed" / "manifest.parquet").is_file()
     synthetic = manifest.read_rows(repo / "data" / "generated")
@@ -67,7 +69,7 @@ def test_repro_twice_resume_params_diff_metrics_and_push(dvc_repo, tmp_path):
     # A run killed during gate: the finished stages are not redone.
     shutil.rmtree(repo / "data" / "gated")
     resumed = _sh(["dvc", "repro"], repo, env)
-    for stage in ("ingest", "preprocess", "base", "finetune", "generate"):
+    for stage in ("ingest", "preprocess", "base", "finetune", "sweep", "generate"):
         assert f"Stage '{stage}' didn't change, skipping" in resumed
     # DVC restores the lost output from its cache instead of computing it again.
     assert "'gate' is cached - skipping run, checking out outputs" in resumed
@@ -78,6 +80,11 @@ def test_repro_twice_resume_params_diff_metrics_and_push(dvc_repo, tmp_path):
     assert "metrics/finetune.json" in shown and "crack/lora_loss_last" in shown
     plots = _sh(["dvc", "plots", "show", "--json"], repo, env)
     assert "data/finetune/curves/crack.ti.csv" in plots and "data/base/curves/vae.csv" in plots
+    assert "data/sweep/heatmaps/crack.csv" in plots and "data/sweep/heatmaps/crack.png" in plots
+    chosen = json.loads((repo / "data" / "sweep" / "chosen.json").read_text())["classes"]
+    for row in synthetic:  # generation ran at each class's chosen cell
+        gp = json.loads(row["gen_params"])
+        assert gp["strength"] == chosen[row["label"]]["strength"]
 
     _sh(["git", "add", "-A"], repo, env)
     _sh(["git", "commit", "-qm", "run"], repo, env)
@@ -100,7 +107,7 @@ def test_repro_twice_resume_params_diff_metrics_and_push(dvc_repo, tmp_path):
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1
     stages = sorted(r.info.run_name for r in runs if "mlflow.parentRunId" in r.data.tags)
-    once = ["base", "finetune", "gate", "generate", "preprocess"]
+    once = ["base", "finetune", "gate", "generate", "preprocess", "sweep"]
     assert stages == sorted(["ingest", *once, *once])
     finetune_run = next(r for r in runs if r.info.run_name == "finetune")
     curve = client.get_metric_history(finetune_run.info.run_id, "curve/crack.ti")
@@ -108,3 +115,11 @@ def test_repro_twice_resume_params_diff_metrics_and_push(dvc_repo, tmp_path):
     generate_run = next(r for r in runs if r.info.run_name == "generate")
     artifacts = {a.path for a in client.list_artifacts(generate_run.info.run_id)}
     assert "samples.png" in artifacts and "time/images_per_s" in generate_run.data.metrics
+    sweep_run = next(r for r in runs if r.info.run_name == "sweep")  # the newest: 32 px
+    chosen = json.loads((repo / "data" / "sweep" / "chosen.json").read_text())["classes"]
+    assert sweep_run.data.metrics["crack/strength"] == chosen["crack"]["strength"]
+    assert {"chosen.json", "sweep.parquet", "heatmaps"} <= {
+        a.path for a in client.list_artifacts(sweep_run.info.run_id)
+    }
+    gate_run = next(r for r in runs if r.info.run_name == "gate")
+    assert "crack/passed" in gate_run.data.metrics

@@ -1,5 +1,6 @@
-"""The base, finetune and generate stages on the tiny profile, end to end on a small
-PIL-made dataset: outputs, provenance, leakage, determinism, resume, ablations, sd15."""
+"""The base, finetune, sweep and generate stages on the tiny profile, end to end on a
+small PIL-made dataset: outputs, provenance, leakage, determinism, resume, ablations,
+sd15, and the sweep's choice reaching generation."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -16,16 +18,22 @@ from safetensors.torch import load_file
 from defectgen import manifest
 from defectgen.core.diffusion import adapt, models, sample
 from defectgen.errors import ConfigError, DataError
-from defectgen.stages import base, finetune, generate, ingest, preprocess
+from defectgen.stages import base, finetune, generate, ingest, preprocess, sweep
 from defectgen.stages.diffusion_common import open_base
 from tests.conftest import make_params, save, texture
 
 CLASSES = ("crack", "dent")
 FAST = {
-    "preprocess": {"image_size": 32, "subset": {"alpha": 0.5}},
+    "preprocess": {
+        "image_size": 32,
+        "subset": {"alpha": 0.5},
+        "split": {"train": 0.6, "val": 0.3, "test": 0.1},  # val images for the sweep
+    },
     "base": {"vae_steps": 3, "unet_steps": 3, "batch_size": 8},
     "finetune": {"ti": {"steps": 2, "lr": 5e-3}, "lora": {"steps": 2, "lr": 1e-3}},
     "generate": {"images_per_class": 5, "batch_size": 3, "steps": 4, "strength": 0.6},
+    "sweep": {"strengths": [0.3, 0.8], "guidances": [1.0, 4.0], "probe_images": 4},
+    "gate": {"kid_subsets": 5},
 }
 
 
@@ -299,3 +307,115 @@ def test_profile_mismatch_and_unknown_classes_are_clear_errors(run_dirs, tmp_pat
         )
     with pytest.raises(ConfigError, match="must contain \\{token\\}"):
         params_for(run_dirs["root"], finetune={"prompt_template": "a photo"})
+
+
+def _sweep(run_dirs, out: Path, **overrides) -> dict:
+    params = params_for(run_dirs["root"], **overrides)
+    return sweep.run(
+        params,
+        preprocessed=run_dirs["pre"],
+        base=run_dirs["base"],
+        adapters=run_dirs["ft"],
+        out_dir=out,
+    )
+
+
+def test_sweep_chooses_a_cell_per_class_and_generate_uses_it(run_dirs, tmp_path):
+    metrics = _sweep(run_dirs, tmp_path / "sweep")
+    out = tmp_path / "sweep"
+    chosen = json.loads((out / "chosen.json").read_text())
+    assert chosen["source"] == "sweep" and chosen["extractor"] == "effnet-lite0"
+    table = pd.read_parquet(out / "sweep.parquet")
+    assert len(table) == len(CLASSES) * 4 and metrics["n_cells"] == len(table)
+    for label in CLASSES:
+        cells = table[table["label"] == label]
+        assert set(zip(cells["strength"], cells["guidance"], strict=True)) == {
+            (0.3, 1.0), (0.3, 4.0), (0.8, 1.0), (0.8, 4.0)
+        }  # fmt: skip
+        assert (cells["n_probe"] == 4).all() and cells["chosen"].sum() == 1
+        best = cells[cells["chosen"]].iloc[0]
+        eligible = cells[cells["eligible"]]
+        assert (
+            best["fd_effnet_lite0"]
+            == (eligible if len(eligible) else cells)["fd_effnet_lite0"].min()
+        )
+        entry = chosen["classes"][label]
+        assert (entry["strength"], entry["guidance"]) == (best["strength"], best["guidance"])
+        assert metrics[f"{label}/strength"] == best["strength"]
+        assert entry["fd_effnet_lite0_real"] > 0 and entry["reason"]
+        heat = Image.open(out / "heatmaps" / f"{label}.png")
+        assert heat.format == "PNG" and heat.size[0] > 100
+        assert len((out / "heatmaps" / f"{label}.csv").read_text().splitlines()) == 1 + 4
+        assert Image.open(out / "probes" / f"{label}.png").size == (2 * 32, 2 * 32)
+    assert not (tmp_path / ".sweep.resume").exists()
+
+    generate.run(
+        params_for(run_dirs["root"]),
+        preprocessed=run_dirs["pre"],
+        base=run_dirs["base"],
+        adapters=run_dirs["ft"],
+        sweep=out,
+        out_dir=tmp_path / "gen",
+    )
+    report = json.loads((tmp_path / "gen" / "generate.json").read_text())
+    for row in manifest.read_rows(tmp_path / "gen"):
+        gp = json.loads(row["gen_params"])
+        entry = chosen["classes"][row["label"]]
+        assert (gp["strength"], gp["guidance"]) == (entry["strength"], entry["guidance"])
+        assert report[row["label"]]["settings_from"] == "sweep"
+
+
+def test_sweep_disabled_records_the_params_settings(run_dirs, tmp_path):
+    metrics = _sweep(
+        run_dirs,
+        tmp_path / "sweep",
+        sweep={"enabled": False},
+        generate={"per_class": {"dent": {"strength": 0.9, "guidance": 6.0}}},
+    )
+    assert metrics == {"n_cells": 0.0}
+    chosen = json.loads((tmp_path / "sweep" / "chosen.json").read_text())
+    assert chosen["source"] == "params"
+    assert (chosen["classes"]["dent"]["strength"], chosen["classes"]["dent"]["guidance"]) == (
+        0.9,
+        6.0,
+    )
+    assert chosen["classes"]["crack"]["strength"] == 0.6  # the global generate.strength
+    # A chosen.json without a class the adapters have is a clear error in generate.
+    del chosen["classes"]["crack"]
+    (tmp_path / "sweep" / "chosen.json").write_text(json.dumps(chosen))
+    with pytest.raises(DataError, match=r"no chosen settings for classes \['crack'\]"):
+        generate.run(
+            params_for(run_dirs["root"]),
+            preprocessed=run_dirs["pre"],
+            base=run_dirs["base"],
+            adapters=run_dirs["ft"],
+            sweep=tmp_path / "sweep",
+            out_dir=tmp_path / "gen",
+        )
+
+
+def test_sweep_resumes_after_a_kill(run_dirs, tmp_path, monkeypatch):
+    probed: list[str] = []
+    real = sweep._probe_class
+
+    def dies_on_second(params, ref, base_dir, adapter_dir, *args):
+        if probed:
+            raise KeyboardInterrupt("killed")
+        probed.append(adapter_dir.name)
+        return real(params, ref, base_dir, adapter_dir, *args)
+
+    monkeypatch.setattr(sweep, "_probe_class", dies_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        _sweep(run_dirs, tmp_path / "sweep")
+    assert not (tmp_path / "sweep").exists() and probed == ["crack"]
+
+    def counting(params, ref, base_dir, adapter_dir, *args):
+        probed.append(adapter_dir.name)
+        return real(params, ref, base_dir, adapter_dir, *args)
+
+    monkeypatch.setattr(sweep, "_probe_class", counting)
+    _sweep(run_dirs, tmp_path / "sweep")
+    assert probed == ["crack", "dent"]  # crack was not probed again
+    first = pd.read_parquet(tmp_path / "sweep" / "sweep.parquet")
+    _sweep(run_dirs, tmp_path / "again")  # uninterrupted: the same numbers
+    pd.testing.assert_frame_equal(first, pd.read_parquet(tmp_path / "again" / "sweep.parquet"))

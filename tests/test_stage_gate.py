@@ -90,7 +90,7 @@ def test_noise_fails_faithful_passes_copies_are_dropped(steel):
     assert metrics["patches/passed"] == 0.0 and metrics["n_passed_classes"] == 1
     table = (tmp / "gate" / "gate.csv").read_text().splitlines()
     assert table[0].startswith("label,passed,reason") and len(table) == 3
-    assert any((tmp / ".gate.features").iterdir())  # real features cached for the next run
+    assert any((tmp / ".features").iterdir())  # real features cached for the next run
 
 
 def test_judge_and_near_duplicates():

@@ -309,6 +309,32 @@ class GateConfig(_Section):
     noise_sigma: float = Field(default=25.0, gt=0.0)
 
 
+class SweepConfig(_Section):
+    """Per-class strength x guidance tuning by distance to held-out real images (StableSDG
+    III-C, Table IV; DefFiller Table 2). The defaults are Table IV's grid (for sd15)."""
+
+    enabled: bool = True  # false: chosen.json records generate.strength/guidance/per_class
+    strengths: list[float] = Field(default=[0.3, 0.4, 0.5, 0.6, 0.7], min_length=1)
+    guidances: list[float] = Field(default=[3.0, 4.0, 5.0, 6.0, 7.0], min_length=1)
+    probe_images: int = Field(default=32, ge=2)  # per cell and class
+    metric: Literal["fd", "kd"] = "fd"  # Frechet (FID-like, the papers') or kernel distance
+    max_duplicate_fraction: float = Field(default=0.5, ge=0.0, le=1.0)  # else not eligible
+
+    @model_validator(mode="after")
+    def _check(self) -> SweepConfig:
+        bad = [s for s in self.strengths if not 0.0 < s <= 1.0]
+        if bad:
+            raise ValueError(f"strengths must be in (0, 1]; got {bad}")
+        bad = [g for g in self.guidances if g < 0.0]
+        if bad:
+            raise ValueError(f"guidances must be >= 0; got {bad}")
+        for name in ("strengths", "guidances"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name} lists a value twice: {values}")
+        return self
+
+
 class TrackingConfig(_Section):
     enabled: bool = True
     experiment: str = Field(default="defectgen", min_length=1)
@@ -324,6 +350,7 @@ class Params(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     base: BaseConfig = Field(default_factory=BaseConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)

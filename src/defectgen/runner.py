@@ -57,6 +57,12 @@ def _generate(params: Params, **kw) -> dict[str, float]:
     return generate.run(params, **kw)
 
 
+def _sweep(params: Params, **kw) -> dict[str, float]:
+    from defectgen.stages import sweep
+
+    return sweep.run(params, **kw)
+
+
 def _gate(params: Params, **kw) -> dict[str, float]:
     from defectgen.stages import gate
 
@@ -65,6 +71,7 @@ def _gate(params: Params, **kw) -> dict[str, float]:
 
 PREPROCESSED = ("preprocessed", True, "the preprocess stage's output folder")
 BASE = ("base", True, "the base stage's output folder")
+ADAPTERS = ("adapters", True, "the finetune stage's output folder")
 
 STAGES = (
     Stage(
@@ -102,9 +109,23 @@ STAGES = (
         curves=("curves",),
     ),
     Stage(
+        "sweep",
+        "per class: probe a strength x guidance grid, choose the cell closest to held-out "
+        "real images",
+        (PREPROCESSED, BASE, ADAPTERS),
+        ("seed", "model", "finetune", "sweep", "generate", "gate"),
+        ("chosen.json", "sweep.parquet", "heatmaps", "probes"),
+        _sweep,
+    ),
+    Stage(
         "generate",
         "per class: image-oriented (img2img) or txt2img generation with the class's adapter",
-        (PREPROCESSED, BASE, ("adapters", True, "the finetune stage's output folder")),
+        (
+            PREPROCESSED,
+            BASE,
+            ADAPTERS,
+            ("sweep", False, "the sweep stage's output folder (default: generate.per_class)"),
+        ),
         ("seed", "model", "finetune", "generate"),
         ("generate.json", "samples.png"),
         _generate,

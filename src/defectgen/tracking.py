@@ -112,8 +112,12 @@ class StageRun:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
 
     def log_artifact(self, path: Path) -> None:
-        if Path(path).is_file():
+        """A file, or a folder (logged under its own name)."""
+        path = Path(path)
+        if path.is_file():
             mlflow.log_artifact(str(path))
+        elif path.is_dir():
+            mlflow.log_artifacts(str(path), artifact_path=path.name)
 
     def log_curves(self, folder: Path) -> None:
         """Every `<series>.csv` (step, loss) in `folder` as the step-wise metric curve/<series>."""

@@ -22,6 +22,7 @@ from defectgen.core.images import ImageProblem, decode_image, resize
 from defectgen.errors import DataError
 
 BASE_JSON = "base.json"
+CHOSEN_JSON = "chosen.json"  # the sweep stage's per-class strength and guidance
 CURVES_DIR = "curves"  # <series>.csv with columns step, loss (DVC plots, MLflow)
 
 
@@ -92,6 +93,21 @@ def read_base(base_dir: Path) -> dict:
     if not path.is_file():
         raise DataError(f"{path}: missing; pass the base stage's output folder as --base")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_chosen(sweep_dir: Path, labels: list[str]) -> dict[str, dict]:
+    """The sweep stage's chosen (strength, guidance) per class; every label must be there."""
+    path = Path(sweep_dir) / CHOSEN_JSON
+    if not path.is_file():
+        raise DataError(f"{path}: missing; pass the sweep stage's output folder as --sweep")
+    classes = json.loads(path.read_text(encoding="utf-8"))["classes"]
+    missing = sorted(set(labels) - set(classes))
+    if missing:
+        raise DataError(
+            f"{path}: no chosen settings for classes {missing}; re-run the sweep stage on "
+            "the same adapters"
+        )
+    return classes
 
 
 def open_base(base_dir: Path, params: Params, rt: models.Runtime) -> StableDiffusionPipeline:

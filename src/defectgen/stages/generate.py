@@ -4,6 +4,7 @@ generate.mode img2img is StableSDG's image-oriented generation (seed 000, III-C)
 each image starts from a real train image of its class (the images its adapter saw)
 noised to strength s, denoised with guidance w (per class: generate.per_class, else
 the global values). txt2img starts from pure noise (the Table II ablation).
+With the sweep stage's output (--sweep), each class uses its chosen cell instead.
 Image i of a class uses its own seed, derived from params seed, class and i; its
 parent is drawn from a seeded permutation of the class's images, so every image can be
 regenerated from its manifest row.
@@ -17,10 +18,12 @@ Writes under `out_dir`:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -31,11 +34,37 @@ from defectgen.core.diffusion import adapt, models, sample
 from defectgen.core.images import encode_png, pixel_id, resize
 from defectgen.errors import DataError
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
-from defectgen.stages.diffusion_common import derive_seed, open_base, read_base, train_images
+from defectgen.stages.diffusion_common import (
+    derive_seed,
+    open_base,
+    read_base,
+    read_chosen,
+    train_images,
+)
 from defectgen.stages.finetune import SUMMARY_NAME, read_adapter
+
+if TYPE_CHECKING:  # diffusers is imported through core.diffusion (torchvision shim first)
+    from diffusers import StableDiffusionPipeline
 
 REPORT_NAME = "generate.json"
 GRID_NAME = "samples.png"
+
+
+def open_class(
+    params: Params, base: Path, adapter_dir: Path, rt: models.Runtime
+) -> tuple[StableDiffusionPipeline, dict]:
+    """The generation pipeline (generate.mode) of the base with one class's adapter
+    applied, and the adapter's record (label, token, prompt, resolution, adapter_id)."""
+    adapter = read_adapter(adapter_dir)
+    pipe = open_base(base, params, rt)
+    adapt.load_adapter(pipe, adapter_dir, adapter["token"])
+    pipe.text_encoder.to(rt.dtype)
+    return sample.sampler(pipe, params.generate.mode), adapter
+
+
+def parent_order(params: Params, label: str, n: int) -> np.ndarray:
+    """The seeded order in which a class's n parents are used (image i: order[i % n])."""
+    return np.random.default_rng(derive_seed(params.seed, "parents", label)).permutation(n)
 
 
 def _generate_class(
@@ -45,25 +74,20 @@ def _generate_class(
     parents: list[tuple[dict, np.ndarray]],
     rt: models.Runtime,
     unit: Path,
+    settings: tuple[float, float],
 ) -> dict:
     """Generate one class's images into `unit` (images/ + manifest.parquet); returns counts."""
     cfg = params.generate
-    adapter = read_adapter(adapter_dir)
+    sampler, adapter = open_class(params, base, adapter_dir, rt)
     label, size = adapter["label"], adapter["resolution"]
-    pipe = open_base(base, params, rt)
-    adapt.load_adapter(pipe, adapter_dir, adapter["token"])
-    pipe.text_encoder.to(rt.dtype)
-    sampler = sample.sampler(pipe, cfg.mode)
-    strength, guidance = cfg.settings(label)
+    strength, guidance = settings
     record = read_base(base)
     generator = (
         f"stablesdg-{cfg.mode} adapter={label}:{adapter['adapter_id']} "
         f"base={record['profile']}:{record['fingerprint'][:16]}"
     )
     channels = 1 if parents[0][1].ndim == 2 else 3
-    order = np.random.default_rng(derive_seed(params.seed, "parents", label)).permutation(
-        len(parents)
-    )
+    order = parent_order(params, label, len(parents))
     rows, seen, duplicates = [], set(), 0
     for start in range(0, cfg.images_per_class, cfg.batch_size):
         index = list(range(start, min(start + cfg.batch_size, cfg.images_per_class)))
@@ -138,9 +162,18 @@ def _grid(per_class: dict[str, tuple[list[np.ndarray], list[np.ndarray]]]) -> np
 
 
 def run(
-    params: Params, *, preprocessed: Path, base: Path, adapters: Path, out_dir: Path
+    params: Params,
+    *,
+    preprocessed: Path,
+    base: Path,
+    adapters: Path,
+    out_dir: Path,
+    sweep: Path | None = None,
 ) -> dict[str, float]:
     """Generate generate.images_per_class images for every class that has an adapter.
+
+    Strength and guidance per class: the sweep stage's chosen.json in `sweep` when
+    given, else generate.per_class / generate.strength / generate.guidance.
 
     Returns:
         Metrics: n_images, n_duplicates, <class>/n, <class>/strength, <class>/guidance
@@ -155,9 +188,15 @@ def run(
     rt = models.runtime(params.model)
     per_class = train_images(preprocessed, data=params.finetune.data, classes=labels)
     train_ids = {r["id"] for r in manifest.read_rows(preprocessed) if r["split"] == "train"}
+    if sweep is not None:
+        chosen = read_chosen(sweep, labels)
+        settings = {c: (chosen[c]["strength"], chosen[c]["guidance"]) for c in labels}
+    else:
+        settings = {c: cfg.settings(c) for c in labels}
     key = file_digest(preprocessed / manifest.MANIFEST_NAME, base / "base.json", summary_path)[
         :16
     ] + params.section_hash("seed", "generate", "finetune")
+    key += hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
     resume = Resume(out_dir, key)
     metrics: dict[str, float] = {}
     report: dict[str, dict] = {}
@@ -171,7 +210,13 @@ def run(
                 started = time.perf_counter()
                 with resume.unit(label) as unit:
                     _generate_class(
-                        params, base, adapters / "adapters" / label, per_class[label], rt, unit
+                        params,
+                        base,
+                        adapters / "adapters" / label,
+                        per_class[label],
+                        rt,
+                        unit,
+                        settings[label],
                     )
                 metrics[f"time/{label}_s"] = elapsed = time.perf_counter() - started
                 total_s += elapsed
@@ -186,13 +231,14 @@ def run(
                 )
             shutil.copytree(done / "images" / label, tmp / "images" / label)
             rows.extend(class_rows)
-            strength, guidance = cfg.settings(label)
+            strength, guidance = settings[label]
             report[label] = {
                 "n": len(class_rows),
                 "duplicates": cfg.images_per_class - len(class_rows),
                 "strength": strength if cfg.mode == "img2img" else None,
                 "guidance": guidance,
                 "mode": cfg.mode,
+                "settings_from": "sweep" if sweep is not None else "params",
             }
             metrics[f"{label}/n"] = len(class_rows)
             metrics[f"{label}/guidance"] = guidance

@@ -1,0 +1,33 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from components import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def sweep(
+    params_yaml: str,
+    preprocessed: Input[Dataset],
+    base_model: Input[Model],
+    adapters: Input[Model],
+    pipeline_key: str,
+    track: bool,
+    chosen: Output[Dataset],
+    metrics: Output[Metrics],
+):
+    """Per-class strength x guidance probes and the chosen cell (defectgen.stages.sweep)."""
+    from defectgen.runner import run_from_yaml
+
+    run_from_yaml(
+        "sweep",
+        params_yaml,
+        out_dir=chosen.path,
+        inputs={
+            "preprocessed": preprocessed.path,
+            "base": base_model.path,
+            "adapters": adapters.path,
+        },
+        pipeline_key=pipeline_key,
+        track=track,
+        log_metric=metrics.log_metric,
+    )

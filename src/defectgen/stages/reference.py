@@ -1,0 +1,131 @@
+"""The real images synthetic ones are measured against: shared by the sweep and the gate.
+
+For a class at a given image size:
+    reference   its val images (held out: nothing generated derives from them)
+    train       the images generation learned from (finetune.data: subset or train),
+                the real-vs-real floor and the parents of image-oriented generation
+Distances come from core.metrics (torch-fidelity): Inception FID when its weights are
+available (gate.inception_weights or torch's cache), else the offline EfficientNet-Lite0
+Frechet/kernel distances, named fd_effnet_lite0 / kd_effnet_lite0; `Reference.note` says
+which and why. Features of real images are cached on disk per (extractor, ids, size), so
+the sweep and the gate of one run featurise each real image once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from defectgen import manifest
+from defectgen.config import Params
+from defectgen.core import gate as gate_core
+from defectgen.core import metrics
+from defectgen.stages.diffusion_common import derive_seed, load_images
+
+FEATURES_DIR = ".features"  # beside a stage's output folder: the real-feature cache
+
+
+def choose_extractor(params: Params, device: torch.device) -> tuple[metrics.Extractor, str]:
+    """The extractor gate.extractor asks for, and a note on why (shown in the reports)."""
+    cfg = params.gate
+    if cfg.extractor == metrics.EFFNET:
+        return metrics.make_extractor(metrics.EFFNET, weights=None, device=device), "requested"
+    weights = metrics.inception_weights(cfg.inception_weights)
+    if weights is not None or cfg.extractor == metrics.INCEPTION:
+        ext = metrics.make_extractor(metrics.INCEPTION, weights=weights, device=device)
+        return ext, f"Inception weights {weights}"
+    note = (
+        "Inception FID weights are not available offline (set gate.inception_weights to a "
+        "local copy for standard FID); using the offline EfficientNet-Lite0 distance"
+    )
+    return metrics.make_extractor(metrics.EFFNET, weights=None, device=device), note
+
+
+def pick(rows: list[dict], n: int, seed: int) -> list[dict]:
+    """n rows, chosen by a seeded permutation of the id-sorted rows."""
+    rows = sorted(rows, key=lambda r: r["id"])
+    order = np.random.default_rng(seed).permutation(len(rows))[:n]
+    return [rows[i] for i in sorted(order)]
+
+
+class Reference:
+    """A preprocessed dataset's real images per class, and features of any image set.
+
+    Args:
+        params: the run's params (gate: extractor choice; finetune.data: which train rows).
+        preprocessed: the preprocess stage's output folder.
+        cache_dir: where real-image features are cached (beside a stage's output).
+    """
+
+    def __init__(self, params: Params, preprocessed: Path, cache_dir: Path):
+        self.params = params
+        self.preprocessed = Path(preprocessed)
+        self.cache_dir = Path(cache_dir)
+        device = torch.device(
+            "cuda" if torch.cuda.is_available() and params.model.device != "cpu" else "cpu"
+        )
+        self.extractor, self.note = choose_extractor(params, device)
+        self.rows = manifest.read_rows(self.preprocessed)
+        self.by_id = {r["id"]: r for r in self.rows}
+
+    def val(self, label: str) -> list[dict]:
+        return [r for r in self.rows if r["label"] == label and r["split"] == "val"]
+
+    def train(self, label: str) -> list[dict]:
+        whole = self.params.finetune.data == "train"
+        return [
+            r for r in self.rows
+            if r["label"] == label and r["split"] == "train" and (whole or r["in_subset"])
+        ]  # fmt: skip
+
+    def images(self, rows: list[dict], size: int) -> list[np.ndarray]:
+        return load_images(self.preprocessed, rows, size)
+
+    def features(self, images: list[np.ndarray]) -> torch.Tensor:
+        """Features of in-memory images (synthetic or corrupted: never cached)."""
+        return metrics.extract(self.extractor, images)
+
+    def real_features(self, rows: list[dict], size: int) -> torch.Tensor:
+        """Features of real manifest rows at `size`, cached per (extractor, ids, size)."""
+        ids = [r["id"] for r in rows]
+        key = hashlib.sha256(json.dumps([self.extractor.name, size, ids]).encode()).hexdigest()
+        path = self.cache_dir / f"{key[:24]}.pt"
+        if path.is_file():
+            return torch.load(path, weights_only=True)
+        feats = self.features(self.images(rows, size))
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(feats, tmp)
+        tmp.replace(path)
+        return feats
+
+    def gap(self, label: str, size: int) -> float:
+        """The typical distance between distinct train images of the class (near-duplicates
+        are judged against it): median nearest-neighbour distance of up to max_images."""
+        seed = derive_seed(self.params.seed, "gap", label)
+        rows = pick(self.train(label), self.params.gate.max_images, seed)
+        return gate_core.nearest_gap(self.real_features(rows, size))
+
+    def near_duplicates(
+        self, synthetic: list[dict], features: torch.Tensor, *, size: int, gap: float
+    ) -> torch.Tensor:
+        """(N,) bool: synthetic row i (features row i) is a near-copy of its parent.
+
+        Rows without a parent (txt2img) are never duplicates.
+        """
+        dup = torch.zeros(len(synthetic), dtype=torch.bool)
+        with_parent = [i for i, r in enumerate(synthetic) if r["parent_id"] in self.by_id]
+        if not with_parent:
+            return dup
+        parents = [self.by_id[synthetic[i]["parent_id"]] for i in with_parent]
+        unique = sorted({r["id"]: r for r in parents}.values(), key=lambda r: r["id"])
+        index = {r["id"]: k for k, r in enumerate(unique)}
+        f_parent = self.real_features(unique, size)[[index[r["id"]] for r in parents]]
+        dup[with_parent] = gate_core.near_duplicates(
+            features[with_parent], f_parent, gap=gap, ratio=self.params.gate.near_duplicate
+        )
+        return dup
