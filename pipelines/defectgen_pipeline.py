@@ -16,20 +16,24 @@ from components.generate import generate
 from components.ingest import ingest
 from components.preprocess import preprocess
 from components.sweep import sweep
+from components.train import train
 
 # CPU stages request no accelerator; GPU node pools are normally tainted, so these
 # pods (which carry no GPU toleration) are not scheduled there.
-# The model stages (base, finetune, sweep, generate) run on CPU here too until the GPU node-pool
+# The model stages (base, finetune, sweep, generate, gate, train) run on CPU here too until the
+# GPU node-pool
 # placement lands (issue: run at scale); they get more memory for the models.
 CPU_REQUEST, CPU_LIMIT = "1", "2"
 MEMORY_REQUEST, MEMORY_LIMIT = "2G", "8G"
 MODEL_MEMORY_REQUEST, MODEL_MEMORY_LIMIT = "4G", "16G"
 
 
-# The pipeline's outputs: every synthetic image, and those the gate let through.
+# The pipeline's outputs: every synthetic image, those the gate let through, and the
+# classifiers' evaluation per condition.
 class Outputs(NamedTuple):
     generated: Dataset
     gated: Dataset
+    evaluation: Dataset
 
 
 def _cpu_task(task: dsl.PipelineTask, name: str, *, model: bool = False) -> dsl.PipelineTask:
@@ -46,7 +50,7 @@ def _cpu_task(task: dsl.PipelineTask, name: str, *, model: bool = False) -> dsl.
 @dsl.pipeline(
     name="defectgen",
     description="Expand a small defect-image dataset: ingest -> preprocess -> base -> "
-    "finetune -> sweep -> generate -> gate.",
+    "finetune -> sweep -> generate -> gate -> train.",
 )
 def defectgen_pipeline(params_yaml: str, source_path: str = "", track: bool = False) -> Outputs:
     """Args:
@@ -111,4 +115,17 @@ def defectgen_pipeline(params_yaml: str, source_path: str = "", track: bool = Fa
         track=track,
     )
     _cpu_task(judged, "gate", model=True)
-    return Outputs(generated=gen.outputs["generated"], gated=judged.outputs["gated"])
+    trained = train(
+        params_yaml=params_yaml,
+        preprocessed=pre.outputs["preprocessed"],
+        generated=gen.outputs["generated"],
+        gated=judged.outputs["gated"],
+        pipeline_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        track=track,
+    )
+    _cpu_task(trained, "train", model=True)
+    return Outputs(
+        generated=gen.outputs["generated"],
+        gated=judged.outputs["gated"],
+        evaluation=trained.outputs["evaluation"],
+    )

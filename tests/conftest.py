@@ -66,8 +66,8 @@ def make_params(layout: str = "folders", root: Path | None = None, **sections) -
 
 def toy_repo_params(name: str, root: str, *, images_per_class: int) -> dict:
     """The repo's params.yaml on a folders dataset, with the DAG at toy length: a few
-    steps per training phase, a few images per class, a 2-cell sweep (for the dvc and
-    kfp.local runs)."""
+    steps per training phase, a few images per class, a 2-cell sweep, one classifier
+    epoch (for the dvc and kfp.local runs)."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"].update({"name": name, "layout": "folders", "root": root})
     params["ingest"]["min_images_per_class"] = 2
@@ -76,6 +76,7 @@ def toy_repo_params(name: str, root: str, *, images_per_class: int) -> dict:
     params["finetune"]["ti"]["steps"] = params["finetune"]["lora"]["steps"] = 2
     params["generate"].update({"images_per_class": images_per_class, "steps": 4})
     params["sweep"].update({"strengths": [0.3, 0.6], "guidances": [2.0], "probe_images": 3})
+    params["train"].update({"models": ["resnet18"], "seeds": [0], "epochs": 1})
     return params
 
 

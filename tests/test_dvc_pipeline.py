@@ -15,6 +15,7 @@ from defectgen import manifest
 from tests.conftest import REPO, toy_repo_params
 
 pytestmark = pytest.mark.slow
+STAGES = ("ingest", "preprocess", "base", "finetune", "sweep", "generate", "gate", "train")
 
 
 def _sh(args: list[str], cwd: Path, env: dict) -> str:
@@ -56,7 +57,7 @@ def dvc_repo(tmp_path: Path, folders_dataset: Path) -> tuple[Path, dict]:
 def test_repro_twice_resume_params_diff_metrics_and_push(dvc_repo, tmp_path):
     repo, env = dvc_repo
     out = _sh(["dvc", "repro"], repo, env)
-    for stage in ("ingest", "preprocess", "base", "finetune", "sweep", "generate", "gate"):
+    for stage in STAGES:
         assert f"Running stage '{stage}'" in out
     assert (repo / "data" / "preprocessed" / "manifest.parquet").is_file()
     synthetic = manifest.read_rows(repo / "data" / "generated")
@@ -66,21 +67,23 @@ def test_repro_twice_resume_params_diff_metrics_and_push(dvc_repo, tmp_path):
     again = _sh(["dvc", "repro"], repo, env)  # nothing changed: nothing runs
     assert "Running stage" not in again
 
-    # A run killed during gate: the finished stages are not redone.
-    shutil.rmtree(repo / "data" / "gated")
+    # A run killed during train: the finished stages are not redone.
+    shutil.rmtree(repo / "data" / "train")
     resumed = _sh(["dvc", "repro"], repo, env)
-    for stage in ("ingest", "preprocess", "base", "finetune", "sweep", "generate"):
+    for stage in STAGES[:-1]:
         assert f"Stage '{stage}' didn't change, skipping" in resumed
     # DVC restores the lost output from its cache instead of computing it again.
-    assert "'gate' is cached - skipping run, checking out outputs" in resumed
-    assert (repo / "data" / "gated" / "gate.json").is_file()
+    assert "'train' is cached - skipping run, checking out outputs" in resumed
+    assert (repo / "data" / "train" / "eval.json").is_file()
 
     shown = _sh(["dvc", "metrics", "show"], repo, env)
     assert "metrics/ingest.json" in shown and "n_images" in shown and "36" in shown
     assert "metrics/finetune.json" in shown and "crack/lora_loss_last" in shown
+    assert "metrics/eval.json" in shown and "resnet18/real/accuracy_mean" in shown
     plots = _sh(["dvc", "plots", "show", "--json"], repo, env)
     assert "data/finetune/curves/crack.ti.csv" in plots and "data/base/curves/vae.csv" in plots
     assert "data/sweep/heatmaps/crack.csv" in plots and "data/sweep/heatmaps/crack.png" in plots
+    assert "data/train/comparison.csv" in plots
     chosen = json.loads((repo / "data" / "sweep" / "chosen.json").read_text())["classes"]
     for row in synthetic:  # generation ran at each class's chosen cell
         gp = json.loads(row["gen_params"])
@@ -107,7 +110,7 @@ def test_repro_twice_resume_params_diff_metrics_and_push(dvc_repo, tmp_path):
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1
     stages = sorted(r.info.run_name for r in runs if "mlflow.parentRunId" in r.data.tags)
-    once = ["base", "finetune", "gate", "generate", "preprocess", "sweep"]
+    once = [s for s in STAGES if s != "ingest"]
     assert stages == sorted(["ingest", *once, *once])
     finetune_run = next(r for r in runs if r.info.run_name == "finetune")
     curve = client.get_metric_history(finetune_run.info.run_id, "curve/crack.ti")

@@ -39,3 +39,6 @@ def test_compiled_pipeline_runs_locally(folders_dataset: Path, tmp_path: Path):
     assert set(verdicts) == {"crack", "dent", "scratch"}
     kept = manifest.read_rows(gated)
     assert {r["label"] for r in kept} == {c for c, v in verdicts.items() if v["passed"]}
+    evaluation = json.loads((Path(task.outputs["evaluation"].path) / "eval.json").read_text())
+    assert evaluation["labels"] == ["crack", "dent", "scratch"]
+    assert "real" in evaluation["models"]["resnet18"]

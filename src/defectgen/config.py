@@ -335,6 +335,38 @@ class SweepConfig(_Section):
         return self
 
 
+CONDITIONS = ("real", "real+synthetic", "real+ungated", "substitution", "real+classical")
+CLASSIFIERS = (
+    "resnet18", "squeezenet1_1", "vgg11_bn", "densenet121", "alexnet", "effnet_lite0_imagenet"
+)  # fmt: skip
+
+
+class TrainConfig(_Section):
+    """Defect classifiers on real vs real+synthetic (StableSDG III-D / IV-C protocol)."""
+
+    models: list[Literal[CLASSIFIERS]] = Field(default=["resnet18"], min_length=1)
+    conditions: list[Literal[CONDITIONS]] = Field(
+        default=["real", "real+synthetic", "substitution", "real+classical"], min_length=1
+    )
+    seeds: list[int] = Field(default=[0, 1, 2], min_length=1)
+    epochs: int = Field(default=30, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    lr: float = Field(default=1e-4, gt=0.0)
+    rotation: float = Field(default=10.0, ge=0.0, le=180.0)  # +- degrees
+    flips: bool = True  # horizontal and vertical
+    image_size: int | None = Field(default=None, ge=16)  # null: as preprocessed
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        for name in ("models", "conditions", "seeds"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name} lists a value twice: {values}")
+        if "real" not in self.conditions:
+            raise ValueError("conditions must include 'real': every delta is measured against it")
+        return self
+
+
 class TrackingConfig(_Section):
     enabled: bool = True
     experiment: str = Field(default="defectgen", min_length=1)
@@ -353,6 +385,7 @@ class Params(_Section):
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     def section_hash(self, *sections: str) -> str:

