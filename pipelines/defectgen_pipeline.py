@@ -7,7 +7,7 @@ Stages join here the day they join dvc.yaml. Compile with
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import Dataset
+from kfp.dsl import HTML, Dataset
 
 from components.base import base
 from components.finetune import finetune
@@ -15,6 +15,7 @@ from components.gate import gate
 from components.generate import generate
 from components.ingest import ingest
 from components.preprocess import preprocess
+from components.report import report
 from components.sweep import sweep
 from components.train import train
 
@@ -28,12 +29,13 @@ MEMORY_REQUEST, MEMORY_LIMIT = "2G", "8G"
 MODEL_MEMORY_REQUEST, MODEL_MEMORY_LIMIT = "4G", "16G"
 
 
-# The pipeline's outputs: every synthetic image, those the gate let through, and the
-# classifiers' evaluation per condition.
+# The pipeline's outputs: every synthetic image, those the gate let through, the
+# classifiers' evaluation per condition, and the HTML report.
 class Outputs(NamedTuple):
     generated: Dataset
     gated: Dataset
     evaluation: Dataset
+    report: HTML
 
 
 def _cpu_task(task: dsl.PipelineTask, name: str, *, model: bool = False) -> dsl.PipelineTask:
@@ -50,7 +52,7 @@ def _cpu_task(task: dsl.PipelineTask, name: str, *, model: bool = False) -> dsl.
 @dsl.pipeline(
     name="defectgen",
     description="Expand a small defect-image dataset: ingest -> preprocess -> base -> "
-    "finetune -> sweep -> generate -> gate -> train.",
+    "finetune -> sweep -> generate -> gate -> train -> report.",
 )
 def defectgen_pipeline(params_yaml: str, source_path: str = "", track: bool = False) -> Outputs:
     """Args:
@@ -124,8 +126,21 @@ def defectgen_pipeline(params_yaml: str, source_path: str = "", track: bool = Fa
         track=track,
     )
     _cpu_task(trained, "train", model=True)
+    rendered = report(
+        params_yaml=params_yaml,
+        ingested=ing.outputs["ingested"],
+        preprocessed=pre.outputs["preprocessed"],
+        chosen=swept.outputs["chosen"],
+        generated=gen.outputs["generated"],
+        gated=judged.outputs["gated"],
+        evaluation=trained.outputs["evaluation"],
+        pipeline_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        track=track,
+    )
+    _cpu_task(rendered, "report")
     return Outputs(
         generated=gen.outputs["generated"],
         gated=judged.outputs["gated"],
         evaluation=trained.outputs["evaluation"],
+        report=rendered.outputs["html"],
     )

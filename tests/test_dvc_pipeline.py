@@ -13,9 +13,11 @@ from mlflow.tracking import MlflowClient
 
 from defectgen import manifest
 from tests.conftest import REPO, toy_repo_params
+from tests.test_core_report import check_self_contained, render_in_chromium
 
 pytestmark = pytest.mark.slow
 STAGES = ("ingest", "preprocess", "base", "finetune", "sweep", "generate", "gate", "train")
+# the report has no DVC outputs (it carries run ids): it reruns only when its inputs do
 
 
 def _sh(args: list[str], cwd: Path, env: dict) -> str:
@@ -57,12 +59,19 @@ def dvc_repo(tmp_path: Path, folders_dataset: Path) -> tuple[Path, dict]:
 def test_repro_twice_resume_params_diff_metrics_and_push(dvc_repo, tmp_path):
     repo, env = dvc_repo
     out = _sh(["dvc", "repro"], repo, env)
-    for stage in STAGES:
+    for stage in (*STAGES, "report"):
         assert f"Running stage '{stage}'" in out
     assert (repo / "data" / "preprocessed" / "manifest.parquet").is_file()
     synthetic = manifest.read_rows(repo / "data" / "generated")
     assert len(synthetic) == 3 * 3 and {r["origin"] for r in synthetic} == {"synthetic"}
     assert (repo / "dvc.lock").is_file()
+    report = repo / "data" / "report" / "report.html"
+    html = report.read_text(encoding="utf-8")
+    for text in ("Quality gate", "crack", "Provenance", "resnet18"):
+        assert text in html
+    check_self_contained(html)
+    probe = render_in_chromium(report, tmp_path)
+    assert probe["images"] >= 4 and probe["loaded"] == probe["images"] and not probe["errors"]
 
     again = _sh(["dvc", "repro"], repo, env)  # nothing changed: nothing runs
     assert "Running stage" not in again
@@ -110,8 +119,10 @@ def test_repro_twice_resume_params_diff_metrics_and_push(dvc_repo, tmp_path):
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1
     stages = sorted(r.info.run_name for r in runs if "mlflow.parentRunId" in r.data.tags)
-    once = [s for s in STAGES if s != "ingest"]
+    once = [s for s in STAGES if s != "ingest"] + ["report"]
     assert stages == sorted(["ingest", *once, *once])
+    report_run = next(r for r in runs if r.info.run_name == "report")
+    assert "report.html" in {a.path for a in client.list_artifacts(report_run.info.run_id)}
     finetune_run = next(r for r in runs if r.info.run_name == "finetune")
     curve = client.get_metric_history(finetune_run.info.run_id, "curve/crack.ti")
     assert [m.step for m in curve] == [0, 1]

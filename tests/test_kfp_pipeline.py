@@ -10,6 +10,7 @@ from kfp import components, local
 from defectgen import manifest
 from pipelines.compile import DEFAULT_OUT, compile_pipeline
 from tests.conftest import REPO, toy_repo_params
+from tests.test_core_report import check_self_contained
 
 pytestmark = pytest.mark.slow
 
@@ -42,3 +43,6 @@ def test_compiled_pipeline_runs_locally(folders_dataset: Path, tmp_path: Path):
     evaluation = json.loads((Path(task.outputs["evaluation"].path) / "eval.json").read_text())
     assert evaluation["labels"] == ["crack", "dent", "scratch"]
     assert "real" in evaluation["models"]["resnet18"]
+    html = Path(task.outputs["report"].path).read_text(encoding="utf-8")
+    assert "defectgen report: kfp" in html and "Quality gate" in html
+    check_self_contained(html)

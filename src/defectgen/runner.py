@@ -75,6 +75,12 @@ def _train(params: Params, **kw) -> dict[str, float]:
     return train.run(params, **kw)
 
 
+def _report(params: Params, **kw) -> dict[str, float]:
+    from defectgen.stages import report
+
+    return report.run(params, **kw)
+
+
 PREPROCESSED = ("preprocessed", True, "the preprocess stage's output folder")
 BASE = ("base", True, "the base stage's output folder")
 ADAPTERS = ("adapters", True, "the finetune stage's output folder")
@@ -158,6 +164,21 @@ STAGES = (
         ("eval.json", "comparison.csv", "confusion.json", "runs.parquet"),
         _train,
         curves=("curves",),
+    ),
+    Stage(
+        "report",
+        "one self-contained HTML page and a markdown summary of the run",
+        (
+            ("ingested", True, "the ingest stage's output folder"),
+            PREPROCESSED,
+            ("sweep", True, "the sweep stage's output folder"),
+            ("generated", True, "the generate stage's output folder"),
+            ("gated", True, "the gate stage's output folder"),
+            ("train", True, "the train stage's output folder"),
+        ),
+        ("data", "tracking"),
+        ("report.html", "report.md"),
+        _report,
     ),
 )
 

@@ -138,6 +138,14 @@ class StageRun:
         mlflow.set_tags(tags)
 
 
+def active_run_ids() -> dict[str, str] | None:
+    """The active stage run's id and its pipeline parent's, or None outside a run."""
+    run = mlflow.active_run()
+    if run is None:
+        return None
+    return {"run": run.info.run_id, "parent": run.data.tags.get("mlflow.parentRunId", "")}
+
+
 @contextlib.contextmanager
 def stage_run(stage: str, params: Params, sections: tuple[str, ...]) -> Iterator[StageRun]:
     """A nested MLflow run for one stage under the pipeline's parent run.
