@@ -61,81 +61,69 @@ def defectgen_pipeline(params_yaml: str, source_path: str = "", track: bool = Fa
         volume or bucket); empty: params data.root (or the ELPV package).
     track: log to MLflow ($MLFLOW_TRACKING_URI must reach a server from the pods).
     """
+    # Every task gets the params, the MLflow pipeline key (the KFP run id) and `track`.
+    common = {
+        "params_yaml": params_yaml,
+        "pipeline_key": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        "track": track,
+    }
     ing = ingest(
-        params_yaml=params_yaml,
+        **common,
         source_path=source_path,
-        pipeline_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-        track=track,
     )
     _cpu_task(ing, "ingest")
     pre = preprocess(
-        params_yaml=params_yaml,
+        **common,
         ingested=ing.outputs["ingested"],
-        pipeline_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-        track=track,
     )
     _cpu_task(pre, "preprocess")
     prior = base(
-        params_yaml=params_yaml,
+        **common,
         preprocessed=pre.outputs["preprocessed"],
-        pipeline_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-        track=track,
     )
     _cpu_task(prior, "base", model=True)
     adapted = finetune(
-        params_yaml=params_yaml,
+        **common,
         preprocessed=pre.outputs["preprocessed"],
         base_model=prior.outputs["base_model"],
-        pipeline_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-        track=track,
     )
     _cpu_task(adapted, "finetune", model=True)
     swept = sweep(
-        params_yaml=params_yaml,
+        **common,
         preprocessed=pre.outputs["preprocessed"],
         base_model=prior.outputs["base_model"],
         adapters=adapted.outputs["adapters"],
-        pipeline_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-        track=track,
     )
     _cpu_task(swept, "sweep", model=True)
     gen = generate(
-        params_yaml=params_yaml,
+        **common,
         preprocessed=pre.outputs["preprocessed"],
         base_model=prior.outputs["base_model"],
         adapters=adapted.outputs["adapters"],
         chosen=swept.outputs["chosen"],
-        pipeline_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-        track=track,
     )
     _cpu_task(gen, "generate", model=True)
     judged = gate(
-        params_yaml=params_yaml,
+        **common,
         preprocessed=pre.outputs["preprocessed"],
         generated=gen.outputs["generated"],
-        pipeline_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-        track=track,
     )
     _cpu_task(judged, "gate", model=True)
     trained = train(
-        params_yaml=params_yaml,
+        **common,
         preprocessed=pre.outputs["preprocessed"],
         generated=gen.outputs["generated"],
         gated=judged.outputs["gated"],
-        pipeline_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-        track=track,
     )
     _cpu_task(trained, "train", model=True)
     rendered = report(
-        params_yaml=params_yaml,
+        **common,
         ingested=ing.outputs["ingested"],
         preprocessed=pre.outputs["preprocessed"],
         chosen=swept.outputs["chosen"],
         generated=gen.outputs["generated"],
         gated=judged.outputs["gated"],
         evaluation=trained.outputs["evaluation"],
-        pipeline_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-        track=track,
     )
     _cpu_task(rendered, "report")
     return Outputs(
