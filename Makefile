@@ -6,7 +6,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := true
 
-.PHONY: setup browser demo test lint clean
+.PHONY: setup browser demo test ui lint clean
 
 setup: $(VENV)/.installed
 
@@ -31,10 +31,14 @@ browser:
 test: setup browser
 	$(PY) -m pytest
 
+# The MLflow UI on the embedded store, on this machine only: http://127.0.0.1:5000
+ui: setup
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --host 127.0.0.1 --port 5000
+
 lint: setup
 	$(VENV)/bin/ruff check src tests components pipelines
 	$(VENV)/bin/ruff format --check src tests components pipelines
 
 clean:
 	rm -rf $(VENV) data/ingested data/preprocessed data/base data/finetune data/sweep data/generated \
-		data/gated data/train data/report data/.*.resume data/.features mlflow.db mlruns mlartifacts
+		data/gated data/train data/registry data/report data/.*.resume data/.features mlflow.db mlruns mlartifacts

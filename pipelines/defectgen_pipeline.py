@@ -15,6 +15,7 @@ from components.gate import gate
 from components.generate import generate
 from components.ingest import ingest
 from components.preprocess import preprocess
+from components.register import register
 from components.report import report
 from components.sweep import sweep
 from components.train import train
@@ -52,7 +53,7 @@ def _cpu_task(task: dsl.PipelineTask, name: str, *, model: bool = False) -> dsl.
 @dsl.pipeline(
     name="defectgen",
     description="Expand a small defect-image dataset: ingest -> preprocess -> base -> "
-    "finetune -> sweep -> generate -> gate -> train -> report.",
+    "finetune -> sweep -> generate -> gate -> train, register -> report.",
 )
 def defectgen_pipeline(params_yaml: str, source_path: str = "", track: bool = False) -> Outputs:
     """Args:
@@ -116,6 +117,14 @@ def defectgen_pipeline(params_yaml: str, source_path: str = "", track: bool = Fa
         gated=judged.outputs["gated"],
     )
     _cpu_task(trained, "train", model=True)
+    registered = register(
+        **common,
+        base_model=prior.outputs["base_model"],
+        adapters=adapted.outputs["adapters"],
+        chosen=swept.outputs["chosen"],
+        gated=judged.outputs["gated"],
+    )
+    _cpu_task(registered, "register")
     rendered = report(
         **common,
         ingested=ing.outputs["ingested"],
@@ -125,6 +134,7 @@ def defectgen_pipeline(params_yaml: str, source_path: str = "", track: bool = Fa
         gated=judged.outputs["gated"],
         evaluation=trained.outputs["evaluation"],
     )
+    rendered.after(registered)  # the report lists the versions just registered
     _cpu_task(rendered, "report")
     return Outputs(
         generated=gen.outputs["generated"],

@@ -17,7 +17,8 @@ from tests.test_core_report import check_self_contained, render_in_chromium
 
 pytestmark = pytest.mark.slow
 STAGES = ("ingest", "preprocess", "base", "finetune", "sweep", "generate", "gate", "train")
-# the report has no DVC outputs (it carries run ids): it reruns only when its inputs do
+# register and report have no DVC outputs (registry versions, run ids): they rerun only
+# when their inputs do
 
 
 def _sh(args: list[str], cwd: Path, env: dict) -> str:
@@ -59,7 +60,7 @@ def dvc_repo(tmp_path: Path, folders_dataset: Path) -> tuple[Path, dict]:
 def test_repro_twice_resume_params_diff_metrics_and_push(dvc_repo, tmp_path):
     repo, env = dvc_repo
     out = _sh(["dvc", "repro"], repo, env)
-    for stage in (*STAGES, "report"):
+    for stage in (*STAGES, "register", "report"):
         assert f"Running stage '{stage}'" in out
     assert (repo / "data" / "preprocessed" / "manifest.parquet").is_file()
     synthetic = manifest.read_rows(repo / "data" / "generated")
@@ -118,9 +119,14 @@ def test_repro_twice_resume_params_diff_metrics_and_push(dvc_repo, tmp_path):
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1
-    stages = sorted(r.info.run_name for r in runs if "mlflow.parentRunId" in r.data.tags)
-    once = [s for s in STAGES if s != "ingest"] + ["report"]
+    nested = [r.info.run_name for r in runs if "mlflow.parentRunId" in r.data.tags]
+    stages = sorted(n for n in nested if not n.startswith("adapter "))  # register's models
+    once = [s for s in STAGES if s != "ingest"] + ["register", "report"]
     assert stages == sorted(["ingest", *once, *once])
+    # Both runs registered every class's adapter (new adapters: new versions).
+    for label in ("crack", "dent", "scratch"):
+        versions = client.search_model_versions(f"name='defectgen.fixture.{label}'")
+        assert len(versions) == 2
     report_run = next(r for r in runs if r.info.run_name == "report")
     assert "report.html" in {a.path for a in client.list_artifacts(report_run.info.run_id)}
     finetune_run = next(r for r in runs if r.info.run_name == "finetune")

@@ -44,5 +44,6 @@ def test_compiled_pipeline_runs_locally(folders_dataset: Path, tmp_path: Path):
     assert evaluation["labels"] == ["crack", "dent", "scratch"]
     assert "real" in evaluation["models"]["resnet18"]
     html = Path(task.outputs["report"].path).read_text(encoding="utf-8")
+    assert "tracking off" in html  # track=False: no MLflow run ids, nothing registered
     assert "defectgen report: kfp" in html and "Quality gate" in html
     check_self_contained(html)

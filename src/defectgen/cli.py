@@ -3,6 +3,7 @@
     defectgen ingest     --params params.yaml [--source DIR] --out DIR
     defectgen preprocess --params params.yaml --ingested DIR --out DIR
     defectgen check-params --params params.yaml
+    defectgen registry list|show NAME|promote NAME VERSION|rollback NAME
 
 Errors caused by input (params, data) print one clear message and exit 2;
 anything else is a bug and keeps its traceback.
@@ -11,6 +12,7 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -42,7 +44,50 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     p = sub.add_parser("check-params", help="validate a params file and exit")
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p = sub.add_parser(
+        "registry",
+        help="class adapters in the MLflow model registry ($MLFLOW_TRACKING_URI, else "
+        "sqlite:///mlflow.db)",
+    )
+    reg = p.add_subparsers(dest="action", metavar="<action>", required=True)
+    reg.add_parser("list", help="every defectgen model with its champion and challenger")
+    reg.add_parser("show", help="all versions of one model").add_argument("name")
+    q = reg.add_parser("promote", help="make a version champion by hand")
+    q.add_argument("name")
+    q.add_argument("version")
+    reg.add_parser("rollback", help="champion back to the version it replaced").add_argument("name")
     return parser
+
+
+def _alias(row: dict, alias: str) -> str:
+    if row[alias] is None:
+        return f"no {alias}"
+    return f"{alias} v{row[alias]} ({row[f'{alias}_distance']})"
+
+
+def _registry(args: argparse.Namespace) -> int:
+    import mlflow
+
+    from defectgen import registry, tracking
+
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    if args.action == "list":
+        rows = registry.list_models()
+        for r in rows:
+            print(f"{r['name']}: " + ", ".join(_alias(r, a) for a in ("champion", "challenger"))
+                  + f", latest v{r['latest']}")  # fmt: skip
+        if not rows:
+            print("no defectgen models registered yet")
+    elif args.action == "show":
+        for v in registry.show(args.name):
+            tags = {k.removeprefix("defectgen."): t for k, t in v["tags"].items()}
+            print(f"v{v['version']} {','.join(v['aliases']) or '-'} {json.dumps(tags)}")
+    elif args.action == "promote":
+        registry.promote(args.name, args.version)
+        print(f"{args.name}: champion -> v{args.version}")
+    else:
+        print(f"{args.name}: champion -> v{registry.rollback(args.name)}")
+    return 0
 
 
 def _run_stage(stage: Stage, args: argparse.Namespace) -> int:
@@ -66,6 +111,8 @@ def _run_stage(stage: Stage, args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "registry":
+            return _registry(args)
         if args.command == "check-params":
             params = load_params(args.params)
             print(f"{args.params}: ok (params hash {params.section_hash()})")

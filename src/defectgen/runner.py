@@ -75,6 +75,12 @@ def _train(params: Params, **kw) -> dict[str, float]:
     return train.run(params, **kw)
 
 
+def _register(params: Params, **kw) -> dict[str, float]:
+    from defectgen.stages import register
+
+    return register.run(params, **kw)
+
+
 def _report(params: Params, **kw) -> dict[str, float]:
     from defectgen.stages import report
 
@@ -164,6 +170,19 @@ STAGES = (
         ("eval.json", "comparison.csv", "confusion.json", "runs.parquet"),
         _train,
         curves=("curves",),
+    ),
+    Stage(
+        "register",
+        "every class adapter into the MLflow model registry; champion/challenger by the gate",
+        (
+            BASE,
+            ADAPTERS,
+            ("sweep", True, "the sweep stage's output folder (the chosen settings)"),
+            ("gated", True, "the gate stage's output folder (the verdicts)"),
+        ),
+        ("data", "tracking"),
+        ("registry.json",),
+        _register,
     ),
     Stage(
         "report",

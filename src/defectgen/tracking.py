@@ -1,4 +1,4 @@
-"""MLflow tracking: the only module that imports mlflow.
+"""MLflow tracking: with registry.py, the only modules that import mlflow.
 
 - Tracking URI: $MLFLOW_TRACKING_URI if set, else `sqlite:///<cwd>/mlflow.db`
   (MLflow 3 refuses the file store).
@@ -25,6 +25,7 @@ from defectgen.config import Params
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import mlflow  # noqa: E402  (the environment above must be set first)
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -67,6 +68,11 @@ def _flatten(obj: Any, prefix: str = "") -> dict[str, str]:
 
 def _pipeline_key(params: Params, sha: str) -> str:
     return os.environ.get("DEFECTGEN_PIPELINE_KEY") or f"{sha}:{params.section_hash()}"
+
+
+def pipeline_key(params: Params) -> str:
+    """The key that groups one pipeline run's stages (and dedups its registry versions)."""
+    return _pipeline_key(params, git_sha())
 
 
 def _find_or_create_parent(client: MlflowClient, experiment_id: str, params: Params) -> str:

@@ -200,6 +200,22 @@ def _provenance(params: Params, preprocessed: Path) -> Section:
         ["MLflow pipeline run", ids["parent"] if ids else "tracking off"],
         ["MLflow report run", ids["run"] if ids else "tracking off"],
     ]
+    if ids:
+        from defectgen import registry
+
+        prefix = registry.model_name(params.data.name, "")
+        for model in registry.list_models():
+            if model["name"].startswith(prefix):
+                rows.append(
+                    [
+                        f"registered {model['name']}",
+                        ", ".join(
+                            f"{a} v{model[a]}" if model[a] else f"no {a}"
+                            for a in ("champion", "challenger")
+                        )
+                        + f" (latest v{model['latest']})",
+                    ]
+                )
     sec.table(["what", "value"], rows)
     return sec
 

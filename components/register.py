@@ -1,0 +1,36 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from components import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def register(
+    params_yaml: str,
+    base_model: Input[Model],
+    adapters: Input[Model],
+    chosen: Input[Dataset],
+    gated: Input[Dataset],
+    pipeline_key: str,
+    track: bool,
+    registry: Output[Dataset],
+    metrics: Output[Metrics],
+):
+    """Class adapters into the MLflow model registry, promoted by the gate
+    (defectgen.stages.register); nothing is registered without tracking."""
+    from defectgen.runner import run_from_yaml
+
+    run_from_yaml(
+        "register",
+        params_yaml,
+        out_dir=registry.path,
+        inputs={
+            "base": base_model.path,
+            "adapters": adapters.path,
+            "sweep": chosen.path,
+            "gated": gated.path,
+        },
+        pipeline_key=pipeline_key,
+        track=track,
+        log_metric=metrics.log_metric,
+    )

@@ -1,0 +1,238 @@
+"""Class adapters in the MLflow model registry, and who is champion.
+
+Each class's adapter (learned embedding + LoRA, with a reference to its base) is logged
+as an MLflow pyfunc model: loading it loads the base, applies the adapter, and
+`predict` generates images from given init images (image-oriented generation at the
+class's chosen strength and guidance unless the call overrides them). The tiny base is
+bundled with the model (about 10 MB); an sd15 base is referenced by its path or hub id.
+
+Registered name: `defectgen.<dataset>.<class>` (characters outside [A-Za-z0-9_.-]
+become '-'). Version tags: the gate metric's name and value, verdict, params hash,
+data hash, pipeline key, adapter id.
+
+Promotion when a version is registered:
+    gate failed                              no alias
+    gate passed, no champion yet             alias `champion`
+    gate passed, lower distance than champion `champion` moves to it
+    gate passed, not better                  alias `challenger`
+Registering the same pipeline run again returns its existing version (idempotent).
+`rollback` moves `champion` back to the version it replaced (a history kept as a
+registered-model tag).
+
+With tracking.py, the only module that imports mlflow.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from pathlib import Path
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+import mlflow  # noqa: E402  (the environment above must be set first)
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from defectgen.errors import ConfigError  # noqa: E402
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+HISTORY_TAG = "defectgen.champion_history"
+KEY_TAG = "defectgen.pipeline_key"
+DISTANCE_TAG = "defectgen.distance"
+
+
+def model_name(dataset: str, label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", f"defectgen.{dataset}.{label}")
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class AdapterModel(mlflow.pyfunc.PythonModel):
+    """pyfunc: input DataFrame with `image` (PNG/JPEG bytes) and optional `seed`;
+    params strength, guidance, steps override the class's chosen settings; output
+    DataFrame with `image` (PNG bytes of the generated image)."""
+
+    def load_context(self, context) -> None:
+        from defectgen.config import ModelConfig
+        from defectgen.core.diffusion import adapt, models, sample
+
+        cfg = context.model_config
+        source = context.artifacts.get("base") or cfg["base_source"]
+        rt = models.runtime(ModelConfig())
+        models.quiet()
+        pipe = models.load_pipeline(source, revision=cfg.get("base_revision"), rt=rt)
+        adapt.load_adapter(pipe, Path(context.artifacts["adapter"]), cfg["token"])
+        pipe.text_encoder.to(rt.dtype)
+        self.sampler = sample.sampler(pipe, "img2img")
+        self.cfg = cfg
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
+        from defectgen.core.diffusion import sample
+        from defectgen.core.images import decode_image, resize
+
+        params = {**self.cfg["defaults"], **(params or {})}
+        size, channels = self.cfg["resolution"], self.cfg["channels"]
+        parents = [resize(decode_image(bytes(b))[0], size) for b in model_input["image"]]
+        if channels == 1:
+            parents = [
+                p if p.ndim == 2 else np.asarray(Image.fromarray(p).convert("L")) for p in parents
+            ]  # noqa: E501
+        seeds = (
+            [int(s) for s in model_input["seed"]]
+            if "seed" in model_input
+            else list(range(len(parents)))
+        )
+        images = sample.generate(
+            self.sampler,
+            prompt=self.cfg["prompt"],
+            seeds=seeds,
+            parents=parents,
+            strength=float(params["strength"]),
+            guidance=float(params["guidance"]),
+            steps=int(params["steps"]),
+            size=size,
+            channels=channels,
+        )
+        return pd.DataFrame({"image": [_png(x) for x in images]})
+
+
+def _versions(client: MlflowClient, name: str) -> list:
+    try:
+        return client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return []
+
+
+def _alias_version(client: MlflowClient, name: str, alias: str):
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def _history(client: MlflowClient, name: str) -> list[str]:
+    tags = client.get_registered_model(name).tags
+    return json.loads(tags.get(HISTORY_TAG, "[]"))
+
+
+def _make_champion(client: MlflowClient, name: str, version: str) -> None:
+    history = _history(client, name)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps([*history, version]))
+    challenger = _alias_version(client, name, CHALLENGER)
+    if challenger is not None and str(challenger.version) == version:
+        client.delete_registered_model_alias(name, CHALLENGER)
+
+
+def promote_by_gate(client: MlflowClient, name: str, version: str) -> str | None:
+    """Apply the promotion rules to a freshly registered version; returns its alias."""
+    mv = client.get_model_version(name, version)
+    if mv.tags.get("defectgen.verdict") != "pass":
+        return None
+    distance = float(mv.tags[DISTANCE_TAG])
+    champion = _alias_version(client, name, CHAMPION)
+    if champion is None or distance < float(champion.tags[DISTANCE_TAG]):
+        _make_champion(client, name, version)
+        return CHAMPION
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    return CHALLENGER
+
+
+def register_adapter(
+    *,
+    name: str,
+    adapter_dir: Path,
+    base_dir: Path | None,
+    base_source: str | None,
+    model_config: dict,
+    tags: dict[str, str],
+) -> tuple[str, str | None, bool]:
+    """Log one adapter as a pyfunc model in the active run, register it, promote it.
+
+    Returns:
+        (version, alias or None, created): created is False when this pipeline run
+        had registered the adapter already (the existing version is returned).
+    """
+    client = MlflowClient()
+    for mv in _versions(client, name):
+        same = mv.tags.get(KEY_TAG) == tags[KEY_TAG]
+        if same and mv.tags.get("defectgen.adapter_id") == tags["defectgen.adapter_id"]:
+            aliases = [a for a in (CHAMPION, CHALLENGER) if a in (mv.aliases or [])]
+            return str(mv.version), (aliases[0] if aliases else None), False
+    artifacts = {"adapter": str(adapter_dir)}
+    if base_dir is not None:
+        artifacts["base"] = str(base_dir)
+    label = name.rsplit(".", 1)[-1]
+    with mlflow.start_run(run_name=f"adapter {label}", nested=True):  # one run per model
+        info = mlflow.pyfunc.log_model(
+            name=f"adapter-{label}",
+            python_model=AdapterModel(),
+            artifacts=artifacts,
+            model_config={**model_config, "base_source": base_source},
+            pip_requirements=["torch", "diffusers", "transformers", "peft", "defectgen"],
+        )
+    mv = mlflow.register_model(info.model_uri, name, tags=tags)
+    version = str(mv.version)
+    return version, promote_by_gate(client, name, version), True
+
+
+def list_models(client: MlflowClient | None = None) -> list[dict]:
+    """Every defectgen model: its latest version, champion and challenger with their
+    distance (None where there is no such alias)."""
+    client = client or MlflowClient()
+    out = []
+    for rm in client.search_registered_models("name LIKE 'defectgen.%'"):
+        versions = _versions(client, rm.name)
+        row = {"name": rm.name, "latest": max((int(v.version) for v in versions), default=None)}
+        for alias in (CHAMPION, CHALLENGER):
+            mv = _alias_version(client, rm.name, alias)
+            row[alias] = None if mv is None else str(mv.version)
+            row[f"{alias}_distance"] = None if mv is None else mv.tags.get(DISTANCE_TAG)
+        out.append(row)
+    return out
+
+
+def show(name: str, client: MlflowClient | None = None) -> list[dict]:
+    """All versions of a model: version, aliases, tags."""
+    client = client or MlflowClient()
+    versions = _versions(client, name)
+    if not versions:
+        raise ConfigError(f"no registered model {name!r}; `defectgen registry list` shows them")
+    return [
+        {"version": str(mv.version), "aliases": sorted(mv.aliases or []), "tags": dict(mv.tags)}
+        for mv in sorted(versions, key=lambda v: int(v.version))
+    ]
+
+
+def promote(name: str, version: str, client: MlflowClient | None = None) -> None:
+    """Make `version` champion by hand (an operator's decision, recorded in the history)."""
+    client = client or MlflowClient()
+    try:
+        client.get_model_version(name, version)
+    except MlflowException:
+        raise ConfigError(
+            f"{name} has no version {version}; see `defectgen registry show`"
+        ) from None
+    _make_champion(client, name, version)
+
+
+def rollback(name: str, client: MlflowClient | None = None) -> str:
+    """Move `champion` back to the version it replaced; returns that version."""
+    client = client or MlflowClient()
+    history = _history(client, name)
+    if len(history) < 2:
+        raise ConfigError(f"{name}: no earlier champion to roll back to (history {history})")
+    previous = history[-2]
+    client.set_registered_model_alias(name, CHAMPION, previous)
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[:-1]))
+    return previous

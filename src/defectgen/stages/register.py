@@ -1,0 +1,114 @@
+"""Register: every class adapter into the MLflow model registry, promoted by the gate.
+
+Each adapter becomes a version of `defectgen.<dataset>.<class>` (see defectgen.registry)
+tagged with the gate's metric and verdict, the params hash, the hash of the images it
+learned from and the pipeline key; `champion` / `challenger` follow the gate.
+Without MLflow tracking (tracking.enabled false, or --no-track) nothing is registered
+and registry.json says so.
+
+Writes under `out_dir`:
+    registry.json   per class: model name, version, alias, whether it is new, verdict
+
+Version numbers depend on the registry's state, not only on the inputs, so dvc.yaml
+declares this stage without outputs (like the report).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from defectgen.config import Params
+from defectgen.errors import DataError
+from defectgen.io import atomic_dir, atomic_write_json
+from defectgen.stages.diffusion_common import CHOSEN_JSON, read_base
+from defectgen.stages.finetune import SUMMARY_NAME, read_adapter
+
+REPORT_NAME = "registry.json"
+
+
+def _json(path: Path) -> dict:
+    if not path.is_file():
+        raise DataError(f"{path}: missing; pass that stage's output folder")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def run(
+    params: Params, *, base: Path, adapters: Path, sweep: Path, gated: Path, out_dir: Path
+) -> dict[str, float]:
+    """Register and promote every class's adapter.
+
+    Returns:
+        n_registered (new versions), n_champions (classes whose champion is this run's).
+    """
+    base, adapters, sweep, gated = Path(base), Path(adapters), Path(sweep), Path(gated)
+    labels = sorted(_json(adapters / SUMMARY_NAME))
+    gate = _json(gated / "gate.json")
+    chosen = _json(sweep / CHOSEN_JSON)["classes"]
+    from defectgen import tracking
+
+    if not params.tracking.enabled or tracking.active_run_ids() is None:
+        with atomic_dir(out_dir) as tmp:
+            atomic_write_json(
+                tmp / REPORT_NAME, {"skipped": "MLflow tracking is off: nothing registered"}
+            )
+        return {"n_registered": 0.0, "n_champions": 0.0}
+    from defectgen import registry
+
+    record = read_base(base)
+    fd = "fid" if gate["extractor"] == "inception-v3-compat" else "fd_effnet_lite0"
+    key = tracking.pipeline_key(params)
+    out: dict[str, dict] = {}
+    for label in labels:
+        adapter_dir = adapters / "adapters" / label
+        adapter = read_adapter(adapter_dir)
+        verdict = gate["classes"].get(label, {})
+        passed = bool(verdict.get("passed"))
+        distance = verdict.get(fd)
+        tags = {
+            registry.KEY_TAG: key,
+            "defectgen.adapter_id": adapter["adapter_id"],
+            "defectgen.verdict": "pass" if passed else "fail",
+            "defectgen.gate_metric": fd,
+            registry.DISTANCE_TAG: "" if distance is None else repr(float(distance)),
+            "defectgen.params_hash": params.section_hash(),
+            "defectgen.data_hash": adapter["data"]["ids_sha256"][:16],
+            "defectgen.base": f"{record['profile']}:{record['fingerprint'][:16]}",
+        }
+        settings = chosen[label]
+        model_config = {
+            "token": adapter["token"],
+            "prompt": adapter["prompt"],
+            "resolution": adapter["resolution"],
+            "channels": 1 if params.preprocess.color == "grayscale" else 3,
+            "base_revision": record.get("revision"),
+            "defaults": {
+                "strength": settings["strength"] or params.generate.strength,
+                "guidance": settings["guidance"],
+                "steps": params.generate.steps,
+            },
+        }
+        tiny = record["profile"] == "tiny"
+        name = registry.model_name(params.data.name, label)
+        version, alias, created = registry.register_adapter(
+            name=name,
+            adapter_dir=adapter_dir,
+            base_dir=base / record["source"] if tiny else None,
+            base_source=None if tiny else str(record["source"]),
+            model_config=model_config,
+            tags=tags,
+        )
+        out[label] = {
+            "model": name,
+            "version": version,
+            "alias": alias,
+            "created": created,
+            "verdict": tags["defectgen.verdict"],
+            fd: distance,
+        }
+    with atomic_dir(out_dir) as tmp:
+        atomic_write_json(tmp / REPORT_NAME, {"pipeline_key": key, "classes": out})
+    return {
+        "n_registered": float(sum(e["created"] for e in out.values())),
+        "n_champions": float(sum(e["alias"] == registry.CHAMPION for e in out.values())),
+    }

@@ -1,0 +1,145 @@
+"""The MLflow model registry on real backends (sqlite, and a real `mlflow server` on
+127.0.0.1): registration from the register stage, the alias rules, idempotence,
+rollback, the CLI, and generating with `models:/<name>@champion` on the tiny profile."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from defectgen import cli
+from defectgen.core.images import encode_png
+from defectgen.runner import execute, get_stage
+from defectgen.stages import base, finetune, ingest, preprocess
+from tests.conftest import make_params, save, texture
+from tests.test_tracking import mlflow_server  # noqa: F401  (the real server fixture)
+
+NAME = "defectgen.fixture.crack"
+
+
+def params_for(root: Path):
+    return make_params(
+        "folders",
+        root,
+        preprocess={"image_size": 32, "subset": {"alpha": 0.5}},
+        base={"vae_steps": 3, "unet_steps": 3, "batch_size": 8},
+        finetune={"ti": {"steps": 2, "lr": 5e-3}, "lora": {"steps": 2, "lr": 1e-3}},
+        generate={"steps": 4},
+        tracking={"enabled": True},
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    """A tiny base and adapters for two classes, and the sweep's chosen cells."""
+    tmp = tmp_path_factory.mktemp("registry")
+    for ci, cls in enumerate(("crack", "dent")):
+        for i in range(10):
+            save(texture(ci * 100 + i, (40, 40)), tmp / "raw" / cls / f"{i}.png")
+    params = params_for(tmp / "raw").model_copy(
+        update={"tracking": params_for(tmp / "raw").tracking.model_copy(update={"enabled": False})}
+    )
+    ingest.run(params, out_dir=tmp / "ing")
+    preprocess.run(params, ingested=tmp / "ing", out_dir=tmp / "pre")
+    base.run(params, preprocessed=tmp / "pre", out_dir=tmp / "base")
+    finetune.run(params, preprocessed=tmp / "pre", base=tmp / "base", out_dir=tmp / "ft")
+    chosen = {c: {"strength": 0.5, "guidance": 2.0} for c in ("crack", "dent")}
+    (tmp / "sweep").mkdir()
+    (tmp / "sweep" / "chosen.json").write_text(json.dumps({"classes": chosen}))
+    return {"tmp": tmp, "root": tmp / "raw"}
+
+
+def register(trained: dict, out: Path, key: str, verdicts: dict, monkeypatch) -> dict:
+    """Run the register stage (tracked) as pipeline run `key` with the given verdicts."""
+    gated = out / "gated"
+    gated.mkdir(parents=True)
+    classes = {
+        c: {"passed": passed, "fd_effnet_lite0": distance, "reason": "test"}
+        for c, (passed, distance) in verdicts.items()
+    }
+    (gated / "gate.json").write_text(
+        json.dumps({"extractor": "effnet-lite0", "note": "", "classes": classes})
+    )
+    monkeypatch.setenv("DEFECTGEN_PIPELINE_KEY", key)
+    tmp = trained["tmp"]
+    execute(
+        get_stage("register"),
+        params_for(trained["root"]),
+        out_dir=out / "registry",
+        inputs={"base": tmp / "base", "adapters": tmp / "ft", "sweep": tmp / "sweep",
+                "gated": gated},
+    )  # fmt: skip
+    return json.loads((out / "registry" / "registry.json").read_text())["classes"]
+
+
+def generate_with_champion(uri: str) -> list[Image.Image]:
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    inits = [encode_png(np.full((40, 40), v, dtype=np.uint8)) for v in (60, 180)]
+    out = model.predict(pd.DataFrame({"image": inits, "seed": [1, 2]}), params={"steps": 3})
+    return [Image.open(io.BytesIO(b)) for b in out["image"]]
+
+
+def test_alias_rules_idempotence_rollback_cli_and_loading(trained, tmp_path, monkeypatch, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(tracking_uri=uri)
+
+    verdicts = {"crack": (True, 100.0), "dent": (False, 50.0)}
+    first = register(trained, tmp_path / "r1", "run-1", verdicts, monkeypatch)
+    assert first["crack"] == {
+        **first["crack"],
+        "version": "1",
+        "alias": "champion",
+        "created": True,
+    }
+    assert first["dent"]["alias"] is None and first["dent"]["verdict"] == "fail"
+    assert not client.get_registered_model("defectgen.fixture.dent").aliases  # fail: no alias
+    tags = client.get_model_version(NAME, "1").tags
+    assert (
+        tags["defectgen.verdict"] == "pass" and tags["defectgen.gate_metric"] == "fd_effnet_lite0"
+    )
+    assert tags["defectgen.distance"] == "100.0" and tags["defectgen.params_hash"]
+    assert len(tags["defectgen.data_hash"]) == 16 and tags["defectgen.pipeline_key"] == "run-1"
+
+    again = register(trained, tmp_path / "r1b", "run-1", verdicts, monkeypatch)
+    assert again["crack"]["version"] == "1" and not again["crack"]["created"]  # no duplicate
+    assert len(client.search_model_versions(f"name='{NAME}'")) == 1
+
+    worse = register(trained, tmp_path / "r2", "run-2", {"crack": (True, 120.0)}, monkeypatch)
+    assert (worse["crack"]["version"], worse["crack"]["alias"]) == ("2", "challenger")
+    assert client.get_model_version_by_alias(NAME, "champion").version == 1
+
+    better = register(trained, tmp_path / "r3", "run-3", {"crack": (True, 90.0)}, monkeypatch)
+    assert (better["crack"]["version"], better["crack"]["alias"]) == ("3", "champion")
+    assert client.get_model_version_by_alias(NAME, "challenger").version == 2
+
+    assert cli.main(["registry", "rollback", NAME]) == 0
+    assert client.get_model_version_by_alias(NAME, "champion").version == 1
+    assert cli.main(["registry", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert f"{NAME}: champion v1 (100.0), challenger v2 (120.0), latest v3" in listed
+    assert "defectgen.fixture.dent: no champion, no challenger, latest v3" in listed
+    assert cli.main(["registry", "rollback", NAME]) == 2  # nothing earlier than v1
+    assert "no earlier champion" in capsys.readouterr().err
+
+    images = generate_with_champion(uri)
+    assert [(im.size, im.mode) for im in images] == [((32, 32), "L")] * 2
+    assert not np.array_equal(np.asarray(images[0]), np.asarray(images[1]))
+
+
+@pytest.mark.slow
+def test_registry_through_a_real_mlflow_server(trained, tmp_path, monkeypatch, mlflow_server):  # noqa: F811
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    out = register(trained, tmp_path, "server-run", {"crack": (True, 80.0)}, monkeypatch)
+    assert out["crack"]["alias"] == "champion"
+    assert len(generate_with_champion(mlflow_server)) == 2
+    assert list((tmp_path / "artifacts").rglob("pytorch_lora_weights.safetensors"))
