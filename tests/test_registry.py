@@ -127,7 +127,8 @@ def test_alias_rules_idempotence_rollback_cli_and_loading(trained, tmp_path, mon
     assert cli.main(["registry", "list"]) == 0
     listed = capsys.readouterr().out
     assert f"{NAME}: champion v1 (100.0), challenger v2 (120.0), latest v3" in listed
-    assert "defectgen.fixture.dent: no champion, no challenger, latest v3" in listed
+    # dent: failed every time; runs 2 and 3 gave it the same verdict: one version for both
+    assert "defectgen.fixture.dent: no champion, no challenger, latest v2" in listed
     assert cli.main(["registry", "rollback", NAME]) == 2  # nothing earlier than v1
     assert "no earlier champion" in capsys.readouterr().err
 

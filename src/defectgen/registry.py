@@ -15,7 +15,8 @@ Promotion when a version is registered:
     gate passed, no champion yet             alias `champion`
     gate passed, lower distance than champion `champion` moves to it
     gate passed, not better                  alias `challenger`
-Registering the same pipeline run again returns its existing version (idempotent).
+Registering the same adapter with the same verdict and distance again (re-running a
+pipeline) returns the existing version: no duplicates.
 `rollback` moves `champion` back to the version it replaced (a history kept as a
 registered-model tag).
 
@@ -160,13 +161,14 @@ def register_adapter(
     """Log one adapter as a pyfunc model in the active run, register it, promote it.
 
     Returns:
-        (version, alias or None, created): created is False when this pipeline run
-        had registered the adapter already (the existing version is returned).
+        (version, alias or None, created): created is False when the same adapter with
+        the same verdict and distance is registered already (a re-run of the same
+        pipeline, or a `dvc repro` with nothing changed): its version is returned.
     """
     client = MlflowClient()
+    same_keys = ("defectgen.adapter_id", "defectgen.verdict", DISTANCE_TAG)
     for mv in _versions(client, name):
-        same = mv.tags.get(KEY_TAG) == tags[KEY_TAG]
-        if same and mv.tags.get("defectgen.adapter_id") == tags["defectgen.adapter_id"]:
+        if all(mv.tags.get(k) == tags[k] for k in same_keys):
             aliases = [a for a in (CHAMPION, CHALLENGER) if a in (mv.aliases or [])]
             return str(mv.version), (aliases[0] if aliases else None), False
     artifacts = {"adapter": str(adapter_dir)}

@@ -10,7 +10,8 @@ Writes under `out_dir`:
     registry.json   per class: model name, version, alias, whether it is new, verdict
 
 Version numbers depend on the registry's state, not only on the inputs, so dvc.yaml
-declares this stage without outputs (like the report).
+declares this stage without outputs and runs it every time (like the report);
+registering an unchanged adapter again returns its existing version.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ Writes under `out_dir`:
     report.md     the tables and verdicts as markdown (a PR comment, a wiki page)
 
 The report carries the git sha and MLflow run ids, which change with every run, so
-dvc.yaml declares it without outputs (it is re-rendered in seconds and logged to
-MLflow); the numbers it shows are all DVC-tracked in the stages it reads.
+dvc.yaml declares it without outputs and always re-renders it (seconds); the numbers
+it shows are all DVC-tracked in the stages it reads. It is logged to MLflow.
 """
 
 from __future__ import annotations
