@@ -6,6 +6,7 @@ the CLI and the KFP components only translate their arguments into a call here.
 
 from __future__ import annotations
 
+import importlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,64 +28,14 @@ class Stage:
     curves: tuple[str, ...] = ()  # folders of <series>.csv (step, loss): MLflow step metrics
 
 
-def _ingest(params: Params, **kw) -> dict[str, float]:
-    from defectgen.stages import ingest
+def _run_of(name: str) -> Callable[..., dict[str, float]]:
+    """stages.<name>.run, imported on the first call: the CLI starts without loading
+    torch or diffusers for a stage it does not run."""
 
-    return ingest.run(params, **kw)
+    def run(params: Params, **kw) -> dict[str, float]:
+        return importlib.import_module(f"defectgen.stages.{name}").run(params, **kw)
 
-
-def _preprocess(params: Params, **kw) -> dict[str, float]:
-    from defectgen.stages import preprocess
-
-    return preprocess.run(params, **kw)
-
-
-def _base(params: Params, **kw) -> dict[str, float]:
-    from defectgen.stages import base
-
-    return base.run(params, **kw)
-
-
-def _finetune(params: Params, **kw) -> dict[str, float]:
-    from defectgen.stages import finetune
-
-    return finetune.run(params, **kw)
-
-
-def _generate(params: Params, **kw) -> dict[str, float]:
-    from defectgen.stages import generate
-
-    return generate.run(params, **kw)
-
-
-def _sweep(params: Params, **kw) -> dict[str, float]:
-    from defectgen.stages import sweep
-
-    return sweep.run(params, **kw)
-
-
-def _gate(params: Params, **kw) -> dict[str, float]:
-    from defectgen.stages import gate
-
-    return gate.run(params, **kw)
-
-
-def _train(params: Params, **kw) -> dict[str, float]:
-    from defectgen.stages import train
-
-    return train.run(params, **kw)
-
-
-def _register(params: Params, **kw) -> dict[str, float]:
-    from defectgen.stages import register
-
-    return register.run(params, **kw)
-
-
-def _report(params: Params, **kw) -> dict[str, float]:
-    from defectgen.stages import report
-
-    return report.run(params, **kw)
+    return run
 
 
 PREPROCESSED = ("preprocessed", True, "the preprocess stage's output folder")
@@ -98,7 +49,7 @@ STAGES = (
         (("source", False, "raw dataset folder (default: params data.root)"),),
         ("data", "ingest"),
         ("ingest_report.json",),
-        _ingest,
+        _run_of("ingest"),
     ),
     Stage(
         "preprocess",
@@ -106,7 +57,7 @@ STAGES = (
         (("ingested", True, "the ingest stage's output folder"),),
         ("seed", "preprocess"),
         ("split_counts.json",),
-        _preprocess,
+        _run_of("preprocess"),
     ),
     Stage(
         "base",
@@ -114,7 +65,7 @@ STAGES = (
         (PREPROCESSED,),
         ("seed", "model", "base", "preprocess"),
         ("base.json", "samples.png"),
-        _base,
+        _run_of("base"),
         curves=("curves",),
     ),
     Stage(
@@ -123,7 +74,7 @@ STAGES = (
         (PREPROCESSED, BASE),
         ("seed", "model", "finetune", "preprocess"),
         ("finetune.json",),
-        _finetune,
+        _run_of("finetune"),
         curves=("curves",),
     ),
     Stage(
@@ -133,7 +84,7 @@ STAGES = (
         (PREPROCESSED, BASE, ADAPTERS),
         ("seed", "model", "finetune", "sweep", "generate", "gate"),
         ("chosen.json", "sweep.parquet", "heatmaps", "probes"),
-        _sweep,
+        _run_of("sweep"),
     ),
     Stage(
         "generate",
@@ -146,7 +97,7 @@ STAGES = (
         ),
         ("seed", "model", "finetune", "generate"),
         ("generate.json", "samples.png"),
-        _generate,
+        _run_of("generate"),
     ),
     Stage(
         "gate",
@@ -155,7 +106,7 @@ STAGES = (
         (PREPROCESSED, ("generated", True, "the generate stage's output folder")),
         ("seed", "gate"),
         ("gate.json", "gate.csv"),
-        _gate,
+        _run_of("gate"),
     ),
     Stage(
         "train",
@@ -168,7 +119,7 @@ STAGES = (
         ),
         ("seed", "train"),
         ("eval.json", "comparison.csv", "confusion.json", "runs.parquet"),
-        _train,
+        _run_of("train"),
         curves=("curves",),
     ),
     Stage(
@@ -182,7 +133,7 @@ STAGES = (
         ),
         ("data", "tracking"),
         ("registry.json",),
-        _register,
+        _run_of("register"),
     ),
     Stage(
         "report",
@@ -197,7 +148,7 @@ STAGES = (
         ),
         ("data", "tracking"),
         ("report.html", "report.md"),
-        _report,
+        _run_of("report"),
     ),
 )
 
