@@ -1,11 +1,10 @@
-"""KFP v2 components: one per stage, each a thin shell around defectgen.runner.
+"""KFP v2 components: one per stage, each a thin shell around defectgen.runner, plus the
+fan-out helpers (components/fanout.py) and the exit handler's status (components/status.py).
 
-They run in our own image (containers/Dockerfile.cpu) with defectgen installed,
-so nothing is pip-installed at run time (install_kfp_package=False).
+They run in our own images (containers/Dockerfile.cpu, Dockerfile.gpu) with defectgen
+installed, so nothing is pip-installed at run time (install_kfp_package=False). The
+pipeline sets each task's image from params `cluster.cpu_image` / `cluster.gpu_image`.
 """
 
-import os
-
-# The image every component runs in; set DEFECTGEN_IMAGE when compiling for a cluster
-# (it is read when the components are defined, i.e. at compile time).
-IMAGE = os.environ.get("DEFECTGEN_IMAGE", "defectgen:cpu")
+# The image a component names by itself; every task in pipelines/ overrides it.
+IMAGE = "defectgen:cpu"

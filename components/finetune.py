@@ -11,10 +11,12 @@ def finetune(
     base_model: Input[Model],
     pipeline_key: str,
     track: bool,
+    label: str,
     adapters: Output[Model],
     metrics: Output[Metrics],
 ):
-    """Per-class textual inversion + LoRA adapters (defectgen.stages.finetune)."""
+    """Textual inversion + LoRA adapter of one class, `label` (defectgen.stages.finetune);
+    the cluster pipeline runs it once per class."""
     from defectgen.runner import run_from_yaml
 
     run_from_yaml(
@@ -25,4 +27,5 @@ def finetune(
         pipeline_key=pipeline_key,
         track=track,
         log_metric=metrics.log_metric,
+        only_class=label,
     )

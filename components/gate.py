@@ -11,10 +11,13 @@ def gate(
     generated: Input[Dataset],
     pipeline_key: str,
     track: bool,
+    label: str,
     gated: Output[Dataset],
     metrics: Output[Metrics],
-):
-    """Per-class verdicts on the synthetic images (defectgen.stages.gate)."""
+) -> str:
+    """The verdict on one class's synthetic images (defectgen.stages.gate); returns
+    "pass" or "fail" for the pipeline's dsl.If."""
+    from defectgen.fanout import verdict
     from defectgen.runner import run_from_yaml
 
     run_from_yaml(
@@ -26,3 +29,4 @@ def gate(
         track=track,
         log_metric=metrics.log_metric,
     )
+    return verdict(gated.path, label)

@@ -16,18 +16,18 @@ import yaml
 from kfp import compiler
 
 from defectgen.config import load_params
-from pipelines.defectgen_pipeline import defectgen_pipeline
+from pipelines.defectgen_pipeline import build
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "pipelines" / "build" / "defectgen.yaml"
 
 
 def compile_pipeline(params_path: Path, out: Path) -> Path:
-    load_params(params_path)  # refuse to embed invalid params
+    params = load_params(params_path)  # refuse to embed invalid params
     as_json = json.dumps(yaml.safe_load(params_path.read_text(encoding="utf-8")))
     out.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(
-        defectgen_pipeline,
+        build(params.cluster),
         package_path=str(out),
         pipeline_parameters={"params_yaml": as_json},
     )

@@ -1,15 +1,29 @@
-"""The KFP v2 pipeline: the same stages as dvc.yaml, in the same order.
+"""The KFP v2 pipeline: the stages of dvc.yaml, with the per-class work fanned out.
 
-Stages join here the day they join dvc.yaml. Compile with
-`python -m pipelines.compile` (writes pipelines/build/defectgen.yaml).
+    ingest -> preprocess -> base -> classes
+      ParallelFor class (at most cluster.parallelism at once):
+        finetune -> sweep -> generate -> gate -> If verdict == "pass": register
+      merge (dsl.Collected) adapters, chosen cells, generated and gated images
+      -> train -> report
+    exit handler: status (always: the final state and every stage run)
+
+Placement comes from params `cluster` at compile time (`build(params.cluster)`): GPU
+tasks request accelerators and carry the GPU node selector, tolerations, /dev/shm,
+retries with backoff and a timeout; CPU tasks carry none of the GPU settings, so a
+tainted GPU pool never runs them. MLflow credentials come from the Kubernetes secret
+`cluster.mlflow_secret` (optional: a run with track=False needs none).
+
+Differences from `dvc repro`, on purpose: a class that fails the gate is not
+registered here (dvc registers it without an alias); the HTML report needs every
+stage, so a failed run ends with the status page alone.
+Compile with `python -m pipelines.compile` (writes pipelines/build/defectgen.yaml).
 """
 
-from typing import NamedTuple
-
-from kfp import dsl
-from kfp.dsl import HTML, Dataset
+from kfp import dsl, kubernetes
+from kfp.dsl import graph_component
 
 from components.base import base
+from components.fanout import classes, merge_datasets
 from components.finetune import finetune
 from components.gate import gate
 from components.generate import generate
@@ -17,128 +31,144 @@ from components.ingest import ingest
 from components.preprocess import preprocess
 from components.register import register
 from components.report import report
+from components.status import status
 from components.sweep import sweep
 from components.train import train
-
-# CPU stages request no accelerator; GPU node pools are normally tainted, so these
-# pods (which carry no GPU toleration) are not scheduled there.
-# The model stages (base, finetune, sweep, generate, gate, train) run on CPU here too until the
-# GPU node-pool
-# placement lands (issue: run at scale); they get more memory for the models.
-CPU_REQUEST, CPU_LIMIT = "1", "2"
-MEMORY_REQUEST, MEMORY_LIMIT = "2G", "8G"
-MODEL_MEMORY_REQUEST, MODEL_MEMORY_LIMIT = "4G", "16G"
+from defectgen.config import ClusterConfig
 
 
-# The pipeline's outputs: every synthetic image, those the gate let through, the
-# classifiers' evaluation per condition, and the HTML report.
-class Outputs(NamedTuple):
-    generated: Dataset
-    gated: Dataset
-    evaluation: Dataset
-    report: HTML
+class Placement:
+    """Applies params `cluster` to tasks: `.cpu(task, name)` or `.gpu(task, name)`."""
+
+    def __init__(self, cluster: ClusterConfig):
+        self.cluster = cluster
+
+    def _common(self, task: dsl.PipelineTask, name: str, image: str, res) -> dsl.PipelineTask:
+        task.set_display_name(name)
+        task.set_container_image(image)
+        task.set_cpu_request(res.cpu_request).set_cpu_limit(res.cpu_limit)
+        task.set_memory_request(res.memory_request).set_memory_limit(res.memory_limit)
+        task.set_caching_options(True)  # rerun everything: submit with enable_caching=False
+        c = self.cluster
+        if c.mlflow_secret:
+            kubernetes.use_secret_as_env(
+                task, c.mlflow_secret, secret_key_to_env=dict(c.mlflow_secret_keys), optional=True
+            )
+        return task
+
+    def cpu(self, task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
+        c = self.cluster
+        self._common(task, name, c.cpu_image, c.cpu)
+        for key, value in c.cpu_node_selector.items():
+            kubernetes.add_node_selector(task, key, value)
+        if c.cpu_timeout_s:
+            kubernetes.set_timeout(task, c.cpu_timeout_s)
+        return task
+
+    def gpu(self, task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
+        c = self.cluster
+        self._common(task, name, c.gpu_image, c.gpu)
+        task.set_accelerator_type(c.accelerator_type).set_accelerator_limit(c.accelerator_limit)
+        for key, value in c.gpu_node_selector.items():
+            kubernetes.add_node_selector(task, key, value)
+        for t in c.gpu_tolerations:
+            kubernetes.add_toleration(
+                task, key=t.key, operator=t.operator, value=t.value, effect=t.effect
+            )
+        kubernetes.empty_dir_mount(
+            task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=c.shm_size
+        )
+        task.set_retry(
+            num_retries=c.retries,
+            backoff_duration=c.backoff,
+            backoff_factor=c.backoff_factor,
+            backoff_max_duration=c.backoff_max,
+        )
+        if c.gpu_timeout_s:
+            kubernetes.set_timeout(task, c.gpu_timeout_s)
+        return task
 
 
-def _cpu_task(task: dsl.PipelineTask, name: str, *, model: bool = False) -> dsl.PipelineTask:
-    task.set_display_name(name)
-    task.set_cpu_request(CPU_REQUEST).set_cpu_limit(CPU_LIMIT)
-    if model:
-        task.set_memory_request(MODEL_MEMORY_REQUEST).set_memory_limit(MODEL_MEMORY_LIMIT)
-    else:
-        task.set_memory_request(MEMORY_REQUEST).set_memory_limit(MEMORY_LIMIT)
-    task.set_caching_options(True)  # force a rerun with `enable_caching=False` on submit
-    return task
+def build(cluster: ClusterConfig) -> graph_component.GraphComponent:
+    """The pipeline, placed on the cluster that params `cluster` describes."""
+    place = Placement(cluster)
 
+    @dsl.pipeline(
+        name="defectgen",
+        description="Expand a small defect-image dataset: ingest -> preprocess -> base -> "
+        "per class (finetune -> sweep -> generate -> gate -> register if passed) -> train "
+        "-> report; the exit handler records the run's status.",
+    )
+    def defectgen_pipeline(params_yaml: str, source_path: str = "", track: bool = False):
+        """Args:
+        params_yaml: the whole params.yaml as text (the compiled default is the repo's).
+        source_path: the raw dataset folder as seen from inside the pods (a mounted
+            volume or bucket); empty: params data.root (or the ELPV package).
+        track: log to MLflow (the secret's tracking URI must reach a server from the pods).
+        """
+        # Every stage task gets the params, the MLflow pipeline key (the KFP run id), `track`.
+        common = {
+            "params_yaml": params_yaml,
+            "pipeline_key": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            "track": track,
+        }
+        final = place.cpu(status(**common), "status")
+        with dsl.ExitHandler(final, name="stages"):
+            ing = place.cpu(ingest(**common, source_path=source_path), "ingest")
+            pre = place.cpu(preprocess(**common, ingested=ing.outputs["ingested"]), "preprocess")
+            preprocessed = pre.outputs["preprocessed"]
+            prior = place.gpu(base(**common, preprocessed=preprocessed), "base")
+            base_model = prior.outputs["base_model"]
+            labels = place.cpu(classes(params_yaml=params_yaml, preprocessed=preprocessed),
+                               "classes")  # fmt: skip
 
-@dsl.pipeline(
-    name="defectgen",
-    description="Expand a small defect-image dataset: ingest -> preprocess -> base -> "
-    "finetune -> sweep -> generate -> gate -> train, register -> report.",
-)
-def defectgen_pipeline(params_yaml: str, source_path: str = "", track: bool = False) -> Outputs:
-    """Args:
-    params_yaml: the whole params.yaml as text (the compiled default is the repo's).
-    source_path: the raw dataset folder as seen from inside the pods (a mounted
-        volume or bucket); empty: params data.root (or the ELPV package).
-    track: log to MLflow ($MLFLOW_TRACKING_URI must reach a server from the pods).
-    """
-    # Every task gets the params, the MLflow pipeline key (the KFP run id) and `track`.
-    common = {
-        "params_yaml": params_yaml,
-        "pipeline_key": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-        "track": track,
-    }
-    ing = ingest(
-        **common,
-        source_path=source_path,
-    )
-    _cpu_task(ing, "ingest")
-    pre = preprocess(
-        **common,
-        ingested=ing.outputs["ingested"],
-    )
-    _cpu_task(pre, "preprocess")
-    prior = base(
-        **common,
-        preprocessed=pre.outputs["preprocessed"],
-    )
-    _cpu_task(prior, "base", model=True)
-    adapted = finetune(
-        **common,
-        preprocessed=pre.outputs["preprocessed"],
-        base_model=prior.outputs["base_model"],
-    )
-    _cpu_task(adapted, "finetune", model=True)
-    swept = sweep(
-        **common,
-        preprocessed=pre.outputs["preprocessed"],
-        base_model=prior.outputs["base_model"],
-        adapters=adapted.outputs["adapters"],
-    )
-    _cpu_task(swept, "sweep", model=True)
-    gen = generate(
-        **common,
-        preprocessed=pre.outputs["preprocessed"],
-        base_model=prior.outputs["base_model"],
-        adapters=adapted.outputs["adapters"],
-        chosen=swept.outputs["chosen"],
-    )
-    _cpu_task(gen, "generate", model=True)
-    judged = gate(
-        **common,
-        preprocessed=pre.outputs["preprocessed"],
-        generated=gen.outputs["generated"],
-    )
-    _cpu_task(judged, "gate", model=True)
-    trained = train(
-        **common,
-        preprocessed=pre.outputs["preprocessed"],
-        generated=gen.outputs["generated"],
-        gated=judged.outputs["gated"],
-    )
-    _cpu_task(trained, "train", model=True)
-    registered = register(
-        **common,
-        base_model=prior.outputs["base_model"],
-        adapters=adapted.outputs["adapters"],
-        chosen=swept.outputs["chosen"],
-        gated=judged.outputs["gated"],
-    )
-    _cpu_task(registered, "register")
-    rendered = report(
-        **common,
-        ingested=ing.outputs["ingested"],
-        preprocessed=pre.outputs["preprocessed"],
-        chosen=swept.outputs["chosen"],
-        generated=gen.outputs["generated"],
-        gated=judged.outputs["gated"],
-        evaluation=trained.outputs["evaluation"],
-    )
-    rendered.after(registered)  # the report lists the versions just registered
-    _cpu_task(rendered, "report")
-    return Outputs(
-        generated=gen.outputs["generated"],
-        gated=judged.outputs["gated"],
-        evaluation=trained.outputs["evaluation"],
-        report=rendered.outputs["html"],
-    )
+            with dsl.ParallelFor(labels.output, parallelism=cluster.parallelism) as label:
+                adapted = place.gpu(
+                    finetune(**common, preprocessed=preprocessed, base_model=base_model,
+                             label=label),
+                    "finetune",
+                )  # fmt: skip
+                adapters = adapted.outputs["adapters"]
+                swept = place.gpu(
+                    sweep(**common, preprocessed=preprocessed, base_model=base_model,
+                          adapters=adapters),
+                    "sweep",
+                )  # fmt: skip
+                gen = place.gpu(
+                    generate(**common, preprocessed=preprocessed, base_model=base_model,
+                             adapters=adapters, chosen=swept.outputs["chosen"]),
+                    "generate",
+                )  # fmt: skip
+                judged = place.gpu(
+                    gate(**common, preprocessed=preprocessed,
+                         generated=gen.outputs["generated"], label=label),
+                    "gate",
+                )  # fmt: skip
+                with dsl.If(judged.outputs["Output"] == "pass", name="passed-gate"):
+                    place.cpu(
+                        register(**common, base_model=base_model, adapters=adapters,
+                                 chosen=swept.outputs["chosen"],
+                                 gated=judged.outputs["gated"]),
+                        "register",
+                    )  # fmt: skip
+
+            def fan_in(task: dsl.PipelineTask, output: str):
+                """The per-class `output`s of a task in the loop, merged into one folder."""
+                merged = merge_datasets(parts=dsl.Collected(task.outputs[output]))
+                return place.cpu(merged, f"merge {output}").outputs["merged"]
+
+            chosen = fan_in(swept, "chosen")
+            generated = fan_in(gen, "generated")
+            gated = fan_in(judged, "gated")
+            trained = place.gpu(
+                train(**common, preprocessed=preprocessed, generated=generated, gated=gated),
+                "train",
+            )
+            place.cpu(
+                report(**common, ingested=ing.outputs["ingested"], preprocessed=preprocessed,
+                       chosen=chosen, generated=generated, gated=gated,
+                       evaluation=trained.outputs["evaluation"]),
+                "report",
+            )  # fmt: skip
+
+    return defectgen_pipeline

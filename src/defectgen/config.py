@@ -372,6 +372,65 @@ class TrackingConfig(_Section):
     experiment: str = Field(default="defectgen", min_length=1)
 
 
+class Resources(_Section):
+    """Kubernetes requests and limits of one kind of task (quantities as kubectl writes them)."""
+
+    cpu_request: str = "1"
+    cpu_limit: str = "2"
+    memory_request: str = "2G"
+    memory_limit: str = "8G"
+
+
+class Toleration(_Section):
+    key: str | None = None
+    operator: Literal["Equal", "Exists"] = "Exists"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = "NoSchedule"
+
+
+class ClusterConfig(_Section):
+    """How the KFP pipeline lands on a cluster; read when compiling it, by no stage.
+
+    GPU tasks (base, finetune, sweep, generate, gate, train) request accelerators and
+    carry the GPU node selector and tolerations; CPU tasks carry neither, so they stay
+    off tainted GPU node pools.
+    """
+
+    cpu_image: str = Field(default="defectgen:cpu", min_length=1)
+    gpu_image: str = Field(default="defectgen:gpu", min_length=1)
+    parallelism: int = Field(default=4, ge=0)  # classes expanded at once (0: no limit)
+    accelerator_type: str = Field(default="nvidia.com/gpu", min_length=1)
+    accelerator_limit: int = Field(default=1, ge=1)
+    gpu_node_selector: dict[str, str] = Field(
+        default_factory=lambda: {"nvidia.com/gpu.present": "true"}
+    )
+    gpu_tolerations: list[Toleration] = Field(
+        default_factory=lambda: [Toleration(key="nvidia.com/gpu")]
+    )
+    cpu_node_selector: dict[str, str] = Field(default_factory=dict)
+    cpu: Resources = Field(default_factory=Resources)
+    gpu: Resources = Field(
+        default_factory=lambda: Resources(
+            cpu_request="4", cpu_limit="8", memory_request="16G", memory_limit="48G"
+        )
+    )
+    shm_size: str = "8Gi"  # /dev/shm for data loaders on GPU tasks
+    retries: int = Field(default=2, ge=0)  # GPU tasks (preemptible nodes, transient OOM)
+    backoff: str = "60s"
+    backoff_factor: float = Field(default=2.0, ge=1.0)
+    backoff_max: str = "1800s"
+    cpu_timeout_s: int = Field(default=3600, ge=0)  # 0: none
+    gpu_timeout_s: int = Field(default=6 * 3600, ge=0)
+    mlflow_secret: str | None = "defectgen-mlflow"  # null: no secret mounted
+    mlflow_secret_keys: dict[str, str] = Field(
+        default_factory=lambda: {
+            "tracking_uri": "MLFLOW_TRACKING_URI",
+            "username": "MLFLOW_TRACKING_USERNAME",
+            "password": "MLFLOW_TRACKING_PASSWORD",
+        }
+    )
+
+
 class Params(_Section):
     """The whole of params.yaml."""
 
@@ -387,11 +446,14 @@ class Params(_Section):
     gate: GateConfig = Field(default_factory=GateConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
     def section_hash(self, *sections: str) -> str:
-        """Short sha256 of the named sections (or of all params), for tags and provenance."""
+        """Short sha256 of the named sections (or of all params but `cluster`, which says
+        where stages run, not what they compute), for tags and provenance."""
         dumped = self.model_dump(mode="json")
-        chosen = {k: dumped[k] for k in sections} if sections else dumped
+        names = sections or tuple(k for k in dumped if k != "cluster")
+        chosen = {k: dumped[k] for k in names}
         blob = json.dumps(chosen, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 

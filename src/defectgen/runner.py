@@ -199,20 +199,19 @@ def run_from_yaml(
     pipeline_key: str = "",
     track: bool = True,
     log_metric: Callable[[str, float], None] | None = None,
+    only_class: str = "",
 ) -> dict[str, float]:
     """Entry point for KFP components: params as YAML text, paths as strings.
 
     Empty input strings mean "not given". `pipeline_key` (the KFP run id) groups the
     stages of one pipeline run under one MLflow parent run. `log_metric` receives
-    every metric (a KFP Metrics artifact's log_metric).
+    every metric (a KFP Metrics artifact's log_metric). `only_class` runs the stage for
+    one class (the per-class fan-out): finetune adapts only it, and the stages after
+    finetune follow their inputs, which then hold only that class.
     """
     import os
 
-    import yaml
-
-    from defectgen.config import parse_params
-
-    params = parse_params(yaml.safe_load(params_yaml), f"{stage_name} component params")
+    params = params_from_yaml(params_yaml, f"{stage_name} component params", only_class)
     if pipeline_key:
         os.environ["DEFECTGEN_PIPELINE_KEY"] = pipeline_key
     paths = {k: Path(v) for k, v in inputs.items() if v}
@@ -223,3 +222,15 @@ def run_from_yaml(
         for key, value in metrics.items():
             log_metric(key, value)
     return metrics
+
+
+def params_from_yaml(params_yaml: str, where: str, only_class: str = "") -> Params:
+    """Params from YAML text (a KFP pipeline parameter), optionally narrowed to one class."""
+    import yaml
+
+    from defectgen.config import parse_params
+
+    raw = yaml.safe_load(params_yaml)
+    if only_class:
+        raw.setdefault("finetune", {})["classes"] = [only_class]
+    return parse_params(raw, where)

@@ -174,3 +174,33 @@ def stage_run(stage: str, params: Params, sections: tuple[str, ...]) -> Iterator
     ) as run:
         mlflow.log_params(stage_params)
         yield StageRun(run.info.run_id, parent_id)
+
+
+def finish_pipeline(params: Params, state: str, error: str = "") -> list[dict[str, str]]:
+    """Mark the pipeline's parent run with the orchestrator's final state.
+
+    The parent gets the tag `defectgen.run_status` (and `defectgen.run_error`); a state
+    other than SUCCEEDED also marks it FAILED, so failed nightly runs stand out in the
+    MLflow UI. Returns the stage runs under it: name, status, wall seconds.
+    """
+    mlflow.set_tracking_uri(tracking_uri())
+    experiment = mlflow.set_experiment(params.tracking.experiment)
+    client = MlflowClient()
+    parent_id = _find_or_create_parent(client, experiment.experiment_id, params)
+    client.set_tag(parent_id, "defectgen.run_status", state)
+    if error:
+        client.set_tag(parent_id, "defectgen.run_error", error[:5000])
+    client.set_terminated(parent_id, "FINISHED" if state == "SUCCEEDED" else "FAILED")
+    children = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
+        order_by=["attributes.start_time ASC"],
+    )
+    return [
+        {
+            "stage": r.info.run_name,
+            "status": r.info.status,
+            "wall_s": f"{r.data.metrics['wall_s']:.0f}" if "wall_s" in r.data.metrics else "-",
+        }
+        for r in children
+    ]
