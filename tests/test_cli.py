@@ -102,3 +102,21 @@ def test_bad_data_fails_with_a_message(tmp_path: Path):
     )
     assert proc.returncode == 2
     assert "does-not-exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_schedule_says_what_it_needs_before_touching_a_cluster(tmp_path, capsys, monkeypatch):
+    """No endpoint, a five-field cron, an endpoint that does not answer: one clear line each
+    (exit 2). The calls against a live KFP API are not exercised here: no cluster."""
+    monkeypatch.delenv("KF_PIPELINES_ENDPOINT", raising=False)
+    assert main(["schedule", "list"]) == 2
+    assert "no KFP endpoint: pass --host URL or set $KF_PIPELINES_ENDPOINT" in (
+        capsys.readouterr().err
+    )
+    params = str(REPO / "params.yaml")
+    assert main(["schedule", "create", "--cron", "0 2 * * *", "--params", params]) == 2
+    assert "KFP wants six fields, seconds first" in capsys.readouterr().err
+    monkeypatch.setenv("KF_PIPELINES_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on 9
+    package = str(REPO / "pipelines" / "build" / "defectgen.yaml")
+    assert main(["schedule", "create", "--params", params, "--package", package]) == 2
+    err = capsys.readouterr().err
+    assert "KFP endpoint http://127.0.0.1:9: connect failed" in err and "Traceback" not in err

@@ -4,6 +4,7 @@
     defectgen preprocess --params params.yaml --ingested DIR --out DIR
     defectgen check-params --params params.yaml
     defectgen registry list|show NAME|promote NAME VERSION|rollback NAME
+    defectgen schedule create|list|delete   (KFP recurring runs: nightly on a cluster)
 
 Errors caused by input (params, data) print one clear message and exit 2;
 anything else is a bug and keeps its traceback.
@@ -56,6 +57,24 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("name")
     q.add_argument("version")
     reg.add_parser("rollback", help="champion back to the version it replaced").add_argument("name")
+    p = sub.add_parser(
+        "schedule",
+        help="nightly runs on a cluster: KFP recurring runs (--host or $KF_PIPELINES_ENDPOINT)",
+    )
+    sched = p.add_subparsers(dest="action", metavar="<action>", required=True)
+    q = sched.add_parser("create", help="a recurring run of the compiled pipeline")
+    q.add_argument("--name", default="defectgen-nightly")
+    q.add_argument("--cron", default="0 0 2 * * *", help="six fields, seconds first (02:00)")
+    q.add_argument("--params", type=Path, default=Path("params.yaml"))
+    q.add_argument("--package", type=Path, default=Path("pipelines/build/defectgen.yaml"))
+    q.add_argument("--source-path", default="", help="the dataset folder as the pods see it")
+    q.add_argument("--no-track", action="store_true", help="no MLflow from the pods")
+    q.add_argument("--experiment", default="defectgen", help="KFP experiment")
+    sched.add_parser("list", help="every recurring run on the endpoint")
+    sched.add_parser("delete", help="remove a recurring run").add_argument("run_id")
+    for q in sched.choices.values():
+        q.add_argument("--host", help="KFP API endpoint (default: $KF_PIPELINES_ENDPOINT)")
+        q.add_argument("--namespace", help="multi-user KFP: your profile namespace")
     return parser
 
 
@@ -90,6 +109,34 @@ def _registry(args: argparse.Namespace) -> int:
     return 0
 
 
+def _schedule(args: argparse.Namespace) -> int:
+    from defectgen import schedule
+
+    if args.action == "create":
+        run_id = schedule.create(
+            host=args.host,
+            name=args.name,
+            cron=args.cron,
+            params_path=args.params,
+            package=args.package,
+            source_path=args.source_path,
+            track=not args.no_track,
+            experiment=args.experiment,
+            namespace=args.namespace,
+        )
+        print(f"recurring run {run_id}: {args.name} at '{args.cron}' (one at a time, no catch-up)")
+    elif args.action == "list":
+        rows = schedule.list_runs(host=args.host, namespace=args.namespace)
+        for r in rows:
+            print(f"{r['id']}  {r['name']}  '{r['cron']}'  {r['status']}")
+        if not rows:
+            print("no recurring runs")
+    else:
+        schedule.delete(host=args.host, run_id=args.run_id)
+        print(f"recurring run {args.run_id}: deleted")
+    return 0
+
+
 def _run_stage(stage: Stage, args: argparse.Namespace) -> int:
     params = load_params(args.params)
     inputs = {name: getattr(args, name) for name, _, _ in stage.inputs}
@@ -113,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "registry":
             return _registry(args)
+        if args.command == "schedule":
+            return _schedule(args)
         if args.command == "check-params":
             params = load_params(args.params)
             print(f"{args.params}: ok (params hash {params.section_hash()})")
