@@ -5,7 +5,8 @@
         finetune -> sweep -> generate -> gate -> If verdict == "pass": register
       merge (dsl.Collected) adapters, chosen cells, generated and gated images
       -> train -> report
-    exit handler: status (always: the final state and every stage run)
+    exit handler: status (always: the final state and every stage run; for a run that
+      did not succeed, also the report, from what the finished stages logged to MLflow)
 
 Placement comes from params `cluster` at compile time (`build(params.cluster)`): GPU
 tasks request accelerators and carry the GPU node selector, tolerations, /dev/shm,
@@ -14,8 +15,8 @@ tainted GPU pool never runs them. MLflow credentials come from the Kubernetes se
 `cluster.mlflow_secret` (optional: a run with track=False needs none).
 
 Differences from `dvc repro`, on purpose: a class that fails the gate is not
-registered here (dvc registers it without an alias); the HTML report needs every
-stage, so a failed run ends with the status page alone.
+registered here (dvc registers it without an alias); a failed run's report comes from
+the exit handler and needs tracking (an exit task cannot take the stages' artifacts).
 Compile with `python -m pipelines.compile` (writes pipelines/build/defectgen.yaml).
 """
 

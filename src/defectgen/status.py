@@ -1,23 +1,67 @@
-"""The run status a cluster run always ends with (the KFP exit handler's task).
+"""The run status and report a cluster run always ends with (the KFP exit handler's task).
 
 Whatever happened to the stages, this writes a short markdown page: the orchestrator's
 final state and error, and, with tracking, every stage run under the pipeline's MLflow
-parent run (which it tags with the state). The full report needs every stage's output;
-when a stage failed, this page says which and why.
+parent run (which it tags with the state).
+
+When the run did not succeed, the report task never ran, so this also renders the report
+from what the finished stages logged to MLflow (every stage logs the files the report
+reads): per-class runs of one stage are merged as the pipeline's fan-in would, the
+sections with inputs are rendered and the missing stages are named. An exit task cannot
+take the stages' artifacts (KFP), and MLflow is the store every pod reaches; without
+tracking there is nothing to read, and the page says so. A stage served from KFP's cache
+did not run in this pipeline run, so it has no run to read: submit with caching off when
+a complete failure report matters.
 """
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from defectgen.config import Params
 from defectgen.io import atomic_write_bytes
 
 
+def _render_report(params: Params, report_dir: Path) -> str:
+    """The report from the finished stages' MLflow artifacts into `report_dir`, as the
+    report stage's own MLflow run under the parent; returns one line for the page."""
+    from defectgen import fanout, tracking
+    from defectgen.runner import execute, get_stage
+    from defectgen.stages.report import INPUTS
+
+    with tempfile.TemporaryDirectory(prefix="defectgen-status-") as tmp:
+        found = tracking.finished_stage_artifacts(params, tuple(INPUTS.values()), Path(tmp))
+        inputs = {}
+        for key, stage in INPUTS.items():
+            if stage in found:
+                inputs[key] = Path(tmp) / "merged" / stage
+                fanout.merge(found[stage], inputs[key])
+        metrics, _ = execute(
+            get_stage("report"), params, out_dir=report_dir, inputs=inputs, track=True
+        )
+    n_missing = int(metrics["n_missing_inputs"])
+    return (
+        f"- report: rendered from the finished stages' MLflow runs "
+        f"({len(INPUTS) - n_missing} of {len(INPUTS)} report inputs found)"
+    )
+
+
 def write_status(
-    params: Params, *, state: str, job: str, error: str, out_path: Path, track: bool
+    params: Params,
+    *,
+    state: str,
+    job: str,
+    error: str,
+    out_path: Path,
+    track: bool,
+    report_dir: Path | None = None,
 ) -> str:
-    """Write the status page to `out_path`; returns its markdown."""
+    """Write the status page to `out_path`; returns its markdown.
+
+    With `report_dir`, tracking on and a state other than SUCCEEDED, the partial report
+    is rendered there too (report.html, report.md).
+    """
     lines = [
         f"# defectgen run {state}: {params.data.name}",
         "",
@@ -26,7 +70,21 @@ def write_status(
     ]
     if error:
         lines.append(f"- error: {error}")
-    if track and params.tracking.enabled:
+    tracked = track and params.tracking.enabled
+    if report_dir is not None and state != "SUCCEEDED":
+        if not tracked:
+            lines.append(
+                "- report: not rendered; without tracking the finished stages' outputs are "
+                "only in their own tasks' artifacts"
+            )
+        else:
+            try:
+                lines.append(_render_report(params, Path(report_dir)))
+            except Exception as exc:
+                # Whatever breaks the report (a corrupt artifact, MLflow unreachable), the
+                # status page is the one output a failed run must still end with.
+                lines.append(f"- report: not rendered ({type(exc).__name__}: {exc})")
+    if tracked:
         from defectgen import tracking
 
         runs = tracking.finish_pipeline(params, state, error)

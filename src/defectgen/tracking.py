@@ -204,3 +204,33 @@ def finish_pipeline(params: Params, state: str, error: str = "") -> list[dict[st
         }
         for r in children
     ]
+
+
+def finished_stage_artifacts(params: Params, stages: tuple[str, ...], dest: Path) -> dict:
+    """Download the logged report files of every FINISHED stage run under this pipeline
+    run's parent, for the stages named: `dest/<stage>/<run id>/` each.
+
+    Returns:
+        {stage: [one folder per finished run, in start order]}; a stage without a
+        finished run is absent. (A stage fanned out per class has one run per class.)
+    """
+    mlflow.set_tracking_uri(tracking_uri())
+    experiment = mlflow.set_experiment(params.tracking.experiment)
+    client = MlflowClient()
+    parent_id = _find_or_create_parent(client, experiment.experiment_id, params)
+    children = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and "
+        "attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time ASC"],
+    )
+    found: dict[str, list[Path]] = {}
+    for r in children:
+        stage = r.data.tags.get("defectgen.stage", r.info.run_name)
+        if stage not in stages:
+            continue
+        folder = Path(dest) / stage / r.info.run_id
+        folder.mkdir(parents=True, exist_ok=True)
+        mlflow.artifacts.download_artifacts(run_id=r.info.run_id, dst_path=str(folder))
+        found.setdefault(stage, []).append(folder)
+    return found

@@ -12,6 +12,11 @@ Writes under `out_dir`:
 The report carries the git sha and MLflow run ids, which change with every run, so
 dvc.yaml declares it without outputs and always re-renders it (seconds); the numbers
 it shows are all DVC-tracked in the stages it reads. It is logged to MLflow.
+
+A run that failed part-way still gets a report: every input is optional, the sections
+whose inputs exist are rendered, and the page names the stages it had no output from
+(the cluster's exit handler renders it from what the finished stages logged to MLflow,
+defectgen.status).
 """
 
 from __future__ import annotations
@@ -186,12 +191,13 @@ def _classifiers(train: Path) -> tuple[Section, str]:
     return sec, best
 
 
-def _provenance(params: Params, preprocessed: Path) -> Section:
+def _provenance(params: Params, preprocessed: Path | None) -> Section:
     from defectgen import tracking  # git and MLflow identities
 
     sec = Section("Provenance")
     ids = tracking.active_run_ids() if params.tracking.enabled else None
-    digest = file_digest(preprocessed / manifest.MANIFEST_NAME)[:16]
+    path = preprocessed / manifest.MANIFEST_NAME if preprocessed else None
+    digest = file_digest(path)[:16] if path and path.is_file() else "-"
     rows = [
         ["git commit", tracking.git_sha()],
         ["params hash", params.section_hash()],
@@ -220,41 +226,88 @@ def _provenance(params: Params, preprocessed: Path) -> Section:
     return sec
 
 
+# The stages whose outputs the report reads, as run() names them.
+INPUTS = {
+    "ingested": "ingest",
+    "preprocessed": "preprocess",
+    "sweep": "sweep",
+    "generated": "generate",
+    "gated": "gate",
+    "train": "train",
+}
+
+
+def _summary(gate: tuple[Section, int, int] | None, n_classes: int, best: str | None) -> str:
+    if gate is None:
+        return "The run stopped before the quality gate: no synthetic image was judged."
+    _, passed, kept = gate
+    text = f"{passed} of {n_classes} classes passed the quality gate; "
+    if best is None:
+        return text + f"{kept} synthetic images were kept; no classifier was trained."
+    text += f"{kept} synthetic images entered training. "
+    if best:
+        return text + f"The best condition beyond real: {best}."
+    return text + "No condition beyond real was trained."
+
+
 def run(
     params: Params,
     *,
-    ingested: Path,
-    preprocessed: Path,
-    sweep: Path,
-    generated: Path,
-    gated: Path,
-    train: Path,
     out_dir: Path,
+    ingested: Path | None = None,
+    preprocessed: Path | None = None,
+    sweep: Path | None = None,
+    generated: Path | None = None,
+    gated: Path | None = None,
+    train: Path | None = None,
 ) -> dict[str, float]:
     """Render report.html and report.md from the stages' outputs.
 
+    An input that is None (its stage did not finish) leaves out the sections that need
+    it; the page then opens with the stages it had no output from.
+
     Returns:
-        n_passed_classes, n_kept (as the report states them).
+        n_passed_classes, n_kept (as the report states them; 0 without a gate), and
+        n_missing_inputs.
     """
-    ingested, preprocessed, sweep = Path(ingested), Path(preprocessed), Path(sweep)
-    generated, gated, train = Path(generated), Path(gated), Path(train)
-    gate_sec, passed, kept = _gate(sweep, gated)
-    n_classes = len(_json(gated / "gate.json")["classes"])
-    clf_sec, best = _classifiers(train)
-    summary = (
-        f"{passed} of {n_classes} classes passed the quality gate; {kept} synthetic images "
-        "entered training. "
-        + (
-            f"The best condition beyond real: {best}."
-            if best
-            else "No condition beyond real was trained."
+    given = dict(
+        ingested=ingested, preprocessed=preprocessed, sweep=sweep, generated=generated,
+        gated=gated, train=train,
+    )  # fmt: skip
+    have = {k: Path(v) for k, v in given.items() if v is not None}
+    missing = [stage for key, stage in INPUTS.items() if key not in have]
+    sections = []
+    if missing:
+        sec = Section("Incomplete run")
+        sec.paragraph(
+            "This run did not finish. No output from: " + ", ".join(missing) + ". The "
+            "sections that need them are left out; the run status names the stage that "
+            "failed and why.",
         )
-    )
-    sections = [_dataset(ingested, preprocessed), gate_sec]
-    sections += [s for s in [_sweep(sweep)] if s is not None]
-    sections += [_images(generated), clf_sec, _provenance(params, preprocessed)]
+        sections.append(sec)
+    if "ingested" in have and "preprocessed" in have:
+        sections.append(_dataset(have["ingested"], have["preprocessed"]))
+    gate, n_classes = None, 0
+    if "sweep" in have and "gated" in have:
+        gate = _gate(have["sweep"], have["gated"])
+        n_classes = len(_json(have["gated"] / "gate.json")["classes"])
+        sections.append(gate[0])
+    if "sweep" in have and (heatmaps := _sweep(have["sweep"])) is not None:
+        sections.append(heatmaps)
+    if "generated" in have:
+        sections.append(_images(have["generated"]))
+    best = None
+    if "train" in have:
+        clf_sec, best = _classifiers(have["train"])
+        sections.append(clf_sec)
+    sections.append(_provenance(params, have.get("preprocessed")))
     title = f"defectgen report: {params.data.name}"
+    summary = _summary(gate, n_classes, best)
     with atomic_dir(out_dir) as tmp:
         write_file(tmp / HTML_NAME, page.render_html(title, summary, sections).encode())
         write_file(tmp / MARKDOWN_NAME, page.render_markdown(title, summary, sections).encode())
-    return {"n_passed_classes": float(passed), "n_kept": float(kept)}
+    return {
+        "n_passed_classes": float(gate[1] if gate else 0),
+        "n_kept": float(gate[2] if gate else 0),
+        "n_missing_inputs": float(len(missing)),
+    }
