@@ -36,8 +36,8 @@ ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --host 127.0.0.1 --port 5000
 
 lint: setup
-	$(VENV)/bin/ruff check src tests components pipelines
-	$(VENV)/bin/ruff format --check src tests components pipelines
+	$(VENV)/bin/ruff check src tests components pipelines benchmarks
+	$(VENV)/bin/ruff format --check src tests components pipelines benchmarks
 
 clean:
 	rm -rf $(VENV) data/ingested data/preprocessed data/base data/finetune data/sweep data/generated \

@@ -14,6 +14,16 @@ Stages not listed must have their outputs in --work from an earlier run. A liste
 stage's output (and its resume state) is deleted first, so it runs from scratch. The
 real-feature cache (`.features`, shared by sweep and gate) is cleared with sweep, as on
 a fresh clone.
+
+This machine's speed drifts by tens of percent over a day, so compare one stage's code
+before and after a change interleaved, on the same inputs: `--src` runs the stages
+from another checkout (a `git worktree` of the old commit), e.g.
+
+    git worktree add /tmp/old <commit>
+    for i in 1 2; do
+      python benchmarks/cpu_pipeline.py --label train-old --stages train --src /tmp/old
+      python benchmarks/cpu_pipeline.py --label train-new --stages train
+    done
 """
 
 from __future__ import annotations
@@ -80,7 +90,9 @@ def machine() -> dict[str, object]:
     }
 
 
-def run_stage(stage: str, params: Path, work: Path, inputs: list[tuple[str, str]]) -> dict:
+def run_stage(
+    stage: str, params: Path, work: Path, inputs: list[tuple[str, str]], src: Path
+) -> dict:
     """One stage as its own process; wall seconds, peak RSS and the stage's metrics."""
     out = work / stage
     shutil.rmtree(out, ignore_errors=True)
@@ -103,7 +115,8 @@ def run_stage(stage: str, params: Path, work: Path, inputs: list[tuple[str, str]
     for option, upstream in inputs:
         cmd += [f"--{option}", str(work / upstream)]
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=work)
+    env = {**os.environ, "PYTHONPATH": str(src / "src")}  # ahead of the editable install
+    proc = subprocess.Popen(cmd, cwd=work, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -186,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", type=Path, default=REPO / "params.yaml")
     ap.add_argument("--work", type=Path, default=REPO / "benchmarks" / "work")
     ap.add_argument("--stages", default=",".join(s for s, _ in STAGES))
+    ap.add_argument("--src", type=Path, default=REPO, help="the checkout whose code runs")
     args = ap.parse_args(argv)
     wanted = args.stages.split(",")
     unknown = set(wanted) - {s for s, _ in STAGES}
@@ -199,8 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     params = work / "params.yaml"
     params.write_text(yaml.safe_dump(p))
 
+    src = args.src.resolve()
     git = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ["git", "describe", "--always", "--dirty"], cwd=src, capture_output=True, text=True
     ).stdout.strip()
     record = {
         "label": args.label,
@@ -220,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         if stage not in wanted:
             continue
         print(f"[bench] {stage} ...", flush=True)
-        result = run_stage(stage, params, work, inputs)
+        result = run_stage(stage, params, work, inputs, src)
         units, unit = throughput(stage, p, work, result)
         result.update(units=units, unit=unit, per_s=units / result["wall_s"])
         record["stages"][stage] = result
