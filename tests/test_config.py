@@ -64,6 +64,15 @@ def test_cross_field_rules(section, key, value, fragment):
         parse_params(raw, "p.yaml")
 
 
+def test_tiny_attention_heads_must_divide_every_unet_width():
+    raw = _base()
+    raw["model"]["tiny"]["unet_heads"] = 3  # 32 and 64 channels
+    with pytest.raises(ConfigError, match=r"unet_channels \[32, 64\] must each be divisible"):
+        parse_params(raw, "p.yaml")
+    raw["model"]["tiny"]["unet_heads"] = 4
+    assert parse_params(raw, "p.yaml").model.tiny.unet_heads == 4
+
+
 def test_layout_without_root_and_bad_pattern_and_bins():
     raw = _base()
     raw["data"].update(layout="folders", root=None)

@@ -152,6 +152,10 @@ class TinyArchConfig(_Section):
     vae_channels: list[int] = Field(default_factory=lambda: [16, 32, 32], min_length=1)
     unet_channels: list[int] = Field(default_factory=lambda: [32, 64], min_length=1)
     unet_layers_per_block: int = Field(default=1, ge=1)
+    # Attention heads per UNet block. SD1.5's heads are 40-160 channels wide; 8 heads over
+    # 32 channels would be 4 wide, which CPU attention kernels run at half speed
+    # (benchmarks/results/cpu_pipeline.md), so 2 heads: 16 and 32 wide.
+    unet_heads: int = Field(default=2, ge=1)
     text_hidden: int = Field(default=32, ge=8)
     text_layers: int = Field(default=2, ge=1)
     text_heads: int = Field(default=4, ge=1)
@@ -162,6 +166,11 @@ class TinyArchConfig(_Section):
             raise ValueError(
                 f"model.tiny.text_hidden = {self.text_hidden} must be divisible by "
                 f"model.tiny.text_heads = {self.text_heads}"
+            )
+        if any(c % self.unet_heads for c in self.unet_channels):
+            raise ValueError(
+                f"model.tiny.unet_channels {self.unet_channels} must each be divisible by "
+                f"model.tiny.unet_heads = {self.unet_heads}"
             )
         if any(c % 8 for c in self.vae_channels + self.unet_channels):
             raise ValueError(

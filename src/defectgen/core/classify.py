@@ -112,9 +112,13 @@ def evaluate(y_true: list[int], y_pred: list[int], labels: list[str]) -> Evaluat
 
 
 @torch.no_grad()
+@torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> list[int]:
     model.eval()
-    out = [model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]
+    out = [
+        model(x[i : i + batch_size].contiguous(memory_format=torch.channels_last)).argmax(1)
+        for i in range(0, len(x), batch_size)
+    ]
     return torch.cat(out).tolist()
 
 
@@ -143,6 +147,9 @@ def fit(
     under a forked RNG, so a run is reproducible and leaves the global RNG alone.
     """
     x, y = train
+    # NHWC: oneDNN's faster conv layout, 1.35x the steps/s of squeezenet on this CPU
+    # (benchmarks/results/cpu_pipeline.md)
+    model.to(memory_format=torch.channels_last)
     best_state, best_acc, best_epoch = None, -1.0, 0
     val_acc: list[float] = []
     losses: list[float] = []
@@ -156,6 +163,7 @@ def fit(
             for start in range(0, len(x), batch_size):
                 idx = order[start : start + batch_size]
                 batch = torch.stack([augment(img) for img in x[idx]])
+                batch = batch.contiguous(memory_format=torch.channels_last)
                 loss = F.cross_entropy(model(batch), y[idx])
                 opt.zero_grad()
                 loss.backward()

@@ -106,16 +106,17 @@ def run(params: Params, *, preprocessed: Path, out_dir: Path) -> dict[str, float
         if done is None:
             started = time.perf_counter()
             with resume.unit("vae") as unit:
-                train.train_vae(
-                    pipe.vae,
-                    pixels,
-                    steps=cfg.vae_steps,
-                    batch_size=cfg.batch_size,
-                    lr=cfg.vae_lr,
-                    gen=torch.Generator().manual_seed(derive_seed(params.seed, "vae")),
-                    rt=rt,
-                    log=curves.logger("vae"),
-                )
+                with models.channels_last(pipe.vae):
+                    train.train_vae(
+                        pipe.vae,
+                        pixels,
+                        steps=cfg.vae_steps,
+                        batch_size=cfg.batch_size,
+                        lr=cfg.vae_lr,
+                        gen=torch.Generator().manual_seed(derive_seed(params.seed, "vae")),
+                        rt=rt,
+                        log=curves.logger("vae"),
+                    )
                 pipe.vae.save_pretrained(unit)
                 curves.write(unit / CURVES_DIR)
             times["time/vae_s"] = time.perf_counter() - started
@@ -134,20 +135,21 @@ def run(params: Params, *, preprocessed: Path, out_dir: Path) -> dict[str, float
                         pipe.text_encoder(train.prompt_ids(pipe, text).to(rt.device))[0]
                         for text in (cfg.prompt, "")
                     )
-                train.train_denoiser(
-                    pipe.unet,
-                    latents,
-                    cond,
-                    uncond,
-                    models.training_scheduler(pipe),
-                    steps=cfg.unet_steps,
-                    batch_size=cfg.batch_size,
-                    lr=cfg.unet_lr,
-                    uncond_prob=cfg.uncond_prob,
-                    gen=torch.Generator().manual_seed(derive_seed(params.seed, "unet")),
-                    rt=rt,
-                    log=curves.logger("unet"),
-                )
+                with models.channels_last(pipe.unet):
+                    train.train_denoiser(
+                        pipe.unet,
+                        latents,
+                        cond,
+                        uncond,
+                        models.training_scheduler(pipe),
+                        steps=cfg.unet_steps,
+                        batch_size=cfg.batch_size,
+                        lr=cfg.unet_lr,
+                        uncond_prob=cfg.uncond_prob,
+                        gen=torch.Generator().manual_seed(derive_seed(params.seed, "unet")),
+                        rt=rt,
+                        log=curves.logger("unet"),
+                    )
                 pipe.save_pretrained(unit)
                 curves.write(unit / CURVES_DIR)
             times["time/unet_s"] = time.perf_counter() - started

@@ -84,7 +84,8 @@ def train(
     for step in range(steps):
         z = latents.sample(torch.randint(0, len(latents), (batch_size,), generator=gen), gen)
         with rt.autocast:
-            cond = pipe.text_encoder(ids.expand(len(z), -1))[0]  # (B, 77, D)
+            # one prompt: encode it once, not once per batch row (same values and grads)
+            cond = pipe.text_encoder(ids)[0].expand(len(z), -1, -1)  # (B, 77, D)
             loss = denoise_loss(pipe.unet, noise_scheduler, z, cond, gen, rt)
         opt.zero_grad(set_to_none=True)
         loss.backward()

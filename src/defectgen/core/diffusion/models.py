@@ -8,7 +8,9 @@ saved in SD1.5's on-disk layout and reloaded by the very loader that reads SD1.5
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,7 +121,7 @@ def build_tiny_pipeline(
         down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
         cross_attention_dim=arch.text_hidden,
-        attention_head_dim=8,
+        attention_head_dim=arch.unet_heads,  # diffusers' legacy name: the number of heads
         norm_num_groups=8,
     )
     tokenizer = build_tokenizer(Path(work_dir) / "tokenizer")
@@ -195,14 +197,31 @@ def load_pipeline(
     return pipe.to(rt.device)
 
 
+@contextlib.contextmanager
+def channels_last(*modules: torch.nn.Module) -> Iterator[None]:
+    """The modules' conv weights in NHWC while inside: oneDNN (CPU) and cuDNN run
+    convolutions faster in it (benchmarks/results/cpu_pipeline.md); the default layout
+    is restored on exit, because safetensors saves contiguous tensors only."""
+    for module in modules:
+        module.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.to(memory_format=torch.contiguous_format)
+
+
 def prepare(pipe: StableDiffusionPipeline, cfg: ModelConfig) -> StableDiffusionPipeline:
     """Freeze the base and apply runtime options before adaptation: PyTorch's fused
-    scaled-dot-product attention (flash / memory-efficient kernels on CUDA) and,
-    optionally, gradient checkpointing."""
+    scaled-dot-product attention (flash / memory-efficient kernels on CUDA), NHWC conv
+    weights (a prepared base is never saved, only its adapters) and, optionally,
+    gradient checkpointing."""
     for module in (pipe.vae, pipe.text_encoder, pipe.unet):
         module.requires_grad_(False)
         module.eval()
     pipe.unet.set_attn_processor(AttnProcessor2_0())
+    pipe.vae.to(memory_format=torch.channels_last)
+    pipe.unet.to(memory_format=torch.channels_last)
     if cfg.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
         pipe.text_encoder.gradient_checkpointing_enable()
@@ -222,5 +241,7 @@ def fingerprint(pipe: StableDiffusionPipeline) -> str:
     for name in ("unet", "vae", "text_encoder"):
         for key, tensor in sorted(getattr(pipe, name).state_dict().items()):
             digest.update(f"{name}.{key}".encode())
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            # row-major bytes whatever the layout (a prepared base's convs are NHWC)
+            flat = tensor.detach().cpu().clone(memory_format=torch.contiguous_format)
+            digest.update(flat.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
