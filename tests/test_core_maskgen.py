@@ -42,3 +42,18 @@ def test_producer_learns_and_samples_binary_masks_of_the_image_size():
     again = maskgen.sample(unet, [2], shape=(48, 40), sample_steps=10)[0]
     assert np.array_equal(again, out[1])  # a mask depends on its seed only
     assert not np.array_equal(out[0], out[1])
+    # latent-space interpolation (DefectSynth's, on this producer's DDIM-inverted noise)
+    mids = maskgen.interpolate_latent(unet, masks[0], masks[1], [0.25, 0.5, 0.75], steps=10)
+    assert len(mids) == 3
+    assert all(m.shape == (48, 48) and set(np.unique(m)) <= {0, 255} for m in mids)
+
+
+def test_slerp_ends_at_its_endpoints_and_keeps_the_norm_of_gaussian_noise():
+    g = torch.Generator().manual_seed(0)
+    z0, z1 = torch.randn(1, 64, 64, generator=g), torch.randn(1, 64, 64, generator=g)
+    assert torch.allclose(maskgen.slerp(z0, z1, 0.0), z0, atol=1e-5)
+    assert torch.allclose(maskgen.slerp(z0, z1, 1.0), z1, atol=1e-5)
+    mid = maskgen.slerp(z0, z1, 0.5)
+    # nearly orthogonal noises: slerp stays on the shell (norm ~64), lerp shrinks by ~1/sqrt2
+    assert abs(mid.norm() / z0.norm() - 1) < 0.02
+    assert ((z0 + z1) / 2).norm() / z0.norm() < 0.75

@@ -6,6 +6,11 @@ The paper trains 200 epochs at batch 32, lr 1e-4; the schedule here is the calle
 horizontal and vertical flips (a defect's mirror image is as plausible as the defect).
 Sampling uses DDIM on the same noise schedule (`sample_steps`, 50 by default), one
 `torch.Generator` per mask, so each mask depends on its seed only.
+
+`interpolate_latent` is DefectSynth's latent-space mask interpolation (seed 004, III-C)
+on this producer: both masks DDIM-inverted to their noise, slerp between the noises,
+DDIM back and binarise. (DefectSynth inverts SD's VAE latents with its image model; a
+mask-only producer works in pixel space, so its noise is the latent.)
 """
 
 from __future__ import annotations
@@ -20,7 +25,12 @@ from defectgen._torchvision_compat import ensure_torchvision_importable
 
 ensure_torchvision_importable()  # before diffusers imports transformers -> torchvision
 
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel  # noqa: E402
+from diffusers import (  # noqa: E402
+    DDIMInverseScheduler,
+    DDIMScheduler,
+    DDPMScheduler,
+    UNet2DModel,
+)
 
 SIZE = 64
 SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="linear", clip_sample=True)
@@ -78,6 +88,21 @@ def train(
     unet.eval()
 
 
+def _binary(x: torch.Tensor, shape: tuple[int, int]) -> list[np.ndarray]:
+    """(N, 1, s, s) model samples -> uint8 {0, 255} masks of `shape` (threshold 0, nearest)."""
+    on = F.interpolate((x > 0).float(), size=shape, mode="nearest")[:, 0] > 0.5
+    return [np.where(m, 255, 0).astype(np.uint8) for m in on.numpy()]
+
+
+@torch.no_grad()
+def _denoise(unet: UNet2DModel, x: torch.Tensor, steps: int) -> torch.Tensor:
+    sched = DDIMScheduler(**SCHEDULE)
+    sched.set_timesteps(steps)
+    for t in sched.timesteps:
+        x = sched.step(unet(x, t).sample, t, x).prev_sample
+    return x
+
+
 @torch.no_grad()
 def sample(
     unet: UNet2DModel, seeds: list[int], *, shape: tuple[int, int], sample_steps: int = 50
@@ -85,13 +110,43 @@ def sample(
     """One mask per seed: DDIM from noise, binarised at 0, resized (nearest) to `shape`;
     uint8 {0, 255}."""
     size = unet.config.sample_size
-    sched = DDIMScheduler(**SCHEDULE)
-    sched.set_timesteps(sample_steps)
     x = torch.stack(
         [torch.randn((1, size, size), generator=torch.Generator().manual_seed(s)) for s in seeds]
     )
-    for t in sched.timesteps:
-        x = sched.step(unet(x, t).sample, t, x).prev_sample
-    on = (x > 0).float()
-    on = F.interpolate(on, size=shape, mode="nearest")[:, 0] > 0.5
-    return [np.where(m, 255, 0).astype(np.uint8) for m in on.numpy()]
+    return _binary(_denoise(unet, x, sample_steps), shape)
+
+
+@torch.no_grad()
+def invert(unet: UNet2DModel, masks: list[np.ndarray], steps: int = 50) -> torch.Tensor:
+    """DDIM inversion: the noises (N, 1, s, s) that DDIM sampling maps back to the masks."""
+    inverse = DDIMInverseScheduler(**{**SCHEDULE, "clip_sample": False})
+    inverse.set_timesteps(steps)
+    x = to_tensor(masks, unet.config.sample_size)
+    for t in inverse.timesteps:
+        x = inverse.step(unet(x, t).sample, t, x).prev_sample
+    return x
+
+
+def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Spherical interpolation between two noises (linear when they are parallel)."""
+    a, b = z0.flatten().double(), z1.flatten().double()
+    cos = torch.dot(a, b) / (a.norm() * b.norm())
+    theta = torch.arccos(cos.clamp(-1, 1))
+    if theta.abs() < 1e-6:
+        return (1 - alpha) * z0 + alpha * z1
+    w0, w1 = (
+        torch.sin((1 - alpha) * theta) / torch.sin(theta),
+        torch.sin(alpha * theta) / torch.sin(theta),
+    )
+    return (w0 * z0.double() + w1 * z1.double()).to(z0.dtype)
+
+
+@torch.no_grad()
+def interpolate_latent(
+    unet: UNet2DModel, a: np.ndarray, b: np.ndarray, alphas: list[float], *, steps: int = 50
+) -> list[np.ndarray]:
+    """Masks between `a` and `b`: slerp of their DDIM-inverted noises at each alpha,
+    sampled back with DDIM, binarised, at the masks' own size."""
+    z0, z1 = invert(unet, [a, b], steps)
+    x = torch.cat([slerp(z0, z1, alpha)[None] for alpha in alphas])
+    return _binary(_denoise(unet, x, steps), a.shape)
