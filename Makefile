@@ -40,5 +40,5 @@ lint: setup
 	$(VENV)/bin/ruff format --check src tests components pipelines benchmarks
 
 clean:
-	rm -rf $(VENV) data/ingested data/preprocessed data/base data/finetune data/sweep data/generated \
+	rm -rf $(VENV) data/ingested data/preprocessed data/masks data/base data/finetune data/sweep data/generated \
 		data/gated data/train data/registry data/report data/.*.resume data/.features mlflow.db mlruns mlartifacts

@@ -1,6 +1,7 @@
 """The KFP v2 pipeline: the stages of dvc.yaml, with the per-class work fanned out.
 
-    ingest -> preprocess -> base -> classes
+    ingest -> preprocess -> masks (the mask branch; a "skipped" record without masks)
+                          -> base -> classes
       ParallelFor class (at most cluster.parallelism at once):
         finetune -> sweep -> generate -> gate -> If verdict == "pass": register
       merge (dsl.Collected) adapters, chosen cells, generated and gated images
@@ -29,6 +30,7 @@ from components.finetune import finetune
 from components.gate import gate
 from components.generate import generate
 from components.ingest import ingest
+from components.masks import masks
 from components.preprocess import preprocess
 from components.register import register
 from components.report import report
@@ -118,6 +120,7 @@ def build(cluster: ClusterConfig) -> graph_component.GraphComponent:
             ing = place.cpu(ingest(**common, source_path=source_path), "ingest")
             pre = place.cpu(preprocess(**common, ingested=ing.outputs["ingested"]), "preprocess")
             preprocessed = pre.outputs["preprocessed"]
+            masked = place.gpu(masks(**common, preprocessed=preprocessed), "masks")
             prior = place.gpu(base(**common, preprocessed=preprocessed), "base")
             base_model = prior.outputs["base_model"]
             labels = place.cpu(classes(params_yaml=params_yaml, preprocessed=preprocessed),
@@ -168,7 +171,8 @@ def build(cluster: ClusterConfig) -> graph_component.GraphComponent:
             place.cpu(
                 report(**common, ingested=ing.outputs["ingested"], preprocessed=preprocessed,
                        chosen=chosen, generated=generated, gated=gated,
-                       evaluation=trained.outputs["evaluation"]),
+                       evaluation=trained.outputs["evaluation"],
+                       synthetic_masks=masked.outputs["synthetic_masks"]),
                 "report",
             )  # fmt: skip
 

@@ -18,7 +18,7 @@ from tests.conftest import REPO, toy_repo_params
 from tests.test_core_report import check_self_contained, render_in_chromium
 
 pytestmark = pytest.mark.slow
-STAGES = ("ingest", "preprocess", "base", "finetune", "sweep", "generate", "gate", "train")
+STAGES = ("ingest", "preprocess", "masks", "base", "finetune", "sweep", "generate", "gate", "train")
 # register and report have no DVC outputs (registry versions, run ids) and always run
 
 
@@ -69,7 +69,7 @@ def test_repro_twice_resume_params_diff_metrics_and_push(dvc_repo, tmp_path):
     assert (repo / "dvc.lock").is_file()
     report = repo / "data" / "report" / "report.html"
     html = report.read_text(encoding="utf-8")
-    for text in ("Quality gate", "crack", "Provenance", "resnet18"):
+    for text in ("Quality gate", "crack", "Provenance", "resnet18", "mask branch was skipped"):
         assert text in html
     check_self_contained(html)
     probe = render_in_chromium(report, tmp_path)

@@ -20,7 +20,7 @@ from tests.test_core_report import check_self_contained
 
 pytestmark = pytest.mark.slow
 
-GPU_TASKS = {"base", "finetune", "sweep", "generate", "gate", "train"}
+GPU_TASKS = {"masks", "base", "finetune", "sweep", "generate", "gate", "train"}
 
 
 def _compiled(path: Path = DEFAULT_OUT) -> tuple[dict, dict]:
@@ -169,6 +169,7 @@ def test_compiled_pipeline_runs_locally(tmp_path: Path, monkeypatch):
     assert evaluation["labels"] == labels and "real" in evaluation["models"]["resnet18"]
     html = _one(run, "report/html").read_text(encoding="utf-8")
     assert "defectgen report: kfp" in html and "Quality gate" in html
+    assert "The mask branch was skipped: no masks" in html  # the masks task ran, said so
     assert "registered defectgen.kfp.crack" in html and "defectgen.kfp.scratch" not in html
     check_self_contained(html)
 

@@ -350,6 +350,59 @@ CLASSIFIERS = (
 )  # fmt: skip
 
 
+class MaskDdpmConfig(_Section):
+    """DefFiller's mask producer (seed 002, 4.4.1: 64 px, batch 32, lr 1e-4, 200 epochs)."""
+
+    size: int = Field(default=64, ge=16)
+    channels: list[int] = Field(default_factory=lambda: [32, 64, 64], min_length=2)
+    steps: int = Field(default=2000, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    lr: float = Field(default=1e-4, gt=0.0)
+    sample_steps: int = Field(default=50, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> MaskDdpmConfig:
+        if any(c % 8 for c in self.channels):
+            raise ValueError(f"masks.ddpm.channels {self.channels} must be multiples of 8")
+        if self.size % 2 ** (len(self.channels) - 1):
+            raise ValueError(
+                f"masks.ddpm.size = {self.size} must divide by 2 ** (levels - 1) = "
+                f"{2 ** (len(self.channels) - 1)}"
+            )
+        return self
+
+
+class MaskPerturbConfig(_Section):
+    """Valvano et al.'s small random shape perturbations of real masks (seed 003, 4.3)."""
+
+    max_rotation: float = Field(default=15.0, ge=0.0, le=180.0)
+    max_shift: float = Field(default=0.05, ge=0.0, le=0.5)
+    scale: tuple[float, float] = (0.85, 1.15)
+    elastic_alpha: float = Field(default=4.0, ge=0.0)
+    elastic_sigma: float = Field(default=6.0, gt=0.0)
+    area_ratio: tuple[float, float] = (0.5, 2.0)
+
+
+class MasksConfig(_Section):
+    """New defect masks per class from the real train masks (none from val or test)."""
+
+    methods: list[Literal["hmi", "perturb", "ddpm"]] = Field(
+        default=["hmi", "perturb", "ddpm"], min_length=1
+    )
+    per_class: int = Field(default=64, ge=1)  # masks per method and class
+    data: Literal["subset", "train"] = "subset"
+    hmi_between: int = Field(default=10, ge=1)  # intermediate masks per pair (DefectSynth)
+    tau: float = Field(default=0.053, gt=0.0, lt=1.0)  # area ratio: latent vs image space
+    ddpm: MaskDdpmConfig = Field(default_factory=MaskDdpmConfig)
+    perturb: MaskPerturbConfig = Field(default_factory=MaskPerturbConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> MasksConfig:
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"masks.methods lists a method twice: {self.methods}")
+        return self
+
+
 class TrainConfig(_Section):
     """Defect classifiers on real vs real+synthetic (StableSDG III-D / IV-C protocol)."""
 
@@ -400,7 +453,7 @@ class Toleration(_Section):
 class ClusterConfig(_Section):
     """How the KFP pipeline lands on a cluster; read when compiling it, by no stage.
 
-    GPU tasks (base, finetune, sweep, generate, gate, train) request accelerators and
+    GPU tasks (masks, base, finetune, sweep, generate, gate, train) request accelerators and
     carry the GPU node selector and tolerations; CPU tasks carry neither, so they stay
     off tainted GPU node pools.
     """
@@ -453,6 +506,7 @@ class Params(_Section):
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+    masks: MasksConfig = Field(default_factory=MasksConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)

@@ -60,6 +60,16 @@ STAGES = (
         _run_of("preprocess"),
     ),
     Stage(
+        "masks",
+        "per class: new defect masks from the real train masks (hybrid interpolation, "
+        "perturbation, a DDPM producer) and their quality; a record saying so without masks",
+        (PREPROCESSED,),
+        ("seed", "masks", "gate"),
+        ("masks.json", "grids"),
+        _run_of("masks"),
+        curves=("curves",),
+    ),
+    Stage(
         "base",
         "the diffusion prior: pretrain the tiny profile, or check and record an sd15 checkpoint",
         (PREPROCESSED,),
@@ -145,6 +155,7 @@ STAGES = (
             ("generated", True, "the generate stage's output folder"),
             ("gated", True, "the gate stage's output folder"),
             ("train", True, "the train stage's output folder"),
+            ("masks", False, "the masks stage's output folder"),
         ),
         ("data", "tracking"),
         ("report.html", "report.md"),

@@ -31,9 +31,10 @@ def _render_report(params: Params, report_dir: Path) -> str:
     from defectgen.stages.report import INPUTS
 
     with tempfile.TemporaryDirectory(prefix="defectgen-status-") as tmp:
-        found = tracking.finished_stage_artifacts(params, tuple(INPUTS.values()), Path(tmp))
+        stages = {**INPUTS, "masks": "masks"}  # masks: the optional mask branch
+        found = tracking.finished_stage_artifacts(params, tuple(stages.values()), Path(tmp))
         inputs = {}
-        for key, stage in INPUTS.items():
+        for key, stage in stages.items():
             if stage in found:
                 inputs[key] = Path(tmp) / "merged" / stage
                 fanout.merge(found[stage], inputs[key])

@@ -171,7 +171,10 @@ def _warp(on: np.ndarray, rng: np.random.Generator, p: Perturbation) -> tuple[np
         field = ndimage.gaussian_filter(rng.uniform(-1, 1, (h, w)), p.elastic_sigma)
         field *= p.elastic_alpha / max(np.abs(field).max(), 1e-12)
         grid += np.pad(field, ((h, h), (w, w)), mode="edge")
-    canvas = ndimage.map_coordinates(on.astype(np.uint8), [src_r, src_c], order=0, cval=0) > 0
+    # bilinear, then a low threshold: a 1-pixel stroke stays connected under rotation,
+    # where nearest-neighbour sampling breaks it into dashes
+    warped = ndimage.map_coordinates(on.astype(np.float32), [src_r, src_c], order=1, cval=0.0)
+    canvas = warped > 0.3
     inside = canvas[h : 2 * h, w : 2 * w]
     return inside, int(canvas.sum() - inside.sum())
 

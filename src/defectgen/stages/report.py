@@ -191,6 +191,41 @@ def _classifiers(train: Path) -> tuple[Section, str]:
     return sec, best
 
 
+def _masks(masks: Path) -> Section:
+    report = _json(masks / "masks.json")
+    sec = Section("Synthetic masks")
+    if "skipped" in report:
+        sec.paragraph(f"The mask branch was skipped: {report['skipped']}.", note=True)
+        return sec
+    fd = report["fd_name"]
+    sec.paragraph(
+        "Per class, masks made from the real train masks by each method, against the "
+        f"real ones: area ratio and 8-connected regions (means), and {fd} to the class's "
+        f"val masks next to the train masks' own (the floor; extractor {report['extractor']})."
+    )
+    rows = []
+    for label, entry in report["classes"].items():
+        if "skipped" in entry:
+            rows.append([label, "-", Cell("-"), "-", "-", "-", f"skipped: {entry['skipped']}"])
+            continue
+        real = entry["real"]
+        rows.append([label, "real", Cell(str(entry["n_real"]), numeric=True),
+                     Cell(f"{real['area_ratio_mean']:.4f}", numeric=True),
+                     Cell(f"{real['components_mean']:.2f}", numeric=True),
+                     Cell(_fmt(entry.get(f"{fd}_real")), numeric=True),
+                     f"HMI in {entry['hmi_space']} space"])  # fmt: skip
+        for method, m in entry["methods"].items():
+            dropped = f"{m['empty_dropped']} empty dropped, {m['rejected']} draws rejected"
+            rows.append([label, method, Cell(str(m["n"]), numeric=True),
+                         Cell(f"{m['area_ratio_mean']:.4f}" if m["n"] else "-", numeric=True),
+                         Cell(f"{m['components_mean']:.2f}" if m["n"] else "-", numeric=True),
+                         Cell(_fmt(m.get(fd)), numeric=True), dropped])  # fmt: skip
+    sec.table(["class", "masks", "n", "area ratio", "regions", fd, "notes"], rows)
+    for path in sorted((masks / "grids").glob("*.png")):
+        sec.figure(path.read_bytes(), f"{path.stem}: real (top row), then one row per method")
+    return sec
+
+
 def _provenance(params: Params, preprocessed: Path | None) -> Section:
     from defectgen import tracking  # git and MLflow identities
 
@@ -260,11 +295,13 @@ def run(
     generated: Path | None = None,
     gated: Path | None = None,
     train: Path | None = None,
+    masks: Path | None = None,
 ) -> dict[str, float]:
     """Render report.html and report.md from the stages' outputs.
 
     An input that is None (its stage did not finish) leaves out the sections that need
-    it; the page then opens with the stages it had no output from.
+    it; the page then opens with the stages it had no output from. `masks` (the mask
+    branch) is optional: without it there is no masks section, and nothing is missing.
 
     Returns:
         n_passed_classes, n_kept (as the report states them; 0 without a gate), and
@@ -300,6 +337,8 @@ def run(
     if "train" in have:
         clf_sec, best = _classifiers(have["train"])
         sections.append(clf_sec)
+    if masks is not None:  # the mask branch is optional: no section, no "missing" either
+        sections.append(_masks(Path(masks)))
     sections.append(_provenance(params, have.get("preprocessed")))
     title = f"defectgen report: {params.data.name}"
     summary = _summary(gate, n_classes, best)

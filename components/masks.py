@@ -1,0 +1,28 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Output
+
+from components import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def masks(
+    params_yaml: str,
+    preprocessed: Input[Dataset],
+    pipeline_key: str,
+    track: bool,
+    synthetic_masks: Output[Dataset],
+    metrics: Output[Metrics],
+):
+    """New defect masks per class and their quality, or a "skipped" record for a dataset
+    without masks (defectgen.stages.masks)."""
+    from defectgen.runner import run_from_yaml
+
+    run_from_yaml(
+        "masks",
+        params_yaml,
+        out_dir=synthetic_masks.path,
+        inputs={"preprocessed": preprocessed.path},
+        pipeline_key=pipeline_key,
+        track=track,
+        log_metric=metrics.log_metric,
+    )

@@ -1,0 +1,248 @@
+"""Masks: new defect masks per class from its real train masks (the mask branch's first
+stage; the mask-conditioned generator reads them).
+
+Methods (params masks.methods), each producing masks.per_class masks per class:
+    hmi       DefectSynth's hybrid mask interpolation (seed 004, III-C): random pairs of
+              real masks, masks.hmi_between intermediates per pair, in image space for
+              classes of small defects (mean area ratio < masks.tau) and in the mask
+              producer's DDIM-inverted latent space for large ones
+    perturb   Valvano et al.'s small random shape perturbations of real masks (seed 003,
+              4.3), kept only within sanity limits (area, nothing pushed off the image)
+    ddpm      DefFiller's mask producer (seed 002, 4.4.1): a DDPM trained from scratch on
+              the class's real masks at 64 px, sampled, binarised and resized
+Only train masks are read (masks.data: the few-shot subset or all of train); val masks
+are the held-out reference the quality numbers compare against. Empty outputs are
+dropped and counted.
+
+Quality, per class and method: the Frechet distance of the masks to the class's val
+masks through the gate's metric code (the same extractor and name as the gate), next
+to the train masks' own distance (the floor), and area / connected-component statistics
+next to the real masks'.
+
+A dataset without masks gets masks.json {"skipped": ...} and nothing else: the DAG runs
+on (the ELPV demo does).
+
+Writes under `out_dir`:
+    masks.json          skipped, or per class: HMI space, real statistics, per method
+                        count, rejected, statistics and distances
+    masks.parquet       one row per mask: id, label, method, path, parents, alpha, seed,
+                        area_ratio, components
+    masks/<class>/*.png the masks (uint8 {0, 255}, the preprocessed image size)
+    grids/<class>.png   real masks (top row), then one row per method
+    curves/<class>.ddpm.csv   the mask producer's training loss
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from defectgen import manifest
+from defectgen.config import Params
+from defectgen.core import masks as masks_core
+from defectgen.core import metrics
+from defectgen.core.images import decode_image, encode_png
+from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
+from defectgen.stages.diffusion_common import CURVES_DIR, Curves, derive_seed
+from defectgen.stages.reference import choose_extractor
+
+REPORT_NAME = "masks.json"
+TABLE_NAME = "masks.parquet"
+GRID_COLUMNS = 8
+NO_MASKS = (
+    "no masks: the dataset has no pixel masks (layouts image_mask, or coco with "
+    "segmentations, carry them); the mask branch needs them"
+)
+
+
+def _read(preprocessed: Path, rows: list[dict]) -> list[np.ndarray]:
+    out = []
+    for row in rows:
+        mask, _ = decode_image((preprocessed / row["mask_path"]).read_bytes())
+        out.append(mask if mask.ndim == 2 else mask[..., 0])
+    return out
+
+
+def _hmi(real, ids, n, space, rng, between, producer) -> tuple[list, list[dict]]:
+    """Intermediates of random pairs until n masks: (masks, records)."""
+    made, records = [], []
+    alphas = [k / (between + 1) for k in range(1, between + 1)]
+    attempts = 0
+    while len(made) < n and attempts < 4 * n:
+        attempts += 1
+        i, j = rng.choice(len(real), 2, replace=False)
+        if space == "image":
+            mids = masks_core.interpolations(real[i], real[j], between)
+        else:
+            mids = producer(real[i], real[j], alphas)
+        for alpha, mid in zip(alphas, mids, strict=True):
+            made.append(mid)
+            records.append({"parents": [ids[i], ids[j]], "alpha": alpha, "seed": None})
+    return made[:n], records[:n]
+
+
+def _perturb(real, ids, n, rng, limits) -> tuple[list, list[dict], int]:
+    made, records, rejected = [], [], 0
+    while len(made) < n and rejected < 10 * n:
+        i = int(rng.integers(len(real)))
+        out = masks_core.perturb(real[i], rng, limits)
+        if out is None:
+            rejected += 1
+            continue
+        made.append(out)
+        records.append({"parents": [ids[i]], "alpha": None, "seed": None})
+    return made, records, rejected
+
+
+def _grid(rows: list[list[np.ndarray]]) -> np.ndarray:
+    h, w = rows[0][0].shape
+    lines = []
+    for row in rows:
+        cells = list(row[:GRID_COLUMNS])
+        cells += [np.full((h, w), 64, np.uint8)] * (GRID_COLUMNS - len(cells))
+        lines.append(np.concatenate(cells, axis=1))
+    return np.concatenate(lines, axis=0)
+
+
+def _class_unit(params: Params, label: str, real_rows, val_rows, preprocessed, ext, unit):
+    """One class: every method's masks, their quality, into the resume unit."""
+    cfg = params.masks
+    real, ids = _read(preprocessed, real_rows), [r["id"] for r in real_rows]
+    val = _read(preprocessed, val_rows)
+    shape = real[0].shape
+    space = masks_core.hmi_space(real, cfg.tau)
+    producer = None
+    curves = Curves()
+    if "ddpm" in cfg.methods or ("hmi" in cfg.methods and space == "latent"):
+        from defectgen.core import maskgen
+
+        d = cfg.ddpm
+        unet = maskgen.build(tuple(d.channels), seed=derive_seed(params.seed, "masks", label),
+                             size=d.size)  # fmt: skip
+        maskgen.train(unet, real, steps=d.steps, batch_size=d.batch_size, lr=d.lr,
+                      gen=torch.Generator().manual_seed(derive_seed(params.seed, "ddpm", label)),
+                      log=curves.logger(f"{label}.ddpm"))  # fmt: skip
+        producer = unet
+    reference = val if len(val) >= 2 else real
+    f_ref = metrics.extract(ext, reference)
+    entry = {
+        "hmi_space": space,
+        "reference": "val masks" if len(val) >= 2 else "train masks (fewer than 2 val masks)",
+        "real": asdict(masks_core.stats(real)),
+        "n_real": len(real),
+        "methods": {},
+    }
+    if len(val) >= 2:
+        entry[f"{ext.fd_name}_real"] = metrics.frechet(metrics.extract(ext, real), f_ref)
+    table, grid = [], [real]
+    for method in cfg.methods:
+        rng = np.random.default_rng(derive_seed(params.seed, "masks", label, method))
+        rejected = 0
+        if method == "hmi":
+            latent = None
+            if producer is not None:
+                from defectgen.core import maskgen
+
+                def latent(a, b, alphas):
+                    return maskgen.interpolate_latent(producer, a, b, alphas,
+                                                      steps=cfg.ddpm.sample_steps)  # fmt: skip
+
+            made, records = _hmi(real, ids, cfg.per_class, space, rng, cfg.hmi_between, latent)
+        elif method == "perturb":
+            limits = masks_core.Perturbation(**cfg.perturb.model_dump(), tries=20)
+            made, records, rejected = _perturb(real, ids, cfg.per_class, rng, limits)
+        else:
+            from defectgen.core import maskgen
+
+            seeds = [
+                derive_seed(params.seed, "ddpm-sample", label, k) for k in range(cfg.per_class)
+            ]
+            made = maskgen.sample(producer, seeds, shape=shape, sample_steps=cfg.ddpm.sample_steps)
+            records = [{"parents": [], "alpha": None, "seed": s} for s in seeds]
+        kept = [(m, r) for m, r in zip(made, records, strict=True) if (m > 0).any()]
+        empty = len(made) - len(kept)
+        stats = {"n": len(kept), "empty_dropped": empty, "rejected": rejected}
+        if kept:
+            stats.update(asdict(masks_core.stats([m for m, _ in kept])))
+            if len(kept) >= 2:
+                feats = metrics.extract(ext, [m for m, _ in kept])
+                stats[ext.fd_name] = metrics.frechet(feats, f_ref)
+        entry["methods"][method] = stats
+        for k, (mask, rec) in enumerate(kept):
+            rel = f"masks/{label}/{method}_{k:04d}.png"
+            write_file(unit / rel, encode_png(mask))
+            table.append({"id": f"{label}-{method}-{k:04d}", "label": label, "method": method,
+                          "path": rel, "parents": json.dumps(rec["parents"]),
+                          "alpha": rec["alpha"], "seed": rec["seed"],
+                          "area_ratio": masks_core.area_ratio(mask),
+                          "components": masks_core.components(mask)})  # fmt: skip
+        grid.append([m for m, _ in kept] or [np.zeros(shape, np.uint8)])
+    write_file(unit / "grid.png", encode_png(_grid(grid)))
+    atomic_write_json(unit / "entry.json", entry)
+    write_file(unit / "rows.json", json.dumps(table).encode())
+    curves.write(unit / CURVES_DIR)
+
+
+def run(params: Params, *, preprocessed: Path, out_dir: Path) -> dict[str, float]:
+    """Synthesise masks for every class that has at least 2 real train masks.
+
+    Returns:
+        n_masks; per class <class>/<method>/n and, where measurable, the distance to
+        the val masks <class>/<method>/<fd name> and <class>/<fd name>_real (fd name:
+        fid or fd_effnet_lite0, as the gate names it); skipped (1.0) without masks.
+    """
+    cfg = params.masks
+    preprocessed, out_dir = Path(preprocessed), Path(out_dir)
+    rows = manifest.read_rows(preprocessed)
+    masked = [r for r in rows if r["origin"] == "real" and r["mask_path"]]
+    if not masked:
+        with atomic_dir(out_dir) as tmp:
+            atomic_write_json(tmp / REPORT_NAME, {"skipped": NO_MASKS})
+            pd.DataFrame(columns=["id", "label", "method", "path"]).to_parquet(tmp / TABLE_NAME)
+        return {"n_masks": 0.0, "skipped": 1.0}
+
+    ext, note = choose_extractor(params, torch.device("cpu"))
+    key = file_digest(preprocessed / manifest.MANIFEST_NAME)[:16]
+    key += params.section_hash("seed", "masks", "gate")
+    resume = Resume(out_dir, key)
+    report: dict = {"extractor": ext.name, "fd_name": ext.fd_name, "note": note, "classes": {}}
+    table: list[dict] = []
+    metrics_out: dict[str, float] = {}
+    with atomic_dir(out_dir) as tmp:
+        for label in sorted({r["label"] for r in masked}):
+            mine = sorted((r for r in masked if r["label"] == label), key=lambda r: r["id"])
+            train = [r for r in mine if r["split"] == "train"
+                     and (cfg.data == "train" or r["in_subset"])]  # fmt: skip
+            val = [r for r in mine if r["split"] == "val"]
+            if len(train) < 2:
+                report["classes"][label] = {"skipped": f"{len(train)} real train masks (< 2)"}
+                continue
+            if resume.done(label) is None:
+                with resume.unit(label) as unit:
+                    _class_unit(params, label, train, val, preprocessed, ext, unit)
+            done = resume.done(label)
+            entry = json.loads((done / "entry.json").read_text(encoding="utf-8"))
+            report["classes"][label] = entry
+            table += json.loads((done / "rows.json").read_text(encoding="utf-8"))
+            for path in (done / "masks").rglob("*.png"):
+                write_file(tmp / path.relative_to(done), path.read_bytes())
+            write_file(tmp / "grids" / f"{label}.png", (done / "grid.png").read_bytes())
+            for curve in (done / CURVES_DIR).glob("*.csv"):
+                write_file(tmp / CURVES_DIR / curve.name, curve.read_bytes())
+            fd = ext.fd_name
+            for method, stats in entry["methods"].items():
+                metrics_out[f"{label}/{method}/n"] = float(stats["n"])
+                if fd in stats:
+                    metrics_out[f"{label}/{method}/{fd}"] = stats[fd]
+            if f"{fd}_real" in entry:
+                metrics_out[f"{label}/{fd}_real"] = entry[f"{fd}_real"]
+        atomic_write_json(tmp / REPORT_NAME, report)
+        pd.DataFrame(table).to_parquet(tmp / TABLE_NAME, index=False)
+    resume.finish()
+    metrics_out["n_masks"] = float(len(table))
+    return metrics_out

@@ -1,0 +1,108 @@
+"""The masks stage on a small image + mask dataset built with PIL, and on one without masks."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from defectgen import manifest
+from defectgen.core.images import decode_image
+from defectgen.stages import ingest, masks, preprocess, report
+from tests.conftest import make_params, save, texture
+
+TOY = {
+    "methods": ["hmi", "perturb", "ddpm"],
+    "per_class": 6,
+    "data": "train",
+    "hmi_between": 3,
+    "ddpm": {"size": 16, "channels": [8, 16], "steps": 15, "batch_size": 8, "sample_steps": 4},
+}
+
+
+def _dataset(root: Path) -> Path:
+    """images/<Cls>_<n>.png + masks/: "Sc" thin diagonal strokes (small: HMI in image
+    space), "Pa" large squares (HMI in the producer's latent space)."""
+    for i in range(16):
+        rng = np.random.default_rng(i)
+        stroke = np.zeros((32, 32), np.uint8)
+        r, c = rng.integers(2, 12, 2)
+        for k in range(14):
+            stroke[r + k, c + k // 2] = 255
+        square = np.zeros((32, 32), np.uint8)
+        r, c = rng.integers(0, 14, 2)
+        square[r : r + 14, c : c + 14] = 255
+        for cls, m in (("Sc", stroke), ("Pa", square)):
+            save(
+                texture(i + (0 if cls == "Sc" else 50), (32, 32)),
+                root / "images" / f"{cls}_{i}.png",
+            )
+            save(m, root / "masks" / f"{cls}_{i}.png")
+    return root
+
+
+def _prepare(root: Path, tmp: Path, **sections):
+    params = make_params(
+        "image_mask", root, data={"label_from": "prefix", "masks_required": True},
+        preprocess={"image_size": 32, "split": {"train": 0.6, "val": 0.3, "test": 0.1}},
+        gate={"extractor": "effnet-lite0"}, **sections,
+    )  # fmt: skip
+    ingest.run(params, out_dir=tmp / "ingested")
+    preprocess.run(params, ingested=tmp / "ingested", out_dir=tmp / "pre")
+    return params
+
+
+def test_every_method_makes_binary_masks_from_train_masks_only(tmp_path: Path):
+    params = _prepare(_dataset(tmp_path / "ds"), tmp_path, masks=TOY)
+    out = tmp_path / "masks"
+    metrics = masks.run(params, preprocessed=tmp_path / "pre", out_dir=out)
+    rows = manifest.read_rows(tmp_path / "pre")
+    train_ids = {r["id"] for r in rows if r["split"] == "train"}
+    held_out = {r["id"] for r in rows if r["split"] != "train"}
+
+    record = json.loads((out / "masks.json").read_text())
+    assert record["extractor"] == "effnet-lite0" and record["fd_name"] == "fd_effnet_lite0"
+    assert record["classes"]["Sc"]["hmi_space"] == "image"  # thin strokes: < tau
+    assert record["classes"]["Pa"]["hmi_space"] == "latent"  # 14x14 of 32x32: > tau
+    table = pd.read_parquet(out / "masks.parquet")
+    assert metrics["n_masks"] == len(table) > 0
+    for label, entry in record["classes"].items():
+        assert entry["reference"] == "val masks" and entry["fd_effnet_lite0_real"] > 0
+        for method in TOY["methods"]:
+            stats = entry["methods"][method]
+            assert 0 < stats["n"] <= TOY["per_class"]
+            assert stats["n"] == ((table.label == label) & (table.method == method)).sum()
+            if stats["n"] >= 2:
+                assert stats["fd_effnet_lite0"] > 0
+    for row in table.itertuples():
+        mask, _ = decode_image((out / row.path).read_bytes())
+        assert mask.shape == (32, 32) and set(np.unique(mask)) <= {0, 255} and mask.any()
+        parents = json.loads(row.parents)
+        assert set(parents) <= train_ids and not set(parents) & held_out
+        assert len(parents) == {"hmi": 2, "perturb": 1, "ddpm": 0}[row.method]
+    assert sorted(p.name for p in (out / "grids").iterdir()) == ["Pa.png", "Sc.png"]
+    grid, _ = decode_image((out / "grids" / "Sc.png").read_bytes())
+    assert grid.shape == (4 * 32, 8 * 32)  # real row + one per method
+    assert sorted(p.name for p in (out / "curves").iterdir()) == ["Pa.ddpm.csv", "Sc.ddpm.csv"]
+
+    # the same params reproduce the same masks
+    again = masks.run(params, preprocessed=tmp_path / "pre", out_dir=tmp_path / "again")
+    assert again == metrics
+    first = sorted((out / "masks").rglob("*.png"))
+    assert [p.read_bytes() for p in first] == [
+        (tmp_path / "again" / p.relative_to(out)).read_bytes() for p in first
+    ]
+
+
+def test_without_masks_the_stage_says_so_and_the_report_notes_it(folders_dataset, tmp_path):
+    params = make_params("folders", folders_dataset)
+    ingest.run(params, out_dir=tmp_path / "ingested")
+    preprocess.run(params, ingested=tmp_path / "ingested", out_dir=tmp_path / "pre")
+    metrics = masks.run(params, preprocessed=tmp_path / "pre", out_dir=tmp_path / "masks")
+    assert metrics == {"n_masks": 0.0, "skipped": 1.0}
+    record = json.loads((tmp_path / "masks" / "masks.json").read_text())
+    assert record == {"skipped": masks.NO_MASKS}
+    assert pd.read_parquet(tmp_path / "masks" / "masks.parquet").empty
+    report.run(params, out_dir=tmp_path / "report", masks=tmp_path / "masks")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "The mask branch was skipped: no masks" in md
