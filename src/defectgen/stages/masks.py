@@ -109,27 +109,51 @@ def _grid(rows: list[list[np.ndarray]]) -> np.ndarray:
     return np.concatenate(lines, axis=0)
 
 
+def _make(method: str, params: Params, label: str, real, ids, space, producer):
+    """`method`'s masks for one class: (masks, records of parents/alpha/seed, rejected)."""
+    from defectgen.core import maskgen  # diffusers: loaded only for a class with masks
+
+    cfg = params.masks
+    rng = np.random.default_rng(derive_seed(params.seed, "masks", label, method))
+    if method == "hmi":
+
+        def latent(a, b, alphas):
+            return maskgen.interpolate_latent(producer, a, b, alphas, steps=cfg.ddpm.sample_steps)
+
+        made, records = _hmi(real, ids, cfg.per_class, space, rng, cfg.hmi_between, latent)
+        return made, records, 0
+    if method == "perturb":
+        limits = masks_core.Perturbation(**cfg.perturb.model_dump(), tries=20)
+        return _perturb(real, ids, cfg.per_class, rng, limits)
+    seeds = [derive_seed(params.seed, "ddpm-sample", label, k) for k in range(cfg.per_class)]
+    made = maskgen.sample(producer, seeds, shape=real[0].shape, sample_steps=cfg.ddpm.sample_steps)
+    return made, [{"parents": [], "alpha": None, "seed": s} for s in seeds], 0
+
+
+def _producer(params: Params, label: str, real, curves: Curves):
+    """DefFiller's DDPM mask producer trained on the class's real train masks."""
+    from defectgen.core import maskgen
+
+    d = params.masks.ddpm
+    unet = maskgen.build(tuple(d.channels), seed=derive_seed(params.seed, "masks", label),
+                         size=d.size)  # fmt: skip
+    maskgen.train(unet, real, steps=d.steps, batch_size=d.batch_size, lr=d.lr,
+                  gen=torch.Generator().manual_seed(derive_seed(params.seed, "ddpm", label)),
+                  log=curves.logger(f"{label}.ddpm"))  # fmt: skip
+    return unet
+
+
 def _class_unit(params: Params, label: str, real_rows, val_rows, preprocessed, ext, unit):
     """One class: every method's masks, their quality, into the resume unit."""
     cfg = params.masks
     real, ids = _read(preprocessed, real_rows), [r["id"] for r in real_rows]
     val = _read(preprocessed, val_rows)
-    shape = real[0].shape
     space = masks_core.hmi_space(real, cfg.tau)
-    producer = None
     curves = Curves()
+    producer = None
     if "ddpm" in cfg.methods or ("hmi" in cfg.methods and space == "latent"):
-        from defectgen.core import maskgen
-
-        d = cfg.ddpm
-        unet = maskgen.build(tuple(d.channels), seed=derive_seed(params.seed, "masks", label),
-                             size=d.size)  # fmt: skip
-        maskgen.train(unet, real, steps=d.steps, batch_size=d.batch_size, lr=d.lr,
-                      gen=torch.Generator().manual_seed(derive_seed(params.seed, "ddpm", label)),
-                      log=curves.logger(f"{label}.ddpm"))  # fmt: skip
-        producer = unet
-    reference = val if len(val) >= 2 else real
-    f_ref = metrics.extract(ext, reference)
+        producer = _producer(params, label, real, curves)
+    f_ref = metrics.extract(ext, val if len(val) >= 2 else real)
     entry = {
         "hmi_space": space,
         "reference": "val masks" if len(val) >= 2 else "train masks (fewer than 2 val masks)",
@@ -141,37 +165,14 @@ def _class_unit(params: Params, label: str, real_rows, val_rows, preprocessed, e
         entry[f"{ext.fd_name}_real"] = metrics.frechet(metrics.extract(ext, real), f_ref)
     table, grid = [], [real]
     for method in cfg.methods:
-        rng = np.random.default_rng(derive_seed(params.seed, "masks", label, method))
-        rejected = 0
-        if method == "hmi":
-            latent = None
-            if producer is not None:
-                from defectgen.core import maskgen
-
-                def latent(a, b, alphas):
-                    return maskgen.interpolate_latent(producer, a, b, alphas,
-                                                      steps=cfg.ddpm.sample_steps)  # fmt: skip
-
-            made, records = _hmi(real, ids, cfg.per_class, space, rng, cfg.hmi_between, latent)
-        elif method == "perturb":
-            limits = masks_core.Perturbation(**cfg.perturb.model_dump(), tries=20)
-            made, records, rejected = _perturb(real, ids, cfg.per_class, rng, limits)
-        else:
-            from defectgen.core import maskgen
-
-            seeds = [
-                derive_seed(params.seed, "ddpm-sample", label, k) for k in range(cfg.per_class)
-            ]
-            made = maskgen.sample(producer, seeds, shape=shape, sample_steps=cfg.ddpm.sample_steps)
-            records = [{"parents": [], "alpha": None, "seed": s} for s in seeds]
+        made, records, rejected = _make(method, params, label, real, ids, space, producer)
         kept = [(m, r) for m, r in zip(made, records, strict=True) if (m > 0).any()]
-        empty = len(made) - len(kept)
-        stats = {"n": len(kept), "empty_dropped": empty, "rejected": rejected}
+        stats = {"n": len(kept), "empty_dropped": len(made) - len(kept), "rejected": rejected}
         if kept:
             stats.update(asdict(masks_core.stats([m for m, _ in kept])))
-            if len(kept) >= 2:
-                feats = metrics.extract(ext, [m for m, _ in kept])
-                stats[ext.fd_name] = metrics.frechet(feats, f_ref)
+        if len(kept) >= 2:
+            feats = metrics.extract(ext, [m for m, _ in kept])
+            stats[ext.fd_name] = metrics.frechet(feats, f_ref)
         entry["methods"][method] = stats
         for k, (mask, rec) in enumerate(kept):
             rel = f"masks/{label}/{method}_{k:04d}.png"
@@ -181,7 +182,7 @@ def _class_unit(params: Params, label: str, real_rows, val_rows, preprocessed, e
                           "alpha": rec["alpha"], "seed": rec["seed"],
                           "area_ratio": masks_core.area_ratio(mask),
                           "components": masks_core.components(mask)})  # fmt: skip
-        grid.append([m for m, _ in kept] or [np.zeros(shape, np.uint8)])
+        grid.append([m for m, _ in kept] or [np.zeros(real[0].shape, np.uint8)])
     write_file(unit / "grid.png", encode_png(_grid(grid)))
     atomic_write_json(unit / "entry.json", entry)
     write_file(unit / "rows.json", json.dumps(table).encode())
