@@ -1,0 +1,138 @@
+"""The mask-conditioned generator: a diffusers ControlNet initialised from the base UNet
+(`ControlNetModel.from_unet`: the UNet's encoder copied, zero-initialised output convs,
+so training starts exactly at the base), trained on (conditioning image, prompt) ->
+image pairs, and generation of image + mask pairs from new masks (DefFiller, Valvano
+et al., DefectSynth stage 2).
+
+The conditioning images come from core.masks (`coloured` or `topological_driver`), in
+[0, 1], at the image size; the ControlNet's conditioning encoder downsamples them to
+the latent size, so its depth follows the VAE's factor (SD1.5: 8x, 4 levels; the tiny
+profile: 4x, 3 levels). Only the ControlNet trains; the base stays frozen.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import (
+    ControlNetModel,
+    DDIMScheduler,
+    DDPMScheduler,
+    StableDiffusionControlNetPipeline,
+    StableDiffusionPipeline,
+)
+
+from defectgen.core.diffusion.models import Runtime, latent_factor
+from defectgen.core.diffusion.train import LatentCache, StepLogger, from_pixels
+
+EMBEDDING_CHANNELS = (16, 32, 96, 256)  # diffusers' default for SD's 8x factor
+
+
+def build(pipe: StableDiffusionPipeline) -> ControlNetModel:
+    """A ControlNet for `pipe`'s UNet, its conditioning encoder matched to the VAE factor."""
+    levels = int(math.log2(latent_factor(pipe.vae))) + 1
+    net = ControlNetModel.from_unet(
+        pipe.unet, conditioning_embedding_out_channels=EMBEDDING_CHANNELS[:levels]
+    )
+    return net.to(pipe.unet.device)
+
+
+def to_conditions(images: list[np.ndarray]) -> torch.Tensor:
+    """Conditioning images (H, W, 3), float in [0, 1] or uint8 -> (N, 3, H, W) float."""
+    arr = np.stack([np.asarray(im, dtype=np.float32) for im in images])
+    if arr.max() > 1.0:
+        arr = arr / 255.0
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+def train(
+    pipe: StableDiffusionPipeline,
+    controlnet: ControlNetModel,
+    latents: LatentCache,
+    conditions: torch.Tensor,
+    ids: torch.Tensor,
+    noise_scheduler: DDPMScheduler,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    gen: torch.Generator,
+    rt: Runtime,
+    log: StepLogger,
+) -> None:
+    """The ControlNet training loop: image i's latent with condition i (same order as
+    `latents`), the noise loss through the frozen UNet with the ControlNet residuals."""
+    if len(conditions) != len(latents):
+        raise ValueError(f"{len(conditions)} conditions for {len(latents)} images")
+    controlnet.train().requires_grad_(True)
+    opt = torch.optim.AdamW(controlnet.parameters(), lr=lr)
+    with torch.no_grad():
+        text = pipe.text_encoder(ids.to(rt.device))[0]  # one prompt, encoded once
+    for step in range(steps):
+        idx = torch.randint(0, len(latents), (batch_size,), generator=gen)
+        z = latents.sample(idx, gen)
+        noise = torch.randn(z.shape, generator=gen)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch_size,),
+                          generator=gen)  # fmt: skip
+        noisy = noise_scheduler.add_noise(z, noise, t).to(rt.device, rt.dtype)
+        cond = text.expand(batch_size, -1, -1).to(rt.dtype)
+        with rt.autocast:
+            down, mid = controlnet(noisy, t.to(rt.device), encoder_hidden_states=cond,
+                                   controlnet_cond=conditions[idx].to(rt.device, rt.dtype),
+                                   return_dict=False)  # fmt: skip
+            pred = pipe.unet(noisy, t.to(rt.device), cond, down_block_additional_residuals=down,
+                             mid_block_additional_residual=mid, return_dict=False)[0]  # fmt: skip
+        loss = F.mse_loss(pred.float(), noise.to(rt.device).float())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        log(step, loss.item())
+    controlnet.eval().requires_grad_(False)
+
+
+def sampler(pipe: StableDiffusionPipeline, controlnet: ControlNetModel):
+    """The ControlNet generation pipeline sharing `pipe`'s modules, with DDIM."""
+    components = dict(pipe.components)
+    components["scheduler"] = DDIMScheduler.from_config(pipe.scheduler.config)
+    out = StableDiffusionControlNetPipeline(
+        **components, controlnet=controlnet, requires_safety_checker=False
+    )
+    out.set_progress_bar_config(disable=True)
+    return out
+
+
+@torch.no_grad()
+def generate_pairs(
+    control_pipe,
+    *,
+    prompt: str,
+    masks: list[np.ndarray],
+    conditions: list[np.ndarray],
+    seeds: list[int],
+    guidance: float,
+    steps: int,
+    channels: int,
+    scale: float = 1.0,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One (image, mask) pair per mask: the image generated under the mask's conditioning
+    image, the mask itself as its pixel-exact annotation (the self-annotation of the
+    papers: the mask is the input, not a prediction)."""
+    if not len(masks) == len(conditions) == len(seeds):
+        raise ValueError("one conditioning image and one seed per mask")
+    h, w = masks[0].shape
+    images = control_pipe(
+        prompt=[prompt] * len(masks),
+        image=to_conditions(conditions),
+        height=h,
+        width=w,
+        guidance_scale=guidance,
+        num_inference_steps=steps,
+        controlnet_conditioning_scale=scale,
+        generator=[torch.Generator().manual_seed(s) for s in seeds],
+        output_type="pt",
+    ).images
+    generated = from_pixels(images * 2 - 1, channels)
+    return list(zip(generated, [np.asarray(m).copy() for m in masks], strict=True))
