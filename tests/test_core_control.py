@@ -1,6 +1,5 @@
 """The mask-conditioned generator (defectgen.core.diffusion.control) on the tiny profile."""
 
-
 import numpy as np
 import pytest
 import torch
