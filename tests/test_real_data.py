@@ -5,12 +5,13 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from defectgen import manifest
 from defectgen.core.images import decode_image
 from defectgen.layouts import parse_voc
-from defectgen.stages import ingest, preprocess
+from defectgen.stages import ingest, masks, preprocess
 from tests.conftest import make_params, shared_data
 
 pytestmark = pytest.mark.slow
@@ -89,3 +90,29 @@ def test_sd_saliency_900_masks(tmp_path: Path):
     pre = preprocess.run(params, ingested=out, out_dir=tmp_path / "pre")
     assert pre["n_images"] == 899
     assert pre["n_train"] > 650 and pre["n_test"] > 60
+
+    # The mask branch on the real masks (DefFiller's benchmark). Mean mask area over all
+    # 300 per class: In 5.8 %, Pa 22.4 %, Sc 7.0 % of the image, all above DefectSynth's
+    # tau (5.3 %), so HMI interpolates every class in the producer's latent space.
+    toy = {"methods": ["hmi", "perturb"], "per_class": 6, "hmi_between": 3,
+           "ddpm": {"size": 32, "channels": [16, 32], "steps": 10, "batch_size": 8,
+                    "sample_steps": 5}}  # fmt: skip
+    params = make_params(
+        "image_mask", root, data={"label_from": "prefix", "masks_required": True},
+        preprocess={"image_size": 64}, gate={"extractor": "effnet-lite0"}, masks=toy,
+    )  # fmt: skip
+    made = masks.run(params, preprocessed=tmp_path / "pre", out_dir=tmp_path / "masks")
+    record = json.loads((tmp_path / "masks" / "masks.json").read_text())["classes"]
+    assert {c: e["hmi_space"] for c, e in record.items()} == dict.fromkeys(["In", "Pa", "Sc"],
+                                                                          "latent")  # fmt: skip
+    means = {c: e["real"]["area_ratio_mean"] for c, e in record.items()}  # the few-shot subset
+    assert means == {"In": pytest.approx(0.058, abs=0.012), "Pa": pytest.approx(0.224, abs=0.03),
+                     "Sc": pytest.approx(0.070, abs=0.012)}  # fmt: skip
+    assert made["n_masks"] == 3 * 2 * 6
+    train_ids = {r["id"] for r in manifest.read_rows(tmp_path / "pre") if r["split"] == "train"}
+    table = pd.read_parquet(tmp_path / "masks" / "masks.parquet")
+    assert all(set(json.loads(p)) <= train_ids for p in table.parents)
+    for entry in record.values():
+        perturbed = entry["methods"]["perturb"]
+        assert 0.5 < perturbed["area_ratio_mean"] / entry["real"]["area_ratio_mean"] < 2
+        assert entry["fd_effnet_lite0_real"] > 0 and perturbed["fd_effnet_lite0"] > 0
