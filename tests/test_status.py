@@ -50,13 +50,20 @@ def _gate_entry(passed: bool, fd: float) -> dict:
     }  # fmt: skip
 
 
-def test_failed_run_report_from_finished_stage_runs(folders_dataset, tmp_path, monkeypatch):
+@pytest.fixture
+def tracked(tmp_path, monkeypatch) -> tuple[str, Path]:
+    """MLflow on sqlite in tmp_path, one pipeline key; (tracking URI, a folder to log from)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("DEFECTGEN_PIPELINE_KEY", "halfway-1")
+    monkeypatch.setenv("DEFECTGEN_PIPELINE_KEY", f"status-{tmp_path.name}")
     monkeypatch.chdir(tmp_path)
     logged = tmp_path / "logged"
     logged.mkdir()
+    return uri, logged
+
+
+def test_failed_run_report_from_finished_stage_runs(folders_dataset, tmp_path, tracked):
+    uri, logged = tracked
     params = _params(folders_dataset, tracked=True)
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params.model_dump(mode="json")))
@@ -120,13 +127,8 @@ def test_untracked_failed_run_says_why_there_is_no_report(tmp_path):
     assert not report_dir.exists()
 
 
-def test_a_broken_artifact_costs_the_report_not_the_status(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("DEFECTGEN_PIPELINE_KEY", "broken-1")
-    monkeypatch.chdir(tmp_path)
-    logged = tmp_path / "logged"
-    logged.mkdir()
+def test_a_broken_artifact_costs_the_report_not_the_status(tmp_path, tracked):
+    _, logged = tracked
     params = _params(tmp_path, tracked=True)
     # Two classes' gate runs that disagree on the extractor: the merge must refuse.
     for label, extractor in (("crack", "effnet-lite0"), ("dent", "inception-v3-compat")):

@@ -16,7 +16,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import (
     ControlNetModel,
     DDIMScheduler,
@@ -26,7 +25,7 @@ from diffusers import (
 )
 
 from defectgen.core.diffusion.models import Runtime, latent_factor
-from defectgen.core.diffusion.train import LatentCache, StepLogger, from_pixels
+from defectgen.core.diffusion.train import LatentCache, StepLogger, denoise_loss, from_pixels
 
 EMBEDDING_CHANNELS = (16, 32, 96, 256)  # diffusers' default for SD's 8x factor
 
@@ -64,7 +63,8 @@ def train(
     log: StepLogger,
 ) -> None:
     """The ControlNet training loop: image i's latent with condition i (same order as
-    `latents`), the noise loss through the frozen UNet with the ControlNet residuals."""
+    `latents`), train.denoise_loss through the frozen UNet with the ControlNet's residuals
+    (so the target follows the base's prediction type, as in adaptation)."""
     if len(conditions) != len(latents):
         raise ValueError(f"{len(conditions)} conditions for {len(latents)} images")
     controlnet.train().requires_grad_(True)
@@ -73,19 +73,17 @@ def train(
         text = pipe.text_encoder(ids.to(rt.device))[0]  # one prompt, encoded once
     for step in range(steps):
         idx = torch.randint(0, len(latents), (batch_size,), generator=gen)
-        z = latents.sample(idx, gen)
-        noise = torch.randn(z.shape, generator=gen)
-        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch_size,),
-                          generator=gen)  # fmt: skip
-        noisy = noise_scheduler.add_noise(z, noise, t).to(rt.device, rt.dtype)
         cond = text.expand(batch_size, -1, -1).to(rt.dtype)
+        image_cond = conditions[idx].to(rt.device, rt.dtype)
+
+        def residuals(noisy, t, cond=cond, image_cond=image_cond):
+            down, mid = controlnet(noisy, t, encoder_hidden_states=cond,
+                                   controlnet_cond=image_cond, return_dict=False)  # fmt: skip
+            return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+
         with rt.autocast:
-            down, mid = controlnet(noisy, t.to(rt.device), encoder_hidden_states=cond,
-                                   controlnet_cond=conditions[idx].to(rt.device, rt.dtype),
-                                   return_dict=False)  # fmt: skip
-            pred = pipe.unet(noisy, t.to(rt.device), cond, down_block_additional_residuals=down,
-                             mid_block_additional_residual=mid, return_dict=False)[0]  # fmt: skip
-        loss = F.mse_loss(pred.float(), noise.to(rt.device).float())
+            loss = denoise_loss(pipe.unet, noise_scheduler, latents.sample(idx, gen), cond, gen,
+                                rt, residuals=residuals)  # fmt: skip
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

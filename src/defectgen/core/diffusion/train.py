@@ -100,12 +100,15 @@ def denoise_loss(
     cond: torch.Tensor,
     gen: torch.Generator,
     rt: Runtime,
+    residuals: Callable[[torch.Tensor, torch.Tensor], dict] | None = None,
 ) -> torch.Tensor:
     """The diffusion objective ||eps - eps_theta(z_t, t, c)||^2 (v-prediction if the base uses it).
 
     Args:
         latents: (B, 4, h, w) scaled clean latents, CPU.
         cond: (B, L, D) text encoder states on the device.
+        residuals: (z_t, t) on the device -> extra UNet keyword arguments (a ControlNet's
+            down/mid block residuals), or None.
     """
     noise = torch.randn(latents.shape, generator=gen)
     t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),), generator=gen)
@@ -114,9 +117,9 @@ def denoise_loss(
         target = noise_scheduler.get_velocity(latents, noise, t)
     else:
         target = noise
-    pred = unet(
-        noisy.to(rt.device, rt.dtype), t.to(rt.device), cond.to(rt.dtype), return_dict=False
-    )[0]
+    noisy, t = noisy.to(rt.device, rt.dtype), t.to(rt.device)
+    extra = residuals(noisy, t) if residuals is not None else {}
+    pred = unet(noisy, t, cond.to(rt.dtype), return_dict=False, **extra)[0]
     return F.mse_loss(pred.float(), target.to(rt.device).float())
 
 
