@@ -1,11 +1,12 @@
 """The KFP v2 pipeline: the stages of dvc.yaml, with the per-class work fanned out.
 
-    ingest -> preprocess -> masks (the mask branch; a "skipped" record without masks)
+    ingest -> preprocess -> masks -> pairs (needs base) -> pairs_gate -> segment
+                             (the mask branch; "skipped" records without masks)
                           -> base -> classes
       ParallelFor class (at most cluster.parallelism at once):
         finetune -> sweep -> generate -> gate -> If verdict == "pass": register
       merge (dsl.Collected) adapters, chosen cells, generated and gated images
-      -> train -> report
+      -> train -> report (also reads the mask branch)
     exit handler: status (always: the final state and every stage run; for a run that
       did not succeed, also the report, from what the finished stages logged to MLflow)
 
@@ -31,9 +32,11 @@ from components.gate import gate
 from components.generate import generate
 from components.ingest import ingest
 from components.masks import masks
+from components.pairs import pairs, pairs_gate
 from components.preprocess import preprocess
 from components.register import register
 from components.report import report
+from components.segment import segment
 from components.status import status
 from components.sweep import sweep
 from components.train import train
@@ -123,6 +126,21 @@ def build(cluster: ClusterConfig) -> graph_component.GraphComponent:
             masked = place.gpu(masks(**common, preprocessed=preprocessed), "masks")
             prior = place.gpu(base(**common, preprocessed=preprocessed), "base")
             base_model = prior.outputs["base_model"]
+            paired = place.gpu(
+                pairs(**common, preprocessed=preprocessed, base_model=base_model,
+                      synthetic_masks=masked.outputs["synthetic_masks"]),
+                "pairs",
+            )  # fmt: skip
+            image_mask_pairs = paired.outputs["image_mask_pairs"]
+            pairs_judged = place.gpu(
+                pairs_gate(**common, preprocessed=preprocessed, image_mask_pairs=image_mask_pairs),
+                "pairs_gate",
+            )
+            segmented = place.gpu(
+                segment(**common, preprocessed=preprocessed, image_mask_pairs=image_mask_pairs,
+                        gated_pairs=pairs_judged.outputs["gated_pairs"]),
+                "segment",
+            )  # fmt: skip
             labels = place.cpu(classes(params_yaml=params_yaml, preprocessed=preprocessed),
                                "classes")  # fmt: skip
 
@@ -172,7 +190,10 @@ def build(cluster: ClusterConfig) -> graph_component.GraphComponent:
                 report(**common, ingested=ing.outputs["ingested"], preprocessed=preprocessed,
                        chosen=chosen, generated=generated, gated=gated,
                        evaluation=trained.outputs["evaluation"],
-                       synthetic_masks=masked.outputs["synthetic_masks"]),
+                       synthetic_masks=masked.outputs["synthetic_masks"],
+                       image_mask_pairs=image_mask_pairs,
+                       gated_pairs=pairs_judged.outputs["gated_pairs"],
+                       segmentation=segmented.outputs["segmentation"]),
                 "report",
             )  # fmt: skip
 

@@ -38,12 +38,3 @@ def test_unet_learns_to_segment_and_predicts_probabilities():
     assert scores["iou"] > 0.6 and scores["pixel_auroc"] > 0.95  # held-out images
     again = segment.fit(images[:32], masks[:32], epochs=1, batch_size=8, lr=3e-3, seed=0)
     assert again.losses[0] == pytest.approx(fit.losses[0])  # reproducible from the seed
-
-
-def test_scarce_split_is_one_to_five_disjoint_and_stable():
-    ids = [f"Sc_{i}" for i in range(1, 31)]
-    train, test = segment.scarce_split(ids, seed=3)
-    assert len(train) == 5 and len(test) == 25 and not set(train) & set(test)
-    assert sorted(train + test) == sorted(ids)
-    assert segment.scarce_split(ids, seed=3) == (train, test)
-    assert segment.scarce_split(ids[:2], seed=0)[0] and segment.scarce_split(ids[:2], seed=0)[1]

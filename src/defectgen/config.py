@@ -403,6 +403,60 @@ class MasksConfig(_Section):
         return self
 
 
+class SffConfig(_Section):
+    """DefectSynth's similarity-based feature fusion over each generated batch (Eq. 9)."""
+
+    enabled: bool = False
+    rate: float = Field(default=0.25, gt=0.0, le=1.0)  # positions fused per latent
+    base_weight: float = Field(default=0.5, ge=0.0, le=1.0)  # the rest: shared by the batch
+
+
+class PairsConfig(_Section):
+    """Mask-conditioned generation: a ControlNet per class from the base UNet, trained on
+    the class's real (conditioning, image) pairs, then image + mask pairs from the masks
+    stage's masks."""
+
+    conditioning: Literal["coloured", "driver"] = "coloured"
+    per_class: int = Field(default=32, ge=1)  # pairs per class
+    data: Literal["subset", "train"] = "subset"
+    prompt_template: str = "a photo of a {label} defect"
+    steps: int = Field(default=300, ge=1)  # ControlNet training steps (DefectSynth: lr 1e-5)
+    batch_size: int = Field(default=8, ge=1)
+    lr: float = Field(default=1e-4, gt=0.0)
+    guidance: float = Field(default=3.0, ge=1.0)
+    sample_steps: int = Field(default=25, ge=1)  # DDIM (DefectSynth: 20)
+    conditioning_scale: float = Field(default=1.0, ge=0.0)
+    generate_batch: int = Field(default=16, ge=1)  # also SFF's batch
+    sae: bool = False  # DefectSynth's selective attention enhancement (Eq. 5-8)
+    sff: SffConfig = Field(default_factory=SffConfig)
+    grid_per_class: int = Field(default=8, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> PairsConfig:
+        if "{label}" not in self.prompt_template:
+            raise ValueError(
+                f"pairs.prompt_template {self.prompt_template!r} must contain {{label}}"
+            )
+        return self
+
+
+SEG_CONDITIONS = ("real", "real+synthetic", "real+ungated")
+
+
+class SegmentConfig(_Section):
+    """Segmentation on real vs real + synthetic pairs (DefFiller 4.4.3), and the COCO export."""
+
+    conditions: list[Literal[SEG_CONDITIONS]] = Field(
+        default=["real", "real+synthetic", "real+ungated"], min_length=1
+    )
+    seeds: list[int] = Field(default=[0, 1, 2], min_length=1)
+    epochs: int = Field(default=30, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    lr: float = Field(default=1e-3, gt=0.0)
+    widths: list[int] = Field(default_factory=lambda: [16, 32, 64], min_length=2)
+    export: Literal["gated", "ungated"] = "gated"  # which synthetic pairs the COCO train has
+
+
 class TrainConfig(_Section):
     """Defect classifiers on real vs real+synthetic (StableSDG III-D / IV-C protocol)."""
 
@@ -453,9 +507,9 @@ class Toleration(_Section):
 class ClusterConfig(_Section):
     """How the KFP pipeline lands on a cluster; read when compiling it, by no stage.
 
-    GPU tasks (masks, base, finetune, sweep, generate, gate, train) request accelerators and
-    carry the GPU node selector and tolerations; CPU tasks carry neither, so they stay
-    off tainted GPU node pools.
+    GPU tasks (masks, pairs, pairs_gate, segment, base, finetune, sweep, generate, gate,
+    train) request accelerators and carry the GPU node selector and tolerations; CPU
+    tasks carry neither, so they stay off tainted GPU node pools.
     """
 
     cpu_image: str = Field(default="defectgen:cpu", min_length=1)
@@ -507,6 +561,8 @@ class Params(_Section):
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     masks: MasksConfig = Field(default_factory=MasksConfig)
+    pairs: PairsConfig = Field(default_factory=PairsConfig)
+    segment: SegmentConfig = Field(default_factory=SegmentConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)

@@ -119,6 +119,39 @@ STAGES = (
         _run_of("gate"),
     ),
     Stage(
+        "pairs",
+        "per class: a ControlNet from the base UNet trained on real (mask, image) pairs, then "
+        "self-annotated image + mask pairs from the masks stage's masks",
+        (PREPROCESSED, BASE, ("masks", True, "the masks stage's output folder")),
+        ("seed", "model", "pairs"),
+        ("pairs.json", "grids"),
+        _run_of("pairs"),
+        curves=("curves",),
+    ),
+    Stage(
+        "pairs_gate",
+        "the gate, unchanged, on the pairs stage's images: per class distance to held-out "
+        "real images against real-vs-real",
+        (PREPROCESSED, ("generated", True, "the pairs stage's output folder")),
+        ("seed", "gate"),
+        ("gate.json", "gate.csv"),
+        _run_of("gate"),
+    ),
+    Stage(
+        "segment",
+        "COCO export of real + synthetic pairs, and a U-Net per condition (real vs "
+        "real+synthetic) scored on the real test split",
+        (
+            PREPROCESSED,
+            ("pairs", True, "the pairs stage's output folder"),
+            ("gated", True, "the pairs_gate stage's output folder"),
+        ),
+        ("seed", "segment"),
+        ("segment.json", "comparison.csv"),
+        _run_of("segment"),
+        curves=("curves",),
+    ),
+    Stage(
         "train",
         "classifiers on real vs real+synthetic (and the other conditions in params), "
         "best epoch on val, scored on the real test split",
@@ -156,6 +189,9 @@ STAGES = (
             ("gated", True, "the gate stage's output folder"),
             ("train", True, "the train stage's output folder"),
             ("masks", False, "the masks stage's output folder"),
+            ("pairs", False, "the pairs stage's output folder"),
+            ("pairs_gated", False, "the pairs_gate stage's output folder"),
+            ("segment", False, "the segment stage's output folder"),
         ),
         ("data", "tracking"),
         ("report.html", "report.md"),

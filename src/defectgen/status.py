@@ -31,7 +31,10 @@ def _render_report(params: Params, report_dir: Path) -> str:
     from defectgen.stages.report import INPUTS
 
     with tempfile.TemporaryDirectory(prefix="defectgen-status-") as tmp:
-        stages = {**INPUTS, "masks": "masks"}  # masks: the optional mask branch
+        # the optional mask branch: report input -> stage
+        branch = {"masks": "masks", "pairs": "pairs", "pairs_gated": "pairs_gate",
+                  "segment": "segment"}  # fmt: skip
+        stages = {**INPUTS, **branch}
         found = tracking.finished_stage_artifacts(params, tuple(stages.values()), Path(tmp))
         inputs = {}
         for key, stage in stages.items():

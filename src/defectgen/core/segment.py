@@ -1,6 +1,6 @@
 """The segmentation model that judges image + mask pairs: a small U-Net (Ronneberger et
 al. 2015) trained on `real` vs `real+synthetic` pairs, as DefFiller evaluates (seed 002,
-4.4.3; its 1:5 train/test split simulates scarcity: `scarce_split`).
+4.4.3; its 1:5 train/test scarcity is a preprocess.split choice, see stages/segment).
 
 No maintained segmentation library installs offline with its dependencies here, so
 this is a plain implementation: per level two 3x3 conv + batch-norm + ReLU, 2x2 max-pool
@@ -127,12 +127,3 @@ def predict(model: UNet, images: list[np.ndarray], batch_size: int = 32) -> list
     x = to_inputs(images)
     out = [torch.sigmoid(model(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
     return list(torch.cat(out).numpy())
-
-
-def scarce_split(ids: list[str], seed: int, ratio: tuple[int, int] = (1, 5)) -> tuple[list, list]:
-    """DefFiller's scarcity protocol: `ids` (one class's) shuffled by `seed` and cut
-    train:test = ratio (1:5 -> a sixth trains); at least one id on each side."""
-    order = list(ids)
-    np.random.default_rng(seed).shuffle(order)
-    n_train = min(max(1, round(len(order) * ratio[0] / sum(ratio))), len(order) - 1)
-    return sorted(order[:n_train]), sorted(order[n_train:])

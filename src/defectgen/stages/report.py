@@ -226,6 +226,71 @@ def _masks(masks: Path) -> Section:
     return sec
 
 
+def _pairs(pairs: Path, pairs_gated: Path | None) -> Section | None:
+    report = _json(pairs / "pairs.json")
+    if "skipped" in report:  # the masks section already says why
+        return None
+    verdicts = _json(pairs_gated / "gate.json")["classes"] if pairs_gated else {}
+    fd = next((k for e in verdicts.values() for k in e if k.startswith(("fid", "fd_"))), None)
+    sec = Section("Image + mask pairs")
+    sec.paragraph(
+        "Per class, a ControlNet trained from the base UNet on the real train pairs, then "
+        "one image per synthetic mask, the mask its annotation. The gate, unchanged, "
+        "judges the images against the class's val images."
+    )
+    rows = []
+    for label, entry in report["classes"].items():
+        if "skipped" in entry:
+            rows.append([label, Cell("-"), "-", "-", "-", f"skipped: {entry['skipped']}"])
+            continue
+        v = verdicts.get(label, {})
+        modules = [m for m in ("sae", "sff") if entry[m]] or ["-"]
+        rows.append([label, Cell(str(entry["n"]), numeric=True), entry["conditioning"],
+                     "+".join(m.upper() for m in modules),
+                     Cell(_fmt(v.get(fd)) if fd else "-", numeric=True),
+                     v.get("reason", "not gated") if v else "not gated"])  # fmt: skip
+    sec.table(["class", "pairs", "conditioning", "modules", fd or "distance", "gate"], rows)
+    for path in sorted((pairs / "grids").glob("*.png")):
+        sec.figure(
+            path.read_bytes(),
+            f"{path.stem}: conditioning (top), generated image, the mask outlined on it",
+        )
+    return sec
+
+
+SEG_SHOWN = (("s_measure", "S"), ("mae", "MAE"), ("max_e_measure", "max E"),
+             ("max_f_measure", "max F"), ("iou", "IoU"), ("dice", "Dice"),
+             ("pixel_auroc", "AUROC"), ("pixel_ap", "AP"))  # fmt: skip
+
+
+def _segmentation(segment: Path) -> Section | None:
+    report = _json(segment / "segment.json")
+    if "skipped" in report:
+        return None
+    sec = Section("Segmentation: do the pairs help?")
+    sec.paragraph(
+        f"A U-Net per condition and seed, trained on {report['n_train_real']} real train "
+        f"pairs (plus the condition's synthetic ones), scored on {report['n_test']} real "
+        "test pairs; mean +- std over seeds. Lower MAE is better, higher everything else."
+    )
+    rows = []
+    for condition, entry in report["conditions"].items():
+        if "skipped" in entry:
+            rows.append([condition, "-"] + ["-"] * len(SEG_SHOWN) + [entry["skipped"]])
+            continue
+        cells = [Cell(f"{entry[k]['mean']:.3f} +- {entry[k]['std']:.3f}", numeric=True)
+                 for k, _ in SEG_SHOWN]  # fmt: skip
+        rows.append([condition, Cell(str(entry["n_train"]), numeric=True), *cells, ""])
+    sec.table(["condition", "train pairs", *(n for _, n in SEG_SHOWN), "notes"], rows)
+    counts = ", ".join(
+        f"{split} {report[f'coco_{split}_images']} images / "
+        f"{report[f'coco_{split}_instances']} instances"
+        for split in ("train", "val", "test")
+    )
+    sec.paragraph(f"COCO export (coco/*.json, RLE): {counts}.")
+    return sec
+
+
 def _provenance(params: Params, preprocessed: Path | None) -> Section:
     from defectgen import tracking  # git and MLflow identities
 
@@ -296,12 +361,16 @@ def run(
     gated: Path | None = None,
     train: Path | None = None,
     masks: Path | None = None,
+    pairs: Path | None = None,
+    pairs_gated: Path | None = None,
+    segment: Path | None = None,
 ) -> dict[str, float]:
     """Render report.html and report.md from the stages' outputs.
 
     An input that is None (its stage did not finish) leaves out the sections that need
-    it; the page then opens with the stages it had no output from. `masks` (the mask
-    branch) is optional: without it there is no masks section, and nothing is missing.
+    it; the page then opens with the stages it had no output from. The mask branch's
+    inputs (`masks`, `pairs`, `pairs_gated`, `segment`) are optional: without them there
+    is no section for them, and nothing is missing.
 
     Returns:
         n_passed_classes, n_kept (as the report states them; 0 without a gate), and
@@ -339,6 +408,10 @@ def run(
         sections.append(clf_sec)
     if masks is not None:  # the mask branch is optional: no section, no "missing" either
         sections.append(_masks(Path(masks)))
+    if pairs is not None and (sec := _pairs(Path(pairs), pairs_gated and Path(pairs_gated))):
+        sections.append(sec)
+    if segment is not None and (sec := _segmentation(Path(segment))):
+        sections.append(sec)
     sections.append(_provenance(params, have.get("preprocessed")))
     title = f"defectgen report: {params.data.name}"
     summary = _summary(gate, n_classes, best)

@@ -13,6 +13,7 @@ profile: 4x, 3 levels). Only the ControlNet trains; the base stays frozen.
 from __future__ import annotations
 
 import math
+from contextlib import ExitStack
 
 import numpy as np
 import torch
@@ -24,18 +25,30 @@ from diffusers import (
     StableDiffusionPipeline,
 )
 
+from defectgen.core.diffusion import defectsynth
 from defectgen.core.diffusion.models import Runtime, latent_factor
-from defectgen.core.diffusion.train import LatentCache, StepLogger, denoise_loss, from_pixels
+from defectgen.core.diffusion.train import (
+    LatentCache,
+    StepLogger,
+    denoise_loss,
+    from_pixels,
+    to_pixels,
+)
 
 EMBEDDING_CHANNELS = (16, 32, 96, 256)  # diffusers' default for SD's 8x factor
+ANGLES = tuple(range(0, 360, 15))  # SAE's rotation search (Eq. 5), degrees
 
 
-def build(pipe: StableDiffusionPipeline) -> ControlNetModel:
-    """A ControlNet for `pipe`'s UNet, its conditioning encoder matched to the VAE factor."""
+def build(pipe: StableDiffusionPipeline, seed: int = 0) -> ControlNetModel:
+    """A ControlNet for `pipe`'s UNet, its conditioning encoder matched to the VAE factor.
+    The layers `from_unet` does not copy (the conditioning encoder) are initialised from
+    `seed`, leaving the global RNG as it was."""
     levels = int(math.log2(latent_factor(pipe.vae))) + 1
-    net = ControlNetModel.from_unet(
-        pipe.unet, conditioning_embedding_out_channels=EMBEDDING_CHANNELS[:levels]
-    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = ControlNetModel.from_unet(
+            pipe.unet, conditioning_embedding_out_channels=EMBEDDING_CHANNELS[:levels]
+        )
     return net.to(pipe.unet.device)
 
 
@@ -103,6 +116,24 @@ def sampler(pipe: StableDiffusionPipeline, controlnet: ControlNetModel):
 
 
 @torch.no_grad()
+def _sae_inputs(
+    pipe, references: list[tuple[np.ndarray, np.ndarray]], masks: list[np.ndarray]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAE's per-image inputs: the real latents aligned onto the generated masks (Eq. 5-6)
+    and the generated masks at the latent size."""
+    vae = pipe.vae
+    pixels = to_pixels([image for image, _ in references]).to(vae.device, vae.dtype)
+    z_real = vae.encode(pixels).latent_dist.mean.float().cpu() * vae.config.scaling_factor
+    shape = tuple(z_real.shape[-2:])
+    m_gen = torch.stack([defectsynth.latent_mask(m, shape) for m in masks])
+    aligned = [
+        defectsynth.aligned_reference(z, defectsynth.latent_mask(m_real, shape), m, ANGLES)
+        for z, (_, m_real), m in zip(z_real, references, m_gen, strict=True)
+    ]
+    return torch.stack(aligned), m_gen
+
+
+@torch.no_grad()
 def generate_pairs(
     control_pipe,
     *,
@@ -114,23 +145,42 @@ def generate_pairs(
     steps: int,
     channels: int,
     scale: float = 1.0,
+    sae: list[tuple[np.ndarray, np.ndarray]] | None = None,
+    sff: tuple[float, float] | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """One (image, mask) pair per mask: the image generated under the mask's conditioning
     image, the mask itself as its pixel-exact annotation (the self-annotation of the
-    papers: the mask is the input, not a prediction)."""
+    papers: the mask is the input, not a prediction).
+
+    Args:
+        sae: DefectSynth's SAE, with one real train (image, mask) reference per mask.
+        sff: DefectSynth's SFF over this batch's final latents: (rate, base_weight).
+    """
     if not len(masks) == len(conditions) == len(seeds):
         raise ValueError("one conditioning image and one seed per mask")
+    if sae is not None and len(sae) != len(masks):
+        raise ValueError("one SAE reference per mask")
     h, w = masks[0].shape
-    images = control_pipe(
-        prompt=[prompt] * len(masks),
-        image=to_conditions(conditions),
-        height=h,
-        width=w,
-        guidance_scale=guidance,
-        num_inference_steps=steps,
-        controlnet_conditioning_scale=scale,
-        generator=[torch.Generator().manual_seed(s) for s in seeds],
-        output_type="pt",
-    ).images
-    generated = from_pixels(images * 2 - 1, channels)
+    with ExitStack() as stack:
+        if sae is not None:
+            references, latent_masks = _sae_inputs(control_pipe, sae, masks)
+            stack.enter_context(defectsynth.enhanced(control_pipe.unet, references, latent_masks))
+        latents = control_pipe(
+            prompt=[prompt] * len(masks),
+            image=to_conditions(conditions),
+            height=h,
+            width=w,
+            guidance_scale=guidance,
+            num_inference_steps=steps,
+            controlnet_conditioning_scale=scale,
+            generator=[torch.Generator().manual_seed(s) for s in seeds],
+            output_type="latent",
+        ).images
+    if sff is not None:
+        rate, base_weight = sff
+        gen = torch.Generator().manual_seed(seeds[0])
+        latents = defectsynth.fuse(latents, rate=rate, base_weight=base_weight, gen=gen)
+    vae = control_pipe.vae
+    images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+    generated = from_pixels(images, channels)
     return list(zip(generated, [np.asarray(m).copy() for m in masks], strict=True))

@@ -1,0 +1,259 @@
+"""Segment: do the self-annotated pairs help a segmentation model? And the COCO export.
+
+DefFiller's evaluation (seed 002, 4.4.3): a saliency / segmentation model, one for all
+classes, trained on the real pairs alone and on real + synthetic pairs, scored on real
+held-out pairs. Here:
+    train   the real train pairs the generator learned from (pairs.data: the few-shot
+            subset or all of train), plus, per condition (segment.conditions):
+              real            nothing
+              real+synthetic  the pairs of classes that passed the pairs_gate
+              real+ungated    every pair, ignoring the gate
+    test    the real test split (never seen by any generator)
+DefFiller's 1:5 train:test scarcity is a split choice (preprocess.split; the
+SD-Saliency-900 profile in the README sets it). Each condition trains one U-Net per
+seed (core.segment); its probability maps on the test pairs give S-measure (alpha 0.5),
+MAE, max E-measure, max F-measure, IoU, Dice and pixel AUROC/AP (core.segmetrics),
+reported as mean and std over the seeds, overall and per class (Dice).
+
+COCO export (core.coco): the real pairs of every split plus the synthetic pairs
+(segment.export: the gated ones, or all) in train, RLE instances per 8-connected region,
+with the images copied beside the JSON so the folder is self-contained.
+
+Writes under `out_dir`:
+    segment.json        per condition: metrics mean/std, per seed, per class; counts
+    comparison.csv      condition, metric, mean, std (a table for the report)
+    runs.parquet        one row per (condition, seed): every metric
+    coco/{train,val,test}.json, coco/images/{real,synthetic}/...
+    curves/<condition>.seed<k>.csv   training loss per epoch
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from defectgen import manifest
+from defectgen.config import Params
+from defectgen.core import coco, segment, segmetrics
+from defectgen.core.images import decode_image
+from defectgen.errors import DataError
+from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
+from defectgen.stages import pairs as pairs_stage
+from defectgen.stages.diffusion_common import CURVES_DIR, Curves, derive_seed
+
+REPORT_NAME = "segment.json"
+TABLE_NAME = "comparison.csv"
+RUNS_NAME = "runs.parquet"
+METRICS = (
+    "s_measure",
+    "mae",
+    "max_e_measure",
+    "max_f_measure",
+    "iou",
+    "dice",
+    "pixel_auroc",
+    "pixel_ap",
+)
+
+
+def _load(folder: Path, rows: list[dict]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    images, masks = [], []
+    for row in rows:
+        for rel, out in ((row["path"], images), (row["mask_path"], masks)):
+            try:
+                px, _ = decode_image((folder / rel).read_bytes())
+            except OSError as exc:
+                raise DataError(f"{folder / rel}: cannot read ({exc}); re-run its stage") from None
+            out.append(px if out is images or px.ndim == 2 else px[..., 0])
+    return images, masks
+
+
+def _export(
+    tmp: Path,
+    preprocessed: Path,
+    pairs_dir: Path,
+    real: list[dict],
+    synthetic: list[dict],
+    labels: list[str],
+) -> dict[str, int]:
+    """COCO JSON per split with the images copied under coco/images; instance counts."""
+    samples = []
+    for folder, rows, origin in ((preprocessed, real, "real"), (pairs_dir, synthetic, "synthetic")):
+        for row in rows:
+            rel = f"images/{origin}/{row['path']}"
+            write_file(tmp / "coco" / rel, (folder / row["path"]).read_bytes())
+            mask, _ = decode_image((folder / row["mask_path"]).read_bytes())
+            samples.append(
+                coco.Sample(
+                    file_name=rel,
+                    label=row["label"],
+                    split=row["split"],
+                    origin=origin,
+                    mask=mask if mask.ndim == 2 else mask[..., 0],
+                    defectgen_id=row["id"],
+                    parent_id=row["parent_id"],
+                    extra={"generator": row["generator"]} if origin == "synthetic" else {},
+                )
+            )
+    counts = {}
+    for split in ("train", "val", "test"):
+        data = coco.build(samples, labels, split)
+        write_file(tmp / "coco" / f"{split}.json", json.dumps(data).encode())
+        counts[f"coco_{split}_images"] = len(data["images"])
+        counts[f"coco_{split}_instances"] = len(data["annotations"])
+    return counts
+
+
+def _fit_score(params: Params, condition: str, seed: int, train_set, test_set, labels_test):
+    """One U-Net: metrics overall, Dice per class, and its loss per epoch."""
+    cfg = params.segment
+    images, masks = train_set
+    fit = segment.fit(
+        images,
+        masks,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        seed=derive_seed(params.seed, "segment", condition, seed),
+        widths=tuple(cfg.widths),
+    )
+    preds = segment.predict(fit.model, test_set[0])
+    scores = segmetrics.evaluate(preds, test_set[1])
+    per_class = {}
+    for label in sorted(set(labels_test)):
+        idx = [i for i, lab in enumerate(labels_test) if lab == label]
+        per_class[label] = float(
+            np.mean([segmetrics.iou_dice(preds[i], test_set[1][i])[1] for i in idx])
+        )
+    return scores, per_class, fit.losses
+
+
+def run(
+    params: Params, *, preprocessed: Path, pairs: Path, gated: Path, out_dir: Path
+) -> dict[str, float]:
+    """Export COCO, then train and score one U-Net per (condition, seed).
+
+    Returns:
+        per condition <condition>/<metric> (mean over seeds) for every metric, and
+        n_train_real, n_synthetic, n_gated, coco_<split>_images/_instances; skipped (1.0)
+        when the dataset has no masks.
+    """
+    cfg = params.segment
+    preprocessed, pairs_dir, gated = Path(preprocessed), Path(pairs), Path(gated)
+    pairs_report = json.loads((pairs_dir / pairs_stage.REPORT_NAME).read_text(encoding="utf-8"))
+    if "skipped" in pairs_report:
+        with atomic_dir(out_dir) as tmp:
+            atomic_write_json(tmp / REPORT_NAME, {"skipped": pairs_report["skipped"]})
+        return {"skipped": 1.0}
+    rows = [r for r in manifest.read_rows(preprocessed) if r["origin"] == "real" and r["mask_path"]]
+    labels = sorted({r["label"] for r in manifest.read_rows(preprocessed)})
+    data = params.pairs.data
+    real_train = [r for r in rows if r["split"] == "train" and (data == "train" or r["in_subset"])]
+    test = sorted((r for r in rows if r["split"] == "test"), key=lambda r: r["id"])
+    if len(real_train) < 2 or len(test) < 1:
+        raise DataError(
+            f"{preprocessed}: {len(real_train)} real train and {len(test)} test images with "
+            "masks; segmentation needs at least 2 and 1 (check preprocess.split)"
+        )
+    synthetic = manifest.read_rows(pairs_dir)
+    passed = {r["id"] for r in manifest.read_rows(gated)}
+    conditions = {
+        "real": [],
+        "real+synthetic": [r for r in synthetic if r["id"] in passed],
+        "real+ungated": synthetic,
+    }
+    side = int(manifest.read_rows(preprocessed)[0]["width"])
+    if side % 2 ** (len(cfg.widths) - 1):
+        raise DataError(
+            f"images of {side} px do not divide by 2 ** {len(cfg.widths) - 1}; "
+            "choose segment.widths with fewer levels or another preprocess.image_size"
+        )
+    real_set = _load(preprocessed, real_train)
+    test_set = _load(preprocessed, test)
+    key = file_digest(
+        preprocessed / manifest.MANIFEST_NAME,
+        pairs_dir / manifest.MANIFEST_NAME,
+        gated / manifest.MANIFEST_NAME,
+    )[:16]
+    key += params.section_hash("seed", "segment", "pairs")
+    resume = Resume(out_dir, key)
+    report: dict = {"n_train_real": len(real_train), "n_test": len(test), "conditions": {}}
+    runs: list[dict] = []
+    curves = Curves()
+    metrics_out: dict[str, float] = {}
+    with atomic_dir(out_dir) as tmp:
+        export = conditions["real+synthetic" if cfg.export == "gated" else "real+ungated"]
+        counts = _export(tmp, preprocessed, pairs_dir, rows, export, labels)
+        for condition in cfg.conditions:
+            extra = conditions[condition]
+            if condition != "real" and not extra:
+                report["conditions"][condition] = {
+                    "skipped": "no synthetic pairs"
+                    + (" passed the gate" if condition == "real+synthetic" else "")
+                }
+                continue
+            syn_set = _load(pairs_dir, extra) if extra else ([], [])
+            train_set = (real_set[0] + syn_set[0], real_set[1] + syn_set[1])
+            for seed in cfg.seeds:
+                unit_name = f"{condition}.seed{seed}"
+                if resume.done(unit_name) is None:
+                    with resume.unit(unit_name) as unit:
+                        scores, per_class, losses = _fit_score(
+                            params, condition, seed, train_set, test_set, [r["label"] for r in test]
+                        )
+                        record = {"scores": scores, "per_class_dice": per_class, "losses": losses}
+                        atomic_write_json(unit / "run.json", record)
+                done = json.loads((resume.done(unit_name) / "run.json").read_text("utf-8"))
+                curves.series[unit_name] = done["losses"]
+                per_class_dice = {f"dice/{k}": v for k, v in done["per_class_dice"].items()}
+                runs.append(
+                    {
+                        "condition": condition,
+                        "seed": seed,
+                        "n_train": len(train_set[0]),
+                        **done["scores"],
+                        **per_class_dice,
+                    }
+                )
+            mine = pd.DataFrame([r for r in runs if r["condition"] == condition])
+            entry = {"n_train": int(mine["n_train"].iloc[0]), "n_synthetic": len(extra)}
+            for metric in METRICS:
+                entry[metric] = {
+                    "mean": float(mine[metric].mean()),
+                    "std": float(mine[metric].std(ddof=0)),
+                }
+                metrics_out[f"{condition}/{metric}"] = entry[metric]["mean"]
+            entry["dice_per_class"] = {
+                c[5:]: float(mine[c].mean()) for c in mine.columns if c.startswith("dice/")
+            }
+            report["conditions"][condition] = entry
+        report.update(counts)
+        atomic_write_json(tmp / REPORT_NAME, report)
+        pd.DataFrame(runs).to_parquet(tmp / RUNS_NAME, index=False)
+        with (tmp / TABLE_NAME).open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["condition", "metric", "mean", "std"])
+            for condition, entry in report["conditions"].items():
+                for metric in METRICS:
+                    if metric in entry:
+                        writer.writerow(
+                            [
+                                condition,
+                                metric,
+                                f"{entry[metric]['mean']:.6g}",
+                                f"{entry[metric]['std']:.6g}",
+                            ]
+                        )
+        curves.write(tmp / CURVES_DIR)
+    resume.finish()
+    metrics_out.update({k: float(v) for k, v in counts.items()})
+    metrics_out.update(
+        n_train_real=float(len(real_train)),
+        n_synthetic=float(len(synthetic)),
+        n_gated=float(len(conditions["real+synthetic"])),
+    )
+    return metrics_out

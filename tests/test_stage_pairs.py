@@ -1,0 +1,188 @@
+"""The mask branch after the masks stage, on a PIL-made image + mask dataset: pairs
+(ControlNet, SAE, SFF, drivers), the gate on them, the COCO export and segmentation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from pycocotools.coco import COCO
+
+from defectgen import manifest
+from defectgen.core.diffusion import control, models
+from defectgen.core.images import decode_image
+from defectgen.stages import base, gate, ingest, masks, pairs, preprocess, report, segment
+from defectgen.stages.diffusion_common import open_base
+from tests.conftest import make_params
+from tests.test_stage_masks import _dataset
+
+SECTIONS = {
+    "data": {"label_from": "prefix", "masks_required": True},
+    "preprocess": {"image_size": 32, "split": {"train": 0.5, "val": 0.25, "test": 0.25},
+                   "subset": {"alpha": 1.0}},
+    "gate": {"extractor": "effnet-lite0", "kid_subsets": 5},
+    "base": {"vae_steps": 3, "unet_steps": 3, "batch_size": 8},
+    "masks": {"methods": ["perturb", "hmi"], "per_class": 4, "hmi_between": 2,
+              "ddpm": {"size": 16, "channels": [8, 16], "steps": 5, "batch_size": 8,
+                       "sample_steps": 3}},
+    "pairs": {"per_class": 5, "steps": 3, "batch_size": 4, "sample_steps": 3,
+              "generate_batch": 3, "sae": True, "sff": {"enabled": True, "rate": 0.25}},
+    "segment": {"seeds": [0], "epochs": 2, "batch_size": 8, "widths": [8, 16]},
+}  # fmt: skip
+
+
+def _params(root: Path, **overrides):
+    sections = {k: dict(v) for k, v in SECTIONS.items()}
+    for key, value in overrides.items():
+        sections[key] = {**sections[key], **value}
+    return make_params("image_mask", root, **sections)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("pairs")
+    params = _params(_dataset(tmp / "ds"))
+    d = {k: tmp / k for k in ("ingested", "pre", "base", "masks", "pairs", "pgate", "seg")}
+    ingest.run(params, out_dir=d["ingested"])
+    preprocess.run(params, ingested=d["ingested"], out_dir=d["pre"])
+    base.run(params, preprocessed=d["pre"], out_dir=d["base"])
+    masks.run(params, preprocessed=d["pre"], out_dir=d["masks"])
+    rt = models.runtime(params.model)
+    fingerprint = models.fingerprint(open_base(d["base"], params, rt))
+    d["metrics"] = pairs.run(params, preprocessed=d["pre"], base=d["base"], masks=d["masks"],
+                             out_dir=d["pairs"])  # fmt: skip
+    d["fingerprint_before"] = fingerprint
+    d["fingerprint_after"] = models.fingerprint(open_base(d["base"], params, rt))
+    gate.run(params, preprocessed=d["pre"], generated=d["pairs"], out_dir=d["pgate"])
+    d["seg_metrics"] = segment.run(params, preprocessed=d["pre"], pairs=d["pairs"],
+                                   gated=d["pgate"], out_dir=d["seg"])  # fmt: skip
+    d["params"] = params
+    d["tmp"] = tmp
+    return d
+
+
+def test_pairs_are_self_annotated_with_the_masks_stage_masks_and_full_provenance(run):
+    rows = manifest.read_rows(run["pairs"])
+    real = manifest.read_rows(run["pre"])
+    train_ids = {r["id"] for r in real if r["split"] == "train"}
+    table = pd.read_parquet(run["masks"] / "masks.parquet").set_index("id")
+    assert run["metrics"]["n_pairs"] == len(rows) == 10  # 5 per class, 2 classes
+    record = json.loads((run["pairs"] / "pairs.json").read_text())
+    for row in rows:
+        assert row["origin"] == "synthetic" and row["split"] == "train"
+        assert row["generator"].startswith(f"controlnet-coloured controlnet={row['label']}:")
+        g = json.loads(row["gen_params"])
+        assert g["mask_method"] in ("perturb", "hmi") and g["sff"]["enabled"] is True
+        assert g["sae_reference"] in train_ids  # SAE's reference: a real train pair
+        assert set(g["mask_parents"]) <= train_ids and g["mask_parents"]
+        image, _ = decode_image((run["pairs"] / row["path"]).read_bytes())
+        mask, _ = decode_image((run["pairs"] / row["mask_path"]).read_bytes())
+        assert image.shape == mask.shape == (32, 32)
+        source, _ = decode_image((run["masks"] / table.loc[g["mask_id"], "path"]).read_bytes())
+        assert np.array_equal(mask, source)  # the annotation is the conditioning mask
+    for label in ("Pa", "Sc"):
+        entry = record["classes"][label]
+        assert entry["n"] == 5 and entry["sae"] and entry["sff"]
+        assert sum(entry["masks_by_method"].values()) == 5
+        net = control.ControlNetModel.from_pretrained(run["pairs"] / "controlnets" / label)
+        assert net.config.conditioning_embedding_out_channels == [16, 32, 96]  # 4x VAE
+        grid, _ = decode_image((run["pairs"] / "grids" / f"{label}.png").read_bytes())
+        assert grid.shape == (3 * 32, 5 * 32, 3)  # conditioning, image, outline
+        assert (run["pairs"] / "curves" / f"{label}.controlnet.csv").is_file()
+    assert run["fingerprint_after"] == run["fingerprint_before"]  # the base stays frozen
+
+
+def test_pairs_rerun_reproduces_and_drivers_record_their_layout(run):
+    tmp = run["tmp"]
+    again = pairs.run(run["params"], preprocessed=run["pre"], base=run["base"],
+                      masks=run["masks"], out_dir=tmp / "again")  # fmt: skip
+    assert again == run["metrics"]
+    first = sorted((run["pairs"] / "images").rglob("*.png"))
+    assert [p.read_bytes() for p in first] == [
+        (tmp / "again" / p.relative_to(run["pairs"])).read_bytes() for p in first
+    ]
+    params = _params(tmp / "ds", pairs={"conditioning": "driver", "sae": False,
+                                        "sff": {"enabled": False}})  # fmt: skip
+    pairs.run(params, preprocessed=run["pre"], base=run["base"], masks=run["masks"],
+              out_dir=tmp / "drivers")  # fmt: skip
+    train_ids = {r["id"] for r in manifest.read_rows(run["pre"]) if r["split"] == "train"}
+    rows = manifest.read_rows(tmp / "drivers")
+    assert rows and all(r["parent_id"] in train_ids for r in rows)
+    assert all(json.loads(r["gen_params"])["layout_id"] == r["parent_id"] for r in rows)
+    assert all(r["generator"].startswith("controlnet-driver") for r in rows)
+
+
+def test_coco_export_is_split_aware_and_loads_in_pycocotools(run):
+    record = json.loads((run["seg"] / "segment.json").read_text())
+    real = [r for r in manifest.read_rows(run["pre"]) if r["mask_path"]]
+    passed = {r["id"] for r in manifest.read_rows(run["pgate"])}
+    for split in ("train", "val", "test"):
+        api = COCO(str(run["seg"] / "coco" / f"{split}.json"))
+        images = api.loadImgs(api.getImgIds())
+        origins = {im["origin"] for im in images}
+        n_real = sum(1 for r in real if r["split"] == split)
+        assert sum(1 for im in images if im["origin"] == "real") == n_real
+        if split != "train":
+            assert origins == {"real"}  # synthetic pairs never reach val or test
+        else:
+            assert sum(1 for im in images if im["origin"] == "synthetic") == len(passed)
+        assert record[f"coco_{split}_images"] == len(images)
+        for im in images[:3]:
+            assert (run["seg"] / "coco" / im["file_name"]).is_file()
+            union = np.zeros((im["height"], im["width"]), bool)
+            for ann in api.loadAnns(api.getAnnIds(imgIds=im["id"])):
+                union |= api.annToMask(ann).astype(bool)
+            folder = run["pre"] if im["origin"] == "real" else run["pairs"]
+            row = next(r for r in manifest.read_rows(folder) if r["id"] == im["defectgen_id"])
+            mask, _ = decode_image((folder / row["mask_path"]).read_bytes())
+            assert np.array_equal(union, mask > 127)
+
+
+def test_segmentation_scores_each_condition_on_the_real_test_split(run):
+    record = json.loads((run["seg"] / "segment.json").read_text())
+    n_test = sum(1 for r in manifest.read_rows(run["pre"]) if r["split"] == "test")
+    assert record["n_test"] == n_test
+    conditions = record["conditions"]
+    real = conditions["real"]
+    assert real["n_synthetic"] == 0 and real["n_train"] == record["n_train_real"]
+    assert conditions["real+ungated"]["n_train"] == real["n_train"] + 10
+    passed = manifest.read_rows(run["pgate"])
+    if passed:
+        assert conditions["real+synthetic"]["n_synthetic"] == len(passed)
+    else:
+        assert conditions["real+synthetic"] == {"skipped": "no synthetic pairs passed the gate"}
+    for name in ("real", "real+ungated"):
+        entry = conditions[name]
+        assert 0 <= entry["s_measure"]["mean"] <= 1 and 0 <= entry["mae"]["mean"] <= 1
+        assert 0 <= entry["dice"]["mean"] <= 1 and set(entry["dice_per_class"]) == {"Pa", "Sc"}
+        assert run["seg_metrics"][f"{name}/dice"] == entry["dice"]["mean"]
+    table = pd.read_csv(run["seg"] / "comparison.csv")
+    assert set(table.condition) >= {"real", "real+ungated"} and len(table) % 8 == 0
+    runs = pd.read_parquet(run["seg"] / "runs.parquet")
+    assert len(runs) == len(table) // 8  # one seed per scored condition
+    # the report shows the pairs' grids and the segmentation table
+    report.run(run["params"], out_dir=run["tmp"] / "report", masks=run["masks"],
+               pairs=run["pairs"], pairs_gated=run["pgate"], segment=run["seg"])  # fmt: skip
+    md = (run["tmp"] / "report" / "report.md").read_text()
+    assert "## Image + mask pairs" in md and "## Segmentation" in md
+    assert "real+ungated" in md and "x the real-vs-real" in md  # the pairs' gate verdicts
+
+
+def test_without_masks_pairs_and_segment_say_skipped(folders_dataset, tmp_path):
+    params = make_params("folders", folders_dataset)
+    ingest.run(params, out_dir=tmp_path / "ingested")
+    preprocess.run(params, ingested=tmp_path / "ingested", out_dir=tmp_path / "pre")
+    masks.run(params, preprocessed=tmp_path / "pre", out_dir=tmp_path / "masks")
+    metrics = pairs.run(params, preprocessed=tmp_path / "pre", base=tmp_path / "no-base",
+                        masks=tmp_path / "masks", out_dir=tmp_path / "pairs")  # fmt: skip
+    assert metrics == {"n_pairs": 0.0, "skipped": 1.0}
+    assert manifest.read_rows(tmp_path / "pairs") == []
+    gate.run(params, preprocessed=tmp_path / "pre", generated=tmp_path / "pairs",
+             out_dir=tmp_path / "pgate")  # fmt: skip
+    seg = segment.run(params, preprocessed=tmp_path / "pre", pairs=tmp_path / "pairs",
+                      gated=tmp_path / "pgate", out_dir=tmp_path / "seg")  # fmt: skip
+    assert seg == {"skipped": 1.0}
+    assert "no masks" in json.loads((tmp_path / "seg" / "segment.json").read_text())["skipped"]
