@@ -32,7 +32,8 @@ from components.gate import gate
 from components.generate import generate
 from components.ingest import ingest
 from components.masks import masks
-from components.pairs import pairs, pairs_gate
+from components.pairs import pairs
+from components.pairs_gate import pairs_gate
 from components.preprocess import preprocess
 from components.register import register
 from components.report import report

@@ -99,3 +99,30 @@ def test_missing_file_and_bad_yaml(tmp_path: Path):
     bad.write_text("data: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_params(bad)
+
+
+def test_sd_saliency_profile_is_params_yaml_with_the_documented_changes():
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    profile = yaml.safe_load((REPO / "profiles" / "sd-saliency-900.yaml").read_text())
+    load_params(REPO / "profiles" / "sd-saliency-900.yaml")  # valid as a whole
+
+    def leaves(tree, prefix=""):
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    a, b = dict(leaves(base)), dict(leaves(profile))
+    assert a.keys() == b.keys()
+    changed = {k for k in a if a[k] != b[k]}
+    assert changed == {
+        "data.name", "data.layout", "data.root", "data.label_from", "data.masks_required",
+        "preprocess.split.train", "preprocess.split.val", "preprocess.split.test",
+        "preprocess.subset.alpha", "masks.per_class", "masks.ddpm.size", "masks.ddpm.channels",
+        "masks.ddpm.steps", "masks.ddpm.batch_size", "masks.ddpm.sample_steps", "pairs.sae",
+        "pairs.sff.enabled",
+    }  # fmt: skip
+    split = profile["preprocess"]["split"]
+    assert 5 <= split["test"] / split["train"] <= 5.5  # DefFiller's 1:5 train:test, about
+    assert (REPO / profile["data"]["root"] / "masks").is_dir()  # ../shared beside the repo
