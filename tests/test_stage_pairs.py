@@ -9,13 +9,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow import MlflowClient
 from pycocotools.coco import COCO
 
 from defectgen import manifest
+from defectgen.config import TrackingConfig
 from defectgen.core.diffusion import control, models
 from defectgen.core.images import decode_image
+from defectgen.runner import execute, get_stage
 from defectgen.stages import base, gate, ingest, masks, pairs, preprocess, report, segment
 from defectgen.stages.diffusion_common import open_base
+from defectgen.stages.train import metric_name
 from tests.conftest import make_params
 from tests.test_stage_masks import _dataset
 
@@ -158,7 +162,7 @@ def test_segmentation_scores_each_condition_on_the_real_test_split(run):
         entry = conditions[name]
         assert 0 <= entry["s_measure"]["mean"] <= 1 and 0 <= entry["mae"]["mean"] <= 1
         assert 0 <= entry["dice"]["mean"] <= 1 and set(entry["dice_per_class"]) == {"Pa", "Sc"}
-        assert run["seg_metrics"][f"{name}/dice"] == entry["dice"]["mean"]
+        assert run["seg_metrics"][f"{metric_name(name)}/dice"] == entry["dice"]["mean"]
     table = pd.read_csv(run["seg"] / "comparison.csv")
     assert set(table.condition) >= {"real", "real+ungated"} and len(table) % 8 == 0
     runs = pd.read_parquet(run["seg"] / "runs.parquet")
@@ -169,6 +173,21 @@ def test_segmentation_scores_each_condition_on_the_real_test_split(run):
     md = (run["tmp"] / "report" / "report.md").read_text()
     assert "## Image + mask pairs" in md and "## Segmentation" in md
     assert "real+ungated" in md and "x the real-vs-real" in md  # the pairs' gate verdicts
+
+
+def test_segment_metrics_and_curves_log_to_mlflow(run, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    params = run["params"].model_copy(update={"tracking": TrackingConfig(enabled=True)})
+    inputs = {"preprocessed": run["pre"], "pairs": run["pairs"], "gated": run["pgate"]}
+    metrics, _ = execute(get_stage("segment"), params, out_dir=tmp_path / "seg", inputs=inputs)
+    client = MlflowClient()
+    logged = next(
+        r
+        for r in client.search_runs([client.get_experiment_by_name("defectgen").experiment_id])
+        if r.info.run_name == "segment"
+    )
+    assert logged.data.metrics["real_ungated/dice"] == metrics["real_ungated/dice"]
+    assert len(client.get_metric_history(logged.info.run_id, "curve/real_ungated.seed0")) == 2  # epochs
 
 
 def test_without_masks_pairs_and_segment_say_skipped(folders_dataset, tmp_path):

@@ -24,7 +24,7 @@ Writes under `out_dir`:
     comparison.csv      condition, metric, mean, std (a table for the report)
     runs.parquet        one row per (condition, seed): every metric
     coco/{train,val,test}.json, coco/images/{real,synthetic}/...
-    curves/<condition>.seed<k>.csv   training loss per epoch
+    curves/<condition>.seed<k>.csv   training loss per epoch (real_ungated.seed0.csv)
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from defectgen.errors import DataError
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
 from defectgen.stages import pairs as pairs_stage
 from defectgen.stages.diffusion_common import CURVES_DIR, Curves, derive_seed
+from defectgen.stages.train import metric_name
 
 REPORT_NAME = "segment.json"
 TABLE_NAME = "comparison.csv"
@@ -138,7 +139,8 @@ def run(
     """Export COCO, then train and score one U-Net per (condition, seed).
 
     Returns:
-        per condition <condition>/<metric> (mean over seeds) for every metric, and
+        per condition <condition>/<metric> (mean over seeds; "+" written "_", as MLflow
+        names allow) for every metric, and
         n_train_real, n_synthetic, n_gated, coco_<split>_images/_instances; skipped (1.0)
         when the dataset has no masks.
     """
@@ -208,7 +210,7 @@ def run(
                         record = {"scores": scores, "per_class_dice": per_class, "losses": losses}
                         atomic_write_json(unit / "run.json", record)
                 done = json.loads((resume.done(unit_name) / "run.json").read_text("utf-8"))
-                curves.series[unit_name] = done["losses"]
+                curves.series[f"{metric_name(condition)}.seed{seed}"] = done["losses"]
                 per_class_dice = {f"dice/{k}": v for k, v in done["per_class_dice"].items()}
                 runs.append(
                     {
@@ -226,7 +228,7 @@ def run(
                     "mean": float(mine[metric].mean()),
                     "std": float(mine[metric].std(ddof=0)),
                 }
-                metrics_out[f"{condition}/{metric}"] = entry[metric]["mean"]
+                metrics_out[f"{metric_name(condition)}/{metric}"] = entry[metric]["mean"]
             entry["dice_per_class"] = {
                 c[5:]: float(mine[c].mean()) for c in mine.columns if c.startswith("dice/")
             }
