@@ -443,6 +443,12 @@ class PairsConfig(_Section):
 SEG_CONDITIONS = ("real", "real+synthetic", "real+ungated")
 
 
+def metric_name(condition: str) -> str:
+    """A condition as a metric key part: MLflow keys may not hold '+' (real+synthetic ->
+    real_synthetic)."""
+    return condition.replace("+", "_")
+
+
 class SegmentConfig(_Section):
     """Segmentation on real vs real + synthetic pairs (DefFiller 4.4.3), and the COCO export."""
 

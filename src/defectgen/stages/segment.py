@@ -37,14 +37,13 @@ import numpy as np
 import pandas as pd
 
 from defectgen import manifest
-from defectgen.config import Params
+from defectgen.config import Params, metric_name
 from defectgen.core import coco, segment, segmetrics
 from defectgen.core.images import decode_image
 from defectgen.errors import DataError
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
 from defectgen.stages import pairs as pairs_stage
 from defectgen.stages.diffusion_common import CURVES_DIR, Curves, derive_seed
-from defectgen.stages.train import metric_name
 
 REPORT_NAME = "segment.json"
 TABLE_NAME = "comparison.csv"
@@ -151,8 +150,9 @@ def run(
         with atomic_dir(out_dir) as tmp:
             atomic_write_json(tmp / REPORT_NAME, {"skipped": pairs_report["skipped"]})
         return {"skipped": 1.0}
-    rows = [r for r in manifest.read_rows(preprocessed) if r["origin"] == "real" and r["mask_path"]]
-    labels = sorted({r["label"] for r in manifest.read_rows(preprocessed)})
+    everything = manifest.read_rows(preprocessed)
+    rows = [r for r in everything if r["origin"] == "real" and r["mask_path"]]
+    labels = sorted({r["label"] for r in everything})
     data = params.pairs.data
     real_train = [r for r in rows if r["split"] == "train" and (data == "train" or r["in_subset"])]
     test = sorted((r for r in rows if r["split"] == "test"), key=lambda r: r["id"])
@@ -168,7 +168,7 @@ def run(
         "real+synthetic": [r for r in synthetic if r["id"] in passed],
         "real+ungated": synthetic,
     }
-    side = int(manifest.read_rows(preprocessed)[0]["width"])
+    side = int(everything[0]["width"])
     if side % 2 ** (len(cfg.widths) - 1):
         raise DataError(
             f"images of {side} px do not divide by 2 ** {len(cfg.widths) - 1}; "

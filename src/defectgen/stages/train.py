@@ -36,7 +36,7 @@ import pandas as pd
 import torch
 
 from defectgen import manifest
-from defectgen.config import Params
+from defectgen.config import Params, metric_name
 from defectgen.core import classify
 from defectgen.errors import DataError
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
@@ -46,12 +46,6 @@ REPORT_NAME = "eval.json"
 RUNS_NAME = "runs.parquet"
 PLOT_NAME = "comparison.csv"
 CONFUSION_NAME = "confusion.json"
-
-
-def metric_name(condition: str) -> str:
-    """A condition as a metric key part: MLflow keys may not hold '+' (real+synthetic ->
-    real_synthetic)."""
-    return condition.replace("+", "_")
 
 
 class _Data:
