@@ -6,15 +6,42 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := true
 
-.PHONY: setup browser demo test ui lint clean
+.PHONY: setup browser demo test ui lint clean lock
 
 setup: $(VENV)/.installed
 
-# constraints.txt pins torch to the CPU wheel on our machines (see docs/architecture.md).
-$(VENV)/.installed: pyproject.toml constraints.txt
+# Installs come from requirements.lock alone (every package, exact versions, sha256
+# hashes; `make lock` writes it). pip refuses anything unpinned or unhashed. torch is the
+# CPU wheel: found on our machines' wheel folder, elsewhere on PyTorch's CPU index.
+TORCH_CPU_WHEELS := /opt/wheels
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+TORCH_SOURCE := $(if $(wildcard $(TORCH_CPU_WHEELS)/torch-*+cpu-*.whl),--find-links $(TORCH_CPU_WHEELS),--extra-index-url $(TORCH_CPU_INDEX))
+
+$(VENV)/.installed: requirements.lock pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install -q $(TORCH_SOURCE) --require-hashes -r requirements.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
+
+# Regenerate the lock from pyproject.toml (+ the build backend, + constraints.txt's torch
+# pin) with a pinned uv. Only on purpose: bump a range, `make lock`, run `make demo` and
+# `make test`, commit the lock with the change (README: Upgrading dependencies).
+UV_VERSION := 0.13.9
+UV := build/uv/bin/uv
+$(UV):
+	python3 -m venv build/uv
+	build/uv/bin/pip install -q uv==$(UV_VERSION)
+
+lock: $(UV)
+	python3 -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
+	| $(UV) pip compile pyproject.toml - --extra dev -c constraints.txt \
+		--python-version 3.11 --python-platform x86_64-manylinux_2_28 $(TORCH_SOURCE) \
+		$(if $(findstring extra-index,$(TORCH_SOURCE)),--index-strategy unsafe-best-match) \
+		--generate-hashes --no-header --quiet -o requirements.lock.tmp
+	{ echo "# The lock: every package defectgen installs, exact versions and hashes."; \
+	  echo "# Written by \`make lock\` (uv $(UV_VERSION)) from pyproject.toml, its build-system and"; \
+	  echo "# constraints.txt. Do not edit; README 'Upgrading dependencies' says how to refresh."; \
+	  cat requirements.lock.tmp; } > requirements.lock && rm requirements.lock.tmp
 
 # The main job: the DVC pipeline on the embedded default dataset (ELPV).
 demo: setup
