@@ -177,7 +177,9 @@ def test_sd15_loader_reads_a_local_checkpoint_folder(base_dir):
     assert models.latent_factor(pipe.vae) == 4
     # the frozen base arrives in the configured dtype (diffusers' `dtype=` keyword, which
     # older releases ignored in favour of `torch_dtype=`)
-    bf16 = models.load_pipeline(base_dir, revision=None, rt=models.Runtime(CPU.device, torch.bfloat16))
+    bf16 = models.load_pipeline(
+        base_dir, revision=None, rt=models.Runtime(CPU.device, torch.bfloat16)
+    )
     for module in (bf16.unet, bf16.vae, bf16.text_encoder):
         assert {p.dtype for p in module.parameters()} == {torch.bfloat16}
 
