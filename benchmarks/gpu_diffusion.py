@@ -218,13 +218,13 @@ def bench_training(pipe, rt, peak: float, args, log: Callable[[dict], None]) -> 
     sched = models.training_scheduler(pipe)
     token_id = adapt.add_token(pipe, "<bench>", None)
     ids = prompt_ids(pipe, "a photo of <bench>")
-    emb_params, restore = adapt.token_parameters(pipe, token_id)
+    emb_params, commit = adapt.token_parameters(pipe, token_id)
     lora_params = None
     for phase in ("ti", "lora"):
         if phase == "lora":
-            pipe.text_encoder.get_input_embeddings().weight.requires_grad_(False)
+            commit()
             lora_params = adapt.add_lora(pipe, rank=1, alpha=None, seed=0)
-        params, hook = (emb_params, restore) if phase == "ti" else (lora_params, None)
+        params = emb_params if phase == "ti" else lora_params
         step_flops = 0  # the model's FLOPs per step, counted eagerly (recomputation not counted)
         variants = ("sdpa", "sdpa+checkpointing") + (() if args.smoke else ("sdpa+compile",))
         for variant in variants:
@@ -235,7 +235,7 @@ def bench_training(pipe, rt, peak: float, args, log: Callable[[dict], None]) -> 
                 pipe.unet = torch.compile(unet)
             gen = torch.Generator().manual_seed(0)
 
-            def steps(k: int, params=params, hook=hook, gen=gen) -> None:
+            def steps(k: int, params=params, gen=gen) -> None:
                 adapt.train(
                     pipe,
                     params,
@@ -248,7 +248,6 @@ def bench_training(pipe, rt, peak: float, args, log: Callable[[dict], None]) -> 
                     gen=gen,
                     rt=rt,
                     log=lambda s, v: None,
-                    after_step=hook,
                 )
 
             reset_memory(rt)

@@ -67,10 +67,13 @@ def test_textual_inversion_trains_only_the_new_row(base_dir):
     emb = pipe.text_encoder.get_input_embeddings().weight
     before = emb.detach().clone()
     assert torch.allclose(before[token_id], before[:token_id].mean(0))  # the "<unknown>" start
-    trainable, restore = adapt.token_parameters(pipe, token_id)
-    adapt.train(
-        pipe, trainable, lr=5e-2, after_step=restore, **loop_kwargs(pipe, "a photo of <crack>")
-    )
+    trainable, commit = adapt.token_parameters(pipe, token_id)
+    assert [tuple(p.shape) for p in trainable] == [(emb.shape[1],)]  # one row, not the table
+    assert trainable[0].dtype == torch.float32
+    adapt.train(pipe, trainable, lr=5e-2, **loop_kwargs(pipe, "a photo of <crack>"))
+    assert torch.equal(emb.detach(), before)  # the table is untouched until commit
+    commit()
+    assert torch.equal(emb[token_id], trainable[0].detach().to(emb.dtype))
     after = emb.detach()
     changed = (before != after).any(dim=1).nonzero().flatten().tolist()
     assert changed == [token_id]
@@ -100,9 +103,9 @@ def test_lora_adapter_reloads_into_a_fresh_pipeline(base_dir, tmp_path, alpha):
     pipe = fresh(base_dir)
     token_id = adapt.add_token(pipe, "<crack>", None)
     kw = loop_kwargs(pipe, "a photo of <crack>")
-    trainable, restore = adapt.token_parameters(pipe, token_id)
-    adapt.train(pipe, trainable, lr=5e-2, after_step=restore, **kw)
-    trainable[0].requires_grad_(False)
+    trainable, commit = adapt.token_parameters(pipe, token_id)
+    adapt.train(pipe, trainable, lr=5e-2, **kw)
+    commit()
     lora = adapt.add_lora(pipe, rank=1, alpha=alpha, seed=0)
     lora_b = [p for n, p in pipe.unet.named_parameters() if "lora_B" in n]
     assert all(torch.count_nonzero(p) == 0 for p in lora_b)  # B starts at zero

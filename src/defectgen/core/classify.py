@@ -19,6 +19,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_s
 from torch import nn
 
 from defectgen._torchvision_compat import ensure_torchvision_importable
+from defectgen.core.device import CPU, Runtime
 
 ensure_torchvision_importable()
 
@@ -112,13 +113,16 @@ def evaluate(y_true: list[int], y_pred: list[int], labels: list[str]) -> Evaluat
 
 
 @torch.no_grad()
-@torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> list[int]:
+def predict(
+    model: nn.Module, x: torch.Tensor, rt: Runtime = CPU, batch_size: int = 256
+) -> list[int]:
+    """Class indices for `x` (N, C, H, W) on CPU; the model runs on `rt.device`."""
     model.eval()
-    out = [
-        model(x[i : i + batch_size].contiguous(memory_format=torch.channels_last)).argmax(1)
-        for i in range(0, len(x), batch_size)
-    ]
+    out = []
+    for i in range(0, len(x), batch_size):
+        batch = x[i : i + batch_size].to(rt.device).contiguous(memory_format=torch.channels_last)
+        with rt.autocast:
+            out.append(model(batch).argmax(1))
     return torch.cat(out).tolist()
 
 
@@ -140,16 +144,20 @@ def fit(
     lr: float,
     augment: Callable[[torch.Tensor], torch.Tensor],
     seed: int,
+    rt: Runtime = CPU,
 ) -> Fit:
     """Train with Adam; keep the weights of the epoch with the best val accuracy.
 
     All randomness (init is the caller's; shuffling, augmentation) comes from `seed`
     under a forked RNG, so a run is reproducible and leaves the global RNG alone.
+    The model trains on `rt.device` in float32 under `rt.autocast`; augmentation runs
+    on the CPU (its RNG is the seeded CPU one). Losses are summed on the device and
+    read once per epoch.
     """
     x, y = train
     # NHWC: oneDNN's faster conv layout, 1.35x the steps/s of squeezenet on this CPU
     # (benchmarks/results/cpu_pipeline.md)
-    model.to(memory_format=torch.channels_last)
+    model.to(rt.device, torch.float32, memory_format=torch.channels_last)
     best_state, best_acc, best_epoch = None, -1.0, 0
     val_acc: list[float] = []
     losses: list[float] = []
@@ -159,18 +167,20 @@ def fit(
         for epoch in range(epochs):
             model.train()
             order = torch.randperm(len(x))
-            total = 0.0
+            total = torch.zeros((), device=rt.device)
             for start in range(0, len(x), batch_size):
                 idx = order[start : start + batch_size]
-                batch = torch.stack([augment(img) for img in x[idx]])
+                batch = torch.stack([augment(img) for img in x[idx]]).to(rt.device)
                 batch = batch.contiguous(memory_format=torch.channels_last)
-                loss = F.cross_entropy(model(batch), y[idx])
+                with rt.autocast:
+                    logits = model(batch)
+                loss = F.cross_entropy(logits.float(), y[idx].to(rt.device))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                total += loss.item() * len(idx)
-            losses.append(total / len(x))
-            acc = float(np.mean(np.asarray(predict(model, val[0])) == val[1].numpy()))
+                total += loss.detach() * len(idx)
+            losses.append(float(total) / len(x))
+            acc = float(np.mean(np.asarray(predict(model, val[0], rt)) == val[1].numpy()))
             val_acc.append(acc)
             if acc > best_acc:
                 best_acc, best_epoch = acc, epoch

@@ -32,6 +32,8 @@ from diffusers import (  # noqa: E402
     UNet2DModel,
 )
 
+from defectgen.core.device import CPU, LossBuffer, Runtime  # noqa: E402
+
 SIZE = 64
 SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="linear", clip_sample=True)
 
@@ -68,23 +70,31 @@ def train(
     lr: float,
     gen: torch.Generator,
     log: Callable[[int, float], None],
+    rt: Runtime = CPU,
 ) -> None:
-    """Denoising training on the masks (and their flips): MSE on the noise."""
+    """Denoising training on the masks (and their flips): MSE on the noise. The UNet
+    trains on `rt.device` in float32 under `rt.autocast` (noise drawn on the CPU from
+    `gen`, so a run reproduces across devices); sampling later runs where it lives."""
     size = unet.config.sample_size
     data = to_tensor(masks, size)
     data = torch.cat([data, data.flip(-1), data.flip(-2)])
     sched = DDPMScheduler(**SCHEDULE)
+    unet.to(rt.device, torch.float32)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr)
     unet.train()
-    for step in range(steps):
-        x = data[torch.randint(0, len(data), (batch_size,), generator=gen)]
-        noise = torch.randn(x.shape, generator=gen)
-        t = torch.randint(0, sched.config.num_train_timesteps, (batch_size,), generator=gen)
-        loss = F.mse_loss(unet(sched.add_noise(x, noise, t), t).sample, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        log(step, loss.item())
+    with LossBuffer(log) as losses:
+        for step in range(steps):
+            x = data[torch.randint(0, len(data), (batch_size,), generator=gen)]
+            noise = torch.randn(x.shape, generator=gen)
+            t = torch.randint(0, sched.config.num_train_timesteps, (batch_size,), generator=gen)
+            noisy = sched.add_noise(x, noise, t).to(rt.device)
+            with rt.autocast:
+                pred = unet(noisy, t.to(rt.device)).sample
+            loss = F.mse_loss(pred.float(), noise.to(rt.device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.add(step, loss)
     unet.eval()
 
 
@@ -98,9 +108,10 @@ def _binary(x: torch.Tensor, shape: tuple[int, int]) -> list[np.ndarray]:
 def _denoise(unet: UNet2DModel, x: torch.Tensor, steps: int) -> torch.Tensor:
     sched = DDIMScheduler(**SCHEDULE)
     sched.set_timesteps(steps)
+    x = x.to(unet.device)
     for t in sched.timesteps:
         x = sched.step(unet(x, t).sample, t, x).prev_sample
-    return x
+    return x.cpu()
 
 
 @torch.no_grad()
@@ -121,10 +132,10 @@ def invert(unet: UNet2DModel, masks: list[np.ndarray], steps: int = 50) -> torch
     """DDIM inversion: the noises (N, 1, s, s) that DDIM sampling maps back to the masks."""
     inverse = DDIMInverseScheduler(**{**SCHEDULE, "clip_sample": False})
     inverse.set_timesteps(steps)
-    x = to_tensor(masks, unet.config.sample_size)
+    x = to_tensor(masks, unet.config.sample_size).to(unet.device)
     for t in inverse.timesteps:
         x = inverse.step(unet(x, t).sample, t, x).prev_sample
-    return x
+    return x.cpu()
 
 
 def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha: float) -> torch.Tensor:

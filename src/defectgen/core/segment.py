@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from defectgen.core.device import CPU, Runtime
+
 
 def _block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
@@ -90,19 +92,21 @@ def fit(
     lr: float,
     seed: int,
     widths: tuple[int, ...] = (16, 32, 64),
+    rt: Runtime = CPU,
 ) -> SegFit:
     """Train a U-Net from scratch on the pairs (random flips); reproducible from `seed`
-    (init, order, flips), leaving the global RNG as it was."""
+    (init, order, flips), leaving the global RNG as it was. Trains on `rt.device` in
+    float32 under `rt.autocast`; losses are summed on the device, read once per epoch."""
     x, y = to_inputs(images), to_targets(masks)
     losses = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = UNet(x.shape[1], widths)
+        model = UNet(x.shape[1], widths).to(rt.device)
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         for _ in range(epochs):
             model.train()
             order = torch.randperm(len(x))
-            total = 0.0
+            total = torch.zeros((), device=rt.device)
             for start in range(0, len(x), batch_size):
                 idx = order[start : start + batch_size]
                 xb, yb = x[idx], y[idx]
@@ -110,20 +114,28 @@ def fit(
                     xb, yb = xb.flip(-1), yb.flip(-1)
                 if torch.rand(()) < 0.5:
                     xb, yb = xb.flip(-2), yb.flip(-2)
-                loss = loss_fn(model(xb), yb)
+                with rt.autocast:
+                    logits = model(xb.to(rt.device))
+                loss = loss_fn(logits.float(), yb.to(rt.device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total += loss.item() * len(idx)
-            losses.append(total / len(x))
+                total += loss.detach() * len(idx)
+            losses.append(float(total) / len(x))
     model.eval()
     return SegFit(model, losses)
 
 
 @torch.no_grad()
-def predict(model: UNet, images: list[np.ndarray], batch_size: int = 32) -> list[np.ndarray]:
+def predict(
+    model: UNet, images: list[np.ndarray], rt: Runtime = CPU, batch_size: int = 32
+) -> list[np.ndarray]:
     """Defect probability maps, float32 (H, W) in [0, 1]."""
     model.eval()
     x = to_inputs(images)
-    out = [torch.sigmoid(model(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+    out = []
+    for i in range(0, len(x), batch_size):
+        with rt.autocast:
+            logits = model(x[i : i + batch_size].to(rt.device))
+        out.append(torch.sigmoid(logits.float()).cpu())
     return list(torch.cat(out).numpy())

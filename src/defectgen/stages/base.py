@@ -101,7 +101,7 @@ def run(params: Params, *, preprocessed: Path, out_dir: Path) -> dict[str, float
         models.quiet()
         pipe = models.build_tiny_pipeline(
             params.model.tiny, image_size=size, work_dir=tmp / "work", seed=params.seed
-        )
+        ).to(rt.device)  # float32: the tiny base trains here (models.Runtime)
         done = resume.done("vae")
         if done is None:
             started = time.perf_counter()
@@ -130,7 +130,7 @@ def run(params: Params, *, preprocessed: Path, out_dir: Path) -> dict[str, float
             started = time.perf_counter()
             with resume.unit("pipeline") as unit:
                 latents = train.encode_latents(pipe.vae, pixels, rt, flip=True)
-                with torch.no_grad():
+                with torch.no_grad(), rt.autocast:
                     cond, uncond = (
                         pipe.text_encoder(train.prompt_ids(pipe, text).to(rt.device))[0]
                         for text in (cfg.prompt, "")
@@ -181,7 +181,7 @@ def run(params: Params, *, preprocessed: Path, out_dir: Path) -> dict[str, float
         for name in ("unet", "vae", "text_encoder"):
             metrics[f"params/{name}"] = sum(p.numel() for p in getattr(saved, name).parameters())
         shown = pixels[:8]
-        with torch.no_grad():
+        with torch.no_grad(), rt.autocast:
             recon = saved.vae.decode(saved.vae.encode(shown.to(rt.device)).latent_dist.mean).sample
         channels = 1 if images[0].ndim == 2 else 3
         grid = _grid(train.from_pixels(shown, channels), train.from_pixels(recon, channels))

@@ -81,19 +81,19 @@ def _adapt_class(
     token_ids = train.prompt_ids(pipe, prompt)  # (1, 77)
     phases: dict[str, dict] = {}
 
-    def phase(name: str, trainable: list, steps: StepsConfig, after_step=None, **info) -> None:
+    def phase(name: str, trainable: list, steps: StepsConfig, **info) -> None:
         """Train `trainable` for one phase and record it (losses are added after)."""
         adapt.train(
             pipe, trainable, token_ids, latents, noise_scheduler,
             steps=steps.steps, lr=steps.lr, batch_size=cfg.batch_size, gen=gen, rt=rt,
-            log=curves.logger(f"{label}.{name}"), after_step=after_step,
+            log=curves.logger(f"{label}.{name}"),
         )  # fmt: skip
         phases[name] = {"steps": steps.steps, "lr": steps.lr, **info}
 
     if cfg.mode in ("ti_lora", "ti"):  # stage 1: only the new token's row
-        trainable, restore = adapt.token_parameters(pipe, token_id)
-        phase("ti", trainable, cfg.ti, after_step=restore, trainable_params=trainable[0].shape[1])
-        trainable[0].requires_grad_(False)  # frozen from here on
+        trainable, commit = adapt.token_parameters(pipe, token_id)
+        phase("ti", trainable, cfg.ti, trainable_params=trainable[0].numel())
+        commit()  # the row into the embedding table, frozen from here on
     if cfg.mode in ("ti_lora", "lora"):  # stage 2: LoRA on every attention projection
         lora_seed = derive_seed(params.seed, "lora", label)
         trainable = adapt.add_lora(pipe, cfg.lora.rank, cfg.lora.alpha, seed=lora_seed)

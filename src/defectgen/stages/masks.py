@@ -46,6 +46,7 @@ from defectgen import manifest
 from defectgen.config import Params
 from defectgen.core import masks as masks_core
 from defectgen.core import metrics
+from defectgen.core.device import runtime
 from defectgen.core.images import decode_image, encode_png
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
 from defectgen.stages.diffusion_common import CURVES_DIR, Curves, derive_seed
@@ -139,7 +140,7 @@ def _producer(params: Params, label: str, real, curves: Curves):
                          size=d.size)  # fmt: skip
     maskgen.train(unet, real, steps=d.steps, batch_size=d.batch_size, lr=d.lr,
                   gen=torch.Generator().manual_seed(derive_seed(params.seed, "ddpm", label)),
-                  log=curves.logger(f"{label}.ddpm"))  # fmt: skip
+                  log=curves.logger(f"{label}.ddpm"), rt=runtime(params.model))  # fmt: skip
     return unet
 
 
@@ -207,7 +208,7 @@ def run(params: Params, *, preprocessed: Path, out_dir: Path) -> dict[str, float
             pd.DataFrame(columns=["id", "label", "method", "path"]).to_parquet(tmp / TABLE_NAME)
         return {"n_masks": 0.0, "skipped": 1.0}
 
-    ext, note = choose_extractor(params, torch.device("cpu"))
+    ext, note = choose_extractor(params, runtime(params.model).device)
     key = file_digest(preprocessed / manifest.MANIFEST_NAME)[:16]
     key += params.section_hash("seed", "masks", "gate")
     resume = Resume(out_dir, key)

@@ -24,6 +24,7 @@ from defectgen import manifest
 from defectgen.config import Params
 from defectgen.core import gate as gate_core
 from defectgen.core import metrics
+from defectgen.core.device import runtime
 from defectgen.stages.diffusion_common import derive_seed, load_images
 
 FEATURES_DIR = ".features"  # beside a stage's output folder: the real-feature cache
@@ -65,10 +66,7 @@ class Reference:
         self.params = params
         self.preprocessed = Path(preprocessed)
         self.cache_dir = Path(cache_dir)
-        device = torch.device(
-            "cuda" if torch.cuda.is_available() and params.model.device != "cpu" else "cpu"
-        )
-        self.extractor, self.note = choose_extractor(params, device)
+        self.extractor, self.note = choose_extractor(params, runtime(params.model).device)
         self.rows = manifest.read_rows(self.preprocessed)
         self.by_id = {r["id"]: r for r in self.rows}
 

@@ -39,6 +39,7 @@ import pandas as pd
 from defectgen import manifest
 from defectgen.config import Params, metric_name
 from defectgen.core import coco, segment, segmetrics
+from defectgen.core.device import runtime
 from defectgen.core.images import decode_image
 from defectgen.errors import DataError
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
@@ -111,6 +112,7 @@ def _export(
 def _fit_score(params: Params, condition: str, seed: int, train_set, test_set, labels_test):
     """One U-Net: metrics overall, Dice per class, and its loss per epoch."""
     cfg = params.segment
+    rt = runtime(params.model)
     images, masks = train_set
     fit = segment.fit(
         images,
@@ -120,8 +122,9 @@ def _fit_score(params: Params, condition: str, seed: int, train_set, test_set, l
         lr=cfg.lr,
         seed=derive_seed(params.seed, "segment", condition, seed),
         widths=tuple(cfg.widths),
+        rt=rt,
     )
-    preds = segment.predict(fit.model, test_set[0])
+    preds = segment.predict(fit.model, test_set[0], rt)
     scores = segmetrics.evaluate(preds, test_set[1])
     per_class = {}
     for label in sorted(set(labels_test)):

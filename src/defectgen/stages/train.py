@@ -38,6 +38,7 @@ import torch
 from defectgen import manifest
 from defectgen.config import Params, metric_name
 from defectgen.core import classify
+from defectgen.core.device import runtime
 from defectgen.errors import DataError
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
 from defectgen.stages.diffusion_common import CURVES_DIR, Curves, derive_seed, load_images
@@ -128,6 +129,7 @@ def _tensors(data: _Data, rows: list[dict], extra: list[np.ndarray]) -> tuple:
 def _train_one(params: Params, data: _Data, model_name: str, condition: str, seed: int) -> dict:
     """Train and score one (model, condition, seed); returns its record (JSON-able)."""
     cfg = params.train
+    rt = runtime(params.model)
     rows, extra, _ = data.condition(condition, seed)
     ids = sorted(r["id"] for r in rows if r["origin"] != "classical")
     held_out = {r["id"] for r in data.split["val"] + data.split["test"]}
@@ -151,8 +153,10 @@ def _train_one(params: Params, data: _Data, model_name: str, condition: str, see
         # the same init, shuffling and augmentation in every condition (common random
         # numbers): a delta vs real reflects the training images, not the draw
         seed=derive_seed(params.seed, "fit", model_name, seed) % 2**63,
+        rt=rt,
     )
-    scores = classify.evaluate(test_y.tolist(), classify.predict(fit.model, test_x), data.labels)
+    preds = classify.predict(fit.model, test_x, rt)
+    scores = classify.evaluate(test_y.tolist(), preds, data.labels)
     counts = {c: int((train[1] == i).sum()) for i, c in enumerate(data.labels)}
     return {
         "model": model_name,

@@ -1,7 +1,8 @@
 """StableSDG adaptation (seed 000, Algorithm 1) and its Table II ablations.
 
-Stage 1, textual inversion: one new token per class; only its embedding row
-trains (every other row is restored after each step, so they stay bit-identical).
+Stage 1, textual inversion: one new token per class; only its embedding row trains,
+as a float32 parameter of its own spliced into the embedding's output (the table
+itself never changes until the trained row is written into it).
 Stage 2, LoRA (peft): rank r (default 1), Gaussian A, zero B, on the attention
 projections of the UNet and the CLIP text encoder, with the learned token frozen.
 Ablation: `full_attn` trains those attention projections' full weights instead.
@@ -12,7 +13,7 @@ Adapters are saved in diffusers' formats, so a fresh pipeline loads them with
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
+from defectgen.core.device import LossBuffer
 from defectgen.core.diffusion.models import Runtime
 from defectgen.core.diffusion.train import LatentCache, StepLogger, denoise_loss
 from defectgen.errors import ConfigError
@@ -75,40 +77,49 @@ def train(
     gen: torch.Generator,
     rt: Runtime,
     log: StepLogger,
-    after_step: Callable[[], None] | None = None,
 ) -> None:
     """The adaptation loop shared by every stage: Adam on `parameters`, MSE noise loss,
     the prompt `ids` (1, 77) encoded by the (possibly adapted) text encoder each step."""
     opt = torch.optim.Adam(parameters, lr=lr)
     ids = ids.to(rt.device)
-    for step in range(steps):
-        z = latents.sample(torch.randint(0, len(latents), (batch_size,), generator=gen), gen)
-        with rt.autocast:
-            # one prompt: encode it once, not once per batch row (same values and grads)
-            cond = pipe.text_encoder(ids)[0].expand(len(z), -1, -1)  # (B, 77, D)
+    with LossBuffer(log) as losses:
+        for step in range(steps):
+            z = latents.sample(torch.randint(0, len(latents), (batch_size,), generator=gen), gen)
+            with rt.autocast:
+                # one prompt: encode it once, not once per batch row (same values and grads)
+                cond = pipe.text_encoder(ids)[0].expand(len(z), -1, -1)  # (B, 77, D)
             loss = denoise_loss(pipe.unet, noise_scheduler, z, cond, gen, rt)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if after_step is not None:
-            after_step()
-        log(step, loss.item())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.add(step, loss)
 
 
 def token_parameters(pipe: StableDiffusionPipeline, token_id: int):
-    """The embedding matrix as the only trainable parameter, and the hook that restores
-    every row except `token_id` after each step (so only that row ever changes)."""
-    emb = pipe.text_encoder.get_input_embeddings().weight
-    frozen = emb.detach().clone()
-    keep = torch.ones(len(emb), dtype=torch.bool, device=emb.device)
-    keep[token_id] = False
-    emb.requires_grad_(True)
+    """The new token's embedding row as the only trainable parameter, and `commit`.
 
-    def restore() -> None:
+    The row is a float32 parameter of its own (D values, not the 49,408 x D table:
+    no dense gradient or Adam state for the table, and no bf16 rounding of a small
+    update), spliced into the embedding's output wherever `token_id` occurs by a
+    forward hook. `commit()` writes the trained row into the table (in the table's
+    dtype) and removes the hook; until then the table is untouched.
+    """
+    module = pipe.text_encoder.get_input_embeddings()
+    row = torch.nn.Parameter(module.weight[token_id].detach().float().clone())
+
+    def splice(_module, inputs, out):  # out: (B, L, D) embeddings of ids (B, L)
+        hit = (inputs[0] == token_id)[..., None]
+        return torch.where(hit, row.to(out.dtype), out)
+
+    handle = module.register_forward_hook(splice)
+
+    def commit() -> None:
+        handle.remove()
         with torch.no_grad():
-            emb[keep] = frozen[keep]
+            module.weight[token_id] = row.detach().to(module.weight.dtype)
+        row.requires_grad_(False)
 
-    return [emb], restore
+    return [row], commit
 
 
 def add_lora(

@@ -25,6 +25,7 @@ from diffusers import (
     StableDiffusionPipeline,
 )
 
+from defectgen.core.device import LossBuffer
 from defectgen.core.diffusion import defectsynth
 from defectgen.core.diffusion.models import Runtime, latent_factor
 from defectgen.core.diffusion.train import (
@@ -49,7 +50,7 @@ def build(pipe: StableDiffusionPipeline, seed: int = 0) -> ControlNetModel:
         net = ControlNetModel.from_unet(
             pipe.unet, conditioning_embedding_out_channels=EMBEDDING_CHANNELS[:levels]
         )
-    return net.to(pipe.unet.device)
+    return net.to(pipe.unet.device, torch.float32)  # trainable: float32 (models.Runtime)
 
 
 def to_conditions(images: list[np.ndarray]) -> torch.Tensor:
@@ -80,32 +81,39 @@ def train(
     (so the target follows the base's prediction type, as in adaptation)."""
     if len(conditions) != len(latents):
         raise ValueError(f"{len(conditions)} conditions for {len(latents)} images")
-    controlnet.train().requires_grad_(True)
+    controlnet.float().train().requires_grad_(True)
     opt = torch.optim.AdamW(controlnet.parameters(), lr=lr)
-    with torch.no_grad():
+    with torch.no_grad(), rt.autocast:
         text = pipe.text_encoder(ids.to(rt.device))[0]  # one prompt, encoded once
-    for step in range(steps):
-        idx = torch.randint(0, len(latents), (batch_size,), generator=gen)
-        cond = text.expand(batch_size, -1, -1).to(rt.dtype)
-        image_cond = conditions[idx].to(rt.device, rt.dtype)
+    with LossBuffer(log) as losses:
+        for step in range(steps):
+            idx = torch.randint(0, len(latents), (batch_size,), generator=gen)
+            cond = text.expand(batch_size, -1, -1)
+            image_cond = conditions[idx].to(rt.device)
 
-        def residuals(noisy, t, cond=cond, image_cond=image_cond):
-            down, mid = controlnet(noisy, t, encoder_hidden_states=cond,
-                                   controlnet_cond=image_cond, return_dict=False)  # fmt: skip
-            return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+            def residuals(noisy, t, cond=cond, image_cond=image_cond):
+                down, mid = controlnet(noisy, t, encoder_hidden_states=cond,
+                                       controlnet_cond=image_cond, return_dict=False)  # fmt: skip
+                return {
+                    "down_block_additional_residuals": down,
+                    "mid_block_additional_residual": mid,
+                }
 
-        with rt.autocast:
+            # residuals run inside denoise_loss's autocast, with the UNet
             loss = denoise_loss(pipe.unet, noise_scheduler, latents.sample(idx, gen), cond, gen,
                                 rt, residuals=residuals)  # fmt: skip
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        log(step, loss.item())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.add(step, loss)
     controlnet.eval().requires_grad_(False)
 
 
 def sampler(pipe: StableDiffusionPipeline, controlnet: ControlNetModel):
-    """The ControlNet generation pipeline sharing `pipe`'s modules, with DDIM."""
+    """The ControlNet generation pipeline sharing `pipe`'s modules, with DDIM. The trained
+    (float32) ControlNet is cast to the base's dtype: frozen from here on, and diffusers'
+    pipeline feeds it latents in the UNet's dtype."""
+    controlnet.to(pipe.unet.dtype)
     components = dict(pipe.components)
     components["scheduler"] = DDIMScheduler.from_config(pipe.scheduler.config)
     out = StableDiffusionControlNetPipeline(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,6 +25,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from defectgen.config import ModelConfig, TinyArchConfig
+from defectgen.core.device import Runtime, runtime  # noqa: F401  (re-exported)
 from defectgen.core.diffusion.tokenizer import build_tokenizer
 from defectgen.errors import ConfigError
 
@@ -39,42 +39,6 @@ SD_SCHEDULE = dict(
     set_alpha_to_one=False,
     steps_offset=1,
 )
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """Where and in which precision the frozen base runs (trainable weights stay float32)."""
-
-    device: torch.device
-    dtype: torch.dtype
-
-    @property
-    def autocast(self) -> torch.autocast:
-        """Mixed precision on CUDA when the base is half precision; a no-op on CPU."""
-        return torch.autocast(
-            device_type=self.device.type,
-            dtype=self.dtype,
-            enabled=self.device.type == "cuda" and self.dtype != torch.float32,
-        )
-
-
-def runtime(cfg: ModelConfig) -> Runtime:
-    """Resolve model.device / model.dtype: auto = CUDA with bf16 when present, else CPU float32."""
-    cuda = torch.cuda.is_available()
-    if cfg.device == "cuda" and not cuda:
-        raise ConfigError(
-            "model.device = 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'"
-        )
-    device = torch.device(
-        "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and cuda) else "cpu"
-    )
-    if cfg.dtype == "auto":
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    else:
-        dtype = getattr(torch, cfg.dtype)
-    if device.type == "cpu" and dtype == torch.float16:
-        raise ConfigError("model.dtype = 'float16' is not supported on CPU; use float32 or auto")
-    return Runtime(device, dtype)
 
 
 def latent_factor(vae: AutoencoderKL) -> int:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
-from defectgen.core.diffusion.models import Runtime
+from defectgen.core.device import LossBuffer, Runtime
 
 StepLogger = Callable[[int, float], None]
 
@@ -86,8 +86,9 @@ def encode_latents(
         pixels = torch.cat([pixels, pixels.flip(-1)])
     means, stds = [], []
     for start in range(0, len(pixels), batch_size):
-        chunk = pixels[start : start + batch_size].to(rt.device, rt.dtype)
-        dist = vae.encode(chunk).latent_dist
+        chunk = pixels[start : start + batch_size].to(rt.device)
+        with rt.autocast:
+            dist = vae.encode(chunk).latent_dist
         means.append(dist.mean.float().cpu())
         stds.append(dist.std.float().cpu())
     return LatentCache(torch.cat(means), torch.cat(stds), float(vae.config.scaling_factor))
@@ -117,9 +118,10 @@ def denoise_loss(
         target = noise_scheduler.get_velocity(latents, noise, t)
     else:
         target = noise
-    noisy, t = noisy.to(rt.device, rt.dtype), t.to(rt.device)
-    extra = residuals(noisy, t) if residuals is not None else {}
-    pred = unet(noisy, t, cond.to(rt.dtype), return_dict=False, **extra)[0]
+    noisy, t = noisy.to(rt.device), t.to(rt.device)
+    with rt.autocast:
+        extra = residuals(noisy, t) if residuals is not None else {}
+        pred = unet(noisy, t, cond, return_dict=False, **extra)[0]
     return F.mse_loss(pred.float(), target.to(rt.device).float())
 
 
@@ -141,22 +143,22 @@ def train_vae(
 ) -> None:
     """Pretrain the tiny VAE on reconstruction (MSE + SD's tiny KL term), then set its
     latent scaling factor to 1 / std of the training latents, as SD does."""
-    vae.train().requires_grad_(True)
+    vae.float().train().requires_grad_(True)  # trainable: float32 master weights
     opt = torch.optim.Adam(vae.parameters(), lr=lr)
-    for step in range(steps):
-        x = pixels[_batches(len(pixels), batch_size, gen)]
-        x = torch.where(torch.rand(len(x), 1, 1, 1, generator=gen) < 0.5, x, x.flip(-1))
-        x = x.to(rt.device)
-        posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(
-            rt.device
-        )
-        recon = vae.decode(z).sample
-        loss = F.mse_loss(recon, x) + kl_weight * posterior.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        log(step, loss.item())
+    with LossBuffer(log) as losses:
+        for step in range(steps):
+            x = pixels[_batches(len(pixels), batch_size, gen)]
+            x = torch.where(torch.rand(len(x), 1, 1, 1, generator=gen) < 0.5, x, x.flip(-1))
+            x = x.to(rt.device)
+            with rt.autocast:
+                posterior = vae.encode(x).latent_dist
+                eps = torch.randn(posterior.mean.shape, generator=gen).to(rt.device)
+                recon = vae.decode(posterior.mean + posterior.std * eps).sample
+            loss = F.mse_loss(recon.float(), x) + kl_weight * posterior.kl().float().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.add(step, loss)
     vae.eval().requires_grad_(False)
     cache = encode_latents(vae, pixels, rt, flip=False)
     vae.register_to_config(scaling_factor=float(1.0 / cache.mean.std()))
@@ -183,23 +185,25 @@ def train_denoiser(
     probability `uncond_prob` the empty prompt (`uncond`) instead, so classifier-free
     guidance works at generation time.
     """
-    unet.train().requires_grad_(True)
+    unet.float().train().requires_grad_(True)  # trainable: float32 master weights
     opt = torch.optim.Adam(unet.parameters(), lr=lr)
-    for step in range(steps):
-        z = latents.sample(_batches(len(latents), batch_size, gen), gen)
-        drop = (torch.rand(len(z), generator=gen) < uncond_prob).to(rt.device)
-        c = torch.where(drop[:, None, None], uncond, cond).to(rt.device)
-        loss = denoise_loss(unet, noise_scheduler, z, c, gen, rt)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        log(step, loss.item())
+    with LossBuffer(log) as losses:
+        for step in range(steps):
+            z = latents.sample(_batches(len(latents), batch_size, gen), gen)
+            drop = (torch.rand(len(z), generator=gen) < uncond_prob).to(rt.device)
+            c = torch.where(drop[:, None, None], uncond, cond).to(rt.device)
+            loss = denoise_loss(unet, noise_scheduler, z, c, gen, rt)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.add(step, loss)
     unet.eval().requires_grad_(False)
 
 
 @torch.no_grad()
 def reconstruction_psnr(vae: AutoencoderKL, pixels: torch.Tensor, rt: Runtime) -> float:
     """Mean PSNR (dB) of VAE reconstructions (posterior mean) of `pixels` in [-1, 1]."""
-    recon = vae.decode(vae.encode(pixels.to(rt.device, rt.dtype)).latent_dist.mean).sample
+    with rt.autocast:
+        recon = vae.decode(vae.encode(pixels.to(rt.device)).latent_dist.mean).sample
     mse = ((recon.float().clamp(-1, 1) - pixels.to(rt.device)) ** 2).flatten(1).mean(1)
     return float((10 * torch.log10(4.0 / mse.clamp_min(1e-10))).mean())
