@@ -36,6 +36,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -91,9 +92,16 @@ def machine() -> dict[str, object]:
 
 
 def run_stage(
-    stage: str, params: Path, work: Path, inputs: list[tuple[str, str]], src: Path
+    stage: str,
+    params: Path,
+    work: Path,
+    inputs: list[tuple[str, str]],
+    src: Path,
+    timeout: float | None = None,
 ) -> dict:
-    """One stage as its own process; wall seconds, peak RSS and the stage's metrics."""
+    """One stage as its own process; wall seconds, peak RSS and the stage's metrics.
+    Past `timeout` seconds the stage is killed and the record says `cut` (its finished
+    units stay in its resume folder, as after any killed run)."""
     out = work / stage
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(work / f".{stage}.resume", ignore_errors=True)
@@ -115,11 +123,21 @@ def run_stage(
     for option, upstream in inputs:
         cmd += [f"--{option}", str(work / upstream)]
     started = time.perf_counter()
-    env = {**os.environ, "PYTHONPATH": str(src / "src")}  # ahead of the editable install
+    # our sources ahead of the editable install (and of any carried wheels' folder)
+    path = os.pathsep.join(p for p in (str(src / "src"), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path}
     proc = subprocess.Popen(cmd, cwd=work, env=env)
+    timer = None
+    if timeout is not None:
+        timer = threading.Timer(max(timeout, 0.0), proc.kill)
+        timer.start()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
+    if timer is not None:
+        timer.cancel()
+        if timeout is not None and wall >= timeout and proc.returncode != 0:
+            return {"wall_s": round(wall, 1), "cut": True}
     if proc.returncode != 0:
         raise SystemExit(f"{stage} failed (exit {proc.returncode}): {' '.join(cmd)}")
     return {

@@ -205,6 +205,11 @@ def entry(name: str, unit: str, per_s: float, unit_flops: int, peak: float, rt, 
     }
 
 
+def past(args) -> bool:
+    """Whether the run's deadline has passed (no new row starts after it)."""
+    return args.deadline is not None and time.time() > args.deadline
+
+
 def bench_training(pipe, rt, peak: float, args, log: Callable[[dict], None]) -> None:
     """Textual inversion, then LoRA, steps/s at batch `args.batch_train`, as adapt.train runs
     them, with and without gradient checkpointing and with a compiled UNet."""
@@ -226,8 +231,12 @@ def bench_training(pipe, rt, peak: float, args, log: Callable[[dict], None]) -> 
             lora_params = adapt.add_lora(pipe, rank=1, alpha=None, seed=0)
         params = emb_params if phase == "ti" else lora_params
         step_flops = 0  # the model's FLOPs per step, counted eagerly (recomputation not counted)
-        variants = ("sdpa", "sdpa+checkpointing") + (() if args.smoke else ("sdpa+compile",))
+        compiled = () if args.smoke or args.no_compile else ("sdpa+compile",)
+        variants = ("sdpa", "sdpa+checkpointing") + compiled
         for variant in variants:
+            if past(args):
+                log({"name": f"{phase} train, {variant}", "error": "not run: deadline"})
+                continue
             unet = pipe.unet
             if variant == "sdpa+checkpointing":
                 pipe.unet.enable_gradient_checkpointing()
@@ -281,6 +290,9 @@ def bench_generation(pipe, rt, peak: float, args, log: Callable[[dict], None]) -
     rng = np.random.default_rng(0)
     for steps in (20, 50):
         for batch in args.batches:
+            if past(args):
+                log({"name": f"img2img {steps} steps, batch {batch}", "error": "not run: deadline"})
+                continue
             parents = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(batch)]
 
             def run(n: int = batch, parents=parents, steps=steps) -> None:
@@ -432,6 +444,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", default="train,generate,features")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    ap.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        help="Unix time after which no further row starts (the rows done are kept)",
+    )
     ap.add_argument(
         "--out",
         type=Path,
@@ -477,28 +496,34 @@ def main(argv: list[str] | None = None) -> int:
         "rows": [],
     }
 
+    out = args.out or REPO / "benchmarks" / ("work" if args.smoke else "results")
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "gpu_diffusion-" + ("smoke" if args.smoke else device.replace(" ", "_"))
+
+    def save() -> None:
+        """Both result files, rewritten after every row: a run cut short keeps its rows."""
+        record["papers"] = paper_ratios(record["rows"], device, 64 if args.smoke else 512)
+        (out / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
+        (out / f"{stem}.md").write_text(markdown(record))
+
     def log(row: dict) -> None:
         record["rows"].append(row)
         shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
         print(json.dumps(shown), flush=True)
+        save()
 
     print(f"[gpu bench] {device}: matmul peak {peak / 1e12:.1f} TFLOP/s", flush=True)
+    save()
     wanted = args.only.split(",")
+    if "features" in wanted:  # cheapest first, so a short run still has them
+        bench_features(rt, peak, args, log)
     with tempfile.TemporaryDirectory() as tmp:
         pipe = build(args.smoke, rt, Path(tmp))
         if "generate" in wanted:
             bench_generation(pipe, rt, peak, args, log)
         if "train" in wanted:  # last: it adds a token and LoRA layers to the pipeline
             bench_training(pipe, rt, peak, args, log)
-    if "features" in wanted:
-        bench_features(rt, peak, args, log)
-    record["papers"] = paper_ratios(record["rows"], device, 64 if args.smoke else 512)
-
-    out = args.out or REPO / "benchmarks" / ("work" if args.smoke else "results")
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "gpu_diffusion-" + ("smoke" if args.smoke else device.replace(" ", "_"))
-    (out / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
-    (out / f"{stem}.md").write_text(markdown(record))
+    save()
     print(markdown(record))
     return 0
 
