@@ -8,7 +8,6 @@ from components import IMAGE
 def base(
     params_yaml: str,
     preprocessed: Input[Dataset],
-    pipeline_key: str,
     track: bool,
     base_model: Output[Model],
     metrics: Output[Metrics],
@@ -21,7 +20,6 @@ def base(
         params_yaml,
         out_dir=base_model.path,
         inputs={"preprocessed": preprocessed.path},
-        pipeline_key=pipeline_key,
         track=track,
         log_metric=metrics.log_metric,
     )

@@ -9,7 +9,6 @@ def gate(
     params_yaml: str,
     preprocessed: Input[Dataset],
     generated: Input[Dataset],
-    pipeline_key: str,
     track: bool,
     label: str,
     gated: Output[Dataset],
@@ -25,7 +24,6 @@ def gate(
         params_yaml,
         out_dir=gated.path,
         inputs={"preprocessed": preprocessed.path, "generated": generated.path},
-        pipeline_key=pipeline_key,
         track=track,
         log_metric=metrics.log_metric,
     )

@@ -11,7 +11,6 @@ def generate(
     base_model: Input[Model],
     adapters: Input[Model],
     chosen: Input[Dataset],
-    pipeline_key: str,
     track: bool,
     generated: Output[Dataset],
     metrics: Output[Metrics],
@@ -30,7 +29,6 @@ def generate(
             "adapters": adapters.path,
             "sweep": chosen.path,
         },
-        pipeline_key=pipeline_key,
         track=track,
         log_metric=metrics.log_metric,
     )

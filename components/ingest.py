@@ -8,7 +8,6 @@ from components import IMAGE
 def ingest(
     params_yaml: str,
     source_path: str,
-    pipeline_key: str,
     track: bool,
     ingested: Output[Dataset],
     metrics: Output[Metrics],
@@ -21,7 +20,6 @@ def ingest(
         params_yaml,
         out_dir=ingested.path,
         inputs={"source": source_path},
-        pipeline_key=pipeline_key,
         track=track,
         log_metric=metrics.log_metric,
     )

@@ -8,7 +8,6 @@ from components import IMAGE
 def masks(
     params_yaml: str,
     preprocessed: Input[Dataset],
-    pipeline_key: str,
     track: bool,
     synthetic_masks: Output[Dataset],
     metrics: Output[Metrics],
@@ -22,7 +21,6 @@ def masks(
         params_yaml,
         out_dir=synthetic_masks.path,
         inputs={"preprocessed": preprocessed.path},
-        pipeline_key=pipeline_key,
         track=track,
         log_metric=metrics.log_metric,
     )

@@ -10,7 +10,6 @@ def pairs(
     preprocessed: Input[Dataset],
     base_model: Input[Model],
     synthetic_masks: Input[Dataset],
-    pipeline_key: str,
     track: bool,
     image_mask_pairs: Output[Dataset],
     metrics: Output[Metrics],
@@ -28,7 +27,6 @@ def pairs(
             "base": base_model.path,
             "masks": synthetic_masks.path,
         },
-        pipeline_key=pipeline_key,
         track=track,
         log_metric=metrics.log_metric,
     )

@@ -9,7 +9,6 @@ def pairs_gate(
     params_yaml: str,
     preprocessed: Input[Dataset],
     image_mask_pairs: Input[Dataset],
-    pipeline_key: str,
     track: bool,
     gated_pairs: Output[Dataset],
     metrics: Output[Metrics],
@@ -22,7 +21,6 @@ def pairs_gate(
         params_yaml,
         out_dir=gated_pairs.path,
         inputs={"preprocessed": preprocessed.path, "generated": image_mask_pairs.path},
-        pipeline_key=pipeline_key,
         track=track,
         log_metric=metrics.log_metric,
     )

@@ -8,7 +8,6 @@ from components import IMAGE
 def preprocess(
     params_yaml: str,
     ingested: Input[Dataset],
-    pipeline_key: str,
     track: bool,
     preprocessed: Output[Dataset],
     metrics: Output[Metrics],
@@ -21,7 +20,6 @@ def preprocess(
         params_yaml,
         out_dir=preprocessed.path,
         inputs={"ingested": ingested.path},
-        pipeline_key=pipeline_key,
         track=track,
         log_metric=metrics.log_metric,
     )

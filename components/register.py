@@ -11,7 +11,6 @@ def register(
     adapters: Input[Model],
     chosen: Input[Dataset],
     gated: Input[Dataset],
-    pipeline_key: str,
     track: bool,
     registry: Output[Dataset],
     metrics: Output[Metrics],
@@ -30,7 +29,6 @@ def register(
             "sweep": chosen.path,
             "gated": gated.path,
         },
-        pipeline_key=pipeline_key,
         track=track,
         log_metric=metrics.log_metric,
     )

@@ -17,7 +17,6 @@ def report(
     image_mask_pairs: Input[Dataset],
     gated_pairs: Input[Dataset],
     segmentation: Input[Dataset],
-    pipeline_key: str,
     track: bool,
     html: Output[HTML],
     markdown: Output[Markdown],
@@ -47,7 +46,6 @@ def report(
             "pairs_gated": gated_pairs.path,
             "segment": segmentation.path,
         },
-        pipeline_key=pipeline_key,
         track=track,
     )
     shutil.copyfile(out / "report.html", html.path)  # KFP renders a file, not a folder

@@ -10,7 +10,6 @@ def segment(
     preprocessed: Input[Dataset],
     image_mask_pairs: Input[Dataset],
     gated_pairs: Input[Dataset],
-    pipeline_key: str,
     track: bool,
     segmentation: Output[Dataset],
     metrics: Output[Metrics],
@@ -28,7 +27,6 @@ def segment(
             "pairs": image_mask_pairs.path,
             "gated": gated_pairs.path,
         },
-        pipeline_key=pipeline_key,
         track=track,
         log_metric=metrics.log_metric,
     )

@@ -7,7 +7,6 @@ from components import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def status(
     params_yaml: str,
-    pipeline_key: str,
     track: bool,
     final: dsl.PipelineTaskFinalStatus,
     summary: Output[Markdown],
@@ -16,7 +15,6 @@ def status(
     """The exit handler: the run's final state, its error and its stage runs, written
     whether the stages succeeded or not; for a run that did not succeed, also the report
     rendered from the finished stages' MLflow runs (defectgen.status)."""
-    import os
     import shutil
     import tempfile
     from pathlib import Path
@@ -24,8 +22,6 @@ def status(
     from defectgen.runner import params_from_yaml
     from defectgen.status import write_status
 
-    if pipeline_key:
-        os.environ["DEFECTGEN_PIPELINE_KEY"] = pipeline_key
     out = Path(tempfile.mkdtemp()) / "report"
     write_status(
         params_from_yaml(params_yaml, "status component params"),

@@ -10,7 +10,6 @@ def sweep(
     preprocessed: Input[Dataset],
     base_model: Input[Model],
     adapters: Input[Model],
-    pipeline_key: str,
     track: bool,
     chosen: Output[Dataset],
     metrics: Output[Metrics],
@@ -27,7 +26,6 @@ def sweep(
             "base": base_model.path,
             "adapters": adapters.path,
         },
-        pipeline_key=pipeline_key,
         track=track,
         log_metric=metrics.log_metric,
     )

@@ -10,7 +10,6 @@ def train(
     preprocessed: Input[Dataset],
     generated: Input[Dataset],
     gated: Input[Dataset],
-    pipeline_key: str,
     track: bool,
     evaluation: Output[Dataset],
     metrics: Output[Metrics],
@@ -28,7 +27,6 @@ def train(
             "generated": generated.path,
             "gated": gated.path,
         },
-        pipeline_key=pipeline_key,
         track=track,
         log_metric=metrics.log_metric,
     )

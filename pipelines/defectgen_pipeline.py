@@ -14,7 +14,11 @@ Placement comes from params `cluster` at compile time (`build(params.cluster)`):
 tasks request accelerators and carry the GPU node selector, tolerations, /dev/shm,
 retries with backoff and a timeout; CPU tasks carry none of the GPU settings, so a
 tainted GPU pool never runs them. MLflow credentials come from the Kubernetes secret
-`cluster.mlflow_secret` (optional: a run with track=False needs none).
+`cluster.mlflow_secret` (optional: a run with track=False needs none). The raw data
+reaches the ingest pod on the PVC `cluster.data_pvc`, mounted at `cluster.data_mount`.
+Every task can be served from KFP's cache: no input changes from run to run (the
+MLflow key comes from the pod's run-id label). A retried task restarts its stage
+from the beginning: resume state lives in the pod's own filesystem.
 
 Differences from `dvc repro`, on purpose: a class that fails the gate is not
 registered here (dvc registers it without an alias); a failed run's report comes from
@@ -42,6 +46,9 @@ from components.status import status
 from components.sweep import sweep
 from components.train import train
 from defectgen.config import ClusterConfig
+from defectgen.runner import CLUSTER_ENV, PIPELINE_KEY_ENV
+
+RUN_ID_FIELD = "metadata.labels['pipeline/runid']"  # KFP's run id label on every task pod
 
 
 class Placement:
@@ -56,11 +63,23 @@ class Placement:
         task.set_cpu_request(res.cpu_request).set_cpu_limit(res.cpu_limit)
         task.set_memory_request(res.memory_request).set_memory_limit(res.memory_limit)
         task.set_caching_options(True)  # rerun everything: submit with enable_caching=False
+        # The MLflow pipeline key is the KFP run id, read from the pod's label at run time
+        # rather than passed as an input: an input that changes every run would change
+        # every task's cache key, and no unchanged stage would ever be reused.
+        kubernetes.use_field_path_as_env(task, PIPELINE_KEY_ENV, RUN_ID_FIELD)
+        task.set_env_variable(CLUSTER_ENV, "1")
         c = self.cluster
         if c.mlflow_secret:
             kubernetes.use_secret_as_env(
                 task, c.mlflow_secret, secret_key_to_env=dict(c.mlflow_secret_keys), optional=True
             )
+        return task
+
+    def data(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
+        """The raw dataset's volume (params cluster.data_pvc) at cluster.data_mount."""
+        c = self.cluster
+        if c.data_pvc:
+            kubernetes.mount_pvc(task, pvc_name=c.data_pvc, mount_path=c.data_mount)
         return task
 
     def cpu(self, task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
@@ -109,19 +128,16 @@ def build(cluster: ClusterConfig) -> graph_component.GraphComponent:
     def defectgen_pipeline(params_yaml: str, source_path: str = "", track: bool = False):
         """Args:
         params_yaml: the whole params.yaml as text (the compiled default is the repo's).
-        source_path: the raw dataset folder as seen from inside the pods (a mounted
-            volume or bucket); empty: params data.root (or the ELPV package).
+        source_path: the raw dataset folder as seen from inside the ingest pod: a path
+            under cluster.data_mount, where the PVC cluster.data_pvc is mounted (e.g.
+            /mnt/defectgen-data/neu-det); empty: params data.root (or the ELPV package).
         track: log to MLflow (the secret's tracking URI must reach a server from the pods).
         """
-        # Every stage task gets the params, the MLflow pipeline key (the KFP run id), `track`.
-        common = {
-            "params_yaml": params_yaml,
-            "pipeline_key": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-            "track": track,
-        }
+        # Every stage task gets the params and `track` (the MLflow key: Placement).
+        common = {"params_yaml": params_yaml, "track": track}
         final = place.cpu(status(**common), "status")
         with dsl.ExitHandler(final, name="stages"):
-            ing = place.cpu(ingest(**common, source_path=source_path), "ingest")
+            ing = place.data(place.cpu(ingest(**common, source_path=source_path), "ingest"))
             pre = place.cpu(preprocess(**common, ingested=ing.outputs["ingested"]), "preprocess")
             preprocessed = pre.outputs["preprocessed"]
             masked = place.gpu(masks(**common, preprocessed=preprocessed), "masks")

@@ -89,6 +89,50 @@ def test_every_stage_is_placed_gpu_tasks_on_gpu_nodes_cpu_tasks_off_them(tmp_pat
     )
 
 
+def _task_inputs(spec: dict) -> list[tuple[str, dict]]:
+    """(task name, its parameter inputs) for every task in every DAG of the spec."""
+    dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
+    return [
+        (name, task.get("inputs", {}).get("parameters", {}))
+        for dag in dags
+        for name, task in dag["tasks"].items()
+    ]
+
+
+def test_cache_keys_hold_nothing_that_changes_between_runs():
+    """KFP's cache key covers a task's inputs: none may be a per-run value (the run id),
+    or no stage is ever reused. The MLflow key reaches the pods as an env var from the
+    pod's run-id label instead, which is outside the key."""
+    spec, k8s = _compiled()
+    text = DEFAULT_OUT.read_text()
+    assert "pipeline_job_uuid" not in text and "pipeline_job_name" not in text
+    for task, inputs in _task_inputs(spec):
+        for name, value in inputs.items():  # a constant may not be a run-time placeholder
+            constant = value.get("runtimeValue", {}).get("constant")
+            assert not (isinstance(constant, str) and "{{$" in constant), (task, name)
+    for name, placement in k8s.items():
+        assert placement["fieldPathAsEnv"] == [
+            {"name": "DEFECTGEN_PIPELINE_KEY", "fieldPath": "metadata.labels['pipeline/runid']"}
+        ], name
+    # the component specs themselves take no run id either
+    for name, component in spec["components"].items():
+        params = component.get("inputDefinitions", {}).get("parameters", {})
+        assert "pipeline_key" not in params, name
+
+
+def test_the_raw_data_reaches_the_ingest_pod_on_its_pvc(tmp_path: Path):
+    _, k8s = _compiled()
+    mounted = {name: p["pvcMount"] for name, p in k8s.items() if "pvcMount" in p}
+    assert list(mounted) == ["exec-ingest"]
+    (mount,) = mounted["exec-ingest"]
+    assert mount["mountPath"] == "/mnt/defectgen-data" and mount["constant"] == "defectgen-data"
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["cluster"].update({"data_pvc": None})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    _, k8s = _compiled(compile_pipeline(tmp_path / "params.yaml", tmp_path / "p.yaml"))
+    assert not any("pvcMount" in p for p in k8s.values())
+
+
 def test_components_are_thin_shells_over_the_stages():
     """Each stage component passes exactly its stage's inputs to stages.<x>.run."""
     for stage in STAGES:

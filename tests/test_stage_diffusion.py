@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +14,12 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from defectgen import manifest
 from defectgen.core.diffusion import adapt, models, sample
 from defectgen.errors import ConfigError, DataError
-from defectgen.stages import base, finetune, generate, ingest, preprocess, sweep
+from defectgen.stages import base, diffusion_common, finetune, generate, ingest, preprocess, sweep
 from defectgen.stages.diffusion_common import open_base
 from tests.conftest import make_params, save, texture
 
@@ -419,3 +420,30 @@ def test_sweep_resumes_after_a_kill(run_dirs, tmp_path, monkeypatch):
     first = pd.read_parquet(tmp_path / "sweep" / "sweep.parquet")
     _sweep(run_dirs, tmp_path / "again")  # uninterrupted: the same numbers
     pd.testing.assert_frame_equal(first, pd.read_parquet(tmp_path / "again" / "sweep.parquet"))
+
+
+def test_a_checkpoint_changed_after_the_base_stage_is_refused(run_dirs, tmp_path):
+    """sd15 weights that moved under the same name (an edited folder, a hub revision that
+    moved) no longer match base.json's fingerprint: every stage refuses them."""
+    folder = tmp_path / "sd15"
+    shutil.copytree(run_dirs["base"] / "pipeline", folder)
+    params = params_for(run_dirs["root"], model={"profile": "sd15", "base": str(folder)})
+    base.run(params, preprocessed=run_dirs["pre"], out_dir=tmp_path / "base")
+    rt = models.runtime(params.model)
+    open_base(tmp_path / "base", params, rt)  # unchanged: loads
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(weights)
+    key = sorted(tensors)[0]
+    tensors[key] = tensors[key] + 1.0
+    save_file(tensors, weights)
+    diffusion_common._VERIFIED.clear()  # as in the next stage's process: checked once each
+    with pytest.raises(DataError, match="fingerprint .* Pin model.revision"):
+        open_base(tmp_path / "base", params, rt)
+
+
+def test_a_cluster_run_refuses_an_unpinned_hub_id(run_dirs, tmp_path, monkeypatch):
+    params = params_for(run_dirs["root"], model={"profile": "sd15", "base": "org/some-model"})
+    monkeypatch.setenv("DEFECTGEN_CLUSTER", "1")
+    with pytest.raises(ConfigError, match="model.revision is not set"):
+        base.run(params, preprocessed=run_dirs["pre"], out_dir=tmp_path / "base")
+    assert not (tmp_path / "base").exists()

@@ -543,6 +543,10 @@ class ClusterConfig(_Section):
     backoff_max: str = "1800s"
     cpu_timeout_s: int = Field(default=3600, ge=0)  # 0: none
     gpu_timeout_s: int = Field(default=6 * 3600, ge=0)
+    # The raw dataset's PersistentVolumeClaim, mounted into the ingest pod at data_mount
+    # (the pipeline's source_path names a folder under it); null: no volume mounted.
+    data_pvc: str | None = "defectgen-data"
+    data_mount: str = Field(default="/mnt/defectgen-data", pattern=r"^/")
     mlflow_secret: str | None = "defectgen-mlflow"  # null: no secret mounted
     mlflow_secret_keys: dict[str, str] = Field(
         default_factory=lambda: {

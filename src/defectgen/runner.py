@@ -7,6 +7,7 @@ the CLI and the KFP components only translate their arguments into a call here.
 from __future__ import annotations
 
 import importlib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -237,30 +238,43 @@ def _reproducible(metrics: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if not k.startswith("time/")}
 
 
+CLUSTER_ENV = "DEFECTGEN_CLUSTER"  # set on every task of the compiled KFP pipeline
+PIPELINE_KEY_ENV = "DEFECTGEN_PIPELINE_KEY"  # groups a run's stages in MLflow (tracking.py)
+
+
+def in_cluster() -> bool:
+    """Whether this process is a task of the compiled pipeline (a pod, or kfp.local)."""
+    return os.environ.get(CLUSTER_ENV) == "1"
+
+
 def run_from_yaml(
     stage_name: str,
     params_yaml: str,
     *,
     out_dir: str,
     inputs: dict[str, str],
-    pipeline_key: str = "",
     track: bool = True,
     log_metric: Callable[[str, float], None] | None = None,
     only_class: str = "",
 ) -> dict[str, float]:
     """Entry point for KFP components: params as YAML text, paths as strings.
 
-    Empty input strings mean "not given". `pipeline_key` (the KFP run id) groups the
-    stages of one pipeline run under one MLflow parent run. `log_metric` receives
+    Empty input strings mean "not given". The MLflow pipeline key that groups a run's
+    stages under one parent comes from $DEFECTGEN_PIPELINE_KEY, which the compiled
+    pipeline sets from the pod's `pipeline/runid` label (not a task input, so KFP's
+    cache key does not change with every run). `log_metric` receives
     every metric (a KFP Metrics artifact's log_metric). `only_class` runs the stage for
     one class (the per-class fan-out): finetune adapts only it, and the stages after
     finetune follow their inputs, which then hold only that class.
     """
-    import os
+    where = f"{stage_name} component params"
+    params = params_from_yaml(params_yaml, where, only_class)
+    if track and params.tracking.enabled and not os.environ.get(PIPELINE_KEY_ENV):
+        # No run-id label (kfp.local): every task of the run derives one key from the
+        # whole params, before a per-class task narrows them to its class.
+        from defectgen import tracking
 
-    params = params_from_yaml(params_yaml, f"{stage_name} component params", only_class)
-    if pipeline_key:
-        os.environ["DEFECTGEN_PIPELINE_KEY"] = pipeline_key
+        os.environ[PIPELINE_KEY_ENV] = tracking.pipeline_key(params_from_yaml(params_yaml, where))
     paths = {k: Path(v) for k, v in inputs.items() if v}
     metrics, _ = execute(
         get_stage(stage_name), params, out_dir=Path(out_dir), inputs=paths, track=track

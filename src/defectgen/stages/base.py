@@ -29,7 +29,9 @@ from defectgen import manifest
 from defectgen.config import Params
 from defectgen.core.diffusion import models, train
 from defectgen.core.images import ImageProblem, decode_image, encode_png
+from defectgen.errors import ConfigError
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
+from defectgen.runner import in_cluster
 from defectgen.stages.diffusion_common import (
     BASE_JSON,
     CURVES_DIR,
@@ -59,9 +61,15 @@ def _grid(top: list[np.ndarray], bottom: list[np.ndarray]) -> np.ndarray:
 
 
 def _record_sd15(params: Params, rt: models.Runtime) -> dict:
+    local = Path(params.model.base).expanduser()
+    if in_cluster() and not local.exists() and not params.model.revision:
+        raise ConfigError(
+            f"model.base = {params.model.base!r} is a hub id and model.revision is not set: "
+            "in a cluster run every pod loads the weights on its own, and an unpinned id can "
+            "change between them. Set model.revision to a commit hash of that repository"
+        )
     models.quiet()
     pipe = models.load_pipeline(params.model.base, revision=params.model.revision, rt=rt)
-    local = Path(params.model.base).expanduser()
     return {
         "profile": "sd15",
         "source": str(local.resolve()) if local.exists() else params.model.base,

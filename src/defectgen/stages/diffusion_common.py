@@ -127,7 +127,30 @@ def open_base(base_dir: Path, params: Params, rt: models.Runtime) -> StableDiffu
         source = Path(base_dir) / source
     models.quiet()
     pipe = models.load_pipeline(source, revision=record.get("revision"), rt=rt)
+    check_fingerprint(base_dir, record, pipe)
     return models.prepare(pipe, params.model)
+
+
+_VERIFIED: set[tuple[str, str, str]] = set()  # (base dir, fingerprint, dtype) checked here
+
+
+def check_fingerprint(base_dir: Path, record: dict, pipe: StableDiffusionPipeline) -> None:
+    """The loaded weights must be the ones the base stage recorded (a hub revision that
+    moved, an edited checkpoint folder, another pod's cache): sha256 over every weight,
+    once per process for a base folder and dtype. Raises DataError on a mismatch."""
+    key = (str(Path(base_dir).resolve()), record["fingerprint"], str(pipe.unet.dtype))
+    if key in _VERIFIED:
+        return
+    found = models.fingerprint(pipe)
+    if found != record["fingerprint"]:
+        raise DataError(
+            f"{base_dir}: the base model loaded from {record['source']!r} (revision "
+            f"{record.get('revision')}) has weights fingerprint {found[:16]}, but the base stage "
+            f"recorded {record['fingerprint'][:16]}: the weights changed since the base stage "
+            "ran (a hub revision that moved, an edited checkpoint, another model.dtype). Pin "
+            "model.revision to a commit and re-run the base stage"
+        )
+    _VERIFIED.add(key)
 
 
 class Curves:
