@@ -7,6 +7,7 @@ ControlNet, the mask producer, classifiers, segmenters and feature extractors.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,13 +32,12 @@ class Runtime:
     dtype: torch.dtype
 
     @property
-    def autocast(self) -> torch.autocast:
-        """Mixed precision in `dtype` whenever it is not float32 (CUDA or CPU)."""
-        return torch.autocast(
-            device_type=self.device.type,
-            dtype=self.dtype,
-            enabled=self.dtype != torch.float32,
-        )
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed precision in `dtype` whenever it is not float32 (CUDA or CPU); for float32
+        no autocast context at all (nothing to cast, and none to enter every step)."""
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
 
 def runtime(cfg: ModelConfig) -> Runtime:
