@@ -182,11 +182,11 @@ def throughput(stage: str, p: dict, work: Path, result: dict) -> tuple[float, st
     if stage == "train":
         evaluation = json.loads((work / "train" / "eval.json").read_text())
         n = sum(
-            sum(e["n_train"].values()) * e["n_seeds"]
+            e["steps"] * e["n_seeds"]
             for conditions in evaluation["models"].values()
             for e in conditions.values()
         )
-        return float(n * p["train"]["epochs"]), "training images seen (images x seeds x epochs)"
+        return float(n * p["train"]["batch_size"]), "training images seen (steps x batch x runs)"
     raise KeyError(stage)
 
 

@@ -32,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cpu_pipeline import REPO, STAGES, machine, run_stage, throughput  # noqa: E402
 
+from defectgen.config import merge_overrides as merged  # noqa: E402
+
 PROFILE = REPO / "benchmarks" / "gpu_neu.yaml"
 # --smoke: the same DAG at toy size on the CPU (checks the harness, not the GPU).
 SMOKE = {
@@ -43,20 +45,9 @@ SMOKE = {
     "finetune": {"batch_size": 2, "ti": {"steps": 2}, "lora": {"steps": 2}},
     "sweep": {"strengths": [0.5], "guidances": [2.0], "probe_images": 3},
     "generate": {"images_per_class": 4, "batch_size": 4, "steps": 4},
-    "train": {"models": ["squeezenet1_1"], "seeds": [0], "epochs": 1, "batch_size": 16},
+    "train": {"models": ["squeezenet1_1"], "seeds": [0], "steps": 4, "evals": 1,
+              "batch_size": 16},
 }  # fmt: skip
-
-
-def merged(base: dict, over: dict) -> dict:
-    """`base` with `over`'s keys replaced, recursively into mappings."""
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = (
-            merged(out[key], value)
-            if isinstance(value, dict) and isinstance(out.get(key), dict)
-            else value
-        )
-    return out
 
 
 def device_name() -> str:

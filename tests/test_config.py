@@ -121,7 +121,7 @@ def test_sd_saliency_profile_is_params_yaml_with_the_documented_changes():
         "preprocess.split.train", "preprocess.split.val", "preprocess.split.test",
         "preprocess.subset.alpha", "masks.per_class", "masks.ddpm.size", "masks.ddpm.channels",
         "masks.ddpm.steps", "masks.ddpm.batch_size", "masks.ddpm.sample_steps", "pairs.sae",
-        "pairs.sff.enabled",
+        "pairs.sff.enabled", "train.steps",
     }  # fmt: skip
     split = profile["preprocess"]["split"]
     assert 5 <= split["test"] / split["train"] <= 5.5  # DefFiller's 1:5 train:test, about

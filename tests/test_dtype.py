@@ -38,8 +38,8 @@ BF16 = {
     "finetune": {"batch_size": 2, "ti": {"steps": 3, "lr": 5e-2}, "lora": {"steps": 2, "lr": 1e-2}},
     "sweep": {"strengths": [0.5], "guidances": [2.0], "probe_images": 2},
     "generate": {"images_per_class": 3, "steps": 4, "batch_size": 3},
-    "train": {"models": ["squeezenet1_1"], "seeds": [0], "epochs": 1,
-              "conditions": ["real", "real+ungated", "real+classical"]},
+    "train": {"models": ["squeezenet1_1"], "seeds": [0], "steps": 2, "evals": 1,
+              "conditions": ["real+ungated"]},
 }  # fmt: skip
 
 
@@ -95,7 +95,8 @@ def test_bf16_run_generates_images_and_pairs_and_trains_classifiers(run):
     assert run["pairs_m"]["n_pairs"] == 10
     evaluation = json.loads((run["tmp"] / "train" / "eval.json").read_text())
     conditions = evaluation["models"]["squeezenet1_1"]
-    assert {"real", "real+ungated"} <= set(conditions)  # real+classical needs a passing gate
+    # the classical arm matched to real+ungated trains whatever the gate passed
+    assert {"real", "real+ungated", "real+classical-ungated"} <= set(conditions)
     assert all(0.0 <= e["accuracy_mean"] <= 1.0 for e in conditions.values())
 
 

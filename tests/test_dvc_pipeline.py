@@ -73,6 +73,11 @@ def test_repro_twice_resume_params_diff_metrics_and_push(dvc_repo, tmp_path):
     for text in ("Quality gate", "crack", "Provenance", "resnet18", "mask branch was skipped"):
         assert text in html
     check_self_contained(html)
+    # the page's first line answers the question, with the interval from eval.json
+    summary = (repo / "data" / "report" / "report.md").read_text(encoding="utf-8").split("\n")[2]
+    headline = json.loads((repo / "data" / "train" / "eval.json").read_text())["headline"]
+    assert summary.startswith(headline)
+    assert headline.startswith("Synthetic vs classical augmentation (resnet18, real+")
     probe = render_in_chromium(report, tmp_path)
     assert probe["images"] >= 4 and probe["loaded"] == probe["images"] and not probe["errors"]
 

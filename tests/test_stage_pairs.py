@@ -33,7 +33,7 @@ SECTIONS = {
                        "sample_steps": 3}},
     "pairs": {"per_class": 5, "steps": 3, "batch_size": 4, "sample_steps": 3,
               "generate_batch": 3, "sae": True, "sff": {"enabled": True, "rate": 0.25}},
-    "segment": {"seeds": [0], "epochs": 2, "batch_size": 8, "widths": [8, 16]},
+    "segment": {"seeds": [0], "steps": 4, "batch_size": 8, "widths": [8, 16]},
 }  # fmt: skip
 
 
@@ -150,14 +150,25 @@ def test_segmentation_scores_each_condition_on_the_real_test_split(run):
     assert record["n_test"] == n_test
     conditions = record["conditions"]
     real = conditions["real"]
-    assert real["n_synthetic"] == 0 and real["n_train"] == record["n_train_real"]
+    assert real["n_added"] == 0 and real["n_train"] == record["n_train_real"]
     assert conditions["real+ungated"]["n_train"] == real["n_train"] + 10
+    # the classical control adds as many (augmented real) pairs as its arm adds pairs
+    assert conditions["real+classical-ungated"]["n_added"] == 10
+    assert record["protocol"]["steps"] == 4  # every condition: the same optimizer steps
+    # the subset is the whole train split here (alpha 1): no real pairs to be the oracle
+    skipped = "every train pair is in the few-shot subset"
+    assert conditions["real+oracle-ungated"] == {"skipped": skipped}
+    assert conditions["all-train"] == {"skipped": skipped}
     passed = manifest.read_rows(run["pgate"])
     if passed:
-        assert conditions["real+synthetic"]["n_synthetic"] == len(passed)
+        assert conditions["real+synthetic"]["n_added"] == len(passed)
     else:
         assert conditions["real+synthetic"] == {"skipped": "no synthetic pairs passed the gate"}
-    for name in ("real", "real+ungated"):
+        assert conditions["real+classical"] == {"skipped": "real+synthetic adds no pair to match"}
+    compared = {(c["arm"], c["control"]) for c in record["comparisons"]}
+    assert ("real+ungated", "real+classical-ungated") in compared
+    assert record["headline"].startswith("Synthetic pairs vs classical augmentation")
+    for name in ("real", "real+ungated", "real+classical-ungated"):
         entry = conditions[name]
         assert 0 <= entry["s_measure"]["mean"] <= 1 and 0 <= entry["mae"]["mean"] <= 1
         assert 0 <= entry["dice"]["mean"] <= 1 and set(entry["dice_per_class"]) == {"Pa", "Sc"}
@@ -187,7 +198,7 @@ def test_segment_metrics_and_curves_log_to_mlflow(run, tmp_path, monkeypatch):
     )
     assert logged.data.metrics["real_ungated/dice"] == metrics["real_ungated/dice"]
     curve = client.get_metric_history(logged.info.run_id, "curve/real_ungated.seed0")
-    assert len(curve) == 2  # one point per epoch
+    assert len(curve) == 4  # 4 steps: a point per step (at most segment.LOSS_POINTS)
 
 
 def test_without_masks_pairs_and_segment_say_skipped(folders_dataset, tmp_path):

@@ -16,7 +16,11 @@ from defectgen.errors import DataError
 from defectgen.stages import ingest, preprocess, train
 from tests.conftest import make_params, save
 
-CONDITIONS = ["real", "real+synthetic", "real+ungated", "substitution", "real+classical"]
+CONDITIONS = ["real+synthetic", "real+ungated", "substitution"]  # the synthetic arms
+# what runs with them: real and the matched controls (core.arms)
+RUN = ["real", "real+synthetic", "real+classical", "real+oracle", "real+ungated",
+       "real+classical-ungated", "real+oracle-ungated", "substitution", "all-train",
+       "majority"]  # fmt: skip
 
 
 def stripes(seed: int, vertical: bool, size: int = 32) -> np.ndarray:
@@ -37,7 +41,7 @@ def params_for(root: Path, **train):
             "split": {"train": 0.5, "val": 0.25, "test": 0.25},
             "subset": {"alpha": 0.5},
         },
-        train={"models": ["resnet18"], "seeds": [0, 1], "epochs": 2, **train},
+        train={"models": ["resnet18"], "seeds": [0, 1], "steps": 3, "evals": 2, **train},
     )
 
 
@@ -104,12 +108,15 @@ def run_train(dataset: dict, out: Path, gated: Path | None = None, **train_cfg) 
 def test_each_condition_trains_on_what_it_says_and_never_on_test(dataset, tmp_path):
     metrics = run_train(dataset, tmp_path / "train", conditions=CONDITIONS)
     rows = dataset["rows"]
+    train_rows = [r for r in rows if r["split"] == "train"]
     subset = {r["id"] for r in rows if r["in_subset"]}
+    outside = {r["id"]: r["label"] for r in train_rows if not r["in_subset"]}
     held_out = {r["id"] for r in rows if r["split"] in ("val", "test")}
-    gated = {r["id"] for r in dataset["gated"]}
-    every = {r["id"] for r in dataset["synthetic"]}
+    gated = {r["id"] for r in dataset["gated"]}  # 6 horizontal images
+    every = {r["id"] for r in dataset["synthetic"]}  # 6 per class
     runs = pd.read_parquet(tmp_path / "train" / "runs.parquet")
-    assert len(runs) == len(CONDITIONS) * 2 and metrics["n_runs"] == len(runs)
+    assert sorted(set(runs["condition"])) == sorted(RUN)
+    assert len(runs) == len(RUN) * 2 and metrics["n_runs"] == len(runs)
     for _, run in runs.iterrows():
         ids = set(run["train_ids"])
         assert not ids & held_out  # val and test never trained on
@@ -118,37 +125,74 @@ def test_each_condition_trains_on_what_it_says_and_never_on_test(dataset, tmp_pa
             "real+synthetic": subset | gated,
             "real+ungated": subset | every,
             "real+classical": subset,
+            "real+classical-ungated": subset,
+            "all-train": {r["id"] for r in train_rows},
+            "majority": subset,
         }.get(run["condition"])
         if expected is not None:
             assert ids == expected, run["condition"]
-    n_train = {r["label"]: 0 for r in rows}
-    for r in rows:
-        n_train[r["label"]] += r["split"] == "train" and not r["in_subset"]
+        # the equal budget: every trained condition takes the same optimizer steps
+        assert run["steps"] == (0 if run["condition"] == "majority" else 3)
+
+    def counts(condition: str, seed: int = 0) -> dict:
+        hit = runs[(runs["condition"] == condition) & (runs["seed"] == seed)].iloc[0]
+        return json.loads(hit["n_train"])
+
+    real = counts("real")
+    n_outside = {c: sum(1 for lab in outside.values() if lab == c) for c in real}
+    # the controls add per class what their arm adds: gated 6 horizontal; ungated 6 + 6
+    assert counts("real+classical") == {"horizontal": real["horizontal"] + 6,
+                                        "vertical": real["vertical"]}  # fmt: skip
+    assert counts("real+classical-ungated") == {c: n + 6 for c, n in real.items()}
+    # the oracle: distinct real train images from outside the subset, up to what exists
+    want = {c: min(6, n_outside[c]) for c in real}
+    assert counts("real+oracle-ungated") == {c: n + want[c] for c, n in real.items()}
+    for seed in (0, 1):
+        hit = runs[(runs["condition"] == "real+oracle-ungated") & (runs["seed"] == seed)]
+        picked = set(hit.iloc[0]["train_ids"]) - subset
+        assert picked <= set(outside) and len(picked) == sum(want.values())
     sub = runs[runs["condition"] == "substitution"].iloc[0]
     # horizontal: its removed train images replaced by gate-passed ones (as many as exist)
-    assert sub["n_synthetic"] == min(n_train["horizontal"], len(gated))
+    assert sub["n_synthetic"] == min(n_outside["horizontal"], len(gated))
     assert set(sub["train_ids"]) - subset <= gated
     classical = runs[runs["condition"] == "real+classical"].iloc[0]
     assert classical["n_classical"] == len(gated) and classical["n_synthetic"] == 0
-    counts = json.loads(classical["n_train"])
-    real_counts = json.loads(runs[runs["condition"] == "real"].iloc[0]["n_train"])
-    assert counts["horizontal"] == real_counts["horizontal"] + len(gated)
-    assert counts["vertical"] == real_counts["vertical"]
 
     report = json.loads((tmp_path / "train" / "eval.json").read_text())
     assert report["labels"] == ["horizontal", "vertical"] and report["skipped"] == {}
+    assert report["protocol"]["matched_to"]["real+oracle-ungated"] == "real+ungated"
+    short = {c: 6 - n for c, n in n_outside.items() if n < 6}
+    assert report["oracle_shortfall"].get("real+oracle-ungated", {}) == short
     entries = report["models"]["resnet18"]
-    assert set(entries) == set(CONDITIONS)
+    assert report["order"] == RUN  # table order: each arm next to its controls
     assert entries["real"]["accuracy_delta"] == 0.0 and entries["real"]["n_seeds"] == 2
     for entry in entries.values():
         assert 0.0 <= entry["accuracy_mean"] <= 1.0 and entry["accuracy_std"] >= 0.0
         assert set(entry["recall_mean"]) == {"horizontal", "vertical"}
+    # majority: the subset's most frequent class for every test image
+    test = [r for r in rows if r["split"] == "test"]
+    top = max(sorted(real), key=lambda c: real[c])
+    assert entries["majority"]["accuracy_mean"] == sum(r["label"] == top for r in test) / len(test)
+    # paired comparisons, computed over the two seeds, in eval.json and MLflow metrics
+    by_seed = {(r["condition"], r["seed"]): r["accuracy"] for _, r in runs.iterrows()}
+    cmp = next(c for c in report["comparisons"]["resnet18"]
+               if (c["arm"], c["control"], c["metric"])
+               == ("real+ungated", "real+classical-ungated", "accuracy"))  # fmt: skip
+    diffs = [by_seed["real+ungated", k] - by_seed["real+classical-ungated", k] for k in (0, 1)]
+    assert cmp["n_seeds"] == 2 and cmp["delta"] == pytest.approx(np.mean(diffs))
+    if diffs[0] != diffs[1]:
+        assert cmp["ci"][0] < cmp["delta"] < cmp["ci"][1]
+    key = "resnet18/real_ungated/vs_real_classical-ungated/accuracy_delta"
+    assert metrics[key] == pytest.approx(cmp["delta"])
+    assert report["headline"].startswith(
+        "Synthetic vs classical augmentation (resnet18, real+synthetic vs real+classical"
+    )
+    assert set(report["captured"]["resnet18"]) == {"real+synthetic", "real+ungated"}
     confusion = json.loads((tmp_path / "train" / "confusion.json").read_text())
-    n_test = sum(r["split"] == "test" for r in rows)
-    assert np.sum(confusion["resnet18"]["real"]) == 2 * n_test  # summed over 2 seeds
+    assert np.sum(confusion["resnet18"]["real"]) == 2 * len(test)  # summed over 2 seeds
     assert "resnet18/real_synthetic/accuracy_mean" in metrics  # MLflow-safe key
     plot = pd.read_csv(tmp_path / "train" / "comparison.csv")
-    assert set(plot["condition"]) == set(CONDITIONS)
+    assert set(plot["condition"]) == set(RUN)
 
 
 def test_nothing_to_add_is_skipped_and_reported(dataset, tmp_path):
@@ -158,10 +202,16 @@ def test_nothing_to_add_is_skipped_and_reported(dataset, tmp_path):
     report = json.loads((tmp_path / "train" / "eval.json").read_text())
     assert report["skipped"] == {
         "real+synthetic": "the gate passed no synthetic image",
-        "substitution": "the gate passed no synthetic image",
         "real+classical": "real+synthetic adds no image to match",
+        "real+oracle": "real+synthetic adds no image to match",
+        "substitution": "the gate passed no synthetic image",
     }
-    assert set(report["models"]["resnet18"]) == {"real", "real+ungated"}
+    # the ungated arm still has its controls: the demo's case when the gate passes nothing
+    assert set(report["models"]["resnet18"]) == {
+        "real", "real+ungated", "real+classical-ungated", "real+oracle-ungated", "all-train",
+        "majority",
+    }  # fmt: skip
+    assert "real+ungated vs real+classical-ungated" in report["headline"]
 
 
 def test_synthetic_images_from_held_out_parents_are_refused(dataset, tmp_path):

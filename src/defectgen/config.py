@@ -344,7 +344,9 @@ class SweepConfig(_Section):
         return self
 
 
-CONDITIONS = ("real", "real+synthetic", "real+ungated", "substitution", "real+classical")
+# The synthetic arms a user chooses; the controls (real, the matched classical and oracle
+# arms, all-train, majority) are added by the stages (core/arms.py).
+CONDITIONS = ("real+synthetic", "real+ungated", "substitution")
 CLASSIFIERS = (
     "resnet18", "squeezenet1_1", "vgg11_bn", "densenet121", "alexnet", "effnet_lite0_imagenet"
 )  # fmt: skip
@@ -440,7 +442,27 @@ class PairsConfig(_Section):
         return self
 
 
-SEG_CONDITIONS = ("real", "real+synthetic", "real+ungated")
+SEG_CONDITIONS = ("real+synthetic", "real+ungated")
+
+
+def _arms_only(values: list[str]) -> None:
+    """The old lists named the controls too; they now always run."""
+    controls = [v for v in values if v in ("real", "real+classical")]
+    if controls:
+        raise ValueError(
+            f"conditions lists {controls}: list only the synthetic arms; real and the "
+            "matched real+classical / real+oracle controls always run"
+        )
+
+
+def _no_epochs(data: Any, section: str) -> Any:
+    if isinstance(data, dict) and "epochs" in data:
+        raise ValueError(
+            f"{section}.epochs was replaced by {section}.steps: every condition of a "
+            "comparison trains for the same number of optimizer steps (an epoch is longer "
+            "for a condition with more images); set steps instead"
+        )
+    return data
 
 
 def metric_name(condition: str) -> str:
@@ -453,14 +475,29 @@ class SegmentConfig(_Section):
     """Segmentation on real vs real + synthetic pairs (DefFiller 4.4.3), and the COCO export."""
 
     conditions: list[Literal[SEG_CONDITIONS]] = Field(
-        default=["real", "real+synthetic", "real+ungated"], min_length=1
-    )
+        default=["real+synthetic", "real+ungated"]
+    )  # the synthetic arms; real, real+classical[-ungated] (and oracles) always run
+    oracle: bool = True  # real+oracle arms and all-train (need train pairs outside the subset)
     seeds: list[int] = Field(default=[0, 1, 2], min_length=1)
-    epochs: int = Field(default=30, ge=1)
+    steps: int = Field(default=300, ge=1)  # optimizer steps per U-Net, every condition
     batch_size: int = Field(default=16, ge=1)
     lr: float = Field(default=1e-3, gt=0.0)
     widths: list[int] = Field(default_factory=lambda: [16, 32, 64], min_length=2)
     export: Literal["gated", "ungated"] = "gated"  # which synthetic pairs the COCO train has
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        return _no_epochs(data, "segment")
+
+    @model_validator(mode="after")
+    def _check(self) -> SegmentConfig:
+        _arms_only(self.conditions)
+        for name in ("conditions", "seeds"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name} lists a value twice: {values}")
+        return self
 
 
 class TrainConfig(_Section):
@@ -468,24 +505,30 @@ class TrainConfig(_Section):
 
     models: list[Literal[CLASSIFIERS]] = Field(default=["resnet18"], min_length=1)
     conditions: list[Literal[CONDITIONS]] = Field(
-        default=["real", "real+synthetic", "substitution", "real+classical"], min_length=1
-    )
+        default=["real+synthetic", "real+ungated", "substitution"]
+    )  # the synthetic arms; the controls always run (core/arms.py)
+    oracle: bool = True  # real+oracle arms and all-train (need train images outside the subset)
     seeds: list[int] = Field(default=[0, 1, 2], min_length=1)
-    epochs: int = Field(default=30, ge=1)
+    steps: int = Field(default=240, ge=1)  # optimizer steps per classifier, every condition
+    evals: int = Field(default=8, ge=1)  # val checks, evenly spaced; the best one is kept
     batch_size: int = Field(default=32, ge=1)
     lr: float = Field(default=1e-4, gt=0.0)
     rotation: float = Field(default=10.0, ge=0.0, le=180.0)  # +- degrees
     flips: bool = True  # horizontal and vertical
     image_size: int | None = Field(default=None, ge=16)  # null: as preprocessed
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        return _no_epochs(data, "train")
+
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
+        _arms_only(self.conditions)
         for name in ("models", "conditions", "seeds"):
             values = getattr(self, name)
             if len(set(values)) != len(values):
                 raise ValueError(f"{name} lists a value twice: {values}")
-        if "real" not in self.conditions:
-            raise ValueError("conditions must include 'real': every delta is measured against it")
         return self
 
 
@@ -630,6 +673,16 @@ def parse_params(raw: Any, source: str = "params") -> Params:
         return Params.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from None
+
+
+def merge_overrides(base: dict, over: dict) -> dict:
+    """`base` with `over`'s keys replaced, recursively into mappings: a profile written
+    as the few keys it changes in params.yaml."""
+    out = dict(base)
+    for key, value in over.items():
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merge_overrides(out[key], value) if nested else value
+    return out
 
 
 def load_params(path: Path | str) -> Params:

@@ -2,8 +2,10 @@
 training loop, classical augmentation and the evaluation numbers. No paths.
 
 Protocol: random rotations within +-10 degrees, horizontal and vertical flips, Adam
-at lr 1e-4, batch 32; the epoch with the best validation accuracy is kept and only
-it is scored on the test split.
+at lr 1e-4, batch 32; the checkpoint with the best validation accuracy is kept and only
+it is scored on the test split. Training length is a number of optimizer steps, the same
+for every condition of a comparison (the seed trains per epoch, which gives a condition
+with more images more updates).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import nn
 
 from defectgen._torchvision_compat import ensure_torchvision_importable
 from defectgen.core.device import CPU, Runtime
+from defectgen.core.steps import batches, eval_steps
 
 ensure_torchvision_importable()
 
@@ -67,10 +70,17 @@ def protocol_augment(rotation: float, flips: bool) -> v2.Compose:
     return v2.Compose(ops)
 
 
+CLASSICAL = (
+    "rotation within 20 degrees, shift up to 8 %, scale 0.9-1.15, horizontal and vertical "
+    "flips (p 0.5 each), brightness and contrast x0.8-1.2, Gaussian blur (p 0.3, sigma "
+    "0.3-1.0), Gaussian noise (p 0.3, sigma 2-8 grey levels)"
+)
+
+
 def classical_augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One classically augmented copy of a uint8 image: random affine (rotation, shift,
-    scale), flips, brightness/contrast jitter and occasional blur. The `real+classical`
-    condition adds as many of these as `real+synthetic` adds synthetic images."""
+    """One classically augmented copy of a uint8 image (CLASSICAL says what). The
+    `real+classical` arms add as many of these per class as their synthetic arm adds
+    synthetic images."""
     img = Image.fromarray(image)
     w, h = img.size
     angle = float(rng.uniform(-20, 20))
@@ -88,7 +98,11 @@ def classical_augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray
     img = ImageEnhance.Contrast(img).enhance(float(rng.uniform(0.8, 1.2)))
     if rng.random() < 0.3:
         img = img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.0))))
-    return np.asarray(img)
+    out = np.asarray(img)
+    if rng.random() < 0.3:
+        noise = rng.normal(0.0, float(rng.uniform(2.0, 8.0)), out.shape)
+        out = np.clip(out + noise, 0, 255).astype(np.uint8)
+    return out
 
 
 @dataclass
@@ -129,9 +143,10 @@ def predict(
 @dataclass
 class Fit:
     model: nn.Module
-    best_epoch: int
-    val_accuracy: list[float]
-    losses: list[float]  # mean training loss per epoch
+    best_step: int  # the step whose weights were kept (best val accuracy, first on ties)
+    eval_steps: list[int]  # the steps after which val was scored
+    val_accuracy: list[float]  # at those steps
+    losses: list[float]  # mean training loss over the steps up to each of them
 
 
 def fit(
@@ -139,51 +154,62 @@ def fit(
     train: tuple[torch.Tensor, torch.Tensor],
     val: tuple[torch.Tensor, torch.Tensor],
     *,
-    epochs: int,
+    steps: int,
+    evals: int,
     batch_size: int,
     lr: float,
     augment: Callable[[torch.Tensor], torch.Tensor],
     seed: int,
     rt: Runtime = CPU,
 ) -> Fit:
-    """Train with Adam; keep the weights of the epoch with the best val accuracy.
+    """Train with Adam for exactly `steps` optimizer steps; score val `evals` times at
+    evenly spaced steps and keep the weights of the best.
 
-    All randomness (init is the caller's; shuffling, augmentation) comes from `seed`
-    under a forked RNG, so a run is reproducible and leaves the global RNG alone.
-    The model trains on `rt.device` in float32 under `rt.autocast`; augmentation runs
-    on the CPU (its RNG is the seeded CPU one). Losses are summed on the device and
-    read once per epoch.
+    A fixed step count is the equal training budget of a comparison: a condition with
+    more images sees each image fewer times, not more updates. All randomness (init is
+    the caller's; batch order, augmentation) comes from `seed` under a forked RNG, so a
+    run is reproducible and leaves the global RNG alone. The model trains on
+    `rt.device` in float32 under `rt.autocast`; augmentation runs on the CPU (its RNG
+    is the seeded CPU one). Losses are summed on the device and read at each val check.
     """
     x, y = train
     # NHWC: oneDNN's faster conv layout, 1.35x the steps/s of squeezenet on this CPU
     # (benchmarks/results/cpu_pipeline.md)
     model.to(rt.device, torch.float32, memory_format=torch.channels_last)
-    best_state, best_acc, best_epoch = None, -1.0, 0
+    checks = eval_steps(steps, evals)
+    best_state, best_acc, best_step = None, -1.0, 0
     val_acc: list[float] = []
     losses: list[float] = []
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         opt = torch.optim.Adam(model.parameters(), lr=lr)
-        for epoch in range(epochs):
-            model.train()
-            order = torch.randperm(len(x))
-            total = torch.zeros((), device=rt.device)
-            for start in range(0, len(x), batch_size):
-                idx = order[start : start + batch_size]
-                batch = torch.stack([augment(img) for img in x[idx]]).to(rt.device)
-                batch = batch.contiguous(memory_format=torch.channels_last)
-                with rt.autocast:
-                    logits = model(batch)
-                loss = F.cross_entropy(logits.float(), y[idx].to(rt.device))
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += loss.detach() * len(idx)
-            losses.append(float(total) / len(x))
-            acc = float(np.mean(np.asarray(predict(model, val[0], rt)) == val[1].numpy()))
-            val_acc.append(acc)
-            if acc > best_acc:
-                best_acc, best_epoch = acc, epoch
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        total, seen = torch.zeros((), device=rt.device), 0
+        model.train()
+        for step, idx in enumerate(batches(len(x), batch_size, steps), start=1):
+            batch = torch.stack([augment(img) for img in x[idx]]).to(rt.device)
+            batch = batch.contiguous(memory_format=torch.channels_last)
+            with rt.autocast:
+                logits = model(batch)
+            loss = F.cross_entropy(logits.float(), y[idx].to(rt.device))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.detach() * len(idx)
+            seen += len(idx)
+            if step in checks:
+                losses.append(float(total) / seen)
+                total, seen = torch.zeros((), device=rt.device), 0
+                acc = float(np.mean(np.asarray(predict(model, val[0], rt)) == val[1].numpy()))
+                val_acc.append(acc)
+                if acc > best_acc:
+                    best_acc, best_step = acc, step
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                model.train()
     model.load_state_dict(best_state)
-    return Fit(model, best_epoch, val_acc, losses)
+    return Fit(model, best_step, checks, val_acc, losses)
+
+
+def majority(train_labels: list[int], n: int) -> list[int]:
+    """The no-training baseline's predictions: the most frequent training class (the
+    lowest index on ties) for each of `n` test images."""
+    return [int(np.bincount(train_labels).argmax())] * n

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageEnhance
 from torch import nn
 
 from defectgen.core.device import CPU, Runtime
+from defectgen.core.steps import batches, eval_steps
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -80,50 +82,79 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 @dataclass
 class SegFit:
     model: UNet
-    losses: list[float]  # mean training loss per epoch
+    losses: list[float]  # mean training loss over each of up to LOSS_POINTS step spans
+
+
+LOSS_POINTS = 20
 
 
 def fit(
     images: list[np.ndarray],
     masks: list[np.ndarray],
     *,
-    epochs: int,
+    steps: int,
     batch_size: int,
     lr: float,
     seed: int,
     widths: tuple[int, ...] = (16, 32, 64),
     rt: Runtime = CPU,
 ) -> SegFit:
-    """Train a U-Net from scratch on the pairs (random flips); reproducible from `seed`
-    (init, order, flips), leaving the global RNG as it was. Trains on `rt.device` in
-    float32 under `rt.autocast`; losses are summed on the device, read once per epoch."""
+    """Train a U-Net from scratch on the pairs for exactly `steps` optimizer steps (the
+    equal budget of a comparison; random flips); reproducible from `seed` (init, order,
+    flips), leaving the global RNG as it was. Trains on `rt.device` in float32 under
+    `rt.autocast`; losses are summed on the device, read LOSS_POINTS times."""
     x, y = to_inputs(images), to_targets(masks)
+    marks = set(eval_steps(steps, LOSS_POINTS))
     losses = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = UNet(x.shape[1], widths).to(rt.device)
         opt = torch.optim.Adam(model.parameters(), lr=lr)
-        for _ in range(epochs):
-            model.train()
-            order = torch.randperm(len(x))
-            total = torch.zeros((), device=rt.device)
-            for start in range(0, len(x), batch_size):
-                idx = order[start : start + batch_size]
-                xb, yb = x[idx], y[idx]
-                if torch.rand(()) < 0.5:
-                    xb, yb = xb.flip(-1), yb.flip(-1)
-                if torch.rand(()) < 0.5:
-                    xb, yb = xb.flip(-2), yb.flip(-2)
-                with rt.autocast:
-                    logits = model(xb.to(rt.device))
-                loss = loss_fn(logits.float(), yb.to(rt.device))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += loss.detach() * len(idx)
-            losses.append(float(total) / len(x))
+        model.train()
+        total, seen = torch.zeros((), device=rt.device), 0
+        for step, idx in enumerate(batches(len(x), batch_size, steps), start=1):
+            xb, yb = x[idx], y[idx]
+            if torch.rand(()) < 0.5:
+                xb, yb = xb.flip(-1), yb.flip(-1)
+            if torch.rand(()) < 0.5:
+                xb, yb = xb.flip(-2), yb.flip(-2)
+            with rt.autocast:
+                logits = model(xb.to(rt.device))
+            loss = loss_fn(logits.float(), yb.to(rt.device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach() * len(idx)
+            seen += len(idx)
+            if step in marks:
+                losses.append(float(total) / seen)
+                total, seen = torch.zeros((), device=rt.device), 0
     model.eval()
     return SegFit(model, losses)
+
+
+CLASSICAL = (
+    "image and mask jointly: rotation within 10 degrees, horizontal and vertical flips "
+    "(p 0.5 each); the image alone: brightness and contrast x0.8-1.2"
+)
+
+
+def classical_pair(
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """One classically augmented copy of a real (image, mask) pair (CLASSICAL): the
+    geometric changes move the mask with the image (nearest-neighbour, so it stays
+    binary), the photometric ones touch the image only."""
+    img, msk = Image.fromarray(image), Image.fromarray(mask)
+    angle = float(rng.uniform(-10, 10))
+    img = img.rotate(angle, resample=Image.BILINEAR)
+    msk = msk.rotate(angle, resample=Image.NEAREST)
+    for flip in (Image.FLIP_LEFT_RIGHT, Image.FLIP_TOP_BOTTOM):
+        if rng.random() < 0.5:
+            img, msk = img.transpose(flip), msk.transpose(flip)
+    img = ImageEnhance.Brightness(img).enhance(float(rng.uniform(0.8, 1.2)))
+    img = ImageEnhance.Contrast(img).enhance(float(rng.uniform(0.8, 1.2)))
+    return np.asarray(img), np.asarray(msk)
 
 
 @torch.no_grad()

@@ -2,8 +2,10 @@
 
 Reads the other stages' reports (nothing is recomputed): the dataset and its ingest
 problems, the sweep's chosen cells and heatmaps, the gate's verdicts next to their
-baselines, real-vs-synthetic image grids, the classifiers per condition with their
-delta vs `real`, and provenance (git sha, params hash, data digest, MLflow run ids).
+baselines, real-vs-synthetic image grids, the classifiers per condition with the
+paired comparisons against the controls (its first line answers: synthetic vs
+classical augmentation, better / worse / not distinguishable, with the interval), and
+provenance (git sha, params hash, data digest, MLflow run ids).
 
 Writes under `out_dir`:
     report.html   images inlined as data URIs: one file to mail or archive
@@ -27,6 +29,7 @@ from pathlib import Path
 from defectgen import manifest
 from defectgen.config import Params
 from defectgen.core import report as page
+from defectgen.core import stats
 from defectgen.core.report import Cell, Section
 from defectgen.errors import DataError
 from defectgen.io import atomic_dir, file_digest, write_file
@@ -139,20 +142,48 @@ def _images(generated: Path) -> Section:
     return sec
 
 
+def _comparison_rows(comparisons: list[dict], metrics: tuple[str, ...], points: bool) -> list:
+    rows = []
+    for c in comparisons:
+        if c["metric"] in metrics:
+            rows.append(
+                [
+                    c["arm"],
+                    c["control"],
+                    c["metric"],
+                    Cell(stats.describe({**c, "p_value": None}, points=points), numeric=True),
+                    Cell("-" if c["p_value"] is None else f"{c['p_value']:.2g}", numeric=True),
+                    c["verdict"],
+                    Cell(str(c["n_seeds"]), numeric=True),
+                ]
+            )
+    return rows
+
+
+COMPARISON_HEADERS = ["arm", "control", "metric", "difference [95 % CI]", "p", "verdict", "seeds"]
+
+
 def _classifiers(train: Path) -> tuple[Section, str]:
     result = _json(train / "eval.json")
+    protocol = result["protocol"]
     sec = Section("Does synthetic data help? Classifiers on the real test split")
     sec.paragraph(
-        f"{result['test_images']} real test images; mean ± sample std over seeds; the epoch "
-        "with the best val accuracy is scored. real: the few-shot subset; real+synthetic: "
-        "+ gate-passed images; real+ungated: + every generated image; substitution: the "
-        "train images outside the subset replaced by synthetic ones; real+classical: + as "
-        "many classical augmentations."
+        f"{result['test_images']} real test images; mean ± sample std over "
+        f"{len(protocol['seeds'])} seeds, paired across conditions ({protocol['paired']}); "
+        f"every condition trains {protocol['steps']} optimizer steps at batch "
+        f"{protocol['batch_size']} (equal budgets), and the best of {protocol['val_checks']} "
+        "val checkpoints is scored. real: the few-shot subset; real+synthetic: + gate-passed "
+        "images; real+ungated: + every generated image; real+classical[-ungated]: + as many "
+        "classical augmentations per class as that arm adds; real+oracle[-ungated]: + as "
+        "many real train images from outside the subset (a perfect generator); all-train: "
+        "the whole train split; substitution: the train images outside the subset "
+        "replaced by synthetic ones; majority: no training. Classical augmentation: "
+        f"{protocol['classical']}."
     )
-    rows, bars, best = [], [], ""
-    best_delta = None
+    rows, bars = [], []
     for model, conditions in result["models"].items():
-        for condition, e in conditions.items():
+        for condition in result["order"]:
+            e = conditions[condition]
             delta = e.get("accuracy_delta")
             rows.append(
                 [
@@ -167,28 +198,33 @@ def _classifiers(train: Path) -> tuple[Section, str]:
                 ]
             )
             bars.append((f"{model} {condition}", e["accuracy_mean"], e["accuracy_std"]))
-            if (
-                condition != "real"
-                and delta is not None
-                and (best_delta is None or delta > best_delta)
-            ):
-                spread = max(e["accuracy_std"], conditions["real"]["accuracy_std"])
-                best_delta, best = (
-                    delta,
-                    (
-                        f"{model} {condition}, {delta * 100:+.1f} pp test accuracy vs real "
-                        f"(seed std up to {spread * 100:.1f} pp)"
-                    ),
-                )
     sec.table(
-        ["model", "condition", "train images", "accuracy", "macro-F1", "delta accuracy",
+        ["model", "condition", "train images", "accuracy", "macro-F1", "vs real",
          "recall per class", "seeds"],
         rows,
     )  # fmt: skip
+    for model, comparisons in result["comparisons"].items():
+        sec.paragraph(f"{model}: paired differences in test accuracy (t interval over seeds).")
+        sec.table(COMPARISON_HEADERS, _comparison_rows(comparisons, ("accuracy",), True))
+        for arm, cap in result["captured"][model].items():
+            if cap["fraction"] is None:
+                sec.paragraph(f"{arm}: share of the oracle's gain not given: {cap['why']}.")
+                continue
+            ci = cap["ci"]
+            span = f" (95 % bootstrap CI {ci[0]:.2f} to {ci[1]:.2f})" if ci else ""
+            sec.paragraph(
+                f"{arm} captures {cap['fraction']:.2f} of the oracle's accuracy gain over "
+                f"the classical arm{span}."
+            )
+    for condition, short in result["oracle_shortfall"].items():
+        sec.paragraph(
+            f"{condition} lacks real images to match its arm: {short} fewer per class.",
+            note=True,
+        )
     for condition, reason in result.get("skipped", {}).items():
         sec.paragraph(f"{condition}: not trained, {reason}.", note=True)
     sec.figure(page.accuracy_plot(bars, "test accuracy (mean ± std over seeds)"), "accuracy")
-    return sec, best
+    return sec, result["headline"]
 
 
 def _masks(masks: Path) -> Section:
@@ -282,6 +318,9 @@ def _segmentation(segment: Path) -> Section | None:
                  for k, _ in SEG_SHOWN]  # fmt: skip
         rows.append([condition, Cell(str(entry["n_train"]), numeric=True), *cells, ""])
     sec.table(["condition", "train pairs", *(n for _, n in SEG_SHOWN), "notes"], rows)
+    sec.paragraph(report["headline"] + " Paired differences (MAE: lower is better):")
+    shown = ("s_measure", "dice", "mae")
+    sec.table(COMPARISON_HEADERS, _comparison_rows(report["comparisons"], shown, False))
     counts = ", ".join(
         f"{split} {report[f'coco_{split}_images']} images / "
         f"{report[f'coco_{split}_instances']} instances"
@@ -337,17 +376,16 @@ INPUTS = {
 }
 
 
-def _summary(gate: tuple[Section, int, int] | None, n_classes: int, best: str | None) -> str:
+def _summary(gate: tuple[Section, int, int] | None, n_classes: int, answer: str | None) -> str:
+    """The page's first line: the answer (synthetic vs classical augmentation), then the
+    gate's verdicts."""
     if gate is None:
         return "The run stopped before the quality gate: no synthetic image was judged."
     _, passed, kept = gate
-    text = f"{passed} of {n_classes} classes passed the quality gate; "
-    if best is None:
-        return text + f"{kept} synthetic images were kept; no classifier was trained."
-    text += f"{kept} synthetic images entered training. "
-    if best:
-        return text + f"The best condition beyond real: {best}."
-    return text + "No condition beyond real was trained."
+    text = f"{passed} of {n_classes} classes passed the quality gate; {kept} synthetic images "
+    if answer is None:
+        return text + "were kept; no classifier was trained."
+    return f"{answer} {text}entered real+synthetic."
 
 
 def run(
@@ -402,9 +440,9 @@ def run(
         sections.append(heatmaps)
     if "generated" in have:
         sections.append(_images(have["generated"]))
-    best = None
+    answer = None
     if "train" in have:
-        clf_sec, best = _classifiers(have["train"])
+        clf_sec, answer = _classifiers(have["train"])
         sections.append(clf_sec)
     if masks is not None:  # the mask branch is optional: no section, no "missing" either
         sections.append(_masks(Path(masks)))
@@ -414,7 +452,7 @@ def run(
         sections.append(sec)
     sections.append(_provenance(params, have.get("preprocessed")))
     title = f"defectgen report: {params.data.name}"
-    summary = _summary(gate, n_classes, best)
+    summary = _summary(gate, n_classes, answer)
     with atomic_dir(out_dir) as tmp:
         write_file(tmp / HTML_NAME, page.render_html(title, summary, sections).encode())
         write_file(tmp / MARKDOWN_NAME, page.render_markdown(title, summary, sections).encode())

@@ -4,27 +4,36 @@ DefFiller's evaluation (seed 002, 4.4.3): a saliency / segmentation model, one f
 classes, trained on the real pairs alone and on real + synthetic pairs, scored on real
 held-out pairs. Here:
     train   the real train pairs the generator learned from (pairs.data: the few-shot
-            subset or all of train), plus, per condition (segment.conditions):
-              real            nothing
-              real+synthetic  the pairs of classes that passed the pairs_gate
-              real+ungated    every pair, ignoring the gate
+            subset or all of train), plus, per condition (core.arms):
+              real                     nothing
+              real+synthetic           the pairs of classes that passed the pairs_gate
+              real+ungated             every pair, ignoring the gate
+              real+classical[-ungated] as many classically augmented real pairs per class
+                                       (core.segment.CLASSICAL) as the arm adds
+              real+oracle[-ungated]    as many real train pairs from outside the subset
+              all-train                every real train pair
+            segment.conditions lists the synthetic arms; the controls run with them.
+            Every U-Net trains segment.steps optimizer steps, seeds paired across
+            conditions (the same init, batch order and flips per seed).
     test    the real test split (never seen by any generator)
 DefFiller's 1:5 train:test scarcity is a split choice (preprocess.split; the
 SD-Saliency-900 profile in the README sets it). Each condition trains one U-Net per
 seed (core.segment); its probability maps on the test pairs give S-measure (alpha 0.5),
 MAE, max E-measure, max F-measure, IoU, Dice and pixel AUROC/AP (core.segmetrics),
-reported as mean and std over the seeds, overall and per class (Dice).
+reported as mean and sample std over the seeds, overall and per class (Dice), with
+paired differences (95 % t interval, p) between the conditions that answer a question.
 
 COCO export (core.coco): the real pairs of every split plus the synthetic pairs
 (segment.export: the gated ones, or all) in train, RLE instances per 8-connected region,
 with the images copied beside the JSON so the folder is self-contained.
 
 Writes under `out_dir`:
-    segment.json        per condition: metrics mean/std, per seed, per class; counts
+    segment.json        per condition: metrics mean/std, per class; counts; the paired
+                        comparisons and the headline (pairs vs classical augmentation)
     comparison.csv      condition, metric, mean, std (a table for the report)
     runs.parquet        one row per (condition, seed): every metric
     coco/{train,val,test}.json, coco/images/{real,synthetic}/...
-    curves/<condition>.seed<k>.csv   training loss per epoch (real_ungated.seed0.csv)
+    curves/<condition>.seed<k>.csv   training loss, 20 points (real_ungated.seed0.csv)
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ import pandas as pd
 
 from defectgen import manifest
 from defectgen.config import Params, metric_name
-from defectgen.core import coco, segment, segmetrics
+from defectgen.core import arms, coco, segment, segmetrics, stats
 from defectgen.core.device import runtime
 from defectgen.core.images import decode_image
 from defectgen.errors import DataError
@@ -109,18 +118,19 @@ def _export(
     return counts
 
 
-def _fit_score(params: Params, condition: str, seed: int, train_set, test_set, labels_test):
-    """One U-Net: metrics overall, Dice per class, and its loss per epoch."""
+def _fit_score(params: Params, seed: int, train_set, test_set, labels_test):
+    """One U-Net: metrics overall, Dice per class, and its loss curve. The seed is the
+    same for every condition (paired: init, batch order and flips drawn alike)."""
     cfg = params.segment
     rt = runtime(params.model)
     images, masks = train_set
     fit = segment.fit(
         images,
         masks,
-        epochs=cfg.epochs,
+        steps=cfg.steps,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
-        seed=derive_seed(params.seed, "segment", condition, seed),
+        seed=derive_seed(params.seed, "segment", seed),
         widths=tuple(cfg.widths),
         rt=rt,
     )
@@ -133,6 +143,70 @@ def _fit_score(params: Params, condition: str, seed: int, train_set, test_set, l
             np.mean([segmetrics.iou_dice(preds[i], test_set[1][i])[1] for i in idx])
         )
     return scores, per_class, fit.losses
+
+
+class _Conditions:
+    """The training pairs of each condition (core.arms): real pairs, synthetic pairs, and
+    the matched classical copies and oracle pairs, drawn per seed."""
+
+    def __init__(self, params, preprocessed, pairs_dir, real_train, outside, added):
+        self.params, self.pairs_dir, self.added = params, pairs_dir, added
+        self.real_train, self.outside = real_train, outside
+        self.plan = arms.plan(params.segment.conditions, oracle=params.segment.oracle)
+        both = real_train + outside
+        images, masks = _load(preprocessed, both)
+        self.pixels = {
+            r["id"]: p for r, p in zip(both, zip(images, masks, strict=True), strict=True)
+        }
+
+    def reason(self, name: str) -> str | None:
+        matched = self.plan[name]
+        if name in self.added and not self.added[name]:
+            return "no synthetic pairs" + (" passed the gate" if name == "real+synthetic" else "")
+        if matched is not None and not self.added[matched]:
+            return f"{matched} adds no pair to match"
+        if name == arms.ALL_TRAIN or (matched is not None and name == arms.oracle_of(matched)):
+            return None if self.outside else "every train pair is in the few-shot subset"
+        return None
+
+    def pairs(self, name: str, seed: int) -> tuple[list, list, int]:
+        """(images, masks, number of added pairs) for one condition and seed."""
+        own = [self.pixels[r["id"]] for r in self.real_train]
+        matched = self.plan[name]
+        if name in (arms.REAL, arms.MAJORITY):
+            extra = []
+        elif name in self.added:
+            extra = list(zip(*_load(self.pairs_dir, self.added[name]), strict=True))
+        elif name == arms.ALL_TRAIN:
+            extra = [self.pixels[r["id"]] for r in self.outside]
+        else:
+            counts = arms.per_class(self.added[matched])
+            rng = np.random.default_rng(derive_seed(self.params.seed, "segment", name, seed))
+            if name == arms.classical_of(matched):
+                sources = arms.draw_classical(self.real_train, counts, rng)
+                extra = [segment.classical_pair(*self.pixels[r["id"]], rng) for r in sources]
+            else:
+                picked, _ = arms.draw_oracle(self.outside, counts, rng)
+                extra = [self.pixels[r["id"]] for r in picked]
+        both = own + extra
+        return [p[0] for p in both], [p[1] for p in both], len(extra)
+
+
+# Compared between conditions (paired over seeds); MAE is better when lower.
+COMPARED = {"s_measure": True, "dice": True, "iou": True, "mae": False}
+
+
+def headline(comparisons: list[dict]) -> str:
+    """Synthetic pairs vs classically augmented real pairs, in S-measure, in one line."""
+    for arm in arms.ADDITIVE:
+        for c in comparisons:
+            if (c["arm"], c["control"], c["metric"]) == (arm, arms.classical_of(arm), "s_measure"):
+                return (
+                    f"Synthetic pairs vs classical augmentation ({arm} vs {c['control']}, "
+                    f"{c['n_seeds']} paired seeds, equal steps): {c['verdict']}; S-measure "
+                    f"{stats.describe(c, points=False)}."
+                )
+    return "No synthetic pairs were trained on, so pairs vs classical augmentation is unanswered."
 
 
 def run(
@@ -166,18 +240,17 @@ def run(
         )
     synthetic = manifest.read_rows(pairs_dir)
     passed = {r["id"] for r in manifest.read_rows(gated)}
-    conditions = {
-        "real": [],
-        "real+synthetic": [r for r in synthetic if r["id"] in passed],
-        "real+ungated": synthetic,
-    }
+    added = {"real+synthetic": [r for r in synthetic if r["id"] in passed],
+             "real+ungated": synthetic}  # fmt: skip
+    real_ids = {r["id"] for r in real_train}
+    outside = [r for r in rows if r["split"] == "train" and r["id"] not in real_ids]
     side = int(everything[0]["width"])
     if side % 2 ** (len(cfg.widths) - 1):
         raise DataError(
             f"images of {side} px do not divide by 2 ** {len(cfg.widths) - 1}; "
             "choose segment.widths with fewer levels or another preprocess.image_size"
         )
-    real_set = _load(preprocessed, real_train)
+    conds = _Conditions(params, preprocessed, pairs_dir, real_train, outside, added)
     test_set = _load(preprocessed, test)
     key = file_digest(
         preprocessed / manifest.MANIFEST_NAME,
@@ -186,31 +259,42 @@ def run(
     )[:16]
     key += params.section_hash("seed", "segment", "pairs")
     resume = Resume(out_dir, key)
-    report: dict = {"n_train_real": len(real_train), "n_test": len(test), "conditions": {}}
+    report: dict = {
+        "n_train_real": len(real_train),
+        "n_test": len(test),
+        "protocol": {
+            "steps": cfg.steps,
+            "batch_size": cfg.batch_size,
+            "seeds": cfg.seeds,
+            "paired": "per seed the same init, batch order and flips in every condition",
+            "interval": "95 % Student-t over paired seed differences",
+            "classical": segment.CLASSICAL,
+            "matched_to": {k: v for k, v in conds.plan.items() if v is not None},
+        },
+        "conditions": {},
+    }
     runs: list[dict] = []
     curves = Curves()
     metrics_out: dict[str, float] = {}
     with atomic_dir(out_dir) as tmp:
-        export = conditions["real+synthetic" if cfg.export == "gated" else "real+ungated"]
+        export = added["real+synthetic" if cfg.export == "gated" else "real+ungated"]
         counts = _export(tmp, preprocessed, pairs_dir, rows, export, labels)
-        for condition in cfg.conditions:
-            extra = conditions[condition]
-            if condition != "real" and not extra:
-                report["conditions"][condition] = {
-                    "skipped": "no synthetic pairs"
-                    + (" passed the gate" if condition == "real+synthetic" else "")
-                }
+        for condition in conds.plan:
+            if condition == arms.MAJORITY:  # a classifier baseline; no pixel-level analogue
                 continue
-            syn_set = _load(pairs_dir, extra) if extra else ([], [])
-            train_set = (real_set[0] + syn_set[0], real_set[1] + syn_set[1])
+            if reason := conds.reason(condition):
+                report["conditions"][condition] = {"skipped": reason}
+                continue
             for seed in cfg.seeds:
                 unit_name = f"{condition}.seed{seed}"
                 if resume.done(unit_name) is None:
+                    images, masks, n_added = conds.pairs(condition, seed)
                     with resume.unit(unit_name) as unit:
                         scores, per_class, losses = _fit_score(
-                            params, condition, seed, train_set, test_set, [r["label"] for r in test]
+                            params, seed, (images, masks), test_set, [r["label"] for r in test]
                         )
-                        record = {"scores": scores, "per_class_dice": per_class, "losses": losses}
+                        record = {"scores": scores, "per_class_dice": per_class, "losses": losses,
+                                  "n_train": len(images), "n_added": n_added}  # fmt: skip
                         atomic_write_json(unit / "run.json", record)
                 done = json.loads((resume.done(unit_name) / "run.json").read_text("utf-8"))
                 curves.series[f"{metric_name(condition)}.seed{seed}"] = done["losses"]
@@ -219,23 +303,43 @@ def run(
                     {
                         "condition": condition,
                         "seed": seed,
-                        "n_train": len(train_set[0]),
+                        "n_train": done["n_train"],
+                        "n_added": done["n_added"],
                         **done["scores"],
                         **per_class_dice,
                     }
                 )
             mine = pd.DataFrame([r for r in runs if r["condition"] == condition])
-            entry = {"n_train": int(mine["n_train"].iloc[0]), "n_synthetic": len(extra)}
+            entry = {
+                "n_train": int(mine["n_train"].iloc[0]),
+                "n_added": int(mine["n_added"].iloc[0]),
+            }
             for metric in METRICS:
-                entry[metric] = {
-                    "mean": float(mine[metric].mean()),
-                    "std": float(mine[metric].std(ddof=0)),
-                }
+                s = stats.summary(mine[metric].tolist())
+                entry[metric] = {"mean": s["mean"], "std": s["std"]}
                 metrics_out[f"{metric_name(condition)}/{metric}"] = entry[metric]["mean"]
+            entry["n_seeds"] = len(mine)
             entry["dice_per_class"] = {
                 c[5:]: float(mine[c].mean()) for c in mine.columns if c.startswith("dice/")
             }
             report["conditions"][condition] = entry
+        trained = {r["condition"] for r in runs}
+        asked = arms.questions(conds.plan, trained)
+        comparisons = []
+        for metric, higher in COMPARED.items():
+            values = {
+                c: {r["seed"]: r[metric] for r in runs if r["condition"] == c} for c in trained
+            }
+            comparisons += stats.compare(values, asked, metric, higher)
+        report["order"] = [c for c in conds.plan if c in report["conditions"]]
+        report["comparisons"] = comparisons
+        report["headline"] = headline(comparisons)
+        for c in comparisons:
+            name = f"{metric_name(c['arm'])}/vs_{metric_name(c['control'])}/{c['metric']}"
+            metrics_out[f"{name}_delta"] = c["delta"]
+            if c["ci"] is not None:
+                metrics_out[f"{name}_ci_low"], metrics_out[f"{name}_ci_high"] = c["ci"]
+                metrics_out[f"{name}_p"] = c["p_value"]
         report.update(counts)
         atomic_write_json(tmp / REPORT_NAME, report)
         pd.DataFrame(runs).to_parquet(tmp / RUNS_NAME, index=False)
@@ -259,6 +363,6 @@ def run(
     metrics_out.update(
         n_train_real=float(len(real_train)),
         n_synthetic=float(len(synthetic)),
-        n_gated=float(len(conditions["real+synthetic"])),
+        n_gated=float(len(added["real+synthetic"])),
     )
     return metrics_out

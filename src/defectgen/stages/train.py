@@ -1,27 +1,37 @@
-"""Train: defect classifiers on real vs real+synthetic data (StableSDG III-D, IV-C).
+"""Train: defect classifiers on real vs real+synthetic data, against matched controls.
 
-Conditions (train.conditions), each per model in train.models and seed in train.seeds:
-    real             the few-shot subset: the real images the generator learned from
-    real+synthetic   the subset plus the gate-passed synthetic images (expansion)
-    real+ungated     the subset plus every generated image, ignoring the gate: does the
-                     gate's verdict predict whether synthetic images help or hurt?
-    substitution     the subset plus synthetic images standing in for the train images
-                     outside it (Fig. 9): per class min(#train - #subset, #gate-passed)
-    real+classical   the subset plus as many classically augmented subset images per
-                     class as real+synthetic adds: does generation beat augmentation?
-A condition that would add no image (e.g. the gate passed none) is skipped with the
-reason: it would only repeat `real`. Every condition is scored on the same frozen real
-test split; the val split picks the epoch. Synthetic images enter training only: their
-rows are split train and their parents are train images (checked here again).
+StableSDG III-D / IV-C's protocol (core.classify), under equal budgets: every model,
+condition and seed trains for the same `train.steps` optimizer steps, seeds are paired
+across conditions (the same initialisation, batch order and augmentation draws), and
+every synthetic arm has controls that add as many images per class (core.arms):
+
+    real                     the few-shot subset: the real images the generator learned from
+    real+synthetic           + the gate-passed synthetic images
+    real+ungated             + every generated image, ignoring the gate
+    substitution             the train images outside the subset replaced by gate-passed
+                             synthetic ones (Fig. 9): per class min(#outside, #passed)
+    real+classical[-ungated] + as many classically augmented subset images per class as
+                             real+synthetic [real+ungated] adds (core.classify.CLASSICAL)
+    real+oracle[-ungated]    + as many real train images from outside the subset (what a
+                             perfect generator would add; train.oracle)
+    all-train                the whole train split (train.oracle)
+    majority                 no training: the subset's most frequent class
+`train.conditions` lists the synthetic arms; the controls always run with them. A
+condition that would add no image (e.g. the gate passed none) is skipped with the
+reason. Every condition is scored on the same frozen real test split; val picks the
+checkpoint. Synthetic images enter training only: their rows are split train and
+their parents are train images (checked here again).
 
 Writes under `out_dir`:
-    eval.json        per model and condition: mean and std over seeds of accuracy,
-                     macro-F1 and per-class recall, delta vs real, train counts; skips
-    runs.parquet     one row per (model, condition, seed): numbers, best epoch, counts,
+    eval.json        the protocol; per model and condition mean and sample std over seeds
+                     of accuracy, macro-F1 and per-class recall, counts; per model the
+                     paired comparisons (delta, 95 % t interval, p) and the fraction of
+                     the oracle's gain each arm captures; the headline; skips
+    runs.parquet     one row per (model, condition, seed): numbers, best step, counts,
                      the training ids and their sha256
     comparison.csv   model, condition, accuracy and macro-F1 means (the DVC plot)
     confusion.json   per model and condition: test confusion matrix summed over seeds
-    curves/<model>.<condition>.<seed>.csv   training loss per epoch ('+' written '_')
+    curves/<model>.<condition>.<seed>.csv   mean training loss between val checks
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ import torch
 
 from defectgen import manifest
 from defectgen.config import Params, metric_name
-from defectgen.core import classify
+from defectgen.core import arms, classify, stats
 from defectgen.core.device import runtime
 from defectgen.errors import DataError
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
@@ -47,6 +57,7 @@ REPORT_NAME = "eval.json"
 RUNS_NAME = "runs.parquet"
 PLOT_NAME = "comparison.csv"
 CONFUSION_NAME = "confusion.json"
+METRICS = ("accuracy", "macro_f1")
 
 
 class _Data:
@@ -59,6 +70,9 @@ class _Data:
         self.labels = sorted({r["label"] for r in rows})
         self.split = {s: [r for r in rows if r["split"] == s] for s in ("train", "val", "test")}
         self.subset = [r for r in self.split["train"] if r["in_subset"]]
+        self.outside = [r for r in self.split["train"] if not r["in_subset"]]
+        self.plan = arms.plan(params.train.conditions, oracle=params.train.oracle)
+        self.matched = {k: v for k, v in self.plan.items() if v is not None}
         self.gated = manifest.read_rows(gated)
         self.generated = manifest.read_rows(generated)
         held_out = {r["id"] for r in self.split["val"] + self.split["test"]}
@@ -83,39 +97,48 @@ class _Data:
     def condition(self, name: str, seed: int) -> tuple[list[dict], list[np.ndarray], str | None]:
         """(training rows, extra classical images, reason to skip or None) for a condition.
 
-        Classical images have no manifest rows: they are returned as pixels with
-        rows naming their source image.
+        Classical images have no manifest rows: they are returned as pixels, with rows
+        (origin "classical") naming their source image.
         """
         base = list(self.subset)
-        if name == "real":
+        added = {"real+synthetic": self.gated, "real+ungated": self.generated}
+        matched = self.matched.get(name)
+        if name in (arms.REAL, arms.MAJORITY):
             return base, [], None
-        by_label = {c: [r for r in self.gated if r["label"] == c] for c in self.labels}
-        if name == "real+synthetic":
-            added = self.gated
-            return base + added, [], None if added else "the gate passed no synthetic image"
-        if name == "real+ungated":
-            added = self.generated
-            return base + added, [], None if added else "no generated images"
+        if name in added:
+            why = "the gate passed no synthetic image" if name == "real+synthetic" else None
+            return base + added[name], [], None if added[name] else why or "no generated images"
+        if matched is not None and not added[matched]:
+            return base, [], f"{matched} adds no image to match"
+        if name == arms.ALL_TRAIN:
+            extra_rows = self.outside
+            why = "every train image is in the few-shot subset"
+            return base + extra_rows, [], None if extra_rows else why
         if name == "substitution":
-            added = []
+            out = []
             for c in self.labels:
-                removed = sum(1 for r in self.split["train"] if r["label"] == c) - sum(
-                    1 for r in self.subset if r["label"] == c
-                )
-                added += by_label[c][:removed]
-            return base + added, [], None if added else "the gate passed no synthetic image"
-        if name == "real+classical":
-            rng = np.random.default_rng(derive_seed(self.params.seed, "classical", seed))
-            rows, extra = [], []
-            for c in self.labels:
-                own = [r for r in self.subset if r["label"] == c]
-                picks = rng.integers(0, len(own), len(by_label[c]))
-                for i in picks:
-                    rows.append({**own[i], "origin": "classical"})
-                    extra.append(classify.classical_augment(self.pixels([own[i]])[0], rng))
-            reason = None if rows else "real+synthetic adds no image to match"
-            return base + rows, extra, reason
+                n_out = sum(1 for r in self.outside if r["label"] == c)
+                out += [r for r in self.gated if r["label"] == c][:n_out]
+            return base + out, [], None if out else "the gate passed no synthetic image"
+        counts = arms.per_class(added[matched])
+        rng = np.random.default_rng(derive_seed(self.params.seed, name, seed))
+        if name == arms.classical_of(matched):
+            sources = arms.draw_classical(self.subset, counts, rng)
+            extra = [classify.classical_augment(px, rng) for px in self.pixels(sources)]
+            return base + [{**r, "origin": "classical"} for r in sources], extra, None
+        if name == arms.oracle_of(matched):
+            picked, _ = arms.draw_oracle(self.outside, counts, rng)
+            why = "no train images outside the few-shot subset"
+            return base + picked, [], None if picked else why
         raise ValueError(name)
+
+    def oracle_shortfall(self, name: str) -> dict[str, int]:
+        """Per class how many images an oracle arm lacks to match its synthetic arm."""
+        matched = self.matched[name]
+        added = self.gated if matched == "real+synthetic" else self.generated
+        have = arms.per_class(self.outside)
+        want = arms.per_class(added)
+        return {c: k - have.get(c, 0) for c, k in want.items() if k > have.get(c, 0)}
 
 
 def _tensors(data: _Data, rows: list[dict], extra: list[np.ndarray]) -> tuple:
@@ -137,27 +160,34 @@ def _train_one(params: Params, data: _Data, model_name: str, condition: str, see
     if leaked:  # cannot happen by construction; the invariant that matters most
         raise DataError(f"val/test images in the training set of {condition}: {sorted(leaked)[:3]}")
     train = _tensors(data, rows, extra)
-    val = _tensors(data, data.split["val"], [])
     test_x, test_y = _tensors(data, data.split["test"], [])
-    with torch.random.fork_rng():
-        torch.manual_seed(derive_seed(params.seed, "init", model_name, seed) % 2**63)
-        model = classify.build(model_name, len(data.labels))
-    fit = classify.fit(
-        model,
-        train,
-        val,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        augment=classify.protocol_augment(cfg.rotation, cfg.flips),
-        # the same init, shuffling and augmentation in every condition (common random
-        # numbers): a delta vs real reflects the training images, not the draw
-        seed=derive_seed(params.seed, "fit", model_name, seed) % 2**63,
-        rt=rt,
-    )
-    preds = classify.predict(fit.model, test_x, rt)
-    scores = classify.evaluate(test_y.tolist(), preds, data.labels)
     counts = {c: int((train[1] == i).sum()) for i, c in enumerate(data.labels)}
+    if condition == arms.MAJORITY:
+        preds = classify.majority(train[1].tolist(), len(test_y))
+        fit = classify.Fit(None, 0, [], [], [])
+        steps = 0
+    else:
+        val = _tensors(data, data.split["val"], [])
+        with torch.random.fork_rng():
+            torch.manual_seed(derive_seed(params.seed, "init", model_name, seed) % 2**63)
+            model = classify.build(model_name, len(data.labels))
+        fit = classify.fit(
+            model,
+            train,
+            val,
+            steps=cfg.steps,
+            evals=cfg.evals,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            augment=classify.protocol_augment(cfg.rotation, cfg.flips),
+            # the same init, batch-order and augmentation draws in every condition (common
+            # random numbers): a paired delta reflects the training images, not the draw
+            seed=derive_seed(params.seed, "fit", model_name, seed) % 2**63,
+            rt=rt,
+        )
+        preds = classify.predict(fit.model, test_x, rt)
+        steps = cfg.steps
+    scores = classify.evaluate(test_y.tolist(), preds, data.labels)
     return {
         "model": model_name,
         "condition": condition,
@@ -166,7 +196,10 @@ def _train_one(params: Params, data: _Data, model_name: str, condition: str, see
         "macro_f1": scores.macro_f1,
         "recall": scores.recall,
         "confusion": scores.confusion,
-        "best_epoch": fit.best_epoch,
+        "steps": steps,
+        "epochs_equivalent": steps * cfg.batch_size / len(train[1]),
+        "best_step": fit.best_step,
+        "eval_steps": fit.eval_steps,
         "val_accuracy": fit.val_accuracy,
         "train_loss": fit.losses,
         "n_train": counts,
@@ -178,6 +211,57 @@ def _train_one(params: Params, data: _Data, model_name: str, condition: str, see
     }
 
 
+def _by_seed(records: list[dict], model: str, condition: str, metric: str) -> dict[int, float]:
+    mine = (r for r in records if (r["model"], r["condition"]) == (model, condition))
+    return {r["seed"]: r[metric] for r in mine}
+
+
+def _comparisons(records: list[dict], model: str, plan: dict[str, str | None]) -> list[dict]:
+    """Paired (same seed) differences between the conditions that answer a question
+    (core.arms.questions), in accuracy and macro-F1."""
+    trained = {r["condition"] for r in records if r["model"] == model}
+    asked = arms.questions(plan, trained)
+    out = []
+    for metric in METRICS:
+        values = {c: _by_seed(records, model, c, metric) for c in trained}
+        out += stats.compare(values, asked, metric)
+    return out
+
+
+def _captured(records: list[dict], model: str) -> dict[str, dict]:
+    """Per additive arm: the fraction of the oracle's accuracy gain over the classical arm
+    that the synthetic images capture (core.stats.captured_fraction)."""
+    out = {}
+    for arm in arms.ADDITIVE:
+        series = [
+            _by_seed(records, model, c, "accuracy")
+            for c in (arm, arms.classical_of(arm), arms.oracle_of(arm))
+        ]
+        seeds = sorted(set(series[0]) & set(series[1]) & set(series[2]))
+        if len(seeds) < 2:
+            continue
+        out[arm] = stats.captured_fraction(*([s[k] for k in seeds] for s in series))
+    return out
+
+
+def headline(comparisons: dict[str, list[dict]]) -> str:
+    """The answer in one line: synthetic vs classical augmentation, better / worse / not
+    distinguishable, with the interval (real+synthetic when it trained, else real+ungated;
+    the first model)."""
+    for model, rows in comparisons.items():
+        for arm in arms.ADDITIVE:
+            hit = [r for r in rows if (r["arm"], r["metric"]) == (arm, "accuracy")
+                   and r["control"] == arms.classical_of(arm)]  # fmt: skip
+            if hit:
+                r = hit[0]
+                return (
+                    f"Synthetic vs classical augmentation ({model}, {arm} vs {r['control']}, "
+                    f"{r['n_seeds']} paired seeds, equal steps): {r['verdict']}; test accuracy "
+                    f"{stats.describe(r)}."
+                )
+    return "No synthetic arm was trained, so synthetic vs classical augmentation is unanswered."
+
+
 def _summarise(records: list[dict], labels: list[str]) -> tuple[dict, dict]:
     """eval.json's per (model, condition) means/stds and deltas, and summed confusions."""
     summary: dict[str, dict] = {}
@@ -187,18 +271,19 @@ def _summarise(records: list[dict], labels: list[str]) -> tuple[dict, dict]:
         mine = [r for r in records if r["model"] == model]
         for condition in dict.fromkeys(r["condition"] for r in mine):
             runs = [r for r in mine if r["condition"] == condition]
-            acc = np.array([r["accuracy"] for r in runs])
-            f1 = np.array([r["macro_f1"] for r in runs])
+            entry = {}
+            for metric in METRICS:
+                s = stats.summary([r[metric] for r in runs])
+                entry[f"{metric}_mean"], entry[f"{metric}_std"] = s["mean"], s["std"]
             summary[model][condition] = {
-                "accuracy_mean": float(acc.mean()),
-                "accuracy_std": float(acc.std(ddof=1)) if len(runs) > 1 else 0.0,
-                "macro_f1_mean": float(f1.mean()),
-                "macro_f1_std": float(f1.std(ddof=1)) if len(runs) > 1 else 0.0,
+                **entry,
                 "recall_mean": {c: float(np.mean([r["recall"][c] for r in runs])) for c in labels},
                 "n_seeds": len(runs),
                 "n_train": runs[0]["n_train"],
                 "n_synthetic": runs[0]["n_synthetic"],
                 "n_classical": runs[0]["n_classical"],
+                "steps": runs[0]["steps"],
+                "epochs_equivalent": runs[0]["epochs_equivalent"],
             }
             confusion[model][condition] = np.sum([r["confusion"] for r in runs], axis=0).tolist()
         if "real" in summary[model]:
@@ -216,7 +301,8 @@ def run(
 
     Returns:
         Metrics <model>/<condition>/accuracy_mean, _std, macro_f1_mean, _std,
-        accuracy_delta (vs real), with '+' in condition names written '_'
+        accuracy_delta (vs real); <model>/<arm>/vs_<control>/<metric>_delta, _ci_low,
+        _ci_high, _p for every paired comparison; '+' in condition names written '_'
         (+ time/... for MLflow only).
     """
     cfg = params.train
@@ -232,7 +318,7 @@ def run(
     records: list[dict] = []
     skipped: dict[str, str] = {}
     metrics_out: dict[str, float] = {}
-    for condition in cfg.conditions:
+    for condition in data.plan:
         _, _, reason = data.condition(condition, cfg.seeds[0])
         if reason:
             skipped[condition] = reason
@@ -251,20 +337,41 @@ def run(
                     done = resume.done(unit_name)
                 records.append(json.loads((done / "record.json").read_text(encoding="utf-8")))
     summary, confusion = _summarise(records, data.labels)
+    comparisons = {m: _comparisons(records, m, data.plan) for m in summary}
+    captured = {m: _captured(records, m) for m in summary}
+    short = {c: s for c in data.matched if c.startswith("real+oracle")
+             and c not in skipped and (s := data.oracle_shortfall(c))}  # fmt: skip
     with atomic_dir(out_dir) as tmp:
         atomic_write_json(
             tmp / REPORT_NAME,
             {
+                "headline": headline(comparisons),
                 "labels": data.labels,
                 "test_images": len(data.split["test"]),
+                "protocol": {
+                    "steps": cfg.steps,
+                    "batch_size": cfg.batch_size,
+                    "val_checks": cfg.evals,
+                    "seeds": cfg.seeds,
+                    "paired": "per seed the same init, batch order and augmentation draws "
+                    "in every condition",
+                    "interval": "95 % Student-t over paired seed differences",
+                    "classical": classify.CLASSICAL,
+                    "matched_to": data.matched,
+                },
+                "order": [c for c in data.plan if c not in skipped],  # the table's rows
                 "models": summary,
+                "comparisons": comparisons,
+                "captured": captured,
+                "oracle_shortfall": short,
                 "skipped": skipped,
             },
         )
         atomic_write_json(tmp / CONFUSION_NAME, confusion)
+        drop = ("confusion", "val_accuracy", "train_loss", "eval_steps")
         table = pd.DataFrame(
             [
-                {k: v for k, v in r.items() if k not in ("confusion", "val_accuracy", "train_loss")}
+                {k: v for k, v in r.items() if k not in drop}
                 | {"recall": json.dumps(r["recall"]), "n_train": json.dumps(r["n_train"])}
                 for r in records
             ]
@@ -284,9 +391,11 @@ def run(
         write_file(tmp / PLOT_NAME, pd.DataFrame(plot).to_csv(index=False).encode())
         curves = Curves()
         for r in records:
+            if not r["train_loss"]:
+                continue
             log = curves.logger(f"{r['model']}.{metric_name(r['condition'])}.{r['seed']}")
-            for epoch, loss in enumerate(r["train_loss"]):
-                log(epoch, loss)
+            for step, loss in zip(r["eval_steps"], r["train_loss"], strict=True):
+                log(step, loss)
         curves.write(tmp / CURVES_DIR)
     resume.finish()
     for model, conditions in summary.items():
@@ -296,5 +405,11 @@ def run(
                 metrics_out[f"{name}/{key}"] = entry[key]
             if "accuracy_delta" in entry:
                 metrics_out[f"{name}/accuracy_delta"] = entry["accuracy_delta"]
+        for c in comparisons[model]:
+            name = f"{model}/{metric_name(c['arm'])}/vs_{metric_name(c['control'])}/{c['metric']}"
+            metrics_out[f"{name}_delta"] = c["delta"]
+            if c["ci"] is not None:
+                metrics_out[f"{name}_ci_low"], metrics_out[f"{name}_ci_high"] = c["ci"]
+                metrics_out[f"{name}_p"] = c["p_value"]
     metrics_out["n_runs"] = float(len(records))
     return metrics_out

@@ -1,0 +1,1 @@
+"""Experiments: commands that run the pipeline to answer a question, with their results."""

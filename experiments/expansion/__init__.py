@@ -1,0 +1,1 @@
+"""Does synthetic data beat classical augmentation? (run.py)"""

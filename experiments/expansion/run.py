@@ -1,0 +1,432 @@
+"""Does synthetic data beat classical augmentation? One command per dataset.
+
+    python -m experiments.expansion elpv              # ELPV, from its Python package
+    python -m experiments.expansion neu-det           # ../shared/data/neu-det
+    python -m experiments.expansion sd-saliency-900   # ../shared/data/sd-saliency-900
+    python -m experiments.expansion mine --profile my.yaml   # any dataset: a profile
+
+A profile (profiles/<dataset>.yaml) is a few overrides of params.yaml: the dataset,
+the few-shot size, the expansion count and the seeds. The command copies the raw data
+into the run folder (the source is never written to), runs every stage of the DAG in
+order (the same `runner.execute` as `dvc repro` and KFP; MLflow off unless --track),
+and writes
+
+    results/<dataset>/results.json   per model and condition n_seeds, mean, sample std;
+                                     the paired comparisons (delta, 95 % CI, p); the
+                                     captured share of the oracle's gain; per class the
+                                     gate's numbers and verdict; segmentation likewise
+                                     when the data has masks; per-stage wall times; the
+                                     exact params, data digests, git sha, machine
+    results/<dataset>/results.md     the same, as tables, with the honest reading
+    results/<dataset>/*.png          real vs synthetic grids
+
+A killed run resumes: a stage whose output exists with the same params is not redone
+(and inside a stage, finished units are kept, as in any run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from defectgen import manifest
+from defectgen.config import merge_overrides, parse_params
+from defectgen.io import atomic_write_json, file_digest
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+PROFILES = HERE / "profiles"
+RESULTS = HERE / "results"
+
+# (stage, {input option: upstream stage}) in DAG order: dvc.yaml's stages, without
+# register (it needs the MLflow registry, which is not what is measured here).
+STAGES = [
+    ("ingest", {}),
+    ("preprocess", {"ingested": "ingest"}),
+    ("base", {"preprocessed": "preprocess"}),
+    ("finetune", {"preprocessed": "preprocess", "base": "base"}),
+    ("sweep", {"preprocessed": "preprocess", "base": "base", "adapters": "finetune"}),
+    ("generate", {"preprocessed": "preprocess", "base": "base", "adapters": "finetune",
+                  "sweep": "sweep"}),
+    ("gate", {"preprocessed": "preprocess", "generated": "generate"}),
+    ("train", {"preprocessed": "preprocess", "generated": "generate", "gated": "gate"}),
+    ("masks", {"preprocessed": "preprocess"}),
+    ("pairs", {"preprocessed": "preprocess", "base": "base", "masks": "masks"}),
+    ("pairs_gate", {"preprocessed": "preprocess", "generated": "pairs"}),
+    ("segment", {"preprocessed": "preprocess", "pairs": "pairs", "gated": "pairs_gate"}),
+    ("report", {"ingested": "ingest", "preprocessed": "preprocess", "sweep": "sweep",
+                "generated": "generate", "gated": "gate", "train": "train", "masks": "masks",
+                "pairs": "pairs", "pairs_gated": "pairs_gate", "segment": "segment"}),
+]  # fmt: skip
+
+# --toy: the same DAG at toy sizes (make test runs it; the numbers mean nothing).
+TOY = {
+    "preprocess": {"image_size": 32},
+    "base": {"batch_size": 8, "vae_steps": 3, "unet_steps": 3},
+    "finetune": {"batch_size": 2, "ti": {"steps": 2}, "lora": {"steps": 2}},
+    "sweep": {"strengths": [0.5], "guidances": [2.0], "probe_images": 3},
+    "generate": {"images_per_class": 4, "batch_size": 4, "steps": 4},
+    "gate": {"kid_subsets": 5},
+    "masks": {"per_class": 4, "methods": ["perturb"]},
+    "pairs": {"per_class": 4, "steps": 2, "batch_size": 4, "sample_steps": 3,
+              "generate_batch": 4},
+    "segment": {"seeds": [0, 1], "steps": 3, "batch_size": 8, "widths": [8, 16]},
+    "train": {"models": ["squeezenet1_1"], "seeds": [0, 1], "steps": 3, "evals": 1,
+              "batch_size": 16},
+}  # fmt: skip
+
+
+def build_params(dataset: str, profile: Path, toy: bool, track: bool) -> dict:
+    """params.yaml + the profile (+ TOY), tracking as asked; validated."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    over = yaml.safe_load(profile.read_text(encoding="utf-8")) or {}
+    raw = merge_overrides(raw, over)
+    if toy:
+        raw = merge_overrides(raw, TOY)
+    raw = merge_overrides(raw, {"tracking": {"enabled": track}})
+    raw["data"]["name"] = raw["data"].get("name") or dataset
+    parse_params(raw, str(profile))  # every error before any work
+    return raw
+
+
+def copy_data(raw: dict, run_dir: Path) -> dict:
+    """Copy the dataset into the run folder (never touching the source); data.root is
+    pointed at the copy. Returns where it came from. ELPV is read from its package."""
+    root = raw["data"].get("root")
+    if root is None:
+        import elpv_dataset  # noqa: F401  (the embedded default's package)
+
+        return {"source": "the elpv-dataset package", "copied": None}
+    source = Path(root)
+    if not source.is_absolute():
+        source = (REPO / source).resolve()
+    if not source.is_dir():
+        raise SystemExit(
+            f"{source}: dataset folder not found (data.root in the profile); "
+            "point it at the dataset, e.g. ../shared/data/<name> beside the repository"
+        )
+    dest = run_dir / "raw"
+    done = run_dir / ".raw-copied"
+    if not done.is_file():
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(source, dest)
+        done.write_text(str(source))
+    raw["data"]["root"] = str(dest)
+    return {"source": str(source), "copied": str(dest)}
+
+
+def run_stages(raw: dict, run_dir: Path) -> dict[str, dict]:
+    """Every stage in order, in this process; a stage done with these params is skipped
+    (its recorded wall time kept). Returns per stage wall_s and whether it was resumed."""
+    from defectgen.runner import execute, get_stage
+
+    params = parse_params(raw, "experiment params")
+    key = params.section_hash()
+    markers = run_dir / ".done"
+    markers.mkdir(parents=True, exist_ok=True)
+    times: dict[str, dict] = {}
+    for name, inputs in STAGES:
+        marker = markers / f"{name}.json"
+        out = run_dir / name
+        if marker.is_file() and out.is_dir():
+            done = json.loads(marker.read_text(encoding="utf-8"))
+            if done["key"] == key:
+                times[name] = {"wall_s": done["wall_s"], "resumed": True}
+                continue
+        print(f"[expansion] {name} ...", flush=True)
+        paths = {opt: run_dir / up for opt, up in inputs.items()}
+        _, wall = execute(get_stage(name), params, out_dir=out, inputs=paths)
+        atomic_write_json(marker, {"key": key, "wall_s": round(wall, 1)})
+        times[name] = {"wall_s": round(wall, 1), "resumed": False}
+        print(f"[expansion] {name}: {wall:.1f} s", flush=True)
+    return times
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _gate_rows(gate: dict) -> dict[str, dict]:
+    out = {}
+    for label, e in gate["classes"].items():
+        fd = next((k[: -len("_real")] for k in e if k.endswith("_real")), None)
+        out[label] = {
+            "distance_name": fd,
+            "distance": e.get(fd) if fd else None,
+            "real_vs_real": e.get(f"{fd}_real") if fd else None,
+            "ratio": e.get("ratio"),
+            "passed": e["passed"],
+            "reason": e.get("reason"),
+            "n_synthetic": e["n_synthetic"],
+            "n_kept": e.get("n_kept", 0),
+        }
+    return out
+
+
+def _classification(evaluation: dict) -> dict:
+    models = {}
+    for model, conditions in evaluation["models"].items():
+        models[model] = {
+            c: {
+                "n_seeds": e["n_seeds"],
+                "accuracy": {"mean": e["accuracy_mean"], "std": e["accuracy_std"]},
+                "macro_f1": {"mean": e["macro_f1_mean"], "std": e["macro_f1_std"]},
+                "n_train": sum(e["n_train"].values()),
+                "n_train_per_class": e["n_train"],
+                "steps": e["steps"],
+            }
+            for c, e in conditions.items()
+        }
+    keep = ("headline", "protocol", "order", "comparisons", "captured", "oracle_shortfall",
+            "skipped", "test_images", "labels")  # fmt: skip
+    return {"models": models, **{k: evaluation[k] for k in keep}}
+
+
+def _machine() -> dict:
+    import torch
+
+    cpu = "unknown"
+    if Path("/proc/cpuinfo").is_file():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
+
+
+def _git() -> str:
+    res = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True
+    )
+    return res.stdout.strip() or "unknown"
+
+
+def collect(dataset: str, raw: dict, run_dir: Path, times: dict, data: dict, argv: list) -> dict:
+    """results.json's content from the finished run's outputs."""
+    pre = run_dir / "preprocess"
+    rows = manifest.read_rows(pre)
+    counts: dict[str, dict[str, int]] = {}
+    for r in rows:
+        split = "few-shot" if r["in_subset"] else r["split"]
+        counts.setdefault(r["label"], {}).setdefault(split, 0)
+        counts[r["label"]][split] += 1
+    generated = manifest.read_rows(run_dir / "generate")
+    added = {label: sum(1 for g in generated if g["label"] == label) for label in counts}
+    result = {
+        "dataset": dataset,
+        "command": "python -m experiments.expansion " + " ".join(argv),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "git": _git(),
+        "machine": _machine(),
+        "params": raw,
+        "data": {
+            **data,
+            "ingested_manifest_sha256": file_digest(run_dir / "ingest" / manifest.MANIFEST_NAME),
+            "preprocessed_manifest_sha256": file_digest(pre / manifest.MANIFEST_NAME),
+            "images_per_class": counts,
+            "generated_per_class": added,
+        },
+        "stages": times,
+        "wall_s_total": round(sum(t["wall_s"] for t in times.values()), 1),
+        "classification": _classification(_json(run_dir / "train" / "eval.json")),
+        "gate": _gate_rows(_json(run_dir / "gate" / "gate.json")),
+    }
+    segment = _json(run_dir / "segment" / "segment.json")
+    if "skipped" in segment:
+        result["segmentation"] = {"skipped": segment["skipped"]}
+    else:
+        keep = ("headline", "protocol", "order", "conditions", "comparisons", "n_train_real",
+                "n_test")  # fmt: skip
+        result["segmentation"] = {k: segment[k] for k in keep}
+        result["pairs_gate"] = _gate_rows(_json(run_dir / "pairs_gate" / "gate.json"))
+    return result
+
+
+def _pm(e: dict, scale: float = 100.0, digits: int = 1) -> str:
+    return f"{e['mean'] * scale:.{digits}f} ± {e['std'] * scale:.{digits}f}"
+
+
+def markdown(result: dict) -> str:
+    from defectgen.core import stats
+
+    clf = result["classification"]
+    lines = [
+        f"# Expansion value on {result['dataset']} ({result['date']}, git {result['git']})",
+        "",
+        f"**{clf['headline']}**",
+    ]
+    seg = result["segmentation"]
+    if "headline" in seg:
+        lines += ["", f"**{seg['headline']}**"]
+    data = result["data"]
+    lines += [
+        "",
+        f"Command: `{result['command']}`. Data: {data['source']}; preprocessed manifest "
+        f"sha256 {data['preprocessed_manifest_sha256'][:16]}. Machine: "
+        f"{result['machine']['cpu']}, {result['machine']['cores']} cores, torch "
+        f"{result['machine']['torch']}. All stages: {result['wall_s_total'] / 60:.1f} min.",
+        "",
+        "| class | " + " | ".join(["few-shot", "train outside", "val", "test", "generated"]) + " |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for label, c in data["images_per_class"].items():
+        lines.append(
+            f"| {label} | {c.get('few-shot', 0)} | {c.get('train', 0)} | {c.get('val', 0)} | "
+            f"{c.get('test', 0)} | {data['generated_per_class'].get(label, 0)} |"
+        )
+    p = clf["protocol"]
+    lines += [
+        "",
+        "## Classifiers (real test split)",
+        "",
+        f"{len(p['seeds'])} paired seeds, {p['steps']} optimizer steps at batch "
+        f"{p['batch_size']} in every condition; accuracy in % (mean ± sample std). "
+        f"Classical augmentation: {p['classical']}.",
+        "",
+        "| model | condition | train images | accuracy | macro-F1 | seeds |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for model, conditions in clf["models"].items():
+        for c in clf["order"]:
+            e = conditions[c]
+            lines.append(
+                f"| {model} | {c} | {e['n_train']} | {_pm(e['accuracy'])} | "
+                f"{_pm(e['macro_f1'])} | {e['n_seeds']} |"
+            )
+    lines += ["", "Paired differences in test accuracy (95 % t interval over seeds):", "",
+              "| model | arm | control | difference | p | verdict |",
+              "|---|---|---|---:|---:|---|"]  # fmt: skip
+    for model, comparisons in clf["comparisons"].items():
+        for c in comparisons:
+            if c["metric"] == "accuracy":
+                p_text = "-" if c["p_value"] is None else f"{c['p_value']:.2g}"
+                lines.append(
+                    f"| {model} | {c['arm']} | {c['control']} | "
+                    f"{stats.describe({**c, 'p_value': None})} | {p_text} | {c['verdict']} |"
+                )
+    for model, captured in clf["captured"].items():
+        for arm, cap in captured.items():
+            if cap["fraction"] is None:
+                lines += ["", f"{model} {arm}: no share of the oracle's gain: {cap['why']}."]
+            else:
+                ci = cap["ci"]
+                span = f" (95 % bootstrap CI {ci[0]:.2f} to {ci[1]:.2f})" if ci else ""
+                lines += ["", f"{model} {arm} captures {cap['fraction']:.2f} of the oracle's "
+                          f"gain over the classical arm{span}."]  # fmt: skip
+    for condition, reason in clf["skipped"].items():
+        lines += ["", f"{condition}: not trained, {reason}."]
+    lines += ["", "## Gate (per class)", "",
+              "| class | distance | real vs real | ratio | verdict | kept / generated |",
+              "|---|---:|---:|---:|---|---:|"]  # fmt: skip
+    for label, g in result["gate"].items():
+        dist = "-" if g["distance"] is None else f"{g['distance']:.1f}"
+        rvr = "-" if g["real_vs_real"] is None else f"{g['real_vs_real']:.1f}"
+        ratio = "-" if g["ratio"] is None else f"{g['ratio']:.2f}"
+        verdict = "pass" if g["passed"] else "fail"
+        lines.append(
+            f"| {label} | {dist} | {rvr} | {ratio} | {verdict} | {g['n_kept']} / "
+            f"{g['n_synthetic']} |"
+        )
+    if "headline" in seg:
+        lines += ["", "## Segmentation (real test split)", "",
+                  f"{len(seg['protocol']['seeds'])} paired seeds, {seg['protocol']['steps']} "
+                  f"steps per U-Net. Classical: {seg['protocol']['classical']}.", "",
+                  "| condition | train pairs | S-measure | Dice | MAE |",
+                  "|---|---:|---:|---:|---:|"]  # fmt: skip
+        for c in seg["order"]:
+            e = seg["conditions"][c]
+            if "skipped" in e:
+                lines.append(f"| {c} | - | {e['skipped']} | | |")
+                continue
+            lines.append(
+                f"| {c} | {e['n_train']} | {_pm(e['s_measure'], 1, 3)} | "
+                f"{_pm(e['dice'], 1, 3)} | {_pm(e['mae'], 1, 3)} |"
+            )
+        lines += ["", "| arm | control | metric | difference | p | verdict |",
+                  "|---|---|---|---:|---:|---|"]  # fmt: skip
+        for c in seg["comparisons"]:
+            if c["metric"] in ("s_measure", "dice"):
+                p_text = "-" if c["p_value"] is None else f"{c['p_value']:.2g}"
+                lines.append(
+                    f"| {c['arm']} | {c['control']} | {c['metric']} | "
+                    f"{stats.describe({**c, 'p_value': None}, points=False)} | {p_text} | "
+                    f"{c['verdict']} |"
+                )
+    elif "skipped" in seg:
+        lines += ["", f"Segmentation: skipped ({seg['skipped']})."]
+    lines += ["", "## Wall time per stage", "", "| stage | s |", "|---|---:|"]
+    for stage, t in result["stages"].items():
+        lines.append(f"| {stage} | {t['wall_s']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def copy_grids(run_dir: Path, out: Path) -> list[str]:
+    """The real-vs-synthetic grids a reader judges the images by."""
+    copied = []
+    for src, name in ((run_dir / "generate" / "samples.png", "generated.png"),):
+        if src.is_file():
+            shutil.copyfile(src, out / name)
+            copied.append(name)
+    grids = (
+        sorted((run_dir / "pairs" / "grids").glob("*.png")) if (run_dir / "pairs").is_dir() else []
+    )
+    for src in grids[:3]:
+        shutil.copyfile(src, out / f"pairs-{src.name}")
+        copied.append(f"pairs-{src.name}")
+    return copied
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(
+        prog="python -m experiments.expansion", description=__doc__.split("\n\n")[0]
+    )
+    ap.add_argument("dataset", help="elpv | neu-det | sd-saliency-900 | a name with --profile")
+    ap.add_argument("--profile", type=Path, help="overrides of params.yaml (default: "
+                    "experiments/expansion/profiles/<dataset>.yaml)")  # fmt: skip
+    ap.add_argument("--run-dir", type=Path, help="work folder (default: runs/expansion/<dataset>)")
+    ap.add_argument("--results", type=Path, help="default: experiments/expansion/results/<dataset>")
+    ap.add_argument("--toy", action="store_true", help="toy sizes: checks the harness only")
+    ap.add_argument("--track", action="store_true", help="log to MLflow ($MLFLOW_TRACKING_URI)")
+    args = ap.parse_args(argv)
+    profile = (args.profile or PROFILES / f"{args.dataset}.yaml").resolve()
+    if not profile.is_file():
+        known = sorted(p.stem for p in PROFILES.glob("*.yaml"))
+        raise SystemExit(f"{profile}: no such profile; datasets with one: {known}, or --profile")
+    run_dir = (args.run_dir or REPO / "runs" / "expansion" / args.dataset).resolve()
+    out = (args.results or RESULTS / args.dataset).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    raw = build_params(args.dataset, profile, args.toy, args.track)
+    data = copy_data(raw, run_dir)
+    (run_dir / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    started = time.perf_counter()
+    times = run_stages(raw, run_dir)
+    result = collect(args.dataset, raw, run_dir, times, data, argv)
+    result["profile"] = (
+        str(profile.relative_to(REPO)) if profile.is_relative_to(REPO) else str(profile)
+    )
+    result["profile_sha256"] = hashlib.sha256(profile.read_bytes()).hexdigest()
+    out.mkdir(parents=True, exist_ok=True)
+    result["grids"] = copy_grids(run_dir, out)
+    atomic_write_json(out / "results.json", result)
+    (out / "results.md").write_text(markdown(result), encoding="utf-8")
+    print(f"[expansion] {args.dataset}: {time.perf_counter() - started:.0f} s -> {out}")
+    print(result["classification"]["headline"])
+    return 0

@@ -1,0 +1,132 @@
+"""Paired comparisons over seeds: the statistics every condition table reports.
+
+Conditions of one comparison share their seeds (same initialisation, shuffling and
+augmentation draws per seed), so the unit of analysis is the per-seed difference
+`arm - control`. Its mean gets a two-sided Student-t confidence interval and p-value
+(H0: mean difference 0). How much of a perfect generator's gain a generator captures
+is a ratio of two such means; its interval is a paired bootstrap over seeds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import stats as _scipy
+
+LEVEL = 0.95
+
+
+def summary(values: Sequence[float]) -> dict:
+    """Mean, sample standard deviation (ddof 1; 0.0 for one value) and count."""
+    x = np.asarray(values, dtype=float)
+    return {
+        "mean": float(x.mean()),
+        "std": float(x.std(ddof=1)) if len(x) > 1 else 0.0,
+        "n": len(x),
+    }
+
+
+def paired(arm: Sequence[float], control: Sequence[float], level: float = LEVEL) -> dict:
+    """Mean of `arm - control` over paired seeds, its t interval and two-sided p-value.
+
+    With one seed (or identical differences) the interval is undefined or a point: `ci`
+    is None for n < 2; a zero-variance difference gets the point as its interval and p
+    0 (any nonzero difference) or 1 (none).
+    """
+    a, b = np.asarray(arm, dtype=float), np.asarray(control, dtype=float)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"paired needs two equal-length 1-d samples, got {a.shape}, {b.shape}")
+    d = a - b
+    n, mean = len(d), float(d.mean())
+    out = {"delta": mean, "n_seeds": n, "ci": None, "p_value": None}
+    if n < 2:
+        return out
+    sd = float(d.std(ddof=1))
+    if sd == 0.0:
+        return {**out, "ci": [mean, mean], "p_value": 0.0 if mean != 0.0 else 1.0}
+    se = sd / np.sqrt(n)
+    t = float(_scipy.t.ppf(0.5 + level / 2, n - 1))
+    p = float(2 * _scipy.t.sf(abs(mean) / se, n - 1))
+    return {**out, "ci": [mean - t * se, mean + t * se], "p_value": p}
+
+
+def verdict(comparison: dict, higher_is_better: bool = True) -> str:
+    """'better' / 'worse' when the interval excludes 0, else 'not distinguishable' (for a
+    metric where lower is better, such as MAE, a negative difference is 'better')."""
+    ci = comparison["ci"]
+    if ci is None or ci[0] <= 0 <= ci[1]:
+        return "not distinguishable"
+    return "better" if (ci[0] > 0) == higher_is_better else "worse"
+
+
+def compare(
+    values: dict[str, dict[int, float]],
+    questions: list[tuple[str, str]],
+    metric: str,
+    higher_is_better: bool = True,
+) -> list[dict]:
+    """Paired comparisons of one metric: `values[condition][seed]`, per (arm, control)
+    over the seeds both have."""
+    out = []
+    for arm, control in questions:
+        seeds = sorted(set(values[arm]) & set(values[control]))
+        result = paired([values[arm][k] for k in seeds], [values[control][k] for k in seeds])
+        verdict_ = verdict(result, higher_is_better)
+        out.append({"arm": arm, "control": control, "metric": metric, **result,
+                    "verdict": verdict_})  # fmt: skip
+    return out
+
+
+def captured_fraction(
+    arm: Sequence[float],
+    classical: Sequence[float],
+    oracle: Sequence[float],
+    *,
+    level: float = LEVEL,
+    n_boot: int = 10_000,
+    seed: int = 0,
+) -> dict:
+    """The generator's gain over the classical arm as a fraction of the oracle's gain
+    over it: mean(arm - classical) / mean(oracle - classical), with a percentile
+    bootstrap interval over seeds (resampled jointly, so the pairing is kept).
+
+    The ratio means nothing when the oracle's own gain is not clearly positive; then the
+    fraction is None and `why` says so (the oracle gain's interval is in the result).
+    """
+    a, c, o = (np.asarray(v, dtype=float) for v in (arm, classical, oracle))
+    gain = paired(o, c, level)
+    out = {"fraction": None, "ci": None, "oracle_gain": gain, "why": None}
+    if gain["ci"] is None or gain["ci"][0] <= 0:
+        out["why"] = "the oracle does not beat the classical arm here: no gain to capture"
+        return out
+    out["fraction"] = float((a - c).mean() / (o - c).mean())
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), (n_boot, len(a)))
+    num, den = (a - c)[idx].mean(1), (o - c)[idx].mean(1)
+    ok = den > 0
+    if ok.mean() < 1 - (1 - level) / 2:  # the denominator's sign is not settled
+        out["why"] = "the oracle's gain is too uncertain for an interval on the fraction"
+        return out
+    ratios = num[ok] / den[ok]
+    tail = 100 * (1 - level) / 2
+    out["ci"] = [float(np.percentile(ratios, tail)), float(np.percentile(ratios, 100 - tail))]
+    return out
+
+
+def pct(x: float) -> str:
+    """An accuracy difference in percentage points, signed: +1.3."""
+    return f"{x * 100:+.1f}"
+
+
+def describe(comparison: dict, *, points: bool = True) -> str:
+    """'+1.0 pp [-0.2, +2.2], p 0.09' (points: the values are fractions, shown in pp)."""
+    fmt = pct if points else (lambda v: f"{v:+.3f}")
+    unit = " pp" if points else ""
+    text = f"{fmt(comparison['delta'])}{unit}"
+    if comparison["ci"] is not None:
+        lo, hi = comparison["ci"]
+        text += f" [{fmt(lo)}, {fmt(hi)}]"
+    if comparison["p_value"] is not None:
+        text += f", p {comparison['p_value']:.2g}"
+    return text
