@@ -126,3 +126,15 @@ def test_sd_saliency_profile_is_params_yaml_with_the_documented_changes():
     split = profile["preprocess"]["split"]
     assert 5 <= split["test"] / split["train"] <= 5.5  # DefFiller's 1:5 train:test, about
     assert (REPO / profile["data"]["root"] / "masks").is_dir()  # ../shared beside the repo
+
+
+@pytest.mark.parametrize("section", ["train", "segment"])
+def test_epochs_and_listed_controls_are_refused_with_the_replacement(section):
+    raw = _base()
+    raw[section]["epochs"] = 8
+    with pytest.raises(ConfigError, match=rf"{section}.epochs was replaced by {section}.steps"):
+        parse_params(raw, "p.yaml")
+    raw = _base()
+    raw[section]["conditions"] = ["real", "real+ungated"]
+    with pytest.raises(ConfigError, match=r"list only the synthetic arms; real and the matched"):
+        parse_params(raw, "p.yaml")

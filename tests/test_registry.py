@@ -62,8 +62,9 @@ def register(trained: dict, out: Path, key: str, verdicts: dict, monkeypatch) ->
     gated = out / "gated"
     gated.mkdir(parents=True)
     classes = {
-        c: {"passed": passed, "fd_effnet_lite0": distance, "reason": "test"}
-        for c, (passed, distance) in verdicts.items()
+        c: {"passed": v[0], "fd_effnet_lite0": v[1], "reason": "test"}
+        | ({"n_compared": v[2], "reference_sha256": "ab" * 32} if len(v) > 2 else {})
+        for c, v in verdicts.items()
     }
     (gated / "gate.json").write_text(
         json.dumps({"extractor": "effnet-lite0", "note": "", "classes": classes})
@@ -135,6 +136,14 @@ def test_alias_rules_idempotence_rollback_cli_and_loading(trained, tmp_path, mon
     images = generate_with_champion(uri)
     assert [(im.size, im.mode) for im in images] == [((32, 32), "L")] * 2
     assert not np.array_equal(np.asarray(images[0]), np.asarray(images[1]))
+
+    # a lower distance measured on another basis (another count, other reference images)
+    # is not compared: challenger, and the stage says why
+    other = register(trained, tmp_path / "r4", "run-4", {"crack": (True, 10.0, 50)}, monkeypatch)
+    assert other["crack"]["alias"] == "challenger" and "another basis" in other["crack"]["why"]
+    assert client.get_model_version_by_alias(NAME, "champion").version == 1
+    tags = client.get_model_version(NAME, other["crack"]["version"]).tags
+    assert tags["defectgen.distance_basis"] == "fd_effnet_lite0|abababababababab|50"
 
 
 @pytest.mark.slow

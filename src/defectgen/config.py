@@ -314,6 +314,12 @@ class GateConfig(_Section):
     max_ratio: float = Field(default=2.0, gt=0.0)  # pass: distance <= max_ratio x real-vs-real
     max_distance: float | None = Field(default=None, gt=0.0)  # optional absolute ceiling
     near_duplicate: float = Field(default=0.25, ge=0.0)  # x median real nearest-neighbour gap
+    knn_k: int = Field(default=3, ge=1)  # k of the k-NN precision / recall manifolds
+    manifold_filter: bool = False  # keep only synthetic images inside the real manifold
+    decide_by: Literal["utility", "fidelity"] = "utility"  # what the verdict rests on
+    utility_seeds: int = Field(default=10, ge=2)  # training draws averaged per arm
+    proxy_components: int = Field(default=32, ge=1)  # PCA dimensions of the proxy's input
+    inconclusive: Literal["reject", "accept"] = "reject"  # an undecided utility keeps out
     blur_radius: float = Field(default=2.0, gt=0.0)  # the corrupted-real reference baselines
     noise_sigma: float = Field(default=25.0, gt=0.0)
 
@@ -445,22 +451,23 @@ class PairsConfig(_Section):
 SEG_CONDITIONS = ("real+synthetic", "real+ungated")
 
 
-def _arms_only(values: list[str]) -> None:
-    """The old lists named the controls too; they now always run."""
-    controls = [v for v in values if v in ("real", "real+classical")]
-    if controls:
-        raise ValueError(
-            f"conditions lists {controls}: list only the synthetic arms; real and the "
-            "matched real+classical / real+oracle controls always run"
-        )
-
-
-def _no_epochs(data: Any, section: str) -> Any:
-    if isinstance(data, dict) and "epochs" in data:
+def _value_protocol(data: Any, section: str) -> Any:
+    """Keys of the old protocol, refused with what replaced them: epochs (now steps, the
+    equal budget) and the controls in `conditions` (now always run)."""
+    if not isinstance(data, dict):
+        return data
+    if "epochs" in data:
         raise ValueError(
             f"{section}.epochs was replaced by {section}.steps: every condition of a "
             "comparison trains for the same number of optimizer steps (an epoch is longer "
             "for a condition with more images); set steps instead"
+        )
+    listed = data.get("conditions")
+    controls = [v for v in listed or [] if v in ("real", "real+classical")]
+    if controls:
+        raise ValueError(
+            f"{section}.conditions lists {controls}: list only the synthetic arms; real and "
+            "the matched real+classical / real+oracle controls always run"
         )
     return data
 
@@ -488,11 +495,10 @@ class SegmentConfig(_Section):
     @model_validator(mode="before")
     @classmethod
     def _renamed(cls, data: Any) -> Any:
-        return _no_epochs(data, "segment")
+        return _value_protocol(data, "segment")
 
     @model_validator(mode="after")
     def _check(self) -> SegmentConfig:
-        _arms_only(self.conditions)
         for name in ("conditions", "seeds"):
             values = getattr(self, name)
             if len(set(values)) != len(values):
@@ -520,11 +526,10 @@ class TrainConfig(_Section):
     @model_validator(mode="before")
     @classmethod
     def _renamed(cls, data: Any) -> Any:
-        return _no_epochs(data, "train")
+        return _value_protocol(data, "train")
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
-        _arms_only(self.conditions)
         for name in ("models", "conditions", "seeds"):
             values = getattr(self, name)
             if len(set(values)) != len(values):

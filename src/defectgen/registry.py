@@ -15,6 +15,10 @@ Promotion when a version is registered:
     gate passed, no champion yet             alias `champion`
     gate passed, lower distance than champion `champion` moves to it
     gate passed, not better                  alias `challenger`
+Distances are compared only between versions scored on the same basis (the gate
+metric, the reference images' digest and the compared count: BASIS_TAG); a passing
+version on another basis than the champion's becomes `challenger`, and the register
+stage says why it was not compared.
 Registering the same adapter with the same verdict and distance again (re-running a
 pipeline) returns the existing version: no duplicates.
 `rollback` moves `champion` back to the version it replaced (a history kept as a
@@ -46,6 +50,7 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_TAG = "defectgen.champion_history"
 KEY_TAG = "defectgen.pipeline_key"
 DISTANCE_TAG = "defectgen.distance"
+BASIS_TAG = "defectgen.distance_basis"  # metric|reference digest|compared count
 
 
 def model_name(dataset: str, label: str) -> str:
@@ -135,18 +140,30 @@ def _make_champion(client: MlflowClient, name: str, version: str) -> None:
         client.delete_registered_model_alias(name, CHALLENGER)
 
 
-def promote_by_gate(client: MlflowClient, name: str, version: str) -> str | None:
-    """Apply the promotion rules to a freshly registered version; returns its alias."""
+def promote_by_gate(client: MlflowClient, name: str, version: str) -> tuple[str | None, str]:
+    """Apply the promotion rules to a freshly registered version: (its alias, why)."""
     mv = client.get_model_version(name, version)
     if mv.tags.get("defectgen.verdict") != "pass":
-        return None
+        return None, "the gate failed it"
     distance = float(mv.tags[DISTANCE_TAG])
     champion = _alias_version(client, name, CHAMPION)
-    if champion is None or distance < float(champion.tags[DISTANCE_TAG]):
+    if champion is None:
         _make_champion(client, name, version)
-        return CHAMPION
+        return CHAMPION, "the first passing version"
+    basis, theirs = mv.tags.get(BASIS_TAG), champion.tags.get(BASIS_TAG)
+    if basis is None or basis != theirs:
+        client.set_registered_model_alias(name, CHALLENGER, version)
+        return CHALLENGER, (
+            f"not compared with champion v{champion.version}: its distance was measured on "
+            f"another basis ({theirs or 'not recorded'} vs {basis or 'not recorded'}: "
+            "metric|reference digest|count); promote by hand if it is better"
+        )
+    champion_distance = float(champion.tags[DISTANCE_TAG])
+    if distance < champion_distance:
+        _make_champion(client, name, version)
+        return CHAMPION, f"distance {distance:.4g} < champion v{champion.version}'s"
     client.set_registered_model_alias(name, CHALLENGER, version)
-    return CHALLENGER
+    return CHALLENGER, f"distance {distance:.4g} >= champion v{champion.version}'s"
 
 
 def register_adapter(
@@ -157,20 +174,22 @@ def register_adapter(
     base_source: str | None,
     model_config: dict,
     tags: dict[str, str],
-) -> tuple[str, str | None, bool]:
+) -> tuple[str, str | None, bool, str]:
     """Log one adapter as a pyfunc model in the active run, register it, promote it.
 
     Returns:
-        (version, alias or None, created): created is False when the same adapter with
-        the same verdict and distance is registered already (a re-run of the same
-        pipeline, or a `dvc repro` with nothing changed): its version is returned.
+        (version, alias or None, created, why): created is False when the same adapter
+        with the same verdict and distance is registered already (a re-run of the same
+        pipeline, or a `dvc repro` with nothing changed): its version is returned. `why`
+        says how the alias was decided.
     """
     client = MlflowClient()
     same_keys = ("defectgen.adapter_id", "defectgen.verdict", DISTANCE_TAG)
     for mv in _versions(client, name):
         if all(mv.tags.get(k) == tags[k] for k in same_keys):
             aliases = [a for a in (CHAMPION, CHALLENGER) if a in (mv.aliases or [])]
-            return str(mv.version), (aliases[0] if aliases else None), False
+            alias = aliases[0] if aliases else None
+            return str(mv.version), alias, False, "registered already"
     artifacts = {"adapter": str(adapter_dir)}
     if base_dir is not None:
         artifacts["base"] = str(base_dir)
@@ -185,7 +204,8 @@ def register_adapter(
         )
     mv = mlflow.register_model(info.model_uri, name, tags=tags)
     version = str(mv.version)
-    return version, promote_by_gate(client, name, version), True
+    alias, why = promote_by_gate(client, name, version)
+    return version, alias, True, why
 
 
 def list_models(client: MlflowClient | None = None) -> list[dict]:

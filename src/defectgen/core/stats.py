@@ -48,7 +48,7 @@ def paired(arm: Sequence[float], control: Sequence[float], level: float = LEVEL)
     se = sd / np.sqrt(n)
     t = float(_scipy.t.ppf(0.5 + level / 2, n - 1))
     p = float(2 * _scipy.t.sf(abs(mean) / se, n - 1))
-    return {**out, "ci": [mean - t * se, mean + t * se], "p_value": p}
+    return {**out, "ci": [float(mean - t * se), float(mean + t * se)], "p_value": p}
 
 
 def verdict(comparison: dict, higher_is_better: bool = True) -> str:

@@ -1,6 +1,8 @@
 """Choosing strength s and guidance w per class (StableSDG III-C, Table IV; DefFiller
 Table 2): score a grid of cells by the distance of a small probe batch to held-out real
-images, pick the lowest. Decisions and the heatmap only (no models, no paths).
+images, with the distance's bootstrap spread over probes; among cells within noise of
+the lowest, pick the lowest strength. Decisions and the heatmap only (no models, no
+paths).
 
 A cell whose probes mostly copy their parents (image-oriented generation at low
 strength) is not eligible: it scores well by copying, and the gate would drop its
@@ -12,6 +14,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from defectgen.core import metrics
@@ -30,6 +33,60 @@ def grid(strengths: list[float], guidances: list[float], mode: str) -> list[Cell
     return [Cell(s, g) for s in strengths for g in guidances]
 
 
+def frechet_fast(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The Frechet distance of two small feature sets (N, M << D) in closed form.
+
+    With A, B the centred sets scaled by 1/sqrt(n-1) (covariances A'A, B'B), the nonzero
+    eigenvalues of A'A B'B are the squared singular values of A B', so
+    tr sqrt(S1 S2) is the nuclear norm of A B' (an N x M matrix): no D x D square root.
+    Equal to metrics.frechet (torch-fidelity's formula) up to float error; cheap enough
+    to bootstrap.
+    """
+    a, b = a.double(), b.double()
+    ca = (a - a.mean(0)) / max(len(a) - 1, 1) ** 0.5
+    cb = (b - b.mean(0)) / max(len(b) - 1, 1) ** 0.5
+    mean_term = float(((a.mean(0) - b.mean(0)) ** 2).sum())
+    cross = torch.linalg.svdvals(ca @ cb.T).sum()
+    return mean_term + float((ca**2).sum() + (cb**2).sum() - 2 * cross)
+
+
+N_BOOT = 200
+
+
+def frechet_spread(
+    synthetic: torch.Tensor, reference: torch.Tensor, *, n_boot: int = N_BOOT, seed: int = 0
+) -> float:
+    """Standard deviation of the probes' Frechet distance over bootstrap resamples of
+    the probes (the reference fixed): how much of a cell's number is its draw."""
+    rng = np.random.default_rng(seed)
+    n = len(synthetic)
+    values = [frechet_fast(synthetic[rng.integers(0, n, n)], reference) for _ in range(n_boot)]
+    return float(np.std(values, ddof=1))
+
+
+def kernel_spread(
+    synthetic: torch.Tensor, reference: torch.Tensor, *, n_boot: int = N_BOOT, seed: int = 0
+) -> float:
+    """The same for the kernel distance (KID's cubic polynomial kernel, unbiased MMD^2),
+    from kernel matrices computed once. kd_std, KID's spread over random subsets, says
+    how subsets of the probes disagree, not how far the estimate is from its mean."""
+    x, y = synthetic.double(), reference.double()
+    d = x.shape[1]
+    kxx, kxy = (x @ x.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3
+    kyy = (y @ y.T / d + 1) ** 3
+    m = len(y)
+    yy = float((kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1)))
+    rng = np.random.default_rng(seed)
+    n = len(x)
+    values = []
+    for _ in range(n_boot):
+        idx = torch.from_numpy(rng.integers(0, n, n))
+        sub = kxx[idx][:, idx]
+        xx = float((sub.sum() - sub.diagonal().sum()) / (n * (n - 1)))
+        values.append(xx + yy - 2 * float(kxy[idx].mean()))
+    return float(np.std(values, ddof=1))
+
+
 def score(
     synthetic: torch.Tensor,
     reference: torch.Tensor,
@@ -46,39 +103,67 @@ def score(
         duplicates: (N,) bool, probe i is a near-copy of its parent.
 
     Returns:
-        fd (Frechet), kd and kd_std (kernel distance), duplicate_fraction.
+        fd (Frechet), kd and kd_std (kernel distance, std over KID's subsets), each
+        distance's bootstrap spread over probes (fd_spread, kd_spread), and
+        duplicate_fraction.
     """
     kd, kd_std = metrics.kernel(synthetic, reference, subsets=subsets, seed=seed)
     return {
         "fd": metrics.frechet(synthetic, reference),
+        "fd_spread": frechet_spread(synthetic, reference, seed=seed),
         "kd": kd,
         "kd_std": kd_std,
+        "kd_spread": kernel_spread(synthetic, reference, seed=seed),
         "duplicate_fraction": float(duplicates.float().mean()) if len(duplicates) else 0.0,
     }
 
 
-def choose(scored: list[dict], *, metric: str, max_duplicate_fraction: float) -> tuple[dict, str]:
-    """The best cell of `scored` (dicts with strength, guidance, `metric`,
-    duplicate_fraction) and why, in words for the report.
+NOISE_Z = 1.96  # a cell within this many of the lowest cell's spreads is as good
 
-    Lowest `metric` among cells whose duplicate fraction is within the limit; when no
-    cell is, the lowest overall, said so. Ties go to the first cell in grid order.
+
+def _within_noise(cells: list[dict], metric: str) -> tuple[dict, list[dict], float]:
+    """The lowest cell, the cells within its noise band, and the band's width."""
+    lowest = min(cells, key=lambda c: c[metric])
+    band = NOISE_Z * lowest.get(f"{metric}_spread", 0.0)
+    return lowest, [c for c in cells if c[metric] <= lowest[metric] + band], band
+
+
+def _gentlest(cells: list[dict]) -> dict:
+    """The lowest strength (txt2img: none), then the lowest guidance, of `cells`."""
+    return min(cells, key=lambda c: (c["strength"] or 0.0, c["guidance"]))
+
+
+def choose(scored: list[dict], *, metric: str, max_duplicate_fraction: float) -> tuple[dict, str]:
+    """The chosen cell of `scored` (dicts with strength, guidance, `metric`, its
+    `<metric>_spread`, duplicate_fraction) and why, in words for the report.
+
+    Among cells whose duplicate fraction is within the limit (when none is, all, said
+    so), the ones within noise of the lowest (`metric` <= lowest + NOISE_Z x the lowest
+    cell's bootstrap spread) are equally good by this measure; of those the lowest strength,
+    then the lowest guidance, is taken. So a reseed that reorders cells within their
+    noise does not move the choice.
     """
     eligible = [c for c in scored if c["duplicate_fraction"] <= max_duplicate_fraction]
     if eligible:
-        best = min(eligible, key=lambda c: c[metric])
+        lowest, tied, band = _within_noise(eligible, metric)
+        best = _gentlest(tied)
         excluded = len(scored) - len(eligible)
-        reason = f"lowest {metric} {best[metric]:.4g} of {len(eligible)} eligible cells"
+        reason = (
+            f"lowest strength of {len(tied)} cells within noise (+{band:.3g}) of the "
+            f"lowest {metric} {lowest[metric]:.4g} among {len(eligible)} eligible cells"
+        )
         if excluded:
             reason += (
                 f"; {excluded} excluded for copying their parents "
                 f"(duplicate fraction > {max_duplicate_fraction:g})"
             )
         return best, reason
-    best = min(scored, key=lambda c: c[metric])
+    lowest, tied, band = _within_noise(scored, metric)
+    best = _gentlest(tied)
     return best, (
-        f"every cell copies its parents beyond {max_duplicate_fraction:g}; lowest {metric} "
-        f"{best[metric]:.4g} taken anyway (the gate drops the copies)"
+        f"every cell copies its parents beyond {max_duplicate_fraction:g}; lowest strength "
+        f"within noise of the lowest {metric} {lowest[metric]:.4g} taken anyway (the gate "
+        "drops the copies)"
     )
 
 

@@ -1,9 +1,13 @@
 """The real images synthetic ones are measured against: shared by the sweep and the gate.
 
 For a class at a given image size:
-    reference   its val images (held out: nothing generated derives from them)
+    reference   its val images (held out: nothing generated derives from them), split
+                into two disjoint seeded halves: the sweep chooses its cell on one
+                ("sweep"), the gate judges on the other ("gate"), so no val image both
+                picks the settings and judges their result
     train       the images generation learned from (finetune.data: subset or train),
-                the real-vs-real floor and the parents of image-oriented generation
+                the real-vs-real floor, the real manifold, and what near-duplicates
+                are measured against
 Distances come from core.metrics (torch-fidelity): Inception FID when its weights are
 available (gate.inception_weights or torch's cache), else the offline EfficientNet-Lite0
 Frechet/kernel distances, named fd_effnet_lite0 / kd_effnet_lite0; `Reference.note` says
@@ -28,6 +32,7 @@ from defectgen.core.device import runtime
 from defectgen.stages.diffusion_common import derive_seed, load_images
 
 FEATURES_DIR = ".features"  # beside a stage's output folder: the real-feature cache
+VAL_HALVES = ("sweep", "gate")
 
 
 def choose_extractor(params: Params, device: torch.device) -> tuple[metrics.Extractor, str]:
@@ -70,8 +75,22 @@ class Reference:
         self.rows = manifest.read_rows(self.preprocessed)
         self.by_id = {r["id"]: r for r in self.rows}
 
-    def val(self, label: str) -> list[dict]:
-        return [r for r in self.rows if r["label"] == label and r["split"] == "val"]
+    def val(self, label: str, half: str | None = None) -> list[dict]:
+        """The class's val rows; `half` "sweep" or "gate": one of two disjoint halves
+        (a seeded permutation of the id-sorted rows; the sweep's half gets the odd one)."""
+        rows = sorted(
+            (r for r in self.rows if r["label"] == label and r["split"] == "val"),
+            key=lambda r: r["id"],
+        )
+        if half is None:
+            return rows
+        if half not in VAL_HALVES:
+            raise ValueError(f"half {half!r}: one of {VAL_HALVES}")
+        order = np.random.default_rng(derive_seed(self.params.seed, "val-halves", label))
+        perm = order.permutation(len(rows))
+        cut = (len(rows) + 1) // 2
+        mine = perm[:cut] if half == "sweep" else perm[cut:]
+        return [rows[i] for i in sorted(mine)]
 
     def train(self, label: str) -> list[dict]:
         whole = self.params.finetune.data == "train"
@@ -108,22 +127,22 @@ class Reference:
         rows = pick(self.train(label), self.params.gate.max_images, seed)
         return gate_core.nearest_gap(self.real_features(rows, size))
 
-    def near_duplicates(
-        self, synthetic: list[dict], features: torch.Tensor, *, size: int, gap: float
-    ) -> torch.Tensor:
-        """(N,) bool: synthetic row i (features row i) is a near-copy of its parent.
+    def learned_from(self, label: str, synthetic: list[dict]) -> list[dict]:
+        """The real images a class's synthetic images could copy: its train images
+        (finetune.data) plus any recorded parent outside them, id-sorted."""
+        rows = {r["id"]: r for r in self.train(label)}
+        for r in synthetic:
+            if r["parent_id"] in self.by_id:
+                rows.setdefault(r["parent_id"], self.by_id[r["parent_id"]])
+        return sorted(rows.values(), key=lambda r: r["id"])
 
-        Rows without a parent (txt2img) are never duplicates.
-        """
-        dup = torch.zeros(len(synthetic), dtype=torch.bool)
-        with_parent = [i for i, r in enumerate(synthetic) if r["parent_id"] in self.by_id]
-        if not with_parent:
-            return dup
-        parents = [self.by_id[synthetic[i]["parent_id"]] for i in with_parent]
-        unique = sorted({r["id"]: r for r in parents}.values(), key=lambda r: r["id"])
-        index = {r["id"]: k for k, r in enumerate(unique)}
-        f_parent = self.real_features(unique, size)[[index[r["id"]] for r in parents]]
-        dup[with_parent] = gate_core.near_duplicates(
-            features[with_parent], f_parent, gap=gap, ratio=self.params.gate.near_duplicate
+    def near_duplicates(
+        self, label: str, synthetic: list[dict], features: torch.Tensor, *, size: int, gap: float
+    ) -> torch.Tensor:
+        """(N,) bool: synthetic row i (features row i) is a near-copy of the nearest image
+        it could have learned from (core.gate.near_duplicates): its parent or any other
+        train image, so txt2img and ControlNet outputs are checked too."""
+        learned = self.real_features(self.learned_from(label, synthetic), size)
+        return gate_core.near_duplicates(
+            features, learned, gap=gap, ratio=self.params.gate.near_duplicate
         )
-        return dup

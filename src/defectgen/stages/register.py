@@ -7,7 +7,8 @@ Without MLflow tracking (tracking.enabled false, or --no-track) nothing is regis
 and registry.json says so.
 
 Writes under `out_dir`:
-    registry.json   per class: model name, version, alias, whether it is new, verdict
+    registry.json   per class: model name, version, alias and why, whether it is new,
+                    verdict
 
 Version numbers depend on the registry's state, not only on the inputs, so dvc.yaml
 declares this stage without outputs and runs it every time (like the report);
@@ -66,12 +67,17 @@ def run(
         verdict = gate["classes"].get(label, {})
         passed = bool(verdict.get("passed"))
         distance = verdict.get(fd)
+        # what the distance was measured on: only equal bases are compared for promotion
+        basis = (
+            f"{fd}|{(verdict.get('reference_sha256') or '-')[:16]}|{verdict.get('n_compared', '-')}"
+        )
         tags = {
             registry.KEY_TAG: key,
             "defectgen.adapter_id": adapter["adapter_id"],
             "defectgen.verdict": "pass" if passed else "fail",
             "defectgen.gate_metric": fd,
             registry.DISTANCE_TAG: "" if distance is None else repr(float(distance)),
+            registry.BASIS_TAG: basis,
             "defectgen.params_hash": params.section_hash(),
             "defectgen.data_hash": adapter["data"]["ids_sha256"][:16],
             "defectgen.base": f"{record['profile']}:{record['fingerprint'][:16]}",
@@ -91,7 +97,7 @@ def run(
         }
         tiny = record["profile"] == "tiny"
         name = registry.model_name(params.data.name, label)
-        version, alias, created = registry.register_adapter(
+        version, alias, created, why = registry.register_adapter(
             name=name,
             adapter_dir=adapter_dir,
             base_dir=base / record["source"] if tiny else None,
@@ -103,6 +109,7 @@ def run(
             "model": name,
             "version": version,
             "alias": alias,
+            "why": why,
             "created": created,
             "verdict": tags["defectgen.verdict"],
             fd: distance,

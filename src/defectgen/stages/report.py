@@ -74,16 +74,29 @@ def _dataset(ingested: Path, preprocessed: Path) -> Section:
     return sec
 
 
+def _utility_cell(u: dict | None) -> str:
+    if u is None:
+        return "-"
+    ci = "" if u["ci"] is None else f" [{u['ci'][0]:+.3f}, {u['ci'][1]:+.3f}]"
+    return f"{u['delta']:+.3f}{ci}"
+
+
 def _gate(sweep: Path, gated: Path) -> tuple[Section, int, int]:
     chosen = _json(sweep / "chosen.json")
     gate = _json(gated / "gate.json")
     fd = "fid" if gate["extractor"] == "inception-v3-compat" else "fd_effnet_lite0"
     sec = Section("Quality gate")
     sec.paragraph(
-        f"Distance: {fd} of the synthetic images to the class's val images, next to the "
-        "same distance for real train images (real-vs-real: the floor), blurred and "
-        "noised train images (obvious damage). Lower is better; compare within a row. "
-        f"Extractor: {gate['extractor']} ({gate['note']})."
+        "Near-copies of the images the generator learned from are dropped first; the rest "
+        f"are measured. Distance: {fd} of those to the gate's half of the class's val "
+        "images (the sweep chose on the other half), next to the same distance for real "
+        "train images (real-vs-real: the floor), blurred and noised train images (obvious "
+        "damage); lower is better, compare within a row. k-NN precision: the share of "
+        "synthetic images inside the real train images' manifold (recall: the share of "
+        "real images the synthetic ones cover). Utility: how much more the synthetic "
+        "images lower a proxy classifier's val loss than as many classical "
+        "augmentations (95 % interval over val images); with gate.decide_by utility it "
+        f"decides. Extractor: {gate['extractor']} ({gate['note']})."
     )
     rows = []
     for label, entry in gate["classes"].items():
@@ -98,13 +111,20 @@ def _gate(sweep: Path, gated: Path) -> tuple[Section, int, int]:
                 Cell(_fmt(entry.get(f"{fd}_blur")), numeric=True),
                 Cell(_fmt(entry.get(f"{fd}_noise")), numeric=True),
                 Cell(str(entry.get("near_duplicates", 0)), numeric=True),
+                Cell(
+                    "-"
+                    if "knn_precision" not in entry
+                    else f"{entry['knn_precision']:.2f} / {entry['knn_recall']:.2f}",
+                    numeric=True,
+                ),
+                Cell(_utility_cell(entry.get("utility")), numeric=True),
                 Cell(str(entry.get("n_kept", 0)), numeric=True),
                 Cell(f"{verdict}: {entry['reason']}", style=verdict),
             ]
         )
     sec.table(
         ["class", "chosen cell", "synthetic", "real-vs-real", "blurred", "noised",
-         "near-duplicates", "kept", "verdict"],
+         "near-duplicates", "k-NN precision / recall", "utility", "kept", "verdict"],
         rows,
     )  # fmt: skip
     source = chosen.get("source", "sweep")

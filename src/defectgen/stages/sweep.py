@@ -8,8 +8,9 @@ from the full batch's) and measures them against the class's val images with the
 gate's extractor (stages.reference). The cell with the lowest sweep.metric wins among
 those whose probes are not mostly near-copies of their parents (core.sweep.choose).
 
-Selection uses the same held-out val images the gate later judges against, with other
-images: the full batch is generated afresh, so the gate does not score the probes.
+Selection uses one half of the class's val images and the gate judges on the other
+(stages.reference), and the full batch is generated afresh, so no val image both
+picks the settings and judges their outcome.
 
 sweep.enabled false: no probes; chosen.json records generate.strength / guidance /
 per_class, so the generate stage reads its settings from one place either way.
@@ -70,7 +71,7 @@ def _probe_class(
     seeds = [derive_seed(params.seed, "sweep", label, i) for i in range(n)]
     probe_rows = [{"parent_id": row["id"] if gen.mode == "img2img" else None} for row, _ in chosen]
     seed = derive_seed(params.seed, "gate", label)
-    f_ref = ref.real_features(pick(ref.val(label), params.gate.max_images, seed), size)
+    f_ref = ref.real_features(pick(ref.val(label, "sweep"), params.gate.max_images, seed), size)
     f_train = ref.real_features(pick(ref.train(label), n, seed), size)
     gap = ref.gap(label, size)
 
@@ -93,7 +94,7 @@ def _probe_class(
                 channels=channels,
             )
         f_syn = ref.features(images)
-        dup = ref.near_duplicates(probe_rows, f_syn, size=size, gap=gap)
+        dup = ref.near_duplicates(label, probe_rows, f_syn, size=size, gap=gap)
         numbers = sweep_core.score(
             f_syn, f_ref, dup, subsets=params.gate.kid_subsets, seed=seed % 2**31
         )
@@ -190,10 +191,11 @@ def run(
     table: list[dict] = []
     with atomic_dir(out_dir) as tmp:
         for label in labels:
-            if len(ref.val(label)) < 2:
+            if len(ref.val(label, "sweep")) < 2:
                 chosen[label] = {
                     **fallback[label],
-                    "reason": "fewer than 2 val images to measure against: params settings",
+                    "reason": "fewer than 2 images in the sweep's half of val to measure "
+                    "against: params settings",
                 }
                 continue
             done = resume.done(label)
@@ -219,6 +221,8 @@ def run(
                         "strength": cell["strength"],
                         "guidance": cell["guidance"],
                         fd: cell["fd"],
+                        f"{fd}_spread": cell.get("fd_spread"),
+                        f"{kd}_spread": cell.get("kd_spread"),
                         kd: cell["kd"],
                         f"{kd}_std": cell["kd_std"],
                         "duplicate_fraction": cell["duplicate_fraction"],
@@ -232,6 +236,7 @@ def run(
                 "strength": best["strength"],
                 "guidance": best["guidance"],
                 fd: best["fd"],
+                f"{fd}_spread": best.get("fd_spread"),
                 kd: best["kd"],
                 f"{fd}_real": record["fd_real"],
                 "duplicate_fraction": best["duplicate_fraction"],
@@ -251,6 +256,8 @@ def run(
                 "metric": cfg.metric,
                 "extractor": ref.extractor.name,
                 "note": ref.note,
+                "reference": "the sweep's half of each class's val images (the gate judges "
+                "on the other half)",
                 "classes": chosen,
             },
         )
