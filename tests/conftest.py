@@ -71,7 +71,8 @@ def toy_repo_params(name: str, root: str, *, images_per_class: int) -> dict:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"].update({"name": name, "layout": "folders", "root": root})
     params["ingest"]["min_images_per_class"] = 2
-    params["preprocess"]["split"] = {"train": 0.6, "val": 0.3, "test": 0.1}  # val: sweep, gate
+    # val: two halves, one for the sweep, one for the gate (about 2-3 images each per class)
+    params["preprocess"]["split"] = {"train": 0.5, "val": 0.4, "test": 0.1}
     params["base"].update({"vae_steps": 3, "unet_steps": 3, "batch_size": 8})
     params["finetune"]["ti"]["steps"] = params["finetune"]["lora"]["steps"] = 2
     params["generate"].update({"images_per_class": images_per_class, "steps": 4})

@@ -63,12 +63,20 @@ class _Proxy:
     def __init__(self, ref: Reference, size: int):
         self.ref, self.size = ref, size
         self.labels = sorted({r["label"] for r in ref.rows})
-        train = {c: ref.real_features(ref.train(c), size).numpy() for c in self.labels}
-        val = {c: ref.real_features(ref.val(c, "gate"), size).numpy() for c in self.labels}
-        self.real_x = np.concatenate([train[c] for c in self.labels])
-        self.real_y = np.concatenate([np.full(len(train[c]), i) for i, c in enumerate(self.labels)])
-        self.val_x = np.concatenate([val[c] for c in self.labels])
-        self.val_y = np.concatenate([np.full(len(val[c]), i) for i, c in enumerate(self.labels)])
+        self.real_x, self.real_y = self._stack([ref.train(c) for c in self.labels])
+        self.val_x, self.val_y = self._stack([ref.val(c, "gate") for c in self.labels])
+
+    def _stack(self, per_class: list[list[dict]]) -> tuple[np.ndarray, np.ndarray]:
+        """Features and class indices of every class's rows (classes without rows, e.g.
+        an empty val half on a tiny dataset, contribute nothing)."""
+        feats, ys = [], []
+        for i, rows in enumerate(per_class):
+            if rows:
+                feats.append(self.ref.real_features(rows, self.size).numpy())
+                ys.append(np.full(len(rows), i))
+        if not feats:
+            return np.zeros((0, 1)), np.zeros(0, dtype=int)
+        return np.concatenate(feats), np.concatenate(ys)
 
     def utility(self, params: Params, label: str, f_syn: torch.Tensor, seed: int) -> dict:
         """Class `label`'s synthetic features against as many classical copies of its real
@@ -165,6 +173,14 @@ def run(params: Params, *, preprocessed: Path, generated: Path, out_dir: Path) -
                 (
                     f"distance {distance:.1f} is worse than blurred real images' {blur:.1f} "
                     "(the fidelity floor)"
+                ),
+            )
+        elif len(proxy.val_y) < 2 or len(set(proxy.real_y.tolist())) < 2:
+            passed, reason = (
+                False,
+                (
+                    "utility not measurable: fewer than 2 images in the gate's half of val or "
+                    "fewer than 2 classes with real train images; kept out"
                 ),
             )
         else:

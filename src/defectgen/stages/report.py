@@ -81,10 +81,15 @@ def _utility_cell(u: dict | None) -> str:
     return f"{u['delta']:+.3f}{ci}"
 
 
+def _distance_name(gate: dict) -> str:
+    """The key of the gate's distance in gate.json, by its extractor."""
+    return "fid" if gate["extractor"] == "inception-v3-compat" else "fd_effnet_lite0"
+
+
 def _gate(sweep: Path, gated: Path) -> tuple[Section, int, int]:
     chosen = _json(sweep / "chosen.json")
     gate = _json(gated / "gate.json")
-    fd = "fid" if gate["extractor"] == "inception-v3-compat" else "fd_effnet_lite0"
+    fd = _distance_name(gate)
     sec = Section("Quality gate")
     sec.paragraph(
         "Near-copies of the images the generator learned from are dropped first; the rest "
@@ -286,8 +291,9 @@ def _pairs(pairs: Path, pairs_gated: Path | None) -> Section | None:
     report = _json(pairs / "pairs.json")
     if "skipped" in report:  # the masks section already says why
         return None
-    verdicts = _json(pairs_gated / "gate.json")["classes"] if pairs_gated else {}
-    fd = next((k for e in verdicts.values() for k in e if k.startswith(("fid", "fd_"))), None)
+    gate = _json(pairs_gated / "gate.json") if pairs_gated else None
+    verdicts = gate["classes"] if gate else {}
+    fd = _distance_name(gate) if gate else None
     sec = Section("Image + mask pairs")
     sec.paragraph(
         "Per class, a ControlNet trained from the base UNet on the real train pairs, then "
