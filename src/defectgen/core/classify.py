@@ -22,7 +22,7 @@ from torch import nn
 
 from defectgen._torchvision_compat import ensure_torchvision_importable
 from defectgen.core.device import CPU, Runtime
-from defectgen.core.steps import batches, eval_steps
+from defectgen.core.steps import SpanLoss, batches, eval_steps
 
 ensure_torchvision_importable()
 
@@ -183,22 +183,16 @@ def fit(
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         opt = torch.optim.Adam(model.parameters(), lr=lr)
-        total, seen = torch.zeros((), device=rt.device), 0
+        span = SpanLoss(rt.device)
         model.train()
         for step, idx in enumerate(batches(len(x), batch_size, steps), start=1):
             batch = torch.stack([augment(img) for img in x[idx]]).to(rt.device)
             batch = batch.contiguous(memory_format=torch.channels_last)
             with rt.autocast:
                 logits = model(batch)
-            loss = F.cross_entropy(logits.float(), y[idx].to(rt.device))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.detach() * len(idx)
-            seen += len(idx)
+            span.update(opt, F.cross_entropy(logits.float(), y[idx].to(rt.device)), len(idx))
             if step in checks:
-                losses.append(float(total) / seen)
-                total, seen = torch.zeros((), device=rt.device), 0
+                losses.append(span.read())
                 acc = float(np.mean(np.asarray(predict(model, val[0], rt)) == val[1].numpy()))
                 val_acc.append(acc)
                 if acc > best_acc:

@@ -19,7 +19,7 @@ from PIL import Image, ImageEnhance
 from torch import nn
 
 from defectgen.core.device import CPU, Runtime
-from defectgen.core.steps import batches, eval_steps
+from defectgen.core.steps import SpanLoss, batches, eval_steps
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -111,7 +111,7 @@ def fit(
         model = UNet(x.shape[1], widths).to(rt.device)
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         model.train()
-        total, seen = torch.zeros((), device=rt.device), 0
+        span = SpanLoss(rt.device)
         for step, idx in enumerate(batches(len(x), batch_size, steps), start=1):
             xb, yb = x[idx], y[idx]
             if torch.rand(()) < 0.5:
@@ -120,15 +120,9 @@ def fit(
                 xb, yb = xb.flip(-2), yb.flip(-2)
             with rt.autocast:
                 logits = model(xb.to(rt.device))
-            loss = loss_fn(logits.float(), yb.to(rt.device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.detach() * len(idx)
-            seen += len(idx)
+            span.update(opt, loss_fn(logits.float(), yb.to(rt.device)), len(idx))
             if step in marks:
-                losses.append(float(total) / seen)
-                total, seen = torch.zeros((), device=rt.device), 0
+                losses.append(span.read())
     model.eval()
     return SegFit(model, losses)
 

@@ -27,3 +27,28 @@ def batches(n: int, batch_size: int, steps: int):
             buffer = torch.cat([buffer, torch.randperm(n)])
         yield buffer[:batch_size]
         buffer = buffer[batch_size:]
+
+
+class SpanLoss:
+    """Mean training loss over the steps since the last read, summed on the device (one
+    host read per span, not per step)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._reset()
+
+    def _reset(self) -> None:
+        self.total, self.seen = torch.zeros((), device=self.device), 0
+
+    def update(self, opt: torch.optim.Optimizer, loss: torch.Tensor, n: int) -> None:
+        """One optimizer step on `loss` (the mean over `n` samples), and its record."""
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        self.total += loss.detach() * n
+        self.seen += n
+
+    def read(self) -> float:
+        value = float(self.total) / max(self.seen, 1)
+        self._reset()
+        return value
