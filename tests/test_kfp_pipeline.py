@@ -176,7 +176,9 @@ def test_compiled_pipeline_runs_locally(tmp_path: Path, monkeypatch):
     pipeline = components.load_component_from_file(str(DEFAULT_OUT))
     # data.root is required by the folders layout; the pipeline's source_path overrides it.
     params = toy_repo_params("kfp", "overridden", images_per_class=2)
-    params["gate"]["max_ratio"] = 1000.0  # random textures ~12x pass; the grey one ~3e4x fails
+    # the verdicts this test needs come from the distance rule: random textures ~12x pass,
+    # the grey class ~3e4x fails (the utility rule is tested in test_stage_gate)
+    params["gate"].update(decide_by="fidelity", max_ratio=1000.0)
     pipeline(
         params_yaml=yaml.safe_dump(params), source_path=str(_dataset(tmp_path / "ds")), track=True
     )
