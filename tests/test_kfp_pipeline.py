@@ -153,7 +153,7 @@ def _dataset(root: Path) -> Path:
     """crack and dent: random textures; scratch: near-constant grey (its real-vs-real
     distance is ~0, so no synthetic set can come within any ratio of it: it must fail)."""
     for ci, cls in enumerate(["crack", "dent"]):
-        for i in range(12):
+        for i in range(20):  # val 4 and 8: two halves (sweep, gate) of at least 2 each
             save(texture(ci * 100 + i), root / cls / f"{cls}_{i}.png")
     for i in range(12):
         grey = np.full((40, 40), 128, np.uint8)
