@@ -451,6 +451,14 @@ class PairsConfig(_Section):
 SEG_CONDITIONS = ("real+synthetic", "real+ungated")
 
 
+def _no_repeats(section: _Section, names: tuple[str, ...]) -> None:
+    """Lists where a value twice would run the same thing twice (seeds, conditions, ...)."""
+    for name in names:
+        values = getattr(section, name)
+        if len(set(values)) != len(values):
+            raise ValueError(f"{name} lists a value twice: {values}")
+
+
 def _value_protocol(data: Any, section: str) -> Any:
     """Keys of the old protocol, refused with what replaced them: epochs (now steps, the
     equal budget) and the controls in `conditions` (now always run)."""
@@ -499,10 +507,7 @@ class SegmentConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> SegmentConfig:
-        for name in ("conditions", "seeds"):
-            values = getattr(self, name)
-            if len(set(values)) != len(values):
-                raise ValueError(f"{name} lists a value twice: {values}")
+        _no_repeats(self, ("conditions", "seeds"))
         return self
 
 
@@ -530,10 +535,7 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
-        for name in ("models", "conditions", "seeds"):
-            values = getattr(self, name)
-            if len(set(values)) != len(values):
-                raise ValueError(f"{name} lists a value twice: {values}")
+        _no_repeats(self, ("models", "conditions", "seeds"))
         return self
 
 
