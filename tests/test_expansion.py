@@ -74,6 +74,14 @@ def test_the_command_answers_with_paired_statistics_and_resumes(tmp_path: Path):
     assert clf["headline"].startswith("Synthetic vs classical augmentation (squeezenet1_1, ")
     assert set(result["gate"]) == {"Pa", "Sc"}
     assert all(g["n_synthetic"] == 4 for g in result["gate"].values())
+    # per class, the synthetic images' test F1 against the classical arm's, and whether
+    # each gate rule predicted it
+    per_class = clf["per_class_vs_classical"]["squeezenet1_1"]["real+ungated"]
+    assert [r["label"] for r in per_class] == ["Pa", "Sc"]
+    assert all(r["n_seeds"] == 2 and r["control"] == "real+classical-ungated" for r in per_class)
+    agree = result["agreement"]
+    assert set(agree["classes"]) == {"Pa", "Sc"} and agree["why"] is None
+    assert {agree["rules"][k]["n"] for k in ("fd_ratio", "gate")} == {2}
 
     seg = result["segmentation"]
     assert seg["headline"].startswith("Synthetic pairs vs classical augmentation")
@@ -84,6 +92,7 @@ def test_the_command_answers_with_paired_statistics_and_resumes(tmp_path: Path):
 
     md = (tmp_path / "results" / "results.md").read_text()
     assert clf["headline"] in md and seg["headline"] in md and "| majority |" in md
+    assert "FD ratio rule right on" in md
     assert "generated.png" in result["grids"]
     assert (tmp_path / "results" / "generated.png").is_file()
 
@@ -92,6 +101,37 @@ def test_the_command_answers_with_paired_statistics_and_resumes(tmp_path: Path):
     again = json.loads((tmp_path / "results" / "results.json").read_text())
     assert all(t["resumed"] for t in again["stages"].values())
     assert again["classification"]["models"] == clf["models"]
+
+
+def _gate(fd_passed: bool, verdict: str) -> dict:
+    return {"fidelity_passed": fd_passed, "verdict": verdict, "ratio": 1.0}
+
+
+def _outcome(label: str, verdict: str) -> dict:
+    return {"label": label, "delta": 0.0, "ci": [0.0, 0.0], "n_seeds": 10, "verdict": verdict}
+
+
+def test_agreement_scores_each_rule_against_the_test_outcome():
+    gate = {
+        "helped-passed": _gate(True, "pass"),  # both rules right
+        "helped-failed": _gate(False, "inconclusive"),  # both wrong: a helpful class kept out
+        "hurt-passed": _gate(True, "fail"),  # the FD rule wrong, the gate right
+        "flat-failed": _gate(False, "fail"),  # both right: no gain over classical to miss
+        "untrained": _gate(True, "pass"),  # no outcome: not counted
+    }
+    outcomes = [
+        _outcome("helped-passed", "better"),
+        _outcome("helped-failed", "better"),
+        _outcome("hurt-passed", "worse"),
+        _outcome("flat-failed", "not distinguishable"),
+    ]
+    agree = expansion.agreement(gate, {"real+ungated": outcomes})
+    assert set(agree["classes"]) == {"helped-passed", "helped-failed", "hurt-passed",
+                                     "flat-failed"}  # fmt: skip
+    assert agree["rules"]["fd_ratio"] == {"right": 2, "n": 4, "rate": 0.5}
+    assert agree["rules"]["gate"] == {"right": 3, "n": 4, "rate": 0.75, "inconclusive": 1}
+    assert agree["classes"]["hurt-passed"]["fd_ratio_right"] is False
+    assert "not trained" in expansion.agreement(gate, {})["why"]
 
 
 def test_an_unknown_dataset_names_the_profiles_there_are(tmp_path: Path):

@@ -161,17 +161,72 @@ def _gate_rows(gate: dict) -> dict[str, dict]:
     out = {}
     for label, e in gate["classes"].items():
         fd = next((k[: -len("_real")] for k in e if k.endswith("_real")), None)
+        u = e.get("utility")
         out[label] = {
             "distance_name": fd,
             "distance": e.get(fd) if fd else None,
             "real_vs_real": e.get(f"{fd}_real") if fd else None,
+            "blurred": e.get(f"{fd}_blur") if fd else None,
             "ratio": e.get("ratio"),
+            "fidelity_passed": e.get("fidelity_passed", False),  # the FD-ratio rule
+            "knn_precision": e.get("knn_precision"),
+            "knn_recall": e.get("knn_recall"),
+            "near_duplicates": e.get("near_duplicates", 0),
+            "utility": None if u is None else
+            {k: u[k] for k in ("delta", "ci", "n_seeds", "verdict") if k in u},
+            "verdict": e.get("verdict", "pass" if e["passed"] else "fail"),
             "passed": e["passed"],
             "reason": e.get("reason"),
             "n_synthetic": e["n_synthetic"],
             "n_kept": e.get("n_kept", 0),
-        }
+        }  # fmt: skip
     return out
+
+
+# The arm whose outcome a gate verdict predicts: it adds every class's synthetic images
+# whatever the gate said, so each class's effect is measured for passed and failed alike.
+OUTCOME_ARM = "real+ungated"
+
+
+def agreement(gate: dict[str, dict], per_class: dict[str, list[dict]]) -> dict:
+    """How often each gate rule predicted the test outcome, per class.
+
+    Outcome: the class's test F1 with its synthetic images minus with as many classical
+    copies (OUTCOME_ARM vs its classical arm, paired seeds, 95 % t interval): 'better'
+    means the synthetic images helped. A rule is right on a class when it passed a class
+    whose images helped or kept out one whose images did not (not distinguishable or
+    worse: keeping them out costs nothing against plain augmentation). Rules: the old
+    FD ratio (`fidelity_passed`) and the gate's verdict (an inconclusive verdict keeps
+    the class out under the default policy, and is counted as such).
+    """
+    rows = {r["label"]: r for r in per_class.get(OUTCOME_ARM, [])}
+    if not rows:
+        return {"classes": {}, "rules": {}, "why": f"{OUTCOME_ARM} was not trained"}
+    classes = {}
+    for label, g in gate.items():
+        if label not in rows:
+            continue
+        r = rows[label]
+        helped = r["verdict"] == "better"
+        old = "pass" if g["fidelity_passed"] else "fail"
+        classes[label] = {
+            "outcome_f1_delta": r["delta"], "outcome_ci": r["ci"], "n_seeds": r["n_seeds"],
+            "outcome": r["verdict"], "fd_ratio": g["ratio"], "fd_ratio_verdict": old,
+            "gate_verdict": g["verdict"], "fd_ratio_right": (old == "pass") == helped,
+            "gate_right": (g["verdict"] == "pass") == helped,
+        }  # fmt: skip
+    n = len(classes)
+    rules = {
+        name: {
+            "right": sum(c[f"{name}_right"] for c in classes.values()),
+            "n": n,
+            "rate": sum(c[f"{name}_right"] for c in classes.values()) / n if n else None,
+        }
+        for name in ("fd_ratio", "gate")
+    }
+    rules["gate"]["inconclusive"] = sum(c["gate_verdict"] == "inconclusive"
+                                        for c in classes.values())  # fmt: skip
+    return {"outcome_arm": OUTCOME_ARM, "classes": classes, "rules": rules, "why": None}
 
 
 def _classification(evaluation: dict) -> dict:
@@ -189,8 +244,8 @@ def _classification(evaluation: dict) -> dict:
             for c, e in conditions.items()
         }
     keep = ("headline", "protocol", "order", "comparisons", "captured", "oracle_shortfall",
-            "skipped", "test_images", "labels")  # fmt: skip
-    return {"models": models, **{k: evaluation[k] for k in keep}}
+            "skipped", "test_images", "labels", "per_class_vs_classical")  # fmt: skip
+    return {"models": models, **{k: evaluation.get(k) for k in keep}}
 
 
 def _machine() -> dict:
@@ -248,6 +303,9 @@ def collect(dataset: str, raw: dict, run_dir: Path, times: dict, data: dict, arg
         "classification": _classification(_json(run_dir / "train" / "eval.json")),
         "gate": _gate_rows(_json(run_dir / "gate" / "gate.json")),
     }
+    per_class = result["classification"]["per_class_vs_classical"] or {}
+    first = next(iter(per_class.values()), {})  # the first model's, as the headline's
+    result["agreement"] = agreement(result["gate"], first)
     segment = _json(run_dir / "segment" / "segment.json")
     if "skipped" in segment:
         result["segmentation"] = {"skipped": segment["skipped"]}
@@ -333,17 +391,22 @@ def markdown(result: dict) -> str:
     for condition, reason in clf["skipped"].items():
         lines += ["", f"{condition}: not trained, {reason}."]
     lines += ["", "## Gate (per class)", "",
-              "| class | distance | real vs real | ratio | verdict | kept / generated |",
-              "|---|---:|---:|---:|---|---:|"]  # fmt: skip
+              "| class | distance | real vs real | ratio | k-NN precision / recall | "
+              "utility (val) | verdict | kept / generated |",
+              "|---|---:|---:|---:|---:|---:|---|---:|"]  # fmt: skip
     for label, g in result["gate"].items():
         dist = "-" if g["distance"] is None else f"{g['distance']:.1f}"
         rvr = "-" if g["real_vs_real"] is None else f"{g['real_vs_real']:.1f}"
         ratio = "-" if g["ratio"] is None else f"{g['ratio']:.2f}"
-        verdict = "pass" if g["passed"] else "fail"
+        pr = ("-" if g["knn_precision"] is None
+              else f"{g['knn_precision']:.2f} / {g['knn_recall']:.2f}")  # fmt: skip
+        u = g["utility"]
+        util = "-" if u is None else stats.describe({**u, "p_value": None}, points=False)
         lines.append(
-            f"| {label} | {dist} | {rvr} | {ratio} | {verdict} | {g['n_kept']} / "
-            f"{g['n_synthetic']} |"
+            f"| {label} | {dist} | {rvr} | {ratio} | {pr} | {util} | {g['verdict']} | "
+            f"{g['n_kept']} / {g['n_synthetic']} |"
         )
+    lines += agreement_lines(result["agreement"])
     if "headline" in seg:
         lines += ["", "## Segmentation (real test split)", "",
                   f"{len(seg['protocol']['seeds'])} paired seeds, {seg['protocol']['steps']} "
@@ -375,6 +438,37 @@ def markdown(result: dict) -> str:
     for stage, t in result["stages"].items():
         lines.append(f"| {stage} | {t['wall_s']:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def agreement_lines(agree: dict) -> list[str]:
+    """results.md's table: each rule's verdict per class against the test outcome."""
+    from defectgen.core import stats
+
+    if agree["why"]:
+        return ["", f"Gate agreement: not measured ({agree['why']})."]
+    lines = [
+        "",
+        f"Did the verdict predict the test outcome? Outcome: the class's test F1 in "
+        f"{agree['outcome_arm']} minus in its classical arm (paired seeds, 95 % t "
+        "interval); a rule is right when it passed a class whose images helped or kept "
+        "out one whose images did not.",
+        "",
+        "| class | outcome (F1) | FD ratio rule | gate verdict |",
+        "|---|---:|---|---|",
+    ]
+    for label, c in agree["classes"].items():
+        delta = stats.describe({"delta": c["outcome_f1_delta"], "ci": c["outcome_ci"],
+                                "p_value": None}, points=False)  # fmt: skip
+        lines.append(
+            f"| {label} | {delta} ({c['outcome']}) | {c['fd_ratio_verdict']} "
+            f"({'right' if c['fd_ratio_right'] else 'wrong'}) | {c['gate_verdict']} "
+            f"({'right' if c['gate_right'] else 'wrong'}) |"
+        )
+    r = agree["rules"]
+    lines += ["", f"FD ratio rule right on {r['fd_ratio']['right']} of {r['fd_ratio']['n']} "
+              f"classes; the gate on {r['gate']['right']} of {r['gate']['n']} "
+              f"({r['gate']['inconclusive']} inconclusive, kept out)."]  # fmt: skip
+    return lines
 
 
 def copy_grids(run_dir: Path, out: Path) -> list[str]:

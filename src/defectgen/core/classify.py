@@ -112,16 +112,19 @@ class Evaluation:
     accuracy: float
     macro_f1: float
     recall: dict[str, float]
+    f1: dict[str, float]  # per class: what one class's added images move (the gate's outcome)
     confusion: list[list[int]]  # rows: true class, columns: predicted, in `labels` order
 
 
 def evaluate(y_true: list[int], y_pred: list[int], labels: list[str]) -> Evaluation:
     index = list(range(len(labels)))
     recall = recall_score(y_true, y_pred, labels=index, average=None, zero_division=0)
+    f1 = f1_score(y_true, y_pred, labels=index, average=None, zero_division=0)
     return Evaluation(
         accuracy=float(accuracy_score(y_true, y_pred)),
         macro_f1=float(f1_score(y_true, y_pred, labels=index, average="macro", zero_division=0)),
         recall={c: float(r) for c, r in zip(labels, recall, strict=True)},
+        f1={c: float(f) for c, f in zip(labels, f1, strict=True)},
         confusion=confusion_matrix(y_true, y_pred, labels=index).tolist(),
     )
 

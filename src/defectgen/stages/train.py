@@ -26,7 +26,9 @@ Writes under `out_dir`:
     eval.json        the protocol; per model and condition mean and sample std over seeds
                      of accuracy, macro-F1 and per-class recall, counts; per model the
                      paired comparisons (delta, 95 % t interval, p) and the fraction of
-                     the oracle's gain each arm captures; the headline; skips
+                     the oracle's gain each arm captures; per additive arm and class the
+                     paired test-F1 difference against its classical arm (the outcome
+                     the gate's per-class verdict predicts); the headline; skips
     runs.parquet     one row per (model, condition, seed): numbers, best step, counts,
                      the training ids and their sha256
     comparison.csv   model, condition, accuracy and macro-F1 means (the DVC plot)
@@ -195,6 +197,7 @@ def _train_one(params: Params, data: _Data, model_name: str, condition: str, see
         "accuracy": scores.accuracy,
         "macro_f1": scores.macro_f1,
         "recall": scores.recall,
+        "f1": scores.f1,
         "confusion": scores.confusion,
         "steps": steps,
         "epochs_equivalent": steps * cfg.batch_size / len(train[1]),
@@ -225,6 +228,31 @@ def _comparisons(records: list[dict], model: str, plan: dict[str, str | None]) -
     for metric in METRICS:
         values = {c: _by_seed(records, model, c, metric) for c in trained}
         out += stats.compare(values, asked, metric)
+    return out
+
+
+def _per_class(records: list[dict], model: str, labels: list[str]) -> dict[str, list[dict]]:
+    """Per additive arm and class: the class's test F1 with the arm's synthetic images
+    minus with as many classical copies (paired over seeds). This is the outcome the
+    gate's per-class verdict predicts: did that class's synthetic images do better than
+    plain augmentation of its real images? (F1, not recall: added images of a class
+    raise its recall by shifting predictions towards it; F1 also pays for the false
+    positives that shift causes.)"""
+    out = {}
+    for arm in arms.ADDITIVE:
+        control = arms.classical_of(arm)
+        mine = [r for r in records if r["model"] == model and "f1" in r]
+        if not {arm, control} <= {r["condition"] for r in mine}:
+            continue
+        rows = []
+        for label in labels:
+            values = {
+                c: {r["seed"]: r["f1"][label] for r in mine if r["condition"] == c}
+                for c in (arm, control)
+            }
+            (row,) = stats.compare(values, [(arm, control)], "f1")
+            rows.append({"label": label, **row})
+        out[arm] = rows
     return out
 
 
@@ -339,6 +367,7 @@ def run(
     summary, confusion = _summarise(records, data.labels)
     comparisons = {m: _comparisons(records, m, data.plan) for m in summary}
     captured = {m: _captured(records, m) for m in summary}
+    per_class = {m: _per_class(records, m, data.labels) for m in summary}
     short = {c: s for c in data.matched if c.startswith("real+oracle")
              and c not in skipped and (s := data.oracle_shortfall(c))}  # fmt: skip
     with atomic_dir(out_dir) as tmp:
@@ -363,6 +392,7 @@ def run(
                 "models": summary,
                 "comparisons": comparisons,
                 "captured": captured,
+                "per_class_vs_classical": per_class,
                 "oracle_shortfall": short,
                 "skipped": skipped,
             },
@@ -372,7 +402,7 @@ def run(
         table = pd.DataFrame(
             [
                 {k: v for k, v in r.items() if k not in drop}
-                | {"recall": json.dumps(r["recall"]), "n_train": json.dumps(r["n_train"])}
+                | {k: json.dumps(r[k]) for k in ("recall", "f1", "n_train") if k in r}
                 for r in records
             ]
         )
