@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pycocotools.coco import COCO
 
+from defectgen import export
 from experiments.expansion import run as expansion
 from tests.test_stage_masks import _dataset
 
@@ -95,6 +97,18 @@ def test_the_command_answers_with_paired_statistics_and_resumes(tmp_path: Path):
     assert "FD ratio rule right on" in md
     assert "generated.png" in result["grids"]
     assert (tmp_path / "results" / "generated.png").is_file()
+
+    # the run's expanded training set leaves as COCO, read back by pycocotools
+    run = tmp_path / "run"
+    folders = export.Run(run / "preprocess", run / "generate", run / "gate", run / "pairs",
+                         run / "pairs_gate")  # fmt: skip
+    summary = export.export(folders, fmt="coco", condition="real+ungated", out=tmp_path / "coco")
+    train = COCO(str(tmp_path / "coco" / "annotations" / "instances_train.json"))
+    origins = [i["origin"] for i in train.loadImgs(train.getImgIds())]
+    assert origins.count("synthetic") == summary["synthetic"] > 0
+    assert origins.count("real") == 8 and len(train.getAnnIds()) >= len(origins) - 2
+    test = COCO(str(tmp_path / "coco" / "annotations" / "instances_test.json"))
+    assert {i["origin"] for i in test.loadImgs(test.getImgIds())} == {"real"}
 
     # Rerun: every stage is found done with the same params, nothing is trained again.
     assert expansion.main(args) == 0

@@ -3,6 +3,7 @@
     defectgen ingest     --params params.yaml [--source DIR] --out DIR
     defectgen preprocess --params params.yaml --ingested DIR --out DIR
     defectgen check-params --params params.yaml
+    defectgen export --format imagefolder|coco|yolo|yolo-seg --condition C --out DIR
     defectgen registry list|show NAME|promote NAME VERSION|rollback NAME
     defectgen schedule create|list|delete   (KFP recurring runs: nightly on a cluster)
 
@@ -17,6 +18,7 @@ import json
 import sys
 from pathlib import Path
 
+from defectgen import export
 from defectgen.config import load_params
 from defectgen.errors import DefectgenError
 from defectgen.io import atomic_write_json
@@ -43,6 +45,23 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", type=Path, required=True, help="output folder (replaced whole)")
         p.add_argument("--metrics", type=Path, help="also write the stage's metrics here (JSON)")
         p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    p = sub.add_parser(
+        "export",
+        help="the expanded training set of a finished run (one condition) and the real "
+        "val/test splits, with provenance.csv, as ImageFolder, COCO or YOLO",
+    )
+    p.add_argument("--format", required=True, choices=export.FORMATS)
+    p.add_argument("--condition", required=True, choices=export.CONDITIONS)
+    p.add_argument("--out", type=Path, required=True, help="a new folder (replaced whole)")
+    p.add_argument("--branch", default="both", choices=export.BRANCHES,
+                   help="synthetic images from generate (images), pairs, or both")  # fmt: skip
+    p.add_argument("--parent-boxes-up-to", type=float, default=0.5, metavar="STRENGTH",
+                   help="img2img images inherit the parent's mask/boxes up to this "
+                   "strength (default 0.5); above it they are left out of coco/yolo")  # fmt: skip
+    for name, default in (("preprocessed", "data/preprocessed"), ("generated", "data/generated"),
+                          ("gated", "data/gated"), ("pairs", "data/pairs"),
+                          ("pairs-gated", "data/pairs_gated")):  # fmt: skip
+        p.add_argument(f"--{name}", type=Path, default=Path(default), help=f"default {default}")
     p = sub.add_parser("check-params", help="validate a params file and exit")
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
     p = sub.add_parser(
@@ -162,6 +181,15 @@ def main(argv: list[str] | None = None) -> int:
             return _registry(args)
         if args.command == "schedule":
             return _schedule(args)
+        if args.command == "export":
+            run = export.Run(args.preprocessed, args.generated, args.gated, args.pairs,
+                             args.pairs_gated)  # fmt: skip
+            summary = export.export(
+                run, fmt=args.format, condition=args.condition, out=args.out,
+                branch=args.branch, parent_boxes_up_to=args.parent_boxes_up_to,
+            )  # fmt: skip
+            print(json.dumps(summary, indent=2))
+            return 0
         if args.command == "check-params":
             params = load_params(args.params)
             print(f"{args.params}: ok (params hash {params.section_hash()})")

@@ -1,8 +1,10 @@
-"""COCO instances export of image + mask pairs (real and synthetic), one file per split.
+"""COCO instances export of images with defect masks or boxes (real and synthetic), one
+file per split.
 
 Each 8-connected region of a defect mask is one instance (`iscrowd` 0) with its
 segmentation as compressed RLE (pycocotools), its area and bbox from the same RLE, so
-pycocotools' COCO API, Detectron2 and MMDetection load it as is. Images keep
+pycocotools' COCO API, Detectron2 and MMDetection load it as is. An image with boxes and
+no mask (a VOC-style dataset such as NEU-DET) gets one box-only instance per box. Images keep
 defectgen's provenance as extra keys (`defectgen_id`, `origin`, `parent_id`, `split`).
 Synthetic images are train-only: one in another split is refused.
 """
@@ -20,16 +22,39 @@ _EIGHT = np.ones((3, 3), dtype=bool)
 
 @dataclass
 class Sample:
-    """One image and its defect mask (uint8, >127 is defect) as the export sees it."""
+    """One image and its defect mask (uint8, >127 is defect) or boxes as the export sees
+    it; an all-zero mask (or an empty box list) is an image without defect."""
 
     file_name: str  # relative to the images root the JSON is used with
     label: str
     split: str
     origin: str  # real | synthetic
-    mask: np.ndarray
+    mask: np.ndarray | None
     defectgen_id: str = ""
     parent_id: str | None = None
     extra: dict = field(default_factory=dict)
+    # without a mask: (x0, y0, x1, y1) pixel extents, and the image size (height, width)
+    boxes: list[tuple[float, float, float, float]] | None = None
+    size: tuple[int, int] | None = None
+
+    def shape(self) -> tuple[int, int]:
+        if self.mask is not None:
+            return self.mask.shape[:2]
+        if self.size is None or self.boxes is None:
+            raise ValueError(f"{self.file_name}: a sample needs a mask, or boxes and a size")
+        return self.size
+
+
+def boxes_xywh(sample: Sample) -> list[list[float]]:
+    """The sample's instances as [x, y, w, h] boxes in pixels (from the mask's regions,
+    or its boxes)."""
+    if sample.mask is None:
+        return [[x0, y0, x1 - x0, y1 - y0] for x0, y0, x1, y1 in sample.boxes or []]
+    out = []
+    for region in instances(sample.mask):
+        code = rle.encode(np.asfortranarray(region.astype(np.uint8)))
+        out.append([float(v) for v in rle.toBbox(code)])
+    return out
 
 
 def encode(on: np.ndarray) -> dict:
@@ -63,7 +88,7 @@ def build(samples: list[Sample], categories: list[str], split: str) -> dict:
             )
         if sample.label not in cat_id:
             raise ValueError(f"{sample.file_name}: class {sample.label!r} not in {categories}")
-        height, width = sample.mask.shape
+        height, width = sample.shape()
         image_id = len(images) + 1
         images.append(
             {
@@ -78,7 +103,18 @@ def build(samples: list[Sample], categories: list[str], split: str) -> dict:
                 **sample.extra,
             }
         )
-        for region in instances(sample.mask):
+        for x, y, w, h in [] if sample.mask is not None else boxes_xywh(sample):
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": cat_id[sample.label],
+                    "area": float(w * h),
+                    "bbox": [float(x), float(y), float(w), float(h)],
+                    "iscrowd": 0,
+                }
+            )
+        for region in [] if sample.mask is None else instances(sample.mask):
             seg = encode(region)
             code = {"size": seg["size"], "counts": seg["counts"].encode("ascii")}
             annotations.append(
