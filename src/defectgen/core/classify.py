@@ -94,6 +94,13 @@ def classical_augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray
         img = img.transpose(Image.FLIP_LEFT_RIGHT)
     if rng.random() < 0.5:
         img = img.transpose(Image.FLIP_TOP_BOTTOM)
+    return photometric(np.asarray(img), rng)
+
+
+def photometric(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The photometric half of CLASSICAL: brightness and contrast, then sometimes blur
+    and noise (also the detection control's, core.detect.classical)."""
+    img = Image.fromarray(image)
     img = ImageEnhance.Brightness(img).enhance(float(rng.uniform(0.8, 1.2)))
     img = ImageEnhance.Contrast(img).enhance(float(rng.uniform(0.8, 1.2)))
     if rng.random() < 0.3:
