@@ -17,6 +17,7 @@ def report(
     image_mask_pairs: Input[Dataset],
     gated_pairs: Input[Dataset],
     segmentation: Input[Dataset],
+    detection: Input[Dataset],
     track: bool,
     html: Output[HTML],
     markdown: Output[Markdown],
@@ -45,6 +46,7 @@ def report(
             "pairs": image_mask_pairs.path,
             "pairs_gated": gated_pairs.path,
             "segment": segmentation.path,
+            "detect": detection.path,
         },
         track=track,
     )

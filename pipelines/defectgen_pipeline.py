@@ -6,7 +6,7 @@
       ParallelFor class (at most cluster.parallelism at once):
         finetune -> sweep -> generate -> gate -> If verdict == "pass": register
       merge (dsl.Collected) adapters, chosen cells, generated and gated images
-      -> train -> report (also reads the mask branch)
+      -> train, detect (also reads the mask branch's pairs) -> report
     exit handler: status (always: the final state and every stage run; for a run that
       did not succeed, also the report, from what the finished stages logged to MLflow)
 
@@ -30,6 +30,7 @@ from kfp import dsl, kubernetes
 from kfp.dsl import graph_component
 
 from components.base import base
+from components.detect import detect
 from components.fanout import classes, merge_datasets
 from components.finetune import finetune
 from components.gate import gate
@@ -122,8 +123,8 @@ def build(cluster: ClusterConfig) -> graph_component.GraphComponent:
     @dsl.pipeline(
         name="defectgen",
         description="Expand a small defect-image dataset: ingest -> preprocess -> base -> "
-        "per class (finetune -> sweep -> generate -> gate -> register if passed) -> train "
-        "-> report; the exit handler records the run's status.",
+        "per class (finetune -> sweep -> generate -> gate -> register if passed) -> train, "
+        "detect -> report; the exit handler records the run's status.",
     )
     def defectgen_pipeline(params_yaml: str, source_path: str = "", track: bool = False):
         """Args:
@@ -203,6 +204,11 @@ def build(cluster: ClusterConfig) -> graph_component.GraphComponent:
                 train(**common, preprocessed=preprocessed, generated=generated, gated=gated),
                 "train",
             )
+            detected = place.gpu(
+                detect(**common, preprocessed=preprocessed, generated=generated, gated=gated,
+                       pairs=image_mask_pairs, pairs_gated=pairs_judged.outputs["gated_pairs"]),
+                "detect",
+            )  # fmt: skip
             place.cpu(
                 report(**common, ingested=ing.outputs["ingested"], preprocessed=preprocessed,
                        chosen=chosen, generated=generated, gated=gated,
@@ -210,7 +216,8 @@ def build(cluster: ClusterConfig) -> graph_component.GraphComponent:
                        synthetic_masks=masked.outputs["synthetic_masks"],
                        image_mask_pairs=image_mask_pairs,
                        gated_pairs=pairs_judged.outputs["gated_pairs"],
-                       segmentation=segmented.outputs["segmentation"]),
+                       segmentation=segmented.outputs["segmentation"],
+                       detection=detected.outputs["detection"]),
                 "report",
             )  # fmt: skip
 

@@ -78,6 +78,7 @@ def toy_repo_params(name: str, root: str, *, images_per_class: int) -> dict:
     params["generate"].update({"images_per_class": images_per_class, "steps": 4})
     params["sweep"].update({"strengths": [0.3, 0.6], "guidances": [2.0], "probe_images": 3})
     params["train"].update({"models": ["resnet18"], "seeds": [0], "steps": 2, "evals": 1})
+    params["detect"].update({"seeds": [0], "steps": 2, "evals": 1})
     return params
 
 

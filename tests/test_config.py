@@ -138,3 +138,13 @@ def test_epochs_and_listed_controls_are_refused_with_the_replacement(section):
     raw[section]["conditions"] = ["real", "real+ungated"]
     with pytest.raises(ConfigError, match=r"list only the synthetic arms; real and the matched"):
         parse_params(raw, "p.yaml")
+
+
+def test_a_normal_class_is_never_synthesised():
+    raw = _base()
+    raw["data"]["normal_classes"] = ["ok"]
+    params = parse_params(raw)
+    assert params.synthesised(["crack", "ok", "pit"]) == ["crack", "pit"]
+    raw["finetune"] = {"classes": ["ok", "crack"]}
+    with pytest.raises(ConfigError, match=r"finetune.classes lists \['ok'\].*defect-free"):
+        parse_params(raw)

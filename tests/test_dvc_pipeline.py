@@ -19,7 +19,7 @@ from tests.test_core_report import check_self_contained, render_in_chromium
 
 pytestmark = pytest.mark.slow
 STAGES = ("ingest", "preprocess", "masks", "base", "pairs", "pairs_gate", "segment", "finetune",
-          "sweep", "generate", "gate", "train")  # fmt: skip
+          "sweep", "generate", "gate", "detect", "train")  # fmt: skip
 # register and report have no DVC outputs (registry versions, run ids) and always run
 
 

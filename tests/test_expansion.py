@@ -7,12 +7,14 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from pycocotools.coco import COCO
 
-from defectgen import export
+from defectgen import export, manifest
 from experiments.expansion import run as expansion
+from tests.conftest import save, texture
 from tests.test_stage_masks import _dataset
 
 
@@ -27,6 +29,9 @@ def _digest(folder: Path) -> str:
 @pytest.mark.slow
 def test_the_command_answers_with_paired_statistics_and_resumes(tmp_path: Path):
     source = _dataset(tmp_path / "source")
+    for i in range(16):  # a defect-free class: plain texture, all-zero masks
+        save(texture(100 + i, (32, 32)), source / "images" / f"Ok_{i}.png")
+        save(np.zeros((32, 32), np.uint8), source / "masks" / f"Ok_{i}.png")
     before = _digest(source)
     profile = tmp_path / "toy.yaml"
     profile.write_text(
@@ -38,7 +43,9 @@ def test_the_command_answers_with_paired_statistics_and_resumes(tmp_path: Path):
                     "root": str(source),
                     "label_from": "prefix",
                     "masks_required": True,
+                    "normal_classes": ["Ok"],
                 },
+                "pairs": {"conditioning": "driver"},
                 "preprocess": {
                     "split": {"train": 0.5, "val": 0.25, "test": 0.25},
                     "subset": {"alpha": None, "per_class": 4},
@@ -69,28 +76,44 @@ def test_the_command_answers_with_paired_statistics_and_resumes(tmp_path: Path):
         assert 0 <= model[condition]["accuracy"]["mean"] <= 1
     assert model["real+ungated"]["steps"] == model["real"]["steps"] == 3  # equal budgets
     # the synthetic arm and its classical control add the same 4 images per class
-    assert model["real+ungated"]["n_train"] == model["real+classical-ungated"]["n_train"] == 16
+    assert model["real+ungated"]["n_train"] == model["real+classical-ungated"]["n_train"] == 20
     asked = {(c["arm"], c["control"]) for c in clf["comparisons"]["squeezenet1_1"]}
     assert {("real+ungated", "real+classical-ungated"), ("real+ungated", "real"),
             ("real+oracle-ungated", "real+classical-ungated")} <= asked  # fmt: skip
     assert clf["headline"].startswith("Synthetic vs classical augmentation (squeezenet1_1, ")
+    # the defect-free class is classified but never synthesised: no adapter, no masks, no
+    # images, no pairs; the pairs' drivers take their layouts from its images
+    run = tmp_path / "run"
+    assert clf["labels"] == ["Ok", "Pa", "Sc"]
+    assert set(json.loads((run / "finetune" / "finetune.json").read_text())) == {"Pa", "Sc"}
+    assert "data.normal_classes" in json.loads((run / "masks" / "masks.json").read_text())[
+        "classes"]["Ok"]["skipped"]  # fmt: skip
+    generated = manifest.read_rows(run / "generate")
+    pairs = manifest.read_rows(run / "pairs")
+    assert {r["label"] for r in generated} == {r["label"] for r in pairs} == {"Pa", "Sc"}
+    ok_ids = {r["id"] for r in manifest.read_rows(run / "preprocess") if r["label"] == "Ok"}
+    assert {r["parent_id"] for r in pairs} <= ok_ids
     assert set(result["gate"]) == {"Pa", "Sc"}
     assert all(g["n_synthetic"] == 4 for g in result["gate"].values())
     # per class, the synthetic images' test F1 against the classical arm's, and whether
     # each gate rule predicted it
     per_class = clf["per_class_vs_classical"]["squeezenet1_1"]["real+ungated"]
-    assert [r["label"] for r in per_class] == ["Pa", "Sc"]
+    assert [r["label"] for r in per_class] == ["Ok", "Pa", "Sc"]
     assert all(r["n_seeds"] == 2 and r["control"] == "real+classical-ungated" for r in per_class)
     agree = result["agreement"]
-    assert set(agree["classes"]) == {"Pa", "Sc"} and agree["why"] is None
+    assert set(agree["classes"]) == {"Pa", "Sc"} and agree["why"] is None  # gated classes
     assert {agree["rules"][k]["n"] for k in ("fd_ratio", "gate")} == {2}
 
     seg = result["segmentation"]
     assert seg["headline"].startswith("Synthetic pairs vs classical augmentation")
     assert seg["conditions"]["real+classical-ungated"]["n_seeds"] == 2
     # the oracle adds real pairs from outside the subset: 4 per class, or all there are
-    oracle = sum(min(4, c["train"]) for c in counts.values())
+    oracle = sum(min(4, c["train"]) for k, c in counts.items() if k != "Ok")
     assert seg["conditions"]["real+oracle-ungated"]["n_added"] == oracle
+
+    det = result["detection"]  # the toy data has masks: detectors train on every arm
+    assert det["models"]["fasterrcnn_resnet18"]["real+classical-ungated"]["n_seeds"] == 2
+    assert det["headline"].startswith("Synthetic vs classical augmentation for detection")
 
     md = (tmp_path / "results" / "results.md").read_text()
     assert clf["headline"] in md and seg["headline"] in md and "| majority |" in md
@@ -99,14 +122,15 @@ def test_the_command_answers_with_paired_statistics_and_resumes(tmp_path: Path):
     assert (tmp_path / "results" / "generated.png").is_file()
 
     # the run's expanded training set leaves as COCO, read back by pycocotools
-    run = tmp_path / "run"
     folders = export.Run(run / "preprocess", run / "generate", run / "gate", run / "pairs",
                          run / "pairs_gate")  # fmt: skip
     summary = export.export(folders, fmt="coco", condition="real+ungated", out=tmp_path / "coco")
     train = COCO(str(tmp_path / "coco" / "annotations" / "instances_train.json"))
     origins = [i["origin"] for i in train.loadImgs(train.getImgIds())]
     assert origins.count("synthetic") == summary["synthetic"] > 0
-    assert origins.count("real") == 8 and len(train.getAnnIds()) >= len(origins) - 2
+    assert origins.count("real") == 12
+    bare = [i for i in train.getImgIds() if not train.getAnnIds(imgIds=[i])]
+    assert len(bare) == 4  # the defect-free class's few-shot images: background, no instance
     test = COCO(str(tmp_path / "coco" / "annotations" / "instances_test.json"))
     assert {i["origin"] for i in test.loadImgs(test.getImgIds())} == {"real"}
 

@@ -78,3 +78,6 @@ def test_fan_out_classes_follow_params_and_data(tmp_path: Path):
     assert fanout.classes(make_params(root=tmp_path), tmp_path) == ["crack", "dent"]
     narrowed = make_params(root=tmp_path, finetune={"classes": ["dent"]})
     assert fanout.classes(narrowed, tmp_path) == ["dent"]
+    # a defect-free class is classified, never adapted
+    normal = make_params(root=tmp_path, data={"normal_classes": ["crack"]})
+    assert fanout.classes(normal, tmp_path) == ["dent"]

@@ -21,7 +21,7 @@ from tests.test_core_report import check_self_contained
 pytestmark = pytest.mark.slow
 
 GPU_TASKS = {"masks", "pairs", "pairs-gate", "segment", "base", "finetune", "sweep", "generate",
-             "gate", "train"}  # fmt: skip
+             "gate", "train", "detect"}  # fmt: skip
 
 
 def _compiled(path: Path = DEFAULT_OUT) -> tuple[dict, dict]:

@@ -3,9 +3,11 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from defectgen import manifest
 from defectgen.core.images import decode_image, pixel_id
+from defectgen.errors import DataError
 from defectgen.stages import ingest, preprocess
 from tests.conftest import make_params, save, texture
 
@@ -130,3 +132,8 @@ def test_boxes_scale_with_resize(tmp_path: Path):
         preprocess={"image_size": 20},
     )
     assert rows[0]["boxes"] == [{"label": "a", "x0": 5.0, "y0": 0.0, "x1": 10.0, "y1": 20.0}]
+
+
+def test_a_normal_class_the_dataset_lacks_is_named(folders_dataset: Path, tmp_path: Path):
+    with pytest.raises(DataError, match=r"normal_classes lists \['ok'\].*its classes are"):
+        _run(folders_dataset, tmp_path, data={"normal_classes": ["ok"]})

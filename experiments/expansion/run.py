@@ -65,9 +65,12 @@ STAGES = [
     ("pairs", {"preprocessed": "preprocess", "base": "base", "masks": "masks"}),
     ("pairs_gate", {"preprocessed": "preprocess", "generated": "pairs"}),
     ("segment", {"preprocessed": "preprocess", "pairs": "pairs", "gated": "pairs_gate"}),
+    ("detect", {"preprocessed": "preprocess", "generated": "generate", "gated": "gate",
+                "pairs": "pairs", "pairs_gated": "pairs_gate"}),
     ("report", {"ingested": "ingest", "preprocessed": "preprocess", "sweep": "sweep",
                 "generated": "generate", "gated": "gate", "train": "train", "masks": "masks",
-                "pairs": "pairs", "pairs_gated": "pairs_gate", "segment": "segment"}),
+                "pairs": "pairs", "pairs_gated": "pairs_gate", "segment": "segment",
+                "detect": "detect"}),
 ]  # fmt: skip
 
 # --toy: the same DAG at toy sizes (make test runs it; the numbers mean nothing).
@@ -84,6 +87,7 @@ TOY = {
     "segment": {"seeds": [0, 1], "steps": 3, "batch_size": 8, "widths": [8, 16]},
     "train": {"models": ["squeezenet1_1"], "seeds": [0, 1], "steps": 3, "evals": 1,
               "batch_size": 16},
+    "detect": {"seeds": [0, 1], "steps": 2, "evals": 1, "batch_size": 4},
 }  # fmt: skip
 
 
@@ -314,6 +318,13 @@ def collect(dataset: str, raw: dict, run_dir: Path, times: dict, data: dict, arg
                 "n_test")  # fmt: skip
         result["segmentation"] = {k: segment[k] for k in keep}
         result["pairs_gate"] = _gate_rows(_json(run_dir / "pairs_gate" / "gate.json"))
+    detection = _json(run_dir / "detect" / "detect.json")
+    keep = ("headline", "protocol", "order", "models", "comparisons", "left_out",
+            "not_trained", "n_test")  # fmt: skip
+    result["detection"] = (
+        {"skipped": detection["skipped"]} if "skipped" in detection
+        else {k: detection[k] for k in keep}
+    )  # fmt: skip
     return result
 
 
@@ -434,10 +445,43 @@ def markdown(result: dict) -> str:
                 )
     elif "skipped" in seg:
         lines += ["", f"Segmentation: skipped ({seg['skipped']})."]
+    lines += detection_lines(result.get("detection", {"skipped": "not run"}))
     lines += ["", "## Wall time per stage", "", "| stage | s |", "|---|---:|"]
     for stage, t in result["stages"].items():
         lines.append(f"| {stage} | {t['wall_s']:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def detection_lines(det: dict) -> list[str]:
+    """results.md's detection tables: mAP per model and condition, paired differences."""
+    from defectgen.core import stats
+
+    if "skipped" in det:
+        return ["", f"Detection: skipped ({det['skipped']})."]
+    p = det["protocol"]
+    lines = ["", "## Detectors (real test split, COCOeval)", "", f"**{det['headline']}**", "",
+             f"{len(p['seeds'])} paired seeds, {p['steps']} SGD steps at batch "
+             f"{p['batch_size']} per detector. Classical: {p['classical']}.", "",
+             "| model | condition | train images | mAP@[.5:.95] | mAP@.5 |",
+             "|---|---|---:|---:|---:|"]  # fmt: skip
+    for model, conditions in det["models"].items():
+        for c in det["order"]:
+            e = conditions[c]
+            lines.append(
+                f"| {model} | {c} | {e['n_train']} | {e['map_mean']:.3f} ± {e['map_std']:.3f} "
+                f"| {e['map50_mean']:.3f} ± {e['map50_std']:.3f} |"
+            )
+    lines += ["", "| model | arm | control | metric | difference | verdict |",
+              "|---|---|---|---|---:|---|"]  # fmt: skip
+    for model, comparisons in det["comparisons"].items():
+        for c in comparisons:
+            if c["metric"] in ("map", "map50"):
+                lines.append(f"| {model} | {c['arm']} | {c['control']} | {c['metric']} | "
+                             f"{stats.describe(c, points=False)} | {c['verdict']} |")  # fmt: skip
+    for arm, dropped in det["left_out"].items():
+        if dropped:
+            lines += ["", f"{arm}: left out for want of annotations: {dropped}."]
+    return lines
 
 
 def agreement_lines(agree: dict) -> list[str]:
@@ -474,7 +518,8 @@ def agreement_lines(agree: dict) -> list[str]:
 def copy_grids(run_dir: Path, out: Path) -> list[str]:
     """The real-vs-synthetic grids a reader judges the images by."""
     copied = []
-    for src, name in ((run_dir / "generate" / "samples.png", "generated.png"),):
+    for src, name in ((run_dir / "generate" / "samples.png", "generated.png"),
+                      (run_dir / "detect" / "boxes.png", "detect-boxes.png")):  # fmt: skip
         if src.is_file():
             shutil.copyfile(src, out / name)
             copied.append(name)

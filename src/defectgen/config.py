@@ -40,6 +40,9 @@ class DataConfig(_Section):
     coco_json: str = "annotations.json"
     masks_required: bool = False
     classes: list[str] | None = None
+    # defect-free classes (e.g. [ok]): classified, never synthesised; their images give
+    # Valvano's drivers their layouts, and their all-zero masks mean "no defect"
+    normal_classes: list[str] = Field(default_factory=list)
     elpv_bins: list[float] = Field(default_factory=lambda: [0.5])
     elpv_classes: list[str] = Field(default_factory=lambda: ["functional", "defective"])
 
@@ -511,6 +514,40 @@ class SegmentConfig(_Section):
         return self
 
 
+DETECTORS = (
+    "fasterrcnn_resnet18", "fasterrcnn_effnet_lite0_imagenet",
+    "maskrcnn_resnet18", "maskrcnn_effnet_lite0_imagenet",
+)  # fmt: skip
+
+
+class DetectConfig(_Section):
+    """Defect detectors on real vs real + synthetic images (core.detect, stages.detect)."""
+
+    models: list[Literal[DETECTORS]] = Field(default=["fasterrcnn_resnet18"], min_length=1)
+    conditions: list[Literal[SEG_CONDITIONS]] = Field(
+        default=["real+synthetic", "real+ungated"]
+    )  # the synthetic arms; real, real+classical[-ungated] (and oracles) always run
+    oracle: bool = True  # real+oracle arms and all-train
+    seeds: list[int] = Field(default=[0, 1, 2], min_length=1)
+    steps: int = Field(default=200, ge=1)  # optimizer steps per detector, every condition
+    evals: int = Field(default=4, ge=1)  # val mAP@.5 checks; the best weights are scored
+    batch_size: int = Field(default=8, ge=1)
+    lr: float = Field(default=0.02, gt=0.0)  # SGD, momentum 0.9
+    # img2img images inherit the parent's boxes/masks only up to this strength
+    parent_boxes_up_to: float = Field(default=0.5, ge=0.0, le=1.0)
+    synthetic: Literal["both", "images", "pairs"] = "both"  # which branch's images
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        return _value_protocol(data, "detect")
+
+    @model_validator(mode="after")
+    def _check(self) -> DetectConfig:
+        _no_repeats(self, ("models", "conditions", "seeds"))
+        return self
+
+
 class TrainConfig(_Section):
     """Defect classifiers on real vs real+synthetic (StableSDG III-D / IV-C protocol)."""
 
@@ -624,8 +661,25 @@ class Params(_Section):
     pairs: PairsConfig = Field(default_factory=PairsConfig)
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    detect: DetectConfig = Field(default_factory=DetectConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+
+    @model_validator(mode="after")
+    def _normal_not_synthesised(self) -> Params:
+        listed = set(self.finetune.classes or []) & set(self.data.normal_classes)
+        if listed:
+            raise ValueError(
+                f"finetune.classes lists {sorted(listed)}, which data.normal_classes calls "
+                "defect-free: a normal class gets no adapter; remove it from one of the two"
+            )
+        return self
+
+    def synthesised(self, labels: list[str]) -> list[str]:
+        """The classes that get adapters, masks and synthetic images: finetune.classes
+        (else every class) without data.normal_classes."""
+        chosen = self.finetune.classes or labels
+        return [c for c in labels if c in chosen and c not in self.data.normal_classes]
 
     def section_hash(self, *sections: str) -> str:
         """Short sha256 of the named sections (or of all params but `cluster`, which says

@@ -43,9 +43,9 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from PIL import Image
 
 from defectgen import manifest
+from defectgen.annotations import Item, annotate, rows_of
 from defectgen.core import coco
 from defectgen.errors import DataError
 from defectgen.io import atomic_dir, write_file
@@ -60,17 +60,6 @@ PROVENANCE_COLUMNS = ("file", "split", "label", "origin", "id", "parent_id", "ge
 
 
 @dataclass
-class Item:
-    """One image to export: its manifest row and the folder its paths are relative to."""
-
-    row: dict
-    folder: Path
-    annotations: str = "label"  # where its masks/boxes come from (provenance.csv)
-    mask: np.ndarray | None = None
-    boxes: list[tuple[float, float, float, float]] | None = None
-
-
-@dataclass
 class Run:
     """The stage folders of a finished run (dvc.yaml's data/<...> by default)."""
 
@@ -81,58 +70,13 @@ class Run:
     pairs_gated: Path | None = None
 
 
-def _rows(folder: Path | None) -> list[dict]:
-    if folder is None or not (folder / manifest.MANIFEST_NAME).is_file():
-        return []
-    return manifest.read_rows(folder)
-
-
-def _mask(item_folder: Path, rel: str) -> np.ndarray:
-    with Image.open(item_folder / rel) as im:  # the pipeline's masks: 8-bit, 0 or 255
-        return np.asarray(im.convert("L"))
-
-
-def _boxes(row: dict) -> list[tuple[float, float, float, float]] | None:
-    if row["boxes"] is None:
-        return None
-    return [(b["x0"], b["y0"], b["x1"], b["y1"]) for b in row["boxes"]]
-
-
-def _annotate(item: Item, real_by_id: dict[str, Item], max_strength: float) -> Item:
-    """Fill the item's mask or boxes and say where they came from."""
-    row = item.row
-    if row["mask_path"]:
-        item.mask = _mask(item.folder, row["mask_path"])
-        item.annotations = "mask"
-    elif row["boxes"] is not None:
-        item.boxes = _boxes(row)
-        item.annotations = "boxes"
-    elif row["origin"] == "synthetic":
-        strength = json.loads(row["gen_params"] or "{}").get("strength")
-        parent = real_by_id.get(row["parent_id"] or "")
-        if parent is None or strength is None:
-            item.annotations = "none (no parent layout to inherit)"
-        elif strength > max_strength:
-            item.annotations = f"none (strength {strength} > {max_strength})"
-        else:
-            parent = _annotate(Item(parent.row, parent.folder), {}, max_strength)
-            if parent.mask is None and parent.boxes is None:
-                item.annotations = "none (the parent has none)"
-            else:
-                item.mask, item.boxes = parent.mask, parent.boxes
-                item.annotations = f"parent {parent.annotations} (strength {strength})"
-    else:
-        item.annotations = "none"
-    return item
-
-
 def select(run: Run, condition: str, branch: str) -> dict[str, list[Item]]:
     """The images of each split for `condition` (train) and the real val/test splits."""
     if condition not in CONDITIONS:
         raise DataError(f"--condition {condition!r}: one of {', '.join(CONDITIONS)}")
     if branch not in BRANCHES:
         raise DataError(f"--branch {branch!r}: one of {', '.join(BRANCHES)}")
-    real = [r for r in _rows(run.preprocessed) if r["origin"] == "real"]
+    real = [r for r in rows_of(run.preprocessed) if r["origin"] == "real"]
     if not real:
         raise DataError(
             f"{run.preprocessed}: no preprocessed manifest; point --preprocessed at the "
@@ -159,7 +103,7 @@ def select(run: Run, condition: str, branch: str) -> dict[str, list[Item]]:
                 "--pairs/--pairs-gated"
             )
         for listing, folder in listings:
-            for r in _rows(listing):
+            for r in rows_of(listing):
                 if r["split"] != "train" or r["origin"] != "synthetic":
                     raise DataError(
                         f"{listing}: synthetic row {r['id'][:16]} has split {r['split']!r}; "
@@ -224,14 +168,14 @@ def export(
             "replaces its folder whole, so give a new or empty one"
         )
     # parents of synthetic images are train images, in the subset or not
-    real_by_id = {r["id"]: Item(r, run.preprocessed) for r in _rows(run.preprocessed)
+    real_by_id = {r["id"]: Item(r, run.preprocessed) for r in rows_of(run.preprocessed)
                   if r["split"] == "train"}  # fmt: skip
     left_out: dict[str, int] = {}
     localised = fmt != "imagefolder"
     for split, items in splits.items():
         kept = []
         for item in items:
-            _annotate(item, real_by_id, parent_boxes_up_to)
+            annotate(item, real_by_id, parent_boxes_up_to)
             if localised and item.mask is None and item.boxes is None:
                 left_out[item.annotations] = left_out.get(item.annotations, 0) + 1
                 continue

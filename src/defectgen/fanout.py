@@ -37,11 +37,13 @@ from defectgen.io import atomic_dir, atomic_write_json, write_file
 
 def classes(params: Params, preprocessed: Path) -> list[str]:
     """The classes finetune adapts: finetune.classes, else every class with real train
-    images (a listed class without any fails in its own finetune task, by name)."""
+    images (a listed class without any fails in its own finetune task, by name), never
+    a defect-free one (data.normal_classes)."""
     if params.finetune.classes:
         return list(params.finetune.classes)
     rows = manifest.read_rows(Path(preprocessed))
-    return sorted({r["label"] for r in rows if r["split"] == "train" and r["origin"] == "real"})
+    labels = sorted({r["label"] for r in rows if r["split"] == "train" and r["origin"] == "real"})
+    return params.synthesised(labels)
 
 
 def verdict(gated: Path, label: str) -> str:

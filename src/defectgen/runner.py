@@ -167,6 +167,22 @@ STAGES = (
         curves=("curves",),
     ),
     Stage(
+        "detect",
+        "detectors (Faster R-CNN / Mask R-CNN) on real vs real+synthetic with the matched "
+        "controls, scored on the real test split with COCOeval; skipped without masks or boxes",
+        (
+            PREPROCESSED,
+            ("generated", True, "the generate stage's output folder (the images)"),
+            ("gated", True, "the gate stage's output folder (which images passed)"),
+            ("pairs", True, "the pairs stage's output folder (image+mask pairs)"),
+            ("pairs_gated", True, "the pairs_gate stage's output folder"),
+        ),
+        ("seed", "detect"),
+        ("detect.json", "comparison.csv", "runs.parquet", "boxes.png"),
+        _run_of("detect"),
+        curves=("curves",),
+    ),
+    Stage(
         "register",
         "every class adapter into the MLflow model registry; champion/challenger by the gate",
         (
@@ -193,6 +209,7 @@ STAGES = (
             ("pairs", False, "the pairs stage's output folder"),
             ("pairs_gated", False, "the pairs_gate stage's output folder"),
             ("segment", False, "the segment stage's output folder"),
+            ("detect", False, "the detect stage's output folder"),
         ),
         ("data", "tracking"),
         ("report.html", "report.md"),

@@ -10,6 +10,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -151,6 +154,30 @@ def check_fingerprint(base_dir: Path, record: dict, pipe: StableDiffusionPipelin
             "model.revision to a commit and re-run the base stage"
         )
     _VERIFIED.add(key)
+
+
+def progress(
+    what: str, steps: int, log: Callable[[int, float], None], *, every_s: float = 30.0
+) -> Callable[[int, float], None]:
+    """`log` plus a progress line on stderr (what `dvc repro` shows): one before the
+    first step, then at most every `every_s` seconds with the loss, the step rate and
+    the time left at that rate, and one at the end."""
+    started = time.perf_counter()
+    last = [started]
+    print(f"[{what}] {steps} steps ...", file=sys.stderr, flush=True)
+
+    def wrapped(step: int, value: float) -> None:
+        log(step, value)
+        now = time.perf_counter()
+        done = step + 1
+        if now - last[0] >= every_s or done == steps:
+            last[0] = now
+            rate = done / max(now - started, 1e-9)
+            left = (steps - done) / rate
+            print(f"[{what}] step {done}/{steps}, loss {value:.4g}, {rate:.1f} steps/s, "
+                  f"about {left / 60:.1f} min left", file=sys.stderr, flush=True)  # fmt: skip
+
+    return wrapped
 
 
 class Curves:

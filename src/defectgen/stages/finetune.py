@@ -158,6 +158,8 @@ def run(params: Params, *, preprocessed: Path, base: Path, out_dir: Path) -> dic
     record = read_base(base)
     resolution = cfg.resolution or params.preprocess.image_size
     per_class = train_images(preprocessed, data=cfg.data, classes=cfg.classes, size=resolution)
+    normal = set(params.data.normal_classes)  # defect-free: classified, never synthesised
+    per_class = {c: items for c, items in per_class.items() if c not in normal}
     key = hashlib.sha256(
         (
             file_digest(preprocessed / manifest.MANIFEST_NAME)

@@ -35,6 +35,7 @@ Writes under `out_dir`:
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -49,9 +50,12 @@ from defectgen.core import metrics
 from defectgen.core.device import runtime
 from defectgen.core.images import decode_image, encode_png
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
-from defectgen.stages.diffusion_common import CURVES_DIR, Curves, derive_seed
+from defectgen.stages.diffusion_common import CURVES_DIR, Curves, derive_seed, progress
 from defectgen.stages.reference import choose_extractor
 
+# DDPM work (steps x pixels) a CPU does in minutes: 4x the CPU profile's 300 steps at 32 px
+CPU_SIZED = 4 * 300 * 32**2
+NORMAL = "a defect-free class (data.normal_classes): no masks of its own"
 REPORT_NAME = "masks.json"
 TABLE_NAME = "masks.parquet"
 GRID_COLUMNS = 8
@@ -136,12 +140,27 @@ def _producer(params: Params, label: str, real, curves: Curves):
     from defectgen.core import maskgen
 
     d = params.masks.ddpm
+    rt = runtime(params.model)
+    if rt.device.type == "cpu" and d.steps * d.size**2 > CPU_SIZED:
+        print(
+            f"[masks] {label}: the DDPM mask producer at {d.size} px for {d.steps} steps runs "
+            "for tens of minutes per class on a CPU; the CPU-sized settings are masks.ddpm "
+            "{size: 32, steps: 300} (profiles/sd-saliency-900.yaml, README)",
+            file=sys.stderr, flush=True,
+        )  # fmt: skip
     unet = maskgen.build(tuple(d.channels), seed=derive_seed(params.seed, "masks", label),
                          size=d.size)  # fmt: skip
     maskgen.train(unet, real, steps=d.steps, batch_size=d.batch_size, lr=d.lr,
                   gen=torch.Generator().manual_seed(derive_seed(params.seed, "ddpm", label)),
-                  log=curves.logger(f"{label}.ddpm"), rt=runtime(params.model))  # fmt: skip
+                  log=progress(f"masks {label} DDPM {d.size} px", d.steps,
+                               curves.logger(f"{label}.ddpm")),
+                  rt=rt)  # fmt: skip
     return unet
+
+
+def _has_defect(preprocessed: Path, row: dict) -> bool:
+    mask, _ = decode_image((preprocessed / row["mask_path"]).read_bytes())
+    return bool((mask > 127).any())
 
 
 def _class_unit(params: Params, label: str, real_rows, val_rows, preprocessed, ext, unit):
@@ -210,16 +229,21 @@ def run(params: Params, *, preprocessed: Path, out_dir: Path) -> dict[str, float
 
     ext, note = choose_extractor(params, runtime(params.model).device)
     key = file_digest(preprocessed / manifest.MANIFEST_NAME)[:16]
-    key += params.section_hash("seed", "masks", "gate")
+    key += params.section_hash("seed", "masks", "gate", "data")
     resume = Resume(out_dir, key)
     report: dict = {"extractor": ext.name, "fd_name": ext.fd_name, "note": note, "classes": {}}
     table: list[dict] = []
     metrics_out: dict[str, float] = {}
     with atomic_dir(out_dir) as tmp:
         for label in sorted({r["label"] for r in masked}):
+            if label in params.data.normal_classes:
+                report["classes"][label] = {"skipped": NORMAL}
+                continue
             mine = sorted((r for r in masked if r["label"] == label), key=lambda r: r["id"])
             train = [r for r in mine if r["split"] == "train"
                      and (cfg.data == "train" or r["in_subset"])]  # fmt: skip
+            # an all-zero mask says "no defect here": not a mask to learn shapes from
+            train = [r for r in train if _has_defect(preprocessed, r)]
             val = [r for r in mine if r["split"] == "val"]
             if len(train) < 2:
                 report["classes"][label] = {"skipped": f"{len(train)} real train masks (< 2)"}

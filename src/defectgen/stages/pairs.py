@@ -10,7 +10,9 @@ Per class with masks from the masks stage:
 Conditioning (pairs.conditioning): `coloured`, the mask painted in the class's colour on
 black, or `driver`, Valvano's topological driver: the layout of a real train image of
 the class (adaptive threshold, scaled to 0..50) with the coloured mask on top; at
-generation the layout comes from a random train image, recorded as the pair's parent.
+generation the layout comes from a random train image, recorded as the pair's parent:
+one of the defect-free classes' (data.normal_classes, Valvano 4.2) where the dataset
+has them, else one of the class's own. Defect-free classes get no pairs.
 DefectSynth's SAE (pairs.sae: a random real train pair of the class as each image's
 reference) and SFF (pairs.sff, over each generated batch) are optional.
 
@@ -107,8 +109,11 @@ def _grid(conditions, images, masks) -> np.ndarray:
     return np.concatenate(rows, axis=0)
 
 
-def _class_unit(params, label, labels, real, synthetic_masks, masks_dir, base, rt, unit):
-    """One class: train its ControlNet, generate its pairs into `unit`; returns the entry."""
+def _class_unit(params, label, labels, real, synthetic_masks, masks_dir, base, rt, unit,
+                layouts_from=None):  # fmt: skip
+    """One class: train its ControlNet, generate its pairs into `unit`; returns the entry.
+    `layouts_from`: the (row, image, mask) triples the drivers take their layouts from
+    (defect-free images when the dataset has them; else the class's own `real`)."""
     cfg = params.pairs
     colour = colour_of(labels, label)
     pipe = open_base(base, params, rt)
@@ -153,7 +158,8 @@ def _class_unit(params, label, labels, real, synthetic_masks, masks_dir, base, r
         index = list(range(start, min(start + cfg.generate_batch, cfg.per_class)))
         chosen = [synthetic_masks[order[i % len(order)]] for i in index]
         masks = [_mask_of(masks_dir / m["path"]) for m in chosen]
-        layouts = [real[int(rng.integers(len(real)))] for _ in index]
+        pool = layouts_from or real
+        layouts = [pool[int(rng.integers(len(pool)))] for _ in index]
         conds = [
             _condition(cfg, px, m, colour) for (_, px, _), m in zip(layouts, masks, strict=True)
         ]
@@ -260,6 +266,20 @@ def _real_pairs(preprocessed: Path, rows: list[dict], data: str, label: str):
     return out
 
 
+def _normal_images(preprocessed: Path, rows: list[dict], params: Params):
+    """The defect-free classes' real train (row, image, empty mask) triples."""
+    picked = sorted(
+        (r for r in rows if r["label"] in params.data.normal_classes and r["split"] == "train"
+         and r["origin"] == "real" and (params.pairs.data == "train" or r["in_subset"])),
+        key=lambda r: r["id"],
+    )  # fmt: skip
+    out = []
+    for row in picked:
+        image, _ = decode_image((preprocessed / row["path"]).read_bytes())
+        out.append((row, image, np.zeros(image.shape[:2], np.uint8)))
+    return out or None
+
+
 def run(
     params: Params, *, preprocessed: Path, base: Path, masks: Path, out_dir: Path
 ) -> dict[str, float]:
@@ -293,11 +313,14 @@ def run(
         base / "base.json",
         masks_dir / masks_stage.TABLE_NAME,
     )[:16]
-    key += params.section_hash("seed", "model", "pairs")
+    key += params.section_hash("seed", "model", "pairs", "data")
     resume = Resume(out_dir, key)
     report: dict = {"classes": {}}
     all_rows: list[dict] = []
     metrics_out: dict[str, float] = {}
+    normal = None  # Valvano 4.2: drivers built from defect-free images where there are some
+    if params.pairs.conditioning == "driver" and params.data.normal_classes:
+        normal = _normal_images(preprocessed, rows, params)
     with atomic_dir(out_dir) as tmp:
         for label in sorted({t["label"] for t in table}):
             mine = [t for t in table if t["label"] == label]
@@ -307,7 +330,8 @@ def run(
                     report["classes"][label] = {"skipped": "no real train images with masks"}
                     continue
                 with resume.unit(label) as unit:
-                    _class_unit(params, label, labels, real, mine, masks_dir, base, rt, unit)
+                    _class_unit(params, label, labels, real, mine, masks_dir, base, rt, unit,
+                                layouts_from=normal)  # fmt: skip
             done = resume.done(label)
             entry = json.loads((done / "entry.json").read_text(encoding="utf-8"))
             class_rows = manifest.read_rows(done)

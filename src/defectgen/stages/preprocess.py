@@ -87,6 +87,13 @@ def run(params: Params, *, ingested: Path, out_dir: Path) -> dict[str, float]:
     rows_in = manifest.read_rows(ingested)
     if not rows_in:
         raise DataError(f"{ingested}: the manifest has no images; run ingest on a real dataset")
+    labels = sorted({r["label"] for r in rows_in})
+    unknown = sorted(set(params.data.normal_classes) - set(labels))
+    if unknown:
+        raise DataError(
+            f"data.normal_classes lists {unknown}, which the dataset at {ingested} does not "
+            f"have; its classes are {labels}"
+        )
 
     rows: list[dict] = []
     seen: set[str] = set()

@@ -356,6 +356,41 @@ def _segmentation(segment: Path) -> Section | None:
     return sec
 
 
+def _detection(detect_dir: Path) -> Section | None:
+    report = _json(detect_dir / "detect.json")
+    if "skipped" in report:
+        return None
+    p = report["protocol"]
+    sec = Section("Detection: do the synthetic images help a detector?")
+    sec.paragraph(
+        f"A detector per model, condition and seed ({len(p['seeds'])} paired seeds, "
+        f"{p['steps']} SGD steps each), scored on {report['n_test']} real test images with "
+        f"COCOeval; mean +- std over seeds. Classical: {p['classical']}. Synthetic images "
+        f"inherit their parent's boxes up to strength {p['parent_boxes_up_to']}."
+    )
+    for model, conditions in report["models"].items():
+        rows = []
+        for c in report["order"]:
+            e = conditions[c]
+            cells = [Cell(f"{e[f'{m}_mean']:.3f} +- {e[f'{m}_std']:.3f}", numeric=True)
+                     for m in ("map", "map50")]  # fmt: skip
+            rows.append([model, c, Cell(str(e["n_train"]), numeric=True), *cells])
+        sec.table(["model", "condition", "train images", "mAP@[.5:.95]", "mAP@.5"], rows)
+        shown = _comparison_rows(report["comparisons"][model], ("map", "map50"), False)
+        sec.table(COMPARISON_HEADERS, shown)
+    sec.paragraph(report["headline"])
+    for arm, dropped in report["left_out"].items():
+        if dropped:
+            why = ", ".join(f"{n} {k}" for k, n in dropped.items())
+            sec.paragraph(f"{arm}: synthetic images left out for want of annotations: {why}.")
+    for condition, why in report["not_trained"].items():
+        sec.paragraph(f"{condition}: not trained, {why}.")
+    if (detect_dir / "boxes.png").is_file():
+        sec.figure((detect_dir / "boxes.png").read_bytes(),
+                   "synthetic training images with the boxes they train with")  # fmt: skip
+    return sec
+
+
 def _provenance(params: Params, preprocessed: Path | None) -> Section:
     from defectgen import tracking  # git and MLflow identities
 
@@ -428,13 +463,14 @@ def run(
     pairs: Path | None = None,
     pairs_gated: Path | None = None,
     segment: Path | None = None,
+    detect: Path | None = None,
 ) -> dict[str, float]:
     """Render report.html and report.md from the stages' outputs.
 
     An input that is None (its stage did not finish) leaves out the sections that need
     it; the page then opens with the stages it had no output from. The mask branch's
-    inputs (`masks`, `pairs`, `pairs_gated`, `segment`) are optional: without them there
-    is no section for them, and nothing is missing.
+    inputs (`masks`, `pairs`, `pairs_gated`, `segment`) and `detect` are optional:
+    without them there is no section for them, and nothing is missing.
 
     Returns:
         n_passed_classes, n_kept (as the report states them; 0 without a gate), and
@@ -475,6 +511,8 @@ def run(
     if pairs is not None and (sec := _pairs(Path(pairs), pairs_gated and Path(pairs_gated))):
         sections.append(sec)
     if segment is not None and (sec := _segmentation(Path(segment))):
+        sections.append(sec)
+    if detect is not None and (sec := _detection(Path(detect))):
         sections.append(sec)
     sections.append(_provenance(params, have.get("preprocessed")))
     title = f"defectgen report: {params.data.name}"

@@ -1,0 +1,354 @@
+"""Detect: do the synthetic images help a defect detector? (the design card's detector)
+
+Per model (`detect.models`, core.detect: torchvision's Faster R-CNN, or Mask R-CNN where
+the data has masks), condition and paired seed, one detector trains for `detect.steps`
+optimizer steps and is scored on the real test split with pycocotools' COCOeval:
+mAP@[.5:.95], mAP@.5 and per-class AP (bbox; Mask R-CNN also segm), as in Valvano et
+al.'s protocol (seed 003, section 5). Conditions (core.arms), as the classifier's:
+
+    real                     the few-shot subset's annotated images
+    real+synthetic           + gate-passed synthetic images that carry annotations
+    real+ungated             + every generated synthetic image that carries them
+    real+classical[-ungated] + as many classical copies per class (core.detect.CLASSICAL:
+                             flips and quarter turns move the boxes exactly)
+    real+oracle[-ungated]    + as many real train images from outside the subset
+    all-train                the whole annotated train split
+`detect.conditions` lists the synthetic arms; the controls always run with them.
+
+Annotations (defectgen.annotations): real images by their masks (8-connected regions)
+or boxes (VOC); image+mask pairs (the pairs branch) by their own masks; img2img images
+(the image branch) by their parent's, only up to `detect.parent_boxes_up_to` strength.
+A synthetic image without annotations is left out and counted. All instances of an
+image take its class. Images with all-zero masks stay, as images without a defect. A
+dataset without masks or boxes (ELPV) gets a "skipped" record in seconds.
+
+Writes under `out_dir`:
+    detect.json      protocol; per model and condition mean and sample std over seeds of
+                     map, map50 (and segm_map, segm_map50), per-class AP means, counts;
+                     paired comparisons (95 % t interval, p); the headline; the images
+                     left out and the conditions not trained, and why; or only
+                     {"skipped": why} for a dataset without masks or boxes
+    runs.parquet     one row per (model, condition, seed)
+    comparison.csv   model, condition, map, map50 (the DVC plot)
+    boxes.png        synthetic training images with the boxes they train with
+    curves/<model>.<condition>.<seed>.csv   mean training loss between val checks
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, ImageDraw
+
+from defectgen import manifest
+from defectgen.annotations import Item, annotate, rows_of
+from defectgen.config import Params, metric_name
+from defectgen.core import arms, detect, stats
+from defectgen.core.device import runtime
+from defectgen.core.images import decode_image
+from defectgen.errors import DataError
+from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
+from defectgen.stages.diffusion_common import CURVES_DIR, Curves, derive_seed
+
+REPORT_NAME = "detect.json"
+RUNS_NAME = "runs.parquet"
+PLOT_NAME = "comparison.csv"
+GRID_NAME = "boxes.png"
+
+
+def _sample(item: Item, labels: list[str]) -> tuple[np.ndarray, detect.Target]:
+    pixels, _ = decode_image((item.folder / item.row["path"]).read_bytes())
+    cls = labels.index(item.row["label"]) + 1
+    if item.mask is not None:
+        return pixels, detect.Target.from_mask(item.mask, cls)
+    return pixels, detect.Target.from_boxes(item.boxes, cls)
+
+
+class _Data:
+    """Annotated real and synthetic images and each condition's training set."""
+
+    def __init__(self, params: Params, folders: dict[str, Path]):
+        cfg = params.detect
+        self.params = params
+        pre = folders["preprocessed"]
+        everything = manifest.read_rows(pre)
+        self.labels = sorted({r["label"] for r in everything})
+        by_id = {r["id"]: Item(r, pre) for r in everything if r["split"] == "train"}
+        real = [annotate(Item(r, pre), {}, cfg.parent_boxes_up_to) for r in everything]
+        real = [i for i in real if i.mask is not None or i.boxes is not None]
+        self.split = {s: [i for i in real if i.row["split"] == s] for s in ("train", "val", "test")}
+        self.subset = [i for i in self.split["train"] if i.row["in_subset"]]
+        self.outside = [i for i in self.split["train"] if not i.row["in_subset"]]
+        self.left_out: dict[str, dict[str, int]] = {}
+        self.added: dict[str, list[Item]] = {}
+        sources = {"images": ("gated", "generated"), "pairs": ("pairs_gated", "pairs")}
+        for arm, pick in (("real+synthetic", 0), ("real+ungated", 1)):
+            items = []
+            for branch, names in sources.items():
+                if cfg.synthetic in (branch, "both"):
+                    folder = folders[sources[branch][1]]
+                    items += [Item(r, folder) for r in rows_of(folders[names[pick]])]
+            kept, dropped = [], {}
+            for item in items:
+                annotate(item, by_id, cfg.parent_boxes_up_to)
+                if item.mask is None and item.boxes is None:
+                    dropped[item.annotations] = dropped.get(item.annotations, 0) + 1
+                else:
+                    kept.append(item)
+            self.added[arm], self.left_out[arm] = kept, dropped
+        self.plan = arms.plan(cfg.conditions, oracle=cfg.oracle)
+        self.plan.pop(arms.MAJORITY)  # a classifier baseline: no detection analogue
+        self._cache: dict[str, tuple] = {}
+
+    def sample(self, item: Item) -> tuple[np.ndarray, detect.Target]:
+        key = f"{item.folder}/{item.row['id']}"
+        if key not in self._cache:
+            self._cache[key] = _sample(item, self.labels)
+        return self._cache[key]
+
+    def reason(self, name: str) -> str | None:
+        matched = self.plan[name]
+        if name in self.added and not self.added[name]:
+            return "no synthetic image with annotations" + (
+                " passed the gate" if name == "real+synthetic" else ""
+            )
+        if matched is not None and not self.added[matched]:
+            return f"{matched} adds no image to match"
+        if name == arms.ALL_TRAIN or (matched is not None and name == arms.oracle_of(matched)):
+            return None if self.outside else "every annotated train image is in the subset"
+        return None
+
+    def condition(self, name: str, seed: int) -> tuple[list, list, int]:
+        """(images, targets, number added) of one condition and seed."""
+        own = [self.sample(i) for i in self.subset]
+        matched = self.plan[name]
+        if name == arms.REAL:
+            extra = []
+        elif name in self.added:
+            extra = [self.sample(i) for i in self.added[name]]
+        elif name == arms.ALL_TRAIN:
+            extra = [self.sample(i) for i in self.outside]
+        else:
+            counts = arms.per_class([i.row for i in self.added[matched]])
+            rng = np.random.default_rng(derive_seed(self.params.seed, "detect", name, seed))
+            if name == arms.classical_of(matched):
+                by_id = {i.row["id"]: i for i in self.subset}
+                sources = arms.draw_classical([i.row for i in self.subset], counts, rng)
+                extra = [detect.classical(*self.sample(by_id[r["id"]]), rng) for r in sources]
+            else:
+                by_id = {i.row["id"]: i for i in self.outside}
+                picked, _ = arms.draw_oracle([i.row for i in self.outside], counts, rng)
+                extra = [self.sample(by_id[r["id"]]) for r in picked]
+        both = own + extra
+        return [b[0] for b in both], [b[1] for b in both], len(extra)
+
+
+def _train_one(params: Params, data: _Data, model_name: str, condition: str, seed: int) -> dict:
+    cfg = params.detect
+    rt = runtime(params.model)
+    images, targets, n_added = data.condition(condition, seed)
+    size = int(images[0].shape[0])
+    val = tuple(map(list, zip(*[data.sample(i) for i in data.split["val"]], strict=True)))
+    test = [data.sample(i) for i in data.split["test"]]
+    with torch.random.fork_rng():
+        torch.manual_seed(derive_seed(params.seed, "detect-init", model_name, seed) % 2**63)
+        model = detect.build(model_name, len(data.labels), size)
+    fit = detect.fit(
+        model, (images, targets), val if val else ([], []), data.labels,
+        steps=cfg.steps, evals=cfg.evals, batch_size=cfg.batch_size, lr=cfg.lr,
+        seed=derive_seed(params.seed, "detect-fit", model_name, seed) % 2**63, rt=rt,
+    )  # fmt: skip
+    scores = detect.evaluate(
+        fit.model, [t[0] for t in test], [t[1] for t in test], data.labels, rt=rt,
+        segm=detect.has_masks(model_name),
+    )  # fmt: skip
+    return {
+        "model": model_name, "condition": condition, "seed": seed, **scores,
+        "n_train": len(images), "n_added": n_added, "steps": cfg.steps,
+        "best_step": fit.best_step, "eval_steps": fit.eval_steps,
+        "val_map50": fit.val_map50, "train_loss": fit.losses,
+    }  # fmt: skip
+
+
+def _metrics(records: list[dict]) -> tuple[str, ...]:
+    return ("map", "map50", "segm_map", "segm_map50") if "segm_map" in records[0] else (
+        "map", "map50")  # fmt: skip
+
+
+def headline(comparisons: dict[str, list[dict]]) -> str:
+    for model, rows in comparisons.items():
+        for arm in arms.ADDITIVE:
+            for r in rows:
+                if (r["arm"], r["control"], r["metric"]) == (arm, arms.classical_of(arm), "map"):
+                    return (
+                        f"Synthetic vs classical augmentation for detection ({model}, {arm} vs "
+                        f"{r['control']}, {r['n_seeds']} paired seeds, equal steps): "
+                        f"{r['verdict']}; test mAP@[.5:.95] {stats.describe(r, points=False)}."
+                    )
+    return "No synthetic arm was trained, so detection's synthetic vs classical is unanswered."
+
+
+def _grid(data: _Data, path: Path, n: int = 16) -> None:
+    """Synthetic training images with their boxes, so a reader can judge them."""
+    items = (data.added.get("real+ungated") or data.added.get("real+synthetic") or [])[:n]
+    if not items:
+        return
+    tiles = []
+    for item in items:
+        pixels, target = data.sample(item)
+        img = Image.fromarray(pixels).convert("RGB")
+        draw = ImageDraw.Draw(img)
+        for x0, y0, x1, y1 in target.boxes.tolist():
+            draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=(255, 40, 40))
+        tiles.append(img)
+    w, h = tiles[0].size
+    cols = min(8, len(tiles))
+    sheet = Image.new("RGB", (cols * w, -(-len(tiles) // cols) * h))
+    for k, tile in enumerate(tiles):
+        sheet.paste(tile, ((k % cols) * w, (k // cols) * h))
+    sheet.save(path)
+
+
+def run(
+    params: Params,
+    *,
+    preprocessed: Path,
+    generated: Path,
+    gated: Path,
+    pairs: Path,
+    pairs_gated: Path,
+    out_dir: Path,
+) -> dict[str, float]:
+    """Train and score every (model, condition, seed).
+
+    Returns:
+        <model>/<condition>/map_mean, _std, map50_mean, _std (segm_* with Mask R-CNN);
+        <model>/<arm>/vs_<control>/<metric>_delta, _ci_low, _ci_high, _p; n_runs;
+        skipped (1.0) when the dataset has neither masks nor boxes.
+    """
+    cfg = params.detect
+    given = (preprocessed, generated, gated, pairs, pairs_gated)
+    names = ("preprocessed", "generated", "gated", "pairs", "pairs_gated")
+    folders = {k: Path(v) for k, v in zip(names, given, strict=True)}
+    data = _Data(params, folders)
+    if not data.subset:
+        why = "the dataset has neither masks nor boxes: nothing to detect"
+        with atomic_dir(out_dir) as tmp:
+            atomic_write_json(tmp / REPORT_NAME, {"skipped": why})
+        return {"skipped": 1.0}
+    if not data.split["test"]:
+        raise DataError(f"{preprocessed}: no annotated test images; raise preprocess.split.test")
+    if any(detect.has_masks(m) for m in cfg.models) and data.subset[0].mask is None:
+        raise DataError(
+            f"detect.models {cfg.models}: a Mask R-CNN needs masks and this dataset has boxes "
+            "only; use a fasterrcnn_* model"
+        )
+    digests = [folders[k] / manifest.MANIFEST_NAME for k in folders]
+    key = file_digest(*(p for p in digests if p.is_file()))[:16]
+    resume = Resume(out_dir, key + params.section_hash("seed", "detect"))
+    records: list[dict] = []
+    skipped: dict[str, str] = {}
+    metrics_out: dict[str, float] = {}
+    for condition in data.plan:
+        if reason := data.reason(condition):
+            skipped[condition] = reason
+            continue
+        for model_name in cfg.models:
+            for seed in cfg.seeds:
+                unit_name = f"{model_name}.{condition}.{seed}"
+                if resume.done(unit_name) is None:
+                    started = time.perf_counter()
+                    record = _train_one(params, data, model_name, condition, seed)
+                    with resume.unit(unit_name) as unit:
+                        atomic_write_json(unit / "record.json", record)
+                    wall = time.perf_counter() - started
+                    metrics_out[f"time/{model_name}/{metric_name(condition)}/{seed}_s"] = wall
+                done = resume.done(unit_name) / "record.json"
+                records.append(json.loads(done.read_text(encoding="utf-8")))
+    summary: dict[str, dict] = {}
+    comparisons: dict[str, list[dict]] = {}
+    for model in cfg.models:
+        mine = [r for r in records if r["model"] == model]
+        if not mine:
+            continue
+        names = _metrics(mine)
+        summary[model] = {}
+        for condition in dict.fromkeys(r["condition"] for r in mine):
+            runs = [r for r in mine if r["condition"] == condition]
+            entry: dict = {"n_seeds": len(runs), "n_train": runs[0]["n_train"],
+                           "n_added": runs[0]["n_added"], "steps": runs[0]["steps"]}  # fmt: skip
+            for m in names:
+                s = stats.summary([r[m] for r in runs])
+                entry[f"{m}_mean"], entry[f"{m}_std"] = s["mean"], s["std"]
+            entry["ap_per_class_mean"] = {
+                c: float(np.mean([r["ap_per_class"][c] for r in runs])) for c in data.labels
+            }
+            summary[model][condition] = entry
+        trained = set(summary[model])
+        asked = arms.questions(data.plan, trained)
+        comparisons[model] = []
+        for m in names:
+            values = {c: {r["seed"]: r[m] for r in mine if r["condition"] == c} for c in trained}
+            comparisons[model] += stats.compare(values, asked, m)
+    with atomic_dir(out_dir) as tmp:
+        atomic_write_json(
+            tmp / REPORT_NAME,
+            {
+                "headline": headline(comparisons),
+                "labels": data.labels,
+                "protocol": {
+                    "steps": cfg.steps,
+                    "batch_size": cfg.batch_size,
+                    "val_checks": cfg.evals,
+                    "seeds": cfg.seeds,
+                    "classical": detect.CLASSICAL,
+                    "paired": "per seed the same init, batch order and flips in every condition",
+                    "interval": "95 % Student-t over paired seed differences",
+                    "scoring": "pycocotools COCOeval on the real test split: mAP@[.5:.95], "
+                    "mAP@.5, per-class AP; instances are 8-connected mask regions or boxes",
+                    "parent_boxes_up_to": cfg.parent_boxes_up_to,
+                    "synthetic": cfg.synthetic,
+                },  # fmt: skip
+                "n_test": len(data.split["test"]),
+                "n_val": len(data.split["val"]),
+                "order": [c for c in data.plan if c not in skipped],
+                "models": summary,
+                "comparisons": comparisons,
+                "left_out": data.left_out,
+                "not_trained": skipped,  # per condition, why ("skipped" is the whole stage's)
+            },
+        )
+        drop = ("eval_steps", "val_map50", "train_loss")
+        table = [{k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in r.items()
+                  if k not in drop} for r in records]  # fmt: skip
+        pd.DataFrame(table).to_parquet(tmp / RUNS_NAME, index=False)
+        plot = [{"run": f"{m} {c}", "model": m, "condition": c, "map": e["map_mean"],
+                 "map50": e["map50_mean"]} for m, conds in summary.items()
+                for c, e in conds.items()]  # fmt: skip
+        write_file(tmp / PLOT_NAME, pd.DataFrame(plot).to_csv(index=False).encode())
+        _grid(data, tmp / GRID_NAME)
+        curves = Curves()
+        for r in records:
+            log = curves.logger(f"{r['model']}.{metric_name(r['condition'])}.{r['seed']}")
+            for step, loss in zip(r["eval_steps"], r["train_loss"], strict=True):
+                log(step, loss)
+        curves.write(tmp / CURVES_DIR)
+    resume.finish()
+    for model, conds in summary.items():
+        for condition, entry in conds.items():
+            for key_, value in entry.items():
+                if key_.endswith(("_mean", "_std")) and not isinstance(value, dict):
+                    metrics_out[f"{model}/{metric_name(condition)}/{key_}"] = value
+        for c in comparisons[model]:
+            name = f"{model}/{metric_name(c['arm'])}/vs_{metric_name(c['control'])}/{c['metric']}"
+            metrics_out[f"{name}_delta"] = c["delta"]
+            if c["ci"] is not None:
+                metrics_out[f"{name}_ci_low"], metrics_out[f"{name}_ci_high"] = c["ci"]
+                metrics_out[f"{name}_p"] = c["p_value"]
+    metrics_out["n_runs"] = float(len(records))
+    return metrics_out

@@ -1,0 +1,61 @@
+"""The detect stage on a PIL-made finished run (tests.test_export._run): every arm and
+its controls at an equal step budget, COCOeval numbers, annotations inherited only up
+to the strength limit, and a dataset without masks or boxes skipped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from defectgen import manifest
+from defectgen.stages import detect as stage
+from tests.conftest import make_params
+from tests.test_export import _run
+
+
+def _params(**detect):
+    cfg = {"seeds": [0, 1], "steps": 2, "evals": 1, "batch_size": 4, **detect}
+    return make_params(root=Path("unused"), detect=cfg)
+
+
+def _folders(run) -> dict:
+    return {"preprocessed": run.preprocessed, "generated": run.generated, "gated": run.gated,
+            "pairs": run.pairs, "pairs_gated": run.pairs_gated}  # fmt: skip
+
+
+def test_every_arm_trains_equal_steps_and_is_scored_with_coco(tmp_path: Path):
+    run = _run(tmp_path / "run")
+    out = tmp_path / "detect"
+    metrics = stage.run(_params(), **_folders(run), out_dir=out)
+    report = json.loads((out / stage.REPORT_NAME).read_text())
+    model = report["models"]["fasterrcnn_resnet18"]
+    assert report["order"] == ["real", "real+synthetic", "real+classical", "real+oracle",
+                               "real+ungated", "real+classical-ungated", "real+oracle-ungated",
+                               "all-train"]  # fmt: skip
+    assert all(e["steps"] == 2 and e["n_seeds"] == 2 for e in model.values())
+    # gated: patch's strength-0.3 child (its 0.8 sibling has no layout to inherit) and one
+    # pair per class; ungated: both classes' 0.3 children and two pairs per class
+    assert model["real+synthetic"]["n_added"] == model["real+classical"]["n_added"] == 3
+    assert model["real+ungated"]["n_added"] == model["real+classical-ungated"]["n_added"] == 6
+    assert model["real+oracle-ungated"]["n_added"] == 4  # 2 outside per class: all there are
+    assert model["real"]["n_train"] == 6 and model["all-train"]["n_train"] == 10
+    assert report["left_out"]["real+ungated"] == {"none (strength 0.8 > 0.5)": 2}
+    assert all(0.0 <= e["map_mean"] <= e["map50_mean"] + 1e-9 <= 1.0 for e in model.values())
+    asked = {(c["arm"], c["control"], c["metric"])
+             for c in report["comparisons"]["fasterrcnn_resnet18"]}  # fmt: skip
+    assert ("real+ungated", "real+classical-ungated", "map") in asked
+    assert report["headline"].startswith("Synthetic vs classical augmentation for detection")
+    assert (out / stage.GRID_NAME).is_file() and (out / stage.RUNS_NAME).is_file()
+    assert metrics["n_runs"] == 16.0
+    assert "fasterrcnn_resnet18/real_ungated/vs_real_classical-ungated/map_delta" in metrics
+
+
+def test_a_dataset_without_masks_or_boxes_is_skipped(tmp_path: Path):
+    run = _run(tmp_path / "run")
+    rows = manifest.read_rows(run.preprocessed)
+    plain = [{**r, "mask_path": None, "boxes": None} for r in rows]
+    manifest.write_manifest(plain, run.preprocessed / manifest.MANIFEST_NAME)
+    metrics = stage.run(_params(), **_folders(run), out_dir=tmp_path / "detect")
+    assert metrics == {"skipped": 1.0}
+    report = json.loads((tmp_path / "detect" / stage.REPORT_NAME).read_text())
+    assert "neither masks nor boxes" in report["skipped"]
