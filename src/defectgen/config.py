@@ -483,6 +483,19 @@ def _value_protocol(data: Any, section: str) -> Any:
     return data
 
 
+def comparison_metrics(model: str, comparisons: list[dict]) -> dict[str, float]:
+    """MLflow keys of paired comparisons (core.stats.compare rows):
+    <model>/<arm>/vs_<control>/<metric>_delta, _ci_low, _ci_high, _p."""
+    out: dict[str, float] = {}
+    for c in comparisons:
+        name = f"{model}/{metric_name(c['arm'])}/vs_{metric_name(c['control'])}/{c['metric']}"
+        out[f"{name}_delta"] = c["delta"]
+        if c["ci"] is not None:
+            out[f"{name}_ci_low"], out[f"{name}_ci_high"] = c["ci"]
+            out[f"{name}_p"] = c["p_value"]
+    return out
+
+
 def metric_name(condition: str) -> str:
     """A condition as a metric key part: MLflow keys may not hold '+' (real+synthetic ->
     real_synthetic)."""

@@ -47,7 +47,7 @@ from PIL import Image, ImageDraw
 
 from defectgen import manifest
 from defectgen.annotations import Item, annotate, rows_of
-from defectgen.config import Params, metric_name
+from defectgen.config import Params, comparison_metrics, metric_name
 from defectgen.core import arms, detect, stats
 from defectgen.core.device import runtime
 from defectgen.core.images import decode_image
@@ -344,11 +344,6 @@ def run(
             for key_, value in entry.items():
                 if key_.endswith(("_mean", "_std")) and not isinstance(value, dict):
                     metrics_out[f"{model}/{metric_name(condition)}/{key_}"] = value
-        for c in comparisons[model]:
-            name = f"{model}/{metric_name(c['arm'])}/vs_{metric_name(c['control'])}/{c['metric']}"
-            metrics_out[f"{name}_delta"] = c["delta"]
-            if c["ci"] is not None:
-                metrics_out[f"{name}_ci_low"], metrics_out[f"{name}_ci_high"] = c["ci"]
-                metrics_out[f"{name}_p"] = c["p_value"]
+        metrics_out.update(comparison_metrics(model, comparisons[model]))
     metrics_out["n_runs"] = float(len(records))
     return metrics_out

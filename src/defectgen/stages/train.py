@@ -48,7 +48,7 @@ import pandas as pd
 import torch
 
 from defectgen import manifest
-from defectgen.config import Params, metric_name
+from defectgen.config import Params, comparison_metrics, metric_name
 from defectgen.core import arms, classify, stats
 from defectgen.core.device import runtime
 from defectgen.errors import DataError
@@ -435,11 +435,6 @@ def run(
                 metrics_out[f"{name}/{key}"] = entry[key]
             if "accuracy_delta" in entry:
                 metrics_out[f"{name}/accuracy_delta"] = entry["accuracy_delta"]
-        for c in comparisons[model]:
-            name = f"{model}/{metric_name(c['arm'])}/vs_{metric_name(c['control'])}/{c['metric']}"
-            metrics_out[f"{name}_delta"] = c["delta"]
-            if c["ci"] is not None:
-                metrics_out[f"{name}_ci_low"], metrics_out[f"{name}_ci_high"] = c["ci"]
-                metrics_out[f"{name}_p"] = c["p_value"]
+        metrics_out.update(comparison_metrics(model, comparisons[model]))
     metrics_out["n_runs"] = float(len(records))
     return metrics_out
