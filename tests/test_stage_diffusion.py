@@ -197,6 +197,66 @@ def test_txt2img_mode_has_no_parent(run_dirs, tmp_path):
     assert all(r["generator"].startswith("stablesdg-txt2img") for r in rows)
 
 
+DREAMBOOTH = {"steps": 2, "lr": 1e-3, "n_prior": 3, "prior_steps": 2, "class_noun": "defect"}
+
+
+@pytest.mark.parametrize(
+    ("train", "files"),
+    [
+        ("lora", {adapt.EMBEDS_NAME, adapt.LORA_NAME}),
+        ("unet", {adapt.EMBEDS_NAME, adapt.UNET_NAME}),
+    ],
+)
+def test_dreambooth_mode_keeps_the_identifier_and_learns_with_a_prior(
+    run_dirs, tmp_path, train, files
+):
+    params = params_for(
+        run_dirs["root"],
+        finetune={"mode": "dreambooth", "dreambooth": {**DREAMBOOTH, "train": train}},
+    )
+    out = tmp_path / "ft"
+    finetune.run(params, preprocessed=run_dirs["pre"], base=run_dirs["base"], out_dir=out)
+    prior = json.loads((out / "prior" / "prior.json").read_text())
+    assert prior["prompt"] == "a photo of defect" and prior["sampler"] == "ddpm"
+    assert len(list((out / "prior").glob("*.png"))) == prior["n_images"] == 3
+    rt = models.runtime(params.model)
+    base_pipe = open_base(run_dirs["base"], params, rt)
+    mean_embedding = base_pipe.text_encoder.get_input_embeddings().weight.mean(0)
+    for label in CLASSES:
+        folder = out / "adapters" / label
+        assert {p.name for p in folder.glob("*.safetensors")} == files
+        record = json.loads((folder / "adapter.json").read_text())
+        assert record["prompt"] == f"a photo of <{label}> defect" and record["mode"] == "dreambooth"
+        phase = record["phases"]["dreambooth"]
+        assert set(record["phases"]) == {"dreambooth"}
+        assert phase["n_prior"] == 3 and phase["prior_prompt"] == "a photo of defect"
+        assert phase["train"] == train and phase["steps"] == 2
+        # DreamBooth trains the model, not the identifier: it keeps its initial embedding
+        embeds = load_file(folder / adapt.EMBEDS_NAME)[f"<{label}>"]
+        assert torch.allclose(embeds, mean_embedding, atol=1e-6)
+    # a fresh pipeline with the adapter loaded differs from the base where it was trained
+    pipe = open_base(run_dirs["base"], params, rt)
+    adapt.load_adapter(pipe, out / "adapters" / "dent", "<dent>")
+    if train == "unet":
+        trained = load_file(out / "adapters" / "dent" / adapt.UNET_NAME)
+        loaded = pipe.unet.state_dict()
+        assert all(torch.equal(loaded[k], v.to(loaded[k].dtype)) for k, v in trained.items())
+        base_state = base_pipe.unet.state_dict()
+        assert any(not torch.equal(base_state[k], loaded[k]) for k in base_state)
+    generate.run(
+        params,
+        preprocessed=run_dirs["pre"],
+        base=run_dirs["base"],
+        adapters=out,
+        out_dir=tmp_path / "gen",
+    )
+    rows = manifest.read_rows(tmp_path / "gen")
+    assert len(rows) == 10
+    assert {json.loads(r["gen_params"])["prompt"] for r in rows} == {
+        f"a photo of <{c}> defect" for c in CLASSES
+    }
+
+
 @pytest.mark.parametrize(
     ("mode", "files"),
     [

@@ -8,12 +8,18 @@ by default; never val or test):
        learned token frozen.
 finetune.mode selects the Table II ablations: ti_lora (both), ti (token only), lora
 (LoRA only: the token keeps its initial embedding), full_attn (the attention
-projections trained in full instead of LoRA; the token keeps its initial embedding).
+projections trained in full instead of LoRA; the token keeps its initial embedding);
+or Valvano et al.'s dreambooth (section 4.1): the identifier token keeps its initial
+embedding, LoRA or the full UNet learns "<prompt with token> <class noun>", regularised
+by the prior-preservation loss on images of "<prompt with class noun>" that the base
+generated before adaptation (once per run, shared by every class).
 
 Writes under `out_dir`:
     adapters/<class>/learned_embeds.safetensors       diffusers textual-inversion file
     adapters/<class>/pytorch_lora_weights.safetensors diffusers LoRA file (ti_lora, lora)
     adapters/<class>/attention_weights.safetensors    full_attn only
+    adapters/<class>/unet_weights.safetensors         dreambooth with dreambooth.train: unet
+    prior/<i>.png, prior/prior.json                   dreambooth: the class-prior images
     adapters/<class>/adapter.json                     base identity, token, steps, losses, data
     curves/<class>.<phase>.csv                        loss curves (DVC plots)
     finetune.json                                     the adapters, one summary each
@@ -34,9 +40,10 @@ import numpy as np
 import torch
 
 from defectgen import manifest
-from defectgen.config import Params, StepsConfig
-from defectgen.core.diffusion import adapt, models, train
-from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest
+from defectgen.config import DreamBoothConfig, Params, StepsConfig
+from defectgen.core.diffusion import adapt, models, sample, train
+from defectgen.core.images import decode_image, encode_png
+from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
 from defectgen.stages.diffusion_common import (
     CURVES_DIR,
     Curves,
@@ -48,6 +55,9 @@ from defectgen.stages.diffusion_common import (
 
 ADAPTER_JSON = "adapter.json"
 SUMMARY_NAME = "finetune.json"
+PRIOR_DIR = "prior"
+PRIOR_JSON = "prior.json"
+_PRIOR_UNIT = ".dreambooth-prior"  # resume unit (class labels never start with a dot)
 
 
 def token_for(params: Params, label: str) -> str:
@@ -56,7 +66,53 @@ def token_for(params: Params, label: str) -> str:
 
 
 def prompt_for(params: Params, label: str) -> str:
-    return params.finetune.prompt_template.format(token=token_for(params, label))
+    """The class's prompt; DreamBooth's names the class noun after the identifier."""
+    token = token_for(params, label)
+    if params.finetune.mode == "dreambooth":
+        token = f"{token} {params.finetune.dreambooth.class_noun}"
+    return params.finetune.prompt_template.format(token=token)
+
+
+def prior_prompt(params: Params) -> str:
+    """DreamBooth's class prompt: the template with the class noun alone."""
+    return params.finetune.prompt_template.format(token=params.finetune.dreambooth.class_noun)
+
+
+def _make_prior(
+    params: Params, base: Path, rt: models.Runtime, size: int, channels: int, unit: Path
+):
+    """Generate the class-prior images with the base's ancestral sampler into `unit`."""
+    db = params.finetune.dreambooth
+    pipe = sample.sampler(open_base(base, params, rt), "txt2img", ancestral=True)
+    seeds = [derive_seed(params.seed, "dreambooth-prior", i) for i in range(db.n_prior)]
+    images: list[np.ndarray] = []
+    for start in range(0, len(seeds), 16):
+        images += sample.generate(
+            pipe, prompt=prior_prompt(params), seeds=seeds[start : start + 16], parents=None,
+            strength=1.0, guidance=db.prior_guidance, steps=db.prior_steps, size=size,
+            channels=channels,
+        )  # fmt: skip
+    for i, image in enumerate(images):
+        write_file(unit / f"{i:04d}.png", encode_png(image))
+    atomic_write_json(
+        unit / PRIOR_JSON,
+        {
+            "prompt": prior_prompt(params), "n_images": len(images), "seeds": seeds,
+            "sampler": "ddpm", "steps": db.prior_steps, "guidance": db.prior_guidance,
+            "size": size, "images_sha256": file_digest(*sorted(unit.glob("*.png"))),
+        },
+    )  # fmt: skip
+
+
+def _prior(params: Params, base: Path, unit: Path, rt: models.Runtime) -> adapt.Prior:
+    """The prior images in `unit` as DreamBooth's prior-preservation term."""
+    pipe = open_base(base, params, rt)
+    images = [decode_image(p.read_bytes())[0] for p in sorted(unit.glob("*.png"))]
+    return adapt.Prior(
+        ids=train.prompt_ids(pipe, prior_prompt(params)),
+        latents=train.encode_latents(pipe.vae, train.to_pixels(images), rt, flip=False),
+        weight=params.finetune.dreambooth.prior_weight,
+    )
 
 
 def _adapt_class(
@@ -67,6 +123,7 @@ def _adapt_class(
     ids: list[str],
     rt: models.Runtime,
     unit: Path,
+    prior: adapt.Prior | None = None,
 ) -> dict:
     """Train one class's adapter into `unit`; returns its adapter.json record."""
     cfg = params.finetune
@@ -81,12 +138,14 @@ def _adapt_class(
     token_ids = train.prompt_ids(pipe, prompt)  # (1, 77)
     phases: dict[str, dict] = {}
 
-    def phase(name: str, trainable: list, steps: StepsConfig, **info) -> None:
+    def phase(
+        name: str, trainable: list, steps: StepsConfig | DreamBoothConfig, prior=None, **info
+    ) -> None:
         """Train `trainable` for one phase and record it (losses are added after)."""
         adapt.train(
             pipe, trainable, token_ids, latents, noise_scheduler,
             steps=steps.steps, lr=steps.lr, batch_size=cfg.batch_size, gen=gen, rt=rt,
-            log=curves.logger(f"{label}.{name}"),
+            log=curves.logger(f"{label}.{name}"), prior=prior,
         )  # fmt: skip
         phases[name] = {"steps": steps.steps, "lr": steps.lr, **info}
 
@@ -109,13 +168,29 @@ def _adapt_class(
             cfg.full_attn,
             trainable_params=sum(p.numel() for p in trainable),
         )
+    db = cfg.dreambooth
+    if cfg.mode == "dreambooth":  # Valvano 4.1: the model learns the kept identifier
+        if db.train == "lora":
+            seed = derive_seed(params.seed, "lora", label)
+            trainable = adapt.add_lora(pipe, db.rank, db.alpha, seed=seed)
+            shape = {"rank": db.rank, "alpha": db.alpha or db.rank}
+        else:
+            trainable, shape = adapt.unet_parameters(pipe), {}
+        phase(
+            "dreambooth", trainable, db, prior=prior, train=db.train, **shape,
+            trainable_params=sum(p.numel() for p in trainable),
+            prior_prompt=prior_prompt(params), prior_weight=db.prior_weight,
+            n_prior=len(prior.latents) if prior is not None else 0,
+        )  # fmt: skip
+    dreambooth_lora = cfg.mode == "dreambooth" and db.train == "lora"
     files = adapt.save_adapter(
         pipe,
         unit,
         token=token,
         token_id=token_id,
-        lora=cfg.mode in ("ti_lora", "lora"),
+        lora=cfg.mode in ("ti_lora", "lora") or dreambooth_lora,
         attention=cfg.mode == "full_attn",
+        unet=cfg.mode == "dreambooth" and db.train == "unet",
     )
     curves.write(unit / CURVES_DIR)
     for name in phases:
@@ -171,10 +246,20 @@ def run(params: Params, *, preprocessed: Path, base: Path, out_dir: Path) -> dic
     curves = Curves()
     metrics: dict[str, float] = {"n_classes": len(per_class)}
     summary: dict[str, dict] = {}
+    prior: adapt.Prior | None = None
     with atomic_dir(out_dir) as tmp:
+        if cfg.mode == "dreambooth" and per_class:
+            first = next(iter(per_class.values()))[0][1]
+            if resume.done(_PRIOR_UNIT) is None:
+                with resume.unit(_PRIOR_UNIT) as unit:
+                    channels = 3 if first.ndim == 3 else 1
+                    _make_prior(params, base, rt, first.shape[0], channels, unit)
+            shutil.copytree(resume.done(_PRIOR_UNIT), tmp / PRIOR_DIR)
         for label, items in per_class.items():
             done = resume.done(label)
             if done is None:
+                if cfg.mode == "dreambooth" and prior is None:
+                    prior = _prior(params, base, tmp / PRIOR_DIR, rt)
                 started = time.perf_counter()
                 with resume.unit(label) as unit:
                     _adapt_class(
@@ -185,6 +270,7 @@ def run(params: Params, *, preprocessed: Path, base: Path, out_dir: Path) -> dic
                         [r["id"] for r, _ in items],
                         rt,
                         unit,
+                        prior,
                     )
                 metrics[f"time/{label}_s"] = time.perf_counter() - started
                 done = resume.done(label)

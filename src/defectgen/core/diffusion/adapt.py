@@ -6,6 +6,8 @@ itself never changes until the trained row is written into it).
 Stage 2, LoRA (peft): rank r (default 1), Gaussian A, zero B, on the attention
 projections of the UNet and the CLIP text encoder, with the learned token frozen.
 Ablation: `full_attn` trains those attention projections' full weights instead.
+DreamBooth (Valvano et al. section 4.1): LoRA or the full UNet, trained with the
+class-specific prior-preservation loss on images the base generated itself (`Prior`).
 
 Adapters are saved in diffusers' formats, so a fresh pipeline loads them with
 `load_textual_inversion` and `load_lora_weights` (see `load_adapter`).
@@ -14,6 +16,7 @@ Adapters are saved in diffusers' formats, so a fresh pipeline loads them with
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,6 +36,7 @@ TEXT_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
 EMBEDS_NAME = "learned_embeds.safetensors"
 LORA_NAME = "pytorch_lora_weights.safetensors"
 ATTENTION_NAME = "attention_weights.safetensors"
+UNET_NAME = "unet_weights.safetensors"
 
 
 def add_token(pipe: StableDiffusionPipeline, token: str, initializer: str | None) -> int:
@@ -64,6 +68,16 @@ def add_token(pipe: StableDiffusionPipeline, token: str, initializer: str | None
     return token_id
 
 
+@dataclass
+class Prior:
+    """DreamBooth's class-specific prior preservation: the base's own images of the class
+    noun (`latents`), their prompt `ids` (1, 77), and the loss weight lambda."""
+
+    ids: torch.Tensor
+    latents: LatentCache
+    weight: float
+
+
 def train(
     pipe: StableDiffusionPipeline,
     parameters: list[torch.nn.Parameter],
@@ -77,18 +91,27 @@ def train(
     gen: torch.Generator,
     rt: Runtime,
     log: StepLogger,
+    prior: Prior | None = None,
 ) -> None:
     """The adaptation loop shared by every stage: Adam on `parameters`, MSE noise loss,
-    the prompt `ids` (1, 77) encoded by the (possibly adapted) text encoder each step."""
+    the prompt `ids` (1, 77) encoded by the (possibly adapted) text encoder each step.
+
+    With `prior`, each step adds weight x the same loss on a batch of prior images under
+    the prior prompt (DreamBooth's L = L_instance + lambda L_prior)."""
     opt = torch.optim.Adam(parameters, lr=lr)
-    ids = ids.to(rt.device)
+
+    def loss_on(prompt_ids: torch.Tensor, cache: LatentCache) -> torch.Tensor:
+        z = cache.sample(torch.randint(0, len(cache), (batch_size,), generator=gen), gen)
+        with rt.autocast:
+            # one prompt: encode it once, not once per batch row (same values and grads)
+            cond = pipe.text_encoder(prompt_ids.to(rt.device))[0].expand(len(z), -1, -1)
+        return denoise_loss(pipe.unet, noise_scheduler, z, cond, gen, rt)
+
     with LossBuffer(log) as losses:
         for step in range(steps):
-            z = latents.sample(torch.randint(0, len(latents), (batch_size,), generator=gen), gen)
-            with rt.autocast:
-                # one prompt: encode it once, not once per batch row (same values and grads)
-                cond = pipe.text_encoder(ids)[0].expand(len(z), -1, -1)  # (B, 77, D)
-            loss = denoise_loss(pipe.unet, noise_scheduler, z, cond, gen, rt)
+            loss = loss_on(ids, latents)
+            if prior is not None:
+                loss = loss + prior.weight * loss_on(prior.ids, prior.latents)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -170,6 +193,16 @@ def attention_parameters(pipe: StableDiffusionPipeline) -> list[torch.nn.Paramet
     return params
 
 
+def unet_parameters(pipe: StableDiffusionPipeline) -> list[torch.nn.Parameter]:
+    """Every UNet weight (DreamBooth's full fine-tune), in float32 whatever the base dtype
+    (Adam updates of a few 1e-6 vanish in bf16); autocast keeps the forward in rt.dtype."""
+    params = list(pipe.unet.parameters())
+    for p in params:
+        p.data = p.data.float()
+        p.requires_grad_(True)
+    return params
+
+
 def _lora_state(module: torch.nn.Module, **kwargs) -> dict[str, torch.Tensor]:
     """The module's LoRA weights in diffusers' key format, with the scale alpha / r folded
     into B, so the file means the same under any loader's default alpha (= r).
@@ -193,13 +226,15 @@ def save_adapter(
     token_id: int,
     lora: bool,
     attention: bool,
+    unet: bool = False,
 ) -> list[str]:
     """Write the adapter files into `out_dir`; returns their names.
 
     - learned_embeds.safetensors: {token: (D,) embedding}, diffusers' textual-inversion format;
     - pytorch_lora_weights.safetensors: UNet + text-encoder LoRA in diffusers' key format
       (the resized embedding is left out, or `load_lora_weights` refuses the file);
-    - attention_weights.safetensors: the full_attn ablation's trained projections.
+    - attention_weights.safetensors: the full_attn ablation's trained projections;
+    - unet_weights.safetensors: DreamBooth's fully fine-tuned UNet (every weight).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     emb = pipe.text_encoder.get_input_embeddings().weight
@@ -222,6 +257,10 @@ def save_adapter(
         }
         save_file(tensors, out_dir / ATTENTION_NAME)
         files.append(ATTENTION_NAME)
+    if unet:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in pipe.unet.state_dict().items()}
+        save_file(tensors, out_dir / UNET_NAME)
+        files.append(UNET_NAME)
     return files
 
 
@@ -239,3 +278,7 @@ def load_adapter(pipe: StableDiffusionPipeline, adapter_dir: Path, token: str) -
                 name, pname = key.rsplit(".", 1)
                 param = getattr(modules[name], pname)
                 param.copy_(value.to(param.device, param.dtype))
+    if (adapter_dir / UNET_NAME).is_file():
+        state = load_file(str(adapter_dir / UNET_NAME))
+        dtype = next(pipe.unet.parameters()).dtype  # the pipeline's dtype, not the file's
+        pipe.unet.load_state_dict({k: v.to(dtype) for k, v in state.items()})

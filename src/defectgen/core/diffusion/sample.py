@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from diffusers import (
     DDIMScheduler,
+    DDPMScheduler,
     StableDiffusionImg2ImgPipeline,
     StableDiffusionPipeline,
 )
@@ -18,10 +19,14 @@ from diffusers import (
 from defectgen.core.diffusion.train import from_pixels, to_pixels
 
 
-def sampler(pipe: StableDiffusionPipeline, mode: str) -> StableDiffusionPipeline:
-    """The generation pipeline for `mode` sharing `pipe`'s modules, with a DDIM scheduler."""
+def sampler(
+    pipe: StableDiffusionPipeline, mode: str, *, ancestral: bool = False
+) -> StableDiffusionPipeline:
+    """The generation pipeline for `mode` sharing `pipe`'s modules, with a DDIM scheduler
+    (or, with `ancestral`, DDPM's ancestral sampler: DreamBooth's prior images)."""
     components = dict(pipe.components)
-    components["scheduler"] = DDIMScheduler.from_config(pipe.scheduler.config)
+    scheduler = DDPMScheduler if ancestral else DDIMScheduler
+    components["scheduler"] = scheduler.from_config(pipe.scheduler.config)
     cls = StableDiffusionImg2ImgPipeline if mode == "img2img" else StableDiffusionPipeline
     out = cls(**components, requires_safety_checker=False)
     out.set_progress_bar_config(disable=True)
