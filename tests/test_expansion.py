@@ -140,6 +140,26 @@ def test_the_command_answers_with_paired_statistics_and_resumes(tmp_path: Path):
     assert all(t["resumed"] for t in again["stages"].values())
     assert again["classification"]["models"] == clf["models"]
 
+    # --keep-finished adds a stage to a finished run under changed params: the finished
+    # stages are kept and say so; the missing one (detect) runs with the new params
+    changed = yaml.safe_load(profile.read_text())
+    profile.write_text(yaml.safe_dump({**changed, "detect": {"lr": 0.01}}))
+    (run / ".done" / "detect.json").unlink()
+    assert expansion.main([*args, "--keep-finished"]) == 0
+    kept = json.loads((tmp_path / "results" / "results.json").read_text())
+    assert kept["params"]["detect"]["lr"] == 0.01
+    for name in ("detect", "report"):  # report is downstream of detect: it runs again
+        assert not kept["stages"][name]["resumed"] and not kept["stages"][name]["other_params"]
+    assert all(
+        t["resumed"] and t["other_params"]
+        for k, t in kept["stages"].items()
+        if k not in ("detect", "report")
+    )
+    assert (
+        "earlier params (kept: --keep-finished)"
+        in (tmp_path / "results" / "results.md").read_text()
+    )
+
 
 def _gate(fd_passed: bool, verdict: str) -> dict:
     return {"fidelity_passed": fd_passed, "verdict": verdict, "ratio": 1.0}

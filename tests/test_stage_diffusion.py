@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -510,3 +511,29 @@ def test_a_cluster_run_refuses_an_unpinned_hub_id(run_dirs, tmp_path, monkeypatc
     with pytest.raises(ConfigError, match="model.revision is not set"):
         base.run(params, preprocessed=run_dirs["pre"], out_dir=tmp_path / "base")
     assert not (tmp_path / "base").exists()
+
+
+def test_finetune_modes_table_compares_modes_on_one_base(run_dirs, tmp_path):
+    from experiments import finetune_modes
+
+    params = params_for(run_dirs["root"], finetune={"dreambooth": DREAMBOOTH})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json")))
+    args = ["--preprocessed", str(run_dirs["pre"]), "--base", str(run_dirs["base"]),
+            "--modes", "ti,dreambooth", "--params", str(tmp_path / "params.yaml"),
+            "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")]  # fmt: skip
+    assert finetune_modes.main(args) == 0
+    result = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(result["modes"]) == {"ti", "dreambooth"}
+    for mode, phase in (("ti", "ti"), ("dreambooth", "dreambooth")):
+        classes = result["modes"][mode]["classes"]
+        assert set(classes) == set(CLASSES)
+        assert all(c["phases"] == {phase: 2} and c["fd"] > 0 for c in classes.values())
+    # DreamBooth's identifier starts from the rare token, the ablation's from the mean
+    assert result["modes"]["dreambooth"]["finetune"]["initializer"] == "sks"
+    assert result["modes"]["ti"]["finetune"]["initializer"] is None
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert table.count("| dreambooth |") == table.count("| ti |") == len(CLASSES)
+    # a rerun keeps every finished stage
+    stamp = (tmp_path / "work" / "ti" / "gate" / "gate.json").stat().st_mtime_ns
+    assert finetune_modes.main(args) == 0
+    assert (tmp_path / "work" / "ti" / "gate" / "gate.json").stat().st_mtime_ns == stamp

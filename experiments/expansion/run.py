@@ -130,9 +130,14 @@ def copy_data(raw: dict, run_dir: Path) -> dict:
     return {"source": str(source), "copied": str(dest)}
 
 
-def run_stages(raw: dict, run_dir: Path) -> dict[str, dict]:
+def run_stages(raw: dict, run_dir: Path, *, keep_finished: bool = False) -> dict[str, dict]:
     """Every stage in order, in this process; a stage done with these params is skipped
-    (its recorded wall time kept). Returns per stage wall_s and whether it was resumed."""
+    (its recorded wall time kept). Returns per stage wall_s, whether it was resumed, and
+    the params key and git sha it ran with.
+
+    A stage downstream of one that ran here runs again. keep_finished: a finished stage
+    is kept even if it ran with other params or code (to add a stage, e.g. detect, to a
+    finished run); its entry says so (`other_params`)."""
     from defectgen.runner import execute, get_stage
 
     params = parse_params(raw, "experiment params")
@@ -143,16 +148,21 @@ def run_stages(raw: dict, run_dir: Path) -> dict[str, dict]:
     for name, inputs in STAGES:
         marker = markers / f"{name}.json"
         out = run_dir / name
-        if marker.is_file() and out.is_dir():
+        upstream_ran = any(times[up]["resumed"] is False for up in inputs.values())
+        if marker.is_file() and out.is_dir() and not upstream_ran:
             done = json.loads(marker.read_text(encoding="utf-8"))
-            if done["key"] == key:
-                times[name] = {"wall_s": done["wall_s"], "resumed": True}
+            if done["key"] == key or keep_finished:
+                times[name] = {
+                    "wall_s": done["wall_s"], "resumed": True, "key": done["key"],
+                    "git": done.get("git"), "other_params": done["key"] != key,
+                }  # fmt: skip
                 continue
         print(f"[expansion] {name} ...", flush=True)
         paths = {opt: run_dir / up for opt, up in inputs.items()}
         _, wall = execute(get_stage(name), params, out_dir=out, inputs=paths)
-        atomic_write_json(marker, {"key": key, "wall_s": round(wall, 1)})
-        times[name] = {"wall_s": round(wall, 1), "resumed": False}
+        record = {"key": key, "wall_s": round(wall, 1), "git": _git()}
+        atomic_write_json(marker, record)
+        times[name] = {**record, "resumed": False, "other_params": False}
         print(f"[expansion] {name}: {wall:.1f} s", flush=True)
     return times
 
@@ -446,9 +456,11 @@ def markdown(result: dict) -> str:
     elif "skipped" in seg:
         lines += ["", f"Segmentation: skipped ({seg['skipped']})."]
     lines += detection_lines(result.get("detection", {"skipped": "not run"}))
-    lines += ["", "## Wall time per stage", "", "| stage | s |", "|---|---:|"]
+    lines += ["", "## Wall time per stage", "", "| stage | s | git | params |"]
+    lines.append("|---|---:|---|---|")
     for stage, t in result["stages"].items():
-        lines.append(f"| {stage} | {t['wall_s']:.1f} |")
+        params = "earlier params (kept: --keep-finished)" if t.get("other_params") else "these"
+        lines.append(f"| {stage} | {t['wall_s']:.1f} | {t.get('git') or '?'} | {params} |")
     return "\n".join(lines) + "\n"
 
 
@@ -544,6 +556,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", type=Path, help="default: experiments/expansion/results/<dataset>")
     ap.add_argument("--toy", action="store_true", help="toy sizes: checks the harness only")
     ap.add_argument("--track", action="store_true", help="log to MLflow ($MLFLOW_TRACKING_URI)")
+    ap.add_argument("--keep-finished", action="store_true", help="keep finished stages even if "
+                    "they ran with other params or code (to add a stage to a finished run); "
+                    "results record each stage's params key and git sha")  # fmt: skip
     args = ap.parse_args(argv)
     profile = (args.profile or PROFILES / f"{args.dataset}.yaml").resolve()
     if not profile.is_file():
@@ -556,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     data = copy_data(raw, run_dir)
     (run_dir / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     started = time.perf_counter()
-    times = run_stages(raw, run_dir)
+    times = run_stages(raw, run_dir, keep_finished=args.keep_finished)
     result = collect(args.dataset, raw, run_dir, times, data, argv)
     result["profile"] = (
         str(profile.relative_to(REPO)) if profile.is_relative_to(REPO) else str(profile)
