@@ -241,3 +241,57 @@ def test_runtime_refuses_cuda_without_a_gpu():
     with pytest.raises(ConfigError, match="no CUDA device"):
         models.runtime(ModelConfig(device="cuda"))
     assert models.runtime(ModelConfig()) == CPU
+
+
+def test_vae_loss_terms_measure_what_they_say():
+    from defectgen.core.diffusion import vae_loss
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, SIZE, SIZE, generator=gen) * 2 - 1
+    assert vae_loss.ssim(x, x).item() == pytest.approx(1.0, abs=1e-5)
+    assert vae_loss.spectrum_l1(x, x).item() == 0.0
+    # a blur keeps the mean and loses the texture: SSIM and the spectrum see it
+    blurred = torch.nn.functional.avg_pool2d(x, 3, 1, 1)
+    assert vae_loss.ssim(x, blurred).item() < 0.5
+    assert vae_loss.spectrum_l1(x, blurred).item() > 0.1
+    features = vae_loss.EffNetActivations()
+    assert features.distance(x, x).item() == 0.0
+    assert features.distance(x, blurred).item() > 0
+
+
+def test_vae_objective_with_every_term_trains_and_stops_on_time(base_dir):
+    from defectgen.config import VaeLossConfig
+
+    pipe = fresh(base_dir)
+    pixels = train.to_pixels([texture(i, (SIZE, SIZE)) for i in range(8)])
+    cfg = VaeLossConfig(
+        pixel="l1", ssim=0.5, fft=0.5, perceptual_effnet_lite0=0.1, adversarial=0.1,
+        adversarial_start=0.25,
+    )  # fmt: skip
+    losses = []
+    before = [p.detach().clone() for p in pipe.vae.parameters()]
+    steps = train.train_vae(
+        pipe.vae, pixels, steps=4, batch_size=4, lr=1e-3, gen=torch.Generator().manual_seed(0),
+        rt=CPU, log=lambda step, loss: losses.append(loss), objective=cfg,
+    )  # fmt: skip
+    assert steps == 4 and len(losses) == 4 and all(np.isfinite(losses))
+    assert any(not torch.equal(b, p) for b, p in zip(before, pipe.vae.parameters(), strict=True))
+    taken = train.train_vae(
+        pipe.vae, pixels, steps=10_000, batch_size=4, lr=1e-3,
+        gen=torch.Generator().manual_seed(0), rt=CPU, log=lambda step, loss: None, seconds=1.0,
+    )  # fmt: skip
+    assert 1 <= taken < 10_000  # stopped by the clock, not the step count
+
+
+def test_tiny_latent_shape_is_configurable(tmp_path):
+    arch = TinyArchConfig(vae_channels=[16, 32], latent_channels=8)
+    pipe = models.build_tiny_pipeline(arch, image_size=SIZE, work_dir=tmp_path, seed=0)
+    z = pipe.vae.encode(torch.zeros(1, 3, SIZE, SIZE)).latent_dist.mean
+    assert z.shape == (1, 8, SIZE // 2, SIZE // 2)
+    assert pipe.unet.config.in_channels == pipe.unet.config.out_channels == 8
+    sampler = sample.sampler(pipe, "txt2img")
+    out = sample.generate(
+        sampler, prompt="a photo", seeds=[0], parents=None, strength=1.0, guidance=1.0,
+        steps=2, size=SIZE, channels=3,
+    )  # fmt: skip
+    assert out[0].shape == (SIZE, SIZE, 3)

@@ -153,6 +153,8 @@ class TinyArchConfig(_Section):
     """The tiny profile's architecture: SD's classes at toy size (about 3 M parameters)."""
 
     vae_channels: list[int] = Field(default_factory=lambda: [16, 32, 32], min_length=1)
+    # latent cells per image side = image_size / 2 ** (len(vae_channels) - 1)
+    latent_channels: int = Field(default=4, ge=1)
     unet_channels: list[int] = Field(default_factory=lambda: [32, 64], min_length=1)
     unet_layers_per_block: int = Field(default=1, ge=1)
     # Attention heads per UNet block. SD1.5's heads are 40-160 channels wide; 8 heads over
@@ -209,6 +211,18 @@ class ModelConfig(_Section):
         return self
 
 
+class VaeLossConfig(_Section):
+    """The tiny VAE's objective (core/diffusion/vae_loss.py): pixel loss + weighted terms."""
+
+    pixel: Literal["mse", "l1"] = "mse"
+    kl_weight: float = Field(default=1e-6, ge=0.0)
+    ssim: float = Field(default=0.0, ge=0.0)  # 1 - SSIM
+    fft: float = Field(default=0.0, ge=0.0)  # L1 between 2-D spectra
+    perceptual_effnet_lite0: float = Field(default=0.0, ge=0.0)  # needs the offline wheel
+    adversarial: float = Field(default=0.0, ge=0.0)  # patch discriminator, hinge loss
+    adversarial_start: float = Field(default=0.5, ge=0.0, lt=1.0)  # fraction of vae_steps
+
+
 class BaseConfig(_Section):
     """The base stage: pretraining of the tiny profile's prior (sd15 only records its checkpoint).
 
@@ -223,6 +237,9 @@ class BaseConfig(_Section):
     unet_lr: float = Field(default=5e-4, gt=0.0)
     prompt: str = Field(default="a photo of a surface", min_length=1)
     uncond_prob: float = Field(default=0.1, ge=0.0, lt=1.0)
+    vae_loss: VaeLossConfig = Field(default_factory=VaeLossConfig)
+    # val images for the VAE's reconstruction distance (fd_effnet_lite0_recon); 0: skip
+    fd_images: int = Field(default=500, ge=0)
 
 
 class StepsConfig(_Section):

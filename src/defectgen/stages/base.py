@@ -6,6 +6,8 @@
   images (the stand-in for the web-scale prior): the VAE on reconstruction, then the
   UNet on class-agnostic text-conditioned denoising (one generic prompt, dropped with
   probability base.uncond_prob so guidance works). Saved in SD1.5's on-disk layout.
+  The VAE's objective is base.vae_loss (MSE by default; SSIM, spectrum, perceptual and
+  adversarial terms: core/diffusion/vae_loss.py); its latent shape model.tiny.
   Which images: base.data (default "subset": the few-shot images the `real` condition
   also gets, so the prior smuggles in no extra real data). Never val or test.
 
@@ -27,6 +29,7 @@ import torch
 
 from defectgen import manifest
 from defectgen.config import Params
+from defectgen.core import metrics as fd_metrics
 from defectgen.core.diffusion import models, train
 from defectgen.core.images import ImageProblem, decode_image, encode_png
 from defectgen.errors import ConfigError
@@ -43,16 +46,54 @@ from defectgen.stages.diffusion_common import (
 PSNR_IMAGES = 64  # val images used to measure the VAE's reconstruction quality
 
 
-def _val_pixels(preprocessed: Path, n: int) -> torch.Tensor | None:
+def _val_images(preprocessed: Path, n: int) -> list[np.ndarray]:
     """Up to n val images, for measuring reconstruction only (nothing trains on them)."""
     rows = [r for r in manifest.read_rows(preprocessed) if r["split"] == "val"]
-    pixels = []
-    for row in sorted(rows, key=lambda r: r["id"])[:n]:
+    images = []
+    for row in sorted(rows, key=lambda r: r["id"]):
+        if len(images) == n:
+            break
         try:
-            pixels.append(decode_image((preprocessed / row["path"]).read_bytes())[0])
+            images.append(decode_image((preprocessed / row["path"]).read_bytes())[0])
         except (OSError, ImageProblem):
             continue
-    return train.to_pixels(pixels) if pixels else None
+    return images
+
+
+@torch.no_grad()
+def reconstruct(vae, images: list[np.ndarray], rt: models.Runtime) -> list[np.ndarray]:
+    """The VAE's reconstructions (posterior mean) of uint8 images, as uint8 images."""
+    channels = 1 if images[0].ndim == 2 else 3
+    out = []
+    for start in range(0, len(images), 64):
+        x = train.to_pixels(images[start : start + 64]).to(rt.device)
+        with rt.autocast:
+            recon = vae.decode(vae.encode(x).latent_dist.mean).sample
+        out += train.from_pixels(recon.float().cpu(), channels)
+    return out
+
+
+def recon_distance(
+    vae, train_px: list[np.ndarray], val: list[np.ndarray], rt: models.Runtime, *, seed: int
+) -> dict[str, float]:
+    """The VAE's ceiling on every synthetic image: the Frechet distance (EfficientNet-Lite0
+    features) of its reconstructions of N train images to N val images, next to the
+    real train images' own distance at the same N (what a perfect VAE would score)."""
+    n = min(len(train_px), len(val))
+    pick = np.random.default_rng(seed).permutation(len(train_px))[:n]
+    real = [train_px[i] for i in sorted(pick)]
+    extractor = fd_metrics.make_extractor(fd_metrics.EFFNET, weights=None, device=rt.device)
+
+    def distance(images: list[np.ndarray]) -> float:
+        return fd_metrics.frechet(fd_metrics.extract(extractor, images), f_val)
+
+    f_val = fd_metrics.extract(extractor, val[:n])
+    fd = extractor.fd_name
+    return {
+        f"{fd}_recon": distance(reconstruct(vae, real, rt)),
+        f"{fd}_real": distance(real),
+        "fd_images": n,
+    }
 
 
 def _grid(top: list[np.ndarray], bottom: list[np.ndarray]) -> np.ndarray:
@@ -84,7 +125,10 @@ def run(params: Params, *, preprocessed: Path, out_dir: Path) -> dict[str, float
 
     Returns:
         Metrics. tiny: n_images, vae_loss_last, unet_loss_last, vae_psnr_val_db,
-        params/unet, params/vae, params/text_encoder (+ time/* for MLflow only).
+        fd_effnet_lite0_recon and fd_effnet_lite0_real (the VAE's reconstructions of
+        fd_images train images, and those images themselves, to as many val images: the
+        ceiling of every synthetic image, next to a perfect VAE's), params/unet,
+        params/vae, params/text_encoder (+ time/* for MLflow only).
     """
     rt = models.runtime(params.model)
     preprocessed = Path(preprocessed)
@@ -124,6 +168,7 @@ def run(params: Params, *, preprocessed: Path, out_dir: Path) -> dict[str, float
                         gen=torch.Generator().manual_seed(derive_seed(params.seed, "vae")),
                         rt=rt,
                         log=curves.logger("vae"),
+                        objective=cfg.vae_loss,
                     )
                 pipe.vae.save_pretrained(unit)
                 curves.write(unit / CURVES_DIR)
@@ -183,9 +228,13 @@ def run(params: Params, *, preprocessed: Path, out_dir: Path) -> dict[str, float
         metrics: dict[str, float] = {"n_images": len(images)}
         for series in ("vae", "unet"):
             metrics[f"{series}_loss_last"] = curves.summary(series)["last_mean"]
-        val = _val_pixels(preprocessed, PSNR_IMAGES)
-        if val is not None:
-            metrics["vae_psnr_val_db"] = train.reconstruction_psnr(saved.vae, val, rt)
+        val = _val_images(preprocessed, max(PSNR_IMAGES, cfg.fd_images))
+        if val:
+            pixels_val = train.to_pixels(val[:PSNR_IMAGES])
+            metrics["vae_psnr_val_db"] = train.reconstruction_psnr(saved.vae, pixels_val, rt)
+        if val and cfg.fd_images:
+            seed = derive_seed(params.seed, "base-fd")
+            metrics.update(recon_distance(saved.vae, images, val[: cfg.fd_images], rt, seed=seed))
         for name in ("unet", "vae", "text_encoder"):
             metrics[f"params/{name}"] = sum(p.numel() for p in getattr(saved, name).parameters())
         shown = pixels[:8]

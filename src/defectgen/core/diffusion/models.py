@@ -65,7 +65,7 @@ def build_tiny_pipeline(
         down_block_types=("DownEncoderBlock2D",) * vae_blocks,
         up_block_types=("UpDecoderBlock2D",) * vae_blocks,
         block_out_channels=tuple(arch.vae_channels),
-        latent_channels=4,
+        latent_channels=arch.latent_channels,
         norm_num_groups=8,
         sample_size=image_size,
     )
@@ -78,8 +78,8 @@ def build_tiny_pipeline(
     n = len(arch.unet_channels)
     unet = UNet2DConditionModel(
         sample_size=image_size // factor,
-        in_channels=4,
-        out_channels=4,
+        in_channels=arch.latent_channels,
+        out_channels=arch.latent_channels,
         block_out_channels=tuple(arch.unet_channels),
         layers_per_block=arch.unet_layers_per_block,
         down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),

@@ -7,6 +7,7 @@ are moved to the model's device), so a run is reproducible from its seed.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
+from defectgen.config import VaeLossConfig
 from defectgen.core.device import LossBuffer, Runtime
+from defectgen.core.diffusion import vae_loss
 
 StepLogger = Callable[[int, float], None]
 
@@ -139,14 +142,24 @@ def train_vae(
     gen: torch.Generator,
     rt: Runtime,
     log: StepLogger,
-    kl_weight: float = 1e-6,
-) -> None:
-    """Pretrain the tiny VAE on reconstruction (MSE + SD's tiny KL term), then set its
-    latent scaling factor to 1 / std of the training latents, as SD does."""
+    objective: VaeLossConfig | None = None,
+    seconds: float | None = None,
+) -> int:
+    """Pretrain the tiny VAE on reconstruction (`objective`: pixel loss, SD's tiny KL term,
+    optional texture terms; default MSE), then set its latent scaling factor to 1 / std of
+    the training latents, as SD does. With `seconds`, training stops after that much wall
+    time (equal-time comparisons). Returns the steps taken."""
+    cfg = objective or VaeLossConfig()
     vae.float().train().requires_grad_(True)  # trainable: float32 master weights
     opt = torch.optim.Adam(vae.parameters(), lr=lr)
+    # the discriminator's seed; drawn only when there is one, so MSE runs are unchanged
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen)) if cfg.adversarial else 0
+    terms = vae_loss.Objective(cfg, rt.device, steps=steps, seed=seed)
+    started, step = time.perf_counter(), 0
     with LossBuffer(log) as losses:
-        for step in range(steps):
+        for step in range(steps):  # noqa: B007  (the count is returned)
+            if seconds is not None and time.perf_counter() - started > seconds:
+                break
             x = pixels[_batches(len(pixels), batch_size, gen)]
             x = torch.where(torch.rand(len(x), 1, 1, 1, generator=gen) < 0.5, x, x.flip(-1))
             x = x.to(rt.device)
@@ -154,14 +167,19 @@ def train_vae(
                 posterior = vae.encode(x).latent_dist
                 eps = torch.randn(posterior.mean.shape, generator=gen).to(rt.device)
                 recon = vae.decode(posterior.mean + posterior.std * eps).sample
-            loss = F.mse_loss(recon.float(), x) + kl_weight * posterior.kl().float().mean()
+            loss = terms.vae_loss(recon.float(), x, step)
+            loss = loss + cfg.kl_weight * posterior.kl().float().mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            terms.discriminator_step(recon.float(), x, step)
             losses.add(step, loss)
+        else:
+            step = steps
     vae.eval().requires_grad_(False)
     cache = encode_latents(vae, pixels, rt, flip=False)
     vae.register_to_config(scaling_factor=float(1.0 / cache.mean.std()))
+    return step
 
 
 def train_denoiser(
