@@ -295,3 +295,27 @@ def test_tiny_latent_shape_is_configurable(tmp_path):
         steps=2, size=SIZE, channels=3,
     )  # fmt: skip
     assert out[0].shape == (SIZE, SIZE, 3)
+
+
+def test_adversarial_term_starts_late_by_steps_or_by_the_clock():
+    from defectgen.config import VaeLossConfig
+    from defectgen.core.diffusion import vae_loss
+
+    cfg = VaeLossConfig(adversarial=0.1, adversarial_start=0.5)
+    cpu = torch.device("cpu")
+    by_steps = vae_loss.Objective(cfg, cpu, steps=10, seed=0)
+    assert not by_steps.adversarial_on(4) and by_steps.adversarial_on(5)
+    assert not vae_loss.Objective(cfg, cpu, steps=10, seed=0, seconds=3600).adversarial_on(9)
+    assert vae_loss.Objective(cfg, cpu, steps=10, seed=0, seconds=0.0).adversarial_on(0)
+    # once on, the VAE's loss includes the critic and the critic trains
+    x = torch.rand(2, 3, SIZE, SIZE) * 2 - 1
+    fake = torch.zeros_like(x)
+    before = [p.detach().clone() for p in by_steps.disc.parameters()]
+    assert by_steps.vae_loss(fake, x, 4) == torch.nn.functional.mse_loss(fake, x)
+    by_steps.discriminator_step(fake, x, 4)  # not yet on: no update
+    assert all(torch.equal(b, p) for b, p in zip(before, by_steps.disc.parameters(), strict=True))
+    assert by_steps.vae_loss(fake, x, 5) != torch.nn.functional.mse_loss(fake, x)
+    by_steps.discriminator_step(fake, x, 5)
+    assert any(
+        not torch.equal(b, p) for b, p in zip(before, by_steps.disc.parameters(), strict=True)
+    )

@@ -154,7 +154,7 @@ def train_vae(
     opt = torch.optim.Adam(vae.parameters(), lr=lr)
     # the discriminator's seed; drawn only when there is one, so MSE runs are unchanged
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen)) if cfg.adversarial else 0
-    terms = vae_loss.Objective(cfg, rt.device, steps=steps, seed=seed)
+    terms = vae_loss.Objective(cfg, rt.device, steps=steps, seed=seed, seconds=seconds)
     started, step = time.perf_counter(), 0
     with LossBuffer(log) as losses:
         for step in range(steps):  # noqa: B007  (the count is returned)

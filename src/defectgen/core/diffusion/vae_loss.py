@@ -14,6 +14,8 @@ Each term is switched on by a weight in params (base.vae_loss):
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -104,16 +106,36 @@ class PatchDiscriminator(nn.Module):
 class Objective:
     """The configured loss for the VAE (generator side) and the discriminator's own step."""
 
-    def __init__(self, cfg: VaeLossConfig, device: torch.device, *, steps: int, seed: int):
+    def __init__(
+        self,
+        cfg: VaeLossConfig,
+        device: torch.device,
+        *,
+        steps: int,
+        seed: int,
+        seconds: float | None = None,
+    ):
+        """The adversarial term starts at adversarial_start x steps, or, with a wall-time
+        budget (`seconds`), once that fraction of it has passed."""
         self.cfg = cfg
         self.start = int(cfg.adversarial_start * steps)
+        self.seconds = seconds
+        self.clock = time.perf_counter()
         self.perceptual = EffNetActivations().to(device) if cfg.perceptual_effnet_lite0 else None
         self.disc = self.disc_opt = None
+        self.adversarial_active = False
         if cfg.adversarial:
             with torch.random.fork_rng(devices=[]):  # the initialisation reads the global RNG
                 torch.manual_seed(seed)
                 self.disc = PatchDiscriminator().to(device)
             self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=2e-4, betas=(0.5, 0.9))
+
+    def adversarial_on(self, step: int) -> bool:
+        if self.disc is None:
+            return False
+        if self.seconds is not None:
+            return time.perf_counter() - self.clock >= self.cfg.adversarial_start * self.seconds
+        return step >= self.start
 
     def vae_loss(self, recon: torch.Tensor, x: torch.Tensor, step: int) -> torch.Tensor:
         """Pixel loss + the switched-on terms; recon and x in [-1, 1], float32."""
@@ -126,7 +148,8 @@ class Objective:
             loss = loss + cfg.fft * spectrum_l1(recon, x)
         if self.perceptual is not None:
             loss = loss + cfg.perceptual_effnet_lite0 * self.perceptual.distance(recon, x)
-        if self.disc is not None and step >= self.start:
+        self.adversarial_active = self.adversarial_on(step)  # the same for both updates
+        if self.adversarial_active:
             self.disc.requires_grad_(False)
             loss = loss - cfg.adversarial * self.disc(recon).mean()
             self.disc.requires_grad_(True)
@@ -134,7 +157,7 @@ class Objective:
 
     def discriminator_step(self, recon: torch.Tensor, x: torch.Tensor, step: int) -> None:
         """One hinge-loss update of the discriminator (from the adversarial start on)."""
-        if self.disc is None or step < self.start:
+        if not self.adversarial_active:
             return
         loss = F.relu(1 - self.disc(x)).mean() + F.relu(1 + self.disc(recon.detach())).mean()
         self.disc_opt.zero_grad(set_to_none=True)
