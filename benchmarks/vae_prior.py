@@ -36,9 +36,18 @@ REPO = HERE.parent
 # name -> (base.vae_loss overrides, model.tiny overrides)
 VARIANTS = {
     "mse": ({}, {}),  # today's objective and shape
+    "l1": ({"pixel": "l1"}, {}),
     "l1-ssim-fft": ({"pixel": "l1", "ssim": 0.5, "fft": 0.5}, {}),
+    "l1-ssim-fft-adversarial": (
+        {"pixel": "l1", "ssim": 0.5, "fft": 0.5, "adversarial": 0.05, "adversarial_start": 0.3},
+        {},
+    ),
     "l1-adversarial": ({"pixel": "l1", "adversarial": 0.05, "adversarial_start": 0.3}, {}),
     "l1-perceptual": ({"pixel": "l1", "perceptual_effnet_lite0": 0.1}, {}),
+    "l1-ssim-fft-perceptual": (
+        {"pixel": "l1", "ssim": 0.5, "fft": 0.5, "perceptual_effnet_lite0": 0.1},
+        {},
+    ),
     "latent8": ({}, {"latent_channels": 8}),
     "factor2": ({}, {"vae_channels": [16, 32]}),
     "factor2-l1-ssim-fft": ({"pixel": "l1", "ssim": 0.5, "fft": 0.5}, {"vae_channels": [16, 32]}),

@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", type=Path, default=REPO / "params.yaml")
     ap.add_argument("--identifier", default="sks", help="DreamBooth's rare token")
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "finetune_modes")
-    ap.add_argument("--out", type=Path, default=REPO / "experiments" / "results" / "modes")
+    ap.add_argument("--out", type=Path, default=REPO / "experiments" / "results" / "finetune-modes")
     args = ap.parse_args(argv)
     modes = args.modes.split(",")
     unknown = sorted(set(modes) - set(MODES))
