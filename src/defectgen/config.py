@@ -526,12 +526,14 @@ def _value_protocol(data: Any, section: str) -> Any:
     return data
 
 
-def comparison_metrics(model: str, comparisons: list[dict]) -> dict[str, float]:
+def comparison_metrics(model: str | None, comparisons: list[dict]) -> dict[str, float]:
     """MLflow keys of paired comparisons (core.stats.compare rows):
-    <model>/<arm>/vs_<control>/<metric>_delta, _ci_low, _ci_high, _p."""
+    [<model>/]<arm>/vs_<control>/<metric>_delta, _ci_low, _ci_high, _p (no model prefix
+    for a stage with one model, e.g. segment)."""
     out: dict[str, float] = {}
     for c in comparisons:
-        name = f"{model}/{metric_name(c['arm'])}/vs_{metric_name(c['control'])}/{c['metric']}"
+        name = f"{metric_name(c['arm'])}/vs_{metric_name(c['control'])}/{c['metric']}"
+        name = f"{model}/{name}" if model else name
         out[f"{name}_delta"] = c["delta"]
         if c["ci"] is not None:
             out[f"{name}_ci_low"], out[f"{name}_ci_high"] = c["ci"]

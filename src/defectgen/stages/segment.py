@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 from defectgen import manifest
-from defectgen.config import Params, metric_name
+from defectgen.config import Params, comparison_metrics, metric_name
 from defectgen.core import arms, coco, segment, segmetrics, stats
 from defectgen.core.device import runtime
 from defectgen.core.images import decode_image
@@ -334,12 +334,7 @@ def run(
         report["order"] = [c for c in conds.plan if c in report["conditions"]]
         report["comparisons"] = comparisons
         report["headline"] = headline(comparisons)
-        for c in comparisons:
-            name = f"{metric_name(c['arm'])}/vs_{metric_name(c['control'])}/{c['metric']}"
-            metrics_out[f"{name}_delta"] = c["delta"]
-            if c["ci"] is not None:
-                metrics_out[f"{name}_ci_low"], metrics_out[f"{name}_ci_high"] = c["ci"]
-                metrics_out[f"{name}_p"] = c["p_value"]
+        metrics_out.update(comparison_metrics(None, comparisons))
         report.update(counts)
         atomic_write_json(tmp / REPORT_NAME, report)
         pd.DataFrame(runs).to_parquet(tmp / RUNS_NAME, index=False)
