@@ -9,7 +9,7 @@ def base(
     params_yaml: str,
     preprocessed: Input[Dataset],
     track: bool,
-    base_model: Output[Model],
+    base: Output[Model],
     metrics: Output[Metrics],
 ):
     """The diffusion prior: tiny pretrained here, sd15 checked (defectgen.stages.base)."""
@@ -18,7 +18,7 @@ def base(
     run_from_yaml(
         "base",
         params_yaml,
-        out_dir=base_model.path,
+        out_dir=base.path,
         inputs={"preprocessed": preprocessed.path},
         track=track,
         log_metric=metrics.log_metric,

@@ -13,7 +13,7 @@ def detect(
     pairs: Input[Dataset],
     pairs_gated: Input[Dataset],
     track: bool,
-    detection: Output[Dataset],
+    detect: Output[Dataset],
     metrics: Output[Metrics],
 ):
     """Detectors per condition and seed, scored on the real test split with COCOeval
@@ -23,7 +23,7 @@ def detect(
     run_from_yaml(
         "detect",
         params_yaml,
-        out_dir=detection.path,
+        out_dir=detect.path,
         inputs={
             "preprocessed": preprocessed.path,
             "generated": generated.path,

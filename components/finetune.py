@@ -8,7 +8,7 @@ from components import IMAGE
 def finetune(
     params_yaml: str,
     preprocessed: Input[Dataset],
-    base_model: Input[Model],
+    base: Input[Model],
     track: bool,
     label: str,
     adapters: Output[Model],
@@ -22,7 +22,7 @@ def finetune(
         "finetune",
         params_yaml,
         out_dir=adapters.path,
-        inputs={"preprocessed": preprocessed.path, "base": base_model.path},
+        inputs={"preprocessed": preprocessed.path, "base": base.path},
         track=track,
         log_metric=metrics.log_metric,
         only_class=label,

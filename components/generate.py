@@ -8,9 +8,9 @@ from components import IMAGE
 def generate(
     params_yaml: str,
     preprocessed: Input[Dataset],
-    base_model: Input[Model],
+    base: Input[Model],
     adapters: Input[Model],
-    chosen: Input[Dataset],
+    sweep: Input[Dataset],
     track: bool,
     generated: Output[Dataset],
     metrics: Output[Metrics],
@@ -25,9 +25,9 @@ def generate(
         out_dir=generated.path,
         inputs={
             "preprocessed": preprocessed.path,
-            "base": base_model.path,
+            "base": base.path,
             "adapters": adapters.path,
-            "sweep": chosen.path,
+            "sweep": sweep.path,
         },
         track=track,
         log_metric=metrics.log_metric,

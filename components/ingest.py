@@ -7,7 +7,7 @@ from components import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def ingest(
     params_yaml: str,
-    source_path: str,
+    source: str,
     track: bool,
     ingested: Output[Dataset],
     metrics: Output[Metrics],
@@ -19,7 +19,7 @@ def ingest(
         "ingest",
         params_yaml,
         out_dir=ingested.path,
-        inputs={"source": source_path},
+        inputs={"source": source},
         track=track,
         log_metric=metrics.log_metric,
     )

@@ -9,7 +9,7 @@ def masks(
     params_yaml: str,
     preprocessed: Input[Dataset],
     track: bool,
-    synthetic_masks: Output[Dataset],
+    masks: Output[Dataset],
     metrics: Output[Metrics],
 ):
     """New defect masks per class and their quality, or a "skipped" record for a dataset
@@ -19,7 +19,7 @@ def masks(
     run_from_yaml(
         "masks",
         params_yaml,
-        out_dir=synthetic_masks.path,
+        out_dir=masks.path,
         inputs={"preprocessed": preprocessed.path},
         track=track,
         log_metric=metrics.log_metric,

@@ -8,10 +8,10 @@ from components import IMAGE
 def pairs(
     params_yaml: str,
     preprocessed: Input[Dataset],
-    base_model: Input[Model],
-    synthetic_masks: Input[Dataset],
+    base: Input[Model],
+    masks: Input[Dataset],
     track: bool,
-    image_mask_pairs: Output[Dataset],
+    pairs: Output[Dataset],
     metrics: Output[Metrics],
 ):
     """Per class a ControlNet from the base UNet, then self-annotated image + mask pairs
@@ -21,11 +21,11 @@ def pairs(
     run_from_yaml(
         "pairs",
         params_yaml,
-        out_dir=image_mask_pairs.path,
+        out_dir=pairs.path,
         inputs={
             "preprocessed": preprocessed.path,
-            "base": base_model.path,
-            "masks": synthetic_masks.path,
+            "base": base.path,
+            "masks": masks.path,
         },
         track=track,
         log_metric=metrics.log_metric,

@@ -8,9 +8,9 @@ from components import IMAGE
 def pairs_gate(
     params_yaml: str,
     preprocessed: Input[Dataset],
-    image_mask_pairs: Input[Dataset],
+    pairs: Input[Dataset],
     track: bool,
-    gated_pairs: Output[Dataset],
+    pairs_gated: Output[Dataset],
     metrics: Output[Metrics],
 ):
     """The gate, unchanged, on the pairs' images (defectgen.stages.gate), every class."""
@@ -19,8 +19,8 @@ def pairs_gate(
     run_from_yaml(
         "pairs_gate",
         params_yaml,
-        out_dir=gated_pairs.path,
-        inputs={"preprocessed": preprocessed.path, "generated": image_mask_pairs.path},
+        out_dir=pairs_gated.path,
+        inputs={"preprocessed": preprocessed.path, "generated": pairs.path},
         track=track,
         log_metric=metrics.log_metric,
     )

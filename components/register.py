@@ -7,9 +7,9 @@ from components import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def register(
     params_yaml: str,
-    base_model: Input[Model],
+    base: Input[Model],
     adapters: Input[Model],
-    chosen: Input[Dataset],
+    sweep: Input[Dataset],
     gated: Input[Dataset],
     track: bool,
     registry: Output[Dataset],
@@ -24,9 +24,9 @@ def register(
         params_yaml,
         out_dir=registry.path,
         inputs={
-            "base": base_model.path,
+            "base": base.path,
             "adapters": adapters.path,
-            "sweep": chosen.path,
+            "sweep": sweep.path,
             "gated": gated.path,
         },
         track=track,

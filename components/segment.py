@@ -8,10 +8,10 @@ from components import IMAGE
 def segment(
     params_yaml: str,
     preprocessed: Input[Dataset],
-    image_mask_pairs: Input[Dataset],
-    gated_pairs: Input[Dataset],
+    pairs: Input[Dataset],
+    gated: Input[Dataset],
     track: bool,
-    segmentation: Output[Dataset],
+    segment: Output[Dataset],
     metrics: Output[Metrics],
 ):
     """COCO export of real + synthetic pairs and a U-Net per condition, scored on the
@@ -21,11 +21,11 @@ def segment(
     run_from_yaml(
         "segment",
         params_yaml,
-        out_dir=segmentation.path,
+        out_dir=segment.path,
         inputs={
             "preprocessed": preprocessed.path,
-            "pairs": image_mask_pairs.path,
-            "gated": gated_pairs.path,
+            "pairs": pairs.path,
+            "gated": gated.path,
         },
         track=track,
         log_metric=metrics.log_metric,

@@ -8,10 +8,10 @@ from components import IMAGE
 def sweep(
     params_yaml: str,
     preprocessed: Input[Dataset],
-    base_model: Input[Model],
+    base: Input[Model],
     adapters: Input[Model],
     track: bool,
-    chosen: Output[Dataset],
+    sweep: Output[Dataset],
     metrics: Output[Metrics],
 ):
     """Per-class strength x guidance probes and the chosen cell (defectgen.stages.sweep)."""
@@ -20,10 +20,10 @@ def sweep(
     run_from_yaml(
         "sweep",
         params_yaml,
-        out_dir=chosen.path,
+        out_dir=sweep.path,
         inputs={
             "preprocessed": preprocessed.path,
-            "base": base_model.path,
+            "base": base.path,
             "adapters": adapters.path,
         },
         track=track,

@@ -11,7 +11,7 @@ def train(
     generated: Input[Dataset],
     gated: Input[Dataset],
     track: bool,
-    evaluation: Output[Dataset],
+    train: Output[Dataset],
     metrics: Output[Metrics],
 ):
     """Classifiers per condition and seed, scored on the real test split
@@ -21,7 +21,7 @@ def train(
     run_from_yaml(
         "train",
         params_yaml,
-        out_dir=evaluation.path,
+        out_dir=train.path,
         inputs={
             "preprocessed": preprocessed.path,
             "generated": generated.path,

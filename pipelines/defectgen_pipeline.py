@@ -126,10 +126,10 @@ def build(cluster: ClusterConfig) -> graph_component.GraphComponent:
         "per class (finetune -> sweep -> generate -> gate -> register if passed) -> train, "
         "detect -> report; the exit handler records the run's status.",
     )
-    def defectgen_pipeline(params_yaml: str, source_path: str = "", track: bool = False):
+    def defectgen_pipeline(params_yaml: str, source: str = "", track: bool = False):
         """Args:
         params_yaml: the whole params.yaml as text (the compiled default is the repo's).
-        source_path: the raw dataset folder as seen from inside the ingest pod: a path
+        source: the raw dataset folder as seen from inside the ingest pod: a path
             under cluster.data_mount, where the PVC cluster.data_pvc is mounted (e.g.
             /mnt/defectgen-data/neu-det); empty: params data.root (or the ELPV package).
         track: log to MLflow (the secret's tracking URI must reach a server from the pods).
@@ -138,25 +138,25 @@ def build(cluster: ClusterConfig) -> graph_component.GraphComponent:
         common = {"params_yaml": params_yaml, "track": track}
         final = place.cpu(status(**common), "status")
         with dsl.ExitHandler(final, name="stages"):
-            ing = place.data(place.cpu(ingest(**common, source_path=source_path), "ingest"))
+            ing = place.data(place.cpu(ingest(**common, source=source), "ingest"))
             pre = place.cpu(preprocess(**common, ingested=ing.outputs["ingested"]), "preprocess")
             preprocessed = pre.outputs["preprocessed"]
             masked = place.gpu(masks(**common, preprocessed=preprocessed), "masks")
             prior = place.gpu(base(**common, preprocessed=preprocessed), "base")
-            base_model = prior.outputs["base_model"]
+            base_model = prior.outputs["base"]
             paired = place.gpu(
-                pairs(**common, preprocessed=preprocessed, base_model=base_model,
-                      synthetic_masks=masked.outputs["synthetic_masks"]),
+                pairs(**common, preprocessed=preprocessed, base=base_model,
+                      masks=masked.outputs["masks"]),
                 "pairs",
             )  # fmt: skip
-            image_mask_pairs = paired.outputs["image_mask_pairs"]
+            image_mask_pairs = paired.outputs["pairs"]
             pairs_judged = place.gpu(
-                pairs_gate(**common, preprocessed=preprocessed, image_mask_pairs=image_mask_pairs),
+                pairs_gate(**common, preprocessed=preprocessed, pairs=image_mask_pairs),
                 "pairs_gate",
             )
             segmented = place.gpu(
-                segment(**common, preprocessed=preprocessed, image_mask_pairs=image_mask_pairs,
-                        gated_pairs=pairs_judged.outputs["gated_pairs"]),
+                segment(**common, preprocessed=preprocessed, pairs=image_mask_pairs,
+                        gated=pairs_judged.outputs["pairs_gated"]),
                 "segment",
             )  # fmt: skip
             labels = place.cpu(classes(params_yaml=params_yaml, preprocessed=preprocessed),
@@ -164,19 +164,17 @@ def build(cluster: ClusterConfig) -> graph_component.GraphComponent:
 
             with dsl.ParallelFor(labels.output, parallelism=cluster.parallelism) as label:
                 adapted = place.gpu(
-                    finetune(**common, preprocessed=preprocessed, base_model=base_model,
-                             label=label),
+                    finetune(**common, preprocessed=preprocessed, base=base_model, label=label),
                     "finetune",
                 )  # fmt: skip
                 adapters = adapted.outputs["adapters"]
                 swept = place.gpu(
-                    sweep(**common, preprocessed=preprocessed, base_model=base_model,
-                          adapters=adapters),
+                    sweep(**common, preprocessed=preprocessed, base=base_model, adapters=adapters),
                     "sweep",
                 )  # fmt: skip
                 gen = place.gpu(
-                    generate(**common, preprocessed=preprocessed, base_model=base_model,
-                             adapters=adapters, chosen=swept.outputs["chosen"]),
+                    generate(**common, preprocessed=preprocessed, base=base_model,
+                             adapters=adapters, sweep=swept.outputs["sweep"]),
                     "generate",
                 )  # fmt: skip
                 judged = place.gpu(
@@ -186,9 +184,8 @@ def build(cluster: ClusterConfig) -> graph_component.GraphComponent:
                 )  # fmt: skip
                 with dsl.If(judged.outputs["Output"] == "pass", name="passed-gate"):
                     place.cpu(
-                        register(**common, base_model=base_model, adapters=adapters,
-                                 chosen=swept.outputs["chosen"],
-                                 gated=judged.outputs["gated"]),
+                        register(**common, base=base_model, adapters=adapters,
+                                 sweep=swept.outputs["sweep"], gated=judged.outputs["gated"]),
                         "register",
                     )  # fmt: skip
 
@@ -197,7 +194,7 @@ def build(cluster: ClusterConfig) -> graph_component.GraphComponent:
                 merged = merge_datasets(parts=dsl.Collected(task.outputs[output]))
                 return place.cpu(merged, f"merge {output}").outputs["merged"]
 
-            chosen = fan_in(swept, "chosen")
+            chosen = fan_in(swept, "sweep")
             generated = fan_in(gen, "generated")
             gated = fan_in(judged, "gated")
             trained = place.gpu(
@@ -206,18 +203,15 @@ def build(cluster: ClusterConfig) -> graph_component.GraphComponent:
             )
             detected = place.gpu(
                 detect(**common, preprocessed=preprocessed, generated=generated, gated=gated,
-                       pairs=image_mask_pairs, pairs_gated=pairs_judged.outputs["gated_pairs"]),
+                       pairs=image_mask_pairs, pairs_gated=pairs_judged.outputs["pairs_gated"]),
                 "detect",
             )  # fmt: skip
             place.cpu(
                 report(**common, ingested=ing.outputs["ingested"], preprocessed=preprocessed,
-                       chosen=chosen, generated=generated, gated=gated,
-                       evaluation=trained.outputs["evaluation"],
-                       synthetic_masks=masked.outputs["synthetic_masks"],
-                       image_mask_pairs=image_mask_pairs,
-                       gated_pairs=pairs_judged.outputs["gated_pairs"],
-                       segmentation=segmented.outputs["segmentation"],
-                       detection=detected.outputs["detection"]),
+                       sweep=chosen, generated=generated, gated=gated,
+                       train=trained.outputs["train"], masks=masked.outputs["masks"],
+                       pairs=image_mask_pairs, pairs_gated=pairs_judged.outputs["pairs_gated"],
+                       segment=segmented.outputs["segment"], detect=detected.outputs["detect"]),
                 "report",
             )  # fmt: skip
 

@@ -1,9 +1,10 @@
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from defectgen.config import load_params, parse_params
+from defectgen.config import apply_profile, load_params, parse_params
 from defectgen.errors import ConfigError
 from tests.conftest import REPO
 
@@ -101,10 +102,11 @@ def test_missing_file_and_bad_yaml(tmp_path: Path):
         load_params(bad)
 
 
-def test_sd_saliency_profile_is_params_yaml_with_the_documented_changes():
-    base = yaml.safe_load((REPO / "params.yaml").read_text())
-    profile = yaml.safe_load((REPO / "profiles" / "sd-saliency-900.yaml").read_text())
-    load_params(REPO / "profiles" / "sd-saliency-900.yaml")  # valid as a whole
+def test_sd_saliency_profile_is_a_few_overrides_of_params_yaml(tmp_path: Path):
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    before = (tmp_path / "params.yaml").read_text()
+    params = apply_profile(tmp_path / "params.yaml", REPO / "profiles" / "sd-saliency-900.yaml")
+    after = (tmp_path / "params.yaml").read_text()
 
     def leaves(tree, prefix=""):
         for key, value in tree.items():
@@ -113,7 +115,7 @@ def test_sd_saliency_profile_is_params_yaml_with_the_documented_changes():
             else:
                 yield f"{prefix}{key}", value
 
-    a, b = dict(leaves(base)), dict(leaves(profile))
+    a, b = dict(leaves(yaml.safe_load(before))), dict(leaves(yaml.safe_load(after)))
     assert a.keys() == b.keys()
     changed = {k for k in a if a[k] != b[k]}
     assert changed == {
@@ -123,9 +125,27 @@ def test_sd_saliency_profile_is_params_yaml_with_the_documented_changes():
         "masks.ddpm.steps", "masks.ddpm.batch_size", "masks.ddpm.sample_steps", "pairs.sae",
         "pairs.sff.enabled", "train.steps",
     }  # fmt: skip
-    split = profile["preprocess"]["split"]
-    assert 5 <= split["test"] / split["train"] <= 5.5  # DefFiller's 1:5 train:test, about
-    assert (REPO / profile["data"]["root"] / "masks").is_dir()  # ../shared beside the repo
+    assert params == load_params(tmp_path / "params.yaml")
+    # params.yaml's comments survive: every comment line of the original is still there
+    comments = [line for line in before.splitlines() if line.lstrip().startswith("#")]
+    assert comments and all(line in after for line in comments)
+    assert len((REPO / "profiles" / "sd-saliency-900.yaml").read_text().splitlines()) < 40
+    split = params.preprocess.split
+    assert 5 <= split.test / split.train <= 5.5  # DefFiller's 1:5 train:test, about
+    assert (REPO / params.data.root / "masks").is_dir()  # ../shared beside the repo
+
+
+def test_a_bad_profile_changes_nothing(tmp_path: Path):
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    before = (tmp_path / "params.yaml").read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  stepz: 3\n")
+    with pytest.raises(ConfigError, match="stepz"):
+        apply_profile(tmp_path / "params.yaml", bad)
+    bad.write_text("preprocess:\n  split: {train: 0.9, val: 0.9, test: 0.1}\n")
+    with pytest.raises(ConfigError):
+        apply_profile(tmp_path / "params.yaml", bad)
+    assert (tmp_path / "params.yaml").read_text() == before
 
 
 @pytest.mark.parametrize("section", ["train", "segment"])

@@ -16,6 +16,7 @@ from defectgen.config import ModelConfig
 from defectgen.core.device import CPU, LossBuffer, Runtime, runtime
 from defectgen.core.diffusion import adapt
 from defectgen.core.images import decode_image
+from defectgen.prior import open_base
 from defectgen.stages import (
     base,
     finetune,
@@ -28,7 +29,6 @@ from defectgen.stages import (
     sweep,
     train,
 )
-from defectgen.stages.diffusion_common import open_base
 from tests.test_stage_masks import _dataset
 from tests.test_stage_pairs import SECTIONS, make_params
 

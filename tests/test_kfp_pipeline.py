@@ -145,6 +145,10 @@ def test_components_are_thin_shells_over_the_stages():
         assert run_inputs == {name for name, _, _ in stage.inputs}, stage.name
         for name in run_inputs:
             assert f'"{name}":' in source or name == "source", (stage.name, name)
+        # artifact name = parameter name: the component's inputs are the runner's
+        fields = inspect.signature(getattr(module, stage.name).python_func).parameters
+        inputs = {n for n, p in fields.items() if "Input" in str(p.annotation) or n == "source"}
+        assert inputs == run_inputs, stage.name
     assert "defectgen.fanout" in inspect.getsource(fanout)
     assert "defectgen.status" in inspect.getsource(status)
 
@@ -174,14 +178,12 @@ def test_compiled_pipeline_runs_locally(tmp_path: Path, monkeypatch):
     pipeline_root = tmp_path / "root"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
     pipeline = components.load_component_from_file(str(DEFAULT_OUT))
-    # data.root is required by the folders layout; the pipeline's source_path overrides it.
+    # data.root is required by the folders layout; the pipeline's source overrides it.
     params = toy_repo_params("kfp", "overridden", images_per_class=2)
     # the verdicts this test needs come from the distance rule: random textures ~12x pass,
     # the grey class ~3e4x fails (the utility rule is tested in test_stage_gate)
     params["gate"].update(decide_by="fidelity", max_ratio=1000.0)
-    pipeline(
-        params_yaml=yaml.safe_dump(params), source_path=str(_dataset(tmp_path / "ds")), track=True
-    )
+    pipeline(params_yaml=yaml.safe_dump(params), source=str(_dataset(tmp_path / "ds")), track=True)
     run = _one(pipeline_root, "defectgen-*")
     labels = ["crack", "dent", "scratch"]
 
@@ -213,7 +215,7 @@ def test_compiled_pipeline_runs_locally(tmp_path: Path, monkeypatch):
     assert registered == {"defectgen.kfp.crack", "defectgen.kfp.dent"}
     assert len(list(run.glob("for-loop-*-iteration-*/register"))) == 2
 
-    evaluation = json.loads((_one(run, "train/evaluation") / "eval.json").read_text())
+    evaluation = json.loads((_one(run, "train/train") / "eval.json").read_text())
     assert evaluation["labels"] == labels and "real" in evaluation["models"]["resnet18"]
     html = _one(run, "report/html").read_text(encoding="utf-8")
     assert "defectgen report: kfp" in html and "Quality gate" in html
@@ -253,9 +255,7 @@ def test_exit_handler_reports_a_failed_run(tmp_path: Path, monkeypatch):
         raise_on_error=False,
     )
     pipeline = components.load_component_from_file(str(compiled))
-    pipeline(
-        params_yaml=yaml.safe_dump(params), source_path=str(_dataset(tmp_path / "ds")), track=True
-    )
+    pipeline(params_yaml=yaml.safe_dump(params), source=str(_dataset(tmp_path / "ds")), track=True)
     run = _one(pipeline_root, "defectgen-*")
     assert not list(run.glob("report/html"))  # the report task never ran
     summary = _one(run, "status/summary").read_text()

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from defectgen import manifest
+from defectgen import artifacts, manifest
 from defectgen.core.images import decode_image
 from defectgen.layouts import parse_voc
 from defectgen.stages import ingest, masks, preprocess
@@ -30,7 +30,7 @@ def test_neu_det_voc(tmp_path: Path):
     # 300 files per class; patches_105.jpg is a byte-identical copy of patches_101.jpg.
     assert metrics["n_images"] == 1799 and counts["patches"] == 299
     assert all(n == 300 for c, n in counts.items() if c != "patches"), counts
-    report = json.loads((out / ingest.REPORT_NAME).read_text())
+    report = json.loads((out / artifacts.INGEST_JSON).read_text())
     assert report["duplicates"] == [
         {"path": "images/patches_105.jpg", "duplicate_of": "images/patches_101.jpg"}
     ]
@@ -75,7 +75,7 @@ def test_sd_saliency_900_masks(tmp_path: Path):
     rows = manifest.read_rows(out)
     # 300 pairs per class; Pa_105.bmp repeats Pa_101.bmp (as patches_105/101 in NEU-DET).
     assert Counter(r["label"] for r in rows) == {"In": 300, "Pa": 299, "Sc": 300}
-    report = json.loads((out / ingest.REPORT_NAME).read_text())
+    report = json.loads((out / artifacts.INGEST_JSON).read_text())
     # ... with a different mask: the report flags it for a person to check.
     assert report["duplicates"] == [
         {"path": "images/Pa_105.bmp", "duplicate_of": "images/Pa_101.bmp", "mask_differs": True}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from defectgen import manifest
+from defectgen import artifacts, manifest
 from defectgen.stages import detect as stage
 from tests.conftest import make_params
 from tests.test_export import _run
@@ -27,7 +27,7 @@ def test_every_arm_trains_equal_steps_and_is_scored_with_coco(tmp_path: Path):
     run = _run(tmp_path / "run")
     out = tmp_path / "detect"
     metrics = stage.run(_params(), **_folders(run), out_dir=out)
-    report = json.loads((out / stage.REPORT_NAME).read_text())
+    report = json.loads((out / artifacts.DETECT_JSON).read_text())
     model = report["models"]["fasterrcnn_resnet18"]
     assert report["order"] == ["real", "real+synthetic", "real+classical", "real+oracle",
                                "real+ungated", "real+classical-ungated", "real+oracle-ungated",
@@ -45,7 +45,7 @@ def test_every_arm_trains_equal_steps_and_is_scored_with_coco(tmp_path: Path):
              for c in report["comparisons"]["fasterrcnn_resnet18"]}  # fmt: skip
     assert ("real+ungated", "real+classical-ungated", "map") in asked
     assert report["headline"].startswith("Synthetic vs classical augmentation for detection")
-    assert (out / stage.GRID_NAME).is_file() and (out / stage.RUNS_NAME).is_file()
+    assert (out / artifacts.BOXES_PNG).is_file() and (out / artifacts.RUNS_PARQUET).is_file()
     assert metrics["n_runs"] == 16.0
     assert "fasterrcnn_resnet18/real_ungated/vs_real_classical-ungated/map_delta" in metrics
 
@@ -57,5 +57,5 @@ def test_a_dataset_without_masks_or_boxes_is_skipped(tmp_path: Path):
     manifest.write_manifest(plain, run.preprocessed / manifest.MANIFEST_NAME)
     metrics = stage.run(_params(), **_folders(run), out_dir=tmp_path / "detect")
     assert metrics == {"skipped": 1.0}
-    report = json.loads((tmp_path / "detect" / stage.REPORT_NAME).read_text())
+    report = json.loads((tmp_path / "detect" / artifacts.DETECT_JSON).read_text())
     assert "neither masks nor boxes" in report["skipped"]

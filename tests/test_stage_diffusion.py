@@ -17,11 +17,11 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from defectgen import manifest
+from defectgen import manifest, prior
 from defectgen.core.diffusion import adapt, models, sample
 from defectgen.errors import ConfigError, DataError
-from defectgen.stages import base, diffusion_common, finetune, generate, ingest, preprocess, sweep
-from defectgen.stages.diffusion_common import open_base
+from defectgen.prior import open_base
+from defectgen.stages import base, finetune, generate, ingest, preprocess, sweep
 from tests.conftest import make_params, save, texture
 
 CLASSES = ("crack", "dent")
@@ -468,20 +468,20 @@ def test_sweep_resumes_after_a_kill(run_dirs, tmp_path, monkeypatch):
     probed: list[str] = []
     real = sweep._probe_class
 
-    def dies_on_second(params, ref, base_dir, adapter_dir, *args):
+    def dies_on_second(unit, params, ref, base_dir, adapter_dir, *args):
         if probed:
             raise KeyboardInterrupt("killed")
         probed.append(adapter_dir.name)
-        return real(params, ref, base_dir, adapter_dir, *args)
+        return real(unit, params, ref, base_dir, adapter_dir, *args)
 
     monkeypatch.setattr(sweep, "_probe_class", dies_on_second)
     with pytest.raises(KeyboardInterrupt):
         _sweep(run_dirs, tmp_path / "sweep")
     assert not (tmp_path / "sweep").exists() and probed == ["crack"]
 
-    def counting(params, ref, base_dir, adapter_dir, *args):
+    def counting(unit, params, ref, base_dir, adapter_dir, *args):
         probed.append(adapter_dir.name)
-        return real(params, ref, base_dir, adapter_dir, *args)
+        return real(unit, params, ref, base_dir, adapter_dir, *args)
 
     monkeypatch.setattr(sweep, "_probe_class", counting)
     _sweep(run_dirs, tmp_path / "sweep")
@@ -505,7 +505,7 @@ def test_a_checkpoint_changed_after_the_base_stage_is_refused(run_dirs, tmp_path
     key = sorted(tensors)[0]
     tensors[key] = tensors[key] + 1.0
     save_file(tensors, weights)
-    diffusion_common._VERIFIED.clear()  # as in the next stage's process: checked once each
+    prior._VERIFIED.clear()  # as in the next stage's process: checked once each
     with pytest.raises(DataError, match="fingerprint .* Pin model.revision"):
         open_base(tmp_path / "base", params, rt)
 

@@ -16,9 +16,9 @@ from PIL import Image
 from defectgen import manifest
 from defectgen.core import gate as gate_core
 from defectgen.core.images import encode_png, pixel_id
+from defectgen.reference import Reference
+from defectgen.stagekit import load_images
 from defectgen.stages import gate, ingest, preprocess
-from defectgen.stages.diffusion_common import load_images
-from defectgen.stages.reference import Reference
 from tests.conftest import make_params, shared_data
 
 SPLIT = {"train": 0.5, "val": 0.4, "test": 0.1}

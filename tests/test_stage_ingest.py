@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from defectgen import manifest
+from defectgen import artifacts, manifest
 from defectgen.core.images import decode_image, pixel_id
 from defectgen.errors import DataError
 from defectgen.stages import ingest
@@ -15,7 +15,7 @@ from tests.conftest import blob_mask, make_params, save, texture
 
 
 def _report(out: Path) -> dict:
-    return json.loads((out / ingest.REPORT_NAME).read_text())
+    return json.loads((out / artifacts.INGEST_JSON).read_text())
 
 
 def _reasons(out: Path) -> dict[str, str]:

@@ -16,9 +16,9 @@ from defectgen import manifest
 from defectgen.config import TrackingConfig, metric_name
 from defectgen.core.diffusion import control, models
 from defectgen.core.images import decode_image
+from defectgen.prior import open_base
 from defectgen.runner import execute, get_stage
 from defectgen.stages import base, gate, ingest, masks, pairs, preprocess, report, segment
-from defectgen.stages.diffusion_common import open_base
 from tests.conftest import make_params
 from tests.test_stage_masks import _dataset
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from defectgen import manifest
+from defectgen import artifacts, manifest
 from defectgen.core.images import decode_image, pixel_id
 from defectgen.errors import DataError
 from defectgen.stages import ingest, preprocess
@@ -37,7 +37,7 @@ def test_resize_colour_split_and_subset(folders_dataset: Path, tmp_path: Path):
         n_train = sum(1 for r in rows if r["label"] == label and r["split"] == "train")
         n_sub = sum(1 for r in rows if r["label"] == label and r["in_subset"])
         assert n_sub == -(-n_train // 2)  # ceil(alpha * n)
-    counts = json.loads((out / preprocess.COUNTS_NAME).read_text())
+    counts = json.loads((out / artifacts.SPLIT_COUNTS_JSON).read_text())
     assert counts["crack"]["train"] == metrics["count/train/crack"]
 
 

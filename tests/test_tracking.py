@@ -14,6 +14,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from defectgen.cli import main
+from defectgen.io import file_digest
 from tests.conftest import REPO
 
 
@@ -70,6 +71,32 @@ def test_sqlite_parent_and_nested_stage_runs(folders_dataset, tmp_path, monkeypa
     assert ing.data.params["data.layout"] == "folders"
     artifacts = [a.path for a in client.list_artifacts(ing.info.run_id)]
     assert "ingest_report.json" in artifacts
+    # the manifests are the runs' datasets, with their digests
+    pre = next(r for r in children if r.info.run_name == "preprocess")
+    inputs = {(d.dataset.name, d.tags[0].value) for d in pre.inputs.dataset_inputs}
+    assert ("tracked/ingested", "input") in inputs and ("tracked/preprocess", "output") in inputs
+    digests = {d.dataset.name: d.dataset.digest for d in pre.inputs.dataset_inputs}
+    assert digests["tracked/ingested"] == file_digest(tmp_path / "ing" / "manifest.parquet")[:16]
+    # the experiment opens on its runs, not on the GenAI overview
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    # the parent spans its stages and ends with them
+    assert parent.info.status == "FINISHED"
+    assert parent.info.start_time <= min(r.info.start_time for r in children)
+    assert parent.info.end_time >= max(r.info.end_time for r in children)
+
+    # a stage that fails (dvc repro stops there) leaves the parent FAILED, saying where
+    (tmp_path / "empty").mkdir()
+    args = ["preprocess", "--params", str(params), "--ingested", str(tmp_path / "empty")]
+    assert main([*args, "--out", str(tmp_path / "pre2")]) == 2
+    parent = client.get_run(parent.info.run_id)
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["defectgen.run_error"].startswith("preprocess: ")
+    # the rerun that gets past it makes it FINISHED again
+    args = ["preprocess", "--params", str(params), "--ingested", str(tmp_path / "ing")]
+    assert main([*args, "--out", str(tmp_path / "pre2")]) == 0
+    parent = client.get_run(parent.info.run_id)
+    assert parent.info.status == "FINISHED" and "defectgen.run_error" not in parent.data.tags
 
 
 def _free_port() -> int:

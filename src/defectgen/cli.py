@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from defectgen import export
-from defectgen.config import load_params
+from defectgen.config import apply_profile, load_params
 from defectgen.errors import DefectgenError
 from defectgen.io import atomic_write_json
 from defectgen.runner import STAGES, Stage, execute
@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
                           ("pairs-gated", "data/pairs_gated")):  # fmt: skip
         p.add_argument(f"--{name}", type=Path, default=Path(default), help=f"default {default}")
     p = sub.add_parser("check-params", help="validate a params file and exit")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p = sub.add_parser(
+        "profile", help="apply a profile's overrides (profiles/<name>.yaml) to params.yaml"
+    )
+    p.add_argument("profile", type=Path, help="e.g. profiles/sd-saliency-900.yaml")
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
     p = sub.add_parser(
         "registry",
@@ -189,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
                 branch=args.branch, parent_boxes_up_to=args.parent_boxes_up_to,
             )  # fmt: skip
             print(json.dumps(summary, indent=2))
+            return 0
+        if args.command == "profile":
+            params = apply_profile(args.params, args.profile)
+            print(f"{args.params}: {args.profile} applied (params hash {params.section_hash()})")
             return 0
         if args.command == "check-params":
             params = load_params(args.params)

@@ -689,7 +689,7 @@ class ClusterConfig(_Section):
     cpu_timeout_s: int = Field(default=3600, ge=0)  # 0: none
     gpu_timeout_s: int = Field(default=6 * 3600, ge=0)
     # The raw dataset's PersistentVolumeClaim, mounted into the ingest pod at data_mount
-    # (the pipeline's source_path names a folder under it); null: no volume mounted.
+    # (the pipeline's `source` names a folder under it); null: no volume mounted.
     data_pvc: str | None = "defectgen-data"
     data_mount: str = Field(default="/mnt/defectgen-data", pattern=r"^/")
     mlflow_secret: str | None = "defectgen-mlflow"  # null: no secret mounted
@@ -739,13 +739,26 @@ class Params(_Section):
         chosen = self.finetune.classes or labels
         return [c for c in labels if c in chosen and c not in self.data.normal_classes]
 
-    def section_hash(self, *sections: str) -> str:
-        """Short sha256 of the named sections (or of all params but `cluster`, which says
-        where stages run, not what they compute), for tags and provenance."""
+    def keyed(self, *keys: str) -> dict[str, Any]:
+        """The values of `keys`, each a section ("train") or a dotted key ("generate.mode"),
+        as JSON-ready values: what a stage declares it reads (runner.STAGES)."""
         dumped = self.model_dump(mode="json")
-        names = sections or tuple(k for k in dumped if k != "cluster")
-        chosen = {k: dumped[k] for k in names}
-        blob = json.dumps(chosen, sort_keys=True).encode()
+        out = {}
+        for key in keys:
+            value: Any = dumped
+            for part in key.split("."):
+                if not isinstance(value, dict) or part not in value:
+                    raise KeyError(f"params have no key {key!r}")
+                value = value[part]
+            out[key] = value
+        return out
+
+    def section_hash(self, *keys: str) -> str:
+        """Short sha256 of the named sections or dotted keys (or of all params but
+        `cluster`, which says where stages run, not what they compute), for resume keys,
+        tags and provenance."""
+        names = keys or tuple(k for k in type(self).model_fields if k != "cluster")
+        blob = json.dumps(self.keyed(*names), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
@@ -802,6 +815,41 @@ def merge_overrides(base: dict, over: dict) -> dict:
         nested = isinstance(value, dict) and isinstance(out.get(key), dict)
         out[key] = merge_overrides(out[key], value) if nested else value
     return out
+
+
+def apply_profile(params_path: Path | str, profile_path: Path | str) -> Params:
+    """Write params.yaml + a profile's overrides (profiles/<name>.yaml: the few keys it
+    changes) back to `params_path`, its comments and order kept; validated first, so a
+    profile with an unknown key or a bad value changes nothing."""
+    from ruamel.yaml import YAML
+
+    params_path, profile_path = Path(params_path), Path(profile_path)
+    if not profile_path.is_file():
+        raise ConfigError(f"{profile_path}: profile not found (see profiles/)")
+    try:
+        over = yaml.safe_load(profile_path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{profile_path}: not valid YAML: {exc}") from None
+    load_params(params_path)  # params.yaml itself must be valid
+    raw = yaml.safe_load(params_path.read_text(encoding="utf-8"))
+    params = parse_params(merge_overrides(raw, over), f"{params_path} + {profile_path}")
+    rt = YAML()  # round trip: comments and key order stay
+    rt.width = 4096
+    doc = rt.load(params_path.read_text(encoding="utf-8"))
+
+    def assign(node, values: dict) -> None:
+        for key, value in values.items():
+            if isinstance(value, dict) and isinstance(node.get(key), dict):
+                assign(node[key], value)
+            else:
+                node[key] = value
+
+    assign(doc, over)
+    tmp = params_path.with_name(f".{params_path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        rt.dump(doc, fh)
+    tmp.replace(params_path)
+    return params
 
 
 def load_params(path: Path | str) -> Params:

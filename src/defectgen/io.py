@@ -8,7 +8,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -118,6 +119,20 @@ class Resume:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         os.replace(tmp, self.root / unit)
+
+    def ensure(
+        self, unit: str, make: Callable[..., object], *args, **kwargs
+    ) -> tuple[Path, float | None]:
+        """The per-unit resume loop of every stage: the finished unit's folder, built first
+        by `make(folder, *args, **kwargs)` when it is not there. Returns the folder and the
+        seconds `make` took (None when the unit was already finished)."""
+        done = self.done(unit)
+        if done is not None:
+            return done, None
+        started = time.perf_counter()
+        with self.unit(unit) as tmp:
+            make(tmp, *args, **kwargs)
+        return self.root / unit, time.perf_counter() - started
 
     def finish(self) -> None:
         shutil.rmtree(self.base, ignore_errors=True)

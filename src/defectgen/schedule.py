@@ -100,7 +100,7 @@ def create(
         cron_expression=cron,
         max_concurrency=1,
         no_catchup=True,
-        params={"params_yaml": params_json, "source_path": source_path, "track": track},
+        params={"params_yaml": params_json, "source": source_path, "track": track},
         pipeline_package_path=str(package),
         enable_caching=True,
     )

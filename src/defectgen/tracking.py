@@ -28,9 +28,11 @@ os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import mlflow  # noqa: E402  (the environment above must be set first)
+import pandas as pd  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 KEY_TAG = "defectgen.pipeline_key"
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 def tracking_uri() -> str:
@@ -75,6 +77,18 @@ def pipeline_key(params: Params) -> str:
     return _pipeline_key(params, git_sha())
 
 
+def _experiment(params: Params):
+    """The pipeline's experiment, marked as model development (not GenAI), so the MLflow
+    UI opens it on its training runs."""
+    mlflow.set_tracking_uri(tracking_uri())
+    experiment = mlflow.set_experiment(params.tracking.experiment)
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        MlflowClient().set_experiment_tag(
+            experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
+        )
+    return experiment
+
+
 def _find_or_create_parent(client: MlflowClient, experiment_id: str, params: Params) -> str:
     sha = git_sha()
     key = _pipeline_key(params, sha)
@@ -103,8 +117,7 @@ def _find_or_create_parent(client: MlflowClient, experiment_id: str, params: Par
             run.info.run_id,
             params=[mlflow.entities.Param(k, v[:6000]) for k, v in items[i : i + 100]],
         )
-    client.set_terminated(run.info.run_id, "FINISHED")
-    return run.info.run_id
+    return run.info.run_id  # RUNNING until its first stage ends (stage_run)
 
 
 class StageRun:
@@ -143,6 +156,22 @@ class StageRun:
     def set_tags(self, tags: dict[str, str]) -> None:
         mlflow.set_tags(tags)
 
+    def log_manifest(self, folder: Path, *, name: str, context: str) -> None:
+        """A stage folder's manifest.parquet as an MLflow dataset of this run (the run
+        page's Datasets), named `name`, with the file's sha256 as its digest; `context`:
+        "input" or "output". Nothing when the folder has no manifest."""
+        from defectgen.io import file_digest
+        from defectgen.manifest import MANIFEST_NAME
+
+        path = Path(folder) / MANIFEST_NAME
+        if not path.is_file():
+            return
+        frame = pd.read_parquet(path)
+        dataset = mlflow.data.from_pandas(
+            frame, source=str(path.resolve()), name=name, digest=file_digest(path)[:16]
+        )
+        mlflow.log_input(dataset, context=context)
+
 
 def active_run_ids() -> dict[str, str] | None:
     """The active stage run's id and its pipeline parent's, or None outside a run."""
@@ -153,27 +182,43 @@ def active_run_ids() -> dict[str, str] | None:
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, params: Params, sections: tuple[str, ...]) -> Iterator[StageRun]:
+def stage_run(stage: str, params: Params, keys: tuple[str, ...]) -> Iterator[StageRun]:
     """A nested MLflow run for one stage under the pipeline's parent run.
 
     Args:
         stage: the stage name (the nested run's name).
         params: the validated parameters.
-        sections: the params sections this stage reads; logged as the run's params.
+        keys: the params sections and dotted keys this stage reads (its declaration in
+            runner.STAGES); logged as the run's params.
     """
-    mlflow.set_tracking_uri(tracking_uri())
-    experiment = mlflow.set_experiment(params.tracking.experiment)
+    experiment = _experiment(params)
     client = MlflowClient()
     parent_id = _find_or_create_parent(client, experiment.experiment_id, params)
-    dumped = params.model_dump(mode="json")
-    stage_params = _flatten({s: dumped[s] for s in sections})
+    stage_params = _flatten(params.keyed(*keys))
     with mlflow.start_run(
         run_name=stage,
         experiment_id=experiment.experiment_id,
         tags={"mlflow.parentRunId": parent_id, "defectgen.stage": stage},
     ) as run:
         mlflow.log_params(stage_params)
-        yield StageRun(run.info.run_id, parent_id)
+        try:
+            yield StageRun(run.info.run_id, parent_id)
+        except BaseException as exc:
+            _close_parent(client, parent_id, "FAILED", f"{stage}: {type(exc).__name__}: {exc}")
+            raise
+    _close_parent(client, parent_id, "FINISHED")
+
+
+def _close_parent(client: MlflowClient, parent_id: str, status: str, error: str = "") -> None:
+    """The parent run spans its stages: it ends when the latest stage ended, FAILED when
+    that stage failed (a `dvc repro` that stops at a failing stage leaves it FAILED; the
+    rerun that gets past it makes it FINISHED again)."""
+    client.set_tag(parent_id, "defectgen.last_stage_status", status)
+    if error:
+        client.set_tag(parent_id, "defectgen.run_error", error[:5000])
+    elif "defectgen.run_error" in client.get_run(parent_id).data.tags:
+        client.delete_tag(parent_id, "defectgen.run_error")  # a rerun got past the failure
+    client.set_terminated(parent_id, status)
 
 
 def finish_pipeline(params: Params, state: str, error: str = "") -> list[dict[str, str]]:
@@ -183,8 +228,7 @@ def finish_pipeline(params: Params, state: str, error: str = "") -> list[dict[st
     other than SUCCEEDED also marks it FAILED, so failed nightly runs stand out in the
     MLflow UI. Returns the stage runs under it: name, status, wall seconds.
     """
-    mlflow.set_tracking_uri(tracking_uri())
-    experiment = mlflow.set_experiment(params.tracking.experiment)
+    experiment = _experiment(params)
     client = MlflowClient()
     parent_id = _find_or_create_parent(client, experiment.experiment_id, params)
     client.set_tag(parent_id, "defectgen.run_status", state)
@@ -214,8 +258,7 @@ def finished_stage_artifacts(params: Params, stages: tuple[str, ...], dest: Path
         {stage: [one folder per finished run, in start order]}; a stage without a
         finished run is absent. (A stage fanned out per class has one run per class.)
     """
-    mlflow.set_tracking_uri(tracking_uri())
-    experiment = mlflow.set_experiment(params.tracking.experiment)
+    experiment = _experiment(params)
     client = MlflowClient()
     parent_id = _find_or_create_parent(client, experiment.experiment_id, params)
     children = client.search_runs(

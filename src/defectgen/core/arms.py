@@ -72,6 +72,29 @@ def questions(plan: dict[str, str | None], trained: set[str]) -> list[tuple[str,
     return [(a, c) for a, c in out if c in trained]
 
 
+def skip_reason(
+    name: str,
+    plan: dict[str, str | None],
+    added: dict[str, list],
+    *,
+    has_outside: bool,
+    items: str,
+    item: str,
+    all_in_subset: str,
+) -> str | None:
+    """Why condition `name` of `plan` cannot be trained, or None: an arm that adds no
+    `items` (none passed the gate), a control whose matched arm adds no `item`, an
+    oracle or all-train arm without real data outside the subset (`all_in_subset`)."""
+    matched = plan[name]
+    if name in added and not added[name]:
+        return f"no {items}" + (" passed the gate" if name == "real+synthetic" else "")
+    if matched is not None and not added[matched]:
+        return f"{matched} adds no {item} to match"
+    if name == ALL_TRAIN or (matched is not None and name == oracle_of(matched)):
+        return None if has_outside else all_in_subset
+    return None
+
+
 def per_class(rows: list[dict]) -> dict[str, int]:
     """How many rows each label has."""
     return dict(Counter(r["label"] for r in rows))

@@ -28,20 +28,15 @@ import numpy as np
 import torch
 
 from defectgen import manifest
-from defectgen.config import Params
+from defectgen.artifacts import BASE_JSON, CURVES_DIR, SAMPLES_PNG
+from defectgen.config import BaseConfig, Params
 from defectgen.core import metrics as fd_metrics
 from defectgen.core.diffusion import models, train
 from defectgen.core.images import ImageProblem, decode_image, encode_png
+from defectgen.declarations import get_stage
 from defectgen.errors import ConfigError
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
-from defectgen.runner import in_cluster
-from defectgen.stages.diffusion_common import (
-    BASE_JSON,
-    CURVES_DIR,
-    Curves,
-    derive_seed,
-    train_images,
-)
+from defectgen.stagekit import Curves, derive_seed, in_cluster, train_images
 
 PSNR_IMAGES = 64  # val images used to measure the VAE's reconstruction quality
 
@@ -96,6 +91,34 @@ def recon_distance(
     }
 
 
+def train_prior_unet(
+    pipe, pixels: torch.Tensor, cfg: BaseConfig, *, seed: int, rt: models.Runtime, log
+) -> None:
+    """Train the tiny UNet on the latents of `pixels` under the trained VAE: class-agnostic,
+    `cfg.prompt` (or, with probability `cfg.uncond_prob`, the empty prompt)."""
+    latents = train.encode_latents(pipe.vae, pixels, rt, flip=True)
+    with torch.no_grad(), rt.autocast:
+        cond, uncond = (
+            pipe.text_encoder(train.prompt_ids(pipe, text).to(rt.device))[0]
+            for text in (cfg.prompt, "")
+        )
+    with models.channels_last(pipe.unet):
+        train.train_denoiser(
+            pipe.unet,
+            latents,
+            cond,
+            uncond,
+            models.training_scheduler(pipe),
+            steps=cfg.unet_steps,
+            batch_size=cfg.batch_size,
+            lr=cfg.unet_lr,
+            uncond_prob=cfg.uncond_prob,
+            gen=torch.Generator().manual_seed(derive_seed(seed, "unet")),
+            rt=rt,
+            log=log,
+        )
+
+
 def _grid(top: list[np.ndarray], bottom: list[np.ndarray]) -> np.ndarray:
     """Two rows of equally sized images, side by side: (2H, N*W[, C])."""
     return np.concatenate([np.concatenate(top, axis=1), np.concatenate(bottom, axis=1)], axis=0)
@@ -139,9 +162,7 @@ def run(params: Params, *, preprocessed: Path, out_dir: Path) -> dict[str, float
 
     cfg = params.base
     size = params.preprocess.image_size
-    key = file_digest(preprocessed / manifest.MANIFEST_NAME) + params.section_hash(
-        "seed", "model", "base", "preprocess"
-    )
+    key = file_digest(preprocessed / manifest.MANIFEST_NAME) + get_stage("base").params_hash(params)
     resume = Resume(out_dir, key[:16] + key[-12:])
     per_class = train_images(preprocessed, data=cfg.data)
     images = [px for items in per_class.values() for _, px in items]
@@ -182,27 +203,9 @@ def run(params: Params, *, preprocessed: Path, out_dir: Path) -> dict[str, float
         if done is None:
             started = time.perf_counter()
             with resume.unit("pipeline") as unit:
-                latents = train.encode_latents(pipe.vae, pixels, rt, flip=True)
-                with torch.no_grad(), rt.autocast:
-                    cond, uncond = (
-                        pipe.text_encoder(train.prompt_ids(pipe, text).to(rt.device))[0]
-                        for text in (cfg.prompt, "")
-                    )
-                with models.channels_last(pipe.unet):
-                    train.train_denoiser(
-                        pipe.unet,
-                        latents,
-                        cond,
-                        uncond,
-                        models.training_scheduler(pipe),
-                        steps=cfg.unet_steps,
-                        batch_size=cfg.batch_size,
-                        lr=cfg.unet_lr,
-                        uncond_prob=cfg.uncond_prob,
-                        gen=torch.Generator().manual_seed(derive_seed(params.seed, "unet")),
-                        rt=rt,
-                        log=curves.logger("unet"),
-                    )
+                train_prior_unet(
+                    pipe, pixels, cfg, seed=params.seed, rt=rt, log=curves.logger("unet")
+                )
                 pipe.save_pretrained(unit)
                 curves.write(unit / CURVES_DIR)
             times["time/unet_s"] = time.perf_counter() - started
@@ -242,6 +245,6 @@ def run(params: Params, *, preprocessed: Path, out_dir: Path) -> dict[str, float
             recon = saved.vae.decode(saved.vae.encode(shown.to(rt.device)).latent_dist.mean).sample
         channels = 1 if images[0].ndim == 2 else 3
         grid = _grid(train.from_pixels(shown, channels), train.from_pixels(recon, channels))
-        write_file(tmp / "samples.png", encode_png(grid))
+        write_file(tmp / SAMPLES_PNG, encode_png(grid))
     resume.finish()
     return {**metrics, **times}

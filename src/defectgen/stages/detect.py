@@ -37,7 +37,6 @@ Writes under `out_dir`:
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -47,18 +46,22 @@ from PIL import Image, ImageDraw
 
 from defectgen import manifest
 from defectgen.annotations import Item, annotate, rows_of
+from defectgen.artifacts import (
+    BOXES_PNG,
+    COMPARISON_CSV,
+    CURVES_DIR,
+    DETECT_JSON,
+    RECORD_JSON,
+    RUNS_PARQUET,
+)
 from defectgen.config import Params, comparison_metrics, metric_name
 from defectgen.core import arms, detect, stats
 from defectgen.core.device import runtime
 from defectgen.core.images import decode_image
+from defectgen.declarations import get_stage
 from defectgen.errors import DataError
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
-from defectgen.stages.diffusion_common import CURVES_DIR, Curves, derive_seed
-
-REPORT_NAME = "detect.json"
-RUNS_NAME = "runs.parquet"
-PLOT_NAME = "comparison.csv"
-GRID_NAME = "boxes.png"
+from defectgen.stagekit import Curves, derive_seed
 
 
 def _sample(item: Item, labels: list[str]) -> tuple[np.ndarray, detect.Target]:
@@ -112,16 +115,11 @@ class _Data:
         return self._cache[key]
 
     def reason(self, name: str) -> str | None:
-        matched = self.plan[name]
-        if name in self.added and not self.added[name]:
-            return "no synthetic image with annotations" + (
-                " passed the gate" if name == "real+synthetic" else ""
-            )
-        if matched is not None and not self.added[matched]:
-            return f"{matched} adds no image to match"
-        if name == arms.ALL_TRAIN or (matched is not None and name == arms.oracle_of(matched)):
-            return None if self.outside else "every annotated train image is in the subset"
-        return None
+        return arms.skip_reason(
+            name, self.plan, self.added, has_outside=bool(self.outside),
+            items="synthetic image with annotations", item="image",
+            all_in_subset="every annotated train image is in the subset",
+        )  # fmt: skip
 
     def condition(self, name: str, seed: int) -> tuple[list, list, int]:
         """(images, targets, number added) of one condition and seed."""
@@ -146,6 +144,11 @@ class _Data:
                 extra = [self.sample(by_id[r["id"]]) for r in picked]
         both = own + extra
         return [b[0] for b in both], [b[1] for b in both], len(extra)
+
+
+def _record_unit(unit: Path, params: Params, data, model: str, condition: str, seed: int) -> None:
+    """One trained model's record, as a resume unit."""
+    atomic_write_json(unit / RECORD_JSON, _train_one(params, data, model, condition, seed))
 
 
 def _train_one(params: Params, data: _Data, model_name: str, condition: str, seed: int) -> dict:
@@ -239,7 +242,7 @@ def run(
     if not data.subset:
         why = "the dataset has neither masks nor boxes: nothing to detect"
         with atomic_dir(out_dir) as tmp:
-            atomic_write_json(tmp / REPORT_NAME, {"skipped": why})
+            atomic_write_json(tmp / DETECT_JSON, {"skipped": why})
         return {"skipped": 1.0}
     if not data.split["test"]:
         raise DataError(f"{preprocessed}: no annotated test images; raise preprocess.split.test")
@@ -250,7 +253,7 @@ def run(
         )
     digests = [folders[k] / manifest.MANIFEST_NAME for k in folders]
     key = file_digest(*(p for p in digests if p.is_file()))[:16]
-    resume = Resume(out_dir, key + params.section_hash("seed", "detect"))
+    resume = Resume(out_dir, key + get_stage("detect").params_hash(params))
     records: list[dict] = []
     skipped: dict[str, str] = {}
     metrics_out: dict[str, float] = {}
@@ -261,15 +264,12 @@ def run(
         for model_name in cfg.models:
             for seed in cfg.seeds:
                 unit_name = f"{model_name}.{condition}.{seed}"
-                if resume.done(unit_name) is None:
-                    started = time.perf_counter()
-                    record = _train_one(params, data, model_name, condition, seed)
-                    with resume.unit(unit_name) as unit:
-                        atomic_write_json(unit / "record.json", record)
-                    wall = time.perf_counter() - started
-                    metrics_out[f"time/{model_name}/{metric_name(condition)}/{seed}_s"] = wall
-                done = resume.done(unit_name) / "record.json"
-                records.append(json.loads(done.read_text(encoding="utf-8")))
+                done, seconds = resume.ensure(
+                    unit_name, _record_unit, params, data, model_name, condition, seed
+                )
+                if seconds is not None:
+                    metrics_out[f"time/{model_name}/{metric_name(condition)}/{seed}_s"] = seconds
+                records.append(json.loads((done / RECORD_JSON).read_text(encoding="utf-8")))
     summary: dict[str, dict] = {}
     comparisons: dict[str, list[dict]] = {}
     for model in cfg.models:
@@ -297,7 +297,7 @@ def run(
             comparisons[model] += stats.compare(values, asked, m)
     with atomic_dir(out_dir) as tmp:
         atomic_write_json(
-            tmp / REPORT_NAME,
+            tmp / DETECT_JSON,
             {
                 "headline": headline(comparisons),
                 "labels": data.labels,
@@ -326,12 +326,12 @@ def run(
         drop = ("eval_steps", "val_map50", "train_loss")
         table = [{k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in r.items()
                   if k not in drop} for r in records]  # fmt: skip
-        pd.DataFrame(table).to_parquet(tmp / RUNS_NAME, index=False)
+        pd.DataFrame(table).to_parquet(tmp / RUNS_PARQUET, index=False)
         plot = [{"run": f"{m} {c}", "model": m, "condition": c, "map": e["map_mean"],
                  "map50": e["map50_mean"]} for m, conds in summary.items()
                 for c, e in conds.items()]  # fmt: skip
-        write_file(tmp / PLOT_NAME, pd.DataFrame(plot).to_csv(index=False).encode())
-        _grid(data, tmp / GRID_NAME)
+        write_file(tmp / COMPARISON_CSV, pd.DataFrame(plot).to_csv(index=False).encode())
+        _grid(data, tmp / BOXES_PNG)
         curves = Curves()
         for r in records:
             log = curves.logger(f"{r['model']}.{metric_name(r['condition'])}.{r['seed']}")

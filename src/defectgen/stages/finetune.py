@@ -30,7 +30,6 @@ A killed run resumes: finished classes are kept beside `out_dir` and not retrain
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import shutil
 import time
@@ -40,23 +39,23 @@ import numpy as np
 import torch
 
 from defectgen import manifest
+from defectgen.artifacts import (
+    ADAPTER_JSON,
+    CURVES_DIR,
+    FINETUNE_JSON,
+    PRIOR_DIR,
+    PRIOR_JSON,
+    read_adapter,
+    read_base,
+)
 from defectgen.config import DreamBoothConfig, Params, StepsConfig
 from defectgen.core.diffusion import adapt, models, sample, train
 from defectgen.core.images import decode_image, encode_png
+from defectgen.declarations import get_stage
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
-from defectgen.stages.diffusion_common import (
-    CURVES_DIR,
-    Curves,
-    derive_seed,
-    open_base,
-    read_base,
-    train_images,
-)
+from defectgen.prior import open_base
+from defectgen.stagekit import Curves, derive_seed, train_images
 
-ADAPTER_JSON = "adapter.json"
-SUMMARY_NAME = "finetune.json"
-PRIOR_DIR = "prior"
-PRIOR_JSON = "prior.json"
 _PRIOR_UNIT = ".dreambooth-prior"  # resume unit (class labels never start with a dot)
 
 
@@ -239,7 +238,7 @@ def run(params: Params, *, preprocessed: Path, base: Path, out_dir: Path) -> dic
         (
             file_digest(preprocessed / manifest.MANIFEST_NAME)
             + record["fingerprint"]
-            + params.section_hash("seed", "model", "finetune", "preprocess")
+            + get_stage("finetune").params_hash(params)
         ).encode()
     ).hexdigest()[:24]
     resume = Resume(out_dir, key)
@@ -283,11 +282,6 @@ def run(params: Params, *, preprocessed: Path, base: Path, out_dir: Path) -> dic
             for phase, info in adapter["phases"].items():
                 metrics[f"{label}/{phase}_loss_last"] = info["loss"]["last_mean"]
         curves.write(tmp / CURVES_DIR)
-        atomic_write_json(tmp / SUMMARY_NAME, summary)
+        atomic_write_json(tmp / FINETUNE_JSON, summary)
     resume.finish()
     return metrics
-
-
-def read_adapter(adapter_dir: Path) -> dict:
-    """A saved adapter's adapter.json."""
-    return json.loads((Path(adapter_dir) / ADAPTER_JSON).read_text(encoding="utf-8"))

@@ -10,11 +10,11 @@ Per class, in this order, so that the verdict is taken on the images that would 
     3. the rest are compared at one size and count n (the smaller of gate.max_images,
        the remaining count and the train count):
          reference   the gate's half of the class's val images (the sweep chose its
-                     cell on the other half; stages.reference)
+                     cell on the other half; defectgen.reference)
          real        train images vs reference: the real-vs-real floor
          blur/noise  blurred / noised train images vs reference: obvious damage
          synthetic   the remaining synthetic images vs reference
-Distances come from stages.reference (Inception FID when its weights are available,
+Distances come from defectgen.reference (Inception FID when its weights are available,
 else the offline EfficientNet-Lite0 distance; gate.json says which).
     4. the verdict (gate.decide_by):
          utility    (default) a class worse than blurred real images fails (the fidelity
@@ -45,20 +45,18 @@ import numpy as np
 import torch
 
 from defectgen import manifest
+from defectgen.artifacts import FEATURES_DIR, GATE_CSV, GATE_JSON
 from defectgen.config import Params
 from defectgen.core import arms, classify, metrics, utility
 from defectgen.core import gate as gate_core
 from defectgen.io import atomic_dir, atomic_write_json
-from defectgen.stages.diffusion_common import derive_seed, load_images
-from defectgen.stages.reference import FEATURES_DIR, Reference, pick
-
-REPORT_NAME = "gate.json"
-TABLE_NAME = "gate.csv"
+from defectgen.reference import Reference, pick
+from defectgen.stagekit import derive_seed, load_images
 
 
 class _Proxy:
     """The utility proxy's fixed inputs (core.utility): every class's real train
-    features and the gate's half of val, featurised once (cached by stages.reference)."""
+    features and the gate's half of val, featurised once (cached by defectgen.reference)."""
 
     def __init__(self, ref: Reference, size: int):
         self.ref, self.size = ref, size
@@ -218,7 +216,7 @@ def run(params: Params, *, preprocessed: Path, generated: Path, out_dir: Path) -
     with atomic_dir(out_dir) as tmp:
         manifest.write_manifest(kept, tmp / manifest.MANIFEST_NAME)
         atomic_write_json(
-            tmp / REPORT_NAME,
+            tmp / GATE_JSON,
             {
                 "extractor": extractor.name,
                 "note": ref.note,
@@ -230,7 +228,7 @@ def run(params: Params, *, preprocessed: Path, generated: Path, out_dir: Path) -
         columns = ["label", "passed", "reason", "n_synthetic", "n_compared", "n_reference"]
         columns += [fd, f"{fd}_real", f"{fd}_blur", f"{fd}_noise", kd, "near_duplicates"]
         columns += ["knn_precision", "knn_recall", "n_kept"]
-        with (tmp / TABLE_NAME).open("w", newline="", encoding="utf-8") as fh:
+        with (tmp / GATE_CSV).open("w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
             writer.writeheader()
             for label, entry in report.items():

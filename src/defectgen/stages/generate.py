@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,56 +28,39 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from defectgen import manifest
-from defectgen.config import Params
-from defectgen.core.diffusion import adapt, models, sample
-from defectgen.core.images import encode_png, pixel_id, resize
-from defectgen.errors import DataError
-from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
-from defectgen.stages.diffusion_common import (
-    derive_seed,
-    open_base,
+from defectgen.artifacts import (
+    BASE_JSON,
+    FINETUNE_JSON,
+    GENERATE_JSON,
+    SAMPLES_PNG,
     read_base,
     read_chosen,
-    train_images,
 )
-from defectgen.stages.finetune import SUMMARY_NAME, read_adapter
+from defectgen.config import Params
+from defectgen.core.diffusion import models, sample
+from defectgen.core.images import encode_png, pixel_id, resize
+from defectgen.declarations import get_stage
+from defectgen.errors import DataError
+from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
+from defectgen.prior import open_class
+from defectgen.stagekit import derive_seed, parent_order, train_images
 
 if TYPE_CHECKING:  # diffusers is imported through core.diffusion (torchvision shim first)
-    from diffusers import StableDiffusionPipeline
-
-REPORT_NAME = "generate.json"
-GRID_NAME = "samples.png"
-
-
-def open_class(
-    params: Params, base: Path, adapter_dir: Path, rt: models.Runtime
-) -> tuple[StableDiffusionPipeline, dict]:
-    """The generation pipeline (generate.mode) of the base with one class's adapter
-    applied, and the adapter's record (label, token, prompt, resolution, adapter_id)."""
-    adapter = read_adapter(adapter_dir)
-    pipe = open_base(base, params, rt)
-    adapt.load_adapter(pipe, adapter_dir, adapter["token"])
-    pipe.text_encoder.to(rt.dtype)
-    return sample.sampler(pipe, params.generate.mode), adapter
-
-
-def parent_order(params: Params, label: str, n: int) -> np.ndarray:
-    """The seeded order in which a class's n parents are used (image i: order[i % n])."""
-    return np.random.default_rng(derive_seed(params.seed, "parents", label)).permutation(n)
+    pass
 
 
 def _generate_class(
+    unit: Path,
     params: Params,
     base: Path,
     adapter_dir: Path,
     parents: list[tuple[dict, np.ndarray]],
     rt: models.Runtime,
-    unit: Path,
     settings: tuple[float, float],
 ) -> dict:
     """Generate one class's images into `unit` (images/ + manifest.parquet); returns counts."""
     cfg = params.generate
-    sampler, adapter = open_class(params, base, adapter_dir, rt)
+    sampler, adapter = open_class(params, base, adapter_dir, rt, mode=params.generate.mode)
     label, size = adapter["label"], adapter["resolution"]
     strength, guidance = settings
     record = read_base(base)
@@ -87,7 +69,7 @@ def _generate_class(
         f"base={record['profile']}:{record['fingerprint'][:16]}"
     )
     channels = 1 if parents[0][1].ndim == 2 else 3
-    order = parent_order(params, label, len(parents))
+    order = parent_order(params.seed, label, len(parents))
     rows, seen, duplicates = [], set(), 0
     for start in range(0, cfg.images_per_class, cfg.batch_size):
         index = list(range(start, min(start + cfg.batch_size, cfg.images_per_class)))
@@ -181,7 +163,7 @@ def run(
     """
     cfg = params.generate
     preprocessed, base, adapters = Path(preprocessed), Path(base), Path(adapters)
-    summary_path = adapters / SUMMARY_NAME
+    summary_path = adapters / FINETUNE_JSON
     if not summary_path.is_file():
         raise DataError(f"{summary_path}: missing; pass the finetune stage's output as --adapters")
     labels = sorted(json.loads(summary_path.read_text(encoding="utf-8")))
@@ -193,9 +175,9 @@ def run(
         settings = {c: (chosen[c]["strength"], chosen[c]["guidance"]) for c in labels}
     else:
         settings = {c: cfg.settings(c) for c in labels}
-    key = file_digest(preprocessed / manifest.MANIFEST_NAME, base / "base.json", summary_path)[
+    key = file_digest(preprocessed / manifest.MANIFEST_NAME, base / BASE_JSON, summary_path)[
         :16
-    ] + params.section_hash("seed", "generate", "finetune")
+    ] + get_stage("generate").params_hash(params)
     key += hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
     resume = Resume(out_dir, key)
     metrics: dict[str, float] = {}
@@ -205,22 +187,13 @@ def run(
     total_s = 0.0
     with atomic_dir(out_dir) as tmp:
         for label in labels:
-            done = resume.done(label)
-            if done is None:
-                started = time.perf_counter()
-                with resume.unit(label) as unit:
-                    _generate_class(
-                        params,
-                        base,
-                        adapters / "adapters" / label,
-                        per_class[label],
-                        rt,
-                        unit,
-                        settings[label],
-                    )
-                metrics[f"time/{label}_s"] = elapsed = time.perf_counter() - started
-                total_s += elapsed
-                done = resume.done(label)
+            done, seconds = resume.ensure(
+                label, _generate_class, params, base, adapters / "adapters" / label,
+                per_class[label], rt, settings[label],
+            )  # fmt: skip
+            if seconds is not None:
+                metrics[f"time/{label}_s"] = seconds
+                total_s += seconds
             class_rows = manifest.read_rows(done)
             leaked = [
                 r["path"] for r in class_rows if r["parent_id"] and r["parent_id"] not in train_ids
@@ -254,8 +227,8 @@ def run(
             fake = [np.asarray(Image.open(done / r["path"])) for r in first]
             shown[label] = (real, fake)
         manifest.write_manifest(rows, tmp / manifest.MANIFEST_NAME)
-        write_file(tmp / GRID_NAME, encode_png(_grid(shown)))
-        atomic_write_json(tmp / REPORT_NAME, report)
+        write_file(tmp / SAMPLES_PNG, encode_png(_grid(shown)))
+        atomic_write_json(tmp / GENERATE_JSON, report)
     resume.finish()
     metrics["n_images"] = len(rows)
     metrics["n_duplicates"] = sum(r["duplicates"] for r in report.values())

@@ -24,6 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from defectgen import manifest
+from defectgen.artifacts import INGEST_JSON
 from defectgen.config import Params
 from defectgen.core.images import (
     ImageProblem,
@@ -36,8 +37,6 @@ from defectgen.core.roi import scale_boxes
 from defectgen.errors import DataError
 from defectgen.io import atomic_dir, atomic_write_json, link_or_copy, write_file
 from defectgen.layouts import Candidate, Discovery, discover
-
-REPORT_NAME = "ingest_report.json"
 
 
 def _load_mask(cand: Candidate, shape: tuple[int, int], params: Params) -> np.ndarray:
@@ -260,7 +259,7 @@ def run(params: Params, *, out_dir: Path, source: Path | None = None) -> dict[st
             "empty_classes": found.empty_classes,
             "warnings": warnings,
         }
-        atomic_write_json(tmp / REPORT_NAME, report)
+        atomic_write_json(tmp / INGEST_JSON, report)
 
     metrics: dict[str, float] = {
         "n_images": len(rows),

@@ -44,20 +44,20 @@ import pandas as pd
 import torch
 
 from defectgen import manifest
+from defectgen.artifacts import CURVES_DIR, MASKS_JSON, MASKS_PARQUET
 from defectgen.config import Params
 from defectgen.core import masks as masks_core
 from defectgen.core import metrics
 from defectgen.core.device import runtime
 from defectgen.core.images import decode_image, encode_png
+from defectgen.declarations import get_stage
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
-from defectgen.stages.diffusion_common import CURVES_DIR, Curves, derive_seed, progress
-from defectgen.stages.reference import choose_extractor
+from defectgen.reference import choose_extractor
+from defectgen.stagekit import Curves, derive_seed, progress
 
 # DDPM work (steps x pixels) a CPU does in minutes: 4x the CPU profile's 300 steps at 32 px
 CPU_SIZED = 4 * 300 * 32**2
 NORMAL = "a defect-free class (data.normal_classes): no masks of its own"
-REPORT_NAME = "masks.json"
-TABLE_NAME = "masks.parquet"
 GRID_COLUMNS = 8
 NO_MASKS = (
     "no masks: the dataset has no pixel masks (layouts image_mask, or coco with "
@@ -163,7 +163,7 @@ def _has_defect(preprocessed: Path, row: dict) -> bool:
     return bool((mask > 127).any())
 
 
-def _class_unit(params: Params, label: str, real_rows, val_rows, preprocessed, ext, unit):
+def _class_unit(unit: Path, params: Params, label: str, real_rows, val_rows, preprocessed, ext):
     """One class: every method's masks, their quality, into the resume unit."""
     cfg = params.masks
     real, ids = _read(preprocessed, real_rows), [r["id"] for r in real_rows]
@@ -223,13 +223,13 @@ def run(params: Params, *, preprocessed: Path, out_dir: Path) -> dict[str, float
     masked = [r for r in rows if r["origin"] == "real" and r["mask_path"]]
     if not masked:
         with atomic_dir(out_dir) as tmp:
-            atomic_write_json(tmp / REPORT_NAME, {"skipped": NO_MASKS})
-            pd.DataFrame(columns=["id", "label", "method", "path"]).to_parquet(tmp / TABLE_NAME)
+            atomic_write_json(tmp / MASKS_JSON, {"skipped": NO_MASKS})
+            pd.DataFrame(columns=["id", "label", "method", "path"]).to_parquet(tmp / MASKS_PARQUET)
         return {"n_masks": 0.0, "skipped": 1.0}
 
     ext, note = choose_extractor(params, runtime(params.model).device)
     key = file_digest(preprocessed / manifest.MANIFEST_NAME)[:16]
-    key += params.section_hash("seed", "masks", "gate", "data")
+    key += get_stage("masks").params_hash(params)
     resume = Resume(out_dir, key)
     report: dict = {"extractor": ext.name, "fd_name": ext.fd_name, "note": note, "classes": {}}
     table: list[dict] = []
@@ -248,10 +248,9 @@ def run(params: Params, *, preprocessed: Path, out_dir: Path) -> dict[str, float
             if len(train) < 2:
                 report["classes"][label] = {"skipped": f"{len(train)} real train masks (< 2)"}
                 continue
-            if resume.done(label) is None:
-                with resume.unit(label) as unit:
-                    _class_unit(params, label, train, val, preprocessed, ext, unit)
-            done = resume.done(label)
+            done, _ = resume.ensure(
+                label, _class_unit, params, label, train, val, preprocessed, ext
+            )
             entry = json.loads((done / "entry.json").read_text(encoding="utf-8"))
             report["classes"][label] = entry
             table += json.loads((done / "rows.json").read_text(encoding="utf-8"))
@@ -267,8 +266,8 @@ def run(params: Params, *, preprocessed: Path, out_dir: Path) -> dict[str, float
                     metrics_out[f"{label}/{method}/{fd}"] = stats[fd]
             if f"{fd}_real" in entry:
                 metrics_out[f"{label}/{fd}_real"] = entry[f"{fd}_real"]
-        atomic_write_json(tmp / REPORT_NAME, report)
-        pd.DataFrame(table).to_parquet(tmp / TABLE_NAME, index=False)
+        atomic_write_json(tmp / MASKS_JSON, report)
+        pd.DataFrame(table).to_parquet(tmp / MASKS_PARQUET, index=False)
     resume.finish()
     metrics_out["n_masks"] = float(len(table))
     return metrics_out

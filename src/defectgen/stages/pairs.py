@@ -43,22 +43,25 @@ import torch
 from scipy import ndimage
 
 from defectgen import manifest
+from defectgen.artifacts import (
+    BASE_JSON,
+    CURVES_DIR,
+    GRIDS_DIR,
+    MASKS_JSON,
+    MASKS_PARQUET,
+    PAIRS_JSON,
+    read_base,
+)
 from defectgen.config import Params
 from defectgen.core import masks as masks_core
 from defectgen.core.diffusion import control, models, train
 from defectgen.core.images import decode_image, encode_png, pixel_id
+from defectgen.declarations import get_stage
 from defectgen.errors import DataError
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
-from defectgen.stages import masks as masks_stage
-from defectgen.stages.diffusion_common import (
-    CURVES_DIR,
-    Curves,
-    derive_seed,
-    open_base,
-    read_base,
-)
+from defectgen.prior import open_base
+from defectgen.stagekit import Curves, derive_seed
 
-REPORT_NAME = "pairs.json"
 # class colours for the conditioning images, by the class's position in sorted order
 PALETTE = (
     (255, 0, 0),
@@ -290,19 +293,19 @@ def run(
         skipped (1.0) when the masks stage skipped (no masks).
     """
     preprocessed, base, masks_dir = Path(preprocessed), Path(base), Path(masks)
-    report_path = masks_dir / masks_stage.REPORT_NAME
+    report_path = masks_dir / MASKS_JSON
     if not report_path.is_file():
         raise DataError(f"{report_path}: missing; pass the masks stage's output as --masks")
     masks_report = json.loads(report_path.read_text(encoding="utf-8"))
     if "skipped" in masks_report:
         with atomic_dir(out_dir) as tmp:
-            atomic_write_json(tmp / REPORT_NAME, {"skipped": masks_report["skipped"]})
+            atomic_write_json(tmp / PAIRS_JSON, {"skipped": masks_report["skipped"]})
             manifest.write_manifest([], tmp / manifest.MANIFEST_NAME)
         return {"n_pairs": 0.0, "skipped": 1.0}
 
     rows = manifest.read_rows(preprocessed)
     train_ids = {r["id"] for r in rows if r["split"] == "train"}
-    table = pd.read_parquet(masks_dir / masks_stage.TABLE_NAME).to_dict("records")
+    table = pd.read_parquet(masks_dir / MASKS_PARQUET).to_dict("records")
     leaked = [t["id"] for t in table if set(json.loads(t["parents"])) - train_ids]
     if leaked:  # the masks stage reads train masks only; the invariant that matters
         raise DataError(f"{masks_dir}: masks with parents outside train: {leaked[:3]}")
@@ -310,10 +313,10 @@ def run(
     rt = models.runtime(params.model)
     key = file_digest(
         preprocessed / manifest.MANIFEST_NAME,
-        base / "base.json",
-        masks_dir / masks_stage.TABLE_NAME,
+        base / BASE_JSON,
+        masks_dir / MASKS_PARQUET,
     )[:16]
-    key += params.section_hash("seed", "model", "pairs", "data")
+    key += get_stage("pairs").params_hash(params)
     resume = Resume(out_dir, key)
     report: dict = {"classes": {}}
     all_rows: list[dict] = []
@@ -340,7 +343,7 @@ def run(
                     write_file(tmp / path.relative_to(done), path.read_bytes())
             for path in (done / "controlnet").iterdir():
                 write_file(tmp / "controlnets" / label / path.name, path.read_bytes())
-            write_file(tmp / "grids" / f"{label}.png", (done / "grid.png").read_bytes())
+            write_file(tmp / GRIDS_DIR / f"{label}.png", (done / "grid.png").read_bytes())
             for curve in (done / CURVES_DIR).glob("*.csv"):
                 write_file(tmp / CURVES_DIR / curve.name, curve.read_bytes())
             report["classes"][label] = entry
@@ -349,7 +352,7 @@ def run(
             if entry["loss"]:
                 metrics_out[f"{label}/controlnet_loss"] = entry["loss"]["last_mean"]
         manifest.write_manifest(all_rows, tmp / manifest.MANIFEST_NAME)
-        atomic_write_json(tmp / REPORT_NAME, report)
+        atomic_write_json(tmp / PAIRS_JSON, report)
     resume.finish()
     metrics_out["n_pairs"] = float(len(all_rows))
     return metrics_out

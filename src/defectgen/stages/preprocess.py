@@ -22,14 +22,13 @@ import numpy as np
 from tqdm import tqdm
 
 from defectgen import manifest
+from defectgen.artifacts import SPLIT_COUNTS_JSON
 from defectgen.config import Params, PreprocessConfig
 from defectgen.core import roi as roi_core
 from defectgen.core.images import ImageProblem, decode_image, encode_png, pixel_id, resize, to_color
 from defectgen.core.split import SPLITS, assign_split, select_subset
 from defectgen.errors import DataError
 from defectgen.io import atomic_dir, atomic_write_json, write_file
-
-COUNTS_NAME = "split_counts.json"
 
 
 def _views(pixels: np.ndarray, cfg: PreprocessConfig) -> list[roi_core.Box]:
@@ -168,7 +167,7 @@ def run(params: Params, *, ingested: Path, out_dir: Path) -> dict[str, float]:
             }
             for label in labels
         }
-        atomic_write_json(tmp / COUNTS_NAME, table)
+        atomic_write_json(tmp / SPLIT_COUNTS_JSON, table)
 
     metrics: dict[str, float] = {
         "n_images": len(rows),

@@ -17,22 +17,19 @@ registering an unchanged adapter again returns its existing version.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from defectgen.artifacts import (
+    FINETUNE_JSON,
+    REGISTRY_JSON,
+    read_adapter,
+    read_base,
+    read_chosen,
+    read_gate,
+    read_json,
+)
 from defectgen.config import Params
-from defectgen.errors import DataError
 from defectgen.io import atomic_dir, atomic_write_json
-from defectgen.stages.diffusion_common import CHOSEN_JSON, read_base
-from defectgen.stages.finetune import SUMMARY_NAME, read_adapter
-
-REPORT_NAME = "registry.json"
-
-
-def _json(path: Path) -> dict:
-    if not path.is_file():
-        raise DataError(f"{path}: missing; pass that stage's output folder")
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def run(
@@ -44,15 +41,15 @@ def run(
         n_registered (new versions), n_champions (classes whose champion is this run's).
     """
     base, adapters, sweep, gated = Path(base), Path(adapters), Path(sweep), Path(gated)
-    labels = sorted(_json(adapters / SUMMARY_NAME))
-    gate = _json(gated / "gate.json")
-    chosen = _json(sweep / CHOSEN_JSON)["classes"]
+    labels = sorted(read_json(adapters / FINETUNE_JSON, stage="finetune", option="adapters"))
+    gate = read_gate(gated)
+    chosen = read_chosen(sweep, labels)
     from defectgen import tracking
 
     if not params.tracking.enabled or tracking.active_run_ids() is None:
         with atomic_dir(out_dir) as tmp:
             atomic_write_json(
-                tmp / REPORT_NAME, {"skipped": "MLflow tracking is off: nothing registered"}
+                tmp / REGISTRY_JSON, {"skipped": "MLflow tracking is off: nothing registered"}
             )
         return {"n_registered": 0.0, "n_champions": 0.0}
     from defectgen import registry
@@ -115,7 +112,7 @@ def run(
             fd: distance,
         }
     with atomic_dir(out_dir) as tmp:
-        atomic_write_json(tmp / REPORT_NAME, {"pipeline_key": key, "classes": out})
+        atomic_write_json(tmp / REGISTRY_JSON, {"pipeline_key": key, "classes": out})
     return {
         "n_registered": float(sum(e["created"] for e in out.values())),
         "n_champions": float(sum(e["alias"] == registry.CHAMPION for e in out.values())),

@@ -27,15 +27,30 @@ import json
 from pathlib import Path
 
 from defectgen import manifest
+from defectgen.artifacts import (
+    BOXES_PNG,
+    CHOSEN_JSON,
+    DETECT_JSON,
+    EVAL_JSON,
+    GATE_JSON,
+    GRIDS_DIR,
+    HEATMAPS_DIR,
+    INGEST_JSON,
+    MASKS_JSON,
+    PAIRS_JSON,
+    PROBES_DIR,
+    REPORT_HTML,
+    REPORT_MD,
+    SAMPLES_PNG,
+    SEGMENT_JSON,
+    SPLIT_COUNTS_JSON,
+)
 from defectgen.config import Params
 from defectgen.core import report as page
 from defectgen.core import stats
 from defectgen.core.report import Cell, Section
 from defectgen.errors import DataError
 from defectgen.io import atomic_dir, file_digest, write_file
-
-HTML_NAME = "report.html"
-MARKDOWN_NAME = "report.md"
 
 
 def _json(path: Path) -> dict:
@@ -49,8 +64,8 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 
 
 def _dataset(ingested: Path, preprocessed: Path) -> Section:
-    ingest = _json(ingested / "ingest_report.json")
-    counts = _json(preprocessed / "split_counts.json")
+    ingest = _json(ingested / INGEST_JSON)
+    counts = _json(preprocessed / SPLIT_COUNTS_JSON)
     sec = Section("Dataset")
     sec.paragraph(
         f"{ingest['n_images']} images from {ingest['source']} ({ingest['layout']} layout). "
@@ -87,8 +102,8 @@ def _distance_name(gate: dict) -> str:
 
 
 def _gate(sweep: Path, gated: Path) -> tuple[Section, int, int]:
-    chosen = _json(sweep / "chosen.json")
-    gate = _json(gated / "gate.json")
+    chosen = _json(sweep / CHOSEN_JSON)
+    gate = _json(gated / GATE_JSON)
     fd = _distance_name(gate)
     sec = Section("Quality gate")
     sec.paragraph(
@@ -141,7 +156,7 @@ def _gate(sweep: Path, gated: Path) -> tuple[Section, int, int]:
 
 
 def _sweep(sweep: Path) -> Section | None:
-    heatmaps = sorted((sweep / "heatmaps").glob("*.png"))
+    heatmaps = sorted((sweep / HEATMAPS_DIR).glob("*.png"))
     if not heatmaps:
         return None
     sec = Section("Strength x guidance sweep")
@@ -152,7 +167,7 @@ def _sweep(sweep: Path) -> Section | None:
     )
     for path in heatmaps:
         sec.figure(path.read_bytes(), f"{path.stem}: distance per cell")
-        probes = sweep / "probes" / path.name
+        probes = sweep / PROBES_DIR / path.name
         if probes.is_file():
             sec.figure(probes.read_bytes(), f"{path.stem}: one probe per cell", width=256)
     return sec
@@ -163,7 +178,7 @@ def _images(generated: Path) -> Section:
     sec.paragraph(
         "Per class: real parents (top row) and the images generated from them (bottom row)."
     )
-    sec.figure((generated / "samples.png").read_bytes(), "real (top) vs synthetic (bottom)")
+    sec.figure((generated / SAMPLES_PNG).read_bytes(), "real (top) vs synthetic (bottom)")
     return sec
 
 
@@ -189,7 +204,7 @@ COMPARISON_HEADERS = ["arm", "control", "metric", "difference [95 % CI]", "p", "
 
 
 def _classifiers(train: Path) -> tuple[Section, str]:
-    result = _json(train / "eval.json")
+    result = _json(train / EVAL_JSON)
     protocol = result["protocol"]
     sec = Section("Does synthetic data help? Classifiers on the real test split")
     sec.paragraph(
@@ -253,7 +268,7 @@ def _classifiers(train: Path) -> tuple[Section, str]:
 
 
 def _masks(masks: Path) -> Section:
-    report = _json(masks / "masks.json")
+    report = _json(masks / MASKS_JSON)
     sec = Section("Synthetic masks")
     if "skipped" in report:
         sec.paragraph(f"The mask branch was skipped: {report['skipped']}.", note=True)
@@ -282,16 +297,16 @@ def _masks(masks: Path) -> Section:
                          Cell(f"{m['components_mean']:.2f}" if m["n"] else "-", numeric=True),
                          Cell(_fmt(m.get(fd)), numeric=True), dropped])  # fmt: skip
     sec.table(["class", "masks", "n", "area ratio", "regions", fd, "notes"], rows)
-    for path in sorted((masks / "grids").glob("*.png")):
+    for path in sorted((masks / GRIDS_DIR).glob("*.png")):
         sec.figure(path.read_bytes(), f"{path.stem}: real (top row), then one row per method")
     return sec
 
 
 def _pairs(pairs: Path, pairs_gated: Path | None) -> Section | None:
-    report = _json(pairs / "pairs.json")
+    report = _json(pairs / PAIRS_JSON)
     if "skipped" in report:  # the masks section already says why
         return None
-    gate = _json(pairs_gated / "gate.json") if pairs_gated else None
+    gate = _json(pairs_gated / GATE_JSON) if pairs_gated else None
     verdicts = gate["classes"] if gate else {}
     fd = _distance_name(gate) if gate else None
     sec = Section("Image + mask pairs")
@@ -312,7 +327,7 @@ def _pairs(pairs: Path, pairs_gated: Path | None) -> Section | None:
                      Cell(_fmt(v.get(fd)) if fd else "-", numeric=True),
                      v.get("reason", "not gated") if v else "not gated"])  # fmt: skip
     sec.table(["class", "pairs", "conditioning", "modules", fd or "distance", "gate"], rows)
-    for path in sorted((pairs / "grids").glob("*.png")):
+    for path in sorted((pairs / GRIDS_DIR).glob("*.png")):
         sec.figure(
             path.read_bytes(),
             f"{path.stem}: conditioning (top), generated image, the mask outlined on it",
@@ -326,7 +341,7 @@ SEG_SHOWN = (("s_measure", "S"), ("mae", "MAE"), ("max_e_measure", "max E"),
 
 
 def _segmentation(segment: Path) -> Section | None:
-    report = _json(segment / "segment.json")
+    report = _json(segment / SEGMENT_JSON)
     if "skipped" in report:
         return None
     sec = Section("Segmentation: do the pairs help?")
@@ -357,7 +372,7 @@ def _segmentation(segment: Path) -> Section | None:
 
 
 def _detection(detect_dir: Path) -> Section | None:
-    report = _json(detect_dir / "detect.json")
+    report = _json(detect_dir / DETECT_JSON)
     if "skipped" in report:
         return None
     p = report["protocol"]
@@ -385,8 +400,8 @@ def _detection(detect_dir: Path) -> Section | None:
             sec.paragraph(f"{arm}: synthetic images left out for want of annotations: {why}.")
     for condition, why in report["not_trained"].items():
         sec.paragraph(f"{condition}: not trained, {why}.")
-    if (detect_dir / "boxes.png").is_file():
-        sec.figure((detect_dir / "boxes.png").read_bytes(),
+    if (detect_dir / BOXES_PNG).is_file():
+        sec.figure((detect_dir / BOXES_PNG).read_bytes(),
                    "synthetic training images with the boxes they train with")  # fmt: skip
     return sec
 
@@ -496,7 +511,7 @@ def run(
     gate, n_classes = None, 0
     if "sweep" in have and "gated" in have:
         gate = _gate(have["sweep"], have["gated"])
-        n_classes = len(_json(have["gated"] / "gate.json")["classes"])
+        n_classes = len(_json(have["gated"] / GATE_JSON)["classes"])
         sections.append(gate[0])
     if "sweep" in have and (heatmaps := _sweep(have["sweep"])) is not None:
         sections.append(heatmaps)
@@ -518,8 +533,8 @@ def run(
     title = f"defectgen report: {params.data.name}"
     summary = _summary(gate, n_classes, answer)
     with atomic_dir(out_dir) as tmp:
-        write_file(tmp / HTML_NAME, page.render_html(title, summary, sections).encode())
-        write_file(tmp / MARKDOWN_NAME, page.render_markdown(title, summary, sections).encode())
+        write_file(tmp / REPORT_HTML, page.render_html(title, summary, sections).encode())
+        write_file(tmp / REPORT_MD, page.render_markdown(title, summary, sections).encode())
     return {
         "n_passed_classes": float(gate[1] if gate else 0),
         "n_kept": float(gate[2] if gate else 0),

@@ -46,18 +46,23 @@ import numpy as np
 import pandas as pd
 
 from defectgen import manifest
+from defectgen.artifacts import (
+    COMPARISON_CSV,
+    CURVES_DIR,
+    PAIRS_JSON,
+    RECORD_JSON,
+    RUNS_PARQUET,
+    SEGMENT_JSON,
+)
 from defectgen.config import Params, comparison_metrics, metric_name
 from defectgen.core import arms, coco, segment, segmetrics, stats
 from defectgen.core.device import runtime
 from defectgen.core.images import decode_image
+from defectgen.declarations import get_stage
 from defectgen.errors import DataError
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
-from defectgen.stages import pairs as pairs_stage
-from defectgen.stages.diffusion_common import CURVES_DIR, Curves, derive_seed
+from defectgen.stagekit import Curves, derive_seed
 
-REPORT_NAME = "segment.json"
-TABLE_NAME = "comparison.csv"
-RUNS_NAME = "runs.parquet"
 METRICS = (
     "s_measure",
     "mae",
@@ -160,14 +165,11 @@ class _Conditions:
         }
 
     def reason(self, name: str) -> str | None:
-        matched = self.plan[name]
-        if name in self.added and not self.added[name]:
-            return "no synthetic pairs" + (" passed the gate" if name == "real+synthetic" else "")
-        if matched is not None and not self.added[matched]:
-            return f"{matched} adds no pair to match"
-        if name == arms.ALL_TRAIN or (matched is not None and name == arms.oracle_of(matched)):
-            return None if self.outside else "every train pair is in the few-shot subset"
-        return None
+        return arms.skip_reason(
+            name, self.plan, self.added, has_outside=bool(self.outside),
+            items="synthetic pairs", item="pair",
+            all_in_subset="every train pair is in the few-shot subset",
+        )  # fmt: skip
 
     def pairs(self, name: str, seed: int) -> tuple[list, list, int]:
         """(images, masks, number of added pairs) for one condition and seed."""
@@ -209,6 +211,16 @@ def headline(comparisons: list[dict]) -> str:
     return "No synthetic pairs were trained on, so pairs vs classical augmentation is unanswered."
 
 
+def _record_unit(unit: Path, params: Params, conds, condition: str, seed: int, test_set,
+                 test_labels: list[str]) -> None:  # fmt: skip
+    """One segmenter trained and scored, as a resume unit."""
+    images, masks, n_added = conds.pairs(condition, seed)
+    scores, per_class, losses = _fit_score(params, seed, (images, masks), test_set, test_labels)
+    record = {"scores": scores, "per_class_dice": per_class, "losses": losses,
+              "n_train": len(images), "n_added": n_added}  # fmt: skip
+    atomic_write_json(unit / RECORD_JSON, record)
+
+
 def run(
     params: Params, *, preprocessed: Path, pairs: Path, gated: Path, out_dir: Path
 ) -> dict[str, float]:
@@ -222,10 +234,10 @@ def run(
     """
     cfg = params.segment
     preprocessed, pairs_dir, gated = Path(preprocessed), Path(pairs), Path(gated)
-    pairs_report = json.loads((pairs_dir / pairs_stage.REPORT_NAME).read_text(encoding="utf-8"))
+    pairs_report = json.loads((pairs_dir / PAIRS_JSON).read_text(encoding="utf-8"))
     if "skipped" in pairs_report:
         with atomic_dir(out_dir) as tmp:
-            atomic_write_json(tmp / REPORT_NAME, {"skipped": pairs_report["skipped"]})
+            atomic_write_json(tmp / SEGMENT_JSON, {"skipped": pairs_report["skipped"]})
         return {"skipped": 1.0}
     everything = manifest.read_rows(preprocessed)
     rows = [r for r in everything if r["origin"] == "real" and r["mask_path"]]
@@ -257,7 +269,7 @@ def run(
         pairs_dir / manifest.MANIFEST_NAME,
         gated / manifest.MANIFEST_NAME,
     )[:16]
-    key += params.section_hash("seed", "segment", "pairs")
+    key += get_stage("segment").params_hash(params)
     resume = Resume(out_dir, key)
     report: dict = {
         "n_train_real": len(real_train),
@@ -287,16 +299,9 @@ def run(
                 continue
             for seed in cfg.seeds:
                 unit_name = f"{condition}.seed{seed}"
-                if resume.done(unit_name) is None:
-                    images, masks, n_added = conds.pairs(condition, seed)
-                    with resume.unit(unit_name) as unit:
-                        scores, per_class, losses = _fit_score(
-                            params, seed, (images, masks), test_set, [r["label"] for r in test]
-                        )
-                        record = {"scores": scores, "per_class_dice": per_class, "losses": losses,
-                                  "n_train": len(images), "n_added": n_added}  # fmt: skip
-                        atomic_write_json(unit / "run.json", record)
-                done = json.loads((resume.done(unit_name) / "run.json").read_text("utf-8"))
+                args = (params, conds, condition, seed, test_set, [r["label"] for r in test])
+                folder, _ = resume.ensure(unit_name, _record_unit, *args)
+                done = json.loads((folder / RECORD_JSON).read_text("utf-8"))
                 curves.series[f"{metric_name(condition)}.seed{seed}"] = done["losses"]
                 per_class_dice = {f"dice/{k}": v for k, v in done["per_class_dice"].items()}
                 runs.append(
@@ -336,9 +341,9 @@ def run(
         report["headline"] = headline(comparisons)
         metrics_out.update(comparison_metrics(None, comparisons))
         report.update(counts)
-        atomic_write_json(tmp / REPORT_NAME, report)
-        pd.DataFrame(runs).to_parquet(tmp / RUNS_NAME, index=False)
-        with (tmp / TABLE_NAME).open("w", newline="", encoding="utf-8") as fh:
+        atomic_write_json(tmp / SEGMENT_JSON, report)
+        pd.DataFrame(runs).to_parquet(tmp / RUNS_PARQUET, index=False)
+        with (tmp / COMPARISON_CSV).open("w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(["condition", "metric", "mean", "std"])
             for condition, entry in report["conditions"].items():

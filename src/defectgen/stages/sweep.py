@@ -5,11 +5,11 @@ StableSDG tunes image-oriented generation's strength s and guidance w per class 
 sweep.strengths x sweep.guidances generates sweep.probe_images probes (the same seeds
 and parents in every cell, so cells differ only by their settings; the seeds differ
 from the full batch's) and measures them against the class's val images with the
-gate's extractor (stages.reference). The cell with the lowest sweep.metric wins among
+gate's extractor (defectgen.reference). The cell with the lowest sweep.metric wins among
 those whose probes are not mostly near-copies of their parents (core.sweep.choose).
 
 Selection uses one half of the class's val images and the gate judges on the other
-(stages.reference), and the full batch is generated afresh, so no val image both
+(defectgen.reference), and the full batch is generated afresh, so no val image both
 picks the settings and judges their outcome.
 
 sweep.enabled false: no probes; chosen.json records generate.strength / guidance /
@@ -26,47 +26,51 @@ Writes under `out_dir`:
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from defectgen import manifest
+from defectgen.artifacts import (
+    BASE_JSON,
+    CELLS_JSON,
+    CHOSEN_JSON,
+    FEATURES_DIR,
+    FINETUNE_JSON,
+    HEATMAPS_DIR,
+    PROBES_DIR,
+    SWEEP_PARQUET,
+)
 from defectgen.config import Params
 from defectgen.core import metrics
 from defectgen.core import sweep as sweep_core
 from defectgen.core.diffusion import models, sample
 from defectgen.core.images import encode_png, resize
+from defectgen.declarations import get_stage
 from defectgen.errors import DataError
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
-from defectgen.stages.diffusion_common import BASE_JSON, CHOSEN_JSON, derive_seed, train_images
-from defectgen.stages.finetune import SUMMARY_NAME
-from defectgen.stages.generate import open_class, parent_order
-from defectgen.stages.reference import FEATURES_DIR, Reference, pick
-
-TABLE_NAME = "sweep.parquet"
-HEATMAPS_DIR = "heatmaps"
-PROBES_DIR = "probes"
-CELLS_NAME = "cells.json"
+from defectgen.prior import open_class
+from defectgen.reference import Reference, pick
+from defectgen.stagekit import derive_seed, parent_order, train_images
 
 
 def _probe_class(
+    unit: Path,
     params: Params,
     ref: Reference,
     base: Path,
     adapter_dir: Path,
     parents: list[tuple[dict, np.ndarray]],
     rt: models.Runtime,
-    unit: Path,
 ) -> None:
     """Score every cell for one class; writes cells.json and probes.png into `unit`."""
     cfg, gen = params.sweep, params.generate
-    sampler, adapter = open_class(params, base, adapter_dir, rt)
+    sampler, adapter = open_class(params, base, adapter_dir, rt, mode=params.generate.mode)
     label, size = adapter["label"], adapter["resolution"]
     channels = 1 if parents[0][1].ndim == 2 else 3
     n = cfg.probe_images
-    order = parent_order(params, label, len(parents))
+    order = parent_order(params.seed, label, len(parents))
     chosen = [parents[order[i % len(parents)]] for i in range(n)]
     seeds = [derive_seed(params.seed, "sweep", label, i) for i in range(n)]
     probe_rows = [{"parent_id": row["id"] if gen.mode == "img2img" else None} for row, _ in chosen]
@@ -107,7 +111,7 @@ def _probe_class(
         "fd_real": metrics.frechet(f_train, f_ref),
         "cells": scored,
     }
-    atomic_write_json(unit / CELLS_NAME, record)
+    atomic_write_json(unit / CELLS_JSON, record)
     columns = len(cfg.guidances)
     rows = [np.concatenate(shown[i : i + columns], axis=1) for i in range(0, len(shown), columns)]
     write_file(unit / "probes.png", encode_png(np.concatenate(rows, axis=0)))
@@ -166,7 +170,7 @@ def run(
     cfg = params.sweep
     preprocessed, base, adapters = Path(preprocessed), Path(base), Path(adapters)
     out_dir = Path(out_dir)
-    summary_path = adapters / SUMMARY_NAME
+    summary_path = adapters / FINETUNE_JSON
     if not summary_path.is_file():
         raise DataError(f"{summary_path}: missing; pass the finetune stage's output as --adapters")
     labels = sorted(json.loads(summary_path.read_text(encoding="utf-8")))
@@ -175,7 +179,7 @@ def run(
             atomic_write_json(
                 tmp / CHOSEN_JSON, {"source": "params", "classes": _from_params(params, labels)}
             )
-            pd.DataFrame(columns=["label", "strength", "guidance"]).to_parquet(tmp / TABLE_NAME)
+            pd.DataFrame(columns=["label", "strength", "guidance"]).to_parquet(tmp / SWEEP_PARQUET)
         return {"n_cells": 0.0}
 
     ref = Reference(params, preprocessed, out_dir.parent / FEATURES_DIR)
@@ -183,7 +187,7 @@ def run(
     rt = models.runtime(params.model)
     per_class = train_images(preprocessed, data=params.finetune.data, classes=labels)
     key = file_digest(preprocessed / manifest.MANIFEST_NAME, base / BASE_JSON, summary_path)[:16]
-    key += params.section_hash("seed", "sweep", "gate", "generate", "finetune")
+    key += get_stage("sweep").params_hash(params)
     resume = Resume(out_dir, key)
     fallback = _from_params(params, labels)
     metrics_out: dict[str, float] = {}
@@ -198,16 +202,13 @@ def run(
                     "against: params settings",
                 }
                 continue
-            done = resume.done(label)
-            if done is None:
-                started = time.perf_counter()
-                with resume.unit(label) as unit:
-                    _probe_class(
-                        params, ref, base, adapters / "adapters" / label, per_class[label], rt, unit
-                    )
-                metrics_out[f"time/{label}_s"] = time.perf_counter() - started
-                done = resume.done(label)
-            record = json.loads((done / CELLS_NAME).read_text(encoding="utf-8"))
+            done, seconds = resume.ensure(
+                label, _probe_class, params, ref, base, adapters / "adapters" / label,
+                per_class[label], rt,
+            )  # fmt: skip
+            if seconds is not None:
+                metrics_out[f"time/{label}_s"] = seconds
+            record = json.loads((done / CELLS_JSON).read_text(encoding="utf-8"))
             best, reason = sweep_core.choose(
                 record["cells"],
                 metric=cfg.metric,
@@ -261,7 +262,7 @@ def run(
                 "classes": chosen,
             },
         )
-        pd.DataFrame(table).to_parquet(tmp / TABLE_NAME, index=False)
+        pd.DataFrame(table).to_parquet(tmp / SWEEP_PARQUET, index=False)
     resume.finish()
     metrics_out["n_cells"] = float(len(table))
     return metrics_out

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -48,17 +47,22 @@ import pandas as pd
 import torch
 
 from defectgen import manifest
+from defectgen.artifacts import (
+    COMPARISON_CSV,
+    CONFUSION_JSON,
+    CURVES_DIR,
+    EVAL_JSON,
+    RECORD_JSON,
+    RUNS_PARQUET,
+)
 from defectgen.config import Params, comparison_metrics, metric_name
 from defectgen.core import arms, classify, stats
 from defectgen.core.device import runtime
+from defectgen.declarations import get_stage
 from defectgen.errors import DataError
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
-from defectgen.stages.diffusion_common import CURVES_DIR, Curves, derive_seed, load_images
+from defectgen.stagekit import Curves, derive_seed, load_images
 
-REPORT_NAME = "eval.json"
-RUNS_NAME = "runs.parquet"
-PLOT_NAME = "comparison.csv"
-CONFUSION_NAME = "confusion.json"
 METRICS = ("accuracy", "macro_f1")
 
 
@@ -149,6 +153,11 @@ def _tensors(data: _Data, rows: list[dict], extra: list[np.ndarray]) -> tuple:
     labels = [data.labels.index(r["label"]) for r in plain]
     labels += [data.labels.index(r["label"]) for r in rows if r["origin"] == "classical"]
     return classify.to_batch(images), torch.tensor(labels)
+
+
+def _record_unit(unit: Path, params: Params, data, model: str, condition: str, seed: int) -> None:
+    """One trained model's record, as a resume unit."""
+    atomic_write_json(unit / RECORD_JSON, _train_one(params, data, model, condition, seed))
 
 
 def _train_one(params: Params, data: _Data, model_name: str, condition: str, seed: int) -> dict:
@@ -342,7 +351,7 @@ def run(
             "preprocess.split.val / test"
         )
     key = file_digest(*(p / manifest.MANIFEST_NAME for p in (preprocessed, generated, gated)))
-    resume = Resume(out_dir, key[:16] + params.section_hash("seed", "train"))
+    resume = Resume(out_dir, key[:16] + get_stage("train").params_hash(params))
     records: list[dict] = []
     skipped: dict[str, str] = {}
     metrics_out: dict[str, float] = {}
@@ -354,16 +363,12 @@ def run(
         for model_name in cfg.models:
             for seed in cfg.seeds:
                 unit_name = f"{model_name}.{condition}.{seed}"
-                done = resume.done(unit_name)
-                if done is None:
-                    started = time.perf_counter()
-                    record = _train_one(params, data, model_name, condition, seed)
-                    with resume.unit(unit_name) as unit:
-                        atomic_write_json(unit / "record.json", record)
-                    elapsed = time.perf_counter() - started
-                    metrics_out[f"time/{model_name}/{metric_name(condition)}/{seed}_s"] = elapsed
-                    done = resume.done(unit_name)
-                records.append(json.loads((done / "record.json").read_text(encoding="utf-8")))
+                done, seconds = resume.ensure(
+                    unit_name, _record_unit, params, data, model_name, condition, seed
+                )
+                if seconds is not None:
+                    metrics_out[f"time/{model_name}/{metric_name(condition)}/{seed}_s"] = seconds
+                records.append(json.loads((done / RECORD_JSON).read_text(encoding="utf-8")))
     summary, confusion = _summarise(records, data.labels)
     comparisons = {m: _comparisons(records, m, data.plan) for m in summary}
     captured = {m: _captured(records, m) for m in summary}
@@ -372,7 +377,7 @@ def run(
              and c not in skipped and (s := data.oracle_shortfall(c))}  # fmt: skip
     with atomic_dir(out_dir) as tmp:
         atomic_write_json(
-            tmp / REPORT_NAME,
+            tmp / EVAL_JSON,
             {
                 "headline": headline(comparisons),
                 "labels": data.labels,
@@ -397,7 +402,7 @@ def run(
                 "skipped": skipped,
             },
         )
-        atomic_write_json(tmp / CONFUSION_NAME, confusion)
+        atomic_write_json(tmp / CONFUSION_JSON, confusion)
         drop = ("confusion", "val_accuracy", "train_loss", "eval_steps")
         table = pd.DataFrame(
             [
@@ -406,7 +411,7 @@ def run(
                 for r in records
             ]
         )
-        table.to_parquet(tmp / RUNS_NAME, index=False)
+        table.to_parquet(tmp / RUNS_PARQUET, index=False)
         plot = [
             {
                 "run": f"{m} {c}",
@@ -418,7 +423,7 @@ def run(
             for m, conditions in summary.items()
             for c, e in conditions.items()
         ]
-        write_file(tmp / PLOT_NAME, pd.DataFrame(plot).to_csv(index=False).encode())
+        write_file(tmp / COMPARISON_CSV, pd.DataFrame(plot).to_csv(index=False).encode())
         curves = Curves()
         for r in records:
             if not r["train_loss"]:

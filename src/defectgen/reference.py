@@ -29,9 +29,8 @@ from defectgen.config import Params
 from defectgen.core import gate as gate_core
 from defectgen.core import metrics
 from defectgen.core.device import runtime
-from defectgen.stages.diffusion_common import derive_seed, load_images
+from defectgen.stagekit import derive_seed, load_images
 
-FEATURES_DIR = ".features"  # beside a stage's output folder: the real-feature cache
 VAL_HALVES = ("sweep", "gate")
 
 

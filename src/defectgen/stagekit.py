@@ -1,8 +1,9 @@
-"""What the base, finetune and generate stages share at the path level: which real images
-they may read, how they open the base model, seeds, and loss-curve files.
+"""What stages share below the stage level: derived seeds, reading the real images a
+stage may learn from, progress lines and loss-curve files. Light (numpy, no torch
+diffusion stack): the classifier stages import it too.
 
-Only train-split images are ever read here (the subset, or all of train, per params):
-val and test never reach a model that generates images.
+Only train-split images are read by `train_images` (the subset, or all of train, per
+params): val and test never reach a model that generates images.
 """
 
 from __future__ import annotations
@@ -10,23 +11,24 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from diffusers import StableDiffusionPipeline
 
 from defectgen import manifest
-from defectgen.config import Params
-from defectgen.core.diffusion import models
 from defectgen.core.images import ImageProblem, decode_image, resize
 from defectgen.errors import DataError
 
-BASE_JSON = "base.json"
-CHOSEN_JSON = "chosen.json"  # the sweep stage's per-class strength and guidance
-CURVES_DIR = "curves"  # <series>.csv with columns step, loss (DVC plots, MLflow)
+CLUSTER_ENV = "DEFECTGEN_CLUSTER"  # set on every task of the compiled KFP pipeline
+
+
+def in_cluster() -> bool:
+    """Whether this process is a task of the compiled pipeline (a pod, or kfp.local)."""
+    return os.environ.get(CLUSTER_ENV) == "1"
 
 
 def derive_seed(seed: int, *parts: object) -> int:
@@ -90,70 +92,9 @@ def train_images(
     return out
 
 
-def read_base(base_dir: Path) -> dict:
-    """The base stage's record: profile, source, revision, fingerprint, image size."""
-    path = Path(base_dir) / BASE_JSON
-    if not path.is_file():
-        raise DataError(f"{path}: missing; pass the base stage's output folder as --base")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def read_chosen(sweep_dir: Path, labels: list[str]) -> dict[str, dict]:
-    """The sweep stage's chosen (strength, guidance) per class; every label must be there."""
-    path = Path(sweep_dir) / CHOSEN_JSON
-    if not path.is_file():
-        raise DataError(f"{path}: missing; pass the sweep stage's output folder as --sweep")
-    classes = json.loads(path.read_text(encoding="utf-8"))["classes"]
-    missing = sorted(set(labels) - set(classes))
-    if missing:
-        raise DataError(
-            f"{path}: no chosen settings for classes {missing}; re-run the sweep stage on "
-            "the same adapters"
-        )
-    return classes
-
-
-def open_base(base_dir: Path, params: Params, rt: models.Runtime) -> StableDiffusionPipeline:
-    """A fresh, frozen copy of the base model recorded by the base stage.
-
-    The tiny base lives inside the base stage's folder in SD1.5's on-disk layout; an
-    sd15 base is loaded from its own folder or hub id. Same loader either way.
-    """
-    record = read_base(base_dir)
-    if record["profile"] != params.model.profile:
-        raise DataError(
-            f"{base_dir}: built for profile {record['profile']!r} but params say "
-            f"{params.model.profile!r}; re-run the base stage"
-        )
-    source = record["source"]
-    if record["profile"] == "tiny":
-        source = Path(base_dir) / source
-    models.quiet()
-    pipe = models.load_pipeline(source, revision=record.get("revision"), rt=rt)
-    check_fingerprint(base_dir, record, pipe)
-    return models.prepare(pipe, params.model)
-
-
-_VERIFIED: set[tuple[str, str, str]] = set()  # (base dir, fingerprint, dtype) checked here
-
-
-def check_fingerprint(base_dir: Path, record: dict, pipe: StableDiffusionPipeline) -> None:
-    """The loaded weights must be the ones the base stage recorded (a hub revision that
-    moved, an edited checkpoint folder, another pod's cache): sha256 over every weight,
-    once per process for a base folder and dtype. Raises DataError on a mismatch."""
-    key = (str(Path(base_dir).resolve()), record["fingerprint"], str(pipe.unet.dtype))
-    if key in _VERIFIED:
-        return
-    found = models.fingerprint(pipe)
-    if found != record["fingerprint"]:
-        raise DataError(
-            f"{base_dir}: the base model loaded from {record['source']!r} (revision "
-            f"{record.get('revision')}) has weights fingerprint {found[:16]}, but the base stage "
-            f"recorded {record['fingerprint'][:16]}: the weights changed since the base stage "
-            "ran (a hub revision that moved, an edited checkpoint, another model.dtype). Pin "
-            "model.revision to a commit and re-run the base stage"
-        )
-    _VERIFIED.add(key)
+def parent_order(seed: int, label: str, n: int) -> np.ndarray:
+    """The seeded order in which a class's n parents are used (image i: order[i % n])."""
+    return np.random.default_rng(derive_seed(seed, "parents", label)).permutation(n)
 
 
 def progress(

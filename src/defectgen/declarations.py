@@ -1,0 +1,219 @@
+"""Every stage, declared once (`STAGES`): its CLI inputs, the params it reads, the report
+files and curves the runner logs, and the module that runs it. The CLI, the KFP
+components, MLflow params, every stage's resume key and dvc.yaml (its params, and its
+source deps from the stage module's import closure: `python -m pipelines.dvc_stages`) are
+derived from or checked against it (tests/test_stage_declarations.py).
+
+Light on purpose (no torch): every stage imports it for its resume key, so a change here
+reruns every stage under `dvc repro`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from defectgen import artifacts as art
+from defectgen.config import Params
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage, declared once: what the CLI, KFP, MLflow, dvc.yaml and every resume key
+    know of it. `reads` are the params sections or dotted keys the stage's code (and the
+    helpers it calls) reads: MLflow logs them, resume keys hash them, and dvc.yaml's
+    params must equal them (tests/test_stage_declarations.py, which also derives dvc.yaml's
+    source deps from the stage module's import closure: `python -m pipelines.dvc_stages`)."""
+
+    name: str
+    help: str
+    inputs: tuple[tuple[str, bool, str], ...]  # (option name, required, help)
+    reads: tuple[str, ...]  # params sections or dotted keys
+    reports: tuple[str, ...]  # files under --out logged to MLflow as artifacts
+    curves: tuple[str, ...] = ()  # folders of <series>.csv (step, loss): MLflow step metrics
+    module: str = ""  # defectgen.stages.<module> runs it (default: the name)
+
+    @property
+    def module_name(self) -> str:
+        return f"defectgen.stages.{self.module or self.name}"
+
+    def runner(self, params: Params, **kw) -> dict[str, float]:
+        """stages.<module>.run, imported on the first call: the CLI starts without loading
+        torch or diffusers for a stage it does not run."""
+        return importlib.import_module(self.module_name).run(params, **kw)
+
+    def params_hash(self, params: Params) -> str:
+        """The hash of what this stage reads: part of its resume key."""
+        return params.section_hash(*self.reads)
+
+
+PREPROCESSED = ("preprocessed", True, "the preprocess stage's output folder")
+BASE = ("base", True, "the base stage's output folder")
+ADAPTERS = ("adapters", True, "the finetune stage's output folder")
+
+STAGES = (
+    Stage(
+        "ingest",
+        "read a raw dataset (folders, image+mask, VOC, COCO, ELPV) into a manifest",
+        (("source", False, "raw dataset folder (default: params data.root)"),),
+        ("data", "ingest"),
+        (art.INGEST_JSON,),
+    ),
+    Stage(
+        "preprocess",
+        "ROI crop/tile, resize, colour, stable split, few-shot subset",
+        (("ingested", True, "the ingest stage's output folder"),),
+        ("seed", "data.normal_classes", "preprocess"),
+        (art.SPLIT_COUNTS_JSON,),
+    ),
+    Stage(
+        "masks",
+        "per class: new defect masks from the real train masks (hybrid interpolation, "
+        "perturbation, a DDPM producer) and their quality; a record saying so without masks",
+        (PREPROCESSED,),
+        ("seed", "data.normal_classes", "model", "masks", "finetune.data", "gate"),
+        (art.MASKS_JSON, art.GRIDS_DIR),
+        curves=(art.CURVES_DIR,),
+    ),
+    Stage(
+        "base",
+        "the diffusion prior: pretrain the tiny profile, or check and record an sd15 checkpoint",
+        (PREPROCESSED,),
+        ("seed", "model", "base", "preprocess.image_size"),
+        (art.BASE_JSON, art.SAMPLES_PNG),
+        curves=(art.CURVES_DIR,),
+    ),
+    Stage(
+        "finetune",
+        "per class: textual inversion, then LoRA (StableSDG), into diffusers adapter files",
+        (PREPROCESSED, BASE),
+        ("seed", "data.normal_classes", "model", "finetune", "preprocess.image_size"),
+        (art.FINETUNE_JSON,),
+        curves=(art.CURVES_DIR,),
+    ),
+    Stage(
+        "sweep",
+        "per class: probe a strength x guidance grid, choose the cell closest to held-out "
+        "real images",
+        (PREPROCESSED, BASE, ADAPTERS),
+        ("seed", "model", "finetune.data", "sweep", "generate", "gate"),
+        (art.CHOSEN_JSON, art.SWEEP_PARQUET, art.HEATMAPS_DIR, art.PROBES_DIR),
+    ),
+    Stage(
+        "generate",
+        "per class: image-oriented (img2img) or txt2img generation with the class's adapter",
+        (
+            PREPROCESSED,
+            BASE,
+            ADAPTERS,
+            ("sweep", False, "the sweep stage's output folder (default: generate.per_class)"),
+        ),
+        ("seed", "model", "finetune.data", "generate"),
+        (art.GENERATE_JSON, art.SAMPLES_PNG),
+    ),
+    Stage(
+        "gate",
+        "per class: Frechet/kernel distance of synthetic vs held-out real images, judged "
+        "against real-vs-real; keeps the passing classes' images minus near-duplicates",
+        (PREPROCESSED, ("generated", True, "the generate stage's output folder")),
+        ("seed", "model", "finetune.data", "gate"),
+        (art.GATE_JSON, art.GATE_CSV),
+    ),
+    Stage(
+        "pairs",
+        "per class: a ControlNet from the base UNet trained on real (mask, image) pairs, then "
+        "self-annotated image + mask pairs from the masks stage's masks",
+        (PREPROCESSED, BASE, ("masks", True, "the masks stage's output folder")),
+        ("seed", "data.normal_classes", "model", "pairs"),
+        (art.PAIRS_JSON, art.GRIDS_DIR),
+        curves=(art.CURVES_DIR,),
+    ),
+    Stage(
+        "pairs_gate",
+        "the gate, unchanged, on the pairs stage's images: per class distance to held-out "
+        "real images against real-vs-real",
+        (PREPROCESSED, ("generated", True, "the pairs stage's output folder")),
+        ("seed", "model", "finetune.data", "gate"),
+        (art.GATE_JSON, art.GATE_CSV),
+        module="gate",
+    ),
+    Stage(
+        "segment",
+        "COCO export of real + synthetic pairs, and a U-Net per condition (real vs "
+        "real+synthetic) scored on the real test split",
+        (
+            PREPROCESSED,
+            ("pairs", True, "the pairs stage's output folder"),
+            ("gated", True, "the pairs_gate stage's output folder"),
+        ),
+        ("seed", "model", "pairs.data", "segment"),
+        (art.SEGMENT_JSON, art.COMPARISON_CSV),
+        curves=(art.CURVES_DIR,),
+    ),
+    Stage(
+        "train",
+        "classifiers on real vs real+synthetic (and the other conditions in params), "
+        "best epoch on val, scored on the real test split",
+        (
+            PREPROCESSED,
+            ("generated", True, "the generate stage's output folder (the images)"),
+            ("gated", True, "the gate stage's output folder (which images passed)"),
+        ),
+        ("seed", "model", "train"),
+        (art.EVAL_JSON, art.COMPARISON_CSV, art.CONFUSION_JSON, art.RUNS_PARQUET),
+        curves=(art.CURVES_DIR,),
+    ),
+    Stage(
+        "detect",
+        "detectors (Faster R-CNN / Mask R-CNN) on real vs real+synthetic with the matched "
+        "controls, scored on the real test split with COCOeval; skipped without masks or boxes",
+        (
+            PREPROCESSED,
+            ("generated", True, "the generate stage's output folder (the images)"),
+            ("gated", True, "the gate stage's output folder (which images passed)"),
+            ("pairs", True, "the pairs stage's output folder (image+mask pairs)"),
+            ("pairs_gated", True, "the pairs_gate stage's output folder"),
+        ),
+        ("seed", "model", "detect"),
+        (art.DETECT_JSON, art.COMPARISON_CSV, art.RUNS_PARQUET, art.BOXES_PNG),
+        curves=(art.CURVES_DIR,),
+    ),
+    Stage(
+        "register",
+        "every class adapter into the MLflow model registry; champion/challenger by the gate",
+        (
+            BASE,
+            ADAPTERS,
+            ("sweep", True, "the sweep stage's output folder (the chosen settings)"),
+            ("gated", True, "the gate stage's output folder (the verdicts)"),
+        ),
+        ("data.name", "generate.steps", "generate.strength", "preprocess.color", "tracking"),
+        (art.REGISTRY_JSON,),
+    ),
+    Stage(
+        "report",
+        "one self-contained HTML page and a markdown summary of the run",
+        (
+            ("ingested", True, "the ingest stage's output folder"),
+            PREPROCESSED,
+            ("sweep", True, "the sweep stage's output folder"),
+            ("generated", True, "the generate stage's output folder"),
+            ("gated", True, "the gate stage's output folder"),
+            ("train", True, "the train stage's output folder"),
+            ("masks", False, "the masks stage's output folder"),
+            ("pairs", False, "the pairs stage's output folder"),
+            ("pairs_gated", False, "the pairs_gate stage's output folder"),
+            ("segment", False, "the segment stage's output folder"),
+            ("detect", False, "the detect stage's output folder"),
+        ),
+        ("data.name", "tracking"),
+        (art.REPORT_HTML, art.REPORT_MD),
+    ),
+)
+
+
+def get_stage(name: str) -> Stage:
+    for stage in STAGES:
+        if stage.name == name:
+            return stage
+    raise KeyError(f"unknown stage {name!r}; stages: {[s.name for s in STAGES]}")

@@ -1,0 +1,110 @@
+"""Each stage is declared once (defectgen.declarations.STAGES) and everything else agrees:
+dvc.yaml's source deps are the stage module's computed import closure and its params are
+the declared keys; the declared keys are what the code reads; stages import no other
+stage; the classifier stages start without the diffusion stack; resume keys and MLflow
+params follow the declaration."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from defectgen.declarations import STAGES, get_stage
+from pipelines import dvc_stages
+from tests.conftest import make_params
+
+REPO = Path(__file__).resolve().parent.parent
+STAGES_DIR = REPO / "src" / "defectgen" / "stages"
+
+
+def test_dvc_yaml_deps_are_each_stage_import_closure_and_params_its_declaration():
+    dvc = yaml.safe_load(dvc_stages.DVC_YAML.read_text(encoding="utf-8"))["stages"]
+    assert set(dvc) == {s.name for s in STAGES}
+    for stage in STAGES:
+        closure = {str(p) for p in dvc_stages.closure(stage.module_name)}
+        deps = {d for d in dvc[stage.name]["deps"] if d.startswith("src/")}
+        missing, extra = sorted(closure - deps), sorted(deps - closure)
+        assert not missing and not extra, f"{stage.name}: missing {missing}, not imported {extra}"
+        assert dvc[stage.name].get("params", []) == list(stage.reads), stage.name
+
+
+def test_the_closure_follows_lazy_imports_and_packages():
+    closure = {str(p) for p in dvc_stages.closure("defectgen.stages.segment")}
+    # segment -> core.segment (a function-level import counts as much as a top-level one)
+    assert "src/defectgen/core/segment.py" in closure
+    assert "src/defectgen/config.py" in closure  # defaults shape every output
+    assert "src/defectgen/stages/segment.py" in closure
+    assert not any(p.startswith("src/defectgen/stages/") and p != "src/defectgen/stages/segment.py"
+                   and not p.endswith("__init__.py") for p in closure)  # fmt: skip
+
+
+def test_a_stale_dvc_yaml_is_caught_and_rewritten(tmp_path):
+    text = dvc_stages.DVC_YAML.read_text(encoding="utf-8")
+    stale = text.replace("      - src/defectgen/config.py\n", "", 1)
+    stale = stale.replace("      - data.normal_classes\n", "", 1)
+    assert stale != text
+    assert dvc_stages.rewrite(stale) == text
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
+def test_declared_params_are_exactly_what_the_code_reads(stage):
+    read = dvc_stages.params_read(stage.module_name)
+    undeclared = sorted(k for k in read if not dvc_stages.covered(k, stage.reads))
+    unread = [d for d in stage.reads if not any(r == d or r.startswith(d + ".") for r in read)]
+    assert not undeclared, f"{stage.name} reads {undeclared} but does not declare them"
+    assert not unread, f"{stage.name} declares {unread} but never reads them"
+
+
+def test_no_stage_imports_another_stage():
+    for path in sorted(STAGES_DIR.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                names = [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            stages = [n for n in names if n.startswith("defectgen.stages")]
+            assert not stages, f"{path.name} imports {stages}"
+
+
+def test_classifier_stages_load_no_diffusion_stack():
+    code = (
+        "import sys\n"
+        "import defectgen.stages.train, defectgen.stages.gate, defectgen.stages.detect\n"
+        "import defectgen.stages.segment\n"
+        "print(sorted(m for m in ('diffusers', 'peft') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_resume_keys_follow_the_declaration(tmp_path):
+    base = make_params("folders", tmp_path)
+    changed = make_params("folders", tmp_path, finetune={"data": "train"})
+    gate = get_stage("gate")
+    # the gate compares against finetune.data's images: a change there is a new gate run
+    assert gate.params_hash(changed) != gate.params_hash(base)
+    # train does not read finetune.data: its resume key stays
+    train = get_stage("train")
+    assert train.params_hash(changed) == train.params_hash(base)
+
+
+def test_mlflow_logs_the_declared_keys(tmp_path, monkeypatch):
+    import mlflow
+
+    from defectgen import tracking
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    params = make_params("folders", tmp_path, tracking={"enabled": True})
+    with tracking.stage_run("gate", params, get_stage("gate").reads) as run:
+        pass
+    logged = mlflow.get_run(run.run_id).data.params
+    assert logged["finetune.data"] == params.finetune.data
+    assert logged["gate.max_ratio"] == str(params.gate.max_ratio)
+    assert not any(k.startswith(("train.", "base.")) for k in logged)
