@@ -10,6 +10,12 @@ val PSNR and SSIM (64 val images), and the Frechet distance on EfficientNet-Lite
 of its reconstructions of N train images to N val images (`fd_effnet_lite0_recon`), next
 to the real train images' own distance at the same N (`fd_effnet_lite0_real`: a perfect
 VAE). Results: results/vae_prior.md (a block per run) and results/vae_prior-<label>.json.
+
+With --generate, each variant also trains the base UNet on its latents (base.unet_steps,
+as the base stage does) and img2img-generates from the same N train images with the base
+prompt (no per-class adaptation) at --strength: the synthetic batch's distance to the N
+val images (`fd_effnet_lite0_img2img`) and its ratio to the real-vs-real distance (the
+gate's criterion, pooled over classes, before adaptation).
 """
 
 from __future__ import annotations
@@ -22,13 +28,15 @@ import platform
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
 from defectgen.config import merge_overrides, parse_params
-from defectgen.core.diffusion import models, train, vae_loss
-from defectgen.stages.base import _val_images, recon_distance, reconstruct
-from defectgen.stages.diffusion_common import derive_seed, train_images
+from defectgen.core import metrics as fd_metrics
+from defectgen.core.diffusion import models, sample, train, vae_loss
+from defectgen.stagekit import derive_seed, train_images
+from defectgen.stages.base import _val_images, recon_distance, reconstruct, train_prior_unet
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -54,7 +62,46 @@ VARIANTS = {
 }
 
 
-def run_variant(raw: dict, name: str, preprocessed: Path, seconds: float, work: Path) -> dict:
+def img2img_distance(pipe, params, images, val, rt, *, strength: float) -> dict:
+    """Train the base UNet on the VAE's latents, then img2img the same N train images the
+    reconstruction distance uses; their distance to the N val images and its ratio to
+    real-vs-real."""
+    started = time.perf_counter()
+    train_prior_unet(
+        pipe, train.to_pixels(images), params.base, seed=params.seed, rt=rt, log=lambda s, v: None
+    )
+    unet_s = time.perf_counter() - started
+    n = min(len(images), len(val))
+    pick = np.random.default_rng(derive_seed(params.seed, "base-fd")).permutation(len(images))
+    parents = [images[i] for i in sorted(pick[:n])]
+    gen, started = sample.sampler(pipe, "img2img"), time.perf_counter()
+    channels = 1 if parents[0].ndim == 2 else 3
+    synthetic: list[np.ndarray] = []
+    for start in range(0, n, params.generate.batch_size):
+        batch = parents[start : start + params.generate.batch_size]
+        synthetic += sample.generate(
+            gen, prompt=params.base.prompt, seeds=list(range(start, start + len(batch))),
+            parents=batch, strength=strength, guidance=params.generate.guidance,
+            steps=params.generate.steps, size=params.preprocess.image_size, channels=channels,
+        )  # fmt: skip
+    gen_s = time.perf_counter() - started
+    extractor = fd_metrics.make_extractor(fd_metrics.EFFNET, weights=None, device=rt.device)
+    f_val = fd_metrics.extract(extractor, val[:n])
+    fd = fd_metrics.frechet(fd_metrics.extract(extractor, synthetic), f_val)
+    real = fd_metrics.frechet(fd_metrics.extract(extractor, parents), f_val)
+    return {
+        "unet_steps": params.base.unet_steps,
+        "unet_s": round(unet_s, 1),
+        "img2img_strength": strength,
+        "img2img_s": round(gen_s, 1),
+        f"{extractor.fd_name}_img2img": fd,
+        "img2img_ratio": fd / real,
+    }
+
+
+def run_variant(
+    raw: dict, name: str, preprocessed: Path, seconds: float, work: Path, strength: float | None
+) -> dict:
     loss_over, arch_over = VARIANTS[name]
     params = parse_params(
         merge_overrides(raw, {"base": {"vae_loss": loss_over}, "model": {"tiny": arch_over}}),
@@ -78,6 +125,9 @@ def run_variant(raw: dict, name: str, preprocessed: Path, seconds: float, work: 
     x = train.to_pixels(val[:64])
     recon = train.to_pixels(reconstruct(pipe.vae, val[:64], rt))
     out = recon_distance(pipe.vae, images, val, rt, seed=derive_seed(params.seed, "base-fd"))
+    if strength is not None:
+        pipe.vae.requires_grad_(False).eval()
+        out.update(img2img_distance(pipe, params, images, val, rt, strength=strength))
     return {
         "variant": name,
         "vae_loss": loss_over,
@@ -102,12 +152,29 @@ def markdown(run: dict) -> str:
         "| val PSNR dB | val SSIM |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
+    generated = "fd_effnet_lite0_img2img" in run["variants"][0]
+    if generated:
+        lines[-2] += " img2img distance | img2img ratio |"
+        lines[-1] += "---:|---:|"
     for r in run["variants"]:
         lines.append(
             f"| {r['variant']} | {'x'.join(map(str, r['latent']))} | {r['steps']} | "
             f"{r['fd_effnet_lite0_recon']:.1f} | {r['fd_effnet_lite0_real']:.1f} | "
             f"{r['fd_images']} | {r['psnr_val_db']:.2f} | {r['ssim_val']:.3f} |"
+            + (
+                f" {r['fd_effnet_lite0_img2img']:.1f} | {r['img2img_ratio']:.2f} |"
+                if generated
+                else ""
+            )
         )
+    if generated:
+        r = run["variants"][0]
+        lines += [
+            "",
+            f"img2img: the base UNet after {r['unet_steps']} steps on each variant's latents, "
+            f"strength {r['img2img_strength']}, the base prompt, no adaptation; ratio = "
+            "img2img distance / fd_effnet_lite0 of the same real train images.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -119,6 +186,10 @@ def main() -> int:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--params", type=Path, default=REPO / "params.yaml")
     ap.add_argument("--note", default="", help="anything a reader must know (e.g. contention)")
+    ap.add_argument(
+        "--generate", type=float, default=None, metavar="STRENGTH",
+        help="also train the base UNet and measure img2img at this strength",
+    )  # fmt: skip
     args = ap.parse_args()
     raw = yaml.safe_load(args.params.read_text(encoding="utf-8"))
     work = HERE / "work" / "vae_prior"
@@ -134,7 +205,7 @@ def main() -> int:
         "variants": [],
     }
     for name in args.variants.split(","):
-        result = run_variant(raw, name, args.preprocessed, args.seconds, work)
+        result = run_variant(raw, name, args.preprocessed, args.seconds, work, args.generate)
         print(json.dumps(result), flush=True)
         run["variants"].append(result)
     results = HERE / "results"
