@@ -1,7 +1,8 @@
 """The tiny VAE's objective and latent shape, A/B at equal wall time (issue: a better prior).
 
     .venv/bin/python benchmarks/vae_prior.py --preprocessed data/preprocessed \
-        --label elpv --seconds 120 [--variants mse,l1-ssim-fft,...]
+        --label elpv --seconds 120 [--variants mse,l1-ssim-fft,...] [--generate 0.5]
+    (--steps N instead of --seconds: a fixed step count, e.g. the demo's)
 
 Each variant builds the tiny VAE from params.yaml's model.tiny (with its overrides),
 trains it for the same wall time on the base stage's images (base.data, the few-shot
@@ -41,9 +42,10 @@ from defectgen.stages.base import _val_images, recon_distance, reconstruct, trai
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
-# name -> (base.vae_loss overrides, model.tiny overrides)
+# name -> (base.vae_loss: the whole objective, unnamed keys at their zero/MSE defaults in
+# config.VaeLossConfig, not params.yaml's; model.tiny overrides)
 VARIANTS = {
-    "mse": ({}, {}),  # today's objective and shape
+    "mse": ({}, {}),  # the old default objective, today's shape
     "l1": ({"pixel": "l1"}, {}),
     "l1-ssim-fft": ({"pixel": "l1", "ssim": 0.5, "fft": 0.5}, {}),
     "l1-ssim-fft-adversarial": (
@@ -100,13 +102,18 @@ def img2img_distance(pipe, params, images, val, rt, *, strength: float) -> dict:
 
 
 def run_variant(
-    raw: dict, name: str, preprocessed: Path, seconds: float, work: Path, strength: float | None
+    raw: dict,
+    name: str,
+    preprocessed: Path,
+    seconds: float | None,
+    work: Path,
+    strength: float | None,
+    steps: int | None = None,
 ) -> dict:
     loss_over, arch_over = VARIANTS[name]
-    params = parse_params(
-        merge_overrides(raw, {"base": {"vae_loss": loss_over}, "model": {"tiny": arch_over}}),
-        name,
-    )
+    raw = merge_overrides(raw, {"model": {"tiny": arch_over}})
+    raw["base"] = {**raw["base"], "vae_loss": loss_over}  # the variant's whole objective
+    params = parse_params(raw, name)
     rt = models.runtime(params.model)
     per_class = train_images(preprocessed, data=params.base.data)
     images = [px for items in per_class.values() for _, px in items]
@@ -116,7 +123,8 @@ def run_variant(
     )
     started = time.perf_counter()
     steps = train.train_vae(
-        pipe.vae, train.to_pixels(images), steps=1_000_000, batch_size=params.base.batch_size,
+        pipe.vae, train.to_pixels(images), steps=steps or 1_000_000,
+        batch_size=params.base.batch_size,
         lr=params.base.vae_lr, gen=torch.Generator().manual_seed(derive_seed(params.seed, "vae")),
         rt=rt, log=lambda step, loss: None, objective=params.base.vae_loss, seconds=seconds,
     )  # fmt: skip
@@ -145,7 +153,9 @@ def markdown(run: dict) -> str:
     lines = [
         f"## {run['label']} ({run['date']}, {run['machine']}, {run['threads']} threads)",
         "",
-        f"Data `{run['preprocessed']}`; {run['seconds']} s of VAE training per variant; "
+        f"Data `{run['preprocessed']}`; "
+        + (f"{run['seconds']} s" if run.get("seconds") else f"{run['steps']} steps")
+        + " of VAE training per variant; "
         f"{run['note']}",
         "",
         "| variant | latent | steps | fd_effnet_lite0_recon | fd_effnet_lite0_real | N "
@@ -182,7 +192,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preprocessed", type=Path, required=True)
     ap.add_argument("--label", required=True)
-    ap.add_argument("--seconds", type=float, default=120.0)
+    budget = ap.add_mutually_exclusive_group()
+    budget.add_argument("--seconds", type=float, default=None, help="VAE wall time (120)")
+    budget.add_argument("--steps", type=int, default=None, help="VAE steps instead of time")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--params", type=Path, default=REPO / "params.yaml")
     ap.add_argument("--note", default="", help="anything a reader must know (e.g. contention)")
@@ -191,6 +203,8 @@ def main() -> int:
         help="also train the base UNet and measure img2img at this strength",
     )  # fmt: skip
     args = ap.parse_args()
+    if args.steps is None and args.seconds is None:
+        args.seconds = 120.0
     raw = yaml.safe_load(args.params.read_text(encoding="utf-8"))
     work = HERE / "work" / "vae_prior"
     work.mkdir(parents=True, exist_ok=True)
@@ -201,11 +215,14 @@ def main() -> int:
         "threads": torch.get_num_threads(),
         "preprocessed": str(args.preprocessed),
         "seconds": args.seconds,
+        "steps": args.steps,
         "note": args.note,
         "variants": [],
     }
     for name in args.variants.split(","):
-        result = run_variant(raw, name, args.preprocessed, args.seconds, work, args.generate)
+        result = run_variant(
+            raw, name, args.preprocessed, args.seconds, work, args.generate, args.steps
+        )
         print(json.dumps(result), flush=True)
         run["variants"].append(result)
     results = HERE / "results"

@@ -8,7 +8,7 @@ from components import IMAGE
 def pairs_gate(
     params_yaml: str,
     preprocessed: Input[Dataset],
-    pairs: Input[Dataset],
+    generated: Input[Dataset],
     track: bool,
     pairs_gated: Output[Dataset],
     metrics: Output[Metrics],
@@ -20,7 +20,7 @@ def pairs_gate(
         "pairs_gate",
         params_yaml,
         out_dir=pairs_gated.path,
-        inputs={"preprocessed": preprocessed.path, "generated": pairs.path},
+        inputs={"preprocessed": preprocessed.path, "generated": generated.path},
         track=track,
         log_metric=metrics.log_metric,
     )

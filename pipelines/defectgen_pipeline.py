@@ -151,7 +151,7 @@ def build(cluster: ClusterConfig) -> graph_component.GraphComponent:
             )  # fmt: skip
             image_mask_pairs = paired.outputs["pairs"]
             pairs_judged = place.gpu(
-                pairs_gate(**common, preprocessed=preprocessed, pairs=image_mask_pairs),
+                pairs_gate(**common, preprocessed=preprocessed, generated=image_mask_pairs),
                 "pairs_gate",
             )
             segmented = place.gpu(
