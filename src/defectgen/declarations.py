@@ -50,6 +50,8 @@ class Stage:
 PREPROCESSED = ("preprocessed", True, "the preprocess stage's output folder")
 BASE = ("base", True, "the base stage's output folder")
 ADAPTERS = ("adapters", True, "the finetune stage's output folder")
+GENERATED = ("generated", True, "the generate stage's output folder (the images)")
+GATED = ("gated", True, "the gate stage's output folder (which images passed)")
 
 STAGES = (
     Stage(
@@ -156,8 +158,8 @@ STAGES = (
         "best epoch on val, scored on the real test split",
         (
             PREPROCESSED,
-            ("generated", True, "the generate stage's output folder (the images)"),
-            ("gated", True, "the gate stage's output folder (which images passed)"),
+            GENERATED,
+            GATED,
         ),
         ("seed", "model", "train"),
         (art.EVAL_JSON, art.COMPARISON_CSV, art.CONFUSION_JSON, art.RUNS_PARQUET),
@@ -169,8 +171,8 @@ STAGES = (
         "controls, scored on the real test split with COCOeval; skipped without masks or boxes",
         (
             PREPROCESSED,
-            ("generated", True, "the generate stage's output folder (the images)"),
-            ("gated", True, "the gate stage's output folder (which images passed)"),
+            GENERATED,
+            GATED,
             ("pairs", True, "the pairs stage's output folder (image+mask pairs)"),
             ("pairs_gated", True, "the pairs_gate stage's output folder"),
         ),
