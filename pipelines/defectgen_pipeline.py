@@ -3,9 +3,10 @@
     ingest -> preprocess -> masks -> pairs (needs base) -> pairs_gate -> segment
                              (the mask branch; "skipped" records without masks)
                           -> base -> classes
-      ParallelFor class (at most cluster.parallelism at once):
+      ParallelFor class (at most cluster.parallelism at once): the sub-pipeline one_class
         finetune -> sweep -> generate -> gate -> If verdict == "pass": register
-      merge (dsl.Collected) adapters, chosen cells, generated and gated images
+        (outputs: the chosen cell, the generated and the gated images)
+      merge (dsl.Collected) the chosen cells, generated and gated images
       -> train, detect (also reads the mask branch's pairs) -> report
     exit handler: status (always: the final state and every stage run; for a run that
       did not succeed, also the report, from what the finished stages logged to MLflow)
@@ -26,8 +27,10 @@ the exit handler and needs tracking (an exit task cannot take the stages' artifa
 Compile with `python -m pipelines.compile` (writes pipelines/build/defectgen.yaml).
 """
 
+from typing import NamedTuple
+
 from kfp import dsl, kubernetes
-from kfp.dsl import graph_component
+from kfp.dsl import Dataset, Input, Model, graph_component
 
 from components.base import base
 from components.detect import detect
@@ -121,6 +124,43 @@ def build(cluster: ClusterConfig) -> graph_component.GraphComponent:
     place = Placement(cluster)
 
     @dsl.pipeline(
+        name="one-class",
+        description="One class's adapter, cell, images and verdict: finetune -> sweep -> "
+        "generate -> gate -> register if the gate passed it.",
+    )
+    def one_class(
+        params_yaml: str, track: bool, label: str, preprocessed: Input[Dataset], base: Input[Model]
+    ) -> NamedTuple("Outputs", sweep=Dataset, generated=Dataset, gated=Dataset):  # noqa: UP014
+        common = {"params_yaml": params_yaml, "track": track}
+        adapted = place.gpu(
+            finetune(**common, preprocessed=preprocessed, base=base, label=label), "finetune"
+        )
+        adapters = adapted.outputs["adapters"]
+        swept = place.gpu(
+            sweep(**common, preprocessed=preprocessed, base=base, adapters=adapters), "sweep"
+        )
+        chosen = swept.outputs["sweep"]
+        gen = place.gpu(
+            generate(**common, preprocessed=preprocessed, base=base, adapters=adapters,
+                     sweep=chosen),
+            "generate",
+        )  # fmt: skip
+        judged = place.gpu(
+            gate(**common, preprocessed=preprocessed, generated=gen.outputs["generated"],
+                 label=label),
+            "gate",
+        )  # fmt: skip
+        with dsl.If(judged.outputs["Output"] == "pass", name="passed-gate"):
+            place.cpu(
+                register(**common, base=base, adapters=adapters, sweep=chosen,
+                         gated=judged.outputs["gated"]),
+                "register",
+            )  # fmt: skip
+        outputs = NamedTuple("Outputs", sweep=Dataset, generated=Dataset, gated=Dataset)  # noqa: UP014
+        return outputs(sweep=chosen, generated=gen.outputs["generated"],
+                       gated=judged.outputs["gated"])  # fmt: skip
+
+    @dsl.pipeline(
         name="defectgen",
         description="Expand a small defect-image dataset: ingest -> preprocess -> base -> "
         "per class (finetune -> sweep -> generate -> gate -> register if passed) -> train, "
@@ -163,40 +203,18 @@ def build(cluster: ClusterConfig) -> graph_component.GraphComponent:
                                "classes")  # fmt: skip
 
             with dsl.ParallelFor(labels.output, parallelism=cluster.parallelism) as label:
-                adapted = place.gpu(
-                    finetune(**common, preprocessed=preprocessed, base=base_model, label=label),
-                    "finetune",
-                )  # fmt: skip
-                adapters = adapted.outputs["adapters"]
-                swept = place.gpu(
-                    sweep(**common, preprocessed=preprocessed, base=base_model, adapters=adapters),
-                    "sweep",
-                )  # fmt: skip
-                gen = place.gpu(
-                    generate(**common, preprocessed=preprocessed, base=base_model,
-                             adapters=adapters, sweep=swept.outputs["sweep"]),
-                    "generate",
-                )  # fmt: skip
-                judged = place.gpu(
-                    gate(**common, preprocessed=preprocessed,
-                         generated=gen.outputs["generated"], label=label),
-                    "gate",
-                )  # fmt: skip
-                with dsl.If(judged.outputs["Output"] == "pass", name="passed-gate"):
-                    place.cpu(
-                        register(**common, base=base_model, adapters=adapters,
-                                 sweep=swept.outputs["sweep"], gated=judged.outputs["gated"]),
-                        "register",
-                    )  # fmt: skip
+                per_class = one_class(
+                    **common, preprocessed=preprocessed, base=base_model, label=label
+                ).set_display_name("one class")
 
-            def fan_in(task: dsl.PipelineTask, output: str):
-                """The per-class `output`s of a task in the loop, merged into one folder."""
-                merged = merge_datasets(parts=dsl.Collected(task.outputs[output]))
+            def fan_in(output: str):
+                """The per-class `output`s of the loop's sub-pipeline, merged into one folder."""
+                merged = merge_datasets(parts=dsl.Collected(per_class.outputs[output]))
                 return place.cpu(merged, f"merge {output}").outputs["merged"]
 
-            chosen = fan_in(swept, "sweep")
-            generated = fan_in(gen, "generated")
-            gated = fan_in(judged, "gated")
+            chosen = fan_in("sweep")
+            generated = fan_in("generated")
+            gated = fan_in("gated")
             trained = place.gpu(
                 train(**common, preprocessed=preprocessed, generated=generated, gated=gated),
                 "train",

@@ -1,24 +1,15 @@
 """The compiled KFP pipeline: up to date, placed as params `cluster` says, its components
-thin shells over the stages, and run end to end with kfp.local (no cluster)."""
+thin shells over the stages (tests/test_kfp_local.py runs it with kfp.local)."""
 
 import inspect
-import json
 from pathlib import Path
 
-import mlflow
-import numpy as np
-import pytest
 import yaml
-from kfp import components, local
 
 from components import fanout, status
-from defectgen import manifest
 from defectgen.runner import STAGES
 from pipelines.compile import DEFAULT_OUT, compile_pipeline
-from tests.conftest import REPO, save, texture, toy_repo_params
-from tests.test_core_report import check_self_contained
-
-pytestmark = pytest.mark.slow
+from tests.conftest import REPO
 
 GPU_TASKS = {"masks", "pairs", "pairs-gate", "segment", "base", "finetune", "sweep", "generate",
              "gate", "train", "detect"}  # fmt: skip
@@ -75,8 +66,12 @@ def test_every_stage_is_placed_gpu_tasks_on_gpu_nodes_cpu_tasks_off_them(tmp_pat
     body = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
     loop = next(t for t in body.values() if "parameterIterator" in t)
     assert loop["iteratorPolicy"]["parallelismLimit"] == 3
-    loop_tasks = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
+    # the loop body is one task: the per-class sub-pipeline, whose DAG holds the stages
+    (per_class,) = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"].values()
+    sub = spec["components"][per_class["componentRef"]["name"]]
+    loop_tasks = sub["dag"]["tasks"]
     assert {"finetune", "sweep", "generate", "gate"} <= set(loop_tasks)
+    assert set(sub["outputDefinitions"]["artifacts"]) == {"sweep", "generated", "gated"}
     cond = next(t for t in loop_tasks.values() if "triggerPolicy" in t)
     assert "gate-Output" in cond["triggerPolicy"]["condition"]
     assert "'pass'" in cond["triggerPolicy"]["condition"]
@@ -151,129 +146,3 @@ def test_components_are_thin_shells_over_the_stages():
         assert inputs == run_inputs, stage.name
     assert "defectgen.fanout" in inspect.getsource(fanout)
     assert "defectgen.status" in inspect.getsource(status)
-
-
-def _dataset(root: Path) -> Path:
-    """crack and dent: random textures; scratch: near-constant grey (its real-vs-real
-    distance is ~0, so no synthetic set can come within any ratio of it: it must fail)."""
-    for ci, cls in enumerate(["crack", "dent"]):
-        for i in range(20):  # val 4 and 8: two halves (sweep, gate) of at least 2 each
-            save(texture(ci * 100 + i), root / cls / f"{cls}_{i}.png")
-    for i in range(12):
-        grey = np.full((40, 40), 128, np.uint8)
-        grey[0, i] = 129  # distinct images (ingest drops exact duplicates)
-        save(grey, root / "scratch" / f"scratch_{i}.png")
-    return root
-
-
-def _one(root: Path, pattern: str) -> Path:
-    found = sorted(root.glob(pattern))
-    assert len(found) == 1, (pattern, found)
-    return found[0]
-
-
-def test_compiled_pipeline_runs_locally(tmp_path: Path, monkeypatch):
-    db = tmp_path / "mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")  # the task processes inherit it
-    pipeline_root = tmp_path / "root"
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
-    pipeline = components.load_component_from_file(str(DEFAULT_OUT))
-    # data.root is required by the folders layout; the pipeline's source overrides it.
-    params = toy_repo_params("kfp", "overridden", images_per_class=2)
-    # the verdicts this test needs come from the distance rule: random textures ~12x pass,
-    # the grey class ~3e4x fails (the utility rule is tested in test_stage_gate)
-    params["gate"].update(decide_by="fidelity", max_ratio=1000.0)
-    pipeline(params_yaml=yaml.safe_dump(params), source=str(_dataset(tmp_path / "ds")), track=True)
-    run = _one(pipeline_root, "defectgen-*")
-    labels = ["crack", "dent", "scratch"]
-
-    # The fan-out: one finetune task per class, each adapting only its class.
-    adapted = sorted(run.glob("for-loop-*-iteration-*/finetune/adapters/finetune.json"))
-    assert sorted(k for p in adapted for k in json.loads(p.read_text())) == labels
-    assert all(len(json.loads(p.read_text())) == 1 for p in adapted)
-
-    # The fan-in: merged folders as one run over every class would write them.
-    generated = gated = None
-    for folder in {p.parent for p in run.glob("merge-datasets*/merged/*.json")}:
-        if (folder / "generate.json").is_file():
-            generated = folder
-        if (folder / "gate.json").is_file():
-            gated = folder
-    rows = manifest.read_rows(generated)
-    assert sorted(r["label"] for r in rows) == sorted(labels * 2)
-    assert {(r["origin"], r["split"]) for r in rows} == {("synthetic", "train")}
-    assert all(r["parent_id"] and r["generator"] for r in rows)
-    verdicts = json.loads((gated / "gate.json").read_text())["classes"]
-    assert {c: v["passed"] for c, v in verdicts.items()} == {
-        "crack": True, "dent": True, "scratch": False
-    }  # fmt: skip
-    assert {r["label"] for r in manifest.read_rows(gated)} == {"crack", "dent"}
-
-    # dsl.If on the verdict: only the passing classes reached the registry.
-    client = mlflow.MlflowClient(f"sqlite:///{db}")
-    registered = {m.name for m in client.search_registered_models()}
-    assert registered == {"defectgen.kfp.crack", "defectgen.kfp.dent"}
-    assert len(list(run.glob("for-loop-*-iteration-*/register"))) == 2
-
-    evaluation = json.loads((_one(run, "train/train") / "eval.json").read_text())
-    assert evaluation["labels"] == labels and "real" in evaluation["models"]["resnet18"]
-    html = _one(run, "report/html").read_text(encoding="utf-8")
-    assert "defectgen report: kfp" in html and "Quality gate" in html
-    assert "The mask branch was skipped: no masks" in html  # the masks task ran, said so
-    assert "registered defectgen.kfp.crack" in html and "defectgen.kfp.scratch" not in html
-    check_self_contained(html)
-
-    # The exit handler's status page, and the MLflow parent run tagged with the state.
-    summary = _one(run, "status/summary").read_text()
-    assert "# defectgen run SUCCEEDED: kfp" in summary
-    assert "the report task has it" in _one(run, "status/report").read_text()
-    for stage in ("ingest", "finetune", "gate", "train", "report"):
-        assert f"| {stage} | FINISHED |" in summary
-    parent = client.search_runs(
-        [client.get_experiment_by_name("defectgen").experiment_id],
-        filter_string="tags.`defectgen.run_status` = 'SUCCEEDED'",
-    )
-    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
-
-
-def test_exit_handler_reports_a_failed_run(tmp_path: Path, monkeypatch):
-    """A run that fails part-way (base: a checkpoint that is not there) still ends with
-    its status page and a report of what finished, rendered by the exit handler; the
-    failing GPU task is retried as params cluster says (kfp.local honours retry policies;
-    compiled here with a 1 s backoff instead of the default minute)."""
-    params = toy_repo_params("broken", "overridden", images_per_class=2)
-    params["cluster"] = {"retries": 1, "backoff": "1s"}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    compiled = compile_pipeline(tmp_path / "params.yaml", tmp_path / "retry-fast.yaml")
-    params["model"].update({"profile": "sd15", "base": str(tmp_path / "no-checkpoint")})
-    db = tmp_path / "mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
-    pipeline_root = tmp_path / "root"
-    local.init(
-        runner=local.SubprocessRunner(use_venv=False),
-        pipeline_root=str(pipeline_root),
-        raise_on_error=False,
-    )
-    pipeline = components.load_component_from_file(str(compiled))
-    pipeline(params_yaml=yaml.safe_dump(params), source=str(_dataset(tmp_path / "ds")), track=True)
-    run = _one(pipeline_root, "defectgen-*")
-    assert not list(run.glob("report/html"))  # the report task never ran
-    summary = _one(run, "status/summary").read_text()
-    assert "# defectgen run FAILED: broken" in summary
-    assert "| ingest | FINISHED |" in summary
-    assert summary.count("| base | FAILED |") == 2  # the first try and one retry
-    assert "| finetune |" not in summary
-    assert "- report: rendered from the finished stages' MLflow runs (2 of 6" in summary
-
-    html = _one(run, "status/report").read_text(encoding="utf-8")
-    check_self_contained(html)
-    assert "defectgen report: broken" in html and "Dataset" in html
-    assert "No output from: sweep, generate, gate, train." in html
-    assert "Quality gate" not in html
-
-    client = mlflow.MlflowClient(f"sqlite:///{db}")
-    parent = client.search_runs(
-        [client.get_experiment_by_name("defectgen").experiment_id],
-        filter_string="tags.`defectgen.run_status` = 'FAILED'",
-    )
-    assert len(parent) == 1 and parent[0].info.status == "FAILED"
