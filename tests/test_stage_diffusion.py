@@ -306,20 +306,20 @@ def test_finetune_resumes_after_a_kill(run_dirs, tmp_path, monkeypatch):
     trained: list[str] = []
     real = finetune._adapt_class
 
-    def dies_on_second(params, base_dir, label, *args):
+    def dies_on_second(unit, params, base_dir, label, *args):
         if trained:
             raise KeyboardInterrupt("killed")
         trained.append(label)
-        return real(params, base_dir, label, *args)
+        return real(unit, params, base_dir, label, *args)
 
     monkeypatch.setattr(finetune, "_adapt_class", dies_on_second)
     with pytest.raises(KeyboardInterrupt):
         finetune.run(params, preprocessed=run_dirs["pre"], base=run_dirs["base"], out_dir=out)
     assert not out.exists() and trained == ["crack"]
 
-    def counting(params, base_dir, label, *args):
+    def counting(unit, params, base_dir, label, *args):
         trained.append(label)
-        return real(params, base_dir, label, *args)
+        return real(unit, params, base_dir, label, *args)
 
     monkeypatch.setattr(finetune, "_adapt_class", counting)
     finetune.run(params, preprocessed=run_dirs["pre"], base=run_dirs["base"], out_dir=out)
@@ -330,6 +330,35 @@ def test_finetune_resumes_after_a_kill(run_dirs, tmp_path, monkeypatch):
         run_dirs["ft"] / "adapters" / "crack" / adapt.LORA_NAME
     ).read_bytes()
     assert not (tmp_path / ".ft.resume").exists()
+
+
+def test_base_resumes_after_a_kill_without_training_the_vae_again(run_dirs, tmp_path, monkeypatch):
+    params = params_for(run_dirs["root"])
+    out = tmp_path / "base"
+    vae_runs: list[int] = []
+    real_vae = base.train.train_vae
+
+    def counting_vae(*args, **kwargs):
+        vae_runs.append(1)
+        return real_vae(*args, **kwargs)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(base.train, "train_vae", counting_vae)
+    monkeypatch.setattr(base, "train_prior_unet", killed)
+    with pytest.raises(KeyboardInterrupt):
+        base.run(params, preprocessed=run_dirs["pre"], out_dir=out)
+    assert not out.exists() and vae_runs == [1]
+
+    monkeypatch.undo()
+    monkeypatch.setattr(base.train, "train_vae", counting_vae)
+    metrics = base.run(params, preprocessed=run_dirs["pre"], out_dir=out)
+    assert vae_runs == [1]  # the finished VAE came from the resume folder
+    assert "time/vae_s" not in metrics and metrics["time/unet_s"] > 0
+    # the resumed prior is the one the uninterrupted run made, curves included
+    assert tree_digest(out) == run_dirs["base_digest"]
+    assert not (tmp_path / ".base.resume").exists()
 
 
 def test_sd15_profile_loads_a_local_checkpoint_folder(run_dirs, tmp_path):

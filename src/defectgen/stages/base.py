@@ -21,7 +21,6 @@ Writes under `out_dir`:
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +142,32 @@ def _record_sd15(params: Params, rt: models.Runtime) -> dict:
     }
 
 
+def _train_vae(unit: Path, pipe, pixels: torch.Tensor, params: Params, rt, curves: Curves):
+    """Train the prior's VAE on `pixels` and save it (with its curve) into `unit`."""
+    cfg = params.base
+    with models.channels_last(pipe.vae):
+        train.train_vae(
+            pipe.vae,
+            pixels,
+            steps=cfg.vae_steps,
+            batch_size=cfg.batch_size,
+            lr=cfg.vae_lr,
+            gen=torch.Generator().manual_seed(derive_seed(params.seed, "vae")),
+            rt=rt,
+            log=curves.logger("vae"),
+            objective=cfg.vae_loss,
+        )
+    pipe.vae.save_pretrained(unit)
+    curves.write(unit / CURVES_DIR)
+
+
+def _train_unet(unit: Path, pipe, pixels: torch.Tensor, params: Params, rt, curves: Curves):
+    """Train the prior's UNet on the frozen VAE's latents; save the whole pipeline."""
+    train_prior_unet(pipe, pixels, params.base, seed=params.seed, rt=rt, log=curves.logger("unet"))
+    pipe.save_pretrained(unit)
+    curves.write(unit / CURVES_DIR)
+
+
 def run(params: Params, *, preprocessed: Path, out_dir: Path) -> dict[str, float]:
     """Build (tiny: pretrain) or check (sd15) the base model into `out_dir`.
 
@@ -175,43 +200,23 @@ def run(params: Params, *, preprocessed: Path, out_dir: Path) -> dict[str, float
         pipe = models.build_tiny_pipeline(
             params.model.tiny, image_size=size, work_dir=tmp / "work", seed=params.seed
         ).to(rt.device)  # float32: the tiny base trains here (models.Runtime)
-        done = resume.done("vae")
-        if done is None:
-            started = time.perf_counter()
-            with resume.unit("vae") as unit:
-                with models.channels_last(pipe.vae):
-                    train.train_vae(
-                        pipe.vae,
-                        pixels,
-                        steps=cfg.vae_steps,
-                        batch_size=cfg.batch_size,
-                        lr=cfg.vae_lr,
-                        gen=torch.Generator().manual_seed(derive_seed(params.seed, "vae")),
-                        rt=rt,
-                        log=curves.logger("vae"),
-                        objective=cfg.vae_loss,
-                    )
-                pipe.vae.save_pretrained(unit)
-                curves.write(unit / CURVES_DIR)
-            times["time/vae_s"] = time.perf_counter() - started
-        else:
-            pipe.vae = type(pipe.vae).from_pretrained(done).to(rt.device)
+        done, seconds = resume.ensure("vae", _train_vae, pipe, pixels, params, rt, curves)
+        if seconds is None:  # finished by an earlier, killed run
+            # weights and latent scale into the built VAE: a loaded model's config would
+            # also name the resume folder it came from (_name_or_path) in the output
+            saved = type(pipe.vae).from_pretrained(done)
+            pipe.vae.load_state_dict(saved.state_dict())
+            pipe.vae.register_to_config(scaling_factor=saved.config.scaling_factor)
             curves.extend_from(done / CURVES_DIR)
+        else:
+            times["time/vae_s"] = seconds
         pipe.vae.requires_grad_(False).eval()
 
-        done = resume.done("pipeline")
-        if done is None:
-            started = time.perf_counter()
-            with resume.unit("pipeline") as unit:
-                train_prior_unet(
-                    pipe, pixels, cfg, seed=params.seed, rt=rt, log=curves.logger("unet")
-                )
-                pipe.save_pretrained(unit)
-                curves.write(unit / CURVES_DIR)
-            times["time/unet_s"] = time.perf_counter() - started
-            done = resume.done("pipeline")
-        else:
+        done, seconds = resume.ensure("pipeline", _train_unet, pipe, pixels, params, rt, curves)
+        if seconds is None:
             curves.extend_from(done / CURVES_DIR)
+        else:
+            times["time/unet_s"] = seconds
         shutil.copytree(done, tmp / "pipeline", ignore=shutil.ignore_patterns(CURVES_DIR))
         shutil.rmtree(tmp / "work")
 

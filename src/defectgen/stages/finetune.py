@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +77,7 @@ def prior_prompt(params: Params) -> str:
 
 
 def _make_prior(
-    params: Params, base: Path, rt: models.Runtime, size: int, channels: int, unit: Path
+    unit: Path, params: Params, base: Path, rt: models.Runtime, size: int, channels: int
 ):
     """Generate the class-prior images with the base's ancestral sampler into `unit`."""
     db = params.finetune.dreambooth
@@ -115,13 +114,13 @@ def _prior(params: Params, base: Path, unit: Path, rt: models.Runtime) -> adapt.
 
 
 def _adapt_class(
+    unit: Path,
     params: Params,
     base: Path,
     label: str,
     images: list[np.ndarray],
     ids: list[str],
     rt: models.Runtime,
-    unit: Path,
     prior: adapt.Prior | None = None,
 ) -> dict:
     """Train one class's adapter into `unit`; returns its adapter.json record."""
@@ -249,30 +248,20 @@ def run(params: Params, *, preprocessed: Path, base: Path, out_dir: Path) -> dic
     with atomic_dir(out_dir) as tmp:
         if cfg.mode == "dreambooth" and per_class:
             first = next(iter(per_class.values()))[0][1]
-            if resume.done(_PRIOR_UNIT) is None:
-                with resume.unit(_PRIOR_UNIT) as unit:
-                    channels = 3 if first.ndim == 3 else 1
-                    _make_prior(params, base, rt, first.shape[0], channels, unit)
-            shutil.copytree(resume.done(_PRIOR_UNIT), tmp / PRIOR_DIR)
+            channels = 3 if first.ndim == 3 else 1
+            made, _ = resume.ensure(
+                _PRIOR_UNIT, _make_prior, params, base, rt, len(first), channels
+            )
+            shutil.copytree(made, tmp / PRIOR_DIR)
+            if any(resume.done(label) is None for label in per_class):  # someone trains
+                prior = _prior(params, base, tmp / PRIOR_DIR, rt)
         for label, items in per_class.items():
-            done = resume.done(label)
-            if done is None:
-                if cfg.mode == "dreambooth" and prior is None:
-                    prior = _prior(params, base, tmp / PRIOR_DIR, rt)
-                started = time.perf_counter()
-                with resume.unit(label) as unit:
-                    _adapt_class(
-                        params,
-                        base,
-                        label,
-                        [px for _, px in items],
-                        [r["id"] for r, _ in items],
-                        rt,
-                        unit,
-                        prior,
-                    )
-                metrics[f"time/{label}_s"] = time.perf_counter() - started
-                done = resume.done(label)
+            pixels, ids = [px for _, px in items], [r["id"] for r, _ in items]
+            done, seconds = resume.ensure(
+                label, _adapt_class, params, base, label, pixels, ids, rt, prior
+            )
+            if seconds is not None:
+                metrics[f"time/{label}_s"] = seconds
             shutil.copytree(
                 done, tmp / "adapters" / label, ignore=shutil.ignore_patterns(CURVES_DIR)
             )

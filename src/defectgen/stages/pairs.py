@@ -112,7 +112,7 @@ def _grid(conditions, images, masks) -> np.ndarray:
     return np.concatenate(rows, axis=0)
 
 
-def _class_unit(params, label, labels, real, synthetic_masks, masks_dir, base, rt, unit,
+def _class_unit(unit, params, label, labels, real, synthetic_masks, masks_dir, base, rt,
                 layouts_from=None):  # fmt: skip
     """One class: train its ControlNet, generate its pairs into `unit`; returns the entry.
     `layouts_from`: the (row, image, mask) triples the drivers take their layouts from
@@ -327,15 +327,14 @@ def run(
     with atomic_dir(out_dir) as tmp:
         for label in sorted({t["label"] for t in table}):
             mine = [t for t in table if t["label"] == label]
+            real = None  # read only when the class's unit is still to be made
             if resume.done(label) is None:
                 real = _real_pairs(preprocessed, rows, params.pairs.data, label)
                 if not real:
                     report["classes"][label] = {"skipped": "no real train images with masks"}
                     continue
-                with resume.unit(label) as unit:
-                    _class_unit(params, label, labels, real, mine, masks_dir, base, rt, unit,
-                                layouts_from=normal)  # fmt: skip
-            done = resume.done(label)
+            done, _ = resume.ensure(label, _class_unit, params, label, labels, real, mine,
+                                    masks_dir, base, rt, layouts_from=normal)  # fmt: skip
             entry = json.loads((done / "entry.json").read_text(encoding="utf-8"))
             class_rows = manifest.read_rows(done)
             for folder in ("images", "masks"):
