@@ -6,37 +6,54 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := true
 
-.PHONY: setup browser demo test ui lint clean lock
+.PHONY: setup browser demo test ui lint clean lock tools-lock
 
 setup: $(VENV)/.installed
 
 # Installs come from requirements.lock alone (every package, exact versions, sha256
-# hashes; `make lock` writes it). pip refuses anything unpinned or unhashed. torch is the
-# CPU wheel: found on our machines' wheel folder, elsewhere on PyTorch's CPU index.
+# hashes; `make lock` writes it), installed by uv (pinned and hash-checked in
+# tools.lock), which refuses anything unpinned or unhashed; parallel downloads make a
+# fresh install about a minute instead of pip's 3. torch is the CPU wheel: found on our
+# machines' wheel folder, elsewhere on PyTorch's CPU index.
 TORCH_CPU_WHEELS := /opt/wheels
 TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
-TORCH_SOURCE := $(if $(wildcard $(TORCH_CPU_WHEELS)/torch-*+cpu-*.whl),--find-links $(TORCH_CPU_WHEELS),--extra-index-url $(TORCH_CPU_INDEX))
+TORCH_SOURCE := $(if $(wildcard $(TORCH_CPU_WHEELS)/torch-*+cpu-*.whl),--find-links $(TORCH_CPU_WHEELS),--extra-index-url $(TORCH_CPU_INDEX) --index-strategy unsafe-best-match)
+UV_VERSION := 0.13.9
+UV := build/uv/bin/uv
 
-$(VENV)/.installed: requirements.lock pyproject.toml
+$(UV): tools.lock
+	python3 -m venv build/uv
+	build/uv/bin/pip install -q --require-hashes -r tools.lock
+	touch $@
+
+# --compile-bytecode: every process would otherwise compile the ~4,000 modules it imports
+# (torch, mlflow, ...) again where PYTHONDONTWRITEBYTECODE is set: 20 s per stage here.
+$(VENV)/.installed: requirements.lock pyproject.toml $(UV)
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q $(TORCH_SOURCE) --require-hashes -r requirements.lock
-	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(UV) pip install -q --compile-bytecode --python $(PY) $(TORCH_SOURCE) \
+		--require-hashes -r requirements.lock
+	$(UV) pip install -q --python $(PY) --no-deps --no-build-isolation -e .
+	$(PY) -m compileall -q src
 	touch $@
 
 # Regenerate the lock from pyproject.toml (+ the build backend, + constraints.txt's torch
-# pin) with a pinned uv. Only on purpose: bump a range, `make lock`, run `make demo` and
-# `make test`, commit the lock with the change (README: Upgrading dependencies).
-UV_VERSION := 0.13.9
-UV := build/uv/bin/uv
-$(UV):
-	python3 -m venv build/uv
-	build/uv/bin/pip install -q uv==$(UV_VERSION)
+# pin) with the pinned uv, keeping every existing pin that still fits (to move them all,
+# delete requirements.lock first). Only on purpose: bump a range, `make lock`, run
+# `make demo` and `make test`, commit the lock with the change (README: Upgrading
+# dependencies). After changing UV_VERSION, `make tools-lock` rewrites tools.lock.
+tools-lock:
+	python3 -m venv build/uv-bootstrap
+	build/uv-bootstrap/bin/pip install -q uv==$(UV_VERSION)
+	{ echo "# uv, which installs requirements.lock: one version, every platform's hash (make tools-lock)."; \
+	  echo "uv==$(UV_VERSION)" | build/uv-bootstrap/bin/uv pip compile - --generate-hashes --no-header --quiet; \
+	} > tools.lock
+	rm -rf build/uv-bootstrap
 
 lock: $(UV)
+	cp requirements.lock requirements.lock.tmp  # uv keeps the pins it can (no silent upgrades)
 	python3 -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
 	| $(UV) pip compile pyproject.toml - --extra dev -c constraints.txt \
 		--python-version 3.11 --python-platform x86_64-manylinux_2_28 $(TORCH_SOURCE) \
-		$(if $(findstring extra-index,$(TORCH_SOURCE)),--index-strategy unsafe-best-match) \
 		--generate-hashes --no-header --quiet -o requirements.lock.tmp
 	{ echo "# The lock: every package defectgen installs, exact versions and hashes."; \
 	  echo "# Written by \`make lock\` (uv $(UV_VERSION)) from pyproject.toml, its build-system and"; \
@@ -55,8 +72,11 @@ browser:
 		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium \
 		>/dev/null 2>&1; } || echo "chromium not installed: the browser render test will skip"
 
+# Two workers, one per core (tests/conftest.py gives each one thread); a test file stays
+# on one worker, so its module fixtures are built once. `TEST_WORKERS=0` runs serially.
+TEST_WORKERS ?= 2
 test: setup browser
-	$(PY) -m pytest
+	$(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 # The MLflow UI on the embedded store, on this machine only: http://127.0.0.1:5000
 ui: setup

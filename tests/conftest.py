@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one worker per core: one
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # thread each (before numpy and
+        os.environ.setdefault(var, "1")  # torch load), inherited by the e2e subprocesses
+
 import numpy as np
 import pytest
 import yaml
@@ -17,6 +21,17 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "true")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest files first: with whole files handed to the workers as they free up
+    (`--dist loadfile`), a long file started last would run alone at the end. Files whose
+    every test is `slow` (whole pipelines) lead, then files with some slow tests."""
+    slow: dict[Path, list[bool]] = {}
+    for item in items:
+        slow.setdefault(item.path, []).append(item.get_closest_marker("slow") is not None)
+    rank = {path: 0 if all(marks) else 1 if any(marks) else 2 for path, marks in slow.items()}
+    items.sort(key=lambda item: rank[item.path])  # stable: the file order within a rank
 
 
 def shared_data(name: str) -> Path:

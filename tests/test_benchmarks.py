@@ -33,6 +33,7 @@ def smoke(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_gpu_run_smoke_writes_at_most_eight_result_files(smoke: Path):
     files = sorted(p.name for p in smoke.iterdir())
     assert files == [
@@ -47,6 +48,7 @@ def test_gpu_run_smoke_writes_at_most_eight_result_files(smoke: Path):
     assert "torchvision import:" in (smoke / "env.txt").read_text()
 
 
+@pytest.mark.slow
 def test_gpu_run_smoke_runs_the_whole_dag_on_neu_det(smoke: Path):
     record = json.loads((smoke / "gpu_pipeline-smoke.json").read_text())
     assert list(record["stages"]) == [
@@ -69,6 +71,7 @@ def test_gpu_harness_stops_starting_rows_at_its_deadline(tmp_path: Path):
     assert record["rows"] and all(r["error"] == "not run: deadline" for r in record["rows"])
 
 
+@pytest.mark.slow
 def test_gpu_harness_smoke_measures_every_row(smoke: Path):
     tmp_path = smoke
     record = json.loads((tmp_path / "gpu_diffusion-smoke.json").read_text())

@@ -99,3 +99,15 @@ def test_the_venv_holds_exactly_the_lock():
         f"other versions: {[(k, installed[k], pins[k]) for k in changed]}. "
         "Recreate the venv: rm -rf .venv && make setup"
     )
+
+
+def test_the_installer_is_the_pinned_hashed_uv_the_makefile_names():
+    """`make setup` installs the lock with uv, itself installed from tools.lock: one exact
+    version, the one UV_VERSION names, with a hash for each platform's wheel."""
+    makefile = (ROOT / "Makefile").read_text()
+    version = re.search(r"^UV_VERSION := (\S+)$", makefile, re.M)[1]
+    text = (ROOT / "tools.lock").read_text()
+    assert lock_pins(text) == {"uv": version}
+    assert text.count("--hash=sha256:") >= 5  # Linux, macOS and Windows wheels, the sdist
+    assert "--require-hashes -r tools.lock" in makefile
+    assert "--require-hashes -r requirements.lock" in makefile
