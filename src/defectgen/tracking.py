@@ -17,6 +17,7 @@ import csv
 import os
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -167,10 +168,16 @@ class StageRun:
         if not path.is_file():
             return
         frame = pd.read_parquet(path)
-        dataset = mlflow.data.from_pandas(
-            frame, source=str(path.resolve()), name=name, digest=file_digest(path)[:16]
-        )
-        mlflow.log_input(dataset, context=context)
+        with warnings.catch_warnings():
+            # MLflow registers the local artifact source under two schemes ("" and file)
+            # and warns that a path matches both; its integer-column hint is about model
+            # signatures. Neither concerns a dataset record: both would print per stage.
+            warnings.filterwarnings("ignore", message="The specified dataset source can be")
+            warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+            dataset = mlflow.data.from_pandas(
+                frame, source=str(path.resolve()), name=name, digest=file_digest(path)[:16]
+            )
+            mlflow.log_input(dataset, context=context)
 
 
 def active_run_ids() -> dict[str, str] | None:
