@@ -58,6 +58,18 @@ VARIANTS = {
         {"pixel": "l1", "ssim": 0.5, "fft": 0.5, "perceptual_effnet_lite0": 0.1},
         {},
     ),
+    "l1-ssim-fft-perceptual0.2": (
+        {"pixel": "l1", "ssim": 0.5, "fft": 0.5, "perceptual_effnet_lite0": 0.2},
+        {},
+    ),
+    "l1-ssim-fft-perceptual0.3": (
+        {"pixel": "l1", "ssim": 0.5, "fft": 0.5, "perceptual_effnet_lite0": 0.3},
+        {},
+    ),
+    "factor2-l1-ssim-fft-perceptual": (
+        {"pixel": "l1", "ssim": 0.5, "fft": 0.5, "perceptual_effnet_lite0": 0.1},
+        {"vae_channels": [16, 32]},
+    ),
     "latent8": ({}, {"latent_channels": 8}),
     "factor2": ({}, {"vae_channels": [16, 32]}),
     "factor2-l1-ssim-fft": ({"pixel": "l1", "ssim": 0.5, "fft": 0.5}, {"vae_channels": [16, 32]}),
