@@ -14,7 +14,11 @@ import pytest
 import yaml
 from PIL import Image
 
+from defectgen._torchvision_compat import ensure_torchvision_importable
 from defectgen.config import Params, parse_params
+
+ensure_torchvision_importable()  # test modules import diffusers directly (the package does
+# it in the modules that import transformers, diffusers or torchvision)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

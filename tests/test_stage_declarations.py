@@ -7,6 +7,7 @@ params follow the declaration."""
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -82,6 +83,46 @@ def test_classifier_stages_load_no_diffusion_stack():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+SKIP_WITHOUT_MASKS = """
+import json, sys
+from pathlib import Path
+from defectgen.config import load_params
+from defectgen.stages import detect, ingest, masks, pairs, preprocess, segment
+params, t = load_params(sys.argv[1]), Path(sys.argv[2])
+ingest.run(params, out_dir=t / "ingested")
+preprocess.run(params, ingested=t / "ingested", out_dir=t / "pre")
+done = [masks.run(params, preprocessed=t / "pre", out_dir=t / "masks"),
+        pairs.run(params, preprocessed=t / "pre", base=t / "none", masks=t / "masks",
+                  out_dir=t / "pairs"),
+        segment.run(params, preprocessed=t / "pre", pairs=t / "pairs", gated=t / "none",
+                    out_dir=t / "segment"),
+        detect.run(params, preprocessed=t / "pre", generated=t / "none", gated=t / "none",
+                   pairs=t / "pairs", pairs_gated=t / "none", out_dir=t / "detect")]
+print(json.dumps({"skipped": [m["skipped"] for m in done],
+                  "loaded": sorted(m for m in ("torch", "torchvision", "diffusers")
+                                   if m in sys.modules)}))
+"""
+
+
+def test_the_mask_branch_skips_a_dataset_without_masks_without_loading_torch(
+    tmp_path, folders_dataset
+):
+    """On a dataset without masks or boxes (the demo's ELPV) the four mask-branch stages
+    only write their `skipped` records: a process each in dvc repro and KFP, which must not
+    spend seconds importing torch, torchvision and diffusers to say so."""
+    params = make_params("folders", folders_dataset, tracking={"enabled": False})
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params.model_dump(mode="json")))
+    out = subprocess.run(
+        [sys.executable, "-c", SKIP_WITHOUT_MASKS, str(path), str(tmp_path)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert json.loads(out.stdout) == {"skipped": [1.0] * 4, "loaded": []}
+    for stage, record in (("masks", "masks.json"), ("pairs", "pairs.json"),
+                          ("segment", "segment.json"), ("detect", "detect.json")):  # fmt: skip
+        assert "skipped" in json.loads((tmp_path / stage / record).read_text())
 
 
 def test_resume_keys_follow_the_declaration(tmp_path):

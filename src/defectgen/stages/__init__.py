@@ -1,10 +1,7 @@
 """One module per stage, each with run(params, *, <input folders>, out_dir) -> metrics.
 
-transformers and diffusers import torchvision, which must be made importable first
-(see _torchvision_compat); doing it here covers every stage module, whatever it
-imports first.
+Light on purpose: a stage loads torch, diffusers or torchvision only where it uses them
+(the modules that import transformers, diffusers or torchvision make torchvision
+importable first: see _torchvision_compat), so a stage that has nothing to do (the mask
+branch on a dataset without masks) starts in about a second.
 """
-
-from defectgen._torchvision_compat import ensure_torchvision_importable
-
-ensure_torchvision_importable()

@@ -38,10 +38,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image, ImageDraw
 
 from defectgen import manifest
@@ -55,16 +55,20 @@ from defectgen.artifacts import (
     RUNS_PARQUET,
 )
 from defectgen.config import Params, comparison_metrics, metric_name
-from defectgen.core import arms, detect, stats
-from defectgen.core.device import runtime
+from defectgen.core import arms, stats
 from defectgen.core.images import decode_image
 from defectgen.declarations import get_stage
 from defectgen.errors import DataError
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
 from defectgen.stagekit import Curves, derive_seed
 
+if TYPE_CHECKING:
+    from defectgen.core import detect
+
 
 def _sample(item: Item, labels: list[str]) -> tuple[np.ndarray, detect.Target]:
+    from defectgen.core import detect  # torchvision: not loaded by a skipped run
+
     pixels, _ = decode_image((item.folder / item.row["path"]).read_bytes())
     cls = labels.index(item.row["label"]) + 1
     if item.mask is not None:
@@ -123,6 +127,8 @@ class _Data:
 
     def condition(self, name: str, seed: int) -> tuple[list, list, int]:
         """(images, targets, number added) of one condition and seed."""
+        from defectgen.core import detect
+
         own = [self.sample(i) for i in self.subset]
         matched = self.plan[name]
         if name == arms.REAL:
@@ -152,6 +158,11 @@ def _record_unit(unit: Path, params: Params, data, model: str, condition: str, s
 
 
 def _train_one(params: Params, data: _Data, model_name: str, condition: str, seed: int) -> dict:
+    import torch
+
+    from defectgen.core import detect
+    from defectgen.core.device import runtime
+
     cfg = params.detect
     rt = runtime(params.model)
     images, targets, n_added = data.condition(condition, seed)
@@ -244,6 +255,8 @@ def run(
         with atomic_dir(out_dir) as tmp:
             atomic_write_json(tmp / DETECT_JSON, {"skipped": why})
         return {"skipped": 1.0}
+    from defectgen.core import detect
+
     if not data.split["test"]:
         raise DataError(f"{preprocessed}: no annotated test images; raise preprocess.split.test")
     if any(detect.has_masks(m) for m in cfg.models) and data.subset[0].mask is None:

@@ -41,18 +41,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from defectgen import manifest
 from defectgen.artifacts import CURVES_DIR, MASKS_JSON, MASKS_PARQUET
 from defectgen.config import Params
 from defectgen.core import masks as masks_core
-from defectgen.core import metrics
-from defectgen.core.device import runtime
 from defectgen.core.images import decode_image, encode_png
 from defectgen.declarations import get_stage
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
-from defectgen.reference import choose_extractor
 from defectgen.stagekit import Curves, derive_seed, progress
 
 # DDPM work (steps x pixels) a CPU does in minutes: 4x the CPU profile's 300 steps at 32 px
@@ -137,7 +133,10 @@ def _make(method: str, params: Params, label: str, real, ids, space, producer):
 
 def _producer(params: Params, label: str, real, curves: Curves):
     """DefFiller's DDPM mask producer trained on the class's real train masks."""
+    import torch
+
     from defectgen.core import maskgen
+    from defectgen.core.device import runtime
 
     d = params.masks.ddpm
     rt = runtime(params.model)
@@ -165,6 +164,8 @@ def _has_defect(preprocessed: Path, row: dict) -> bool:
 
 def _class_unit(unit: Path, params: Params, label: str, real_rows, val_rows, preprocessed, ext):
     """One class: every method's masks, their quality, into the resume unit."""
+    from defectgen.core import metrics
+
     cfg = params.masks
     real, ids = _read(preprocessed, real_rows), [r["id"] for r in real_rows]
     val = _read(preprocessed, val_rows)
@@ -226,6 +227,11 @@ def run(params: Params, *, preprocessed: Path, out_dir: Path) -> dict[str, float
             atomic_write_json(tmp / MASKS_JSON, {"skipped": NO_MASKS})
             pd.DataFrame(columns=["id", "label", "method", "path"]).to_parquet(tmp / MASKS_PARQUET)
         return {"n_masks": 0.0, "skipped": 1.0}
+
+    # torch and the feature extractor load here, after the skip: a dataset without masks
+    # (the demo's ELPV) runs this stage in about a second
+    from defectgen.core.device import runtime
+    from defectgen.reference import choose_extractor
 
     ext, note = choose_extractor(params, runtime(params.model).device)
     key = file_digest(preprocessed / manifest.MANIFEST_NAME)[:16]

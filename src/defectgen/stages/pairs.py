@@ -39,7 +39,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy import ndimage
 
 from defectgen import manifest
@@ -54,12 +53,10 @@ from defectgen.artifacts import (
 )
 from defectgen.config import Params
 from defectgen.core import masks as masks_core
-from defectgen.core.diffusion import control, models, train
 from defectgen.core.images import decode_image, encode_png, pixel_id
 from defectgen.declarations import get_stage
 from defectgen.errors import DataError
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
-from defectgen.prior import open_base
 from defectgen.stagekit import Curves, derive_seed
 
 # class colours for the conditioning images, by the class's position in sorted order
@@ -117,6 +114,11 @@ def _class_unit(unit, params, label, labels, real, synthetic_masks, masks_dir, b
     """One class: train its ControlNet, generate its pairs into `unit`; returns the entry.
     `layouts_from`: the (row, image, mask) triples the drivers take their layouts from
     (defect-free images when the dataset has them; else the class's own `real`)."""
+    import torch
+
+    from defectgen.core.diffusion import control, models, train
+    from defectgen.prior import open_base
+
     cfg = params.pairs
     colour = colour_of(labels, label)
     pipe = open_base(base, params, rt)
@@ -310,6 +312,9 @@ def run(
     if leaked:  # the masks stage reads train masks only; the invariant that matters
         raise DataError(f"{masks_dir}: masks with parents outside train: {leaked[:3]}")
     labels = sorted({r["label"] for r in rows})
+    # the diffusion stack loads here, after the skip: without masks this stage takes ~1 s
+    from defectgen.core.diffusion import models
+
     rt = models.runtime(params.model)
     key = file_digest(
         preprocessed / manifest.MANIFEST_NAME,

@@ -55,8 +55,7 @@ from defectgen.artifacts import (
     SEGMENT_JSON,
 )
 from defectgen.config import Params, comparison_metrics, metric_name
-from defectgen.core import arms, coco, segment, segmetrics, stats
-from defectgen.core.device import runtime
+from defectgen.core import arms, coco, stats
 from defectgen.core.images import decode_image
 from defectgen.declarations import get_stage
 from defectgen.errors import DataError
@@ -126,6 +125,9 @@ def _export(
 def _fit_score(params: Params, seed: int, train_set, test_set, labels_test):
     """One U-Net: metrics overall, Dice per class, and its loss curve. The seed is the
     same for every condition (paired: init, batch order and flips drawn alike)."""
+    from defectgen.core import segment, segmetrics  # torch: not loaded by a skipped run
+    from defectgen.core.device import runtime
+
     cfg = params.segment
     rt = runtime(params.model)
     images, masks = train_set
@@ -173,6 +175,8 @@ class _Conditions:
 
     def pairs(self, name: str, seed: int) -> tuple[list, list, int]:
         """(images, masks, number of added pairs) for one condition and seed."""
+        from defectgen.core import segment
+
         own = [self.pixels[r["id"]] for r in self.real_train]
         matched = self.plan[name]
         if name in (arms.REAL, arms.MAJORITY):
@@ -239,6 +243,8 @@ def run(
         with atomic_dir(out_dir) as tmp:
             atomic_write_json(tmp / SEGMENT_JSON, {"skipped": pairs_report["skipped"]})
         return {"skipped": 1.0}
+    from defectgen.core import segment
+
     everything = manifest.read_rows(preprocessed)
     rows = [r for r in everything if r["origin"] == "real" and r["mask_path"]]
     labels = sorted({r["label"] for r in everything})
