@@ -73,10 +73,11 @@ browser:
 		>/dev/null 2>&1; } || echo "chromium not installed: the browser render test will skip"
 
 # Two workers, one per core (tests/conftest.py gives each one thread); a test file stays
-# on one worker, so its module fixtures are built once. `TEST_WORKERS=0` runs serially.
+# on one worker, so its module fixtures are built once, and files go out in conftest's
+# order (longest first). `TEST_WORKERS=0` runs serially.
 TEST_WORKERS ?= 2
 test: setup browser
-	$(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+	$(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 # The MLflow UI on the embedded store, on this machine only: http://127.0.0.1:5000
 ui: setup

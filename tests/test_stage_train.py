@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from defectgen import manifest
 from defectgen.core.images import encode_png, pixel_id
@@ -228,3 +229,25 @@ def test_synthetic_images_from_held_out_parents_are_refused(dataset, tmp_path):
             gated=tmp / "gated",
             out_dir=tmp_path / "train",
         )
+
+
+def test_two_workers_train_the_same_runs_as_one(dataset, tmp_path):
+    """train.workers runs the (model, condition, seed) units in separate one-thread
+    processes: the records equal those of one one-thread process, in the same order."""
+    cfg = {"conditions": ["real+synthetic"], "oracle": False, "seeds": [0, 1]}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what each worker process has
+    try:
+        run_train(dataset, tmp_path / "serial", workers=1, **cfg)
+    finally:
+        torch.set_num_threads(threads)
+    metrics = run_train(dataset, tmp_path / "pool", workers=2, **cfg)
+    serial, pool = (pd.read_parquet(tmp_path / d / "runs.parquet") for d in ("serial", "pool"))
+    assert len(pool) == 8 and metrics["n_runs"] == 8  # real, +synthetic, +classical, majority
+    columns = ["condition", "seed", "accuracy", "macro_f1", "best_step", "train_ids_sha256"]
+    pd.testing.assert_frame_equal(serial[columns], pool[columns])
+    curves = sorted((tmp_path / "pool" / "curves").glob("*.csv"))  # losses between checks
+    assert len(curves) == 6  # every trained run's (majority trains nothing)
+    for path in curves:
+        assert path.read_bytes() == (tmp_path / "serial" / "curves" / path.name).read_bytes()
+    assert any(k.startswith("time/resnet18/") for k in metrics)  # each unit timed

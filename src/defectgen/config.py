@@ -622,6 +622,7 @@ class TrainConfig(_Section):
     rotation: float = Field(default=10.0, ge=0.0, le=180.0)  # +- degrees
     flips: bool = True  # horizontal and vertical
     image_size: int | None = Field(default=None, ge=16)  # null: as preprocessed
+    workers: int = Field(default=1, ge=1)  # runs trained at once, one CPU thread each
 
     @model_validator(mode="before")
     @classmethod

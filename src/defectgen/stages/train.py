@@ -355,20 +355,20 @@ def run(
     records: list[dict] = []
     skipped: dict[str, str] = {}
     metrics_out: dict[str, float] = {}
+    runs: list[tuple[str, str, int]] = []
     for condition in data.plan:
         _, _, reason = data.condition(condition, cfg.seeds[0])
         if reason:
             skipped[condition] = reason
             continue
-        for model_name in cfg.models:
-            for seed in cfg.seeds:
-                unit_name = f"{model_name}.{condition}.{seed}"
-                done, seconds = resume.ensure(
-                    unit_name, _record_unit, params, data, model_name, condition, seed
-                )
-                if seconds is not None:
-                    metrics_out[f"time/{model_name}/{metric_name(condition)}/{seed}_s"] = seconds
-                records.append(json.loads((done / RECORD_JSON).read_text(encoding="utf-8")))
+        runs += [(m, condition, seed) for m in cfg.models for seed in cfg.seeds]
+    jobs = [(f"{m}.{c}.{seed}", _record_unit, (params, data, m, c, seed)) for m, c, seed in runs]
+    for (model_name, condition, seed), (done, seconds) in zip(
+        runs, resume.ensure_many(jobs, workers=cfg.workers), strict=True
+    ):
+        if seconds is not None:
+            metrics_out[f"time/{model_name}/{metric_name(condition)}/{seed}_s"] = seconds
+        records.append(json.loads((done / RECORD_JSON).read_text(encoding="utf-8")))
     summary, confusion = _summarise(records, data.labels)
     comparisons = {m: _comparisons(records, m, data.plan) for m in summary}
     captured = {m: _captured(records, m) for m in summary}

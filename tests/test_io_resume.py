@@ -1,0 +1,55 @@
+"""Resume: finished units survive a killed or failed run; ensure_many runs units in
+worker processes (train.workers) with the same results and the same resume rules."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from defectgen.io import Resume
+
+
+def write_where(unit: Path, value: int) -> None:
+    """A unit: records its value and the process and thread setting it ran with."""
+    if value < 0:
+        raise ValueError(f"unit {value} fails")
+    record = {"value": value, "pid": os.getpid(), "omp": os.environ.get("OMP_NUM_THREADS")}
+    (unit / "record.json").write_text(json.dumps(record))
+
+
+def _jobs(values: list[int]) -> list[tuple[str, object, tuple]]:
+    return [(f"u{i}", write_where, (v,)) for i, v in enumerate(values)]
+
+
+def _records(done: list[tuple[Path, float | None]]) -> list[dict]:
+    return [json.loads((path / "record.json").read_text()) for path, _ in done]
+
+
+def test_units_run_in_one_thread_workers_and_keep_their_order(tmp_path):
+    resume = Resume(tmp_path / "out", "key")
+    done = resume.ensure_many(_jobs([3, 1, 2]), workers=2)
+    records = _records(done)
+    assert [r["value"] for r in records] == [3, 1, 2]
+    assert all(r["pid"] != os.getpid() and r["omp"] == "1" for r in records)
+    assert all(seconds is not None for _, seconds in done)
+    # everything finished: a rerun starts no process and returns the same folders
+    again = resume.ensure_many(_jobs([3, 1, 2]), workers=2)
+    assert [p for p, _ in again] == [p for p, _ in done] and all(s is None for _, s in again)
+    # one worker: in this process, the same folders
+    serial = Resume(tmp_path / "serial", "key").ensure_many(_jobs([3, 1, 2]), workers=1)
+    assert [r["pid"] for r in _records(serial)] == [os.getpid()] * 3
+
+
+def test_a_failing_unit_keeps_the_finished_ones_for_the_rerun(tmp_path):
+    resume = Resume(tmp_path / "out", "key")
+    with pytest.raises(ValueError, match="unit -1 fails"):
+        resume.ensure_many(_jobs([5, -1, 6, 7]), workers=2)
+    assert resume.done("u1") is None
+    finished = {u for u in ("u0", "u2", "u3") if resume.done(u) is not None}
+    assert finished == {"u0", "u2", "u3"}  # the pool finishes the others before raising
+    rerun = resume.ensure_many(_jobs([5, 4, 6, 7]), workers=2)
+    assert [s is None for _, s in rerun] == [True, False, True, True]  # only u1 again
+    assert [r["value"] for r in _records(rerun)] == [5, 4, 6, 7]
