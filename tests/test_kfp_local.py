@@ -48,6 +48,7 @@ def test_compiled_pipeline_runs_locally(tmp_path: Path, monkeypatch):
     # the verdicts this test needs come from the distance rule: random textures ~12x pass,
     # the grey class ~3e4x fails (the utility rule is tested in test_stage_gate)
     params["gate"].update(decide_by="fidelity", max_ratio=1000.0)
+    params["train"]["workers"] = 1  # the dvc run tests the worker pool; here it costs ~30 s
     pipeline(params_yaml=yaml.safe_dump(params), source=str(_dataset(tmp_path / "ds")), track=True)
     run = _one(pipeline_root, "defectgen-*")
     labels = ["crack", "scratch"]
