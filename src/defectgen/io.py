@@ -169,8 +169,8 @@ class Resume:
 
 
 def _one_thread() -> None:
-    """A Resume worker's start: one intra-op thread for torch and numpy (they read these
-    when they load, after this runs)."""
+    """A Resume worker's start: one intra-op thread for torch (it reads these when it
+    loads, with the first unit's unpickling, after this runs)."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
 

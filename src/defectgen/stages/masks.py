@@ -229,7 +229,7 @@ def run(params: Params, *, preprocessed: Path, out_dir: Path) -> dict[str, float
         return {"n_masks": 0.0, "skipped": 1.0}
 
     # torch and the feature extractor load here, after the skip: a dataset without masks
-    # (the demo's ELPV) runs this stage in about a second
+    # (the demo's ELPV) runs this stage in seconds
     from defectgen.core.device import runtime
     from defectgen.reference import choose_extractor
 

@@ -312,7 +312,7 @@ def run(
     if leaked:  # the masks stage reads train masks only; the invariant that matters
         raise DataError(f"{masks_dir}: masks with parents outside train: {leaked[:3]}")
     labels = sorted({r["label"] for r in rows})
-    # the diffusion stack loads here, after the skip: without masks this stage takes ~1 s
+    # the diffusion stack loads here, after the skip: without masks it takes seconds
     from defectgen.core.diffusion import models
 
     rt = models.runtime(params.model)
