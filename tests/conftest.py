@@ -32,12 +32,12 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "true")
 # off its reordering by test count, which put these one-test files last), so the longest
 # start first and the short ones fill in beside them.
 LONGEST_FILES = (
-    "test_dvc_pipeline.py",  # ~280 s
-    "test_kfp_local.py",  # ~200 s
-    "test_benchmarks.py",  # ~160 s
-    "test_real_data.py",  # ~95 s
-    "test_kfp_exit_handler.py",  # ~75 s
-    "test_expansion.py",  # ~55 s
+    "test_dvc_pipeline.py",  # ~330 s
+    "test_kfp_local.py",  # ~240 s
+    "test_benchmarks.py",  # ~150 s
+    "test_real_data.py",  # ~90 s
+    "test_kfp_exit_handler.py",  # ~65 s
+    "test_expansion.py",  # ~65 s
 )
 
 
