@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -102,6 +103,65 @@ def test_bad_data_fails_with_a_message(tmp_path: Path):
     )
     assert proc.returncode == 2
     assert "does-not-exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+_ENTRY = """
+import atexit, os, sys, threading, time
+from pathlib import Path
+from defectgen import cli
+
+out = Path(sys.argv.pop(1))
+atexit.register(lambda: (out / "atexit").write_text("ran"))
+
+
+class Teardown:  # a module global: finalised by the interpreter's teardown only
+    def __del__(self):
+        os.close(os.open(out / "teardown", os.O_CREAT | os.O_WRONLY))
+
+
+kept = Teardown()
+if sys.argv[1] == "thread":
+    def late():
+        time.sleep(1)
+        (out / "thread").write_text("done")
+
+    threading.Thread(target=late).start()
+    sys.argv.pop(1)
+cli.entry()
+"""
+
+
+def _entry(tmp_path: Path, name: str, *args: str) -> subprocess.CompletedProcess:
+    out = tmp_path / name
+    out.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # block-buffered
+    return subprocess.run([sys.executable, "-c", _ENTRY, str(out), *args],
+                          capture_output=True, text=True, env=env)  # fmt: skip
+
+
+def test_the_console_script_skips_only_the_teardown(folders_dataset: Path, tmp_path: Path):
+    """`defectgen` (cli.entry) leaves a finished process without the interpreter's
+    teardown, but keeps what a normal exit does that matters: atexit handlers run,
+    buffered output is written, a running non-daemon thread is waited for, and a failure
+    exits normally with its code."""
+    good = _params(tmp_path, folders_dataset)
+    ok = _entry(tmp_path, "ok", "check-params", "--params", str(good))
+    assert ok.returncode == 0, ok.stderr
+    assert f"{good}: ok (params hash" in ok.stdout
+    assert (tmp_path / "ok" / "atexit").exists()
+    assert not (tmp_path / "ok" / "teardown").exists()
+
+    waits = _entry(tmp_path, "thread", "thread", "check-params", "--params", str(good))
+    assert waits.returncode == 0, waits.stderr
+    assert (tmp_path / "thread" / "thread").read_text() == "done"
+    assert (tmp_path / "thread" / "atexit").exists()
+
+    (tmp_path / "bad").mkdir()
+    bad = _params(tmp_path / "bad", folders_dataset, layout="yolo")
+    fails = _entry(tmp_path, "fails", "check-params", "--params", str(bad))
+    assert fails.returncode == 2
+    assert "data.layout = 'yolo'" in fails.stderr
+    assert (tmp_path / "fails" / "atexit").exists() and (tmp_path / "fails" / "teardown").exists()
 
 
 def test_schedule_says_what_it_needs_before_touching_a_cluster(tmp_path, capsys, monkeypatch):
