@@ -218,10 +218,11 @@ def finish(rc: int) -> NoReturn:
     """Exit with `rc`; after a success, without the interpreter's teardown.
 
     A finished stage process holds ~4,900 imported modules (torch, diffusers, mlflow);
-    tearing them down takes 1.5-2 s per process here (benchmarks/results/stage_startup.md)
-    and does nothing a finished process needs. The atexit handlers (MLflow, logging,
-    temporary folders) still run and stdout/stderr are flushed; a failure, or a thread a
-    normal exit would wait for, takes the normal exit.
+    tearing them down took 2-3.5 s per diffusion-stage process here
+    (benchmarks/results/stage_startup.md) and does nothing a finished process needs.
+    The atexit handlers (MLflow, logging, temporary folders) still run and stdout/stderr
+    are flushed; a failure, or a thread a normal exit would wait for, takes the normal
+    exit.
     """
     others = [t for t in threading.enumerate() if t is not threading.main_thread()]
     if rc != 0 or any(not t.daemon and t.is_alive() for t in others):
