@@ -39,14 +39,3 @@ def test_unet_learns_to_segment_and_predicts_probabilities():
     again = segment.fit(images[:32], masks[:32], steps=60, batch_size=8, lr=3e-3, seed=0)
     assert again.losses == pytest.approx(fit.losses)  # reproducible from the seed
     assert len(fit.losses) == segment.LOSS_POINTS
-
-
-def test_classical_pair_moves_the_mask_with_the_image_and_keeps_it_binary():
-    images, masks = _pairs(6, 3)
-    rng = np.random.default_rng(0)
-    for image, mask in zip(images, masks, strict=True):
-        mask = (mask > 0).astype(np.uint8) * 255
-        aug_image, aug_mask = segment.classical_pair(image, mask, rng)
-        assert aug_image.shape == image.shape and set(np.unique(aug_mask)) <= {0, 255}
-        inside, outside = aug_image[aug_mask > 0], aug_image[aug_mask == 0]
-        assert inside.mean() > outside.mean() + 60  # the defect is still under its mask

@@ -48,24 +48,57 @@ def test_pairing_removes_the_seed_effect_an_unpaired_test_would_keep():
     assert s["std"] == pytest.approx(np.std(control, ddof=1)) and s["n"] == 15
 
 
-def test_captured_fraction_of_the_oracle_gain():
+def test_captured_fraction_of_the_oracle_gain_over_real():
     rng = np.random.default_rng(1)
-    classical = 0.70 + rng.normal(0, 0.01, 12)
-    oracle = classical + 0.04 + rng.normal(0, 0.003, 12)
-    perfect = stats.captured_fraction(oracle, classical, oracle)
+    real = 0.70 + rng.normal(0, 0.01, 12)
+    oracle = real + 0.04 + rng.normal(0, 0.003, 12)
+    perfect = stats.captured_fraction(oracle, real, oracle)
     assert perfect["fraction"] == pytest.approx(1.0) and perfect["ci"][0] <= 1.0 <= perfect["ci"][1]
-    half = stats.captured_fraction(classical + 0.02, classical, oracle)
-    assert half["fraction"] == pytest.approx(0.02 / np.mean(oracle - classical))
+    half = stats.captured_fraction(real + 0.02, real, oracle)
+    assert half["fraction"] == pytest.approx(0.02 / np.mean(oracle - real))
     assert half["ci"][0] < half["fraction"] < half["ci"][1] < 1.0
-    # no gain to capture: the oracle does not beat the classical arm
-    flat = stats.captured_fraction(classical + 0.01, classical, classical + rng.normal(0, 0.01, 12))
-    assert flat["fraction"] is None and "oracle does not beat" in flat["why"]
+    # an arm that merely matches real captures nothing (the old denominator, oracle minus
+    # a damaged classical arm, would have credited it with the classical arm's deficit)
+    assert stats.captured_fraction(real, real, oracle)["fraction"] == pytest.approx(0.0)
+    # no gain to capture: more real images do not beat the few-shot set
+    flat = stats.captured_fraction(real + 0.01, real, real + rng.normal(0, 0.01, 12))
+    assert flat["fraction"] is None and "do not beat the few-shot set" in flat["why"]
+
+
+def test_holm_adjusts_step_down_and_keeps_order():
+    # sorted 0.01, 0.02, 0.03, 0.04 over m = 4: 0.04, 0.06, 0.06 (monotone), 0.06
+    adjusted = stats.holm([0.03, None, 0.01, 0.04, 0.02])
+    assert adjusted[1] is None
+    assert adjusted[2] == pytest.approx(0.04) and adjusted[4] == pytest.approx(0.06)
+    assert adjusted[0] == pytest.approx(0.06) and adjusted[3] == pytest.approx(0.06)
+    assert stats.holm([0.9, 0.8]) == [pytest.approx(1.0), pytest.approx(1.0)]
+
+
+def test_a_family_of_comparisons_reads_its_verdicts_from_holm_adjusted_p():
+    rng = np.random.default_rng(3)
+    base = 0.7 + rng.normal(0, 0.02, 6)
+    values = {
+        "real": dict(enumerate(base)),
+        "strong": dict(enumerate(base + 0.05 + rng.normal(0, 0.005, 6))),
+        # alone its interval excludes 0 (p about 0.03); among 8 questions it does not pass
+        "weak": dict(enumerate(base + np.array([0.012, 0.004, 0.016, 0.002, 0.01, 0.006]))),
+    }
+    for i in range(6):
+        values[f"null{i}"] = dict(enumerate(base + rng.normal(0, 0.01, 6)))
+    questions = [(c, "real") for c in values if c != "real"]
+    rows = {r["arm"]: r for r in stats.compare(values, questions, "accuracy")}
+    weak = rows["weak"]
+    assert weak["ci"][0] > 0 and weak["p_value"] < 0.05 <= weak["p_adjusted"]
+    assert weak["verdict"] == "not distinguishable" and weak["family_size"] == 8
+    assert rows["strong"]["verdict"] == "better" and rows["strong"]["p_adjusted"] < 0.05
 
 
 def test_describe_writes_points_and_intervals():
     c = {"delta": 0.01, "ci": [-0.002, 0.022], "p_value": 0.09}
     assert stats.describe(c) == "+1.0 pp [-0.2, +2.2], p 0.09"
     assert stats.describe(c, points=False) == "+0.010 [-0.002, +0.022], p 0.09"
+    assert stats.describe({**c, "p_adjusted": 0.27}) == "+1.0 pp [-0.2, +2.2], p 0.09 (Holm 0.27)"
+    assert stats.p_text({**c, "p_adjusted": 0.27}) == "0.09 (Holm 0.27)"
 
 
 def _rows(label: str, n: int, start: int = 0) -> list[dict]:

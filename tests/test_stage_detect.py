@@ -28,7 +28,7 @@ def test_every_arm_trains_equal_steps_and_is_scored_with_coco(tmp_path: Path):
     out = tmp_path / "detect"
     metrics = stage.run(_params(), **_folders(run), out_dir=out)
     report = json.loads((out / artifacts.DETECT_JSON).read_text())
-    model = report["models"]["fasterrcnn_resnet18"]
+    model = report["models"]["fasterrcnn_effnet_lite0_imagenet"]
     assert report["order"] == ["real", "real+synthetic", "real+classical", "real+oracle",
                                "real+ungated", "real+classical-ungated", "real+oracle-ungated",
                                "all-train"]  # fmt: skip
@@ -42,12 +42,17 @@ def test_every_arm_trains_equal_steps_and_is_scored_with_coco(tmp_path: Path):
     assert report["left_out"]["real+ungated"] == {"none (strength 0.8 > 0.5)": 2}
     assert all(0.0 <= e["map_mean"] <= e["map50_mean"] + 1e-9 <= 1.0 for e in model.values())
     asked = {(c["arm"], c["control"], c["metric"])
-             for c in report["comparisons"]["fasterrcnn_resnet18"]}  # fmt: skip
+             for c in report["comparisons"]["fasterrcnn_effnet_lite0_imagenet"]}  # fmt: skip
     assert ("real+ungated", "real+classical-ungated", "map") in asked
     assert report["headline"].startswith("Synthetic vs classical augmentation for detection")
     assert (out / artifacts.BOXES_PNG).is_file() and (out / artifacts.RUNS_PARQUET).is_file()
     assert metrics["n_runs"] == 16.0
-    assert "fasterrcnn_resnet18/real_ungated/vs_real_classical-ungated/map_delta" in metrics
+    key = "fasterrcnn_effnet_lite0_imagenet/real_ungated/vs_real_classical-ungated/map_delta"
+    assert key in metrics  # the default model: the ImageNet trunk
+    # 2 steps cannot show that more data helps: no verdict, and the headline says why
+    check = report["validity"]["fasterrcnn_effnet_lite0_imagenet"]
+    assert check["verdicts_allowed"] is False and "cannot measure" in report["headline"]
+    assert all(e["best_steps"] == [2, 2] and e["budget_bound"] for e in model.values())
 
 
 def test_a_dataset_without_masks_or_boxes_is_skipped(tmp_path: Path):

@@ -135,6 +135,10 @@ def test_each_condition_trains_on_what_it_says_and_never_on_test(dataset, tmp_pa
         # the equal budget: every trained condition takes the same optimizer steps
         assert run["steps"] == (0 if run["condition"] == "majority" else 3)
 
+    def by_metric(condition: str, seed: int, metric: str) -> float:
+        hit = runs[(runs["condition"] == condition) & (runs["seed"] == seed)].iloc[0]
+        return float(hit[metric])
+
     def counts(condition: str, seed: int = 0) -> dict:
         hit = runs[(runs["condition"] == condition) & (runs["seed"] == seed)].iloc[0]
         return json.loads(hit["n_train"])
@@ -170,11 +174,25 @@ def test_each_condition_trains_on_what_it_says_and_never_on_test(dataset, tmp_pa
     for entry in entries.values():
         assert 0.0 <= entry["accuracy_mean"] <= 1.0 and entry["accuracy_std"] >= 0.0
         assert set(entry["recall_mean"]) == {"horizontal", "vertical"}
-    # majority: the subset's most frequent class for every test image
+    # majority: the constant predictor, the whole train split's most frequent class
     test = [r for r in rows if r["split"] == "test"]
-    top = max(sorted(real), key=lambda c: real[c])
+    whole = {c: sum(r["label"] == c for r in train_rows) for c in real}
+    top = max(sorted(whole), key=lambda c: whole[c])
     assert entries["majority"]["accuracy_mean"] == sum(r["label"] == top for r in test) / len(test)
-    # paired comparisons, computed over the two seeds, in eval.json and MLflow metrics
+    # the validity record: all-train minus real on the primary metric, from the runs
+    metric = report["primary_metric"]
+    assert metric == "accuracy"  # the test split is balanced (6 per class)
+    check = report["validity"]["resnet18"]
+    upper = [by_metric("all-train", k, metric) - by_metric("real", k, metric) for k in (0, 1)]
+    assert check["all_train_minus_real"]["delta"] == pytest.approx(np.mean(upper))
+    assert check["constant_predictor"] == entries["majority"]["accuracy_mean"]
+    assert check["verdicts_allowed"] is False  # 3 steps: this budget cannot tell
+    assert all(c["verdict"] == "no verdict: this budget cannot measure the value of data here"
+               for c in report["comparisons"]["resnet18"])  # fmt: skip
+    assert "This budget cannot measure the value of data here" in report["headline"]
+    assert all(e["best_steps"] and isinstance(e["budget_bound"], bool)
+               for c, e in entries.items() if c != "majority")  # fmt: skip
+    # paired comparisons, computed over the two seeds, Holm-adjusted within the family
     by_seed = {(r["condition"], r["seed"]): r["accuracy"] for _, r in runs.iterrows()}
     cmp = next(c for c in report["comparisons"]["resnet18"]
                if (c["arm"], c["control"], c["metric"])
@@ -183,6 +201,7 @@ def test_each_condition_trains_on_what_it_says_and_never_on_test(dataset, tmp_pa
     assert cmp["n_seeds"] == 2 and cmp["delta"] == pytest.approx(np.mean(diffs))
     if diffs[0] != diffs[1]:
         assert cmp["ci"][0] < cmp["delta"] < cmp["ci"][1]
+        assert cmp["p_adjusted"] >= cmp["p_value"]
     key = "resnet18/real_ungated/vs_real_classical-ungated/accuracy_delta"
     assert metrics[key] == pytest.approx(cmp["delta"])
     assert report["headline"].startswith(
@@ -246,8 +265,8 @@ def test_two_workers_train_the_same_runs_as_one(dataset, tmp_path):
     assert len(pool) == 8 and metrics["n_runs"] == 8  # real, +synthetic, +classical, majority
     columns = ["condition", "seed", "accuracy", "macro_f1", "best_step", "train_ids_sha256"]
     pd.testing.assert_frame_equal(serial[columns], pool[columns])
-    curves = sorted((tmp_path / "pool" / "curves").glob("*.csv"))  # losses between checks
-    assert len(curves) == 6  # every trained run's (majority trains nothing)
+    curves = sorted((tmp_path / "pool" / "curves").glob("*.csv"))  # loss and val per check
+    assert len(curves) == 2 * 6  # every trained run's (majority trains nothing)
     for path in curves:
         assert path.read_bytes() == (tmp_path / "serial" / "curves" / path.name).read_bytes()
     assert any(k.startswith("time/resnet18/") for k in metrics)  # each unit timed

@@ -130,14 +130,17 @@ def copy_data(raw: dict, run_dir: Path) -> dict:
     return {"source": str(source), "copied": str(dest)}
 
 
-def run_stages(raw: dict, run_dir: Path, *, keep_finished: bool = False) -> dict[str, dict]:
+def run_stages(
+    raw: dict, run_dir: Path, *, keep_finished: bool = False, only: tuple[str, ...] = ()
+) -> dict[str, dict]:
     """Every stage in order, in this process; a stage done with these params is skipped
     (its recorded wall time kept). Returns per stage wall_s, whether it was resumed, and
     the params key and git sha it ran with.
 
     A stage downstream of one that ran here runs again. keep_finished: a finished stage
     is kept even if it ran with other params or code (to add a stage, e.g. detect, to a
-    finished run); its entry says so (`other_params`)."""
+    finished run); its entry says so (`other_params`). only: just these stages (their
+    upstream must be among them)."""
     from defectgen.runner import execute, get_stage
 
     params = parse_params(raw, "experiment params")
@@ -146,6 +149,8 @@ def run_stages(raw: dict, run_dir: Path, *, keep_finished: bool = False) -> dict
     markers.mkdir(parents=True, exist_ok=True)
     times: dict[str, dict] = {}
     for name, inputs in STAGES:
+        if only and name not in only:
+            continue
         marker = markers / f"{name}.json"
         out = run_dir / name
         upstream_ran = any(times[up]["resumed"] is False for up in inputs.values())
@@ -249,16 +254,22 @@ def _classification(evaluation: dict) -> dict:
         models[model] = {
             c: {
                 "n_seeds": e["n_seeds"],
-                "accuracy": {"mean": e["accuracy_mean"], "std": e["accuracy_std"]},
-                "macro_f1": {"mean": e["macro_f1_mean"], "std": e["macro_f1_std"]},
+                **{
+                    m: {"mean": e[f"{m}_mean"], "std": e[f"{m}_std"]}
+                    for m in ("accuracy", "balanced_accuracy", "macro_f1")
+                },
                 "n_train": sum(e["n_train"].values()),
                 "n_train_per_class": e["n_train"],
                 "steps": e["steps"],
+                "epochs_equivalent": e["epochs_equivalent"],
+                "best_steps": e.get("best_steps", []),
+                "budget_bound": e.get("budget_bound", False),
             }
             for c, e in conditions.items()
         }
-    keep = ("headline", "protocol", "order", "comparisons", "captured", "oracle_shortfall",
-            "skipped", "test_images", "labels", "per_class_vs_classical")  # fmt: skip
+    keep = ("headline", "primary_metric", "validity", "protocol", "order", "comparisons",
+            "captured", "oracle_shortfall", "skipped", "test_images", "labels",
+            "per_class_vs_classical")  # fmt: skip
     return {"models": models, **{k: evaluation.get(k) for k in keep}}
 
 
@@ -324,12 +335,12 @@ def collect(dataset: str, raw: dict, run_dir: Path, times: dict, data: dict, arg
     if "skipped" in segment:
         result["segmentation"] = {"skipped": segment["skipped"]}
     else:
-        keep = ("headline", "protocol", "order", "conditions", "comparisons", "n_train_real",
-                "n_test")  # fmt: skip
+        keep = ("headline", "validity", "protocol", "order", "conditions", "comparisons",
+                "n_train_real", "n_test")  # fmt: skip
         result["segmentation"] = {k: segment[k] for k in keep}
         result["pairs_gate"] = _gate_rows(_json(run_dir / "pairs_gate" / "gate.json"))
     detection = _json(run_dir / "detect" / "detect.json")
-    keep = ("headline", "protocol", "order", "models", "comparisons", "left_out",
+    keep = ("headline", "validity", "protocol", "order", "models", "comparisons", "left_out",
             "not_trained", "n_test")  # fmt: skip
     result["detection"] = (
         {"skipped": detection["skipped"]} if "skipped" in detection
@@ -346,8 +357,11 @@ def markdown(result: dict) -> str:
     from defectgen.core import stats
 
     clf = result["classification"]
+    metric = clf["primary_metric"]
     lines = [
         f"# Expansion value on {result['dataset']} ({result['date']}, git {result['git']})",
+        "",
+        *(f"Validity ({model}): {check['statement']}" for model, check in clf["validity"].items()),
         "",
         f"**{clf['headline']}**",
     ]
@@ -376,29 +390,34 @@ def markdown(result: dict) -> str:
         "## Classifiers (real test split)",
         "",
         f"{len(p['seeds'])} paired seeds, {p['steps']} optimizer steps at batch "
-        f"{p['batch_size']} in every condition; accuracy in % (mean ± sample std). "
+        f"{p['batch_size']} in every condition ({p['optimizer']}, {p['schedule']}; "
+        f"{p['selection']}); primary metric {metric}; scores in % (mean ± sample std). "
         f"Classical augmentation: {p['classical']}.",
         "",
-        "| model | condition | train images | accuracy | macro-F1 | seeds |",
-        "|---|---|---:|---:|---:|---:|",
+        "| model | condition | train images | epochs | accuracy | balanced accuracy | "
+        "macro-F1 | best steps | budget-bound | seeds |",
+        "|---|---|---:|---:|---:|---:|---:|---|---|---:|",
     ]
     for model, conditions in clf["models"].items():
         for c in clf["order"]:
             e = conditions[c]
+            best = ", ".join(map(str, e["best_steps"])) or "-"
             lines.append(
-                f"| {model} | {c} | {e['n_train']} | {_pm(e['accuracy'])} | "
-                f"{_pm(e['macro_f1'])} | {e['n_seeds']} |"
+                f"| {model} | {c} | {e['n_train']} | {e['epochs_equivalent']:.1f} | "
+                f"{_pm(e['accuracy'])} | {_pm(e['balanced_accuracy'])} | {_pm(e['macro_f1'])} "
+                f"| {best} | {'yes' if e['budget_bound'] else 'no'} | {e['n_seeds']} |"
             )
-    lines += ["", "Paired differences in test accuracy (95 % t interval over seeds):", "",
-              "| model | arm | control | difference | p | verdict |",
+    lines += ["", f"Paired differences in test {metric} (95 % t interval over seeds; p and "
+              "its Holm adjustment over the model's table; verdicts from the adjusted p):", "",
+              "| model | arm | control | difference | p (Holm) | verdict |",
               "|---|---|---|---:|---:|---|"]  # fmt: skip
     for model, comparisons in clf["comparisons"].items():
         for c in comparisons:
-            if c["metric"] == "accuracy":
-                p_text = "-" if c["p_value"] is None else f"{c['p_value']:.2g}"
+            if c["metric"] == metric:
                 lines.append(
                     f"| {model} | {c['arm']} | {c['control']} | "
-                    f"{stats.describe({**c, 'p_value': None})} | {p_text} | {c['verdict']} |"
+                    f"{stats.describe({**c, 'p_value': None})} | {stats.p_text(c)} | "
+                    f"{c['verdict']} |"
                 )
     for model, captured in clf["captured"].items():
         for arm, cap in captured.items():
@@ -408,7 +427,7 @@ def markdown(result: dict) -> str:
                 ci = cap["ci"]
                 span = f" (95 % bootstrap CI {ci[0]:.2f} to {ci[1]:.2f})" if ci else ""
                 lines += ["", f"{model} {arm} captures {cap['fraction']:.2f} of the oracle's "
-                          f"gain over the classical arm{span}."]  # fmt: skip
+                          f"gain over real{span}."]  # fmt: skip
     for condition, reason in clf["skipped"].items():
         lines += ["", f"{condition}: not trained, {reason}."]
     lines += ["", "## Gate (per class)", "",
@@ -443,11 +462,12 @@ def markdown(result: dict) -> str:
                 f"| {c} | {e['n_train']} | {_pm(e['s_measure'], 1, 3)} | "
                 f"{_pm(e['dice'], 1, 3)} | {_pm(e['mae'], 1, 3)} |"
             )
-        lines += ["", "| arm | control | metric | difference | p | verdict |",
+        lines += ["", f"Validity: {seg['validity']['statement']}", "",
+                  "| arm | control | metric | difference | p (Holm) | verdict |",
                   "|---|---|---|---:|---:|---|"]  # fmt: skip
         for c in seg["comparisons"]:
             if c["metric"] in ("s_measure", "dice"):
-                p_text = "-" if c["p_value"] is None else f"{c['p_value']:.2g}"
+                p_text = stats.p_text(c)
                 lines.append(
                     f"| {c['arm']} | {c['control']} | {c['metric']} | "
                     f"{stats.describe({**c, 'p_value': None}, points=False)} | {p_text} | "
@@ -483,6 +503,7 @@ def detection_lines(det: dict) -> list[str]:
                 f"| {model} | {c} | {e['n_train']} | {e['map_mean']:.3f} ± {e['map_std']:.3f} "
                 f"| {e['map50_mean']:.3f} ± {e['map50_std']:.3f} |"
             )
+    lines += [""] + [f"Validity ({m}): {c['statement']}" for m, c in det["validity"].items()]
     lines += ["", "| model | arm | control | metric | difference | verdict |",
               "|---|---|---|---|---:|---|"]  # fmt: skip
     for model, comparisons in det["comparisons"].items():

@@ -556,8 +556,12 @@ class SegmentConfig(_Section):
     oracle: bool = True  # real+oracle arms and all-train (need train pairs outside the subset)
     seeds: list[int] = Field(default=[0, 1, 2], min_length=1)
     steps: int = Field(default=300, ge=1)  # optimizer steps per U-Net, every condition
+    evals: int = Field(default=6, ge=1, description="val Dice checks; the best weights are scored")
     batch_size: int = Field(default=16, ge=1)
-    lr: float = Field(default=1e-3, gt=0.0)
+    lr: float = Field(default=1e-3, gt=0.0, description="AdamW's peak learning rate")
+    weight_decay: float = Field(default=1e-4, ge=0.0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup: float = Field(default=0.05, ge=0.0, lt=1.0, description="fraction of the steps")
     widths: list[int] = Field(default_factory=lambda: [16, 32, 64], min_length=2)
     export: Literal["gated", "ungated"] = "gated"  # which synthetic pairs the COCO train has
 
@@ -581,7 +585,9 @@ DETECTORS = (
 class DetectConfig(_Section):
     """Defect detectors on real vs real + synthetic images (core.detect, stages.detect)."""
 
-    models: list[Literal[DETECTORS]] = Field(default=["fasterrcnn_resnet18"], min_length=1)
+    models: list[Literal[DETECTORS]] = Field(
+        default=["fasterrcnn_effnet_lite0_imagenet"], min_length=1
+    )  # the ImageNet trunk: a from-scratch trunk does not converge at a CPU's budget
     conditions: list[Literal[SEG_CONDITIONS]] = Field(
         default=["real+synthetic", "real+ungated"]
     )  # the synthetic arms; real, real+classical[-ungated] (and oracles) always run
@@ -606,6 +612,45 @@ class DetectConfig(_Section):
         return self
 
 
+class ClassicalConfig(_Section):
+    """The classical control's recipe (core.augment): what `real+classical` arms and the
+    gate's utility proxy add. Geometric transforms move masks and boxes with the image."""
+
+    flips: bool = Field(default=True, description="horizontal and vertical flips, p 0.5 each")
+    quarter_turns: bool = Field(
+        default=False, description="rotations by multiples of 90 degrees (square images)"
+    )
+    rotate: float = Field(
+        default=15.0, ge=0.0, le=45.0,
+        description="+- degrees, border reflected; off for box-only detection data",
+    )  # fmt: skip
+    crop_scale: tuple[float, float] = Field(
+        default=(0.8, 1.0), description="random resized crop: fraction of the area kept"
+    )
+    brightness: float = Field(default=0.2, ge=0.0, le=1.0, description="+- brightness")
+    contrast: float = Field(default=0.2, ge=0.0, le=1.0, description="+- contrast")
+    blur_p: float = Field(default=0.3, ge=0.0, le=1.0, description="Gaussian blur probability")
+    blur_sigma: tuple[float, float] = Field(default=(0.3, 1.0), description="blur sigma, px")
+    noise_p: float = Field(default=0.3, ge=0.0, le=1.0, description="Gaussian noise probability")
+    noise_sigma: tuple[float, float] = Field(
+        default=(2.0, 8.0), description="noise sigma, grey levels"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ClassicalConfig:
+        for key in ("crop_scale", "blur_sigma", "noise_sigma"):
+            lo, hi = getattr(self, key)
+            if not 0 < lo <= hi or (key == "crop_scale" and hi > 1.0):
+                raise ValueError(
+                    f"classical.{key} = [{lo}, {hi}]: give [low, high] with 0 < low <= high"
+                    + (" <= 1" if key == "crop_scale" else "")
+                )
+        return self
+
+
+PRIMARY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+
+
 class TrainConfig(_Section):
     """Defect classifiers on real vs real+synthetic (StableSDG III-D / IV-C protocol)."""
 
@@ -618,7 +663,17 @@ class TrainConfig(_Section):
     steps: int = Field(default=240, ge=1)  # optimizer steps per classifier, every condition
     evals: int = Field(default=8, ge=1)  # val checks, evenly spaced; the best one is kept
     batch_size: int = Field(default=32, ge=1)
-    lr: float = Field(default=1e-4, gt=0.0)
+    lr: float = Field(default=1e-3, gt=0.0, description="AdamW's peak learning rate")
+    weight_decay: float = Field(default=0.05, ge=0.0, description="AdamW's decoupled decay")
+    schedule: Literal["cosine", "constant"] = Field(
+        default="cosine", description="cosine: linear warmup, then cosine decay to 0"
+    )
+    warmup: float = Field(default=0.05, ge=0.0, lt=1.0, description="warmup, fraction of steps")
+    primary: Literal[("auto", *PRIMARY_METRICS)] = Field(
+        default="auto",
+        description="the metric verdicts use and val selects by; auto: accuracy when the "
+        "test split's classes are balanced (largest / smallest <= 1.5), else balanced accuracy",
+    )
     rotation: float = Field(default=10.0, ge=0.0, le=180.0)  # +- degrees
     flips: bool = True  # horizontal and vertical
     image_size: int | None = Field(default=None, ge=16)  # null: as preprocessed
@@ -719,6 +774,7 @@ class Params(_Section):
     masks: MasksConfig = Field(default_factory=MasksConfig)
     pairs: PairsConfig = Field(default_factory=PairsConfig)
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
+    classical: ClassicalConfig = Field(default_factory=ClassicalConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     detect: DetectConfig = Field(default_factory=DetectConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)

@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from defectgen._torchvision_compat import ensure_torchvision_importable
-from defectgen.core import coco
+from defectgen.config import ClassicalConfig
+from defectgen.core import augment, coco
 from defectgen.core.device import CPU, Runtime
 from defectgen.core.steps import SpanLoss, batches, eval_steps
 
@@ -54,11 +55,6 @@ MODELS = tuple(f"{head}_{b}" for head in ("fasterrcnn", "maskrcnn") for b in BAC
 ANCHORS = ((8, 16, 32, 64),)
 RATIOS = ((0.5, 1.0, 2.0),)
 REPRESENTATION = 256  # the box head's width (torchvision's default 1024 is sized for 800 px)
-CLASSICAL = (
-    "per image and its boxes/masks together: horizontal and vertical flips (p 0.5 each), "
-    "a rotation by a multiple of 90 degrees, brightness and contrast x0.8-1.2, Gaussian "
-    "blur (p 0.3, sigma 0.1-1.0) and Gaussian noise (p 0.3, sigma 0-8 grey levels)"
-)
 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
@@ -244,16 +240,27 @@ def transform(
 
 
 def classical(
-    image: np.ndarray, target: Target, rng: np.random.Generator
+    cfg: ClassicalConfig, image: np.ndarray, target: Target, rng: np.random.Generator
 ) -> tuple[np.ndarray, Target]:
-    """One classical copy (CLASSICAL): the detection control's augmentation."""
-    from defectgen.core.classify import photometric
-
-    image, target = transform(
-        image, target, hflip=rng.random() < 0.5, vflip=rng.random() < 0.5,
-        quarter_turns=int(rng.integers(0, 4)),
-    )  # fmt: skip
-    return photometric(image, rng), target
+    """One classical copy (core.augment's recipe) with its ground truth moved exactly: with
+    instance masks the masks move and the boxes are taken from them again (instances the
+    crop removed are dropped); box-only data gets the recipe without the free rotation."""
+    if target.masks is not None:
+        copy = augment.classical_copy(cfg, image, rng, masks=list(target.masks.astype(np.uint8)))
+        kept = [m.astype(bool) for m in copy.masks or [] if m.any()]
+        keep = [i for i, m in enumerate(copy.masks or []) if m.any()]
+        boxes = []
+        for m in kept:
+            ys, xs = np.nonzero(m)
+            boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        masks = np.stack(kept) if kept else np.zeros((0, *image.shape[:2]), bool)
+        return copy.image, Target(
+            np.asarray(boxes, dtype=np.float32).reshape(-1, 4), target.labels[keep], masks
+        )
+    copy = augment.classical_copy(
+        cfg, image, rng, boxes=target.boxes, labels=target.labels.tolist()
+    )
+    return copy.image, Target(copy.boxes, np.asarray(copy.labels, dtype=np.int64))
 
 
 @dataclass

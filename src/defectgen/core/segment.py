@@ -10,16 +10,18 @@ Loss: binary cross-entropy + soft Dice (defects are a few percent of the pixels)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageEnhance
 from torch import nn
 
+from defectgen.config import ClassicalConfig
+from defectgen.core import augment
 from defectgen.core.device import CPU, Runtime
-from defectgen.core.steps import SpanLoss, batches, eval_steps
+from defectgen.core.segmetrics import iou_dice
+from defectgen.core.steps import SpanLoss, batches, eval_steps, lr_schedule
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -83,6 +85,9 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 class SegFit:
     model: UNet
     losses: list[float]  # mean training loss over each of up to LOSS_POINTS step spans
+    best_step: int = 0  # the step whose weights were kept (the last without val)
+    eval_steps: list[int] = field(default_factory=list)  # val checks
+    val_dice: list[float] = field(default_factory=list)  # mean val Dice at those checks
 
 
 LOSS_POINTS = 20
@@ -97,19 +102,30 @@ def fit(
     lr: float,
     seed: int,
     widths: tuple[int, ...] = (16, 32, 64),
+    val: tuple[list[np.ndarray], list[np.ndarray]] | None = None,
+    evals: int = 1,
+    weight_decay: float = 0.0,
+    schedule_kind: str = "constant",
+    warmup: float = 0.0,
     rt: Runtime = CPU,
 ) -> SegFit:
     """Train a U-Net from scratch on the pairs for exactly `steps` optimizer steps (the
-    equal budget of a comparison; random flips); reproducible from `seed` (init, order,
-    flips), leaving the global RNG as it was. Trains on `rt.device` in float32 under
-    `rt.autocast`; losses are summed on the device, read LOSS_POINTS times."""
+    equal budget of a comparison; random flips; AdamW under the learning-rate schedule);
+    reproducible from `seed` (init, order, flips), leaving the global RNG as it was. With
+    `val` pairs, mean val Dice is checked `evals` times and the best weights are kept;
+    without, the last. Trains on `rt.device` in float32 under `rt.autocast`; losses are
+    summed on the device, read LOSS_POINTS times."""
     x, y = to_inputs(images), to_targets(masks)
     marks = set(eval_steps(steps, LOSS_POINTS))
-    losses = []
+    checks = eval_steps(steps, evals) if val is not None else []
+    losses: list[float] = []
+    val_dice: list[float] = []
+    best_state, best, best_step = None, -1.0, steps
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = UNet(x.shape[1], widths).to(rt.device)
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        lr_at = lr_schedule(opt, schedule_kind, steps, warmup)
         model.train()
         span = SpanLoss(rt.device)
         for step, idx in enumerate(batches(len(x), batch_size, steps), start=1):
@@ -121,34 +137,33 @@ def fit(
             with rt.autocast:
                 logits = model(xb.to(rt.device))
             span.update(opt, loss_fn(logits.float(), yb.to(rt.device)), len(idx))
+            lr_at.step()
             if step in marks:
                 losses.append(span.read())
+            if step in checks:
+                maps = predict(model, val[0], rt)
+                dice = float(
+                    np.mean([iou_dice(p, m)[1] for p, m in zip(maps, val[1], strict=True)])
+                )
+                val_dice.append(dice)
+                if dice > best:
+                    best, best_step = dice, step
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                model.train()
+    if best_state is not None:
+        model.load_state_dict(best_state)
     model.eval()
-    return SegFit(model, losses)
-
-
-CLASSICAL = (
-    "image and mask jointly: rotation within 10 degrees, horizontal and vertical flips "
-    "(p 0.5 each); the image alone: brightness and contrast x0.8-1.2"
-)
+    return SegFit(model, losses, best_step, checks, val_dice)
 
 
 def classical_pair(
-    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+    cfg: ClassicalConfig, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One classically augmented copy of a real (image, mask) pair (CLASSICAL): the
-    geometric changes move the mask with the image (nearest-neighbour, so it stays
-    binary), the photometric ones touch the image only."""
-    img, msk = Image.fromarray(image), Image.fromarray(mask)
-    angle = float(rng.uniform(-10, 10))
-    img = img.rotate(angle, resample=Image.BILINEAR)
-    msk = msk.rotate(angle, resample=Image.NEAREST)
-    for flip in (Image.FLIP_LEFT_RIGHT, Image.FLIP_TOP_BOTTOM):
-        if rng.random() < 0.5:
-            img, msk = img.transpose(flip), msk.transpose(flip)
-    img = ImageEnhance.Brightness(img).enhance(float(rng.uniform(0.8, 1.2)))
-    img = ImageEnhance.Contrast(img).enhance(float(rng.uniform(0.8, 1.2)))
-    return np.asarray(img), np.asarray(msk)
+    """One classically augmented copy of a real (image, mask) pair (core.augment's
+    recipe): the geometric changes move the mask with the image (nearest-neighbour, so
+    it stays binary), the photometric ones touch the image only."""
+    copy = augment.classical_copy(cfg, image, rng, mask=mask)
+    return copy.image, copy.mask
 
 
 @torch.no_grad()

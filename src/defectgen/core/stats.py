@@ -3,8 +3,14 @@
 Conditions of one comparison share their seeds (same initialisation, shuffling and
 augmentation draws per seed), so the unit of analysis is the per-seed difference
 `arm - control`. Its mean gets a two-sided Student-t confidence interval and p-value
-(H0: mean difference 0). How much of a perfect generator's gain a generator captures
-is a ratio of two such means; its interval is a paired bootstrap over seeds.
+(H0: mean difference 0). The comparisons one table answers are one family: their
+p-values are Holm-adjusted together and the verdicts read the adjusted ones. How much
+of a perfect generator's gain a generator captures is a ratio of two such means; its
+interval is a paired bootstrap over seeds.
+
+Pairing: a seed fixes the initialisation and the augmentation and batch-order draws,
+so conditions of equal size see the same batches; conditions of different sizes share
+the initialisation and the RNG stream but not the batch composition.
 """
 
 from __future__ import annotations
@@ -51,13 +57,36 @@ def paired(arm: Sequence[float], control: Sequence[float], level: float = LEVEL)
     return {**out, "ci": [float(mean - t * se), float(mean + t * se)], "p_value": p}
 
 
-def verdict(comparison: dict, higher_is_better: bool = True) -> str:
-    """'better' / 'worse' when the interval excludes 0, else 'not distinguishable' (for a
-    metric where lower is better, such as MAE, a negative difference is 'better')."""
+def verdict(comparison: dict, higher_is_better: bool = True, alpha: float = 1 - LEVEL) -> str:
+    """'better' / 'worse' when the comparison is significant, else 'not distinguishable':
+    its Holm-adjusted p below `alpha` where it has one (a family), else its interval
+    excluding 0. For a metric where lower is better (MAE) a negative difference is
+    'better'."""
     ci = comparison["ci"]
-    if ci is None or ci[0] <= 0 <= ci[1]:
+    if ci is None:
         return "not distinguishable"
-    return "better" if (ci[0] > 0) == higher_is_better else "worse"
+    adjusted = comparison.get("p_adjusted")
+    if adjusted is not None and adjusted >= alpha:
+        return "not distinguishable"
+    if adjusted is None and ci[0] <= 0 <= ci[1]:
+        return "not distinguishable"
+    if comparison["delta"] == 0:
+        return "not distinguishable"
+    return "better" if (comparison["delta"] > 0) == higher_is_better else "worse"
+
+
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjusted p-values (family-wise error), in the input's order; None
+    (no test) stays None and does not count towards the family. (scipy has only the
+    false-discovery-rate adjustment; Holm is six lines.)"""
+    tested = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    m = len(tested)
+    out: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
 
 
 def compare(
@@ -67,43 +96,49 @@ def compare(
     higher_is_better: bool = True,
 ) -> list[dict]:
     """Paired comparisons of one metric: `values[condition][seed]`, per (arm, control)
-    over the seeds both have."""
+    over the seeds both have. The questions are one family: each row carries its raw
+    `p_value`, its Holm-adjusted `p_adjusted` and the verdict read from the latter."""
     out = []
     for arm, control in questions:
         seeds = sorted(set(values[arm]) & set(values[control]))
         result = paired([values[arm][k] for k in seeds], [values[control][k] for k in seeds])
-        verdict_ = verdict(result, higher_is_better)
-        out.append({"arm": arm, "control": control, "metric": metric, **result,
-                    "verdict": verdict_})  # fmt: skip
+        out.append({"arm": arm, "control": control, "metric": metric, **result})
+    for row, adjusted in zip(out, holm([r["p_value"] for r in out]), strict=True):
+        row["p_adjusted"] = adjusted
+        row["family_size"] = len(out)
+        row["verdict"] = verdict(row, higher_is_better)
     return out
 
 
 def captured_fraction(
     arm: Sequence[float],
-    classical: Sequence[float],
+    real: Sequence[float],
     oracle: Sequence[float],
     *,
     level: float = LEVEL,
     n_boot: int = 10_000,
     seed: int = 0,
 ) -> dict:
-    """The generator's gain over the classical arm as a fraction of the oracle's gain
-    over it: mean(arm - classical) / mean(oracle - classical), with a percentile
+    """The generator's gain over the few-shot set as a fraction of the oracle's (as many
+    extra *real* images): mean(arm - real) / mean(oracle - real), with a percentile
     bootstrap interval over seeds (resampled jointly, so the pairing is kept).
 
-    The ratio means nothing when the oracle's own gain is not clearly positive; then the
-    fraction is None and `why` says so (the oracle gain's interval is in the result).
+    The ratio means nothing unless more real data clearly helps: when the oracle's gain
+    over real is not resolved above 0 the fraction is None and `why` says so (the
+    oracle gain's interval is in the result).
     """
-    a, c, o = (np.asarray(v, dtype=float) for v in (arm, classical, oracle))
-    gain = paired(o, c, level)
+    a, r, o = (np.asarray(v, dtype=float) for v in (arm, real, oracle))
+    gain = paired(o, r, level)
     out = {"fraction": None, "ci": None, "oracle_gain": gain, "why": None}
     if gain["ci"] is None or gain["ci"][0] <= 0:
-        out["why"] = "the oracle does not beat the classical arm here: no gain to capture"
+        out["why"] = (
+            "more real images (the oracle) do not beat the few-shot set here: no gain to capture"
+        )
         return out
-    out["fraction"] = float((a - c).mean() / (o - c).mean())
+    out["fraction"] = float((a - r).mean() / (o - r).mean())
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(a), (n_boot, len(a)))
-    num, den = (a - c)[idx].mean(1), (o - c)[idx].mean(1)
+    num, den = (a - r)[idx].mean(1), (o - r)[idx].mean(1)
     ok = den > 0
     if ok.mean() < 1 - (1 - level) / 2:  # the denominator's sign is not settled
         out["why"] = "the oracle's gain is too uncertain for an interval on the fraction"
@@ -120,7 +155,8 @@ def pct(x: float) -> str:
 
 
 def describe(comparison: dict, *, points: bool = True) -> str:
-    """'+1.0 pp [-0.2, +2.2], p 0.09' (points: the values are fractions, shown in pp)."""
+    """'+1.0 pp [-0.2, +2.2], p 0.09 (Holm 0.3)' (points: the values are fractions, shown in
+    pp; the Holm-adjusted p where the comparison belongs to a family)."""
     fmt = pct if points else (lambda v: f"{v:+.3f}")
     unit = " pp" if points else ""
     text = f"{fmt(comparison['delta'])}{unit}"
@@ -129,4 +165,16 @@ def describe(comparison: dict, *, points: bool = True) -> str:
         text += f" [{fmt(lo)}, {fmt(hi)}]"
     if comparison["p_value"] is not None:
         text += f", p {comparison['p_value']:.2g}"
+        if comparison.get("p_adjusted") is not None:
+            text += f" (Holm {comparison['p_adjusted']:.2g})"
+    return text
+
+
+def p_text(comparison: dict) -> str:
+    """A table's p cell: '0.03 (Holm 0.12)', or '-' without a test."""
+    if comparison["p_value"] is None:
+        return "-"
+    text = f"{comparison['p_value']:.2g}"
+    if comparison.get("p_adjusted") is not None:
+        text += f" (Holm {comparison['p_adjusted']:.2g})"
     return text

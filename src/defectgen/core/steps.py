@@ -52,3 +52,17 @@ class SpanLoss:
         value = float(self.total) / max(self.seen, 1)
         self._reset()
         return value
+
+
+def lr_schedule(opt: torch.optim.Optimizer, kind: str, steps: int, warmup: float):
+    """The learning-rate schedule over `steps`: "cosine", a linear warmup over the first
+    `warmup` fraction then a cosine decay to 0 (torch's LinearLR + CosineAnnealingLR), or
+    "constant"."""
+    if kind == "constant":
+        return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+    warm = max(1, round(warmup * steps)) if warmup > 0 else 0
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps - warm, 1))
+    if not warm:
+        return decay
+    ramp = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0 / warm, total_iters=warm)
+    return torch.optim.lr_scheduler.SequentialLR(opt, [ramp, decay], milestones=[warm])

@@ -9,8 +9,9 @@ al.'s protocol (seed 003, section 5). Conditions (core.arms), as the classifier'
     real                     the few-shot subset's annotated images
     real+synthetic           + gate-passed synthetic images that carry annotations
     real+ungated             + every generated synthetic image that carries them
-    real+classical[-ungated] + as many classical copies per class (core.detect.CLASSICAL:
-                             flips and quarter turns move the boxes exactly)
+    real+classical[-ungated] + as many classical copies per class (core.augment's recipe;
+                             masks move with the image and give the boxes again, box-only
+                             data gets it without the free rotation: boxes stay exact)
     real+oracle[-ungated]    + as many real train images from outside the subset
     all-train                the whole annotated train split
 `detect.conditions` lists the synthetic arms; the controls always run with them.
@@ -55,7 +56,7 @@ from defectgen.artifacts import (
     RUNS_PARQUET,
 )
 from defectgen.config import Params, comparison_metrics, metric_name
-from defectgen.core import arms, stats
+from defectgen.core import arms, stats, validity
 from defectgen.core.images import decode_image
 from defectgen.declarations import get_stage
 from defectgen.errors import DataError
@@ -143,7 +144,8 @@ class _Data:
             if name == arms.classical_of(matched):
                 by_id = {i.row["id"]: i for i in self.subset}
                 sources = arms.draw_classical([i.row for i in self.subset], counts, rng)
-                extra = [detect.classical(*self.sample(by_id[r["id"]]), rng) for r in sources]
+                cfg = self.params.classical
+                extra = [detect.classical(cfg, *self.sample(by_id[r["id"]]), rng) for r in sources]
             else:
                 by_id = {i.row["id"]: i for i in self.outside}
                 picked, _ = arms.draw_oracle([i.row for i in self.outside], counts, rng)
@@ -194,15 +196,22 @@ def _metrics(records: list[dict]) -> tuple[str, ...]:
         "map", "map50")  # fmt: skip
 
 
-def headline(comparisons: dict[str, list[dict]]) -> str:
+def headline(comparisons: dict[str, list[dict]], checks: dict[str, dict]) -> str:
+    """Synthetic vs classical for detection in one line (the first model), or, when its
+    validity check failed, that this budget cannot say."""
     for model, rows in comparisons.items():
         for arm in arms.ADDITIVE:
             for r in rows:
                 if (r["arm"], r["control"], r["metric"]) == (arm, arms.classical_of(arm), "map"):
-                    return (
+                    about = (
                         f"Synthetic vs classical augmentation for detection ({model}, {arm} vs "
-                        f"{r['control']}, {r['n_seeds']} paired seeds, equal steps): "
-                        f"{r['verdict']}; test mAP@[.5:.95] {stats.describe(r, points=False)}."
+                        f"{r['control']}, {r['n_seeds']} paired seeds, equal steps)"
+                    )
+                    if not checks[model]["verdicts_allowed"]:
+                        return f"{about}: {checks[model]['statement']}"
+                    return (
+                        f"{about}: {r['verdict']}; test mAP@[.5:.95] "
+                        f"{stats.describe(r, points=False)}."
                     )
     return "No synthetic arm was trained, so detection's synthetic vs classical is unanswered."
 
@@ -255,7 +264,7 @@ def run(
         with atomic_dir(out_dir) as tmp:
             atomic_write_json(tmp / DETECT_JSON, {"skipped": why})
         return {"skipped": 1.0}
-    from defectgen.core import detect
+    from defectgen.core import augment, detect  # torch: not loaded by a skipped run
 
     if not data.split["test"]:
         raise DataError(f"{preprocessed}: no annotated test images; raise preprocess.split.test")
@@ -285,6 +294,7 @@ def run(
                 records.append(json.loads((done / RECORD_JSON).read_text(encoding="utf-8")))
     summary: dict[str, dict] = {}
     comparisons: dict[str, list[dict]] = {}
+    checks: dict[str, dict] = {}
     for model in cfg.models:
         mine = [r for r in records if r["model"] == model]
         if not mine:
@@ -294,7 +304,11 @@ def run(
         for condition in dict.fromkeys(r["condition"] for r in mine):
             runs = [r for r in mine if r["condition"] == condition]
             entry: dict = {"n_seeds": len(runs), "n_train": runs[0]["n_train"],
-                           "n_added": runs[0]["n_added"], "steps": runs[0]["steps"]}  # fmt: skip
+                           "n_added": runs[0]["n_added"], "steps": runs[0]["steps"],
+                           "best_steps": [r["best_step"] for r in runs]}  # fmt: skip
+            entry["budget_bound"] = validity.budget_bound(
+                entry["best_steps"], runs[0]["eval_steps"][-1] if runs[0]["eval_steps"] else 0
+            )
             for m in names:
                 s = stats.summary([r[m] for r in runs])
                 entry[f"{m}_mean"], entry[f"{m}_std"] = s["mean"], s["std"]
@@ -308,18 +322,32 @@ def run(
         for m in names:
             values = {c: {r["seed"]: r[m] for r in mine if r["condition"] == c} for c in trained}
             comparisons[model] += stats.compare(values, asked, m)
+        checks[model] = validity.check(
+            {c: {r["seed"]: r["map"] for r in mine if r["condition"] == c} for c in trained},
+            metric="map",
+            constant=0.0,  # a detector that finds nothing
+            classes_predicted={c: [2] * len(cfg.seeds) for c in trained},
+            bound={c: summary[model][c]["budget_bound"] for c in trained},
+        )
+        if not checks[model]["verdicts_allowed"]:
+            comparisons[model] = [
+                {**c, "verdict": validity.NOT_ALLOWED} for c in comparisons[model]
+            ]
     with atomic_dir(out_dir) as tmp:
         atomic_write_json(
             tmp / DETECT_JSON,
             {
-                "headline": headline(comparisons),
+                "headline": headline(comparisons, checks),
+                "validity": checks,
                 "labels": data.labels,
                 "protocol": {
                     "steps": cfg.steps,
                     "batch_size": cfg.batch_size,
                     "val_checks": cfg.evals,
                     "seeds": cfg.seeds,
-                    "classical": detect.CLASSICAL,
+                    "classical": augment.describe(
+                        params.classical, boxes_only=data.subset[0].mask is None
+                    ),
                     "paired": "per seed the same init, batch order and flips in every condition",
                     "interval": "95 % Student-t over paired seed differences",
                     "scoring": "pycocotools COCOeval on the real test split: mAP@[.5:.95], "

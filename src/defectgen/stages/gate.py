@@ -47,7 +47,7 @@ import torch
 from defectgen import manifest
 from defectgen.artifacts import FEATURES_DIR, GATE_CSV, GATE_JSON
 from defectgen.config import Params
-from defectgen.core import arms, classify, metrics, utility
+from defectgen.core import arms, augment, metrics, utility
 from defectgen.core import gate as gate_core
 from defectgen.io import atomic_dir, atomic_write_json
 from defectgen.reference import Reference, pick
@@ -83,7 +83,8 @@ class _Proxy:
         rng = np.random.default_rng(derive_seed(params.seed, "gate-classical", label))
         own = self.ref.train(label)
         sources = arms.draw_classical(own, {label: len(f_syn)}, rng)
-        copies = [classify.classical_augment(px, rng) for px in self.ref.images(sources, self.size)]
+        images = self.ref.images(sources, self.size)
+        copies = [augment.classical_copy(params.classical, px, rng).image for px in images]
         f_classical = self.ref.features(copies)
         return utility.utility(
             self.real_x, self.real_y, f_syn.numpy(), f_classical.numpy(),

@@ -192,7 +192,7 @@ def _comparison_rows(comparisons: list[dict], metrics: tuple[str, ...], points: 
                     c["control"],
                     c["metric"],
                     Cell(stats.describe({**c, "p_value": None}, points=points), numeric=True),
-                    Cell("-" if c["p_value"] is None else f"{c['p_value']:.2g}", numeric=True),
+                    Cell(stats.p_text(c), numeric=True),
                     c["verdict"],
                     Cell(str(c["n_seeds"]), numeric=True),
                 ]
@@ -200,52 +200,67 @@ def _comparison_rows(comparisons: list[dict], metrics: tuple[str, ...], points: 
     return rows
 
 
-COMPARISON_HEADERS = ["arm", "control", "metric", "difference [95 % CI]", "p", "verdict", "seeds"]
+COMPARISON_HEADERS = [
+    "arm", "control", "metric", "difference [95 % CI]", "p (Holm-adjusted)", "verdict", "seeds",
+]  # fmt: skip
 
 
 def _classifiers(train: Path) -> tuple[Section, str]:
     result = _json(train / EVAL_JSON)
     protocol = result["protocol"]
+    metric = result["primary_metric"]
     sec = Section("Does synthetic data help? Classifiers on the real test split")
+    for model, check in result["validity"].items():
+        sec.paragraph(f"Can this budget see the value of data? {model}: {check['statement']}")
     sec.paragraph(
-        f"{result['test_images']} real test images; mean ± sample std over "
+        f"{result['test_images']} real test images; primary metric {metric} (verdicts and "
+        f"val selection use it); mean ± sample std over "
         f"{len(protocol['seeds'])} seeds, paired across conditions ({protocol['paired']}); "
         f"every condition trains {protocol['steps']} optimizer steps at batch "
-        f"{protocol['batch_size']} (equal budgets), and the best of {protocol['val_checks']} "
-        "val checkpoints is scored. real: the few-shot subset; real+synthetic: + gate-passed "
+        f"{protocol['batch_size']} (equal budgets; {protocol['optimizer']}, "
+        f"{protocol['schedule']}), and the best of {protocol['val_checks']} val checkpoints "
+        f"by {metric} is scored. real: the few-shot subset; real+synthetic: + gate-passed "
         "images; real+ungated: + every generated image; real+classical[-ungated]: + as many "
         "classical augmentations per class as that arm adds; real+oracle[-ungated]: + as "
         "many real train images from outside the subset (a perfect generator); all-train: "
         "the whole train split; substitution: the train images outside the subset "
-        "replaced by synthetic ones; majority: no training. Classical augmentation: "
+        "replaced by synthetic ones; majority: the constant predictor (the train split's "
+        "most frequent class). Classical augmentation: "
         f"{protocol['classical']}."
     )
     rows, bars = [], []
     for model, conditions in result["models"].items():
         for condition in result["order"]:
             e = conditions[condition]
-            delta = e.get("accuracy_delta")
+            delta = e.get(f"{metric}_delta")
             rows.append(
                 [
                     model,
                     condition,
                     Cell(str(sum(e["n_train"].values())), numeric=True),
                     Cell(f"{e['accuracy_mean']:.3f} ± {e['accuracy_std']:.3f}", numeric=True),
+                    Cell(
+                        f"{e['balanced_accuracy_mean']:.3f} ± {e['balanced_accuracy_std']:.3f}",
+                        numeric=True,
+                    ),
                     Cell(f"{e['macro_f1_mean']:.3f} ± {e['macro_f1_std']:.3f}", numeric=True),
                     Cell("-" if delta is None else f"{delta * 100:+.1f} pp", numeric=True),
                     ", ".join(f"{c} {r:.2f}" for c, r in e["recall_mean"].items()),
                     Cell(str(e["n_seeds"]), numeric=True),
                 ]
             )
-            bars.append((f"{model} {condition}", e["accuracy_mean"], e["accuracy_std"]))
+            bars.append((f"{model} {condition}", e[f"{metric}_mean"], e[f"{metric}_std"]))
     sec.table(
-        ["model", "condition", "train images", "accuracy", "macro-F1", "vs real",
-         "recall per class", "seeds"],
+        ["model", "condition", "train images", "accuracy", "balanced accuracy", "macro-F1",
+         f"{metric} vs real", "recall per class", "seeds"],
         rows,
     )  # fmt: skip
     for model, comparisons in result["comparisons"].items():
-        sec.paragraph(f"{model}: paired differences in test accuracy (t interval over seeds).")
-        sec.table(COMPARISON_HEADERS, _comparison_rows(comparisons, ("accuracy",), True))
+        sec.paragraph(
+            f"{model}: paired differences in test {metric} (t interval over seeds; verdicts "
+            "from Holm-adjusted p over the table)."
+        )
+        sec.table(COMPARISON_HEADERS, _comparison_rows(comparisons, (metric,), True))
         for arm, cap in result["captured"][model].items():
             if cap["fraction"] is None:
                 sec.paragraph(f"{arm}: share of the oracle's gain not given: {cap['why']}.")
@@ -253,8 +268,8 @@ def _classifiers(train: Path) -> tuple[Section, str]:
             ci = cap["ci"]
             span = f" (95 % bootstrap CI {ci[0]:.2f} to {ci[1]:.2f})" if ci else ""
             sec.paragraph(
-                f"{arm} captures {cap['fraction']:.2f} of the oracle's accuracy gain over "
-                f"the classical arm{span}."
+                f"{arm} captures {cap['fraction']:.2f} of the oracle's {metric} gain over "
+                f"real{span}."
             )
     for condition, short in result["oracle_shortfall"].items():
         sec.paragraph(
@@ -263,7 +278,7 @@ def _classifiers(train: Path) -> tuple[Section, str]:
         )
     for condition, reason in result.get("skipped", {}).items():
         sec.paragraph(f"{condition}: not trained, {reason}.", note=True)
-    sec.figure(page.accuracy_plot(bars, "test accuracy (mean ± std over seeds)"), "accuracy")
+    sec.figure(page.accuracy_plot(bars, f"test {metric} (mean ± std over seeds)"), metric)
     return sec, result["headline"]
 
 

@@ -9,7 +9,7 @@ held-out pairs. Here:
               real+synthetic           the pairs of classes that passed the pairs_gate
               real+ungated             every pair, ignoring the gate
               real+classical[-ungated] as many classically augmented real pairs per class
-                                       (core.segment.CLASSICAL) as the arm adds
+                                       (core.augment's recipe) as the arm adds
               real+oracle[-ungated]    as many real train pairs from outside the subset
               all-train                every real train pair
             segment.conditions lists the synthetic arms; the controls run with them.
@@ -55,7 +55,7 @@ from defectgen.artifacts import (
     SEGMENT_JSON,
 )
 from defectgen.config import Params, comparison_metrics, metric_name
-from defectgen.core import arms, coco, stats
+from defectgen.core import arms, coco, stats, validity
 from defectgen.core.images import decode_image
 from defectgen.declarations import get_stage
 from defectgen.errors import DataError
@@ -122,9 +122,10 @@ def _export(
     return counts
 
 
-def _fit_score(params: Params, seed: int, train_set, test_set, labels_test):
-    """One U-Net: metrics overall, Dice per class, and its loss curve. The seed is the
-    same for every condition (paired: init, batch order and flips drawn alike)."""
+def _fit_score(params: Params, seed: int, train_set, val_set, test_set, labels_test):
+    """One U-Net: metrics overall, Dice per class, its loss curve and val checks (the best
+    val Dice weights are scored). The seed is the same for every condition (paired:
+    init, batch order and flips drawn alike)."""
     from defectgen.core import segment, segmetrics  # torch: not loaded by a skipped run
     from defectgen.core.device import runtime
 
@@ -139,6 +140,11 @@ def _fit_score(params: Params, seed: int, train_set, test_set, labels_test):
         lr=cfg.lr,
         seed=derive_seed(params.seed, "segment", seed),
         widths=tuple(cfg.widths),
+        val=val_set,
+        evals=cfg.evals,
+        weight_decay=cfg.weight_decay,
+        schedule_kind=cfg.schedule,
+        warmup=cfg.warmup,
         rt=rt,
     )
     preds = segment.predict(fit.model, test_set[0], rt)
@@ -149,7 +155,8 @@ def _fit_score(params: Params, seed: int, train_set, test_set, labels_test):
         per_class[label] = float(
             np.mean([segmetrics.iou_dice(preds[i], test_set[1][i])[1] for i in idx])
         )
-    return scores, per_class, fit.losses
+    checks = {"best_step": fit.best_step, "eval_steps": fit.eval_steps, "val_dice": fit.val_dice}
+    return scores, per_class, fit.losses, checks
 
 
 class _Conditions:
@@ -190,7 +197,8 @@ class _Conditions:
             rng = np.random.default_rng(derive_seed(self.params.seed, "segment", name, seed))
             if name == arms.classical_of(matched):
                 sources = arms.draw_classical(self.real_train, counts, rng)
-                extra = [segment.classical_pair(*self.pixels[r["id"]], rng) for r in sources]
+                cfg = self.params.classical
+                extra = [segment.classical_pair(cfg, *self.pixels[r["id"]], rng) for r in sources]
             else:
                 picked, _ = arms.draw_oracle(self.outside, counts, rng)
                 extra = [self.pixels[r["id"]] for r in picked]
@@ -202,25 +210,30 @@ class _Conditions:
 COMPARED = {"s_measure": True, "dice": True, "iou": True, "mae": False}
 
 
-def headline(comparisons: list[dict]) -> str:
-    """Synthetic pairs vs classically augmented real pairs, in S-measure, in one line."""
+def headline(comparisons: list[dict], check: dict) -> str:
+    """Synthetic pairs vs classically augmented real pairs, in S-measure, in one line; or,
+    when the validity check failed, that this budget cannot say."""
     for arm in arms.ADDITIVE:
         for c in comparisons:
             if (c["arm"], c["control"], c["metric"]) == (arm, arms.classical_of(arm), "s_measure"):
-                return (
+                about = (
                     f"Synthetic pairs vs classical augmentation ({arm} vs {c['control']}, "
-                    f"{c['n_seeds']} paired seeds, equal steps): {c['verdict']}; S-measure "
-                    f"{stats.describe(c, points=False)}."
+                    f"{c['n_seeds']} paired seeds, equal steps)"
                 )
+                if not check["verdicts_allowed"]:
+                    return f"{about}: {check['statement']}"
+                return f"{about}: {c['verdict']}; S-measure {stats.describe(c, points=False)}."
     return "No synthetic pairs were trained on, so pairs vs classical augmentation is unanswered."
 
 
-def _record_unit(unit: Path, params: Params, conds, condition: str, seed: int, test_set,
-                 test_labels: list[str]) -> None:  # fmt: skip
+def _record_unit(unit: Path, params: Params, conds, condition: str, seed: int, val_set,
+                 test_set, test_labels: list[str]) -> None:  # fmt: skip
     """One segmenter trained and scored, as a resume unit."""
     images, masks, n_added = conds.pairs(condition, seed)
-    scores, per_class, losses = _fit_score(params, seed, (images, masks), test_set, test_labels)
-    record = {"scores": scores, "per_class_dice": per_class, "losses": losses,
+    scores, per_class, losses, checks = _fit_score(
+        params, seed, (images, masks), val_set, test_set, test_labels
+    )
+    record = {"scores": scores, "per_class_dice": per_class, "losses": losses, **checks,
               "n_train": len(images), "n_added": n_added}  # fmt: skip
     atomic_write_json(unit / RECORD_JSON, record)
 
@@ -243,7 +256,8 @@ def run(
         with atomic_dir(out_dir) as tmp:
             atomic_write_json(tmp / SEGMENT_JSON, {"skipped": pairs_report["skipped"]})
         return {"skipped": 1.0}
-    from defectgen.core import segment
+    # albumentations loads torch: not for a skipped run
+    from defectgen.core import augment, segmetrics
 
     everything = manifest.read_rows(preprocessed)
     rows = [r for r in everything if r["origin"] == "real" and r["mask_path"]]
@@ -251,10 +265,12 @@ def run(
     data = params.pairs.data
     real_train = [r for r in rows if r["split"] == "train" and (data == "train" or r["in_subset"])]
     test = sorted((r for r in rows if r["split"] == "test"), key=lambda r: r["id"])
-    if len(real_train) < 2 or len(test) < 1:
+    val = sorted((r for r in rows if r["split"] == "val"), key=lambda r: r["id"])
+    if len(real_train) < 2 or len(test) < 1 or len(val) < 1:
         raise DataError(
-            f"{preprocessed}: {len(real_train)} real train and {len(test)} test images with "
-            "masks; segmentation needs at least 2 and 1 (check preprocess.split)"
+            f"{preprocessed}: {len(real_train)} real train, {len(val)} val and {len(test)} "
+            "test images with masks; segmentation needs at least 2, 1 and 1 (check "
+            "preprocess.split)"
         )
     synthetic = manifest.read_rows(pairs_dir)
     passed = {r["id"] for r in manifest.read_rows(gated)}
@@ -270,6 +286,7 @@ def run(
         )
     conds = _Conditions(params, preprocessed, pairs_dir, real_train, outside, added)
     test_set = _load(preprocessed, test)
+    val_set = _load(preprocessed, val)
     key = file_digest(
         preprocessed / manifest.MANIFEST_NAME,
         pairs_dir / manifest.MANIFEST_NAME,
@@ -284,9 +301,14 @@ def run(
             "steps": cfg.steps,
             "batch_size": cfg.batch_size,
             "seeds": cfg.seeds,
-            "paired": "per seed the same init, batch order and flips in every condition",
-            "interval": "95 % Student-t over paired seed differences",
-            "classical": segment.CLASSICAL,
+            "optimizer": f"AdamW, lr {cfg.lr:g}, weight decay {cfg.weight_decay:g}",
+            "schedule": cfg.schedule,
+            "selection": f"best of {cfg.evals} val Dice checks",
+            "paired": "per seed the same init and RNG stream in every condition: "
+            "equal-size conditions see the same batches",
+            "interval": "95 % Student-t over paired seed differences; verdicts from "
+            "Holm-adjusted p per metric",
+            "classical": augment.describe(params.classical),
             "matched_to": {k: v for k, v in conds.plan.items() if v is not None},
         },
         "conditions": {},
@@ -305,7 +327,8 @@ def run(
                 continue
             for seed in cfg.seeds:
                 unit_name = f"{condition}.seed{seed}"
-                args = (params, conds, condition, seed, test_set, [r["label"] for r in test])
+                labels_test = [r["label"] for r in test]
+                args = (params, conds, condition, seed, val_set, test_set, labels_test)
                 folder, _ = resume.ensure(unit_name, _record_unit, *args)
                 done = json.loads((folder / RECORD_JSON).read_text("utf-8"))
                 curves.series[f"{metric_name(condition)}.seed{seed}"] = done["losses"]
@@ -316,6 +339,8 @@ def run(
                         "seed": seed,
                         "n_train": done["n_train"],
                         "n_added": done["n_added"],
+                        "best_step": done["best_step"],
+                        "last_check": done["eval_steps"][-1],
                         **done["scores"],
                         **per_class_dice,
                     }
@@ -330,6 +355,10 @@ def run(
                 entry[metric] = {"mean": s["mean"], "std": s["std"]}
                 metrics_out[f"{metric_name(condition)}/{metric}"] = entry[metric]["mean"]
             entry["n_seeds"] = len(mine)
+            entry["best_steps"] = [int(v) for v in mine["best_step"]]
+            entry["budget_bound"] = validity.budget_bound(
+                entry["best_steps"], int(mine["last_check"].iloc[0])
+            )
             entry["dice_per_class"] = {
                 c[5:]: float(mine[c].mean()) for c in mine.columns if c.startswith("dice/")
             }
@@ -342,9 +371,20 @@ def run(
                 c: {r["seed"]: r[metric] for r in runs if r["condition"] == c} for c in trained
             }
             comparisons += stats.compare(values, asked, metric, higher)
+        check = validity.check(
+            {c: {r["seed"]: r["s_measure"] for r in runs if r["condition"] == c} for c in trained},
+            metric="s_measure",
+            constant=segmetrics.evaluate([np.zeros(m.shape, np.float32) for m in test_set[1]],
+                                         test_set[1])["s_measure"],
+            classes_predicted={c: [2] * len(cfg.seeds) for c in trained},
+            bound={c: report["conditions"][c]["budget_bound"] for c in trained},
+        )  # fmt: skip
+        if not check["verdicts_allowed"]:
+            comparisons = [{**c, "verdict": validity.NOT_ALLOWED} for c in comparisons]
+        report["validity"] = check
         report["order"] = [c for c in conds.plan if c in report["conditions"]]
         report["comparisons"] = comparisons
-        report["headline"] = headline(comparisons)
+        report["headline"] = headline(comparisons, check)
         metrics_out.update(comparison_metrics(None, comparisons))
         report.update(counts)
         atomic_write_json(tmp / SEGMENT_JSON, report)

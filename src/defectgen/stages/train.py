@@ -11,29 +11,40 @@ every synthetic arm has controls that add as many images per class (core.arms):
     substitution             the train images outside the subset replaced by gate-passed
                              synthetic ones (Fig. 9): per class min(#outside, #passed)
     real+classical[-ungated] + as many classically augmented subset images per class as
-                             real+synthetic [real+ungated] adds (core.classify.CLASSICAL)
+                             real+synthetic [real+ungated] adds (core.augment's recipe)
     real+oracle[-ungated]    + as many real train images from outside the subset (what a
                              perfect generator would add; train.oracle)
     all-train                the whole train split (train.oracle)
-    majority                 no training: the subset's most frequent class
+    majority                 no training: the constant predictor, the train split's most
+                             frequent class
 `train.conditions` lists the synthetic arms; the controls always run with them. A
 condition that would add no image (e.g. the gate passed none) is skipped with the
 reason. Every condition is scored on the same frozen real test split; val picks the
-checkpoint. Synthetic images enter training only: their rows are split train and
-their parents are train images (checked here again).
+checkpoint by the primary metric (train.primary: accuracy on a balanced test split,
+balanced accuracy otherwise). Synthetic images enter training only: their rows are
+split train and their parents are train images (checked here again).
+
+Before any verdict, core.validity checks that the comparison can see the value of data
+(all-train beats real, no condition budget-bound, no arm degenerate); when it cannot,
+eval.json's `validity.statement` says so, the headline gives no verdict and every
+comparison's verdict reads "no verdict". Each model's comparisons on one metric are one
+family: p-values are Holm-adjusted together and verdicts read the adjusted ones.
 
 Writes under `out_dir`:
     eval.json        the protocol; per model and condition mean and sample std over seeds
-                     of accuracy, macro-F1 and per-class recall, counts; per model the
-                     paired comparisons (delta, 95 % t interval, p) and the fraction of
-                     the oracle's gain each arm captures; per additive arm and class the
+                     of accuracy, balanced accuracy, macro-F1 and per-class recall,
+                     counts, best steps and whether it is budget-bound; per model the
+                     validity record, the paired comparisons (delta, 95 % t interval, p,
+                     Holm-adjusted p) and the fraction of the oracle's gain over real
+                     each arm captures; per additive arm and class the
                      paired test-F1 difference against its classical arm (the outcome
                      the gate's per-class verdict predicts); the headline; skips
     runs.parquet     one row per (model, condition, seed): numbers, best step, counts,
                      the training ids and their sha256
     comparison.csv   model, condition, accuracy and macro-F1 means (the DVC plot)
     confusion.json   per model and condition: test confusion matrix summed over seeds
-    curves/<model>.<condition>.<seed>.csv   mean training loss between val checks
+    curves/<model>.<condition>.<seed>.csv   mean training loss between val checks and
+                     the val score at each check
 """
 
 from __future__ import annotations
@@ -56,14 +67,14 @@ from defectgen.artifacts import (
     RUNS_PARQUET,
 )
 from defectgen.config import Params, comparison_metrics, metric_name
-from defectgen.core import arms, classify, stats
+from defectgen.core import arms, augment, classify, stats, validity
 from defectgen.core.device import runtime
 from defectgen.declarations import get_stage
 from defectgen.errors import DataError
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
 from defectgen.stagekit import Curves, derive_seed, load_images
 
-METRICS = ("accuracy", "macro_f1")
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 
 
 class _Data:
@@ -90,6 +101,8 @@ class _Data:
                     "train images and enter training: re-run generate"
                 )
         self.size = params.train.image_size or rows[0]["width"]
+        test_labels = [self.labels.index(r["label"]) for r in self.split["test"]]
+        self.primary = classify.primary_metric(params.train.primary, test_labels, len(self.labels))
         self._pixels: dict[str, np.ndarray] = {}
 
     def pixels(self, rows: list[dict]) -> list[np.ndarray]:
@@ -130,7 +143,8 @@ class _Data:
         rng = np.random.default_rng(derive_seed(self.params.seed, name, seed))
         if name == arms.classical_of(matched):
             sources = arms.draw_classical(self.subset, counts, rng)
-            extra = [classify.classical_augment(px, rng) for px in self.pixels(sources)]
+            cfg = self.params.classical
+            extra = [augment.classical_copy(cfg, px, rng).image for px in self.pixels(sources)]
             return base + [{**r, "origin": "classical"} for r in sources], extra, None
         if name == arms.oracle_of(matched):
             picked, _ = arms.draw_oracle(self.outside, counts, rng)
@@ -173,8 +187,9 @@ def _train_one(params: Params, data: _Data, model_name: str, condition: str, see
     train = _tensors(data, rows, extra)
     test_x, test_y = _tensors(data, data.split["test"], [])
     counts = {c: int((train[1] == i).sum()) for i, c in enumerate(data.labels)}
-    if condition == arms.MAJORITY:
-        preds = classify.majority(train[1].tolist(), len(test_y))
+    if condition == arms.MAJORITY:  # the train split's frequencies, not the balanced subset's
+        whole = [data.labels.index(r["label"]) for r in data.split["train"]]
+        preds = classify.majority(whole, len(test_y))
         fit = classify.Fit(None, 0, [], [], [])
         steps = 0
     else:
@@ -190,6 +205,10 @@ def _train_one(params: Params, data: _Data, model_name: str, condition: str, see
             evals=cfg.evals,
             batch_size=cfg.batch_size,
             lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            schedule_kind=cfg.schedule,
+            warmup=cfg.warmup,
+            select_by=data.primary,
             augment=classify.protocol_augment(cfg.rotation, cfg.flips),
             # the same init, batch-order and augmentation draws in every condition (common
             # random numbers): a paired delta reflects the training images, not the draw
@@ -204,6 +223,7 @@ def _train_one(params: Params, data: _Data, model_name: str, condition: str, see
         "condition": condition,
         "seed": seed,
         "accuracy": scores.accuracy,
+        "balanced_accuracy": scores.balanced_accuracy,
         "macro_f1": scores.macro_f1,
         "recall": scores.recall,
         "f1": scores.f1,
@@ -211,8 +231,10 @@ def _train_one(params: Params, data: _Data, model_name: str, condition: str, see
         "steps": steps,
         "epochs_equivalent": steps * cfg.batch_size / len(train[1]),
         "best_step": fit.best_step,
+        "budget_bound": bool(fit.eval_steps) and fit.best_step == fit.eval_steps[-1],
+        "classes_predicted": len(set(preds)),
         "eval_steps": fit.eval_steps,
-        "val_accuracy": fit.val_accuracy,
+        "val_score": fit.val_score,
         "train_loss": fit.losses,
         "n_train": counts,
         "n_real": sum(1 for r in rows if r["origin"] == "real"),
@@ -230,7 +252,7 @@ def _by_seed(records: list[dict], model: str, condition: str, metric: str) -> di
 
 def _comparisons(records: list[dict], model: str, plan: dict[str, str | None]) -> list[dict]:
     """Paired (same seed) differences between the conditions that answer a question
-    (core.arms.questions), in accuracy and macro-F1."""
+    (core.arms.questions), in each metric; one Holm family per metric."""
     trained = {r["condition"] for r in records if r["model"] == model}
     asked = arms.questions(plan, trained)
     out = []
@@ -265,14 +287,13 @@ def _per_class(records: list[dict], model: str, labels: list[str]) -> dict[str, 
     return out
 
 
-def _captured(records: list[dict], model: str) -> dict[str, dict]:
-    """Per additive arm: the fraction of the oracle's accuracy gain over the classical arm
-    that the synthetic images capture (core.stats.captured_fraction)."""
+def _captured(records: list[dict], model: str, metric: str) -> dict[str, dict]:
+    """Per additive arm: the fraction of the oracle's gain over real (as many extra real
+    images) that the synthetic images capture (core.stats.captured_fraction)."""
     out = {}
     for arm in arms.ADDITIVE:
         series = [
-            _by_seed(records, model, c, "accuracy")
-            for c in (arm, arms.classical_of(arm), arms.oracle_of(arm))
+            _by_seed(records, model, c, metric) for c in (arm, arms.REAL, arms.oracle_of(arm))
         ]
         seeds = sorted(set(series[0]) & set(series[1]) & set(series[2]))
         if len(seeds) < 2:
@@ -281,21 +302,50 @@ def _captured(records: list[dict], model: str) -> dict[str, dict]:
     return out
 
 
-def headline(comparisons: dict[str, list[dict]]) -> str:
+def _validity(records: list[dict], model: str, metric: str) -> dict:
+    """core.validity's record for one model: can its comparisons see the value of data?"""
+    mine = [r for r in records if r["model"] == model]
+    trained = [c for c in dict.fromkeys(r["condition"] for r in mine) if c != arms.MAJORITY]
+    constant = [r[metric] for r in mine if r["condition"] == arms.MAJORITY]
+    runs = {c: [r for r in mine if r["condition"] == c] for c in trained}
+    return validity.check(
+        {c: _by_seed(records, model, c, metric) for c in trained},
+        metric=metric,
+        constant=constant[0] if constant else 0.0,
+        classes_predicted={c: [r["classes_predicted"] for r in rs] for c, rs in runs.items()},
+        bound={
+            c: validity.budget_bound([r["best_step"] for r in rs], rs[0]["eval_steps"][-1])
+            for c, rs in runs.items()
+        },
+    )
+
+
+def _withhold(rows: list[dict], check: dict) -> list[dict]:
+    """The comparisons as they may be read: without a passed validity check, no verdict."""
+    if check["verdicts_allowed"]:
+        return rows
+    return [{**r, "verdict": validity.NOT_ALLOWED} for r in rows]
+
+
+def headline(comparisons: dict[str, list[dict]], checks: dict[str, dict], metric: str) -> str:
     """The answer in one line: synthetic vs classical augmentation, better / worse / not
-    distinguishable, with the interval (real+synthetic when it trained, else real+ungated;
-    the first model)."""
+    distinguishable on the primary metric, with the interval (real+synthetic when it
+    trained, else real+ungated; the first model); or, when the first model's validity
+    check failed, that this budget cannot say."""
     for model, rows in comparisons.items():
         for arm in arms.ADDITIVE:
-            hit = [r for r in rows if (r["arm"], r["metric"]) == (arm, "accuracy")
+            hit = [r for r in rows if (r["arm"], r["metric"]) == (arm, metric)
                    and r["control"] == arms.classical_of(arm)]  # fmt: skip
-            if hit:
-                r = hit[0]
-                return (
-                    f"Synthetic vs classical augmentation ({model}, {arm} vs {r['control']}, "
-                    f"{r['n_seeds']} paired seeds, equal steps): {r['verdict']}; test accuracy "
-                    f"{stats.describe(r)}."
-                )
+            if not hit:
+                continue
+            r = hit[0]
+            about = (
+                f"Synthetic vs classical augmentation ({model}, {arm} vs {r['control']}, "
+                f"{r['n_seeds']} paired seeds, equal steps)"
+            )
+            if not checks[model]["verdicts_allowed"]:
+                return f"{about}: {checks[model]['statement']}"
+            return f"{about}: {r['verdict']}; test {metric} {stats.describe(r)}."
     return "No synthetic arm was trained, so synthetic vs classical augmentation is unanswered."
 
 
@@ -315,6 +365,11 @@ def _summarise(records: list[dict], labels: list[str]) -> tuple[dict, dict]:
             summary[model][condition] = {
                 **entry,
                 "recall_mean": {c: float(np.mean([r["recall"][c] for r in runs])) for c in labels},
+                "best_steps": [r["best_step"] for r in runs],
+                "budget_bound": bool(runs[0]["eval_steps"])
+                and validity.budget_bound(
+                    [r["best_step"] for r in runs], runs[0]["eval_steps"][-1]
+                ),
                 "n_seeds": len(runs),
                 "n_train": runs[0]["n_train"],
                 "n_synthetic": runs[0]["n_synthetic"],
@@ -326,8 +381,8 @@ def _summarise(records: list[dict], labels: list[str]) -> tuple[dict, dict]:
         if "real" in summary[model]:
             base = summary[model]["real"]
             for entry in summary[model].values():
-                entry["accuracy_delta"] = entry["accuracy_mean"] - base["accuracy_mean"]
-                entry["macro_f1_delta"] = entry["macro_f1_mean"] - base["macro_f1_mean"]
+                for metric in METRICS:
+                    entry[f"{metric}_delta"] = entry[f"{metric}_mean"] - base[f"{metric}_mean"]
     return summary, confusion
 
 
@@ -370,8 +425,9 @@ def run(
             metrics_out[f"time/{model_name}/{metric_name(condition)}/{seed}_s"] = seconds
         records.append(json.loads((done / RECORD_JSON).read_text(encoding="utf-8")))
     summary, confusion = _summarise(records, data.labels)
-    comparisons = {m: _comparisons(records, m, data.plan) for m in summary}
-    captured = {m: _captured(records, m) for m in summary}
+    checks = {m: _validity(records, m, data.primary) for m in summary}
+    comparisons = {m: _withhold(_comparisons(records, m, data.plan), checks[m]) for m in summary}
+    captured = {m: _captured(records, m, data.primary) for m in summary}
     per_class = {m: _per_class(records, m, data.labels) for m in summary}
     short = {c: s for c in data.matched if c.startswith("real+oracle")
              and c not in skipped and (s := data.oracle_shortfall(c))}  # fmt: skip
@@ -379,18 +435,26 @@ def run(
         atomic_write_json(
             tmp / EVAL_JSON,
             {
-                "headline": headline(comparisons),
+                "headline": headline(comparisons, checks, data.primary),
+                "primary_metric": data.primary,
+                "validity": checks,
                 "labels": data.labels,
                 "test_images": len(data.split["test"]),
                 "protocol": {
                     "steps": cfg.steps,
                     "batch_size": cfg.batch_size,
                     "val_checks": cfg.evals,
+                    "optimizer": f"AdamW, lr {cfg.lr:g}, weight decay {cfg.weight_decay:g}",
+                    "schedule": cfg.schedule
+                    + (f", warmup {cfg.warmup:g} of the steps" if cfg.schedule == "cosine" else ""),
+                    "selection": f"best val {data.primary}",
                     "seeds": cfg.seeds,
-                    "paired": "per seed the same init, batch order and augmentation draws "
-                    "in every condition",
-                    "interval": "95 % Student-t over paired seed differences",
-                    "classical": classify.CLASSICAL,
+                    "paired": "per seed the same init and RNG stream in every condition: "
+                    "equal-size conditions see the same batches, others the same draws "
+                    "over different images",
+                    "interval": "95 % Student-t over paired seed differences; verdicts "
+                    "from Holm-adjusted p per model and metric",
+                    "classical": augment.describe(params.classical),
                     "matched_to": data.matched,
                 },
                 "order": [c for c in data.plan if c not in skipped],  # the table's rows
@@ -403,11 +467,11 @@ def run(
             },
         )
         atomic_write_json(tmp / CONFUSION_JSON, confusion)
-        drop = ("confusion", "val_accuracy", "train_loss", "eval_steps")
+        as_json = ("recall", "f1", "n_train", "eval_steps", "val_score", "train_loss")
         table = pd.DataFrame(
             [
-                {k: v for k, v in r.items() if k not in drop}
-                | {k: json.dumps(r[k]) for k in ("recall", "f1", "n_train") if k in r}
+                {k: v for k, v in r.items() if k != "confusion" and k not in as_json}
+                | {k: json.dumps(r[k]) for k in as_json if k in r}
                 for r in records
             ]
         )
@@ -428,18 +492,26 @@ def run(
         for r in records:
             if not r["train_loss"]:
                 continue
-            log = curves.logger(f"{r['model']}.{metric_name(r['condition'])}.{r['seed']}")
-            for step, loss in zip(r["eval_steps"], r["train_loss"], strict=True):
+            series = f"{r['model']}.{metric_name(r['condition'])}.{r['seed']}"
+            log, log_val = curves.logger(series), curves.logger(f"{series}.val_{data.primary}")
+            for step, loss, score in zip(
+                r["eval_steps"], r["train_loss"], r["val_score"], strict=True
+            ):
                 log(step, loss)
+                log_val(step, score)
         curves.write(tmp / CURVES_DIR)
     resume.finish()
     for model, conditions in summary.items():
         for condition, entry in conditions.items():
             name = f"{model}/{metric_name(condition)}"
-            for key in ("accuracy_mean", "accuracy_std", "macro_f1_mean", "macro_f1_std"):
-                metrics_out[f"{name}/{key}"] = entry[key]
-            if "accuracy_delta" in entry:
-                metrics_out[f"{name}/accuracy_delta"] = entry["accuracy_delta"]
+            for metric in METRICS:
+                for key in (f"{metric}_mean", f"{metric}_std", f"{metric}_delta"):
+                    if key in entry:
+                        metrics_out[f"{name}/{key}"] = entry[key]
         metrics_out.update(comparison_metrics(model, comparisons[model]))
+        metrics_out[f"{model}/verdicts_allowed"] = float(checks[model]["verdicts_allowed"])
+        upper = checks[model]["all_train_minus_real"]
+        if upper is not None:
+            metrics_out[f"{model}/all_train_minus_real/{data.primary}_delta"] = upper["delta"]
     metrics_out["n_runs"] = float(len(records))
     return metrics_out

@@ -1,0 +1,239 @@
+"""The downstream pilot: where does a classifier stop improving, and does more real data
+still help there? One command per dataset, before its value protocol is designed.
+
+    python -m experiments.pilot neu-det --models squeezenet1_1 effnet_lite0_imagenet \\
+        --sizes 10 20 50 --steps 1200 --evals 24 --seeds 0 1
+
+For each model it trains, with the train stage's own loop (core.classify.fit, the
+params' schedule and augmentation), a few-shot set of k real train images per class for
+each k in --sizes, and the whole train split (all-train, the upper bound), long and with
+dense val checks. It writes results/<dataset>/pilot[-<tag>].json and .md:
+
+    per model and condition: the val curve (mean over seeds), best steps and best val
+    score per seed, the step where the mean curve first comes within --tol of its best
+    (the plateau), and whether the best check is the last one (budget-bound);
+    per model and size: all-train minus the few-shot set on val, paired over seeds;
+    the recommendation the profile takes: the step budget past the largest condition's
+    plateau, and the few-shot sizes that leave the upper bound room above them.
+
+Only val is read here (the test split stays for the protocol itself). The data comes
+from the dataset's expansion profile (ingest and preprocess only, in the run folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from defectgen import manifest
+from defectgen.config import parse_params
+from defectgen.core import classify, stats
+from defectgen.io import Resume, atomic_write_json
+from defectgen.stagekit import derive_seed, load_images
+from experiments.expansion.run import PROFILES, REPO, RESULTS, build_params, copy_data, run_stages
+
+
+def few_shot(rows: list[dict], k: int, seed: int) -> list[dict]:
+    """k train rows per class, drawn once per size (the same set for every model/seed)."""
+    rng = np.random.default_rng(derive_seed(seed, "pilot-few-shot", k) % 2**63)
+    out = []
+    for label in sorted({r["label"] for r in rows}):
+        own = [r for r in rows if r["label"] == label]
+        out += [own[i] for i in sorted(rng.choice(len(own), min(k, len(own)), replace=False))]
+    return out
+
+
+def plateau(steps: list[int], curve: list[float], tol: float) -> int:
+    """The first check at which the curve comes within `tol` of its best."""
+    best = max(curve)
+    return next(s for s, v in zip(steps, curve, strict=True) if v >= best - tol)
+
+
+def train_one(params, model_name, rows, val, labels, size, seed, steps, evals) -> dict:
+    cfg = params.train
+    x = classify.to_batch(rows["pixels"])
+    y = torch.tensor([labels.index(r["label"]) for r in rows["rows"]])
+    with torch.random.fork_rng():
+        torch.manual_seed(derive_seed(params.seed, "init", model_name, seed) % 2**63)
+        model = classify.build(model_name, len(labels))
+    fit = classify.fit(
+        model, (x, y), val, steps=steps, evals=evals, batch_size=cfg.batch_size, lr=cfg.lr,
+        augment=classify.protocol_augment(cfg.rotation, cfg.flips),
+        seed=derive_seed(params.seed, "fit", model_name, seed) % 2**63,
+        weight_decay=cfg.weight_decay, schedule_kind=cfg.schedule, warmup=cfg.warmup,
+        select_by=rows["metric"],
+    )  # fmt: skip
+    return {
+        "model": model_name, "size": size, "seed": seed, "n_train": len(y),
+        "eval_steps": fit.eval_steps, "val": fit.val_score, "loss": fit.losses,
+        "best_step": fit.best_step, "best_val": max(fit.val_score),
+    }  # fmt: skip
+
+
+def summarise(records: list[dict], tol: float) -> dict:
+    out: dict = {}
+    for model in dict.fromkeys(r["model"] for r in records):
+        mine = [r for r in records if r["model"] == model]
+        conds: dict = {}
+        for size in dict.fromkeys(r["size"] for r in mine):
+            runs = [r for r in mine if r["size"] == size]
+            steps = runs[0]["eval_steps"]
+            curve = np.mean([r["val"] for r in runs], axis=0).tolist()
+            last = sum(r["best_step"] == steps[-1] for r in runs)
+            conds[str(size)] = {
+                "n_train": runs[0]["n_train"],
+                "seeds": [r["seed"] for r in runs],
+                "best_step": [r["best_step"] for r in runs],
+                "best_val": [r["best_val"] for r in runs],
+                "best_val_mean": float(np.mean([r["best_val"] for r in runs])),
+                "plateau_step": plateau(steps, curve, tol),
+                "budget_bound": last > len(runs) / 2,
+                "eval_steps": steps,
+                "val_curve_mean": curve,
+            }
+        upper = {r["seed"]: r["best_val"] for r in mine if r["size"] == "all-train"}
+        room = {}
+        for size in conds:
+            if size == "all-train":
+                continue
+            mine_k = {r["seed"]: r["best_val"] for r in mine if str(r["size"]) == size}
+            seeds = sorted(set(upper) & set(mine_k))
+            room[size] = stats.paired([upper[s] for s in seeds], [mine_k[s] for s in seeds])
+        biggest = conds.get("all-train") or max(conds.values(), key=lambda e: e["n_train"])
+        out[model] = {
+            "conditions": conds,
+            "all_train_minus_few_shot": room,
+            "recommended_steps": int(round(1.25 * biggest["plateau_step"], -1)),
+            "sizes_with_room": [s for s, c in room.items() if c["delta"] > tol],
+        }
+    return out
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"# Downstream pilot: {result['dataset']}",
+        "",
+        f"`{result['command']}` ({result['date']}, git {result['git']}). Val only; "
+        f"metric {result['metric']}; {result['steps']} steps, {result['evals']} val checks, "
+        f"seeds {result['seeds']}; plateau: within {result['tol'] * 100:g} pp of the best.",
+        "",
+    ]
+    for model, m in result["models"].items():
+        lines += [f"## {model}", "",
+                  "| condition | n train | best val (mean) | best steps | plateau step "
+                  "| budget-bound |", "|---|---:|---:|---|---:|---|"]  # fmt: skip
+        for size, c in m["conditions"].items():
+            name = size if size in ("all-train", "subset") else f"{size} per class"
+            lines.append(
+                f"| {name} | {c['n_train']} | {c['best_val_mean'] * 100:.1f} % | "
+                f"{', '.join(map(str, c['best_step']))} | {c['plateau_step']} | "
+                f"{'yes' if c['budget_bound'] else 'no'} |"
+            )
+        lines += ["", "| few-shot size | all-train minus it (val) |", "|---|---|"]
+        for size, r in m["all_train_minus_few_shot"].items():
+            name = size if size == "subset" else f"{size} per class"
+            lines.append(f"| {name} | {stats.describe(r)} |")
+        lines += ["", f"Recommended step budget: {m['recommended_steps']} (1.25x the largest "
+                  f"condition's plateau); sizes leaving room above {result['tol'] * 100:g} pp: "
+                  f"{m['sizes_with_room'] or 'none'}.", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("dataset", help="a profile name in experiments/expansion/profiles")
+    ap.add_argument("--models", nargs="+", default=["squeezenet1_1"])
+    ap.add_argument("--sizes", nargs="*", type=int, default=[10, 20, 50])
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="overrides of params.yaml (default: the dataset's expansion profile)",
+    )
+    ap.add_argument(
+        "--profile-subset",
+        action="store_true",
+        help="also train the profile's own few-shot subset ('subset')",
+    )
+    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--evals", type=int, default=24)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    ap.add_argument("--tol", type=float, default=0.01, help="plateau tolerance (fraction)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--run-dir", type=Path, default=None)
+    ap.add_argument("--tag", default="", help="results/<dataset>/pilot-<tag>.{json,md}")
+    args = ap.parse_args(argv)
+
+    profile = args.profile or PROFILES / f"{args.dataset}.yaml"
+    raw = build_params(args.dataset, profile, toy=False, track=False)
+    run_dir = (args.run_dir or REPO / "runs" / "pilot" / args.dataset).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    copy_data(raw, run_dir)
+    run_stages(raw, run_dir, only=("ingest", "preprocess"))
+    params = parse_params(raw, str(profile))
+    pre = run_dir / "preprocess"
+    rows = manifest.read_rows(pre)
+    labels = sorted({r["label"] for r in rows})
+    train = [r for r in rows if r["split"] == "train"]
+    val_rows = [r for r in rows if r["split"] == "val"]
+    size = params.train.image_size or rows[0]["width"]
+    val = (classify.to_batch(load_images(pre, val_rows, size)),
+           torch.tensor([labels.index(r["label"]) for r in val_rows]))  # fmt: skip
+    test_labels = [labels.index(r["label"]) for r in rows if r["split"] == "test"]
+    metric = classify.primary_metric(params.train.primary, test_labels, len(labels))
+    sets: dict = {k: few_shot(train, k, params.seed) for k in args.sizes}
+    if args.profile_subset:
+        sets["subset"] = [r for r in train if r["in_subset"]]
+    sets["all-train"] = train
+    pixels = dict(zip((r["id"] for r in train), load_images(pre, train, size), strict=True))
+
+    # a killed pilot resumes its finished runs; other settings start a fresh folder
+    blob = json.dumps([args.steps, args.evals, params.train.model_dump(mode="json")])
+    resume = Resume(run_dir / "pilot", hashlib.sha256(blob.encode()).hexdigest()[:16])
+    jobs, keys = [], []
+    for model in args.models:
+        for k, chosen in sets.items():
+            data = {"rows": chosen, "pixels": [pixels[r["id"]] for r in chosen], "metric": metric}
+            for seed in args.seeds:
+                name = f"{model}.{k}.{seed}"
+                keys.append(name)
+                jobs.append((name, _unit, (params, model, data, val, labels, k, seed,
+                                           args.steps, args.evals)))  # fmt: skip
+    records = []
+    for done, _ in resume.ensure_many(jobs, workers=args.workers):
+        records.append(json.loads((done / "record.json").read_text(encoding="utf-8")))
+    from experiments.expansion.run import _git
+
+    result = {
+        "dataset": args.dataset,
+        "command": "python -m experiments.pilot " + " ".join(argv or sys.argv[1:]),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "git": _git(),
+        "metric": metric,
+        "steps": args.steps, "evals": args.evals, "seeds": args.seeds, "tol": args.tol,
+        "train_params": params.train.model_dump(mode="json"),
+        "models": summarise(records, args.tol),
+        "runs": records,
+    }  # fmt: skip
+    out = RESULTS / args.dataset
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"pilot-{args.tag}" if args.tag else "pilot"
+    atomic_write_json(out / f"{stem}.json", result)
+    (out / f"{stem}.md").write_text(markdown(result), encoding="utf-8")
+    print(markdown(result))
+    return 0
+
+
+def _unit(unit: Path, *a) -> None:
+    atomic_write_json(unit / "record.json", train_one(*a))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,51 @@
+"""The downstream pilot's decisions (experiments/pilot.py) on constructed learning curves:
+where a curve levels off, when a condition is budget-bound, which few-shot sizes leave
+the upper bound room, and the step budget it recommends."""
+
+from __future__ import annotations
+
+from experiments import pilot
+
+STEPS = [100, 200, 300, 400, 500, 600]
+
+
+def _run(model, size, seed, curve, n_train):
+    best = max(range(len(curve)), key=lambda i: (curve[i], -i))
+    return {"model": model, "size": size, "seed": seed, "n_train": n_train,
+            "eval_steps": STEPS, "val": curve, "loss": [0.0] * len(curve),
+            "best_step": STEPS[best], "best_val": curve[best]}  # fmt: skip
+
+
+def test_the_plateau_is_the_first_check_within_tolerance_of_the_best():
+    assert pilot.plateau(STEPS, [0.5, 0.7, 0.79, 0.8, 0.8, 0.795], 0.01) == 300
+    assert pilot.plateau(STEPS, [0.5, 0.6, 0.7, 0.75, 0.8, 0.9], 0.01) == 600
+    # a curve that peaks and falls (overfitting) levels off at its peak
+    assert pilot.plateau(STEPS, [0.5, 0.9, 0.7, 0.6, 0.6, 0.6], 0.01) == 200
+
+
+def test_few_shot_draws_k_per_class_reproducibly():
+    rows = [{"id": f"{c}{i}", "label": c} for c in "ab" for i in range(30)]
+    first, again = pilot.few_shot(rows, 10, seed=3), pilot.few_shot(rows, 10, seed=3)
+    assert first == again and len(first) == 20
+    assert {r["label"] for r in first[:10]} == {"a"} and {r["label"] for r in first[10:]} == {"b"}
+    assert pilot.few_shot(rows, 10, seed=4) != first
+    assert len(pilot.few_shot(rows, 50, seed=3)) == 60  # all there is
+
+
+def test_the_summary_flags_budget_bound_conditions_and_sizes_with_room():
+    flat = [0.6, 0.7, 0.75, 0.76, 0.76, 0.76]
+    rising = [0.6, 0.7, 0.8, 0.85, 0.88, 0.9]  # best at the last check: budget-bound
+    records = [
+        _run("m", 10, s, [v - 0.1 + 0.002 * s for v in flat], 20) for s in (0, 1, 2)
+    ] + [_run("m", 50, s, [v + 0.003 * s for v in flat], 100) for s in (0, 1, 2)] + [
+        _run("m", "all-train", s, [v + 0.004 * s for v in rising], 500) for s in (0, 1, 2)
+    ]  # fmt: skip
+    out = pilot.summarise(records, tol=0.01)["m"]
+    assert out["conditions"]["all-train"]["budget_bound"] is True
+    assert out["conditions"]["10"]["budget_bound"] is False
+    assert out["conditions"]["10"]["plateau_step"] == 300  # 0.65 is within 1 pp of 0.66
+    # the largest condition levels off at its last check: 1.25 x 600
+    assert out["recommended_steps"] == 750
+    room = out["all_train_minus_few_shot"]
+    assert room["10"]["delta"] > room["50"]["delta"] > 0.1
+    assert out["sizes_with_room"] == ["10", "50"]
