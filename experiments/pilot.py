@@ -34,7 +34,7 @@ import torch
 
 from defectgen import manifest
 from defectgen.config import parse_params
-from defectgen.core import classify, stats
+from defectgen.core import classify, stats, validity
 from defectgen.io import Resume, atomic_write_json
 from defectgen.stagekit import derive_seed, load_images
 from experiments.expansion.run import PROFILES, REPO, RESULTS, build_params, copy_data, run_stages
@@ -86,7 +86,6 @@ def summarise(records: list[dict], tol: float) -> dict:
             runs = [r for r in mine if r["size"] == size]
             steps = runs[0]["eval_steps"]
             curve = np.mean([r["val"] for r in runs], axis=0).tolist()
-            last = sum(r["best_step"] == steps[-1] for r in runs)
             conds[str(size)] = {
                 "n_train": runs[0]["n_train"],
                 "seeds": [r["seed"] for r in runs],
@@ -94,7 +93,7 @@ def summarise(records: list[dict], tol: float) -> dict:
                 "best_val": [r["best_val"] for r in runs],
                 "best_val_mean": float(np.mean([r["best_val"] for r in runs])),
                 "plateau_step": plateau(steps, curve, tol),
-                "budget_bound": last > len(runs) / 2,
+                "budget_bound": validity.budget_bound([r["best_step"] for r in runs], steps),
                 "eval_steps": steps,
                 "val_curve_mean": curve,
             }

@@ -91,6 +91,14 @@ def test_a_family_of_comparisons_reads_its_verdicts_from_holm_adjusted_p():
     assert weak["ci"][0] > 0 and weak["p_value"] < 0.05 <= weak["p_adjusted"]
     assert weak["verdict"] == "not distinguishable" and weak["family_size"] == 8
     assert rows["strong"]["verdict"] == "better" and rows["strong"]["p_adjusted"] < 0.05
+    # only the claims are a family: here "weak" alone among 3, and the others keep their
+    # intervals' verdicts
+    claims = ("weak", "null0", "null1")
+    rows = {r["arm"]: r for r in stats.compare(values, questions, "accuracy", claims=claims)}
+    assert rows["weak"]["family_size"] == 3 and rows["strong"]["p_adjusted"] is None
+    weak = rows["weak"]
+    assert weak["p_value"] <= weak["p_adjusted"] <= 3 * weak["p_value"]  # Holm over 3
+    assert rows["strong"]["verdict"] == "better"  # its interval excludes 0
 
 
 def test_describe_writes_points_and_intervals():

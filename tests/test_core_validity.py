@@ -53,8 +53,12 @@ def test_a_budget_bound_condition_withholds_every_verdict():
     values = _values({"real": 0.80, "all-train": 0.90})
     result = _check(values, bound={"real": False, "all-train": True})
     assert not result["verdicts_allowed"] and result["budget_bound"] == ["all-train"]
-    assert validity.budget_bound([100, 200, 200], 200)
-    assert not validity.budget_bound([100, 200, 150], 200)
+    checks = [100, 200]
+    assert validity.budget_bound([100, 200, 200], checks)
+    assert not validity.budget_bound([100, 200, 150], checks)
+    assert not validity.budget_bound([200, 100], checks)  # half the seeds is not most
+    assert validity.budget_bound([100], [100])  # one check: convergence cannot be judged
+    assert validity.budget_bound([0], [])
 
 
 def test_an_arm_at_or_below_the_constant_predictor_or_predicting_one_class_is_degenerate():
@@ -67,3 +71,17 @@ def test_an_arm_at_or_below_the_constant_predictor_or_predicting_one_class_is_de
     result = _check(_values({"real": 0.80, "all-train": 0.90}), classes=one_class)
     assert result["degenerate"] == {"all-train": "predicts a single class in at least one seed"}
     assert not result["verdicts_allowed"]
+
+
+def test_one_seed_gives_no_interval_and_so_no_verdict():
+    one = {c: {0: v} for c, v in {"real": 0.80, "all-train": 0.95}.items()}
+    result = _check(one)
+    assert result["all_train_minus_real"]["ci"] is None and not result["verdicts_allowed"]
+
+
+def test_arms_without_classes_to_collapse_onto_are_judged_by_score_alone():
+    values = _values({"real": 0.40, "all-train": 0.50})
+    result = validity.check(
+        values, metric="s_measure", constant=0.3, bound={c: False for c in values}
+    )
+    assert result["verdicts_allowed"] and result["degenerate"] == {}

@@ -33,7 +33,7 @@ def test_few_shot_draws_k_per_class_reproducibly():
 
 
 def test_the_summary_flags_budget_bound_conditions_and_sizes_with_room():
-    flat = [0.6, 0.7, 0.75, 0.76, 0.76, 0.76]
+    flat = [0.6, 0.7, 0.755, 0.76, 0.76, 0.76]
     rising = [0.6, 0.7, 0.8, 0.85, 0.88, 0.9]  # best at the last check: budget-bound
     records = [
         _run("m", 10, s, [v - 0.1 + 0.002 * s for v in flat], 20) for s in (0, 1, 2)
@@ -43,7 +43,7 @@ def test_the_summary_flags_budget_bound_conditions_and_sizes_with_room():
     out = pilot.summarise(records, tol=0.01)["m"]
     assert out["conditions"]["all-train"]["budget_bound"] is True
     assert out["conditions"]["10"]["budget_bound"] is False
-    assert out["conditions"]["10"]["plateau_step"] == 300  # 0.65 is within 1 pp of 0.66
+    assert out["conditions"]["10"]["plateau_step"] == 300  # 0.657 is within 1 pp of 0.662
     # the largest condition levels off at its last check: 1.25 x 600
     assert out["recommended_steps"] == 750
     room = out["all_train_minus_few_shot"]

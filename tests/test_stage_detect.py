@@ -49,7 +49,7 @@ def test_every_arm_trains_equal_steps_and_is_scored_with_coco(tmp_path: Path):
     assert metrics["n_runs"] == 16.0
     key = "fasterrcnn_effnet_lite0_imagenet/real_ungated/vs_real_classical-ungated/map_delta"
     assert key in metrics  # the default model: the ImageNet trunk
-    # 2 steps cannot show that more data helps: no verdict, and the headline says why
+    # one val check cannot show a detector levelled off: no verdict, and the headline says why
     check = report["validity"]["fasterrcnn_effnet_lite0_imagenet"]
     assert check["verdicts_allowed"] is False and "cannot measure" in report["headline"]
     assert all(e["best_steps"] == [2, 2] and e["budget_bound"] for e in model.values())

@@ -270,3 +270,23 @@ def test_two_workers_train_the_same_runs_as_one(dataset, tmp_path):
     for path in curves:
         assert path.read_bytes() == (tmp_path / "serial" / "curves" / path.name).read_bytes()
     assert any(k.startswith("time/resnet18/") for k in metrics)  # each unit timed
+
+
+def test_the_headline_gives_a_verdict_only_when_the_validity_check_passed():
+    row = {"arm": "real+ungated", "control": "real+classical-ungated", "metric": "accuracy",
+           "delta": 0.03, "ci": [0.01, 0.05], "p_value": 0.004, "p_adjusted": 0.02,
+           "n_seeds": 10, "verdict": "better"}  # fmt: skip
+    allowed = {"m": {"verdicts_allowed": True, "statement": "More real data helps ..."}}
+    refused = {"m": {"verdicts_allowed": False, "statement": "This budget cannot ..."}}
+    text = train.headline({"m": [row]}, allowed, "accuracy")
+    assert (
+        "real+ungated vs real+classical-ungated" in text
+        and ": better; test accuracy +3.0 pp" in text
+    )
+    assert train.headline({"m": [row]}, refused, "accuracy").endswith(": This budget cannot ...")
+    # the metric the headline reads is the primary one
+    assert train.headline({"m": [row]}, allowed, "balanced_accuracy").startswith("No synthetic")
+    kept = train._withhold([row], allowed["m"])
+    withheld = train._withhold([row], refused["m"])
+    assert kept == [row] and withheld[0]["verdict"].startswith("no verdict")
+    assert withheld[0]["delta"] == row["delta"]  # the numbers stay; only the verdict goes

@@ -408,7 +408,7 @@ def markdown(result: dict) -> str:
                 f"| {best} | {'yes' if e['budget_bound'] else 'no'} | {e['n_seeds']} |"
             )
     lines += ["", f"Paired differences in test {metric} (95 % t interval over seeds; p and "
-              "its Holm adjustment over the model's table; verdicts from the adjusted p):", "",
+              "the synthetic arms' Holm adjustment per model; their verdicts from it):", "",
               "| model | arm | control | difference | p (Holm) | verdict |",
               "|---|---|---|---:|---:|---|"]  # fmt: skip
     for model, comparisons in clf["comparisons"].items():

@@ -672,7 +672,8 @@ class TrainConfig(_Section):
     primary: Literal[("auto", *PRIMARY_METRICS)] = Field(
         default="auto",
         description="the metric verdicts use and val selects by; auto: accuracy when the "
-        "test split's classes are balanced (largest / smallest <= 1.5), else balanced accuracy",
+        "test split's classes are balanced (core.classify.primary_metric), else balanced "
+        "accuracy",
     )
     rotation: float = Field(default=10.0, ge=0.0, le=180.0)  # +- degrees
     flips: bool = True  # horizontal and vertical

@@ -27,6 +27,8 @@ REAL = "real"
 ALL_TRAIN = "all-train"
 MAJORITY = "majority"
 ADDITIVE = ("real+synthetic", "real+ungated")  # arms that add images: each gets controls
+# the arms whose comparisons are claims about synthetic data: one Holm family per metric
+SYNTHETIC = (*ADDITIVE, "substitution")
 
 
 def classical_of(arm: str) -> str:

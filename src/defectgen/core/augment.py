@@ -45,8 +45,16 @@ class Copy:
     labels: list[int] | None = None
 
 
+MIN_VISIBLE = 0.3  # a box the crop leaves less of than this is dropped with its label
+
+
 def _transforms(cfg: ClassicalConfig, size: tuple[int, int], *, rotate: bool) -> list:
     h, w = size
+    if cfg.quarter_turns and h != w:
+        raise ValueError(
+            f"classical.quarter_turns needs square images, got {w}x{h}: set it to false "
+            "or make preprocess.image_size square"
+        )
     ops: list = []
     if cfg.flips:
         ops += [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
@@ -80,12 +88,14 @@ def classical_copy(
 ) -> Copy:
     """One classically augmented copy of a uint8 image (H, W) or (H, W, 3), with its mask,
     instance masks and boxes moved the same way. The draw is seeded from `rng`, so a run
-    is reproducible. Boxes that the crop leaves less than a third visible are dropped with
+    is reproducible. Boxes that the crop leaves less than MIN_VISIBLE of are dropped with
     their labels; given boxes and no mask, the free rotation is left out (module doc)."""
     with_boxes = boxes is not None
     exact = with_boxes and mask is None and masks is None
     ops = _transforms(cfg, image.shape[:2], rotate=not exact)
-    bbox = A.BboxParams("pascal_voc", label_fields=["labels"], min_visibility=0.3, clip=True)
+    bbox = A.BboxParams(
+        "pascal_voc", label_fields=["labels"], min_visibility=MIN_VISIBLE, clip=True
+    )
     pipeline = A.Compose(
         ops, bbox_params=bbox if with_boxes else None, seed=int(rng.integers(2**31))
     )

@@ -242,20 +242,30 @@ def transform(
 def classical(
     cfg: ClassicalConfig, image: np.ndarray, target: Target, rng: np.random.Generator
 ) -> tuple[np.ndarray, Target]:
-    """One classical copy (core.augment's recipe) with its ground truth moved exactly: with
-    instance masks the masks move and the boxes are taken from them again (instances the
-    crop removed are dropped); box-only data gets the recipe without the free rotation."""
+    """One classical copy (core.augment's recipe) with its ground truth moved exactly.
+
+    With instance masks the masks move with the image and are split again into their
+    8-connected regions, each an instance with a box around it (a reflected border can
+    mirror a defect near the edge into a second region, which the image then shows too);
+    a region under augment.MIN_VISIBLE of its instance's area is dropped, as boxes are.
+    Box-only data gets the recipe without the free rotation, so boxes move exactly."""
     if target.masks is not None:
         copy = augment.classical_copy(cfg, image, rng, masks=list(target.masks.astype(np.uint8)))
-        kept = [m.astype(bool) for m in copy.masks or [] if m.any()]
-        keep = [i for i, m in enumerate(copy.masks or []) if m.any()]
+        regions, labels = [], []
+        for before, after, label in zip(target.masks, copy.masks or [], target.labels, strict=True):
+            for region in coco.instances(after.astype(np.uint8) * 255):
+                if region.sum() >= augment.MIN_VISIBLE * before.sum():
+                    regions.append(region)
+                    labels.append(label)
         boxes = []
-        for m in kept:
+        for m in regions:
             ys, xs = np.nonzero(m)
             boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-        masks = np.stack(kept) if kept else np.zeros((0, *image.shape[:2]), bool)
+        masks = np.stack(regions) if regions else np.zeros((0, *image.shape[:2]), bool)
         return copy.image, Target(
-            np.asarray(boxes, dtype=np.float32).reshape(-1, 4), target.labels[keep], masks
+            np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+            np.asarray(labels, dtype=np.int64),
+            masks,
         )
     copy = augment.classical_copy(
         cfg, image, rng, boxes=target.boxes, labels=target.labels.tolist()

@@ -94,18 +94,27 @@ def compare(
     questions: list[tuple[str, str]],
     metric: str,
     higher_is_better: bool = True,
+    claims: tuple[str, ...] | None = None,
 ) -> list[dict]:
     """Paired comparisons of one metric: `values[condition][seed]`, per (arm, control)
-    over the seeds both have. The questions are one family: each row carries its raw
-    `p_value`, its Holm-adjusted `p_adjusted` and the verdict read from the latter."""
+    over the seeds both have. Each row carries its raw `p_value`; the rows whose arm is
+    in `claims` (every row when None) are one family: they carry the Holm-adjusted
+    `p_adjusted` and the verdict read from it. The other rows (the controls' own
+    diagnostics: classical vs real, all-train vs real) keep `p_adjusted` None and the
+    verdict of their interval."""
     out = []
     for arm, control in questions:
         seeds = sorted(set(values[arm]) & set(values[control]))
         result = paired([values[arm][k] for k in seeds], [values[control][k] for k in seeds])
         out.append({"arm": arm, "control": control, "metric": metric, **result})
-    for row, adjusted in zip(out, holm([r["p_value"] for r in out]), strict=True):
+    family = [r for r in out if claims is None or r["arm"] in claims]
+    tested = sum(r["p_value"] is not None for r in family)
+    for row, adjusted in zip(family, holm([r["p_value"] for r in family]), strict=True):
         row["p_adjusted"] = adjusted
-        row["family_size"] = len(out)
+        row["family_size"] = tested
+    for row in out:
+        row.setdefault("p_adjusted", None)
+        row.setdefault("family_size", None)
         row["verdict"] = verdict(row, higher_is_better)
     return out
 

@@ -6,7 +6,8 @@ helps. So before any synthetic-vs-control verdict is read, three things must hol
 1. the upper bound beats the few-shot set: all-train minus real on the primary metric,
    paired over seeds, with its 95 % interval above 0;
 2. nothing is budget-bound: no condition's best val check is the last one in most seeds
-   (its model was still improving when the budget ran out);
+   (its model was still improving when the budget ran out), and there were at least two
+   val checks (with one, convergence cannot be judged);
 3. no compared arm is degenerate: each beats the constant predictor (the train split's
    most frequent class) on the primary metric and predicts more than one class in every
    seed.
@@ -16,16 +17,17 @@ helps. So before any synthetic-vs-control verdict is read, three things must hol
 
 from __future__ import annotations
 
-from defectgen.core import stats
+from defectgen.core import arms, stats
 
-ALL_TRAIN = "all-train"
-REAL = "real"
 NOT_ALLOWED = "no verdict: this budget cannot measure the value of data here"
 
 
-def budget_bound(best_steps: list[int], last_check: int) -> bool:
-    """A condition is budget-bound when its best check is the last one in most seeds."""
-    return sum(step == last_check for step in best_steps) > len(best_steps) / 2
+def budget_bound(best_steps: list[int], eval_steps: list[int]) -> bool:
+    """A condition is budget-bound when its best val check is the last one in most seeds,
+    or when it had fewer than two checks (then nothing shows it had levelled off)."""
+    if len(eval_steps) < 2:
+        return True
+    return sum(step == eval_steps[-1] for step in best_steps) > len(best_steps) / 2
 
 
 def degenerate(mean_score: float, classes_predicted: list[int], constant: float) -> str | None:
@@ -43,9 +45,8 @@ def check(
     *,
     metric: str,
     constant: float,
-    classes_predicted: dict[str, list[int]],
     bound: dict[str, bool],
-    oracles: tuple[str, ...] = ("real+oracle", "real+oracle-ungated"),
+    classes_predicted: dict[str, list[int]] | None = None,
 ) -> dict:
     """The validity record of one model's comparison table.
 
@@ -53,8 +54,9 @@ def check(
         values: per trained condition, per seed, the primary metric on test.
         metric: the primary metric's name.
         constant: the constant predictor's score on that metric.
-        classes_predicted: per condition, per seed, how many classes its model predicted.
         bound: per condition, whether it is budget-bound (`budget_bound`).
+        classes_predicted: per condition, per seed, how many classes its model predicted
+            (classifiers; None where the output has no classes to collapse onto).
 
     Returns:
         {metric, all_train_minus_real, oracle_minus_real, budget_bound, degenerate,
@@ -62,19 +64,21 @@ def check(
     """
 
     def diff(arm: str) -> dict | None:
-        if arm not in values or REAL not in values:
+        if arm not in values or arms.REAL not in values:
             return None
-        seeds = sorted(set(values[arm]) & set(values[REAL]))
-        r = stats.paired([values[arm][s] for s in seeds], [values[REAL][s] for s in seeds])
+        seeds = sorted(set(values[arm]) & set(values[arms.REAL]))
+        r = stats.paired([values[arm][s] for s in seeds], [values[arms.REAL][s] for s in seeds])
         return {"delta": r["delta"], "ci": r["ci"], "p": r["p_value"], "n_seeds": r["n_seeds"]}
 
-    upper = diff(ALL_TRAIN)
+    upper = diff(arms.ALL_TRAIN)
+    oracles = [arms.oracle_of(a) for a in arms.ADDITIVE]
     oracle = {o: d for o in oracles if (d := diff(o)) is not None}
     stuck = sorted(c for c, b in bound.items() if b)
     broken = {}
     for c, per_seed in values.items():
         mean = sum(per_seed.values()) / len(per_seed)
-        why = degenerate(mean, classes_predicted.get(c, []), constant)
+        predicted = (classes_predicted or {}).get(c, [])
+        why = degenerate(mean, predicted, constant)
         if why:
             broken[c] = why
     reasons = []
@@ -86,7 +90,10 @@ def check(
             f"{stats.describe({**upper, 'p_value': upper['p']})})"
         )
     if stuck:
-        reasons.append(f"budget-bound (best check the last in most seeds): {', '.join(stuck)}")
+        reasons.append(
+            f"budget-bound (best val check the last in most seeds, or under two checks): "
+            f"{', '.join(stuck)}"
+        )
     if broken:
         reasons.append(
             "degenerate: " + "; ".join(f"{c} {why}" for c, why in sorted(broken.items()))

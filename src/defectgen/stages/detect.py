@@ -307,7 +307,7 @@ def run(
                            "n_added": runs[0]["n_added"], "steps": runs[0]["steps"],
                            "best_steps": [r["best_step"] for r in runs]}  # fmt: skip
             entry["budget_bound"] = validity.budget_bound(
-                entry["best_steps"], runs[0]["eval_steps"][-1] if runs[0]["eval_steps"] else 0
+                entry["best_steps"], runs[0]["eval_steps"]
             )
             for m in names:
                 s = stats.summary([r[m] for r in runs])
@@ -321,12 +321,11 @@ def run(
         comparisons[model] = []
         for m in names:
             values = {c: {r["seed"]: r[m] for r in mine if r["condition"] == c} for c in trained}
-            comparisons[model] += stats.compare(values, asked, m)
+            comparisons[model] += stats.compare(values, asked, m, claims=arms.SYNTHETIC)
         checks[model] = validity.check(
             {c: {r["seed"]: r["map"] for r in mine if r["condition"] == c} for c in trained},
             metric="map",
             constant=0.0,  # a detector that finds nothing
-            classes_predicted={c: [2] * len(cfg.seeds) for c in trained},
             bound={c: summary[model][c]["budget_bound"] for c in trained},
         )
         if not checks[model]["verdicts_allowed"]:

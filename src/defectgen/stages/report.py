@@ -201,7 +201,7 @@ def _comparison_rows(comparisons: list[dict], metrics: tuple[str, ...], points: 
 
 
 COMPARISON_HEADERS = [
-    "arm", "control", "metric", "difference [95 % CI]", "p (Holm-adjusted)", "verdict", "seeds",
+    "arm", "control", "metric", "difference [95 % CI]", "p (Holm)", "verdict", "seeds",
 ]  # fmt: skip
 
 
@@ -258,7 +258,7 @@ def _classifiers(train: Path) -> tuple[Section, str]:
     for model, comparisons in result["comparisons"].items():
         sec.paragraph(
             f"{model}: paired differences in test {metric} (t interval over seeds; verdicts "
-            "from Holm-adjusted p over the table)."
+            "on the synthetic arms from their Holm-adjusted p)."
         )
         sec.table(COMPARISON_HEADERS, _comparison_rows(comparisons, (metric,), True))
         for arm, cap in result["captured"][model].items():

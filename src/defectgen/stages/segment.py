@@ -307,13 +307,14 @@ def run(
             "paired": "per seed the same init and RNG stream in every condition: "
             "equal-size conditions see the same batches",
             "interval": "95 % Student-t over paired seed differences; verdicts from "
-            "Holm-adjusted p per metric",
+            "the synthetic arms' Holm-adjusted p per metric",
             "classical": augment.describe(params.classical),
             "matched_to": {k: v for k, v in conds.plan.items() if v is not None},
         },
         "conditions": {},
     }
     runs: list[dict] = []
+    checks_of: dict[str, list[int]] = {}  # per condition, the val checks' steps
     curves = Curves()
     metrics_out: dict[str, float] = {}
     with atomic_dir(out_dir) as tmp:
@@ -332,6 +333,7 @@ def run(
                 folder, _ = resume.ensure(unit_name, _record_unit, *args)
                 done = json.loads((folder / RECORD_JSON).read_text("utf-8"))
                 curves.series[f"{metric_name(condition)}.seed{seed}"] = done["losses"]
+                checks_of[condition] = done["eval_steps"]
                 per_class_dice = {f"dice/{k}": v for k, v in done["per_class_dice"].items()}
                 runs.append(
                     {
@@ -340,7 +342,6 @@ def run(
                         "n_train": done["n_train"],
                         "n_added": done["n_added"],
                         "best_step": done["best_step"],
-                        "last_check": done["eval_steps"][-1],
                         **done["scores"],
                         **per_class_dice,
                     }
@@ -356,9 +357,7 @@ def run(
                 metrics_out[f"{metric_name(condition)}/{metric}"] = entry[metric]["mean"]
             entry["n_seeds"] = len(mine)
             entry["best_steps"] = [int(v) for v in mine["best_step"]]
-            entry["budget_bound"] = validity.budget_bound(
-                entry["best_steps"], int(mine["last_check"].iloc[0])
-            )
+            entry["budget_bound"] = validity.budget_bound(entry["best_steps"], checks_of[condition])
             entry["dice_per_class"] = {
                 c[5:]: float(mine[c].mean()) for c in mine.columns if c.startswith("dice/")
             }
@@ -370,13 +369,12 @@ def run(
             values = {
                 c: {r["seed"]: r[metric] for r in runs if r["condition"] == c} for c in trained
             }
-            comparisons += stats.compare(values, asked, metric, higher)
+            comparisons += stats.compare(values, asked, metric, higher, claims=arms.SYNTHETIC)
         check = validity.check(
             {c: {r["seed"]: r["s_measure"] for r in runs if r["condition"] == c} for c in trained},
             metric="s_measure",
             constant=segmetrics.evaluate([np.zeros(m.shape, np.float32) for m in test_set[1]],
                                          test_set[1])["s_measure"],
-            classes_predicted={c: [2] * len(cfg.seeds) for c in trained},
             bound={c: report["conditions"][c]["budget_bound"] for c in trained},
         )  # fmt: skip
         if not check["verdicts_allowed"]:

@@ -27,8 +27,9 @@ split train and their parents are train images (checked here again).
 Before any verdict, core.validity checks that the comparison can see the value of data
 (all-train beats real, no condition budget-bound, no arm degenerate); when it cannot,
 eval.json's `validity.statement` says so, the headline gives no verdict and every
-comparison's verdict reads "no verdict". Each model's comparisons on one metric are one
-family: p-values are Holm-adjusted together and verdicts read the adjusted ones.
+comparison's verdict reads "no verdict". Per model and metric, the synthetic arms'
+comparisons are one family: their p-values are Holm-adjusted together and their
+verdicts read the adjusted ones (the controls' own rows keep their intervals).
 
 Writes under `out_dir`:
     eval.json        the protocol; per model and condition mean and sample std over seeds
@@ -209,6 +210,7 @@ def _train_one(params: Params, data: _Data, model_name: str, condition: str, see
             schedule_kind=cfg.schedule,
             warmup=cfg.warmup,
             select_by=data.primary,
+            n_classes=len(data.labels),
             augment=classify.protocol_augment(cfg.rotation, cfg.flips),
             # the same init, batch-order and augmentation draws in every condition (common
             # random numbers): a paired delta reflects the training images, not the draw
@@ -231,7 +233,7 @@ def _train_one(params: Params, data: _Data, model_name: str, condition: str, see
         "steps": steps,
         "epochs_equivalent": steps * cfg.batch_size / len(train[1]),
         "best_step": fit.best_step,
-        "budget_bound": bool(fit.eval_steps) and fit.best_step == fit.eval_steps[-1],
+        "best_at_last_check": bool(fit.eval_steps) and fit.best_step == fit.eval_steps[-1],
         "classes_predicted": len(set(preds)),
         "eval_steps": fit.eval_steps,
         "val_score": fit.val_score,
@@ -252,13 +254,14 @@ def _by_seed(records: list[dict], model: str, condition: str, metric: str) -> di
 
 def _comparisons(records: list[dict], model: str, plan: dict[str, str | None]) -> list[dict]:
     """Paired (same seed) differences between the conditions that answer a question
-    (core.arms.questions), in each metric; one Holm family per metric."""
+    (core.arms.questions), in each metric; per metric the synthetic arms' comparisons are
+    one Holm family, the controls' own (classical vs real, all-train vs real) are not."""
     trained = {r["condition"] for r in records if r["model"] == model}
     asked = arms.questions(plan, trained)
     out = []
     for metric in METRICS:
         values = {c: _by_seed(records, model, c, metric) for c in trained}
-        out += stats.compare(values, asked, metric)
+        out += stats.compare(values, asked, metric, claims=arms.SYNTHETIC)
     return out
 
 
@@ -314,7 +317,7 @@ def _validity(records: list[dict], model: str, metric: str) -> dict:
         constant=constant[0] if constant else 0.0,
         classes_predicted={c: [r["classes_predicted"] for r in rs] for c, rs in runs.items()},
         bound={
-            c: validity.budget_bound([r["best_step"] for r in rs], rs[0]["eval_steps"][-1])
+            c: validity.budget_bound([r["best_step"] for r in rs], rs[0]["eval_steps"])
             for c, rs in runs.items()
         },
     )
@@ -366,10 +369,8 @@ def _summarise(records: list[dict], labels: list[str]) -> tuple[dict, dict]:
                 **entry,
                 "recall_mean": {c: float(np.mean([r["recall"][c] for r in runs])) for c in labels},
                 "best_steps": [r["best_step"] for r in runs],
-                "budget_bound": bool(runs[0]["eval_steps"])
-                and validity.budget_bound(
-                    [r["best_step"] for r in runs], runs[0]["eval_steps"][-1]
-                ),
+                "budget_bound": condition != arms.MAJORITY  # the constant predictor trains nothing
+                and validity.budget_bound([r["best_step"] for r in runs], runs[0]["eval_steps"]),
                 "n_seeds": len(runs),
                 "n_train": runs[0]["n_train"],
                 "n_synthetic": runs[0]["n_synthetic"],
@@ -392,10 +393,11 @@ def run(
     """Train every (model, condition, seed) and score it on the real test split.
 
     Returns:
-        Metrics <model>/<condition>/accuracy_mean, _std, macro_f1_mean, _std,
-        accuracy_delta (vs real); <model>/<arm>/vs_<control>/<metric>_delta, _ci_low,
-        _ci_high, _p for every paired comparison; '+' in condition names written '_'
-        (+ time/... for MLflow only).
+        Metrics <model>/<condition>/<metric>_mean, _std, _delta (vs real) for accuracy,
+        balanced_accuracy and macro_f1; <model>/<arm>/vs_<control>/<metric>_delta,
+        _ci_low, _ci_high, _p for every paired comparison; <model>/verdicts_allowed and
+        <model>/all_train_minus_real/<primary>_delta (the validity check); '+' in
+        condition names written '_' (+ time/... for MLflow only).
     """
     cfg = params.train
     preprocessed, generated, gated = Path(preprocessed), Path(generated), Path(gated)
@@ -453,7 +455,7 @@ def run(
                     "equal-size conditions see the same batches, others the same draws "
                     "over different images",
                     "interval": "95 % Student-t over paired seed differences; verdicts "
-                    "from Holm-adjusted p per model and metric",
+                    "of the synthetic arms from Holm-adjusted p per model and metric",
                     "classical": augment.describe(params.classical),
                     "matched_to": data.matched,
                 },
