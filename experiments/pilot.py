@@ -110,7 +110,8 @@ def summarise(records: list[dict], tol: float) -> dict:
             "conditions": conds,
             "all_train_minus_few_shot": room,
             "recommended_steps": int(round(1.25 * biggest["plateau_step"], -1)),
-            "sizes_with_room": [s for s, c in room.items() if c["delta"] > tol],
+            # room: the upper bound's gain resolved, its interval above the tolerance
+            "sizes_with_room": [s for s, c in room.items() if c["ci"] and c["ci"][0] > tol],
         }
     return out
 
@@ -140,7 +141,8 @@ def markdown(result: dict) -> str:
             name = size if size == "subset" else f"{size} per class"
             lines.append(f"| {name} | {stats.describe(r)} |")
         lines += ["", f"Recommended step budget: {m['recommended_steps']} (1.25x the largest "
-                  f"condition's plateau); sizes leaving room above {result['tol'] * 100:g} pp: "
+                  "condition's plateau); sizes whose all-train gain is resolved above "
+                  f"{result['tol'] * 100:g} pp: "
                   f"{m['sizes_with_room'] or 'none'}.", ""]  # fmt: skip
     return "\n".join(lines)
 

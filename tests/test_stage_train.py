@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from defectgen import manifest
+from defectgen.core import validity
 from defectgen.core.images import encode_png, pixel_id
 from defectgen.errors import DataError
 from defectgen.stages import ingest, preprocess, train
@@ -286,7 +287,7 @@ def test_the_headline_gives_a_verdict_only_when_the_validity_check_passed():
     assert train.headline({"m": [row]}, refused, "accuracy").endswith(": This budget cannot ...")
     # the metric the headline reads is the primary one
     assert train.headline({"m": [row]}, allowed, "balanced_accuracy").startswith("No synthetic")
-    kept = train._withhold([row], allowed["m"])
-    withheld = train._withhold([row], refused["m"])
+    kept = validity.withhold([row], allowed["m"])
+    withheld = validity.withhold([row], refused["m"])
     assert kept == [row] and withheld[0]["verdict"].startswith("no verdict")
     assert withheld[0]["delta"] == row["delta"]  # the numbers stay; only the verdict goes

@@ -3,8 +3,9 @@
 Conditions of one comparison share their seeds (same initialisation, shuffling and
 augmentation draws per seed), so the unit of analysis is the per-seed difference
 `arm - control`. Its mean gets a two-sided Student-t confidence interval and p-value
-(H0: mean difference 0). The comparisons one table answers are one family: their
-p-values are Holm-adjusted together and the verdicts read the adjusted ones. How much
+(H0: mean difference 0). The claims one table makes (the synthetic arms' comparisons)
+are one family: their p-values are Holm-adjusted together and their verdicts read the
+adjusted ones; the controls' own rows keep their intervals. How much
 of a perfect generator's gain a generator captures is a ratio of two such means; its
 interval is a paired bootstrap over seeds.
 
@@ -173,9 +174,7 @@ def describe(comparison: dict, *, points: bool = True) -> str:
         lo, hi = comparison["ci"]
         text += f" [{fmt(lo)}, {fmt(hi)}]"
     if comparison["p_value"] is not None:
-        text += f", p {comparison['p_value']:.2g}"
-        if comparison.get("p_adjusted") is not None:
-            text += f" (Holm {comparison['p_adjusted']:.2g})"
+        text += f", p {p_text(comparison)}"
     return text
 
 

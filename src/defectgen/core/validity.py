@@ -118,3 +118,17 @@ def check(
         "reasons": reasons,
         "statement": statement,
     }
+
+
+def withhold(rows: list[dict], check: dict) -> list[dict]:
+    """Comparison rows as they may be read: without a passed check each verdict becomes
+    NOT_ALLOWED (the numbers stay)."""
+    if check["verdicts_allowed"]:
+        return rows
+    return [{**r, "verdict": NOT_ALLOWED} for r in rows]
+
+
+def answer(about: str, check: dict, finding: str) -> str:
+    """A headline: "<about>: <finding>" when verdicts are allowed, else the check's
+    statement in place of the finding."""
+    return f"{about}: {finding if check['verdicts_allowed'] else check['statement']}"

@@ -207,12 +207,10 @@ def headline(comparisons: dict[str, list[dict]], checks: dict[str, dict]) -> str
                         f"Synthetic vs classical augmentation for detection ({model}, {arm} vs "
                         f"{r['control']}, {r['n_seeds']} paired seeds, equal steps)"
                     )
-                    if not checks[model]["verdicts_allowed"]:
-                        return f"{about}: {checks[model]['statement']}"
-                    return (
-                        f"{about}: {r['verdict']}; test mAP@[.5:.95] "
-                        f"{stats.describe(r, points=False)}."
+                    finding = (
+                        f"{r['verdict']}; test mAP@[.5:.95] {stats.describe(r, points=False)}."
                     )
+                    return validity.answer(about, checks[model], finding)
     return "No synthetic arm was trained, so detection's synthetic vs classical is unanswered."
 
 
@@ -328,10 +326,7 @@ def run(
             constant=0.0,  # a detector that finds nothing
             bound={c: summary[model][c]["budget_bound"] for c in trained},
         )
-        if not checks[model]["verdicts_allowed"]:
-            comparisons[model] = [
-                {**c, "verdict": validity.NOT_ALLOWED} for c in comparisons[model]
-            ]
+        comparisons[model] = validity.withhold(comparisons[model], checks[model])
     with atomic_dir(out_dir) as tmp:
         atomic_write_json(
             tmp / DETECT_JSON,

@@ -220,9 +220,8 @@ def headline(comparisons: list[dict], check: dict) -> str:
                     f"Synthetic pairs vs classical augmentation ({arm} vs {c['control']}, "
                     f"{c['n_seeds']} paired seeds, equal steps)"
                 )
-                if not check["verdicts_allowed"]:
-                    return f"{about}: {check['statement']}"
-                return f"{about}: {c['verdict']}; S-measure {stats.describe(c, points=False)}."
+                finding = f"{c['verdict']}; S-measure {stats.describe(c, points=False)}."
+                return validity.answer(about, check, finding)
     return "No synthetic pairs were trained on, so pairs vs classical augmentation is unanswered."
 
 
@@ -377,8 +376,7 @@ def run(
                                          test_set[1])["s_measure"],
             bound={c: report["conditions"][c]["budget_bound"] for c in trained},
         )  # fmt: skip
-        if not check["verdicts_allowed"]:
-            comparisons = [{**c, "verdict": validity.NOT_ALLOWED} for c in comparisons]
+        comparisons = validity.withhold(comparisons, check)
         report["validity"] = check
         report["order"] = [c for c in conds.plan if c in report["conditions"]]
         report["comparisons"] = comparisons

@@ -233,7 +233,6 @@ def _train_one(params: Params, data: _Data, model_name: str, condition: str, see
         "steps": steps,
         "epochs_equivalent": steps * cfg.batch_size / len(train[1]),
         "best_step": fit.best_step,
-        "best_at_last_check": bool(fit.eval_steps) and fit.best_step == fit.eval_steps[-1],
         "classes_predicted": len(set(preds)),
         "eval_steps": fit.eval_steps,
         "val_score": fit.val_score,
@@ -323,13 +322,6 @@ def _validity(records: list[dict], model: str, metric: str) -> dict:
     )
 
 
-def _withhold(rows: list[dict], check: dict) -> list[dict]:
-    """The comparisons as they may be read: without a passed validity check, no verdict."""
-    if check["verdicts_allowed"]:
-        return rows
-    return [{**r, "verdict": validity.NOT_ALLOWED} for r in rows]
-
-
 def headline(comparisons: dict[str, list[dict]], checks: dict[str, dict], metric: str) -> str:
     """The answer in one line: synthetic vs classical augmentation, better / worse / not
     distinguishable on the primary metric, with the interval (real+synthetic when it
@@ -346,9 +338,8 @@ def headline(comparisons: dict[str, list[dict]], checks: dict[str, dict], metric
                 f"Synthetic vs classical augmentation ({model}, {arm} vs {r['control']}, "
                 f"{r['n_seeds']} paired seeds, equal steps)"
             )
-            if not checks[model]["verdicts_allowed"]:
-                return f"{about}: {checks[model]['statement']}"
-            return f"{about}: {r['verdict']}; test {metric} {stats.describe(r)}."
+            finding = f"{r['verdict']}; test {metric} {stats.describe(r)}."
+            return validity.answer(about, checks[model], finding)
     return "No synthetic arm was trained, so synthetic vs classical augmentation is unanswered."
 
 
@@ -428,7 +419,9 @@ def run(
         records.append(json.loads((done / RECORD_JSON).read_text(encoding="utf-8")))
     summary, confusion = _summarise(records, data.labels)
     checks = {m: _validity(records, m, data.primary) for m in summary}
-    comparisons = {m: _withhold(_comparisons(records, m, data.plan), checks[m]) for m in summary}
+    comparisons = {
+        m: validity.withhold(_comparisons(records, m, data.plan), checks[m]) for m in summary
+    }
     captured = {m: _captured(records, m, data.primary) for m in summary}
     per_class = {m: _per_class(records, m, data.labels) for m in summary}
     short = {c: s for c in data.matched if c.startswith("real+oracle")
