@@ -9,17 +9,21 @@ for image-oriented generation; defectgen.core.metrics for gate features).
 Measured, in bf16 at 512x512 unless `--smoke`:
 - the GPU's bf16 matmul peak (8192^3 products): the floor every figure is held against;
 - textual-inversion and LoRA training steps/s at batch 4 (StableSDG's setting), SDPA
-  attention, with and without gradient checkpointing, and with `torch.compile`d UNet;
+  attention: the loop as it was (per-step host copies), the sync-free production loop,
+  and the same with UNet and text encoder compiled (first step, with the compile, apart);
 - img2img generation images/s at strength 0.5, guidance 7 (CFG doubles the UNet batch),
-  20 and 50 scheduler steps, batch 1/8/32;
-- gate feature extraction images/s (EfficientNet-Lite0 as the offline gate uses it, and
-  the Inception-v3 architecture at 299 px as standard FID would);
+  20 scheduler steps, batch 32, with the trained LoRA: as peft layers, fused into the
+  weights, with q/k/v fused, then compiled;
+- on request (`--only features`), gate feature extraction images/s (EfficientNet-Lite0
+  as the offline gate uses it, and the Inception-v3 architecture at 299 px as standard
+  FID would);
 - per unit: FLOPs (torch.utils.flop_counter), the achieved fraction of the measured
   peak, the floor-limited rate (peak / FLOPs per unit) and peak GPU memory.
 
     python benchmarks/gpu_diffusion.py                 # on a CUDA machine
     python benchmarks/gpu_diffusion.py --smoke         # tiny sizes, CPU: checks the harness
 
+Every row runs under a hard limit (`--row-timeout`, and never past `--deadline`).
 Writes benchmarks/results/gpu_diffusion-<device>.json and .md (a --smoke run writes
 under benchmarks/work/ instead: its figures mean nothing).
 """
@@ -30,6 +34,7 @@ import argparse
 import contextlib
 import datetime as dt
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -146,7 +151,7 @@ def build(smoke: bool, rt: models.Runtime, work: Path):
         feature_extractor=None,
         requires_safety_checker=False,
     ).to(rt.device, rt.dtype)
-    return models.prepare(pipe, ModelConfig(gradient_checkpointing=False))
+    return models.prepare(pipe, ModelConfig(gradient_checkpointing=False, compile="off"))
 
 
 def sync(rt: models.Runtime) -> None:
@@ -210,9 +215,64 @@ def past(args) -> bool:
     return args.deadline is not None and time.time() > args.deadline
 
 
+class RowCut(Exception):
+    """A row ran past its hard limit."""
+
+
+@contextlib.contextmanager
+def hard_limit(seconds: float):
+    """Raise RowCut in the row once `seconds` have passed (SIGALRM: Python code, a
+    compile included, is interrupted at its next bytecode; a running kernel finishes)."""
+
+    def cut(signum, frame):
+        raise RowCut(f"cut at its {seconds:.0f} s limit")
+
+    previous = signal.signal(signal.SIGALRM, cut)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.01))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def limit(args) -> float:
+    """A row's hard limit: its own, or what is left before the deadline if less."""
+    left = float("inf") if args.deadline is None else args.deadline - time.time()
+    return min(args.row_timeout, left)
+
+
+def per_step_copies(pipe, params, ids, cache, sched, *, steps, batch_size, gen, rt) -> None:
+    """The adaptation loop as it was before the sync-free one (the A row of the A/B):
+    each step draws on the CPU and copies the prompt ids, the noisy latents, the
+    timesteps and, after the UNet's forward is queued, the target, blocking."""
+    opt = torch.optim.Adam(params, lr=1e-4)
+    for _ in range(steps):
+        idx = torch.randint(0, len(cache), (batch_size,), generator=gen)
+        mean, std = cache.mean[idx], cache.std[idx]
+        z = (mean + std * torch.randn(mean.shape, generator=gen)) * cache.scaling
+        with rt.autocast:
+            cond = pipe.text_encoder(ids.to(rt.device))[0].expand(batch_size, -1, -1)
+        noise = torch.randn(z.shape, generator=gen)
+        t = torch.randint(0, 1000, (batch_size,), generator=gen)
+        noisy = sched.add_noise(z, noise, t)
+        with rt.autocast:
+            pred = pipe.unet(noisy.to(rt.device), t.to(rt.device), cond, return_dict=False)[0]
+        loss = torch.nn.functional.mse_loss(pred.float(), noise.to(rt.device).float())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+TRAIN_VARIANTS = ("per-step copies", "sync-free", "sync-free + compile")
+
+
 def bench_training(pipe, rt, peak: float, args, log: Callable[[dict], None]) -> None:
-    """Textual inversion, then LoRA, steps/s at batch `args.batch_train`, as adapt.train runs
-    them, with and without gradient checkpointing and with a compiled UNet."""
+    """Textual inversion, then LoRA, steps/s at batch `args.batch_train`: the loop as it
+    was (per-step copies), the production sync-free `adapt.train`, and the same with the
+    UNet and text encoder compiled (torch.compile, default mode; the first step, which
+    compiles, is reported apart from the steady rate). The trained LoRA stays in the
+    pipeline for the generation rows."""
     latent = pipe.unet.config.sample_size
     n = 64  # cached latents of the class's images (production caches them once)
     cache = LatentCache(
@@ -225,105 +285,110 @@ def bench_training(pipe, rt, peak: float, args, log: Callable[[dict], None]) -> 
     ids = prompt_ids(pipe, "a photo of <bench>")
     emb_params, commit = adapt.token_parameters(pipe, token_id)
     lora_params = None
+    eager = pipe.unet, pipe.text_encoder
     for phase in ("ti", "lora"):
         if phase == "lora":
             commit()
             lora_params = adapt.add_lora(pipe, rank=1, alpha=None, seed=0)
         params = emb_params if phase == "ti" else lora_params
-        step_flops = 0  # the model's FLOPs per step, counted eagerly (recomputation not counted)
-        compiled = () if args.smoke or args.no_compile else ("sdpa+compile",)
-        variants = ("sdpa", "sdpa+checkpointing") + compiled
+        step_flops = 0  # the model's FLOPs per step, counted eagerly
+        variants = TRAIN_VARIANTS[:2] if args.no_compile else TRAIN_VARIANTS
         for variant in variants:
+            name = f"{phase} train, {variant}"
             if past(args):
-                log({"name": f"{phase} train, {variant}", "error": "not run: deadline"})
+                log({"name": name, "error": "not run: deadline"})
                 continue
-            unet = pipe.unet
-            if variant == "sdpa+checkpointing":
-                pipe.unet.enable_gradient_checkpointing()
-            if variant == "sdpa+compile":
-                pipe.unet = torch.compile(unet)
             gen = torch.Generator().manual_seed(0)
 
-            def steps(k: int, params=params, gen=gen) -> None:
-                adapt.train(
-                    pipe,
-                    params,
-                    ids,
-                    cache,
-                    sched,
-                    steps=k,
-                    batch_size=args.batch_train,
-                    lr=1e-4,
-                    gen=gen,
-                    rt=rt,
-                    log=lambda s, v: None,
-                )
+            def steps(k: int, params=params, gen=gen, variant=variant) -> None:
+                kw = dict(steps=k, batch_size=args.batch_train, gen=gen, rt=rt)
+                if variant == "per-step copies":
+                    per_step_copies(pipe, params, ids, cache, sched, **kw)
+                else:
+                    adapt.train(pipe, params, ids, cache, sched, lr=1e-4,
+                                log=lambda s, v: None, **kw)  # fmt: skip
 
             reset_memory(rt)
             try:
-                if not step_flops:
-                    step_flops = flops(lambda steps=steps: steps(1))
-                seconds = timed(lambda steps=steps: steps(args.train_steps), rt, repeats=1)
+                with hard_limit(limit(args)):
+                    if variant.endswith("compile"):
+                        pipe.unet = torch.compile(eager[0])
+                        pipe.text_encoder = torch.compile(eager[1])
+                    started = time.perf_counter()
+                    steps(1)  # warm-up; compiles in the compiled variant
+                    sync(rt)
+                    first = time.perf_counter() - started
+                    if not step_flops:
+                        pipe.unet, pipe.text_encoder = eager
+                        step_flops = flops(lambda steps=steps: steps(1))
+                        if variant.endswith("compile"):
+                            pipe.unet = torch.compile(eager[0])
+                            pipe.text_encoder = torch.compile(eager[1])
+                    seconds = timed(lambda steps=steps: steps(args.train_steps), rt, repeats=1)
                 row = entry(
-                    f"{phase} train, {variant}",
-                    "steps",
-                    args.train_steps / seconds,
-                    step_flops,
-                    peak,
-                    rt,
-                    batch=args.batch_train,
-                )
-            except Exception as exc:  # torch.compile may not support a setup: record why
-                row = {"name": f"{phase} train, {variant}", "error": f"{type(exc).__name__}: {exc}"}
+                    name, "steps", args.train_steps / seconds, step_flops, peak, rt,
+                    batch=args.batch_train, first_step_s=first,
+                )  # fmt: skip
+            except Exception as exc:  # a cut row, or a setup torch.compile refuses: say why
+                row = {"name": name, "error": f"{type(exc).__name__}: {exc}"[:300]}
             finally:
-                pipe.unet = unet
-                if variant == "sdpa+checkpointing":
-                    pipe.unet.disable_gradient_checkpointing()
+                pipe.unet, pipe.text_encoder = eager
             log(row)
 
 
+GENERATION_VARIANTS = ("LoRA unfused", "LoRA fused", "LoRA + qkv fused", "fused + compile")
+
+
 def bench_generation(pipe, rt, peak: float, args, log: Callable[[dict], None]) -> None:
-    """Image-oriented generation as the generate stage runs it: img2img at strength 0.5,
-    guidance 7 (CFG: the UNet sees 2x the batch), per-image seeds."""
+    """Image-oriented generation as the generate stage runs it, with the class's adapter
+    loaded: img2img at strength 0.5, guidance 7 (CFG: the UNet sees 2x the batch),
+    per-image seeds, `args.gen_steps` steps at each batch; the adapter as peft layers,
+    then fused as `models.for_sampling` fuses it (LoRA, then q/k/v), then compiled."""
+    from defectgen.config import ModelConfig
+
     size = pipe.vae.config.sample_size
-    img2img = sample.sampler(pipe, "img2img")
     rng = np.random.default_rng(0)
-    for steps in (20, 50):
+    if not any("lora_" in k for k, _ in pipe.unet.named_parameters()):
+        adapt.add_lora(pipe, rank=1, alpha=None, seed=0)  # generation rows alone (--only)
+    variants = GENERATION_VARIANTS[:3] if args.no_compile else GENERATION_VARIANTS
+    for variant in variants:
+        if variant == "LoRA fused":
+            models.for_sampling(pipe, ModelConfig(fuse_qkv=False, compile="off"))
+        elif variant == "LoRA + qkv fused":
+            pipe.fuse_qkv_projections()
+        elif variant == "fused + compile":
+            pipe.unet = torch.compile(pipe.unet)
+            pipe.vae.decoder = torch.compile(pipe.vae.decoder)
+        img2img = sample.sampler(pipe, "img2img")
         for batch in args.batches:
+            name = f"img2img {args.gen_steps} steps, batch {batch}, {variant}"
             if past(args):
-                log({"name": f"img2img {steps} steps, batch {batch}", "error": "not run: deadline"})
+                log({"name": name, "error": "not run: deadline"})
                 continue
             parents = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(batch)]
 
-            def run(n: int = batch, parents=parents, steps=steps) -> None:
+            def run(n: int = batch, parents=parents, img2img=img2img) -> None:
                 sample.generate(
-                    img2img,
-                    prompt="a photo of <bench>",
-                    seeds=list(range(n)),
-                    parents=parents[:n],
-                    strength=0.5,
-                    guidance=7.0,
-                    steps=steps,
-                    size=size,
-                    channels=3,
-                )
+                    img2img, prompt="a photo of <bench>", seeds=list(range(n)),
+                    parents=parents[:n], strength=0.5, guidance=7.0, steps=args.gen_steps,
+                    size=size, channels=3,
+                )  # fmt: skip
 
             reset_memory(rt)
             try:
-                seconds = timed(run, rt, repeats=args.repeats)
-                image_flops = flops(lambda run=run: run(1))
+                with hard_limit(limit(args)):
+                    started = time.perf_counter()
+                    run()  # warm-up; compiles in the compiled variant
+                    sync(rt)
+                    first = time.perf_counter() - started
+                    seconds = timed(run, rt, repeats=args.repeats)
+                    image_flops = flops(lambda run=run: run(1))
                 row = entry(
-                    f"img2img {steps} steps, batch {batch}",
-                    "images",
-                    batch / seconds,
-                    image_flops,
-                    peak,
-                    rt,
-                    batch=batch,
-                    steps=steps,
-                )
-            except torch.OutOfMemoryError as exc:
-                row = {"name": f"img2img {steps} steps, batch {batch}", "error": str(exc)[:200]}
+                    name, "images", batch / seconds, image_flops, peak, rt, batch=batch,
+                    steps=args.gen_steps, first_call_s=first,
+                )  # fmt: skip
+            except Exception as exc:  # out of memory, a cut row, a compile failure
+                row = {"name": name, "error": f"{type(exc).__name__}: {exc}"[:300]}
             log(row)
 
 
@@ -382,29 +447,31 @@ def paper_ratios(rows: list[dict], device: str, px: int) -> list[str]:
     """Ours vs the papers' own figures, naming the hardware difference."""
     by = {r["name"]: r for r in rows if "per_s" in r}
     out = []
-    ti, lora = by.get("ti train, sdpa"), by.get("lora train, sdpa")
+
+    def best(prefix: str) -> dict | None:
+        return max((r for n, r in by.items() if n.startswith(prefix)), default=None,
+                   key=lambda r: r["per_s"])  # fmt: skip
+
+    ti, lora = best("ti train"), best("lora train")
     if ti and lora:
         minutes = (1000 / ti["per_s"] + 1000 / lora["per_s"]) / 60
         out.append(
-            f"Adaptation, 1000 TI + 1000 LoRA steps at batch 4 (StableSDG's schedule): "
-            f"{minutes:.1f} min per class on {device} vs {PAPER_TRAIN_MIN_PER_CLASS_V100} min on "
-            f"one V100 (seed 000): {PAPER_TRAIN_MIN_PER_CLASS_V100 / minutes:.1f}x faster."
+            f"Adaptation, 1000 TI + 1000 LoRA steps at batch 4 (StableSDG's schedule), the "
+            f"fastest loops ({ti['name']}; {lora['name']}): {minutes:.1f} min per class on "
+            f"{device} vs {PAPER_TRAIN_MIN_PER_CLASS_V100} min on one V100 (StableSDG): "
+            f"{PAPER_TRAIN_MIN_PER_CLASS_V100 / minutes:.1f}x faster."
         )
-    best50 = max(
-        (r for n, r in by.items() if n.startswith("img2img 50")),
-        default=None,
-        key=lambda r: r["per_s"],
-    )
-    if best50:
+    gen = best("img2img")
+    if gen:
+        per_image_50 = 50 / gen["steps"] / gen["per_s"]  # the UNet's steps dominate
         out.append(
-            f"Generation, 50 steps: {1 / best50['per_s']:.3f} s per {px} px image "
-            f"({best50['name']}) on {device} vs {PAPER_S_PER_IMAGE_4090_50_STEPS} s per 256 px "
-            f"image with SAE on an RTX 4090 (seed 004): "
-            f"{PAPER_S_PER_IMAGE_4090_50_STEPS * best50['per_s']:.1f}x, with "
-            f"{(px / 256) ** 2:.2g}x the pixels; vs its "
-            f"{PAPER_PAIRS_PER_S_4090} image-mask pairs/s: "
-            f"{best50['per_s'] / PAPER_PAIRS_PER_S_4090:.1f}x (img2img at strength 0.5 runs "
-            "half the steps)."
+            f"Generation, scaled to 50 steps: {per_image_50:.3f} s per {px} px image "
+            f"({gen['name']}) on {device} vs {PAPER_S_PER_IMAGE_4090_50_STEPS} s per 256 px "
+            f"image with SAE on an RTX 4090 (DefectSynth): "
+            f"{PAPER_S_PER_IMAGE_4090_50_STEPS / per_image_50:.1f}x, with "
+            f"{(px / 256) ** 2:.2g}x the pixels; vs its {PAPER_PAIRS_PER_S_4090} image-mask "
+            f"pairs/s: {1 / per_image_50 / PAPER_PAIRS_PER_S_4090:.1f}x (img2img at strength "
+            "0.5 runs half the steps)."
         )
     return out
 
@@ -439,11 +506,13 @@ def markdown(record: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--smoke", action="store_true", help="toy sizes on CPU: checks the harness")
-    ap.add_argument("--batches", default="1,8,32", help="generation batch sizes")
+    ap.add_argument("--batches", default="32", help="generation batch sizes")
+    ap.add_argument("--gen-steps", type=int, default=20, help="img2img scheduler steps")
     ap.add_argument("--batch-train", type=int, default=4)
     ap.add_argument("--train-steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--only", default="train,generate,features")
+    ap.add_argument("--only", default="train,generate", help="of train,generate,features")
+    ap.add_argument("--row-timeout", type=float, default=60.0, help="hard limit per row, s")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     ap.add_argument(
         "--deadline",
@@ -462,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     if not cuda and not args.smoke:
         ap.error("no CUDA device: run on a GPU machine, or pass --smoke to check the harness")
     if args.smoke:
-        args.batches, args.train_steps, args.repeats = [1, 2], 2, 1
+        args.batches, args.train_steps, args.repeats, args.gen_steps = [2], 2, 1, 4
     rt = models.Runtime(
         torch.device("cuda" if cuda and not args.smoke else "cpu"),
         torch.bfloat16 if cuda and not args.smoke else torch.float32,
@@ -519,10 +588,10 @@ def main(argv: list[str] | None = None) -> int:
         bench_features(rt, peak, args, log)
     with tempfile.TemporaryDirectory() as tmp:
         pipe = build(args.smoke, rt, Path(tmp))
-        if "generate" in wanted:
-            bench_generation(pipe, rt, peak, args, log)
-        if "train" in wanted:  # last: it adds a token and LoRA layers to the pipeline
+        if "train" in wanted:  # first: its trained LoRA is the generation rows' adapter
             bench_training(pipe, rt, peak, args, log)
+        if "generate" in wanted:  # last: it fuses the adapter into the weights
+            bench_generation(pipe, rt, peak, args, log)
     save()
     print(markdown(record))
     return 0

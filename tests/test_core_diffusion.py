@@ -158,11 +158,20 @@ def test_full_attention_adapter_reloads(base_dir, tmp_path):
 def _held_loss(pipe, prompt: str, cache: train.LatentCache) -> float:
     """The denoising loss on `cache` under `prompt`, with fixed noise and timesteps."""
     gen = torch.Generator().manual_seed(123)
-    z = cache.sample(torch.arange(len(cache)), gen)
+    rows = torch.arange(len(cache))
+    z = cache.latents(rows, torch.randn(cache.mean.shape, generator=gen))
     cond = pipe.text_encoder(train.prompt_ids(pipe, prompt))[0].expand(len(z), -1, -1)
+    scheduler = models.training_scheduler(pipe)
     with torch.no_grad():
         losses = [
-            train.denoise_loss(pipe.unet, models.training_scheduler(pipe), z, cond, gen, CPU)
+            train.denoise_loss(
+                pipe.unet,
+                scheduler,
+                z,
+                **train.noise_draw(scheduler, z.shape, gen),
+                cond=cond,
+                rt=CPU,
+            )
             for _ in range(4)
         ]
     return float(torch.stack(losses).mean())
@@ -302,7 +311,7 @@ def test_adversarial_term_starts_late_by_steps_or_by_the_clock():
     from defectgen.core.diffusion import vae_loss
 
     cfg = VaeLossConfig(adversarial=0.1, adversarial_start=0.5)
-    cpu = torch.device("cpu")
+    cpu = CPU
     by_steps = vae_loss.Objective(cfg, cpu, steps=10, seed=0)
     assert not by_steps.adversarial_on(4) and by_steps.adversarial_on(5)
     assert not vae_loss.Objective(cfg, cpu, steps=10, seed=0, seconds=3600).adversarial_on(9)
@@ -319,3 +328,67 @@ def test_adversarial_term_starts_late_by_steps_or_by_the_clock():
     assert any(
         not torch.equal(b, p) for b, p in zip(before, by_steps.disc.parameters(), strict=True)
     )
+
+
+def _trained_lora(base_dir: Path, out: Path) -> None:
+    """A textual-inversion + LoRA adapter trained away from its zero start, saved in `out`."""
+    pipe = fresh(base_dir)
+    token_id = adapt.add_token(pipe, "<pit>", None)
+    lora = adapt.add_lora(pipe, rank=2, alpha=None, seed=0)
+    adapt.train(pipe, lora, lr=5e-2, **loop_kwargs(pipe, "a photo of <pit>", steps=20))
+    adapt.save_adapter(pipe, out, token="<pit>", token_id=token_id, lora=True, attention=False)
+
+
+def test_sampling_with_the_lora_fused_gives_the_unfused_images(base_dir, tmp_path):
+    _trained_lora(base_dir, tmp_path)
+    parents = [texture(i, (SIZE, SIZE), rgb=True) for i in range(4)]
+    kw = dict(prompt="a photo of <pit>", seeds=[1, 2, 3, 4], parents=parents, strength=0.6,
+              guidance=3.0, steps=8, size=SIZE, channels=3)  # fmt: skip
+    images = {}
+    for fuse_qkv in (None, False, True):  # None: the adapter as loaded, unfused
+        pipe = fresh(base_dir)
+        adapt.load_adapter(pipe, tmp_path, "<pit>")
+        if fuse_qkv is not None:
+            models.for_sampling(pipe, ModelConfig(fuse_qkv=fuse_qkv))
+            assert not [n for m in (pipe.unet, pipe.text_encoder)
+                        for n, _ in m.named_parameters() if "lora_" in n]  # fmt: skip
+        images[fuse_qkv] = np.stack(sample.generate(sample.sampler(pipe, "img2img"), **kw))
+    base = fresh(base_dir)
+    base_images = np.stack(sample.generate(sample.sampler(base, "img2img"), **kw))
+    unfused = images[None].astype(int)
+    assert np.abs(unfused - base_images).max() > 0  # the adapter changes the images ...
+    for fused in (images[False], images[True]):  # ... and fusing does not (uint8 rounding)
+        assert np.abs(fused.astype(int) - unfused).max() <= 1
+
+
+def test_batched_img2img_encode_matches_diffusers_per_image_encode(base_dir):
+    from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
+
+    pipe = fresh(base_dir)
+    stock = StableDiffusionImg2ImgPipeline(
+        **{**pipe.components, "scheduler": DDIMScheduler.from_config(pipe.scheduler.config)},
+        requires_safety_checker=False,
+    )
+    stock.set_progress_bar_config(disable=True)
+    batched = sample.sampler(pipe, "img2img")
+    assert isinstance(batched, sample.BatchedImg2Img)
+    calls = []
+    hook = pipe.vae.encoder.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    kw = dict(prompt="a photo of a surface", seeds=[5, 6, 7], strength=0.7, guidance=2.0,
+              steps=6, size=SIZE, channels=3)  # fmt: skip
+    parents = [texture(i, (SIZE, SIZE), rgb=True) for i in range(3)]
+    expected = np.stack(sample.generate(stock, parents=parents, **kw)).astype(int)
+    assert calls == [1, 1, 1]  # diffusers: one VAE call per image with per-image generators
+    calls.clear()
+    got = np.stack(sample.generate(batched, parents=parents, **kw)).astype(int)
+    hook.remove()
+    assert calls == [3]  # one call for the batch
+    assert np.abs(got - expected).max() <= 1  # same draws; batched-conv rounding only
+
+
+def test_compile_is_off_on_the_cpu_unless_asked():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert models.compile_mode(ModelConfig(), cpu) is None
+    assert models.compile_mode(ModelConfig(), cuda) == "default"
+    assert models.compile_mode(ModelConfig(compile="off"), cuda) is None
+    assert models.compile_mode(ModelConfig(compile="reduce-overhead"), cpu) == "reduce-overhead"

@@ -194,6 +194,12 @@ class ModelConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     gradient_checkpointing: bool = False
+    # torch.compile of the UNet and text encoder (adaptation and sampling) and the VAE
+    # decoder (sampling), one mode: auto = "default" on CUDA, off on the CPU
+    compile: Literal["auto", "off", "default", "reduce-overhead", "max-autotune"] = "auto"
+    # sampling: the attention's q/k/v projections fused into one matmul (diffusers'
+    # fuse_qkv_projections, UNet and VAE), after the class's LoRA is fused into the weights
+    fuse_qkv: bool = True
     tiny: TinyArchConfig = Field(default_factory=TinyArchConfig)
 
     @model_validator(mode="after")

@@ -67,5 +67,6 @@ def open_class(
     adapter = read_adapter(adapter_dir)
     pipe = open_base(base, params, rt)
     adapt.load_adapter(pipe, adapter_dir, adapter["token"])
+    models.for_sampling(pipe, params.model)
     pipe.text_encoder.to(rt.dtype)
     return sample.sampler(pipe, mode), adapter

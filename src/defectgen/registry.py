@@ -74,10 +74,13 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
 
         cfg = context.model_config
         source = context.artifacts.get("base") or cfg["base_source"]
-        rt = models.runtime(ModelConfig())
+        model_cfg = ModelConfig()
+        rt = models.runtime(model_cfg)
         models.quiet()
         pipe = models.load_pipeline(source, revision=cfg.get("base_revision"), rt=rt)
+        models.prepare(pipe, model_cfg)  # frozen, SDPA attention; compiled on CUDA
         adapt.load_adapter(pipe, Path(context.artifacts["adapter"]), cfg["token"])
+        models.for_sampling(pipe, model_cfg)  # served as generate samples: LoRA fused in
         pipe.text_encoder.to(rt.dtype)
         self.sampler = sample.sampler(pipe, "img2img")
         self.cfg = cfg

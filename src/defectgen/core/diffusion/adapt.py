@@ -27,6 +27,7 @@ from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
 from defectgen.core.device import LossBuffer
+from defectgen.core.diffusion import train as train_lib
 from defectgen.core.diffusion.models import Runtime
 from defectgen.core.diffusion.train import LatentCache, StepLogger, denoise_loss
 from defectgen.errors import ConfigError
@@ -92,26 +93,43 @@ def train(
     rt: Runtime,
     log: StepLogger,
     prior: Prior | None = None,
+    chunk: int = 50,
 ) -> None:
     """The adaptation loop shared by every stage: Adam on `parameters`, MSE noise loss,
     the prompt `ids` (1, 77) encoded by the (possibly adapted) text encoder each step.
 
     With `prior`, each step adds weight x the same loss on a batch of prior images under
-    the prior prompt (DreamBooth's L = L_instance + lambda L_prior)."""
-    opt = torch.optim.Adam(parameters, lr=lr)
+    the prior prompt (DreamBooth's L = L_instance + lambda L_prior). Inputs go to the
+    device once and each step's random numbers come from `train.Draws` (no host copy
+    or sync inside the loop)."""
+    opt = train_lib.optimizer(torch.optim.Adam, parameters, lr, rt)
+    terms = [("", ids, latents)] + ([("prior.", prior.ids, prior.latents)] if prior else [])
+    on_device = {
+        prefix: (prompt.to(rt.device), cache.to(rt.device)) for prefix, prompt, cache in terms
+    }
 
-    def loss_on(prompt_ids: torch.Tensor, cache: LatentCache) -> torch.Tensor:
-        z = cache.sample(torch.randint(0, len(cache), (batch_size,), generator=gen), gen)
+    def draw(g: torch.Generator) -> dict:  # per term: latents, then noise and timesteps
+        out: dict = {}
+        for prefix, _, cache in terms:
+            out |= cache.draw(batch_size, g, prefix)
+            shape = (batch_size, *cache.mean.shape[1:])
+            out |= train_lib.noise_draw(noise_scheduler, shape, g, prefix)
+        return out
+
+    def loss_on(prefix: str, d: dict) -> torch.Tensor:
+        prompt, cache = on_device[prefix]
+        z = cache.latents(d[prefix + "idx"], d[prefix + "eps"])
         with rt.autocast:
             # one prompt: encode it once, not once per batch row (same values and grads)
-            cond = pipe.text_encoder(prompt_ids.to(rt.device))[0].expand(len(z), -1, -1)
-        return denoise_loss(pipe.unet, noise_scheduler, z, cond, gen, rt)
+            cond = pipe.text_encoder(prompt)[0].expand(len(z), -1, -1)
+        noise, t = d[prefix + "noise"], d[prefix + "t"]
+        return denoise_loss(pipe.unet, noise_scheduler, z, noise, t, cond, rt)
 
     with LossBuffer(log) as losses:
-        for step in range(steps):
-            loss = loss_on(ids, latents)
+        for step, d in enumerate(train_lib.Draws(draw, gen, rt, steps=steps, chunk=chunk)):
+            loss = loss_on("", d)
             if prior is not None:
-                loss = loss + prior.weight * loss_on(prior.ids, prior.latents)
+                loss = loss + prior.weight * loss_on("prior.", d)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -29,10 +29,13 @@ from defectgen.core.device import LossBuffer
 from defectgen.core.diffusion import defectsynth
 from defectgen.core.diffusion.models import Runtime, latent_factor
 from defectgen.core.diffusion.train import (
+    Draws,
     LatentCache,
     StepLogger,
     denoise_loss,
     from_pixels,
+    noise_draw,
+    optimizer,
     to_pixels,
 )
 
@@ -75,23 +78,30 @@ def train(
     gen: torch.Generator,
     rt: Runtime,
     log: StepLogger,
+    chunk: int = 50,
 ) -> None:
     """The ControlNet training loop: image i's latent with condition i (same order as
     `latents`), train.denoise_loss through the frozen UNet with the ControlNet's residuals
-    (so the target follows the base's prediction type, as in adaptation)."""
+    (so the target follows the base's prediction type, as in adaptation). Inputs go to
+    the device once; each step's random numbers come from `train.Draws`."""
     if len(conditions) != len(latents):
         raise ValueError(f"{len(conditions)} conditions for {len(latents)} images")
     controlnet.float().train().requires_grad_(True)
-    opt = torch.optim.AdamW(controlnet.parameters(), lr=lr)
+    opt = optimizer(torch.optim.AdamW, controlnet.parameters(), lr, rt)
     with torch.no_grad(), rt.autocast:
         text = pipe.text_encoder(ids.to(rt.device))[0]  # one prompt, encoded once
-    with LossBuffer(log) as losses:
-        for step in range(steps):
-            idx = torch.randint(0, len(latents), (batch_size,), generator=gen)
-            cond = text.expand(batch_size, -1, -1)
-            image_cond = conditions[idx].to(rt.device)
+    cond = text.expand(batch_size, -1, -1)
+    cache, images = latents.to(rt.device), conditions.to(rt.device)
+    shape = (batch_size, *latents.mean.shape[1:])
 
-            def residuals(noisy, t, cond=cond, image_cond=image_cond):
+    def draw(g: torch.Generator) -> dict:  # rows (image and condition), noise, timesteps
+        return {**latents.draw(batch_size, g), **noise_draw(noise_scheduler, shape, g)}
+
+    with LossBuffer(log) as losses:
+        for step, d in enumerate(Draws(draw, gen, rt, steps=steps, chunk=chunk)):
+            image_cond = images[d["idx"]]
+
+            def residuals(noisy, t, image_cond=image_cond):
                 down, mid = controlnet(noisy, t, encoder_hidden_states=cond,
                                        controlnet_cond=image_cond, return_dict=False)  # fmt: skip
                 return {
@@ -100,8 +110,9 @@ def train(
                 }
 
             # residuals run inside denoise_loss's autocast, with the UNet
-            loss = denoise_loss(pipe.unet, noise_scheduler, latents.sample(idx, gen), cond, gen,
-                                rt, residuals=residuals)  # fmt: skip
+            z = cache.latents(d["idx"], d["eps"])
+            loss = denoise_loss(pipe.unet, noise_scheduler, z, d["noise"], d["t"], cond, rt,
+                                residuals=residuals)  # fmt: skip
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -175,11 +175,23 @@ def channels_last(*modules: torch.nn.Module) -> Iterator[None]:
             module.to(memory_format=torch.contiguous_format)
 
 
+def compile_mode(cfg: ModelConfig, device: torch.device) -> str | None:
+    """model.compile resolved for `device`: a torch.compile mode, or None for eager."""
+    if cfg.compile == "auto":
+        return "default" if device.type == "cuda" else None
+    return None if cfg.compile == "off" else cfg.compile
+
+
 def prepare(pipe: StableDiffusionPipeline, cfg: ModelConfig) -> StableDiffusionPipeline:
     """Freeze the base and apply runtime options before adaptation: PyTorch's fused
     scaled-dot-product attention (flash / memory-efficient kernels on CUDA), NHWC conv
-    weights (a prepared base is never saved, only its adapters) and, optionally,
-    gradient checkpointing."""
+    weights (a prepared base is never saved, only its adapters), optionally gradient
+    checkpointing, and `model.compile`.
+
+    Compilation is in place (`nn.Module.compile`: state-dict keys, peft and the diffusers
+    loaders see the module unchanged) and traced at the first call, so adapters added
+    afterwards are in the graph. Dynamo keeps one cache per process: a second class's
+    fresh copy of the same modules reuses the compiled code instead of compiling again."""
     for module in (pipe.vae, pipe.text_encoder, pipe.unet):
         module.requires_grad_(False)
         module.eval()
@@ -189,7 +201,28 @@ def prepare(pipe: StableDiffusionPipeline, cfg: ModelConfig) -> StableDiffusionP
     if cfg.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
         pipe.text_encoder.gradient_checkpointing_enable()
+    mode = compile_mode(cfg, pipe.unet.device)
+    if mode is not None:
+        pipe.unet.compile(mode=mode)
+        pipe.text_encoder.compile(mode=mode)
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def for_sampling(pipe: StableDiffusionPipeline, cfg: ModelConfig) -> StableDiffusionPipeline:
+    """A pipeline with its adapter loaded, made ready to sample (never to train or save):
+    a LoRA is fused into the weights it adapts and its layers removed (sampling then runs
+    plain attention projections, no per-layer adapter branch); with `model.fuse_qkv`,
+    the attention's q/k/v projections become one matmul (UNet and VAE); with
+    `model.compile`, the VAE decoder is compiled too (the UNet already is)."""
+    if any("lora_" in name for name, _ in pipe.unet.named_parameters()):
+        pipe.fuse_lora()
+        pipe.unload_lora_weights()  # the fused weights stay; the LoRA layers go
+    if cfg.fuse_qkv:
+        pipe.fuse_qkv_projections()
+    mode = compile_mode(cfg, pipe.unet.device)
+    if mode is not None:
+        pipe.vae.decoder.compile(mode=mode)
     return pipe
 
 

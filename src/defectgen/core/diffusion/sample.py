@@ -2,7 +2,8 @@
 section III-C) or from pure noise (txt2img, the ablation), in batches, one seed per image.
 
 Each image has its own `torch.Generator`, so its pixels depend on its seed and parent
-only, never on the batch it was generated in.
+only, never on the batch it was generated in (up to the float rounding of batched
+kernels).
 """
 
 from __future__ import annotations
@@ -15,8 +16,39 @@ from diffusers import (
     StableDiffusionImg2ImgPipeline,
     StableDiffusionPipeline,
 )
+from diffusers.utils.torch_utils import randn_tensor
 
 from defectgen.core.diffusion.train import from_pixels, to_pixels
+
+
+class BatchedImg2Img(StableDiffusionImg2ImgPipeline):
+    """diffusers' img2img with the parents encoded in one VAE call.
+
+    Why not the stock method: given one generator per image, diffusers encodes the batch
+    one image per VAE call (to sample each posterior with its own generator); here the
+    batch is encoded once and row i's posterior sample and noise still come from
+    generator i, in diffusers' order (posterior, then noise), so the images are the
+    stock pipeline's up to the rounding of a batched convolution."""
+
+    def prepare_latents(
+        self, image, timestep, batch_size, num_images_per_prompt, dtype, device, generator=None
+    ):
+        n = batch_size * num_images_per_prompt
+        if not isinstance(generator, list) or len(generator) != n or len(image) != n:
+            return super().prepare_latents(
+                image, timestep, batch_size, num_images_per_prompt, dtype, device, generator
+            )
+        dist = self.vae.encode(image.to(device=device, dtype=dtype)).latent_dist
+        row_shape = (1, *dist.mean.shape[1:])
+        rows = [
+            dist.mean[i : i + 1]
+            + dist.std[i : i + 1]
+            * randn_tensor(row_shape, generator=g, device=device, dtype=dist.mean.dtype)
+            for i, g in enumerate(generator)
+        ]
+        init = self.vae.config.scaling_factor * torch.cat(rows)
+        noise = randn_tensor(init.shape, generator=generator, device=device, dtype=dtype)
+        return self.scheduler.add_noise(init, noise, timestep)
 
 
 def sampler(
@@ -27,7 +59,7 @@ def sampler(
     components = dict(pipe.components)
     scheduler = DDPMScheduler if ancestral else DDIMScheduler
     components["scheduler"] = scheduler.from_config(pipe.scheduler.config)
-    cls = StableDiffusionImg2ImgPipeline if mode == "img2img" else StableDiffusionPipeline
+    cls = BatchedImg2Img if mode == "img2img" else StableDiffusionPipeline
     out = cls(**components, requires_safety_checker=False)
     out.set_progress_bar_config(disable=True)
     return out

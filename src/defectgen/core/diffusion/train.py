@@ -1,14 +1,18 @@
 """Shared training pieces: pixel tensors, cached VAE latents, the noise-prediction loss,
 and the tiny profile's pretraining (VAE reconstruction, then text-conditioned denoising).
 
-Randomness comes only from the `torch.Generator` passed in (a CPU generator; draws
-are moved to the model's device), so a run is reproducible from its seed.
+Randomness comes only from the `torch.Generator` passed in (a CPU generator), so a run
+is reproducible from its seed. The loops never wait on the host: every step's draws are
+made ahead in chunks (`Draws`), in the order a step would make them, and reach the device
+in one pinned, non-blocking copy per chunk; images and latent caches are put on the
+device once; losses are read back every `LossBuffer.every` steps. On the CPU the result
+is bit-identical to drawing each step's numbers as it runs (tests/test_core_diffusion_loops).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,6 +63,44 @@ def from_pixels(x: torch.Tensor, channels: int) -> list[np.ndarray]:
     return list(arr)
 
 
+StepDraws = Callable[[torch.Generator], dict[str, torch.Tensor]]
+
+
+class Draws:
+    """One training loop's random numbers, drawn ahead: iterating yields, for each of
+    `steps` steps, the dict `draw(gen)` returns, on `rt.device`.
+
+    `draw` makes one step's draws from the CPU generator; it is called `chunk` times per
+    chunk, in step order, so the generator yields exactly the numbers (and ends in exactly
+    the state) it would if each step drew its own as it ran. A chunk is stacked per key and
+    copied in one transfer, pinned and non-blocking on CUDA: the loop never stops the
+    device to copy a step's noise. A loop that stops early (a wall-time budget) has drawn
+    up to one chunk more than it used."""
+
+    def __init__(
+        self, draw: StepDraws, gen: torch.Generator, rt: Runtime, *, steps: int, chunk: int = 50
+    ) -> None:
+        self.draw, self.gen, self.rt, self.steps, self.chunk = draw, gen, rt, steps, chunk
+
+    def _next_chunk(self, n: int) -> dict[str, torch.Tensor]:
+        rows = [self.draw(self.gen) for _ in range(n)]
+        pin = self.rt.device.type == "cuda"
+        out = {}
+        for key in rows[0]:
+            stacked = torch.stack([r[key] for r in rows])
+            if pin:
+                stacked = stacked.pin_memory()
+            out[key] = stacked.to(self.rt.device, non_blocking=True)
+        return out
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for start in range(0, self.steps, self.chunk):
+            n = min(self.chunk, self.steps - start)
+            block = self._next_chunk(n)
+            for i in range(n):
+                yield {key: value[i] for key, value in block.items()}
+
+
 @dataclass
 class LatentCache:
     """The frozen VAE's posterior (mean, std) of every training image, encoded once.
@@ -67,24 +109,34 @@ class LatentCache:
     diffusers examples' `latent_dist.sample()`), without running the encoder again.
     """
 
-    mean: torch.Tensor  # (N, 4, h, w) float32, CPU
+    mean: torch.Tensor  # (N, 4, h, w) float32
     std: torch.Tensor  # (N, 4, h, w)
     scaling: float
 
     def __len__(self) -> int:
         return len(self.mean)
 
-    def sample(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """Scaled latents for the rows `idx`: (B, 4, h, w)."""
-        mean, std = self.mean[idx], self.std[idx]
-        return (mean + std * torch.randn(mean.shape, generator=gen)) * self.scaling
+    def to(self, device: torch.device) -> LatentCache:
+        """The cache on `device` (a training loop puts it there once)."""
+        return LatentCache(self.mean.to(device), self.std.to(device), self.scaling)
+
+    def draw(self, batch_size: int, gen: torch.Generator, prefix: str = "") -> dict:
+        """One step's draws for `latents`: the batch rows, then the posterior noise."""
+        idx = torch.randint(0, len(self), (batch_size,), generator=gen)
+        eps = torch.randn((batch_size, *self.mean.shape[1:]), generator=gen)
+        return {prefix + "idx": idx, prefix + "eps": eps}
+
+    def latents(self, idx: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """Scaled latents of the rows `idx` with posterior noise `eps`: (B, 4, h, w)."""
+        return (self.mean[idx] + self.std[idx] * eps) * self.scaling
 
 
 @torch.no_grad()
 def encode_latents(
     vae: AutoencoderKL, pixels: torch.Tensor, rt: Runtime, *, flip: bool, batch_size: int = 32
 ) -> LatentCache:
-    """Encode `pixels` (N, 3, H, W) once; with `flip`, their mirror images are added too."""
+    """Encode `pixels` (N, 3, H, W) once; with `flip`, their mirror images are added too.
+    The cache is returned on the CPU (a loop moves it to its device)."""
     if flip:
         pixels = torch.cat([pixels, pixels.flip(-1)])
     means, stds = [], []
@@ -97,39 +149,50 @@ def encode_latents(
     return LatentCache(torch.cat(means), torch.cat(stds), float(vae.config.scaling_factor))
 
 
+def noise_draw(
+    noise_scheduler: DDPMScheduler, shape: tuple[int, ...], gen: torch.Generator, prefix: str = ""
+) -> dict:
+    """One step's draws for `denoise_loss`: the noise (`shape`), then one timestep per row."""
+    noise = torch.randn(shape, generator=gen)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (shape[0],), generator=gen)
+    return {prefix + "noise": noise, prefix + "t": t}
+
+
 def denoise_loss(
     unet: UNet2DConditionModel,
     noise_scheduler: DDPMScheduler,
     latents: torch.Tensor,
+    noise: torch.Tensor,
+    t: torch.Tensor,
     cond: torch.Tensor,
-    gen: torch.Generator,
     rt: Runtime,
     residuals: Callable[[torch.Tensor, torch.Tensor], dict] | None = None,
 ) -> torch.Tensor:
     """The diffusion objective ||eps - eps_theta(z_t, t, c)||^2 (v-prediction if the base uses it).
 
     Args:
-        latents: (B, 4, h, w) scaled clean latents, CPU.
+        latents: (B, 4, h, w) scaled clean latents; noise (same shape) and t (B,) from
+            `noise_draw`; all on the device.
         cond: (B, L, D) text encoder states on the device.
-        residuals: (z_t, t) on the device -> extra UNet keyword arguments (a ControlNet's
-            down/mid block residuals), or None.
+        residuals: (z_t, t) -> extra UNet keyword arguments (a ControlNet's down/mid
+            block residuals), or None.
     """
-    noise = torch.randn(latents.shape, generator=gen)
-    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),), generator=gen)
     noisy = noise_scheduler.add_noise(latents, noise, t)
     if noise_scheduler.config.prediction_type == "v_prediction":
         target = noise_scheduler.get_velocity(latents, noise, t)
     else:
         target = noise
-    noisy, t = noisy.to(rt.device), t.to(rt.device)
     with rt.autocast:
         extra = residuals(noisy, t) if residuals is not None else {}
         pred = unet(noisy, t, cond, return_dict=False, **extra)[0]
-    return F.mse_loss(pred.float(), target.to(rt.device).float())
+    return F.mse_loss(pred.float(), target.float())
 
 
-def _batches(n: int, batch_size: int, gen: torch.Generator) -> torch.Tensor:
-    return torch.randint(0, n, (batch_size,), generator=gen)
+def latent_shape(vae: AutoencoderKL, batch_size: int, pixels: torch.Tensor) -> tuple[int, ...]:
+    """The VAE's latent shape for a batch of `pixels`' size: (B, C, H / f, W / f)."""
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    h, w = pixels.shape[-2:]
+    return (batch_size, vae.config.latent_channels, h // factor, w // factor)
 
 
 def train_vae(
@@ -144,6 +207,7 @@ def train_vae(
     log: StepLogger,
     objective: VaeLossConfig | None = None,
     seconds: float | None = None,
+    chunk: int = 50,
 ) -> int:
     """Pretrain the tiny VAE on reconstruction (`objective`: pixel loss, SD's tiny KL term,
     optional texture terms; default MSE), then set its latent scaling factor to 1 / std of
@@ -151,22 +215,28 @@ def train_vae(
     time (equal-time comparisons). Returns the steps taken."""
     cfg = objective or VaeLossConfig()
     vae.float().train().requires_grad_(True)  # trainable: float32 master weights
-    opt = torch.optim.Adam(vae.parameters(), lr=lr)
+    opt = optimizer(torch.optim.Adam, vae.parameters(), lr, rt)
     # the discriminator's seed; drawn only when there is one, so MSE runs are unchanged
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen)) if cfg.adversarial else 0
-    terms = vae_loss.Objective(cfg, rt.device, steps=steps, seed=seed, seconds=seconds)
+    terms = vae_loss.Objective(cfg, rt, steps=steps, seed=seed, seconds=seconds)
+    shape = latent_shape(vae, batch_size, pixels)
+
+    def draw(g: torch.Generator) -> dict:  # batch rows, mirror coin, posterior noise
+        idx = torch.randint(0, len(pixels), (batch_size,), generator=g)
+        return {"idx": idx, "flip": torch.rand(batch_size, 1, 1, 1, generator=g),
+                "eps": torch.randn(shape, generator=g)}  # fmt: skip
+
+    images = pixels.to(rt.device)
     started, step = time.perf_counter(), 0
     with LossBuffer(log) as losses:
-        for step in range(steps):  # noqa: B007  (the count is returned)
+        for step, d in enumerate(Draws(draw, gen, rt, steps=steps, chunk=chunk)):
             if seconds is not None and time.perf_counter() - started > seconds:
                 break
-            x = pixels[_batches(len(pixels), batch_size, gen)]
-            x = torch.where(torch.rand(len(x), 1, 1, 1, generator=gen) < 0.5, x, x.flip(-1))
-            x = x.to(rt.device)
+            x = images[d["idx"]]
+            x = torch.where(d["flip"] < 0.5, x, x.flip(-1))
             with rt.autocast:
                 posterior = vae.encode(x).latent_dist
-                eps = torch.randn(posterior.mean.shape, generator=gen).to(rt.device)
-                recon = vae.decode(posterior.mean + posterior.std * eps).sample
+                recon = vae.decode(posterior.mean + posterior.std * d["eps"]).sample
             loss = terms.vae_loss(recon.float(), x, step)
             loss = loss + cfg.kl_weight * posterior.kl().float().mean()
             opt.zero_grad(set_to_none=True)
@@ -196,6 +266,7 @@ def train_denoiser(
     gen: torch.Generator,
     rt: Runtime,
     log: StepLogger,
+    chunk: int = 50,
 ) -> None:
     """Pretrain the tiny UNet: class-agnostic text-conditioned denoising.
 
@@ -204,18 +275,34 @@ def train_denoiser(
     guidance works at generation time.
     """
     unet.float().train().requires_grad_(True)  # trainable: float32 master weights
-    opt = torch.optim.Adam(unet.parameters(), lr=lr)
+    opt = optimizer(torch.optim.Adam, unet.parameters(), lr, rt)
+    cache = latents.to(rt.device)
+    shape = (batch_size, *latents.mean.shape[1:])
+
+    def draw(g: torch.Generator) -> dict:  # latents, prompt dropout, noise and timesteps
+        rows = latents.draw(batch_size, g)
+        return {**rows, "drop": torch.rand(batch_size, generator=g),
+                **noise_draw(noise_scheduler, shape, g)}  # fmt: skip
+
+    cond, uncond = cond.to(rt.device), uncond.to(rt.device)
     with LossBuffer(log) as losses:
-        for step in range(steps):
-            z = latents.sample(_batches(len(latents), batch_size, gen), gen)
-            drop = (torch.rand(len(z), generator=gen) < uncond_prob).to(rt.device)
-            c = torch.where(drop[:, None, None], uncond, cond).to(rt.device)
-            loss = denoise_loss(unet, noise_scheduler, z, c, gen, rt)
+        for step, d in enumerate(Draws(draw, gen, rt, steps=steps, chunk=chunk)):
+            z = cache.latents(d["idx"], d["eps"])
+            c = torch.where((d["drop"] < uncond_prob)[:, None, None], uncond, cond)
+            loss = denoise_loss(unet, noise_scheduler, z, d["noise"], d["t"], c, rt)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             losses.add(step, loss)
     unet.eval().requires_grad_(False)
+
+
+def optimizer(cls, parameters, lr: float, rt: Runtime) -> torch.optim.Optimizer:
+    """`cls` (Adam, AdamW) over `parameters`: fused into one kernel per step on CUDA
+    (torch's fused implementation); on the CPU the reference for-each implementation, whose
+    results the CPU tests pin bit for bit."""
+    fused = {"fused": True} if rt.device.type == "cuda" else {}
+    return cls(parameters, lr=lr, **fused)
 
 
 @torch.no_grad()

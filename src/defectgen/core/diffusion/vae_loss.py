@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from defectgen.config import VaeLossConfig
+from defectgen.core.device import Runtime
 from defectgen.core.metrics import IMAGENET_MEAN, IMAGENET_STD, effnet_weights_path
 
 PERCEPTUAL_BLOCKS = 4  # EfficientNet-Lite0 blocks after the stem (strides 2, 2, 2x2)
@@ -109,15 +110,18 @@ class Objective:
     def __init__(
         self,
         cfg: VaeLossConfig,
-        device: torch.device,
+        rt: Runtime,
         *,
         steps: int,
         seed: int,
         seconds: float | None = None,
     ):
         """The adversarial term starts at adversarial_start x steps, or, with a wall-time
-        budget (`seconds`), once that fraction of it has passed."""
-        self.cfg = cfg
+        budget (`seconds`), once that fraction of it has passed. The networks' forward
+        passes (perceptual features, discriminator) run under `rt.autocast`; the pixel,
+        SSIM and spectrum terms stay in float32 (SSIM's variances cancel in bf16)."""
+        self.cfg, self.rt = cfg, rt
+        device = rt.device
         self.start = int(cfg.adversarial_start * steps)
         self.seconds = seconds
         self.clock = time.perf_counter()
@@ -147,11 +151,15 @@ class Objective:
         if cfg.fft:
             loss = loss + cfg.fft * spectrum_l1(recon, x)
         if self.perceptual is not None:
-            loss = loss + cfg.perceptual_effnet_lite0 * self.perceptual.distance(recon, x)
+            with self.rt.autocast:
+                distance = self.perceptual.distance(recon, x)
+            loss = loss + cfg.perceptual_effnet_lite0 * distance.float()
         self.adversarial_active = self.adversarial_on(step)  # the same for both updates
         if self.adversarial_active:
             self.disc.requires_grad_(False)
-            loss = loss - cfg.adversarial * self.disc(recon).mean()
+            with self.rt.autocast:
+                fooled = self.disc(recon).float().mean()
+            loss = loss - cfg.adversarial * fooled
             self.disc.requires_grad_(True)
         return loss
 
@@ -159,7 +167,9 @@ class Objective:
         """One hinge-loss update of the discriminator (from the adversarial start on)."""
         if not self.adversarial_active:
             return
-        loss = F.relu(1 - self.disc(x)).mean() + F.relu(1 + self.disc(recon.detach())).mean()
+        with self.rt.autocast:
+            real, fake = self.disc(x).float(), self.disc(recon.detach()).float()
+        loss = F.relu(1 - real).mean() + F.relu(1 + fake).mean()
         self.disc_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.disc_opt.step()
