@@ -392,3 +392,28 @@ def test_compile_is_off_on_the_cpu_unless_asked():
     assert models.compile_mode(ModelConfig(), cuda) == "default"
     assert models.compile_mode(ModelConfig(compile="off"), cuda) is None
     assert models.compile_mode(ModelConfig(compile="reduce-overhead"), cpu) == "reduce-overhead"
+
+
+def test_generation_batches_halve_on_device_out_of_memory(base_dir, monkeypatch, capsys):
+    """A batch too large for the device is made again at half the size; the images are
+    the ones a batch that fits makes (each depends on its seed and parent only)."""
+    pipe = sample.sampler(fresh(base_dir), "img2img")
+    parents = [texture(i, (SIZE, SIZE)) for i in range(5)]
+    kw = dict(prompt="a photo of a surface", seeds=[3, 4, 5, 6, 7], parents=parents,
+              strength=0.6, guidance=2.0, steps=3, size=SIZE, channels=1)  # fmt: skip
+    fits = [img for _, batch in sample.in_batches(pipe, batch_size=2, **kw) for img in batch]
+    real_generate, sizes = sample.generate, []
+
+    def small_device(pipe, *, seeds, **rest):  # a device that holds 2 images at a time
+        sizes.append(len(seeds))
+        if len(seeds) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (test)")
+        return real_generate(pipe, seeds=seeds, **rest)
+
+    monkeypatch.setattr(sample, "generate", small_device)
+    got = list(sample.in_batches(pipe, batch_size=8, **kw))
+    assert sizes == [5, 4, 2, 2, 1]  # 8 (5 left) -> 4 -> 2, then what is left
+    assert [index for index, _ in got] == [[0, 1], [2, 3], [4]]
+    images = [img for _, batch in got for img in batch]
+    assert all(np.array_equal(a, b) for a, b in zip(images, fits, strict=True))
+    assert "out of device memory" in capsys.readouterr().err

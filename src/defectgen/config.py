@@ -338,6 +338,7 @@ class GenerateConfig(_Section):
 
     mode: Literal["img2img", "txt2img"] = "img2img"
     images_per_class: int = Field(default=1000, ge=1)
+    # images per sampler call, an upper bound: on a CUDA out-of-memory it halves
     batch_size: int = Field(default=8, ge=1)
     steps: int = Field(default=50, ge=1)
     strength: float = Field(default=0.5, gt=0.0, le=1.0)

@@ -71,21 +71,25 @@ def _generate_class(
     channels = 1 if parents[0][1].ndim == 2 else 3
     order = parent_order(params.seed, label, len(parents))
     rows, seen, duplicates = [], set(), 0
-    for start in range(0, cfg.images_per_class, cfg.batch_size):
-        index = list(range(start, min(start + cfg.batch_size, cfg.images_per_class)))
-        seeds = [derive_seed(params.seed, "generate", label, i) for i in index]
-        chosen = [parents[order[i % len(parents)]] for i in index]
-        images = sample.generate(
-            sampler,
-            prompt=adapter["prompt"],
-            seeds=seeds,
-            parents=[resize(px, size) for _, px in chosen] if cfg.mode == "img2img" else None,
-            strength=strength,
-            guidance=guidance,
-            steps=cfg.steps,
-            size=size,
-            channels=channels,
-        )
+    all_seeds = [
+        derive_seed(params.seed, "generate", label, i) for i in range(cfg.images_per_class)
+    ]
+    all_chosen = [parents[order[i % len(parents)]] for i in range(cfg.images_per_class)]
+    batches = sample.in_batches(
+        sampler,
+        prompt=adapter["prompt"],
+        seeds=all_seeds,
+        parents=[resize(px, size) for _, px in all_chosen] if cfg.mode == "img2img" else None,
+        batch_size=cfg.batch_size,
+        strength=strength,
+        guidance=guidance,
+        steps=cfg.steps,
+        size=size,
+        channels=channels,
+    )
+    for index, images in batches:
+        seeds = [all_seeds[i] for i in index]
+        chosen = [all_chosen[i] for i in index]
         for i, seed, (parent, _), img in zip(index, seeds, chosen, images, strict=True):
             oid = pixel_id(img)
             if oid in seen:  # the model copied an earlier output exactly: keep one

@@ -81,22 +81,19 @@ def _probe_class(
 
     scored, shown = [], []
     for cell in sweep_core.grid(cfg.strengths, cfg.guidances, gen.mode):
-        images: list[np.ndarray] = []
-        for start in range(0, n, gen.batch_size):
-            batch = slice(start, start + gen.batch_size)
-            images += sample.generate(
-                sampler,
-                prompt=adapter["prompt"],
-                seeds=seeds[batch],
-                parents=[resize(px, size) for _, px in chosen[batch]]
-                if gen.mode == "img2img"
-                else None,
-                strength=cell.strength or 1.0,
-                guidance=cell.guidance,
-                steps=gen.steps,
-                size=size,
-                channels=channels,
-            )
+        batches = sample.in_batches(
+            sampler,
+            prompt=adapter["prompt"],
+            seeds=seeds,
+            parents=[resize(px, size) for _, px in chosen] if gen.mode == "img2img" else None,
+            batch_size=gen.batch_size,
+            strength=cell.strength or 1.0,
+            guidance=cell.guidance,
+            steps=gen.steps,
+            size=size,
+            channels=channels,
+        )
+        images = [image for _, batch in batches for image in batch]
         f_syn = ref.features(images)
         dup = ref.near_duplicates(label, probe_rows, f_syn, size=size, gap=gap)
         numbers = sweep_core.score(

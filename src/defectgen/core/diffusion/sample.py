@@ -8,6 +8,9 @@ kernels).
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from diffusers import (
@@ -103,3 +106,38 @@ def generate(
         **source,
     ).images
     return from_pixels(out * 2 - 1, channels)  # (B, 3, H, W) in [0, 1] -> uint8
+
+
+def in_batches(
+    pipe: StableDiffusionPipeline,
+    *,
+    seeds: list[int],
+    parents: list[np.ndarray] | None,
+    batch_size: int,
+    **kwargs,
+) -> Iterator[tuple[list[int], list[np.ndarray]]]:
+    """`generate` over every seed in batches of at most `batch_size`, yielding (indices
+    into `seeds`, images). The batch is sized to the device's memory: on a CUDA out-of-
+    memory error it halves (said on stderr) and the same images are made again at the
+    smaller size, so a batch sized for a large card still runs on a small one. An image
+    depends on its seed and parent only, so the batch size never changes what it is
+    (beyond the rounding of batched kernels)."""
+    start, size = 0, batch_size
+    while start < len(seeds):
+        part = slice(start, start + size)
+        try:
+            images = generate(
+                pipe,
+                seeds=seeds[part],
+                parents=None if parents is None else parents[part],
+                **kwargs,
+            )
+        except torch.OutOfMemoryError:
+            if size == 1:
+                raise
+            torch.cuda.empty_cache()
+            size //= 2
+            print(f"generation: out of device memory; batch {size} from here", file=sys.stderr)
+            continue
+        yield list(range(start, start + len(images))), images
+        start += len(images)
