@@ -63,7 +63,7 @@ lock: $(UV)
 # The main job: the DVC pipeline on the embedded default dataset (ELPV).
 demo: setup
 	DEFECTGEN_PIPELINE_KEY=demo-$$(date +%Y%m%dT%H%M%S) dvc repro
-	dvc metrics show
+	defectgen summary
 
 # The report test renders the page in headless Chromium (Debian's package). Installed
 # here when missing and apt can (root); without it that one check is skipped, saying so.

@@ -57,16 +57,20 @@ def plateau(steps: list[int], curve: list[float], tol: float) -> int:
 
 
 def train_one(params, model_name, rows, val, labels, size, seed, steps, evals) -> dict:
+    """One pilot run; rows["x"] holds a probe's features, else rows["pixels"] the images."""
     cfg = params.train
-    x = classify.to_batch(rows["pixels"])
+    x = rows["x"] if "x" in rows else classify.to_batch(rows["pixels"])
     y = torch.tensor([labels.index(r["label"]) for r in rows["rows"]])
+    if classify.on_features(model_name):
+        augment = classify.probe_augment(cfg.views)
+    else:
+        augment = classify.protocol_augment(cfg.rotation, cfg.flips)
     with torch.random.fork_rng():
         torch.manual_seed(derive_seed(params.seed, "init", model_name, seed) % 2**63)
         model = classify.build(model_name, len(labels))
     fit = classify.fit(
         model, (x, y), val, steps=steps, evals=evals, batch_size=cfg.batch_size, lr=cfg.lr,
-        augment=classify.protocol_augment(cfg.rotation, cfg.flips),
-        seed=derive_seed(params.seed, "fit", model_name, seed) % 2**63,
+        augment=augment, seed=derive_seed(params.seed, "fit", model_name, seed) % 2**63,
         weight_decay=cfg.weight_decay, schedule_kind=cfg.schedule, warmup=cfg.warmup,
         select_by=rows["metric"],
     )  # fmt: skip
@@ -75,6 +79,17 @@ def train_one(params, model_name, rows, val, labels, size, seed, steps, evals) -
         "eval_steps": fit.eval_steps, "val": fit.val_score, "loss": fit.losses,
         "best_step": fit.best_step, "best_val": max(fit.val_score),
     }  # fmt: skip
+
+
+def probe_features(params, train: list[dict], pixels: dict, val_x: torch.Tensor) -> dict:
+    """The probe's inputs, as the train stage makes them: per train id its views (seeded
+    by its id), and val's plain features."""
+    cfg = params.train
+    trunk = classify.FrozenTrunk()
+    x = classify.to_batch([pixels[r["id"]] for r in train])
+    seeds = [derive_seed(params.seed, "views", r["id"]) % 2**63 for r in train]
+    views = trunk.views(x, classify.protocol_augment(cfg.rotation, cfg.flips), cfg.views, seeds)
+    return {"train": dict(zip((r["id"] for r in train), views, strict=True)), "val": trunk(val_x)}
 
 
 def summarise(records: list[dict], tol: float) -> dict:
@@ -198,18 +213,23 @@ def main(argv: list[str] | None = None) -> int:
     # a killed pilot resumes its finished runs; other settings start a fresh folder
     blob = json.dumps([args.steps, args.evals, params.train.model_dump(mode="json")])
     resume = Resume(run_dir / "pilot", hashlib.sha256(blob.encode()).hexdigest()[:16])
-    jobs, keys = [], []
+    records = []
     for model in args.models:
+        jobs = []
+        probe = classify.on_features(model)
+        if probe:  # the frozen trunk's features once; the runs take seconds, here
+            features = probe_features(params, train, pixels, val[0])
         for k, chosen in sets.items():
             data = {"rows": chosen, "pixels": [pixels[r["id"]] for r in chosen], "metric": metric}
+            model_val = val
+            if probe:
+                data["x"] = torch.stack([features["train"][r["id"]] for r in chosen])
+                model_val = (features["val"], val[1])
             for seed in args.seeds:
-                name = f"{model}.{k}.{seed}"
-                keys.append(name)
-                jobs.append((name, _unit, (params, model, data, val, labels, k, seed,
-                                           args.steps, args.evals)))  # fmt: skip
-    records = []
-    for done, _ in resume.ensure_many(jobs, workers=args.workers):
-        records.append(json.loads((done / "record.json").read_text(encoding="utf-8")))
+                jobs.append((f"{model}.{k}.{seed}", _unit, (params, model, data, model_val,
+                             labels, k, seed, args.steps, args.evals)))  # fmt: skip
+        for done, _ in resume.ensure_many(jobs, workers=1 if probe else args.workers):
+            records.append(json.loads((done / "record.json").read_text(encoding="utf-8")))
     from experiments.expansion.run import _git
 
     result = {

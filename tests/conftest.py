@@ -100,6 +100,15 @@ def make_params(layout: str = "folders", root: Path | None = None, **sections) -
     return parse_params(raw, "test-params")
 
 
+def stripes(seed: int, vertical: bool, size: int = 32) -> np.ndarray:
+    """Class-typical images: stripes across or down, random phase, period and noise."""
+    rng = np.random.default_rng(seed)
+    axis = np.arange(size)
+    wave = 127 + 100 * np.sin(2 * np.pi * (axis + rng.uniform(0, 8)) / rng.uniform(5, 9))
+    img = np.tile(wave, (size, 1)) if vertical else np.tile(wave[:, None], (1, size))
+    return np.clip(img + rng.normal(0, 20, img.shape), 0, 255).astype(np.uint8)
+
+
 def toy_repo_params(name: str, root: str, *, images_per_class: int) -> dict:
     """The repo's params.yaml on a folders dataset, with the DAG at toy length: a few
     steps per training phase, a few images per class, a 2-cell sweep, one classifier
@@ -109,6 +118,8 @@ def toy_repo_params(name: str, root: str, *, images_per_class: int) -> dict:
     params["ingest"]["min_images_per_class"] = 2
     # val: two halves, one for the sweep, one for the gate (about 2-3 images each per class)
     params["preprocess"]["split"] = {"train": 0.5, "val": 0.4, "test": 0.1}
+    # a few-shot share of each toy class (the demo's 50 per class would take all of it)
+    params["preprocess"]["subset"] = {"alpha": 0.4, "per_class": None}
     params["base"].update({"vae_steps": 3, "unet_steps": 3, "batch_size": 8})
     params["finetune"]["ti"]["steps"] = params["finetune"]["lora"]["steps"] = 2
     params["generate"].update({"images_per_class": images_per_class, "steps": 4})

@@ -55,7 +55,7 @@ def test_wrong_choice_lists_allowed_values():
     ("section", "key", "value", "fragment"),
     [
         ("split", "train", 0.9, "sum to"),
-        ("subset", "per_class", 5, "exactly one of alpha"),
+        ("subset", "alpha", 0.4, "exactly one of alpha"),  # beside params.yaml's per_class
     ],
 )
 def test_cross_field_rules(section, key, value, fragment):
@@ -123,7 +123,7 @@ def test_sd_saliency_profile_is_a_few_overrides_of_params_yaml(tmp_path: Path):
         "preprocess.split.train", "preprocess.split.val", "preprocess.split.test",
         "preprocess.subset.alpha", "masks.per_class", "masks.ddpm.size", "masks.ddpm.channels",
         "masks.ddpm.steps", "masks.ddpm.batch_size", "masks.ddpm.sample_steps", "pairs.sae",
-        "pairs.sff.enabled", "train.steps",
+        "pairs.sff.enabled", "preprocess.subset.per_class",
     }  # fmt: skip
     assert params == load_params(tmp_path / "params.yaml")
     # params.yaml's comments survive: every comment line of the original is still there

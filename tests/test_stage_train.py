@@ -16,22 +16,13 @@ from defectgen.core import validity
 from defectgen.core.images import encode_png, pixel_id
 from defectgen.errors import DataError
 from defectgen.stages import ingest, preprocess, train
-from tests.conftest import make_params, save
+from tests.conftest import make_params, save, stripes
 
 CONDITIONS = ["real+synthetic", "real+ungated", "substitution"]  # the synthetic arms
 # what runs with them: real and the matched controls (core.arms)
 RUN = ["real", "real+synthetic", "real+classical", "real+oracle", "real+ungated",
        "real+classical-ungated", "real+oracle-ungated", "substitution", "all-train",
        "majority"]  # fmt: skip
-
-
-def stripes(seed: int, vertical: bool, size: int = 32) -> np.ndarray:
-    """Class-typical images: stripes across or down, random phase, period and noise."""
-    rng = np.random.default_rng(seed)
-    axis = np.arange(size)
-    wave = 127 + 100 * np.sin(2 * np.pi * (axis + rng.uniform(0, 8)) / rng.uniform(5, 9))
-    img = np.tile(wave, (size, 1)) if vertical else np.tile(wave[:, None], (1, size))
-    return np.clip(img + rng.normal(0, 20, img.shape), 0, 255).astype(np.uint8)
 
 
 def params_for(root: Path, **train):
@@ -291,3 +282,33 @@ def test_the_headline_gives_a_verdict_only_when_the_validity_check_passed():
     withheld = validity.withhold([row], refused["m"])
     assert kept == [row] and withheld[0]["verdict"].startswith("no verdict")
     assert withheld[0]["delta"] == row["delta"]  # the numbers stay; only the verdict goes
+
+
+def test_a_probe_trains_beside_a_pooled_model_on_features_made_once(dataset, tmp_path):
+    """effnet_lite0_probe trains in the stage's process on the frozen trunk's features
+    (made once per image, reused by every condition and seed) while squeezenet trains in
+    the worker pool; both models' runs are recorded, the probe learns the stripes."""
+    cfg = {"conditions": ["real+synthetic"], "oracle": False, "seeds": [0, 1], "steps": 30,
+           "lr": 1e-2, "views": 4, "workers": 2}  # fmt: skip
+    run_train(dataset, tmp_path / "train", models=["squeezenet1_1", "effnet_lite0_probe"], **cfg)
+    runs = pd.read_parquet(tmp_path / "train" / "runs.parquet")
+    for model in ("squeezenet1_1", "effnet_lite0_probe"):
+        mine = runs[runs["model"] == model]
+        assert (
+            sorted(set(mine["condition"]))
+            == sorted(["real", "real+synthetic", "real+classical", "majority"])
+            and len(mine) == 8
+        )
+    probe = runs[(runs["model"] == "effnet_lite0_probe") & (runs["condition"] == "real")]
+    assert probe["accuracy"].min() >= 0.9
+    report = json.loads((tmp_path / "train" / "eval.json").read_text())
+    assert "frozen EfficientNet-Lite0" in report["protocol"]["models"]["effnet_lite0_probe"]
+
+    data = train._Data(params_for(dataset["tmp"] / "raw", **cfg), dataset["tmp"] / "pre",
+                       dataset["tmp"] / "gen", dataset["tmp"] / "gated")  # fmt: skip
+    rows = data.subset[:3]
+    first = data.features(rows, views=4).clone()
+    assert first.shape == (3, 4, 1280)
+    data._trunk = None  # a cached image is not passed through the trunk again
+    assert torch.equal(data.features(list(reversed(rows)), views=4), first.flip(0))
+    assert data._trunk is None

@@ -131,7 +131,12 @@ def copy_data(raw: dict, run_dir: Path) -> dict:
 
 
 def run_stages(
-    raw: dict, run_dir: Path, *, keep_finished: bool = False, only: tuple[str, ...] = ()
+    raw: dict,
+    run_dir: Path,
+    *,
+    keep_finished: bool = False,
+    only: tuple[str, ...] = (),
+    skip: tuple[str, ...] = (),
 ) -> dict[str, dict]:
     """Every stage in order, in this process; a stage done with these params is skipped
     (its recorded wall time kept). Returns per stage wall_s, whether it was resumed, and
@@ -140,7 +145,8 @@ def run_stages(
     A stage downstream of one that ran here runs again. keep_finished: a finished stage
     is kept even if it ran with other params or code (to add a stage, e.g. detect, to a
     finished run); its entry says so (`other_params`). only: just these stages (their
-    upstream must be among them)."""
+    upstream must be among them). skip: not these stages, nor any stage downstream of one
+    (their results read "not run")."""
     from defectgen.runner import execute, get_stage
 
     params = parse_params(raw, "experiment params")
@@ -148,8 +154,12 @@ def run_stages(
     markers = run_dir / ".done"
     markers.mkdir(parents=True, exist_ok=True)
     times: dict[str, dict] = {}
+    skipped = set(skip)
     for name, inputs in STAGES:
         if only and name not in only:
+            continue
+        if name in skipped or skipped & set(inputs.values()):
+            skipped.add(name)
             continue
         marker = markers / f"{name}.json"
         out = run_dir / name
@@ -331,7 +341,8 @@ def collect(dataset: str, raw: dict, run_dir: Path, times: dict, data: dict, arg
     per_class = result["classification"]["per_class_vs_classical"] or {}
     first = next(iter(per_class.values()), {})  # the first model's, as the headline's
     result["agreement"] = agreement(result["gate"], first)
-    segment = _json(run_dir / "segment" / "segment.json")
+    not_run = {"skipped": "left out of this run with --skip"}
+    segment = _json(run_dir / "segment" / "segment.json") if "segment" in times else not_run
     if "skipped" in segment:
         result["segmentation"] = {"skipped": segment["skipped"]}
     else:
@@ -339,7 +350,7 @@ def collect(dataset: str, raw: dict, run_dir: Path, times: dict, data: dict, arg
                 "n_train_real", "n_test")  # fmt: skip
         result["segmentation"] = {k: segment[k] for k in keep}
         result["pairs_gate"] = _gate_rows(_json(run_dir / "pairs_gate" / "gate.json"))
-    detection = _json(run_dir / "detect" / "detect.json")
+    detection = _json(run_dir / "detect" / "detect.json") if "detect" in times else not_run
     keep = ("headline", "validity", "protocol", "order", "models", "comparisons", "left_out",
             "not_trained", "n_test")  # fmt: skip
     result["detection"] = (
@@ -393,6 +404,8 @@ def markdown(result: dict) -> str:
         f"{p['batch_size']} in every condition ({p['optimizer']}, {p['schedule']}; "
         f"{p['selection']}); primary metric {metric}; scores in % (mean ± sample std). "
         f"Classical augmentation: {p['classical']}.",
+        "",
+        *(f"- {model}: {text}." for model, text in p.get("models", {}).items()),
         "",
         "| model | condition | train images | epochs | accuracy | balanced accuracy | "
         "macro-F1 | best steps | budget-bound | seeds |",
@@ -580,6 +593,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-finished", action="store_true", help="keep finished stages even if "
                     "they ran with other params or code (to add a stage to a finished run); "
                     "results record each stage's params key and git sha")  # fmt: skip
+    ap.add_argument("--skip", nargs="+", default=[], choices=[n for n, _ in STAGES],
+                    metavar="STAGE", help="stages not to run, with everything downstream of "
+                    "them (e.g. --skip detect); their results read 'not run'")  # fmt: skip
     args = ap.parse_args(argv)
     profile = (args.profile or PROFILES / f"{args.dataset}.yaml").resolve()
     if not profile.is_file():
@@ -592,13 +608,14 @@ def main(argv: list[str] | None = None) -> int:
     data = copy_data(raw, run_dir)
     (run_dir / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     started = time.perf_counter()
-    times = run_stages(raw, run_dir, keep_finished=args.keep_finished)
+    times = run_stages(raw, run_dir, keep_finished=args.keep_finished, skip=tuple(args.skip))
     result = collect(args.dataset, raw, run_dir, times, data, argv)
     result["profile"] = (
         str(profile.relative_to(REPO)) if profile.is_relative_to(REPO) else str(profile)
     )
     result["profile_sha256"] = hashlib.sha256(profile.read_bytes()).hexdigest()
     out.mkdir(parents=True, exist_ok=True)
+    result["not_run"] = [name for name, _ in STAGES if name not in times]
     result["grids"] = copy_grids(run_dir, out)
     atomic_write_json(out / "results.json", result)
     (out / "results.md").write_text(markdown(result), encoding="utf-8")

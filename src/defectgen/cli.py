@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-params", help="validate a params file and exit")
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
     p = sub.add_parser(
+        "summary", help="what a finished run found, in a few lines (make demo ends with it)"
+    )
+    p.add_argument("--data", type=Path, default=Path("data"), help="the run's stage outputs")
+    p = sub.add_parser(
         "profile", help="apply a profile's overrides (profiles/<name>.yaml) to params.yaml"
     )
     p.add_argument("profile", type=Path, help="e.g. profiles/sd-saliency-900.yaml")
@@ -202,6 +206,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "profile":
             params = apply_profile(args.params, args.profile)
             print(f"{args.params}: {args.profile} applied (params hash {params.section_hash()})")
+            return 0
+        if args.command == "summary":
+            from defectgen import summary
+
+            print(summary.text(args.data))
             return 0
         if args.command == "check-params":
             params = load_params(args.params)

@@ -407,7 +407,8 @@ class SweepConfig(_Section):
 # arms, all-train, majority) are added by the stages (core/arms.py).
 CONDITIONS = ("real+synthetic", "real+ungated", "substitution")
 CLASSIFIERS = (
-    "resnet18", "squeezenet1_1", "vgg11_bn", "densenet121", "alexnet", "effnet_lite0_imagenet"
+    "resnet18", "squeezenet1_1", "vgg11_bn", "densenet121", "alexnet", "effnet_lite0_imagenet",
+    "effnet_lite0_probe",
 )  # fmt: skip
 
 
@@ -684,6 +685,11 @@ class TrainConfig(_Section):
     )
     rotation: float = Field(default=10.0, ge=0.0, le=180.0)  # +- degrees
     flips: bool = True  # horizontal and vertical
+    views: int = Field(
+        default=8, ge=1,
+        description="effnet_lite0_probe: feature vectors per train image, the image and "
+        "views - 1 augmented copies (rotation, flips), computed once by the frozen trunk",
+    )  # fmt: skip
     image_size: int | None = Field(default=None, ge=16)  # null: as preprocessed
     workers: int = Field(default=1, ge=1)  # runs trained at once, one CPU thread each
 

@@ -9,6 +9,12 @@ checkpoint with the best validation score on the primary metric is kept and only
 scored on the test split. Training length is a number of optimizer steps, the same for
 every condition of a comparison (the seed trains per epoch, which gives a condition
 with more images more updates). The classical control's copies are core.augment's.
+
+Models: torchvision's architectures from scratch, EfficientNet-Lite0 fine-tuned from its
+ImageNet weights, and `effnet_lite0_probe`, a linear head on that network's frozen
+features (FrozenTrunk). The probe is the practitioner's fast baseline: its features are
+computed once per image (with the augmentation drawn as a few views per train image), so
+a run takes seconds and converges, and ten paired seeds of every condition fit a CPU.
 """
 
 from __future__ import annotations
@@ -38,7 +44,11 @@ from torchvision.transforms import v2  # noqa: E402
 
 TORCHVISION_MODELS = ("resnet18", "squeezenet1_1", "vgg11_bn", "densenet121", "alexnet")
 EFFNET_IMAGENET = "effnet_lite0_imagenet"  # EfficientNet-Lite0 from its ImageNet weights
-MODELS = (*TORCHVISION_MODELS, EFFNET_IMAGENET)
+# a linear head on EfficientNet-Lite0's frozen ImageNet features (FrozenTrunk): trains in
+# seconds and converges (a convex problem), so many paired seeds are affordable on a CPU
+EFFNET_PROBE = "effnet_lite0_probe"
+MODELS = (*TORCHVISION_MODELS, EFFNET_IMAGENET, EFFNET_PROBE)
+TRUNK_FEATURES = 1280  # EfficientNet-Lite0's pooled feature width
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -49,15 +59,102 @@ def build(name: str, num_classes: int) -> nn.Module:
     if name in TORCHVISION_MODELS:
         return getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
     if name == EFFNET_IMAGENET:
-        from efficientnet_lite_pytorch import EfficientNet
-
-        from defectgen.core.metrics import effnet_weights_path
-
-        model = EfficientNet.from_name("efficientnet-lite0")
-        model.load_state_dict(torch.load(effnet_weights_path(), weights_only=True))
+        model = _effnet_imagenet()
         model._fc = nn.Linear(model._fc.in_features, num_classes)
         return model
+    if name == EFFNET_PROBE:  # its inputs are FrozenTrunk features, not images
+        return nn.Linear(TRUNK_FEATURES, num_classes)
     raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
+
+
+def _effnet_imagenet() -> nn.Module:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from defectgen.core.metrics import effnet_weights_path
+
+    model = EfficientNet.from_name("efficientnet-lite0")
+    model.load_state_dict(torch.load(effnet_weights_path(), weights_only=True))
+    return model
+
+
+def describe(name: str, views: int) -> str:
+    """What a classifier is, for reports (with the caveat its features carry)."""
+    if name in TORCHVISION_MODELS:
+        return f"{name}, torchvision's architecture trained from scratch"
+    shared = (
+        "the sweep, the gate and the tiny VAE's perceptual loss use this network's "
+        "features too, so it may favour what that network finds alike"
+    )
+    if name == EFFNET_IMAGENET:
+        return f"EfficientNet-Lite0 fine-tuned from its ImageNet weights ({shared})"
+    if name == EFFNET_PROBE:
+        return (
+            "a linear head on frozen EfficientNet-Lite0 ImageNet features (pooled, 1280-d), "
+            f"{views} feature views per train image (the image and {views - 1} copies under "
+            f"the protocol's rotation and flips), computed once ({shared})"
+        )
+    raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
+
+
+def on_features(name: str) -> bool:
+    """Whether the model trains on FrozenTrunk features instead of images."""
+    return name == EFFNET_PROBE
+
+
+class FrozenTrunk:
+    """EfficientNet-Lite0's ImageNet trunk, frozen: images -> pooled 1280-d features.
+
+    The probe's training-time augmentation happens here, once: each train image becomes
+    `views` feature vectors, the image itself and `views - 1` augmented copies, and a
+    training step picks one view per sample (`random_view`). With the trunk frozen this
+    is the same model as augmenting per step from a pool of `views` draws per image, at
+    the cost of one trunk pass per view instead of one per step.
+    """
+
+    def __init__(self, rt: Runtime = CPU, batch_size: int = 64):
+        self.rt, self.batch_size = rt, batch_size
+        self.net = _effnet_imagenet().eval().to(rt.device, memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) normalised images -> (N, 1280) float32 features on the CPU."""
+        out = []
+        for i in range(0, len(x), self.batch_size):
+            batch = x[i : i + self.batch_size].to(self.rt.device)
+            with self.rt.autocast:
+                f = self.net.extract_features(batch.contiguous(memory_format=torch.channels_last))
+            out.append(f.float().mean((2, 3)).cpu())
+        return torch.cat(out) if out else torch.zeros(0, TRUNK_FEATURES)
+
+    def views(
+        self,
+        x: torch.Tensor,
+        augment: Callable[[torch.Tensor], torch.Tensor],
+        views: int,
+        seeds: list[int],
+    ) -> torch.Tensor:
+        """(N, views, 1280): per image its own features, then those of `views - 1` copies
+        drawn by `augment` under the image's seed (so an image's views do not depend on
+        which other images share the call); (N, 1280) for views = 1."""
+        if views == 1:
+            return self(x)
+        copies = [x]
+        drawn = []
+        for img, seed in zip(x, seeds, strict=True):
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                drawn.append(torch.stack([augment(img) for _ in range(views - 1)]))
+        if drawn:
+            copies += list(torch.stack(drawn).unbind(1))
+        return torch.stack([self(c) for c in copies], 1)
+
+
+def probe_augment(views: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`fit`'s augmentation for a probe: one of a sample's (views, D) feature vectors,
+    drawn from the global (seeded, forked) RNG; the features as they are for one view."""
+    if views == 1:
+        return lambda features: features
+    return lambda features: features[int(torch.randint(len(features), ()))]
 
 
 def to_batch(images: list[np.ndarray]) -> torch.Tensor:
@@ -111,7 +208,7 @@ def predict(
     model.eval()
     out = []
     for i in range(0, len(x), batch_size):
-        batch = x[i : i + batch_size].to(rt.device).contiguous(memory_format=torch.channels_last)
+        batch = _layout(x[i : i + batch_size].to(rt.device))
         with rt.autocast:
             out.append(model(batch).argmax(1))
     return torch.cat(out).tolist()
@@ -136,6 +233,12 @@ def score(metric: str, y_true: list[int], y_pred: list[int], n_classes: int) -> 
     """One of config.PRIMARY_METRICS for predictions (what val selection compares)."""
     ev = evaluate(y_true, y_pred, [str(i) for i in range(n_classes)])
     return float(getattr(ev, metric))
+
+
+def _layout(batch: torch.Tensor) -> torch.Tensor:
+    """Image batches in NHWC: oneDNN's faster conv layout, 1.35x the steps/s of squeezenet
+    on a CPU (benchmarks/results/cpu_pipeline.md); feature batches as they are."""
+    return batch.contiguous(memory_format=torch.channels_last) if batch.dim() == 4 else batch
 
 
 @dataclass
@@ -179,8 +282,6 @@ def fit(
     x, y = train
     if n_classes is None:  # the labels seen; pass it when a class may be absent from both
         n_classes = int(max(int(y.max()), int(val[1].max())) + 1)
-    # NHWC: oneDNN's faster conv layout, 1.35x the steps/s of squeezenet on this CPU
-    # (benchmarks/results/cpu_pipeline.md)
     model.to(rt.device, torch.float32, memory_format=torch.channels_last)
     checks = eval_steps(steps, evals)
     best_state, best_score, best_step = None, -1.0, 0
@@ -193,8 +294,7 @@ def fit(
         span = SpanLoss(rt.device)
         model.train()
         for step, idx in enumerate(batches(len(x), batch_size, steps), start=1):
-            batch = torch.stack([augment(img) for img in x[idx]]).to(rt.device)
-            batch = batch.contiguous(memory_format=torch.channels_last)
+            batch = _layout(torch.stack([augment(img) for img in x[idx]]).to(rt.device))
             with rt.autocast:
                 logits = model(batch)
             span.update(opt, F.cross_entropy(logits.float(), y[idx].to(rt.device)), len(idx))

@@ -228,6 +228,8 @@ def _classifiers(train: Path) -> tuple[Section, str]:
         "most frequent class). Classical augmentation: "
         f"{protocol['classical']}."
     )
+    for model, text in protocol.get("models", {}).items():
+        sec.paragraph(f"The classifier {model}: {text}.")
     rows, bars = [], []
     for model, conditions in result["models"].items():
         for condition in result["order"]:

@@ -24,6 +24,11 @@ checkpoint by the primary metric (train.primary: accuracy on a balanced test spl
 balanced accuracy otherwise). Synthetic images enter training only: their rows are
 split train and their parents are train images (checked here again).
 
+End-to-end models train `train.workers` runs at a time in one-thread worker processes;
+a probe (effnet_lite0_probe) trains in the stage's process, where the frozen trunk's
+features of each image (train images with `train.views` augmented views) are made once
+and reused by every condition and seed.
+
 Before any verdict, core.validity checks that the comparison can see the value of data
 (all-train beats real, no condition budget-bound, no arm degenerate); when it cannot,
 eval.json's `validity.statement` says so, the headline gives no verdict and every
@@ -105,6 +110,32 @@ class _Data:
         test_labels = [self.labels.index(r["label"]) for r in self.split["test"]]
         self.primary = classify.primary_metric(params.train.primary, test_labels, len(self.labels))
         self._pixels: dict[str, np.ndarray] = {}
+        self._features: dict[str, torch.Tensor] = {}  # the probe's, by manifest id
+        self._trunk: classify.FrozenTrunk | None = None
+
+    def __getstate__(self) -> dict:  # worker processes train end-to-end models only
+        return {**self.__dict__, "_features": {}, "_trunk": None}
+
+    def features(self, rows: list[dict], *, views: int) -> torch.Tensor:
+        """The probe's inputs for manifest rows: (N, views, D) for views > 1 (each image
+        and its augmented copies, drawn under a seed of its id), (N, D) for views = 1;
+        computed once per image and kept for every condition and seed."""
+        missing = [r for r in rows if r["id"] not in self._features]
+        if missing:
+            x = classify.to_batch(self.pixels(missing))
+            seeds = [derive_seed(self.params.seed, "views", r["id"]) % 2**63 for r in missing]
+            for r, f in zip(missing, self.trunk_views(x, views, seeds), strict=True):
+                self._features[r["id"]] = f
+        if not rows:
+            return torch.zeros(0, *([views] if views > 1 else []), classify.TRUNK_FEATURES)
+        return torch.stack([self._features[r["id"]] for r in rows])
+
+    def trunk_views(self, x: torch.Tensor, views: int, seeds: list[int]) -> torch.Tensor:
+        if self._trunk is None:
+            self._trunk = classify.FrozenTrunk(runtime(self.params.model))
+        cfg = self.params.train
+        return self._trunk.views(x, classify.protocol_augment(cfg.rotation, cfg.flips), views,
+                                 seeds)  # fmt: skip
 
     def pixels(self, rows: list[dict]) -> list[np.ndarray]:
         missing = [r for r in rows if r["id"] not in self._pixels]
@@ -162,12 +193,30 @@ class _Data:
         return {c: k - have.get(c, 0) for c, k in want.items() if k > have.get(c, 0)}
 
 
-def _tensors(data: _Data, rows: list[dict], extra: list[np.ndarray]) -> tuple:
+def _labels(data: _Data, rows: list[dict]) -> torch.Tensor:
+    """Labels in _tensors' order: manifest rows, then classical copies."""
     plain = [r for r in rows if r["origin"] != "classical"]
-    images = data.pixels(plain) + extra
-    labels = [data.labels.index(r["label"]) for r in plain]
-    labels += [data.labels.index(r["label"]) for r in rows if r["origin"] == "classical"]
-    return classify.to_batch(images), torch.tensor(labels)
+    copies = [r for r in rows if r["origin"] == "classical"]
+    return torch.tensor([data.labels.index(r["label"]) for r in plain + copies])
+
+
+def _tensors(data: _Data, rows: list[dict], extra: list[np.ndarray]) -> tuple:
+    images = data.pixels([r for r in rows if r["origin"] != "classical"]) + extra
+    return classify.to_batch(images), _labels(data, rows)
+
+
+def _probe_inputs(data: _Data, rows, extra, condition: str, seed: int) -> tuple:
+    """(train, val, test) feature tensors for a probe: train with its views (classical
+    copies' views drawn under seeds of the condition, seed and copy), val/test plain."""
+    views = data.params.train.views
+    plain = data.features([r for r in rows if r["origin"] != "classical"], views=views)
+    if extra:
+        seeds = [derive_seed(data.params.seed, "views", condition, seed, i) % 2**63
+                 for i in range(len(extra))]  # fmt: skip
+        plain = torch.cat([plain, data.trunk_views(classify.to_batch(extra), views, seeds)])
+    train = (plain, _labels(data, rows))
+    val, test = (data.features(data.split[s], views=1) for s in ("val", "test"))
+    return train, (val, _labels(data, data.split["val"])), (test, _labels(data, data.split["test"]))
 
 
 def _record_unit(unit: Path, params: Params, data, model: str, condition: str, seed: int) -> None:
@@ -185,8 +234,14 @@ def _train_one(params: Params, data: _Data, model_name: str, condition: str, see
     leaked = set(ids) & held_out
     if leaked:  # cannot happen by construction; the invariant that matters most
         raise DataError(f"val/test images in the training set of {condition}: {sorted(leaked)[:3]}")
-    train = _tensors(data, rows, extra)
-    test_x, test_y = _tensors(data, data.split["test"], [])
+    if classify.on_features(model_name):
+        train, val, (test_x, test_y) = _probe_inputs(data, rows, extra, condition, seed)
+        augment = classify.probe_augment(cfg.views)
+    else:
+        train = _tensors(data, rows, extra)
+        val = _tensors(data, data.split["val"], []) if condition != arms.MAJORITY else None
+        test_x, test_y = _tensors(data, data.split["test"], [])
+        augment = classify.protocol_augment(cfg.rotation, cfg.flips)
     counts = {c: int((train[1] == i).sum()) for i, c in enumerate(data.labels)}
     if condition == arms.MAJORITY:  # the train split's frequencies, not the balanced subset's
         whole = [data.labels.index(r["label"]) for r in data.split["train"]]
@@ -194,7 +249,6 @@ def _train_one(params: Params, data: _Data, model_name: str, condition: str, see
         fit = classify.Fit(None, 0, [], [], [])
         steps = 0
     else:
-        val = _tensors(data, data.split["val"], [])
         with torch.random.fork_rng():
             torch.manual_seed(derive_seed(params.seed, "init", model_name, seed) % 2**63)
             model = classify.build(model_name, len(data.labels))
@@ -211,7 +265,7 @@ def _train_one(params: Params, data: _Data, model_name: str, condition: str, see
             warmup=cfg.warmup,
             select_by=data.primary,
             n_classes=len(data.labels),
-            augment=classify.protocol_augment(cfg.rotation, cfg.flips),
+            augment=augment,
             # the same init, batch-order and augmentation draws in every condition (common
             # random numbers): a paired delta reflects the training images, not the draw
             seed=derive_seed(params.seed, "fit", model_name, seed) % 2**63,
@@ -410,10 +464,16 @@ def run(
             skipped[condition] = reason
             continue
         runs += [(m, condition, seed) for m in cfg.models for seed in cfg.seeds]
-    jobs = [(f"{m}.{c}.{seed}", _record_unit, (params, data, m, c, seed)) for m, c, seed in runs]
-    for (model_name, condition, seed), (done, seconds) in zip(
-        runs, resume.ensure_many(jobs, workers=cfg.workers), strict=True
-    ):
+    # a probe's runs take seconds once its features exist: they train here, where the
+    # feature cache lives; end-to-end models train cfg.workers at a time in worker processes
+    finished: dict[tuple[str, str, int], tuple[Path, float | None]] = {}
+    for on_features in (True, False):
+        mine = [run for run in runs if classify.on_features(run[0]) == on_features]
+        jobs = [(f"{m}.{c}.{s}", _record_unit, (params, data, m, c, s)) for m, c, s in mine]
+        workers = 1 if on_features else cfg.workers
+        finished.update(zip(mine, resume.ensure_many(jobs, workers=workers), strict=True))
+    for model_name, condition, seed in runs:
+        done, seconds = finished[(model_name, condition, seed)]
         if seconds is not None:
             metrics_out[f"time/{model_name}/{metric_name(condition)}/{seed}_s"] = seconds
         records.append(json.loads((done / RECORD_JSON).read_text(encoding="utf-8")))
@@ -450,6 +510,7 @@ def run(
                     "interval": "95 % Student-t over paired seed differences; verdicts "
                     "of the synthetic arms from Holm-adjusted p per model and metric",
                     "classical": augment.describe(params.classical),
+                    "models": {m: classify.describe(m, cfg.views) for m in cfg.models},
                     "matched_to": data.matched,
                 },
                 "order": [c for c in data.plan if c not in skipped],  # the table's rows

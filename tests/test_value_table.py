@@ -1,0 +1,48 @@
+"""The README's value table: written from the committed results.json files, and the
+README's copy is what those files say."""
+
+from __future__ import annotations
+
+import json
+
+from experiments.expansion import table
+from experiments.expansion.run import REPO
+
+
+def comparison(arm: str, control: str, delta: float, ci: list[float], verdict: str) -> dict:
+    return {"arm": arm, "control": control, "metric": "accuracy", "delta": delta, "ci": ci,
+            "p_value": 0.01, "p_adjusted": 0.03, "n_seeds": 10, "verdict": verdict}  # fmt: skip
+
+
+def test_a_row_reads_validity_and_the_synthetic_arms_differences(tmp_path):
+    result = {
+        "dataset": "toy",
+        "params": {"preprocess": {"subset": {"alpha": None, "per_class": 20}}},
+        "classification": {
+            "primary_metric": "accuracy",
+            "validity": {"m": {"verdicts_allowed": True, "all_train_minus_real":
+                               {"delta": 0.05, "ci": [0.03, 0.07], "p_value": 0.001}}},
+            "comparisons": {"m": [
+                # real+synthetic was not trained (the gate passed nothing): the ungated arm
+                comparison("real+ungated", "real", 0.02, [0.01, 0.03], "better"),
+                comparison("real+classical-ungated", "real", -0.01, [-0.02, 0.0], "n.s."),
+                comparison("real+ungated", "real+classical-ungated", 0.03, [0.02, 0.04],
+                           "better"),
+                comparison("real+ungated", "real", 0.5, [0.4, 0.6], "better") | {"metric": "f1"},
+            ]},
+        },
+    }  # fmt: skip
+    (row,) = table.rows(result)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:] == [
+        "m", "20", "accuracy", "yes", "+5.0 pp [+3.0, +7.0]", "-1.0 pp [-2.0, +0.0]",
+        "+2.0 pp [+1.0, +3.0]", "+3.0 pp [+2.0, +4.0]", "real+ungated: better",
+    ]  # fmt: skip
+    assert "experiments/expansion/results/toy/results.md" in cells[0]
+    (tmp_path / "toy").mkdir()
+    (tmp_path / "toy" / "results.json").write_text(json.dumps(result))
+    assert table.table(tmp_path).count("\n| ") == 1  # toy is not one of the datasets
+
+
+def test_the_readme_table_is_the_committed_results():
+    assert table.readme_table(REPO / "README.md") == table.table()
