@@ -3,11 +3,15 @@ still help there? One command per dataset, before its value protocol is designed
 
     python -m experiments.pilot neu-det --models squeezenet1_1 effnet_lite0_imagenet \\
         --sizes 10 20 50 --steps 1200 --evals 24 --seeds 0 1
+    python -m experiments.pilot sd-saliency-900 --models unet --profile-subset \\
+        --sizes 20 --steps 2000 --evals 20 --seeds 0 1 2
 
 For each model it trains, with the train stage's own loop (core.classify.fit, the
 params' schedule and augmentation), a few-shot set of k real train images per class for
 each k in --sizes, and the whole train split (all-train, the upper bound), long and with
-dense val checks. It writes results/<dataset>/pilot[-<tag>].json and .md:
+dense val checks. `--models unet` pilots the segment stage's U-Net instead
+(core.segment.fit with the params' segment settings; val score: mean Dice), on the real
+image + mask pairs. It writes results/<dataset>/pilot[-<tag>].json and .md:
 
     per model and condition: the val curve (mean over seeds), best steps and best val
     score per seed, the step where the mean curve first comes within --tol of its best
@@ -38,6 +42,8 @@ from defectgen.core import classify, stats, validity
 from defectgen.io import Resume, atomic_write_json
 from defectgen.stagekit import derive_seed, load_images
 from experiments.expansion.run import PROFILES, REPO, RESULTS, build_params, copy_data, run_stages
+
+UNET = "unet"  # the segment stage's U-Net (core.segment), not a classifier
 
 
 def few_shot(rows: list[dict], k: int, seed: int) -> list[dict]:
@@ -78,6 +84,26 @@ def train_one(params, model_name, rows, val, labels, size, seed, steps, evals) -
         "model": model_name, "size": size, "seed": seed, "n_train": len(y),
         "eval_steps": fit.eval_steps, "val": fit.val_score, "loss": fit.losses,
         "best_step": fit.best_step, "best_val": max(fit.val_score),
+    }  # fmt: skip
+
+
+def train_unet(params, rows, val, size, seed, steps, evals) -> dict:
+    """One U-Net pilot run with the segment stage's settings, seeded as the stage seeds
+    it; rows["pairs"] holds the (image, mask) pairs, val the val pairs."""
+    from defectgen.core import segment
+
+    cfg = params.segment
+    images, masks = (list(t) for t in zip(*rows["pairs"], strict=True))
+    fit = segment.fit(
+        images, masks, steps=steps, batch_size=cfg.batch_size, lr=cfg.lr,
+        seed=derive_seed(params.seed, "segment", seed), widths=tuple(cfg.widths), val=val,
+        evals=evals, weight_decay=cfg.weight_decay, schedule_kind=cfg.schedule,
+        warmup=cfg.warmup,
+    )  # fmt: skip
+    return {
+        "model": UNET, "size": size, "seed": seed, "n_train": len(images),
+        "eval_steps": fit.eval_steps, "val": fit.val_dice, "loss": fit.losses,
+        "best_step": fit.best_step, "best_val": max(fit.val_dice),
     }  # fmt: skip
 
 
@@ -136,7 +162,9 @@ def markdown(result: dict) -> str:
         f"# Downstream pilot: {result['dataset']}",
         "",
         f"`{result['command']}` ({result['date']}, git {result['git']}). Val only; "
-        f"metric {result['metric']}; {result['steps']} steps, {result['evals']} val checks, "
+        f"metric {result['metric']}"
+        + (f" (U-Net: {result['segment_metric']})" if "segment_metric" in result else "")
+        + f"; {result['steps']} steps, {result['evals']} val checks, "
         f"seeds {result['seeds']}; plateau: within {result['tol'] * 100:g} pp of the best.",
         "",
     ]
@@ -185,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--run-dir", type=Path, default=None)
     ap.add_argument("--tag", default="", help="results/<dataset>/pilot-<tag>.{json,md}")
+    ap.add_argument("--results", type=Path, default=None,
+                    help="default: experiments/expansion/results/<dataset>")  # fmt: skip
     args = ap.parse_args(argv)
 
     profile = args.profile or PROFILES / f"{args.dataset}.yaml"
@@ -211,11 +241,17 @@ def main(argv: list[str] | None = None) -> int:
     pixels = dict(zip((r["id"] for r in train), load_images(pre, train, size), strict=True))
 
     # a killed pilot resumes its finished runs; other settings start a fresh folder
-    blob = json.dumps([args.steps, args.evals, params.train.model_dump(mode="json")])
+    blob = json.dumps([args.steps, args.evals, params.train.model_dump(mode="json"),
+                       params.segment.model_dump(mode="json")])  # fmt: skip
     resume = Resume(run_dir / "pilot", hashlib.sha256(blob.encode()).hexdigest()[:16])
     records = []
     for model in args.models:
         jobs = []
+        if model == UNET:
+            jobs = unet_jobs(params, pre, sets, val_rows, args)
+            for done, _ in resume.ensure_many(jobs, workers=args.workers):
+                records.append(json.loads((done / "record.json").read_text(encoding="utf-8")))
+            continue
         probe = classify.on_features(model)
         if probe:  # the frozen trunk's features once; the runs take seconds, here
             features = probe_features(params, train, pixels, val[0])
@@ -238,12 +274,15 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "git": _git(),
         "metric": metric,
+        **({"segment_metric": "mean val Dice"} if UNET in args.models else {}),
         "steps": args.steps, "evals": args.evals, "seeds": args.seeds, "tol": args.tol,
         "train_params": params.train.model_dump(mode="json"),
+        **({"segment_params": params.segment.model_dump(mode="json")} if UNET in args.models
+           else {}),  # fmt: skip
         "models": summarise(records, args.tol),
         "runs": records,
     }  # fmt: skip
-    out = RESULTS / args.dataset
+    out = args.results or RESULTS / args.dataset
     out.mkdir(parents=True, exist_ok=True)
     stem = f"pilot-{args.tag}" if args.tag else "pilot"
     atomic_write_json(out / f"{stem}.json", result)
@@ -252,8 +291,32 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def unet_jobs(params, pre: Path, sets: dict, val_rows: list[dict], args) -> list[tuple]:
+    """The U-Net's resume units: the real pairs (images at their preprocessed size, as
+    the segment stage trains) of each set, every seed."""
+    from defectgen.stages.segment import _load
+
+    masked = {k: [r for r in chosen if r["mask_path"]] for k, chosen in sets.items()}
+    both = {r["id"]: r for chosen in masked.values() for r in chosen}
+    if not both:
+        raise SystemExit(f"{args.dataset}: no train image has a mask; the U-Net needs pairs")
+    pairs = dict(zip(both, zip(*_load(pre, list(both.values())), strict=True), strict=True))
+    val = _load(pre, [r for r in val_rows if r["mask_path"]])
+    jobs = []
+    for k, chosen in masked.items():
+        data = {"pairs": [pairs[r["id"]] for r in chosen]}
+        for seed in args.seeds:
+            jobs.append((f"{UNET}.{k}.{seed}", _unet_unit,
+                         (params, data, val, k, seed, args.steps, args.evals)))  # fmt: skip
+    return jobs
+
+
 def _unit(unit: Path, *a) -> None:
     atomic_write_json(unit / "record.json", train_one(*a))
+
+
+def _unet_unit(unit: Path, *a) -> None:
+    atomic_write_json(unit / "record.json", train_unet(*a))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,17 @@
-"""The downstream pilot's decisions (experiments/pilot.py) on constructed learning curves:
-where a curve levels off, when a condition is budget-bound, which few-shot sizes leave
-the upper bound room, and the step budget it recommends."""
+"""The downstream pilot (experiments/pilot.py): its decisions on constructed learning
+curves (where a curve levels off, when a condition is budget-bound, which few-shot sizes
+leave the upper bound room, the step budget it recommends), and a U-Net pilot run end to
+end on PIL-made pairs."""
 
 from __future__ import annotations
 
+import json
+
+import yaml
+
+from defectgen import manifest
 from experiments import pilot
+from tests.test_stage_masks import _dataset
 
 STEPS = [100, 200, 300, 400, 500, 600]
 
@@ -55,3 +62,36 @@ def test_the_summary_flags_budget_bound_conditions_and_sizes_with_room():
     # class: +3 pp on average but -2, +11 and 0 pp by seed, not resolved: no room
     assert room["80"]["delta"] > 0.01 and room["80"]["ci"][0] < 0
     assert out["sizes_with_room"] == ["10", "50"]
+
+
+def test_the_unet_pilot_trains_each_set_on_its_pairs_and_scores_val_dice(tmp_path):
+    source = _dataset(tmp_path / "source")  # 16 image+mask pairs of each of 2 classes
+    profile = tmp_path / "toy.yaml"
+    profile.write_text(yaml.safe_dump({
+        "data": {"name": "toy", "layout": "image_mask", "root": str(source),
+                 "label_from": "prefix", "masks_required": True},
+        "preprocess": {"image_size": 32, "split": {"train": 0.5, "val": 0.25, "test": 0.25},
+                       "subset": {"alpha": None, "per_class": 4}},
+        "segment": {"widths": [4, 8]},
+    }))  # fmt: skip
+    args = ["toy", "--profile", str(profile), "--models", "unet", "--sizes", "2",
+            "--profile-subset", "--steps", "4", "--evals", "2", "--seeds", "0", "1",
+            "--run-dir", str(tmp_path / "run"), "--results", str(tmp_path / "out")]  # fmt: skip
+    assert pilot.main(args) == 0
+    result = json.loads((tmp_path / "out" / "pilot.json").read_text())
+    runs = {(r["size"], r["seed"]): r for r in result["runs"]}
+    assert set(runs) == {(k, s) for k in (2, "subset", "all-train") for s in (0, 1)}
+    # 2 per class, the profile's 4 per class, every train pair
+    rows = manifest.read_rows(tmp_path / "run" / "preprocess")
+    train = [r for r in rows if r["split"] == "train"]
+    assert [runs[(k, 0)]["n_train"] for k in (2, "subset", "all-train")] == [4, 8, len(train)]
+    assert len(train) > 8
+    assert all(r["model"] == "unet" and r["eval_steps"] == [2, 4] for r in runs.values())
+    assert all(0.0 <= v <= 1.0 for r in runs.values() for v in r["val"])  # Dice
+    assert result["segment_metric"] == "mean val Dice"
+    assert result["segment_params"]["widths"] == [4, 8]
+    assert "U-Net: mean val Dice" in (tmp_path / "out" / "pilot.md").read_text()
+    # rerun: every run is found finished, the same records come back
+    assert pilot.main(args) == 0
+    again = json.loads((tmp_path / "out" / "pilot.json").read_text())
+    assert again["runs"] == result["runs"]

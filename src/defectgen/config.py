@@ -572,6 +572,7 @@ class SegmentConfig(_Section):
     warmup: float = Field(default=0.05, ge=0.0, lt=1.0, description="fraction of the steps")
     widths: list[int] = Field(default_factory=lambda: [16, 32, 64], min_length=2)
     export: Literal["gated", "ungated"] = "gated"  # which synthetic pairs the COCO train has
+    workers: int = Field(default=1, ge=1)  # U-Nets trained at once, one CPU thread each
 
     @model_validator(mode="before")
     @classmethod

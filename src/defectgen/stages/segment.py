@@ -14,7 +14,8 @@ held-out pairs. Here:
               all-train                every real train pair
             segment.conditions lists the synthetic arms; the controls run with them.
             Every U-Net trains segment.steps optimizer steps, seeds paired across
-            conditions (the same init, batch order and flips per seed).
+            conditions (the same init, batch order and flips per seed); a condition's
+            seeds train segment.workers at a time, one CPU thread each.
     test    the real test split (never seen by any generator)
 DefFiller's 1:5 train:test scarcity is a split choice (preprocess.split; the
 SD-Saliency-900 profile in the README sets it). Each condition trains one U-Net per
@@ -325,11 +326,12 @@ def run(
             if reason := conds.reason(condition):
                 report["conditions"][condition] = {"skipped": reason}
                 continue
-            for seed in cfg.seeds:
-                unit_name = f"{condition}.seed{seed}"
-                labels_test = [r["label"] for r in test]
-                args = (params, conds, condition, seed, val_set, test_set, labels_test)
-                folder, _ = resume.ensure(unit_name, _record_unit, *args)
+            labels_test = [r["label"] for r in test]
+            jobs = [(f"{condition}.seed{seed}", _record_unit,
+                     (params, conds, condition, seed, val_set, test_set, labels_test))
+                    for seed in cfg.seeds]  # fmt: skip
+            finished = resume.ensure_many(jobs, workers=cfg.workers)
+            for seed, (folder, _) in zip(cfg.seeds, finished, strict=True):
                 done = json.loads((folder / RECORD_JSON).read_text("utf-8"))
                 curves.series[f"{metric_name(condition)}.seed{seed}"] = done["losses"]
                 checks_of[condition] = done["eval_steps"]
