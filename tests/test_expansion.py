@@ -141,21 +141,26 @@ def test_the_command_answers_with_paired_statistics_and_resumes(tmp_path: Path):
     assert all(t["resumed"] for t in again["stages"].values())
     assert again["classification"]["models"] == clf["models"]
 
-    # --keep-finished adds a stage to a finished run under changed params: the finished
-    # stages are kept and say so; the missing one (detect) runs with the new params
+    # A stage's key is the params it reads: a detector setting reruns detect (and report,
+    # downstream of it), nothing else
     changed = yaml.safe_load(profile.read_text())
     profile.write_text(yaml.safe_dump({**changed, "detect": {"lr": 0.01}}))
+    assert expansion.main(args) == 0
+    rerun = json.loads((tmp_path / "results" / "results.json").read_text())
+    assert rerun["params"]["detect"]["lr"] == 0.01
+    assert {k for k, t in rerun["stages"].items() if not t["resumed"]} == {"detect", "report"}
+
+    # --keep-finished adds a stage to a finished run under changed params: the finished
+    # stages are kept and say so; the missing one (detect) runs with the new params
+    profile.write_text(yaml.safe_dump({**changed, "detect": {"lr": 0.01}, "train": {"lr": 0.002}}))
     (run / ".done" / "detect.json").unlink()
     assert expansion.main([*args, "--keep-finished"]) == 0
     kept = json.loads((tmp_path / "results" / "results.json").read_text())
-    assert kept["params"]["detect"]["lr"] == 0.01
+    assert kept["params"]["train"]["lr"] == 0.002
     for name in ("detect", "report"):  # report is downstream of detect: it runs again
         assert not kept["stages"][name]["resumed"] and not kept["stages"][name]["other_params"]
-    assert all(
-        t["resumed"] and t["other_params"]
-        for k, t in kept["stages"].items()
-        if k not in ("detect", "report")
-    )
+    assert kept["stages"]["train"]["resumed"] and kept["stages"]["train"]["other_params"]
+    assert not kept["stages"]["ingest"]["other_params"]  # it reads nothing that changed
     assert (
         "earlier params (kept: --keep-finished)"
         in (tmp_path / "results" / "results.md").read_text()
@@ -187,8 +192,14 @@ def test_agreement_scores_each_rule_against_the_test_outcome():
     agree = expansion.agreement(gate, {"real+ungated": outcomes})
     assert set(agree["classes"]) == {"helped-passed", "helped-failed", "hurt-passed",
                                      "flat-failed"}  # fmt: skip
-    assert agree["rules"]["fd_ratio"] == {"right": 2, "n": 4, "rate": 0.5}
-    assert agree["rules"]["gate"] == {"right": 3, "n": 4, "rate": 0.75, "inconclusive": 1}
+    # over the 3 resolved outcomes (flat-failed is not): FD rule right on helped-passed
+    # only, the gate on helped-passed and hurt-passed
+    assert agree["rules"]["fd_ratio"] == {"right": 2, "n": 4, "rate": 0.5, "right_resolved": 1,
+                                          "n_resolved": 3, "rate_resolved": 1 / 3}  # fmt: skip
+    assert agree["rules"]["gate"] == {
+        "right": 3, "n": 4, "rate": 0.75, "right_resolved": 2, "n_resolved": 3,
+        "rate_resolved": 2 / 3, "inconclusive": 1, "inconclusive_share": 0.25,
+    }  # fmt: skip
     assert agree["classes"]["hurt-passed"]["fd_ratio_right"] is False
     assert "not trained" in expansion.agreement(gate, {})["why"]
 

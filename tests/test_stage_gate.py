@@ -21,7 +21,7 @@ from defectgen.stagekit import load_images
 from defectgen.stages import gate, ingest, preprocess
 from tests.conftest import make_params, shared_data
 
-SPLIT = {"train": 0.5, "val": 0.4, "test": 0.1}
+SPLIT = {"train": 0.6, "val": 0.3, "test": 0.1}
 # inclusion vs pitted surface: similar enough that more real inclusion images help a
 # classifier measurably (scratches vs patches separate perfectly with a few images)
 FAITHFUL, NOISE = "inclusion", "pitted_surface"
@@ -29,12 +29,13 @@ FAITHFUL, NOISE = "inclusion", "pitted_surface"
 
 @pytest.fixture(scope="module")
 def steel(tmp_path_factory) -> tuple[Path, Path, object]:
-    """NEU-DET inclusion and pitted_surface (100 each) -> ingest -> preprocess at 64 px: enough
-    val images (about 20 per class in the gate's half) for the utility proxy to decide."""
+    """NEU-DET inclusion and pitted_surface (150 each) -> ingest -> preprocess at 64 px: about
+    45 train images per class in the few-shot subset, enough for the cross-fitted utility
+    to resolve held-out real images as helping, and as many outside it."""
     tmp = tmp_path_factory.mktemp("gate")
     images = shared_data("neu-det") / "images"
     for cls in (FAITHFUL, NOISE):
-        for path in sorted(images.glob(f"{cls}_*.jpg"))[:100]:
+        for path in sorted(images.glob(f"{cls}_*.jpg"))[:150]:
             (tmp / "raw" / cls).mkdir(parents=True, exist_ok=True)
             shutil.copy(path, tmp / "raw" / cls / path.name)
     params = make_params(
@@ -90,9 +91,13 @@ def test_noise_fails_faithful_passes_copies_are_dropped(steel):
     assert sc["passed"] and sc["verdict"] == "pass" and sc["utility"]["ci"][0] > 0
     assert not pa["passed"] and "fidelity floor" in pa["reason"]
     assert not pa["fidelity_passed"] and "real-vs-real" in pa["fidelity_reason"]
-    assert sc["utility"]["n_images"] == sum(
-        len(Reference(params, pre, tmp / ".features").val(c, "gate")) for c in (FAITHFUL, NOISE)
-    )  # scored on the gate's half of val only
+    ref = Reference(params, pre, tmp / ".features")
+    # cross-fitted on every image the generator learned from, not on val; the noise class
+    # failed a floor and still has its estimate in the record and the reason
+    assert sc["utility"]["n_images"] == sum(len(ref.train(c)) for c in (FAITHFUL, NOISE))
+    assert pa["utility"]["n_images"] == sc["utility"]["n_images"] and "; utility " in pa["reason"]
+    assert sc["utility"]["mde"] > 0 and "resolves effects from" in sc["reason"]
+    assert "cross-fitted" in report["utility_model"]
     # the baselines order as they should: real < blurred/noised, and noise-only is worst
     assert sc["fd_effnet_lite0_real"] < sc["fd_effnet_lite0_blur"]
     assert sc["fd_effnet_lite0_real"] < sc["fd_effnet_lite0_noise"]
@@ -164,12 +169,7 @@ def test_val_halves_are_disjoint_seeded_and_cover_val(steel):
         assert sweep == {r["id"] for r in ref.val(label, "sweep")}  # stable
 
 
-def test_judge_and_near_duplicates():
-    assert gate_core.judge(90.0, 50.0, max_ratio=2.0, max_distance=None)[0]
-    passed, reason = gate_core.judge(120.0, 50.0, max_ratio=2.0, max_distance=None)
-    assert not passed and "2.40x" in reason
-    passed, reason = gate_core.judge(90.0, 50.0, max_ratio=2.0, max_distance=80.0)
-    assert not passed and "ceiling 80" in reason
+def test_near_duplicates_and_the_real_manifold():
     real = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
     assert gate_core.nearest_gap(real) == 10.0
     synth = torch.tensor([[1.0, 0.0], [5.0, 5.0], [9.0, 10.5]])

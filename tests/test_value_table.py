@@ -46,3 +46,39 @@ def test_a_row_reads_validity_and_the_synthetic_arms_differences(tmp_path):
 
 def test_the_readme_table_is_the_committed_results():
     assert table.readme_table(REPO / "README.md") == table.table()
+
+
+def test_a_gate_row_puts_the_estimate_its_power_and_the_outcome_side_by_side(tmp_path):
+    result = {
+        "dataset": "toy",
+        "gate": {"Sc": {"utility": {"delta": 0.01, "ci": [-0.02, 0.04], "mde": 0.042,
+                                    "n_images": 60, "n_needed": 1065}}},
+        "agreement": {
+            "classes": {"Sc": {"outcome_f1_delta": 0.03, "outcome_ci": [0.01, 0.05],
+                               "outcome": "better", "gate_verdict": "inconclusive",
+                               "gate_right": False, "fd_ratio_verdict": "pass",
+                               "fd_ratio_right": True}},
+            "rules": {"gate": {"right": 0, "n": 1, "right_resolved": 0, "n_resolved": 1,
+                               "inconclusive": 1},
+                      "fd_ratio": {"right": 1, "n": 1, "right_resolved": 1, "n_resolved": 1}},
+        },
+    }  # fmt: skip
+    (row,) = table.gate_rows(result)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells == [
+        "toy", "Sc", "+0.010 [-0.020, +0.040]", "0.042", "1,065 (has 60)", "inconclusive",
+        "+0.030 [+0.010, +0.050] (better)", "wrong", "pass (right)",
+    ]  # fmt: skip
+    for name in ("elpv", "neu-det"):  # pooled over the datasets present
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({**result, "dataset": name}))
+    assert (
+        "Pooled over 2 classes (2 with a resolved outcome): the gate right on 0 of the 2 "
+        "resolved (0 of 2 in all), inconclusive on 2 of 2; the FD ratio rule right on 2 of "
+        "the 2 resolved (2 of 2)." in table.gate_table(tmp_path)
+    )
+
+
+def test_the_readme_gate_table_is_the_committed_results():
+    readme = table.readme_table(REPO / "README.md", table.GATE_START, table.GATE_END)
+    assert readme == table.gate_table()

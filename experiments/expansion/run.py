@@ -138,9 +138,10 @@ def run_stages(
     only: tuple[str, ...] = (),
     skip: tuple[str, ...] = (),
 ) -> dict[str, dict]:
-    """Every stage in order, in this process; a stage done with these params is skipped
-    (its recorded wall time kept). Returns per stage wall_s, whether it was resumed, and
-    the params key and git sha it ran with.
+    """Every stage in order, in this process; a stage done with the same values of the
+    params it reads (its declaration's sections) is skipped (its recorded wall time
+    kept). Returns per stage wall_s, whether it was resumed, and the params key and git
+    sha it ran with.
 
     A stage downstream of one that ran here runs again. keep_finished: a finished stage
     is kept even if it ran with other params or code (to add a stage, e.g. detect, to a
@@ -150,7 +151,6 @@ def run_stages(
     from defectgen.runner import execute, get_stage
 
     params = parse_params(raw, "experiment params")
-    key = params.section_hash()
     markers = run_dir / ".done"
     markers.mkdir(parents=True, exist_ok=True)
     times: dict[str, dict] = {}
@@ -162,6 +162,7 @@ def run_stages(
             skipped.add(name)
             continue
         marker = markers / f"{name}.json"
+        key = get_stage(name).params_hash(params)  # what the stage reads, as dvc.yaml has it
         out = run_dir / name
         upstream_ran = any(times[up]["resumed"] is False for up in inputs.values())
         if marker.is_file() and out.is_dir() and not upstream_ran:
@@ -186,6 +187,16 @@ def _json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def _utility_row(u: dict) -> dict:
+    from defectgen.core import stats
+
+    keys = ("delta", "ci", "mde", "sd", "n_images", "n_folds", "n_repeats", "n_needed")
+    row = {k: u.get(k) for k in keys}
+    if row["n_needed"] is None and row["sd"] is not None:  # a gate.json from before it
+        row["n_needed"] = stats.n_to_resolve(row["delta"], row["sd"])
+    return row
+
+
 def _gate_rows(gate: dict) -> dict[str, dict]:
     out = {}
     for label, e in gate["classes"].items():
@@ -201,8 +212,8 @@ def _gate_rows(gate: dict) -> dict[str, dict]:
             "knn_precision": e.get("knn_precision"),
             "knn_recall": e.get("knn_recall"),
             "near_duplicates": e.get("near_duplicates", 0),
-            "utility": None if u is None else
-            {k: u[k] for k in ("delta", "ci", "n_seeds", "verdict") if k in u},
+            "utility": None if u is None or u.get("delta") is None else _utility_row(u),
+            "utility_verdict": e.get("utility_verdict"),
             "verdict": e.get("verdict", "pass" if e["passed"] else "fail"),
             "passed": e["passed"],
             "reason": e.get("reason"),
@@ -226,7 +237,9 @@ def agreement(gate: dict[str, dict], per_class: dict[str, list[dict]]) -> dict:
     whose images helped or kept out one whose images did not (not distinguishable or
     worse: keeping them out costs nothing against plain augmentation). Rules: the old
     FD ratio (`fidelity_passed`) and the gate's verdict (an inconclusive verdict keeps
-    the class out under the default policy, and is counted as such).
+    the class out under the default policy, and is counted as such). Each rule's rate is
+    given over all classes and over those whose outcome was resolved (better or worse),
+    where being right is not just keeping an undecided class out.
     """
     rows = {r["label"]: r for r in per_class.get(OUTCOME_ARM, [])}
     if not rows:
@@ -245,16 +258,19 @@ def agreement(gate: dict[str, dict], per_class: dict[str, list[dict]]) -> dict:
             "gate_right": (g["verdict"] == "pass") == helped,
         }  # fmt: skip
     n = len(classes)
-    rules = {
-        name: {
-            "right": sum(c[f"{name}_right"] for c in classes.values()),
-            "n": n,
-            "rate": sum(c[f"{name}_right"] for c in classes.values()) / n if n else None,
-        }
-        for name in ("fd_ratio", "gate")
-    }
-    rules["gate"]["inconclusive"] = sum(c["gate_verdict"] == "inconclusive"
-                                        for c in classes.values())  # fmt: skip
+    resolved = [c for c in classes.values() if c["outcome"] in ("better", "worse")]
+    rules = {}
+    for name in ("fd_ratio", "gate"):
+        right = sum(c[f"{name}_right"] for c in classes.values())
+        right_resolved = sum(c[f"{name}_right"] for c in resolved)
+        rules[name] = {
+            "right": right, "n": n, "rate": right / n if n else None,
+            "right_resolved": right_resolved, "n_resolved": len(resolved),
+            "rate_resolved": right_resolved / len(resolved) if resolved else None,
+        }  # fmt: skip
+    inconclusive = sum(c["gate_verdict"] == "inconclusive" for c in classes.values())
+    rules["gate"]["inconclusive"] = inconclusive
+    rules["gate"]["inconclusive_share"] = inconclusive / n if n else None
     return {"outcome_arm": OUTCOME_ARM, "classes": classes, "rules": rules, "why": None}
 
 
@@ -445,8 +461,9 @@ def markdown(result: dict) -> str:
         lines += ["", f"{condition}: not trained, {reason}."]
     lines += ["", "## Gate (per class)", "",
               "| class | distance | real vs real | ratio | k-NN precision / recall | "
-              "utility (val) | verdict | kept / generated |",
-              "|---|---:|---:|---:|---:|---:|---|---:|"]  # fmt: skip
+              "utility (cross-fitted), MDE | train images to resolve it | verdict | "
+              "kept / generated |",
+              "|---|---:|---:|---:|---:|---:|---:|---|---:|"]  # fmt: skip
     for label, g in result["gate"].items():
         dist = "-" if g["distance"] is None else f"{g['distance']:.1f}"
         rvr = "-" if g["real_vs_real"] is None else f"{g['real_vs_real']:.1f}"
@@ -455,9 +472,12 @@ def markdown(result: dict) -> str:
               else f"{g['knn_precision']:.2f} / {g['knn_recall']:.2f}")  # fmt: skip
         u = g["utility"]
         util = "-" if u is None else stats.describe({**u, "p_value": None}, points=False)
+        if u is not None and u.get("mde") is not None:
+            util += f", MDE {u['mde']:.3f}"
+        need = "-" if u is None or u.get("n_needed") is None else str(u["n_needed"])
         lines.append(
-            f"| {label} | {dist} | {rvr} | {ratio} | {pr} | {util} | {g['verdict']} | "
-            f"{g['n_kept']} / {g['n_synthetic']} |"
+            f"| {label} | {dist} | {rvr} | {ratio} | {pr} | {util} | {need} | {g['verdict']} "
+            f"| {g['n_kept']} / {g['n_synthetic']} |"
         )
     lines += agreement_lines(result["agreement"])
     if "headline" in seg:
@@ -555,9 +575,12 @@ def agreement_lines(agree: dict) -> list[str]:
             f"({'right' if c['gate_right'] else 'wrong'}) |"
         )
     r = agree["rules"]
-    lines += ["", f"FD ratio rule right on {r['fd_ratio']['right']} of {r['fd_ratio']['n']} "
-              f"classes; the gate on {r['gate']['right']} of {r['gate']['n']} "
-              f"({r['gate']['inconclusive']} inconclusive, kept out)."]  # fmt: skip
+    f, g = r["fd_ratio"], r["gate"]
+    lines += ["", f"FD ratio rule right on {f['right']} of {f['n']} classes "
+              f"({f['right_resolved']} of the {f['n_resolved']} with a resolved outcome); "
+              f"the gate on {g['right']} of {g['n']} ({g['right_resolved']} of "
+              f"{g['n_resolved']} resolved; {g['inconclusive']} inconclusive, kept "
+              "out)."]  # fmt: skip
     return lines
 
 

@@ -1,15 +1,21 @@
-"""The README's "does it help?" table, written from the committed results.json files.
+"""The README's "does it help?" and gate-agreement tables, written from the committed
+results.json files.
 
-    python -m experiments.expansion.table            # print the table
-    python -m experiments.expansion.table --write    # put it into README.md
-    python -m experiments.expansion.table --check    # exit 1 when README.md's differs
+    python -m experiments.expansion.table            # print the tables
+    python -m experiments.expansion.table --write    # put them into README.md
+    python -m experiments.expansion.table --check    # exit 1 when README.md's differ
 
 One row per dataset and classifier: whether the validity check allows verdicts, then
 the paired test differences (primary metric, 95 % interval over seeds) of the whole
 train split, the classical control and the synthetic arm against the few-shot set, and
-of the synthetic arm against its classical control with its Holm-adjusted verdict. The
-README holds the table between two marker lines; tests/test_expansion.py fails when the
-README's copy differs from what the files say.
+of the synthetic arm against its classical control with its Holm-adjusted verdict.
+
+The gate table: per class, the gate's cross-fitted utility estimate with its minimum
+detectable effect and the train images at which an effect of its size would resolve
+(the power analysis of an inconclusive verdict), its verdict, and the class's test
+outcome (its F1 with its synthetic images minus with as many classical copies), with the
+pooled agreement counts under it. The README holds each table between two marker
+lines; tests/test_value_table.py fails when the README's copy differs from the files.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from experiments.expansion.run import REPO, RESULTS
 DATASETS = ("elpv", "neu-det", "sd-saliency-900")
 START = "<!-- value table: python -m experiments.expansion.table --write -->"
 END = "<!-- end of the value table -->"
+GATE_START = "<!-- gate table: python -m experiments.expansion.table --write -->"
+GATE_END = "<!-- end of the gate table -->"
 
 
 def _find(comparisons: list[dict], arm: str, control: str, metric: str) -> dict | None:
@@ -76,11 +84,68 @@ def table(results: Path = RESULTS) -> str:
     return "\n".join([*lines, END])
 
 
-def readme_table(readme: Path) -> str | None:
+def gate_rows(result: dict) -> list[str]:
+    """One row per class with a gate verdict and a test outcome."""
+    out = []
+    agree = result.get("agreement", {}).get("classes", {})
+    for label, c in agree.items():
+        u = result["gate"][label]["utility"]
+        util = mde = need = "-"
+        if u is not None:
+            util = stats.describe({**u, "p_value": None}, points=False)
+            mde = "-" if u.get("mde") is None else f"{u['mde']:.3f}"
+            need = "-" if u.get("n_needed") is None else f"{u['n_needed']:,}"
+            need = f"{need} (has {u['n_images']})"
+        outcome = stats.describe({"delta": c["outcome_f1_delta"], "ci": c["outcome_ci"],
+                                  "p_value": None}, points=False)  # fmt: skip
+        out.append(
+            f"| {result['dataset']} | {label} | {util} | {mde} | {need} | "
+            f"{c['gate_verdict']} | {outcome} ({c['outcome']}) | "
+            f"{'right' if c['gate_right'] else 'wrong'} | "
+            f"{c['fd_ratio_verdict']} ({'right' if c['fd_ratio_right'] else 'wrong'}) |"
+        )
+    return out
+
+
+def gate_table(results: Path = RESULTS) -> str:
+    lines = [
+        GATE_START,
+        "| dataset | class | utility (log-loss, cross-fitted) | MDE | train images to "
+        "resolve it | gate | test outcome (F1, synthetic - classical) | gate right | "
+        "FD ratio rule |",
+        "|---|---|---:|---:|---:|---|---:|---|---|",
+    ]
+    keys = ("right", "n", "right_resolved", "n_resolved")
+    pooled = {rule: dict.fromkeys(keys, 0) for rule in ("gate", "fd_ratio")}
+    inconclusive = 0
+    for name in DATASETS:
+        path = results / name / "results.json"
+        if not path.is_file():
+            continue
+        result = json.loads(path.read_text(encoding="utf-8"))
+        lines += gate_rows(result)
+        rules = result.get("agreement", {}).get("rules", {})
+        for rule, total in pooled.items():
+            for k in keys:
+                total[k] += rules.get(rule, {}).get(k, 0)
+        inconclusive += rules.get("gate", {}).get("inconclusive", 0)
+    g, f = pooled["gate"], pooled["fd_ratio"]
+    lines += [
+        "",
+        f"Pooled over {g['n']} classes ({g['n_resolved']} with a resolved outcome): the "
+        f"gate right on {g['right_resolved']} of the {g['n_resolved']} resolved "
+        f"({g['right']} of {g['n']} in all), inconclusive on {inconclusive} of {g['n']}; "
+        f"the FD ratio rule right on {f['right_resolved']} of the {f['n_resolved']} "
+        f"resolved ({f['right']} of {f['n']}).",
+    ]
+    return "\n".join([*lines, GATE_END])
+
+
+def readme_table(readme: Path, start: str = START, end: str = END) -> str | None:
     text = readme.read_text(encoding="utf-8")
-    if START not in text or END not in text:
+    if start not in text or end not in text:
         return None
-    return START + text.split(START, 1)[1].split(END, 1)[0] + END
+    return start + text.split(start, 1)[1].split(end, 1)[0] + end
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,19 +154,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="exit 1 when README.md's differs")
     args = ap.parse_args(argv)
     readme = REPO / "README.md"
-    fresh = table()
+    fresh = {(START, END): table(), (GATE_START, GATE_END): gate_table()}
     if args.write:
-        old = readme_table(readme)
-        if old is None:
-            raise SystemExit(f"{readme}: no table markers; add the lines {START!r} and {END!r}")
-        readme.write_text(readme.read_text(encoding="utf-8").replace(old, fresh), "utf-8")
+        text = readme.read_text(encoding="utf-8")
+        for (start, end), new in fresh.items():
+            old = readme_table(readme, start, end)
+            if old is None:
+                raise SystemExit(f"{readme}: no table markers; add the lines {start!r} and "
+                                 f"{end!r}")  # fmt: skip
+            text = text.replace(old, new)
+        readme.write_text(text, "utf-8")
     elif args.check:
-        if readme_table(readme) != fresh:
-            print(f"{readme}: the value table differs from the results files; run "
+        if any(readme_table(readme, *marks) != new for marks, new in fresh.items()):
+            print(f"{readme}: a table differs from the results files; run "
                   "python -m experiments.expansion.table --write", file=sys.stderr)  # fmt: skip
             return 1
     else:
-        print(fresh)
+        print(*fresh.values(), sep="\n\n")
     return 0
 
 

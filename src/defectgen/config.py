@@ -370,11 +370,23 @@ class GateConfig(_Section):
     knn_k: int = Field(default=3, ge=1)  # k of the k-NN precision / recall manifolds
     manifold_filter: bool = False  # keep only synthetic images inside the real manifold
     decide_by: Literal["utility", "fidelity"] = "utility"  # what the verdict rests on
-    utility_seeds: int = Field(default=10, ge=2)  # training draws averaged per arm
+    utility_folds: int = Field(default=5, ge=2)  # cross-fitting folds over real train
+    utility_repeats: int = Field(default=4, ge=1)  # fresh fold splits, averaged per image
     proxy_components: int = Field(default=32, ge=1)  # PCA dimensions of the proxy's input
     inconclusive: Literal["reject", "accept"] = "reject"  # an undecided utility keeps out
     blur_radius: float = Field(default=2.0, gt=0.0)  # the corrupted-real reference baselines
     noise_sigma: float = Field(default=25.0, gt=0.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "utility_seeds" in data:
+            raise ValueError(
+                "gate.utility_seeds was replaced by gate.utility_folds and "
+                "gate.utility_repeats: the utility is now cross-fitted over the real train "
+                "images instead of bootstrapped against the gate's half of val; remove it"
+            )
+        return data
 
 
 class SweepConfig(_Section):

@@ -14,13 +14,19 @@
   feature reaching its k-th nearest real neighbour; a synthetic image inside it is
   realistic (precision: the fraction inside), and real images inside the synthetic
   manifold are covered (recall).
+- `decide` is the verdict's rule, from those numbers and the utility estimate
+  (core.utility); the stage, the reports and the docs quote its reasons.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from PIL import Image, ImageFilter
+
+from defectgen.config import GateConfig
 
 
 def blurred(images: list[np.ndarray], radius: float) -> list[np.ndarray]:
@@ -78,29 +84,94 @@ def precision_recall(
     return precision, recall, inside
 
 
-def judge(
-    distance: float, baseline: float, *, max_ratio: float, max_distance: float | None
-) -> tuple[bool, str]:
-    """Pass/fail and the reason, in words a reader of the report understands."""
-    ratio = distance / baseline if baseline > 0 else float("inf")
-    if ratio > max_ratio:
-        return False, (
-            f"distance {distance:.1f} is {ratio:.2f}x the real-vs-real {baseline:.1f} "
-            f"(allowed {max_ratio:g}x)"
-        )
-    if max_distance is not None and distance > max_distance:
-        return False, f"distance {distance:.1f} is above the ceiling {max_distance:g}"
-    return True, f"distance {distance:.1f} is {ratio:.2f}x the real-vs-real {baseline:.1f}"
+@dataclass(frozen=True)
+class Evidence:
+    """What the gate measured for one class (None: not measurable, `missing` says why)."""
+
+    n_compared: int  # synthetic images in the distance comparison
+    n_reference: int  # reference (gate-half val) images
+    distance: float | None = None  # synthetic vs reference
+    baseline: float | None = None  # real train vs reference: the real-vs-real floor
+    blur: float | None = None  # blurred real train vs reference
+    utility: dict | None = None  # core.utility.crossfit's estimate
+    missing: str | None = None  # why the utility could not be estimated
 
 
-def utility_reason(u: dict, *, accepted: bool) -> str:
-    """The utility verdict in words: what the proxy measured and what it decided."""
+@dataclass(frozen=True)
+class Decision:
+    passed: bool
+    verdict: str  # pass | fail | inconclusive
+    reason: str
+    fidelity_passed: bool | None  # the FD ratio rule's answer, under either rule
+    fidelity_reason: str | None
+    utility_verdict: str | None  # pass | fail | inconclusive from the interval alone
+
+
+def _utility_verdict(u: dict | None) -> str | None:
+    if u is None or u.get("delta") is None:
+        return None
+    if u["ci"] is None:
+        return "inconclusive"
+    lo, hi = u["ci"]
+    return "pass" if lo > 0 else "fail" if hi < 0 else "inconclusive"
+
+
+def utility_text(u: dict) -> str:
+    """The utility estimate in words, with what its evidence can resolve."""
     ci = "" if u["ci"] is None else f" [{u['ci'][0]:+.3f}, {u['ci'][1]:+.3f}]"
-    text = (
-        f"utility {u['verdict']}: the synthetic images lower the proxy's val loss by "
-        f"{u['delta']:+.3f}{ci} vs as many classical augmentations ({u['n_images']} val "
-        f"images, {u['n_seeds']} draws)"
+    mde = "" if u.get("mde") is None else f"; it resolves effects from {u['mde']:.3f}"
+    if u.get("n_needed") is not None and u["n_needed"] > u["n_images"]:
+        mde += f", one of {abs(u['delta']):.3f} at about {u['n_needed']} train images"
+    return (
+        f"the synthetic images lower the held-out loss by {u['delta']:+.3f}{ci} vs as many "
+        f"classical augmentations ({u['n_images']} train images cross-fitted, "
+        f"{u['n_folds']} folds x {u['n_repeats']}{mde})"
     )
-    if u["verdict"] == "inconclusive":
-        text += "; accepted by gate.inconclusive" if accepted else "; kept out (gate.inconclusive)"
-    return text
+
+
+def decide(e: Evidence, cfg: GateConfig) -> Decision:
+    """The gate's rule, the one place it is written.
+
+    1. Fewer than 2 synthetic or reference images: fail (nothing to compare).
+    2. The FD ratio rule: pass when distance <= cfg.max_ratio x real-vs-real (and under
+       cfg.max_distance); it decides with cfg.decide_by "fidelity" and is reported
+       under either rule.
+    3. cfg.decide_by "utility": worse than blurred real images fails (the fidelity floor;
+       the utility estimate is still reported); an unmeasurable utility fails; else the
+       utility's 95 % interval above 0 passes, below 0 fails, and one spanning 0 is
+       inconclusive, which cfg.inconclusive rejects or accepts.
+    """
+    u_verdict = _utility_verdict(e.utility)
+    u_words = "" if u_verdict is None else f"; utility {u_verdict}: {utility_text(e.utility)}"
+    if e.distance is None or e.n_compared < 2 or e.n_reference < 2:
+        reason = (
+            f"{e.n_compared} synthetic (after dropping near-duplicates) and {e.n_reference} "
+            "reference images: fewer than 2 to compare"
+        )
+        return Decision(False, "fail", reason + u_words, None, None, u_verdict)
+    ratio = e.distance / e.baseline if e.baseline else float("inf")
+    words = f"distance {e.distance:.1f} is {ratio:.2f}x the real-vs-real {e.baseline:.1f}"
+    if ratio > cfg.max_ratio:
+        fidelity, f_reason = False, f"{words} (allowed {cfg.max_ratio:g}x)"
+    elif cfg.max_distance is not None and e.distance > cfg.max_distance:
+        fidelity = False
+        f_reason = f"distance {e.distance:.1f} is above the ceiling {cfg.max_distance:g}"
+    else:
+        fidelity, f_reason = True, words
+    if cfg.decide_by == "fidelity":
+        verdict = "pass" if fidelity else "fail"
+        return Decision(fidelity, verdict, f_reason, fidelity, f_reason, u_verdict)
+    if e.blur is not None and e.distance > e.blur:
+        reason = (
+            f"distance {e.distance:.1f} is worse than blurred real images' {e.blur:.1f} "
+            "(the fidelity floor)" + u_words
+        )
+        return Decision(False, "fail", reason, fidelity, f_reason, u_verdict)
+    if u_verdict is None:
+        reason = f"utility not measurable: {e.missing or 'no estimate'}; kept out"
+        return Decision(False, "fail", reason, fidelity, f_reason, u_verdict)
+    passed = u_verdict == "pass" or (u_verdict == "inconclusive" and cfg.inconclusive == "accept")
+    reason = f"utility {u_verdict}: {utility_text(e.utility)}"
+    if u_verdict == "inconclusive":
+        reason += "; accepted by gate.inconclusive" if passed else "; kept out (gate.inconclusive)"
+    return Decision(passed, u_verdict, reason, fidelity, f_reason, u_verdict)

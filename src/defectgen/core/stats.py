@@ -16,6 +16,7 @@ the initialisation and the RNG stream but not the batch composition.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -56,6 +57,31 @@ def paired(arm: Sequence[float], control: Sequence[float], level: float = LEVEL)
     t = float(_scipy.t.ppf(0.5 + level / 2, n - 1))
     p = float(2 * _scipy.t.sf(abs(mean) / se, n - 1))
     return {**out, "ci": [float(mean - t * se), float(mean + t * se)], "p_value": p}
+
+
+def mde(sd: float, n: int, level: float = LEVEL, power: float = 0.8) -> float | None:
+    """The minimum detectable effect of a one-sample t test on n differences with this
+    standard deviation: the true mean whose interval excludes 0 with probability
+    `power` (normal-approximation form with t quantiles: (t_{1-a/2} + t_power) sd / sqrt n).
+    None for n < 2."""
+    if n < 2:
+        return None
+    t_a = float(_scipy.t.ppf(0.5 + level / 2, n - 1))
+    t_b = float(_scipy.t.ppf(power, n - 1))
+    return (t_a + t_b) * sd / float(np.sqrt(n))
+
+
+def n_to_resolve(effect: float, sd: float, level: float = LEVEL, power: float = 0.8) -> int | None:
+    """The number of differences (spread `sd`) at which a true mean of `effect` is
+    resolved with probability `power`: the smallest n with mde(sd, n) <= |effect| (the
+    prospective power analysis behind an inconclusive interval). None when effect is 0."""
+    if effect == 0 or not np.isfinite(effect):
+        return None
+    z = float(_scipy.norm.ppf(0.5 + level / 2) + _scipy.norm.ppf(power))
+    n = max(2, math.ceil((z * sd / abs(effect)) ** 2))  # normal approximation: a lower bound
+    while mde(sd, n) > abs(effect):  # t quantiles need a few more where n is small
+        n += 1
+    return n
 
 
 def verdict(comparison: dict, higher_is_better: bool = True, alpha: float = 1 - LEVEL) -> str:

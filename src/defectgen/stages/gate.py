@@ -16,21 +16,19 @@ Per class, in this order, so that the verdict is taken on the images that would 
          synthetic   the remaining synthetic images vs reference
 Distances come from defectgen.reference (Inception FID when its weights are available,
 else the offline EfficientNet-Lite0 distance; gate.json says which).
-    4. the verdict (gate.decide_by):
-         utility    (default) a class worse than blurred real images fails (the fidelity
-                    floor); otherwise its synthetic images must lower a proxy
-                    classifier's loss on the gate's half of val more than as many
-                    classical augmentations of its real images (core.utility: 95 %
-                    interval above 0 passes, below fails, else inconclusive, which
-                    gate.inconclusive rejects or accepts)
-         fidelity   within gate.max_ratio x its real-vs-real distance (reported as
-                    `fidelity_passed` under either rule)
+    4. the utility (core.utility): the class's candidates against as many classical
+       copies of its real train images, cross-fitted over every real train image
+       (gate.utility_folds x gate.utility_repeats), with its interval and the smallest
+       effect that evidence resolves; estimated even where a floor decides;
+    5. the verdict: core.gate.decide, the rule's one statement; gate.json carries its
+       reason per class.
 Failed classes contribute no image. The test split is never read.
 
 Writes under `out_dir`:
     manifest.parquet   the synthetic rows that passed (the training stage's input)
-    gate.json          extractor, per class: distances, baselines, k-NN precision/recall,
-                       verdict, reason, counts and the fraction of generated images kept
+    gate.json          extractor, the utility's model, per class: distances, baselines,
+                       k-NN precision/recall, utility, verdict, reason, counts and the
+                       fraction of generated images kept
     gate.csv           the same per class, one row each (a table for the report)
 Real-image features are cached in `.features` beside `out_dir` (shared with the sweep).
 """
@@ -47,7 +45,7 @@ import torch
 from defectgen import manifest
 from defectgen.artifacts import FEATURES_DIR, GATE_CSV, GATE_JSON
 from defectgen.config import Params
-from defectgen.core import arms, augment, metrics, utility
+from defectgen.core import augment, metrics, utility
 from defectgen.core import gate as gate_core
 from defectgen.io import atomic_dir, atomic_write_json
 from defectgen.reference import Reference, pick
@@ -55,41 +53,45 @@ from defectgen.stagekit import derive_seed, load_images
 
 
 class _Proxy:
-    """The utility proxy's fixed inputs (core.utility): every class's real train
-    features and the gate's half of val, featurised once (cached by defectgen.reference)."""
+    """The utility estimate's fixed inputs (core.utility): every class's real train
+    features (the images generation learned from), featurised once (cached by
+    defectgen.reference), and the row index of each train id."""
 
     def __init__(self, ref: Reference, size: int):
         self.ref, self.size = ref, size
         self.labels = sorted({r["label"] for r in ref.rows})
-        self.real_x, self.real_y = self._stack([ref.train(c) for c in self.labels])
-        self.val_x, self.val_y = self._stack([ref.val(c, "gate") for c in self.labels])
+        rows = [r for c in self.labels for r in ref.train(c)]
+        self.index = {r["id"]: i for i, r in enumerate(rows)}
+        self.real_y = np.array([self.labels.index(r["label"]) for r in rows], dtype=int)
+        self.real_x = ref.real_features(rows, size).numpy() if rows else np.zeros((0, 1))
 
-    def _stack(self, per_class: list[list[dict]]) -> tuple[np.ndarray, np.ndarray]:
-        """Features and class indices of every class's rows (classes without rows, e.g.
-        an empty val half on a tiny dataset, contribute nothing)."""
-        feats, ys = [], []
-        for i, rows in enumerate(per_class):
-            if rows:
-                feats.append(self.ref.real_features(rows, self.size).numpy())
-                ys.append(np.full(len(rows), i))
-        if not feats:
-            return np.zeros((0, 1)), np.zeros(0, dtype=int)
-        return np.concatenate(feats), np.concatenate(ys)
+    def missing(self, params: Params) -> str | None:
+        """Why no estimate can be made here, or None."""
+        if len(set(self.real_y.tolist())) < 2:
+            return "fewer than 2 classes with real train images"
+        if not utility.folds_for(self.real_y, params.gate.utility_folds):
+            return "a class has fewer than 2 real train images to cross-fit"
+        return None
 
-    def utility(self, params: Params, label: str, f_syn: torch.Tensor, seed: int) -> dict:
-        """Class `label`'s synthetic features against as many classical copies of its real
-        train images (drawn in whole passes, core.arms), on the gate's half of val."""
+    def utility(self, params: Params, label: str, rows: list[dict], f_syn: torch.Tensor) -> dict:
+        """Class `label`'s synthetic images (`rows`, features `f_syn`) against classical
+        copies of its real train images, cross-fitted over every real train image."""
         cfg = params.gate
         rng = np.random.default_rng(derive_seed(params.seed, "gate-classical", label))
         own = self.ref.train(label)
-        sources = arms.draw_classical(own, {label: len(f_syn)}, rng)
-        images = self.ref.images(sources, self.size)
-        copies = [augment.classical_copy(params.classical, px, rng).image for px in images]
-        f_classical = self.ref.features(copies)
-        return utility.utility(
-            self.real_x, self.real_y, f_syn.numpy(), f_classical.numpy(),
-            self.labels.index(label), self.val_x, self.val_y,
-            seeds=cfg.utility_seeds, components=cfg.proxy_components, seed=seed % 2**32,
+        copies_each = utility.pool_size(len(rows), len(own), cfg.utility_folds)
+        images = self.ref.images(own, self.size)
+        copies = [augment.classical_copy(params.classical, px, rng).image
+                  for px in images for _ in range(copies_each)]  # fmt: skip
+        sources = np.repeat([self.index[r["id"]] for r in own], copies_each)
+        parents = np.array([self.index.get(r.get("parent_id") or "", utility.NO_PARENT)
+                            for r in rows], dtype=int)  # fmt: skip
+        return utility.crossfit(
+            self.real_x, self.real_y, f_syn.numpy(), parents,
+            self.ref.features(copies).numpy(), sources, self.labels.index(label),
+            folds=cfg.utility_folds, repeats=cfg.utility_repeats,
+            components=cfg.proxy_components,
+            seed=derive_seed(params.seed, "gate-utility", label) % 2**32,
         )  # fmt: skip
 
 
@@ -137,81 +139,66 @@ def run(params: Params, *, preprocessed: Path, generated: Path, out_dir: Path) -
             "outside_manifold": int((~inside).sum()), "manifold_filter": cfg.manifold_filter,
             "n_candidates": len(candidates), "n_compared": n, "n_reference": 0,
         }  # fmt: skip
-        # 3. the verdict is taken on the images that would pass, against the gate's half of val
-        if n < 2 or len(val) < 2:
-            why = "fewer than 2 train, gate-half val or synthetic images (after dropping "
-            entry.update(passed=False, reason=why + "near-duplicates) to compare", n_kept=0)
-            report[label] = entry
-            metrics_out[f"{label}/passed"] = 0.0
-            metrics_out[f"{label}/near_duplicates"] = float(entry["near_duplicates"])
-            continue
-        ref_rows = pick(val, cfg.max_images, seed)
-        train_rows = pick(train, n, seed)
-        train_px = ref.images(train_rows, size)
-        f_ref = ref.real_features(ref_rows, size)
-        f_train = ref.real_features(train_rows, size)
-        f_blur = ref.features(gate_core.blurred(train_px, cfg.blur_radius))
-        f_noise = ref.features(
-            gate_core.noised(train_px, cfg.noise_sigma, np.random.default_rng(seed))
-        )
-        f_syn = f_syn_all[keep][np.random.default_rng(seed).permutation(len(candidates))[:n]]
-
-        distance = metrics.frechet(f_syn, f_ref)
-        baseline = metrics.frechet(f_train, f_ref)
-        blur = metrics.frechet(f_blur, f_ref)
-        kd_mean, kd_std = metrics.kernel(f_syn, f_ref, subsets=cfg.kid_subsets, seed=seed % 2**31)
-        fidelity, fidelity_reason = gate_core.judge(
-            distance, baseline, max_ratio=cfg.max_ratio, max_distance=cfg.max_distance
-        )
-        entry.update(fidelity_passed=fidelity, fidelity_reason=fidelity_reason)
-        if cfg.decide_by == "fidelity":
-            passed, reason = fidelity, fidelity_reason
-        elif distance > blur:
-            passed, reason = (
-                False,
-                (
-                    f"distance {distance:.1f} is worse than blurred real images' {blur:.1f} "
-                    "(the fidelity floor)"
+        # 3. distances, taken on the images that would pass, against the gate's half of val
+        measured: dict = {}
+        ref_rows: list[dict] = []
+        if n >= 2 and len(val) >= 2:
+            ref_rows = pick(val, cfg.max_images, seed)
+            train_rows = pick(train, n, seed)
+            train_px = ref.images(train_rows, size)
+            f_ref = ref.real_features(ref_rows, size)
+            rng = np.random.default_rng(seed)
+            f_syn = f_syn_all[keep][rng.permutation(len(candidates))[:n]]
+            kd_mean, kd_std = metrics.kernel(
+                f_syn, f_ref, subsets=cfg.kid_subsets, seed=seed % 2**31
+            )
+            noisy = gate_core.noised(train_px, cfg.noise_sigma, np.random.default_rng(seed))
+            measured = {
+                fd: metrics.frechet(f_syn, f_ref),
+                f"{fd}_real": metrics.frechet(ref.real_features(train_rows, size), f_ref),
+                f"{fd}_blur": metrics.frechet(
+                    ref.features(gate_core.blurred(train_px, cfg.blur_radius)), f_ref
                 ),
-            )
-        elif len(proxy.val_y) < 2 or len(set(proxy.real_y.tolist())) < 2:
-            passed, reason = (
-                False,
-                (
-                    "utility not measurable: fewer than 2 images in the gate's half of val or "
-                    "fewer than 2 classes with real train images; kept out"
-                ),
-            )
-        else:
-            u = proxy.utility(params, label, f_syn_all[keep], seed)
-            entry["utility"] = u
-            passed = u["verdict"] == "pass" or (
-                u["verdict"] == "inconclusive" and cfg.inconclusive == "accept"
-            )
-            reason = gate_core.utility_reason(u, accepted=passed)
-        entry["verdict"] = (
-            entry["utility"]["verdict"] if "utility" in entry else ("pass" if passed else "fail")
-        )
+                f"{fd}_noise": metrics.frechet(ref.features(noisy), f_ref),
+                kd: kd_mean,
+                f"{kd}_std": kd_std,
+            }
+        # 4. the utility, cross-fitted on train (reported even where a floor decides)
+        missing = proxy.missing(params) if candidates else "no synthetic image left"
+        if missing is None:
+            entry["utility"] = proxy.utility(params, label, candidates, f_syn_all[keep])
+        decision = gate_core.decide(
+            gate_core.Evidence(
+                n_compared=n, n_reference=len(ref_rows), distance=measured.get(fd),
+                baseline=measured.get(f"{fd}_real"), blur=measured.get(f"{fd}_blur"),
+                utility=entry.get("utility"), missing=missing,
+            ),
+            cfg,
+        )  # fmt: skip
+        passed = decision.passed
         if passed:
             kept.extend(candidates)
+        base = measured.get(f"{fd}_real")
         entry.update(
+            **measured,
             n_reference=len(ref_rows),
             reference_sha256=hashlib.sha256(
                 "\n".join(sorted(r["id"] for r in ref_rows)).encode()
             ).hexdigest(),
-            **{fd: distance, f"{fd}_real": baseline, kd: kd_mean, f"{kd}_std": kd_std},
-            **{f"{fd}_blur": blur},
-            **{f"{fd}_noise": metrics.frechet(f_noise, f_ref)},
-            ratio=distance / baseline if baseline > 0 else None,
+            ratio=measured[fd] / base if base else None,
+            fidelity_passed=decision.fidelity_passed,
+            fidelity_reason=decision.fidelity_reason,
             passed=passed,
-            reason=reason,
+            verdict=decision.verdict,
+            utility_verdict=decision.utility_verdict,
+            reason=decision.reason,
             n_kept=len(candidates) if passed else 0,
         )  # fmt: skip
         entry["fraction_kept"] = entry["n_kept"] / len(syn_rows)
         report[label] = entry
-        for key in (fd, f"{fd}_real", f"{fd}_blur", f"{fd}_noise", kd, "near_duplicates",
-                    "knn_precision", "knn_recall"):  # fmt: skip
-            metrics_out[f"{label}/{key}"] = float(entry[key])
+        for key in (*measured, "near_duplicates", "knn_precision", "knn_recall"):
+            if not key.endswith("_std"):
+                metrics_out[f"{label}/{key}"] = float(entry[key])
         metrics_out[f"{label}/passed"] = float(passed)
 
     with atomic_dir(out_dir) as tmp:
@@ -223,6 +210,7 @@ def run(params: Params, *, preprocessed: Path, generated: Path, out_dir: Path) -
                 "note": ref.note,
                 "reference": "the gate's half of each class's val images (the sweep chose "
                 "its cell on the other half)",
+                "utility_model": utility.describe(cfg),
                 "classes": report,
             },
         )

@@ -114,9 +114,10 @@ def _gate(sweep: Path, gated: Path) -> tuple[Section, int, int]:
         "damage); lower is better, compare within a row. k-NN precision: the share of "
         "synthetic images inside the real train images' manifold (recall: the share of "
         "real images the synthetic ones cover). Utility: how much more the synthetic "
-        "images lower a proxy classifier's val loss than as many classical "
-        "augmentations (95 % interval over val images); with gate.decide_by utility it "
-        f"decides. Extractor: {gate['extractor']} ({gate['note']})."
+        "images lower a held-out loss than as many classical augmentations, "
+        f"cross-fitted over the real train images ({gate.get('utility_model', '-')}). "
+        "The verdict column gives the rule's reason for each class. "
+        f"Extractor: {gate['extractor']} ({gate['note']})."
     )
     rows = []
     for label, entry in gate["classes"].items():
