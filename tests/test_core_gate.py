@@ -80,3 +80,14 @@ def test_an_inconclusive_reason_says_how_many_images_would_resolve_it():
     # no such clause when the estimate already has the images it needs
     d = decide(_e(utility={**_u(0.01, 0.2), "n_needed": 40}), UTILITY)
     assert d.verdict == "pass" and "about" not in d.reason
+
+
+def test_the_reason_says_the_sign_in_words_and_the_interval_in_the_same_sense():
+    # delta is classical minus synthetic loss: +0.03 means the synthetic images help
+    helped = decide(_e(utility=_u(0.01, 0.05)), UTILITY).reason
+    assert "held-out loss 0.030 lower with the synthetic images" in helped
+    assert "synthetic - classical -0.030 [-0.050, -0.010]" in helped
+    hurt = decide(_e(utility={**_u(-0.05, 0.01), "n_needed": 1234567}), UTILITY).reason
+    assert "held-out loss 0.020 higher with the synthetic images" in hurt
+    assert "synthetic - classical +0.020 [-0.010, +0.050]" in hurt
+    assert "at about 1,234,567 train images" in hurt

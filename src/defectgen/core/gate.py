@@ -117,15 +117,21 @@ def _utility_verdict(u: dict | None) -> str | None:
 
 
 def utility_text(u: dict) -> str:
-    """The utility estimate in words, with what its evidence can resolve."""
-    ci = "" if u["ci"] is None else f" [{u['ci'][0]:+.3f}, {u['ci'][1]:+.3f}]"
+    """The utility estimate in words, with what its evidence can resolve.
+
+    u["delta"] is classical minus synthetic held-out loss (positive: the synthetic
+    images help); the words give the synthetic arm's loss relative to the classical one,
+    so the sign is said once, in words, and the interval follows in the same sense."""
+    diff = -u["delta"]  # synthetic minus classical: negative helps
+    side = "lower" if diff < 0 else "higher"
+    ci = "" if u["ci"] is None else f" [{-u['ci'][1]:+.3f}, {-u['ci'][0]:+.3f}]"
     mde = "" if u.get("mde") is None else f"; it resolves effects from {u['mde']:.3f}"
     if u.get("n_needed") is not None and u["n_needed"] > u["n_images"]:
-        mde += f", one of {abs(u['delta']):.3f} at about {u['n_needed']} train images"
+        mde += f", one of {abs(diff):.3f} at about {u['n_needed']:,} train images"
     return (
-        f"the synthetic images lower the held-out loss by {u['delta']:+.3f}{ci} vs as many "
-        f"classical augmentations ({u['n_images']} train images cross-fitted, "
-        f"{u['n_folds']} folds x {u['n_repeats']}{mde})"
+        f"held-out loss {abs(diff):.3f} {side} with the synthetic images than with as many "
+        f"classical augmentations (synthetic - classical {diff:+.3f}{ci}; {u['n_images']} "
+        f"train images cross-fitted, {u['n_folds']} folds x {u['n_repeats']}{mde})"
     )
 
 
