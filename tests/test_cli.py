@@ -180,3 +180,36 @@ def test_schedule_says_what_it_needs_before_touching_a_cluster(tmp_path, capsys,
     assert main(["schedule", "create", "--params", params, "--package", package]) == 2
     err = capsys.readouterr().err
     assert "KFP endpoint http://127.0.0.1:9: connect failed" in err and "Traceback" not in err
+
+
+def test_long_stages_print_progress_lines_under_a_pipe(folders_dataset: Path, tmp_path: Path):
+    """base and finetune say what they do, k of N and the time left, as plain lines on a
+    piped stderr (what dvc repro, KFP logs and CI show)."""
+    params = _params(tmp_path, folders_dataset)
+    raw = yaml.safe_load(params.read_text())
+    raw["preprocess"]["image_size"] = 32
+    raw["base"].update({"batch_size": 4, "vae_steps": 4, "unet_steps": 3})
+    raw["finetune"]["batch_size"] = 2
+    raw["finetune"]["ti"]["steps"] = raw["finetune"]["lora"]["steps"] = 2
+    params.write_text(yaml.safe_dump(raw))
+    ing, pre = str(tmp_path / "ing"), str(tmp_path / "pre")
+    assert main(["ingest", "--params", str(params), "--out", ing]) == 0
+    assert main(["preprocess", "--params", str(params), "--ingested", ing, "--out", pre]) == 0
+    cli = [sys.executable, "-c", "from defectgen import cli; cli.entry()"]
+    common = ["--params", str(params), "--preprocessed", pre]
+    base = subprocess.run([*cli, "base", *common, "--out", str(tmp_path / "base")],
+                          capture_output=True, text=True)  # fmt: skip
+    assert base.returncode == 0, base.stderr
+    assert "[base VAE] 4 steps ..." in base.stderr
+    assert "[base VAE] step 4/4, loss " in base.stderr and "[base UNet] step 3/3, " in base.stderr
+    finetune = subprocess.run(
+        [*cli, "finetune", *common, "--base", str(tmp_path / "base"), "--out",
+         str(tmp_path / "ft")], capture_output=True, text=True,
+    )  # fmt: skip
+    assert finetune.returncode == 0, finetune.stderr
+    lines = finetune.stderr.splitlines()
+    assert "[finetune crack ti] step 2/2" in finetune.stderr
+    done = [line for line in lines if line.startswith("[finetune] class ")]
+    assert [line.split(" (")[0] for line in done] == [f"[finetune] class {k}/3" for k in (1, 2, 3)]
+    assert "min left" in done[0] and "min left" not in done[-1]
+    assert "\r" not in base.stderr + finetune.stderr  # lines, not a redrawn bar

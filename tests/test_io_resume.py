@@ -53,3 +53,28 @@ def test_a_failing_unit_keeps_the_finished_ones_for_the_rerun(tmp_path):
     rerun = resume.ensure_many(_jobs([5, 4, 6, 7]), workers=2)
     assert [s is None for _, s in rerun] == [True, False, True, True]  # only u1 again
     assert [r["value"] for r in _records(rerun)] == [5, 4, 6, 7]
+
+
+def test_each_unit_ticks_once_as_it_finishes_and_units_prints_k_of_n(tmp_path, capfd):
+    from defectgen.stagekit import Units
+
+    resume = Resume(tmp_path / "out", "key")
+    resume.ensure(_jobs([3])[0][0], write_where, 3)  # u0 finished by an earlier run
+    units = Units("train", "run", 3)
+    ticks: list[tuple[str, bool]] = []
+
+    def tick(unit: str, seconds: float | None) -> None:
+        ticks.append((unit, seconds is None))
+        units.tick(unit, seconds)
+
+    resume.ensure_many(_jobs([3, 1, 2]), workers=2, tick=tick)
+    assert ticks[0] == ("u0", True)  # the finished one first, as found
+    assert sorted(ticks[1:]) == [("u1", False), ("u2", False)]
+    lines = capfd.readouterr().err.splitlines()
+    assert lines[0] == "[train] run 1/3 (u0) already done"
+    assert lines[1].startswith("[train] run 2/3 (u") and lines[1].endswith(" min left")
+    assert lines[2].startswith("[train] run 3/3 (u") and "min left" not in lines[2]
+    # one worker ticks in the jobs' order, resumed or not
+    ticks.clear()
+    Resume(tmp_path / "serial", "key").ensure_many(_jobs([3, 1]), tick=tick)
+    assert ticks == [("u0", False), ("u1", False)]

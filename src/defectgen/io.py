@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 
@@ -138,9 +138,15 @@ class Resume:
         return self.root / unit, time.perf_counter() - started
 
     def ensure_many(
-        self, jobs: Sequence[tuple[str, Callable[..., object], tuple]], *, workers: int = 1
+        self,
+        jobs: Sequence[tuple[str, Callable[..., object], tuple]],
+        *,
+        workers: int = 1,
+        tick: Callable[[str, float | None], None] | None = None,
     ) -> list[tuple[Path, float | None]]:
         """`ensure` for many units, [(unit, make, args)]; results in the jobs' order.
+        `tick(unit, seconds)` is called as each unit is found done (seconds None) or
+        finishes (stagekit.Units prints progress from it).
 
         With `workers` > 1 the unfinished units run that many at a time, each in a fresh
         process with one CPU thread (OMP_NUM_THREADS=1, set before torch loads there): on
@@ -149,19 +155,36 @@ class Resume:
         arguments must pickle. A unit that fails raises after the others finish, so a
         rerun redoes only what did not complete.
         """
+        tick = tick or (lambda unit, seconds: None)
         todo = [job for job in jobs if self.done(job[0]) is None]
         if workers <= 1 or len(todo) <= 1:
-            return [self.ensure(unit, make, *args) for unit, make, args in jobs]
+            out = []
+            for unit, make, args in jobs:
+                out.append(self.ensure(unit, make, *args))
+                tick(unit, out[-1][1])
+            return out
+        for unit, _, _ in jobs:
+            if self.done(unit) is not None:
+                tick(unit, None)
         seconds: dict[str, float | None] = {}
         with ProcessPoolExecutor(
             min(workers, len(todo)),
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_one_thread,
         ) as pool:
-            futures = [(unit, pool.submit(self.ensure, unit, make, *args))
-                       for unit, make, args in todo]  # fmt: skip
-            for unit, future in futures:
-                seconds[unit] = future.result()[1]
+            futures = {pool.submit(self.ensure, unit, make, *args): unit
+                       for unit, make, args in todo}  # fmt: skip
+            failed: BaseException | None = None
+            for future in as_completed(futures):
+                unit = futures[future]
+                try:
+                    seconds[unit] = future.result()[1]
+                except BaseException as exc:  # the others finish first (see above)
+                    failed = failed or exc
+                    continue
+                tick(unit, seconds[unit])
+            if failed is not None:
+                raise failed
         return [(self.root / unit, seconds.get(unit)) for unit, _, _ in jobs]
 
     def finish(self) -> None:

@@ -121,6 +121,30 @@ def progress(
     return wrapped
 
 
+class Units:
+    """Progress over a stage's units (classes, training runs): a line on stderr as each
+    one finishes, "[what] noun k/N (unit) done in 12.3 s; about 1.5 min left", or
+    "... already done" for a resumed one. The time left is the mean of the units built
+    in this process times those still to come. Plain lines, so that dvc repro, KFP logs
+    and CI show them as they come."""
+
+    def __init__(self, what: str, noun: str, total: int) -> None:
+        self.what, self.noun, self.total = what, noun, total
+        self.k = 0
+        self.built: list[float] = []
+
+    def tick(self, unit: str, seconds: float | None) -> None:
+        self.k += 1
+        head = f"[{self.what}] {self.noun} {self.k}/{self.total} ({unit})"
+        if seconds is None:
+            print(f"{head} already done", file=sys.stderr, flush=True)
+            return
+        self.built.append(seconds)
+        left = (self.total - self.k) * sum(self.built) / len(self.built)
+        tail = f"; about {left / 60:.1f} min left" if self.k < self.total else ""
+        print(f"{head} done in {seconds:.1f} s{tail}", file=sys.stderr, flush=True)
+
+
 class Curves:
     """Loss curves of a stage: one CSV per series (`<series>.csv`, columns step, loss) in
     a folder, which dvc.yaml declares as plots and the runner logs to MLflow."""

@@ -35,7 +35,7 @@ from defectgen.core.images import ImageProblem, decode_image, encode_png
 from defectgen.declarations import get_stage
 from defectgen.errors import ConfigError
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
-from defectgen.stagekit import Curves, derive_seed, in_cluster, train_images
+from defectgen.stagekit import Curves, derive_seed, in_cluster, progress, train_images
 
 PSNR_IMAGES = 64  # val images used to measure the VAE's reconstruction quality
 
@@ -154,7 +154,7 @@ def _train_vae(unit: Path, pipe, pixels: torch.Tensor, params: Params, rt, curve
             lr=cfg.vae_lr,
             gen=torch.Generator().manual_seed(derive_seed(params.seed, "vae")),
             rt=rt,
-            log=curves.logger("vae"),
+            log=progress("base VAE", cfg.vae_steps, curves.logger("vae")),
             objective=cfg.vae_loss,
         )
     pipe.vae.save_pretrained(unit)
@@ -163,7 +163,8 @@ def _train_vae(unit: Path, pipe, pixels: torch.Tensor, params: Params, rt, curve
 
 def _train_unet(unit: Path, pipe, pixels: torch.Tensor, params: Params, rt, curves: Curves):
     """Train the prior's UNet on the frozen VAE's latents; save the whole pipeline."""
-    train_prior_unet(pipe, pixels, params.base, seed=params.seed, rt=rt, log=curves.logger("unet"))
+    log = progress("base UNet", params.base.unet_steps, curves.logger("unet"))
+    train_prior_unet(pipe, pixels, params.base, seed=params.seed, rt=rt, log=log)
     pipe.save_pretrained(unit)
     curves.write(unit / CURVES_DIR)
 

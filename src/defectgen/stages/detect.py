@@ -61,7 +61,7 @@ from defectgen.core.images import decode_image
 from defectgen.declarations import get_stage
 from defectgen.errors import DataError
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
-from defectgen.stagekit import Curves, derive_seed
+from defectgen.stagekit import Curves, Units, derive_seed
 
 if TYPE_CHECKING:
     from defectgen.core import detect
@@ -277,6 +277,8 @@ def run(
     records: list[dict] = []
     skipped: dict[str, str] = {}
     metrics_out: dict[str, float] = {}
+    trained = [c for c in data.plan if not data.reason(c)]
+    units = Units("detect", "detector", len(trained) * len(cfg.models) * len(cfg.seeds))
     for condition in data.plan:
         if reason := data.reason(condition):
             skipped[condition] = reason
@@ -287,6 +289,7 @@ def run(
                 done, seconds = resume.ensure(
                     unit_name, _record_unit, params, data, model_name, condition, seed
                 )
+                units.tick(unit_name, seconds)
                 if seconds is not None:
                     metrics_out[f"time/{model_name}/{metric_name(condition)}/{seed}_s"] = seconds
                 records.append(json.loads((done / RECORD_JSON).read_text(encoding="utf-8")))

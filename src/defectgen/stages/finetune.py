@@ -53,7 +53,7 @@ from defectgen.core.images import decode_image, encode_png
 from defectgen.declarations import get_stage
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
 from defectgen.prior import open_base
-from defectgen.stagekit import Curves, derive_seed, train_images
+from defectgen.stagekit import Curves, Units, derive_seed, progress, train_images
 
 _PRIOR_UNIT = ".dreambooth-prior"  # resume unit (class labels never start with a dot)
 
@@ -143,7 +143,8 @@ def _adapt_class(
         adapt.train(
             pipe, trainable, token_ids, latents, noise_scheduler,
             steps=steps.steps, lr=steps.lr, batch_size=cfg.batch_size, gen=gen, rt=rt,
-            log=curves.logger(f"{label}.{name}"), prior=prior,
+            log=progress(f"finetune {label} {name}", steps.steps, curves.logger(f"{label}.{name}")),
+            prior=prior,
         )  # fmt: skip
         phases[name] = {"steps": steps.steps, "lr": steps.lr, **info}
 
@@ -255,11 +256,13 @@ def run(params: Params, *, preprocessed: Path, base: Path, out_dir: Path) -> dic
             shutil.copytree(made, tmp / PRIOR_DIR)
             if any(resume.done(label) is None for label in per_class):  # someone trains
                 prior = _prior(params, base, tmp / PRIOR_DIR, rt)
+        units = Units("finetune", "class", len(per_class))
         for label, items in per_class.items():
             pixels, ids = [px for _, px in items], [r["id"] for r, _ in items]
             done, seconds = resume.ensure(
                 label, _adapt_class, params, base, label, pixels, ids, rt, prior
             )
+            units.tick(label, seconds)
             if seconds is not None:
                 metrics[f"time/{label}_s"] = seconds
             shutil.copytree(

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import time
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,7 @@ from defectgen.core import augment, metrics, utility
 from defectgen.core import gate as gate_core
 from defectgen.io import atomic_dir, atomic_write_json
 from defectgen.reference import Reference, pick
-from defectgen.stagekit import derive_seed, load_images
+from defectgen.stagekit import Units, derive_seed, load_images
 
 
 class _Proxy:
@@ -115,7 +116,9 @@ def run(params: Params, *, preprocessed: Path, generated: Path, out_dir: Path) -
     kept: list[dict] = []
     metrics_out: dict[str, float] = {}
     proxy = _Proxy(ref, synthetic[0]["width"]) if synthetic else None
+    units = Units("gate", "class", len(labels))
     for label in labels:
+        started = time.perf_counter()
         syn_rows = [r for r in synthetic if r["label"] == label]
         size = syn_rows[0]["width"]
         train, val = ref.train(label), ref.val(label, "gate")
@@ -196,6 +199,7 @@ def run(params: Params, *, preprocessed: Path, generated: Path, out_dir: Path) -
         )  # fmt: skip
         entry["fraction_kept"] = entry["n_kept"] / len(syn_rows)
         report[label] = entry
+        units.tick(f"{label}: {decision.verdict}", time.perf_counter() - started)
         for key in (*measured, "near_duplicates", "knn_precision", "knn_recall"):
             if not key.endswith("_std"):
                 metrics_out[f"{label}/{key}"] = float(entry[key])

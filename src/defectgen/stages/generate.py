@@ -43,7 +43,7 @@ from defectgen.declarations import get_stage
 from defectgen.errors import DataError
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
 from defectgen.prior import open_class
-from defectgen.stagekit import derive_seed, parent_order, train_images
+from defectgen.stagekit import Units, derive_seed, parent_order, train_images
 
 if TYPE_CHECKING:  # diffusers is imported through core.diffusion (torchvision shim first)
     pass
@@ -189,12 +189,14 @@ def run(
     rows: list[dict] = []
     shown: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
     total_s = 0.0
+    units = Units("generate", "class", len(labels))
     with atomic_dir(out_dir) as tmp:
         for label in labels:
             done, seconds = resume.ensure(
                 label, _generate_class, params, base, adapters / "adapters" / label,
                 per_class[label], rt, settings[label],
             )  # fmt: skip
+            units.tick(label, seconds)
             if seconds is not None:
                 metrics[f"time/{label}_s"] = seconds
                 total_s += seconds

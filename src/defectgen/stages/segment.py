@@ -61,7 +61,7 @@ from defectgen.core.images import decode_image
 from defectgen.declarations import get_stage
 from defectgen.errors import DataError
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
-from defectgen.stagekit import Curves, derive_seed
+from defectgen.stagekit import Curves, Units, derive_seed
 
 METRICS = (
     "s_measure",
@@ -317,21 +317,25 @@ def run(
     checks_of: dict[str, list[int]] = {}  # per condition, the val checks' steps
     curves = Curves()
     metrics_out: dict[str, float] = {}
+    to_train = [c for c in conds.plan if c != arms.MAJORITY and not conds.reason(c)]
     with atomic_dir(out_dir) as tmp:
         export = added["real+synthetic" if cfg.export == "gated" else "real+ungated"]
         counts = _export(tmp, preprocessed, pairs_dir, rows, export, labels)
+        # every condition's seeds in one pool: cfg.workers stay busy to the last U-Net
+        labels_test = [r["label"] for r in test]
+        jobs = [(f"{condition}.seed{seed}", _record_unit,
+                 (params, conds, condition, seed, val_set, test_set, labels_test))
+                for condition in to_train for seed in cfg.seeds]  # fmt: skip
+        units = Units("segment", "U-Net", len(jobs))
+        made = iter(resume.ensure_many(jobs, workers=cfg.workers, tick=units.tick))
         for condition in conds.plan:
             if condition == arms.MAJORITY:  # a classifier baseline; no pixel-level analogue
                 continue
             if reason := conds.reason(condition):
                 report["conditions"][condition] = {"skipped": reason}
                 continue
-            labels_test = [r["label"] for r in test]
-            jobs = [(f"{condition}.seed{seed}", _record_unit,
-                     (params, conds, condition, seed, val_set, test_set, labels_test))
-                    for seed in cfg.seeds]  # fmt: skip
-            finished = resume.ensure_many(jobs, workers=cfg.workers)
-            for seed, (folder, _) in zip(cfg.seeds, finished, strict=True):
+            for seed in cfg.seeds:
+                folder, _ = next(made)
                 done = json.loads((folder / RECORD_JSON).read_text("utf-8"))
                 curves.series[f"{metric_name(condition)}.seed{seed}"] = done["losses"]
                 checks_of[condition] = done["eval_steps"]

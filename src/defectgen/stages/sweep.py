@@ -52,7 +52,7 @@ from defectgen.errors import DataError
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
 from defectgen.prior import open_class
 from defectgen.reference import Reference, pick
-from defectgen.stagekit import derive_seed, parent_order, train_images
+from defectgen.stagekit import Units, derive_seed, parent_order, train_images
 
 
 def _probe_class(
@@ -190,6 +190,7 @@ def run(
     metrics_out: dict[str, float] = {}
     chosen: dict[str, dict] = {}
     table: list[dict] = []
+    units = Units("sweep", "class", len(labels))
     with atomic_dir(out_dir) as tmp:
         for label in labels:
             if len(ref.val(label, "sweep")) < 2:
@@ -203,6 +204,7 @@ def run(
                 label, _probe_class, params, ref, base, adapters / "adapters" / label,
                 per_class[label], rt,
             )  # fmt: skip
+            units.tick(label, seconds)
             if seconds is not None:
                 metrics_out[f"time/{label}_s"] = seconds
             record = json.loads((done / CELLS_JSON).read_text(encoding="utf-8"))

@@ -78,7 +78,7 @@ from defectgen.core.device import runtime
 from defectgen.declarations import get_stage
 from defectgen.errors import DataError
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
-from defectgen.stagekit import Curves, derive_seed, load_images
+from defectgen.stagekit import Curves, Units, derive_seed, load_images
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 
@@ -467,11 +467,13 @@ def run(
     # a probe's runs take seconds once its features exist: they train here, where the
     # feature cache lives; end-to-end models train cfg.workers at a time in worker processes
     finished: dict[tuple[str, str, int], tuple[Path, float | None]] = {}
+    units = Units("train", "run", len(runs))
     for on_features in (True, False):
         mine = [run for run in runs if classify.on_features(run[0]) == on_features]
         jobs = [(f"{m}.{c}.{s}", _record_unit, (params, data, m, c, s)) for m, c, s in mine]
         workers = 1 if on_features else cfg.workers
-        finished.update(zip(mine, resume.ensure_many(jobs, workers=workers), strict=True))
+        made = resume.ensure_many(jobs, workers=workers, tick=units.tick)
+        finished.update(zip(mine, made, strict=True))
     for model_name, condition, seed in runs:
         done, seconds = finished[(model_name, condition, seed)]
         if seconds is not None:
