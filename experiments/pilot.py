@@ -80,11 +80,7 @@ def train_one(params, model_name, rows, val, labels, size, seed, steps, evals) -
         weight_decay=cfg.weight_decay, schedule_kind=cfg.schedule, warmup=cfg.warmup,
         select_by=rows["metric"],
     )  # fmt: skip
-    return {
-        "model": model_name, "size": size, "seed": seed, "n_train": len(y),
-        "eval_steps": fit.eval_steps, "val": fit.val_score, "loss": fit.losses,
-        "best_step": fit.best_step, "best_val": max(fit.val_score),
-    }  # fmt: skip
+    return _record(model_name, size, seed, len(y), fit, fit.val_score)
 
 
 def train_unet(params, rows, val, size, seed, steps, evals) -> dict:
@@ -100,10 +96,16 @@ def train_unet(params, rows, val, size, seed, steps, evals) -> dict:
         evals=evals, weight_decay=cfg.weight_decay, schedule_kind=cfg.schedule,
         warmup=cfg.warmup,
     )  # fmt: skip
+    return _record(UNET, size, seed, len(images), fit, fit.val_dice)
+
+
+def _record(model: str, size, seed: int, n_train: int, fit, val: list[float]) -> dict:
+    """One pilot run as pilot.json keeps it (`fit`: a classifier's or a U-Net's, `val`
+    its val curve: accuracy-like or Dice)."""
     return {
-        "model": UNET, "size": size, "seed": seed, "n_train": len(images),
-        "eval_steps": fit.eval_steps, "val": fit.val_dice, "loss": fit.losses,
-        "best_step": fit.best_step, "best_val": max(fit.val_dice),
+        "model": model, "size": size, "seed": seed, "n_train": n_train,
+        "eval_steps": fit.eval_steps, "val": val, "loss": fit.losses,
+        "best_step": fit.best_step, "best_val": max(val),
     }  # fmt: skip
 
 

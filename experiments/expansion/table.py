@@ -77,11 +77,17 @@ def table(results: Path = RESULTS) -> str:
         "verdict (Holm) |",
         "|---|---|---:|---|---|---:|---:|---:|---:|---|",
     ]
+    for result in _results(results):
+        lines += rows(result)
+    return "\n".join([*lines, END])
+
+
+def _results(results: Path):
+    """Each dataset's committed results.json, in DATASETS order (those that exist)."""
     for name in DATASETS:
         path = results / name / "results.json"
         if path.is_file():
-            lines += rows(json.loads(path.read_text(encoding="utf-8")))
-    return "\n".join([*lines, END])
+            yield json.loads(path.read_text(encoding="utf-8"))
 
 
 def gate_rows(result: dict) -> list[str]:
@@ -118,11 +124,7 @@ def gate_table(results: Path = RESULTS) -> str:
     keys = ("right", "n", "right_resolved", "n_resolved")
     pooled = {rule: dict.fromkeys(keys, 0) for rule in ("gate", "fd_ratio")}
     inconclusive = 0
-    for name in DATASETS:
-        path = results / name / "results.json"
-        if not path.is_file():
-            continue
-        result = json.loads(path.read_text(encoding="utf-8"))
+    for result in _results(results):
         lines += gate_rows(result)
         rules = result.get("agreement", {}).get("rules", {})
         for rule, total in pooled.items():
