@@ -78,3 +78,20 @@ def test_each_unit_ticks_once_as_it_finishes_and_units_prints_k_of_n(tmp_path, c
     ticks.clear()
     Resume(tmp_path / "serial", "key").ensure_many(_jobs([3, 1]), tick=tick)
     assert ticks == [("u0", False), ("u1", False)]
+
+
+def test_the_time_left_counts_wall_time_so_units_run_in_parallel_are_not_counted_twice(
+    capfd, monkeypatch
+):
+    from defectgen import stagekit
+
+    clock = iter([100.0, 100.0, 130.0])  # two units of 10 s each finish together, then one
+    monkeypatch.setattr(stagekit.time, "perf_counter", lambda: next(clock))
+    units = stagekit.Units("segment", "U-Net", 6)
+    units.tick("a", 10.0)  # started at 90
+    units.tick("b", 10.0)  # beside it: 2 units in 10 s of wall time
+    units.tick("c", 10.0)  # and a third, after a wait: 3 units in 40 s
+    lines = capfd.readouterr().err.splitlines()
+    assert lines[0].endswith("about 0.8 min left")  # 5 to come at 10 s each
+    assert lines[1].endswith("about 0.3 min left")  # 4 at 5 s: not 4 x 10 s
+    assert lines[2].endswith("about 0.7 min left")  # 3 at 40/3 s: not 3 x 10 s

@@ -124,14 +124,16 @@ def progress(
 class Units:
     """Progress over a stage's units (classes, training runs): a line on stderr as each
     one finishes, "[what] noun k/N (unit) done in 12.3 s; about 1.5 min left", or
-    "... already done" for a resumed one. The time left is the mean of the units built
-    in this process times those still to come. Plain lines, so that dvc repro, KFP logs
-    and CI show them as they come."""
+    "... already done" for a resumed one. The time left is the wall time per unit built
+    so far in this process times the units still to come, so it holds when units run
+    several at a time (Resume.ensure_many's workers). Plain lines, so that dvc repro,
+    KFP logs and CI show them as they come."""
 
     def __init__(self, what: str, noun: str, total: int) -> None:
         self.what, self.noun, self.total = what, noun, total
         self.k = 0
-        self.built: list[float] = []
+        self.n_built = 0
+        self.since: float | None = None  # the wall clock when this process began building
 
     def tick(self, unit: str, seconds: float | None) -> None:
         self.k += 1
@@ -139,8 +141,11 @@ class Units:
         if seconds is None:
             print(f"{head} already done", file=sys.stderr, flush=True)
             return
-        self.built.append(seconds)
-        left = (self.total - self.k) * sum(self.built) / len(self.built)
+        now = time.perf_counter()
+        if self.since is None:  # the first unit built here started `seconds` ago
+            self.since = now - seconds
+        self.n_built += 1
+        left = (self.total - self.k) * (now - self.since) / self.n_built
         tail = f"; about {left / 60:.1f} min left" if self.k < self.total else ""
         print(f"{head} done in {seconds:.1f} s{tail}", file=sys.stderr, flush=True)
 
