@@ -44,6 +44,32 @@ def test_a_row_reads_validity_and_the_synthetic_arms_differences(tmp_path):
     assert table.table(tmp_path).count("\n| ") == 1  # toy is not one of the datasets
 
 
+def test_a_u_net_row_follows_the_classifiers_with_its_own_metric_and_validity():
+    def seg(arm, control, delta, verdict):
+        return comparison(arm, control, delta, [delta - 0.01, delta + 0.01], verdict) | {
+            "metric": "s_measure"
+        }
+
+    result = {
+        "dataset": "toy",
+        "params": {"preprocess": {"subset": {"alpha": None, "per_class": 40}}},
+        "classification": {"primary_metric": "accuracy", "validity": {}, "comparisons": {}},
+        "segmentation": {
+            "validity": {"metric": "s_measure", "verdicts_allowed": False,
+                         "all_train_minus_real": {"delta": 0.01, "ci": [-0.01, 0.03]}},
+            "comparisons": [seg("real+ungated", "real+classical-ungated", -0.02, "worse"),
+                            seg("real+classical-ungated", "real", 0.01, "n.s.")],
+        },
+        "detection": {"skipped": "left out of this run with --skip"},
+    }  # fmt: skip
+    (row,) = table.rows(result)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:] == [
+        "U-Net", "40", "S-measure", "no", "+1.0 pp [-1.0, +3.0]", "+1.0 pp [+0.0, +2.0]",
+        "-", "-2.0 pp [-3.0, -1.0]", "real+ungated: worse",
+    ]  # fmt: skip
+
+
 def test_the_readme_table_is_the_committed_results():
     assert table.readme_table(REPO / "README.md") == table.table()
 

@@ -5,7 +5,8 @@ results.json files.
     python -m experiments.expansion.table --write    # put them into README.md
     python -m experiments.expansion.table --check    # exit 1 when README.md's differ
 
-One row per dataset and classifier: whether the validity check allows verdicts, then
+One row per dataset and model (each classifier, the U-Net and the detector where a run
+trained them): whether the validity check allows verdicts, then
 the paired test differences (primary metric, 95 % interval over seeds) of the whole
 train split, the classical control and the synthetic arm against the few-shot set, and
 of the synthetic arm against its classical control with its Holm-adjusted verdict.
@@ -33,6 +34,7 @@ START = "<!-- value table: python -m experiments.expansion.table --write -->"
 END = "<!-- end of the value table -->"
 GATE_START = "<!-- gate table: python -m experiments.expansion.table --write -->"
 GATE_END = "<!-- end of the gate table -->"
+METRIC_NAMES = {"s_measure": "S-measure", "map": "mAP@[.5:.95]", "map_50": "mAP@.5"}
 
 
 def _find(comparisons: list[dict], arm: str, control: str, metric: str) -> dict | None:
@@ -44,35 +46,48 @@ def _cell(comparison: dict | None) -> str:
     return "-" if comparison is None else stats.describe({**comparison, "p_value": None})
 
 
+def _row(
+    dataset: str, model: str, few_shot, metric: str, comparisons: list[dict], check: dict
+) -> str:
+    arm = next((a for a in arms.ADDITIVE
+                if _find(comparisons, a, arms.classical_of(a), metric)), None)  # fmt: skip
+    vs_classical = arm and _find(comparisons, arm, arms.classical_of(arm), metric)
+    verdict = vs_classical["verdict"] if vs_classical else "no synthetic arm trained"
+    return (
+        f"| [{dataset}](experiments/expansion/results/{dataset}/results.md) | {model} | "
+        f"{few_shot} | {METRIC_NAMES.get(metric, metric.replace('_', ' '))} | "
+        f"{'yes' if check['verdicts_allowed'] else 'no'} | "
+        f"{_cell(check['all_train_minus_real'])} | "
+        f"{_cell(arm and _find(comparisons, arms.classical_of(arm), arms.REAL, metric))} | "
+        f"{_cell(arm and _find(comparisons, arm, arms.REAL, metric))} | "
+        f"{_cell(vs_classical)} | {arm or '-'}: {verdict} |"
+    )
+
+
 def rows(result: dict) -> list[str]:
-    """The table rows of one dataset's results.json."""
+    """The table rows of one dataset's results.json: one per classifier, then the U-Net
+    and the detector where the run trained them (their primary metric is the one their
+    validity check reads)."""
     clf = result["classification"]
-    metric = clf["primary_metric"]
     per_class = result["params"]["preprocess"]["subset"]
     few_shot = per_class.get("per_class") or f"alpha {per_class.get('alpha')}"
-    out = []
-    for model, comparisons in clf["comparisons"].items():
-        check = clf["validity"][model]
-        arm = next((a for a in arms.ADDITIVE
-                    if _find(comparisons, a, arms.classical_of(a), metric)), None)  # fmt: skip
-        vs_classical = arm and _find(comparisons, arm, arms.classical_of(arm), metric)
-        verdict = vs_classical["verdict"] if vs_classical else "no synthetic arm trained"
-        out.append(
-            f"| [{result['dataset']}](experiments/expansion/results/{result['dataset']}/"
-            f"results.md) | {model} | {few_shot} | {metric.replace('_', ' ')} | "
-            f"{'yes' if check['verdicts_allowed'] else 'no'} | "
-            f"{_cell(check['all_train_minus_real'])} | "
-            f"{_cell(arm and _find(comparisons, arms.classical_of(arm), arms.REAL, metric))} | "
-            f"{_cell(arm and _find(comparisons, arm, arms.REAL, metric))} | "
-            f"{_cell(vs_classical)} | {arm or '-'}: {verdict} |"
-        )
+    out = [
+        _row(result["dataset"], model, few_shot, clf["primary_metric"], comparisons,
+             clf["validity"][model])
+        for model, comparisons in clf["comparisons"].items()
+    ]  # fmt: skip
+    for task, model in (("segmentation", "U-Net"), ("detection", "Faster R-CNN")):
+        part = result.get(task) or {}
+        if part.get("validity"):
+            out.append(_row(result["dataset"], model, few_shot, part["validity"]["metric"],
+                            part["comparisons"], part["validity"]))  # fmt: skip
     return out
 
 
 def table(results: Path = RESULTS) -> str:
     lines = [
         START,
-        "| dataset | classifier | few-shot per class | primary metric | verdicts allowed | "
+        "| dataset | model | few-shot per class | primary metric | verdicts allowed | "
         "all-train - real | classical - real | synthetic - real | synthetic - classical | "
         "verdict (Holm) |",
         "|---|---|---:|---|---|---:|---:|---:|---:|---|",
