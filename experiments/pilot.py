@@ -5,13 +5,17 @@ still help there? One command per dataset, before its value protocol is designed
         --sizes 10 20 50 --steps 1200 --evals 24 --seeds 0 1
     python -m experiments.pilot sd-saliency-900 --models unet --profile-subset \\
         --sizes 20 --steps 2000 --evals 20 --seeds 0 1 2
+    python -m experiments.pilot sd-saliency-900 --models fasterrcnn_effnet_lite0_imagenet \\
+        --profile-subset --sizes --steps 1500 --evals 15 --seeds 0 1 2 --tag detect
 
 For each model it trains, with the train stage's own loop (core.classify.fit, the
 params' schedule and augmentation), a few-shot set of k real train images per class for
 each k in --sizes, and the whole train split (all-train, the upper bound), long and with
 dense val checks. `--models unet` pilots the segment stage's U-Net instead
 (core.segment.fit with the params' segment settings; val score: mean Dice), on the real
-image + mask pairs. It writes results/<dataset>/pilot[-<tag>].json and .md:
+image + mask pairs; a detector name (core.detect.MODELS) pilots the detect stage's
+detector (core.detect.fit with the params' detect settings; val score: mAP@.5) on the
+real images with their boxes or masks. It writes results/<dataset>/pilot[-<tag>].json and .md:
 
     per model and condition: the val curve (mean over seeds), best steps and best val
     score per seed, the step where the mean curve first comes within --tol of its best
@@ -44,6 +48,7 @@ from defectgen.stagekit import derive_seed, load_images
 from experiments.expansion.run import PROFILES, REPO, RESULTS, build_params, copy_data, run_stages
 
 UNET = "unet"  # the segment stage's U-Net (core.segment), not a classifier
+DETECTOR_PREFIXES = ("fasterrcnn_", "maskrcnn_")  # core.detect.MODELS, not classifiers
 
 
 def few_shot(rows: list[dict], k: int, seed: int) -> list[dict]:
@@ -99,9 +104,28 @@ def train_unet(params, rows, val, size, seed, steps, evals) -> dict:
     return _record(UNET, size, seed, len(images), fit, fit.val_dice)
 
 
+def train_detector(params, model_name, data, val, labels, size, seed, steps, evals) -> dict:
+    """One detector pilot run with the detect stage's settings, seeded as the stage
+    seeds it; data and val are (images, targets)."""
+    from defectgen.core import detect
+
+    cfg = params.detect
+    images, targets = data
+    with torch.random.fork_rng():
+        torch.manual_seed(derive_seed(params.seed, "detect-init", model_name, seed) % 2**63)
+        model = detect.build(model_name, len(labels), int(images[0].shape[0]))
+    fit = detect.fit(
+        model, (images, targets), val, labels, steps=steps, evals=evals,
+        batch_size=cfg.batch_size, lr=cfg.lr,
+        seed=derive_seed(params.seed, "detect-fit", model_name, seed) % 2**63,
+        weight_decay=cfg.weight_decay, schedule_kind=cfg.schedule, warmup=cfg.warmup,
+    )  # fmt: skip
+    return _record(model_name, size, seed, len(images), fit, fit.val_map50)
+
+
 def _record(model: str, size, seed: int, n_train: int, fit, val: list[float]) -> dict:
     """One pilot run as pilot.json keeps it (`fit`: a classifier's or a U-Net's, `val`
-    its val curve: accuracy-like or Dice)."""
+    its val curve: accuracy-like, Dice or mAP@.5)."""
     return {
         "model": model, "size": size, "seed": seed, "n_train": n_train,
         "eval_steps": fit.eval_steps, "val": val, "loss": fit.losses,
@@ -166,6 +190,7 @@ def markdown(result: dict) -> str:
         f"`{result['command']}` ({result['date']}, git {result['git']}). Val only; "
         f"metric {result['metric']}"
         + (f" (U-Net: {result['segment_metric']})" if "segment_metric" in result else "")
+        + (f" (detectors: {result['detect_metric']})" if "detect_metric" in result else "")
         + f"; {result['steps']} steps, {result['evals']} val checks, "
         f"seeds {result['seeds']}; plateau: within {result['tol'] * 100:g} pp of the best.",
         "",
@@ -244,13 +269,19 @@ def main(argv: list[str] | None = None) -> int:
 
     # a killed pilot resumes its finished runs; other settings start a fresh folder
     blob = json.dumps([args.steps, args.evals, params.train.model_dump(mode="json"),
-                       params.segment.model_dump(mode="json")])  # fmt: skip
+                       params.segment.model_dump(mode="json"),
+                       params.detect.model_dump(mode="json")])  # fmt: skip
     resume = Resume(run_dir / "pilot", hashlib.sha256(blob.encode()).hexdigest()[:16])
     records = []
     for model in args.models:
         jobs = []
         if model == UNET:
             jobs = unet_jobs(params, pre, sets, val_rows, args)
+            for done, _ in resume.ensure_many(jobs, workers=args.workers):
+                records.append(json.loads((done / "record.json").read_text(encoding="utf-8")))
+            continue
+        if model.startswith(DETECTOR_PREFIXES):
+            jobs = detect_jobs(params, pre, sets, rows, labels, model, args)
             for done, _ in resume.ensure_many(jobs, workers=args.workers):
                 records.append(json.loads((done / "record.json").read_text(encoding="utf-8")))
             continue
@@ -270,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             records.append(json.loads((done / "record.json").read_text(encoding="utf-8")))
     from experiments.expansion.run import _git
 
+    detectors = [m for m in args.models if m.startswith(DETECTOR_PREFIXES)]
     result = {
         "dataset": args.dataset,
         "command": "python -m experiments.pilot " + " ".join(argv or sys.argv[1:]),
@@ -277,10 +309,12 @@ def main(argv: list[str] | None = None) -> int:
         "git": _git(),
         "metric": metric,
         **({"segment_metric": "mean val Dice"} if UNET in args.models else {}),
+        **({"detect_metric": "val mAP@.5"} if detectors else {}),
         "steps": args.steps, "evals": args.evals, "seeds": args.seeds, "tol": args.tol,
         "train_params": params.train.model_dump(mode="json"),
         **({"segment_params": params.segment.model_dump(mode="json")} if UNET in args.models
-           else {}),  # fmt: skip
+           else {}),
+        **({"detect_params": params.detect.model_dump(mode="json")} if detectors else {}),
         "models": summarise(records, args.tol),
         "runs": records,
     }  # fmt: skip
@@ -313,12 +347,42 @@ def unet_jobs(params, pre: Path, sets: dict, val_rows: list[dict], args) -> list
     return jobs
 
 
+def detect_jobs(
+    params, pre: Path, sets: dict, rows: list[dict], labels: list[str], model: str, args
+) -> list[tuple]:
+    """The detector's resume units: the real images with their instances (8-connected
+    mask regions or boxes, as the detect stage reads them) of each set, every seed."""
+    from defectgen.annotations import Item, annotate
+    from defectgen.stages.detect import _sample
+
+    def samples(chosen: list[dict]) -> list:
+        items = [annotate(Item(r, pre), {}, params.detect.parent_boxes_up_to) for r in chosen]
+        return [_sample(i, labels) for i in items if i.mask is not None or i.boxes is not None]
+
+    val = tuple(map(list, zip(*samples([r for r in rows if r["split"] == "val"]), strict=True)))
+    if not val:
+        raise SystemExit(f"{args.dataset}: no val image has a mask or boxes; a detector "
+                         "pilot selects by val mAP@.5")  # fmt: skip
+    jobs = []
+    for k, chosen in sets.items():
+        data = tuple(map(list, zip(*samples(chosen), strict=True)))
+        for seed in args.seeds:
+            jobs.append((f"{model}.{k}.{seed}", _detect_unit,
+                         (params, model, data, val, labels, k, seed, args.steps,
+                          args.evals)))  # fmt: skip
+    return jobs
+
+
 def _unit(unit: Path, *a) -> None:
     atomic_write_json(unit / "record.json", train_one(*a))
 
 
 def _unet_unit(unit: Path, *a) -> None:
     atomic_write_json(unit / "record.json", train_unet(*a))
+
+
+def _detect_unit(unit: Path, *a) -> None:
+    atomic_write_json(unit / "record.json", train_detector(*a))
 
 
 if __name__ == "__main__":

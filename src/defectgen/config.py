@@ -617,7 +617,10 @@ class DetectConfig(_Section):
     steps: int = Field(default=200, ge=1)  # optimizer steps per detector, every condition
     evals: int = Field(default=4, ge=1)  # val mAP@.5 checks; the best weights are scored
     batch_size: int = Field(default=8, ge=1)
-    lr: float = Field(default=0.02, gt=0.0)  # SGD, momentum 0.9
+    lr: float = Field(default=0.02, gt=0.0, description="SGD's peak learning rate (momentum 0.9)")
+    weight_decay: float = Field(default=1e-4, ge=0.0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup: float = Field(default=0.05, ge=0.0, lt=1.0, description="fraction of the steps")
     # img2img images inherit the parent's boxes/masks only up to this strength
     parent_boxes_up_to: float = Field(default=0.5, ge=0.0, le=1.0)
     synthetic: Literal["both", "images", "pairs"] = "both"  # which branch's images

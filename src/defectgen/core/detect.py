@@ -38,7 +38,7 @@ from defectgen._torchvision_compat import ensure_torchvision_importable
 from defectgen.config import ClassicalConfig
 from defectgen.core import augment, coco
 from defectgen.core.device import CPU, Runtime
-from defectgen.core.steps import SpanLoss, batches, eval_steps
+from defectgen.core.steps import SpanLoss, batches, eval_steps, lr_schedule
 
 _MODE = ensure_torchvision_importable()
 
@@ -293,10 +293,14 @@ def fit(
     batch_size: int,
     lr: float,
     seed: int,
+    weight_decay: float = 1e-4,
+    schedule_kind: str = "constant",
+    warmup: float = 0.0,
     rt: Runtime = CPU,
 ) -> Fit:
-    """SGD with momentum for exactly `steps` steps (the equal budget); flips drawn from
-    `seed` per sample; val mAP@.5 `evals` times, the best weights kept."""
+    """SGD with momentum 0.9 for exactly `steps` steps (the equal budget) under the
+    learning-rate schedule (core.steps.lr_schedule); flips drawn from `seed` per sample;
+    val mAP@.5 `evals` times, the best weights kept."""
     images, targets = train
     checks = eval_steps(steps, evals)
     model.to(rt.device)
@@ -307,7 +311,8 @@ def fit(
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
         params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
+        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+        lr_at = lr_schedule(opt, schedule_kind, steps, warmup)
         span = SpanLoss(rt.device)
         model.train()
         for step, idx in enumerate(batches(len(images), batch_size, steps), start=1):
@@ -320,6 +325,7 @@ def fit(
             with rt.autocast:
                 loss = sum(model(xs, ts).values())
             span.update(opt, loss.float(), len(idx))
+            lr_at.step()
             if step in checks:
                 losses.append(span.read())
                 score = evaluate(model, *val, labels, rt=rt)["map50"] if val[0] else 0.0

@@ -177,7 +177,8 @@ def _train_one(params: Params, data: _Data, model_name: str, condition: str, see
     fit = detect.fit(
         model, (images, targets), val if val else ([], []), data.labels,
         steps=cfg.steps, evals=cfg.evals, batch_size=cfg.batch_size, lr=cfg.lr,
-        seed=derive_seed(params.seed, "detect-fit", model_name, seed) % 2**63, rt=rt,
+        seed=derive_seed(params.seed, "detect-fit", model_name, seed) % 2**63,
+        weight_decay=cfg.weight_decay, schedule_kind=cfg.schedule, warmup=cfg.warmup, rt=rt,
     )  # fmt: skip
     scores = detect.evaluate(
         fit.model, [t[0] for t in test], [t[1] for t in test], data.labels, rt=rt,
