@@ -107,6 +107,47 @@ def test_mask_statistics_count_regions_and_area():
     assert s.components_mean == 1.0
 
 
+def test_a_mask_is_fit_for_pairs_only_within_the_real_masks_widened_range():
+    def squares(*sides):  # one square region per side, on a 20 x 20 image
+        m = np.zeros((20, 20), np.uint8)
+        col = 0
+        for side in sides:
+            m[:side, col : col + side] = 255
+            col += side + 1
+        return m
+
+    real = [squares(4), squares(6, 5), np.zeros((20, 20), np.uint8)]  # 16/400; 61/400
+    r = masks.MaskRange.of(real, factor=1.5)  # the empty real mask says nothing of shape
+    assert r.area_min == pytest.approx(0.04 / 1.5) and r.area_max == pytest.approx(61 / 400 * 1.5)
+    assert r.components_max == 3  # ceil(2 x 1.5)
+    assert r.accepts(squares(4)) and r.accepts(squares(9))  # 81/400 = 0.2025
+    assert not r.accepts(squares(10))  # 100/400 = 0.25: larger than any real one allows
+    assert not r.accepts(squares(2))  # 4/400 = 0.01 < 0.0267
+    assert not r.accepts(squares(2, 2, 2, 2))  # 4 regions > 3
+    assert not r.accepts(np.zeros((20, 20), np.uint8))
+    assert masks.MaskRange.of(real, factor=10.0).area_max == 1.0
+
+
+def test_a_class_drops_methods_with_few_masks_in_range_or_far_from_the_val_masks():
+    fd = "fd_effnet_lite0"
+    methods = {
+        "ddpm": {"made": 10, "accepted": 2, fd: 10.0},  # mostly out of range; its low
+        "perturb": {"made": 10, "accepted": 9, fd: 50.0},  # distance does not count
+        "hmi": {"made": 10, "accepted": 10, fd: 120.0},  # 2.4x the best kept method
+        "other": {"made": 10, "accepted": 5, fd: 99.0},  # half in range, 1.98x: kept
+        "few": {"made": 1, "accepted": 1},  # no distance measured: judged by range only
+    }
+    drops = masks.drop_reasons(methods, fd, min_accepted=0.5, max_distance_ratio=2.0)
+    assert sorted(drops) == ["ddpm", "hmi"]
+    assert drops["ddpm"] == "2 of 10 masks within the real masks' range (fewer than 50%)"
+    assert drops["hmi"] == (
+        "fd_effnet_lite0 to the val masks 120.0, 2.4x the best method's (perturb: 50.0; limit 2x)"
+    )
+    assert masks.drop_reasons({"x": {"made": 0, "accepted": 0}}, fd, 0.0, 2.0) == {
+        "x": "0 of 0 masks within the real masks' range (fewer than 0%)"
+    }
+
+
 def test_topological_driver_follows_the_recipe_on_a_constructed_image():
     """Left half dark, right half bright, a bright square in the dark half: the driver
     is 50/255 where a pixel beats its local mean (minus the offset), 0 elsewhere, and the

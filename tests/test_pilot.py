@@ -1,12 +1,13 @@
 """The downstream pilot (experiments/pilot.py): its decisions on constructed learning
 curves (where a curve levels off, when a condition is budget-bound, which few-shot sizes
-leave the upper bound room, the step budget it recommends), and a U-Net pilot run end to
-end on PIL-made pairs."""
+leave the upper bound room, the step budget it recommends), and a U-Net and a detector
+pilot run end to end on PIL-made pairs."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from defectgen import manifest
@@ -64,7 +65,14 @@ def test_the_summary_flags_budget_bound_conditions_and_sizes_with_room():
     assert out["sizes_with_room"] == ["10", "50"]
 
 
-def test_the_unet_pilot_trains_each_set_on_its_pairs_and_scores_val_dice(tmp_path):
+@pytest.mark.parametrize(
+    ("model", "metric_key", "metric", "params_key"),
+    [("unet", "segment_metric", "mean val Dice", "segment_params"),
+     ("fasterrcnn_effnet_lite0_imagenet", "detect_metric", "val mAP@.5", "detect_params")],
+)  # fmt: skip
+def test_the_unet_and_detector_pilots_train_each_set_on_its_pairs_and_score_val(
+    tmp_path, model, metric_key, metric, params_key
+):
     source = _dataset(tmp_path / "source")  # 16 image+mask pairs of each of 2 classes
     profile = tmp_path / "toy.yaml"
     profile.write_text(yaml.safe_dump({
@@ -72,9 +80,10 @@ def test_the_unet_pilot_trains_each_set_on_its_pairs_and_scores_val_dice(tmp_pat
                  "label_from": "prefix", "masks_required": True},
         "preprocess": {"image_size": 32, "split": {"train": 0.5, "val": 0.25, "test": 0.25},
                        "subset": {"alpha": None, "per_class": 4}},
-        "segment": {"widths": [4, 8]},
+        "segment": {"widths": [4, 8], "batch_size": 3},
+        "detect": {"batch_size": 2, "lr": 0.01},
     }))  # fmt: skip
-    args = ["toy", "--profile", str(profile), "--models", "unet", "--sizes", "2",
+    args = ["toy", "--profile", str(profile), "--models", model, "--sizes", "2",
             "--profile-subset", "--steps", "4", "--evals", "2", "--seeds", "0", "1",
             "--run-dir", str(tmp_path / "run"), "--results", str(tmp_path / "out")]  # fmt: skip
     assert pilot.main(args) == 0
@@ -86,11 +95,12 @@ def test_the_unet_pilot_trains_each_set_on_its_pairs_and_scores_val_dice(tmp_pat
     train = [r for r in rows if r["split"] == "train"]
     assert [runs[(k, 0)]["n_train"] for k in (2, "subset", "all-train")] == [4, 8, len(train)]
     assert len(train) > 8
-    assert all(r["model"] == "unet" and r["eval_steps"] == [2, 4] for r in runs.values())
-    assert all(0.0 <= v <= 1.0 for r in runs.values() for v in r["val"])  # Dice
-    assert result["segment_metric"] == "mean val Dice"
-    assert result["segment_params"]["widths"] == [4, 8]
-    assert "U-Net: mean val Dice" in (tmp_path / "out" / "pilot.md").read_text()
+    assert all(r["model"] == model and r["eval_steps"] == [2, 4] for r in runs.values())
+    assert all(0.0 <= v <= 1.0 for r in runs.values() for v in r["val"])  # Dice, mAP@.5
+    assert result[metric_key] == metric
+    # the pilot trains with the profile's settings of the stage it stands in for
+    assert result[params_key]["batch_size"] == (3 if model == "unet" else 2)
+    assert metric in (tmp_path / "out" / "pilot.md").read_text()
     # rerun: every run is found finished, the same records come back
     assert pilot.main(args) == 0
     again = json.loads((tmp_path / "out" / "pilot.json").read_text())

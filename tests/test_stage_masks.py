@@ -5,8 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from defectgen import manifest
+from defectgen.core import masks as core_masks
 from defectgen.core.images import decode_image
 from defectgen.stages import ingest, masks, preprocess, report
 from tests.conftest import make_params, save, texture
@@ -18,6 +20,8 @@ TOY = {
     "hmi_between": 3,
     "ddpm": {"size": 16, "channels": [8, 16], "steps": 15, "batch_size": 8, "sample_steps": 4},
 }
+# every mask made is used: the test of what each method makes
+USE_ALL = {"range_factor": 100.0, "min_accepted": 0.0, "max_distance_ratio": 1e6}
 
 
 def _dataset(root: Path) -> Path:
@@ -53,7 +57,7 @@ def _prepare(root: Path, tmp: Path, **sections):
 
 
 def test_every_method_makes_binary_masks_from_train_masks_only(tmp_path: Path):
-    params = _prepare(_dataset(tmp_path / "ds"), tmp_path, masks=TOY)
+    params = _prepare(_dataset(tmp_path / "ds"), tmp_path, masks=TOY | {"accept": USE_ALL})
     out = tmp_path / "masks"
     metrics = masks.run(params, preprocessed=tmp_path / "pre", out_dir=out)
     rows = manifest.read_rows(tmp_path / "pre")
@@ -92,6 +96,37 @@ def test_every_method_makes_binary_masks_from_train_masks_only(tmp_path: Path):
     assert [p.read_bytes() for p in first] == [
         (tmp_path / "again" / p.relative_to(out)).read_bytes() for p in first
     ]
+
+
+def test_pairs_get_only_masks_in_the_real_range_of_methods_the_class_keeps(tmp_path: Path):
+    """With the default acceptance: a 15-step DDPM makes noise, not strokes or squares;
+    its masks are counted, shown in grey, and never written for pairs."""
+    params = _prepare(_dataset(tmp_path / "ds"), tmp_path, masks=TOY)
+    out = tmp_path / "masks"
+    metrics = masks.run(params, preprocessed=tmp_path / "pre", out_dir=out)
+    record = json.loads((out / "masks.json").read_text())
+    table = pd.read_parquet(out / "masks.parquet")
+    real_rows = [r for r in manifest.read_rows(tmp_path / "pre") if r["split"] == "train"]
+    for label, entry in record["classes"].items():
+        real = [decode_image((tmp_path / "pre" / r["mask_path"]).read_bytes())[0]
+                for r in real_rows if r["label"] == label]  # fmt: skip
+        fit = core_masks.MaskRange.of(real, params.masks.accept.range_factor)
+        assert entry["range"]["area_max"] == pytest.approx(fit.area_max)
+        for method, m in entry["methods"].items():
+            mine = table[(table.label == label) & (table.method == method)]
+            assert m["n"] == len(mine) == metrics[f"{label}/{method}/n"]
+            assert metrics[f"{label}/{method}/out_of_range"] == m["made"] - m["accepted"]
+            if "dropped" in m:
+                assert m["n"] == 0
+            else:
+                assert m["n"] == m["accepted"] >= 0.5 * m["made"]
+            for row in mine.itertuples():  # what pairs read lies in the real range
+                assert fit.accepts(decode_image((out / row.path).read_bytes())[0])
+        assert "dropped" in entry["methods"]["ddpm"], entry["methods"]["ddpm"]
+    assert metrics["n_masks"] == len(table) > 0
+    report.run(params, out_dir=tmp_path / "report", masks=out)
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "ddpm" in md and "dropped: " in md and "out of range" in md
 
 
 def test_without_masks_the_stage_says_so_and_the_report_notes_it(folders_dataset, tmp_path):

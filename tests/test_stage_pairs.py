@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +117,20 @@ def test_pairs_rerun_reproduces_and_drivers_record_their_layout(run):
     assert rows and all(r["parent_id"] in train_ids for r in rows)
     assert all(json.loads(r["gen_params"])["layout_id"] == r["parent_id"] for r in rows)
     assert all(r["generator"].startswith("controlnet-driver") for r in rows)
+
+
+def test_a_class_whose_masks_were_all_dropped_gets_no_pairs_and_says_why(run):
+    tmp = run["tmp"]
+    masks_dir = tmp / "masks-no-pa"
+    shutil.copytree(run["masks"], masks_dir)
+    table = pd.read_parquet(masks_dir / "masks.parquet")
+    table[table.label != "Pa"].to_parquet(masks_dir / "masks.parquet", index=False)
+    metrics = pairs.run(run["params"], preprocessed=run["pre"], base=run["base"],
+                        masks=masks_dir, out_dir=tmp / "no-pa")  # fmt: skip
+    record = json.loads((tmp / "no-pa" / "pairs.json").read_text())
+    assert "every method dropped" in record["classes"]["Pa"]["skipped"]
+    assert {r["label"] for r in manifest.read_rows(tmp / "no-pa")} == {"Sc"}
+    assert metrics["n_pairs"] == 5 and "Pa/n" not in metrics
 
 
 def test_coco_export_is_split_aware_and_loads_in_pycocotools(run):

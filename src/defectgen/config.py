@@ -457,6 +457,25 @@ class MaskPerturbConfig(_Section):
     area_ratio: tuple[float, float] = (0.5, 2.0)
 
 
+class MaskAcceptConfig(_Section):
+    """Which synthetic masks pairs may use (core.masks.MaskRange, drop_reasons)."""
+
+    range_factor: float = Field(
+        default=1.5, ge=1.0,
+        description="a mask's area ratio within the real train masks' min / f to max x f, "
+        "its 8-connected regions at most their max x f",
+    )  # fmt: skip
+    min_accepted: float = Field(
+        default=0.5, ge=0.0, le=1.0,
+        description="a method with a smaller fraction of its masks in range is dropped",
+    )  # fmt: skip
+    max_distance_ratio: float = Field(
+        default=2.0, ge=1.0,
+        description="a method this many times further from the val masks than the "
+        "class's best is dropped",
+    )  # fmt: skip
+
+
 class MasksConfig(_Section):
     """New defect masks per class from the real train masks (none from val or test)."""
 
@@ -469,6 +488,7 @@ class MasksConfig(_Section):
     tau: float = Field(default=0.053, gt=0.0, lt=1.0)  # area ratio: latent vs image space
     ddpm: MaskDdpmConfig = Field(default_factory=MaskDdpmConfig)
     perturb: MaskPerturbConfig = Field(default_factory=MaskPerturbConfig)
+    accept: MaskAcceptConfig = Field(default_factory=MaskAcceptConfig)
 
     @model_validator(mode="after")
     def _check(self) -> MasksConfig:

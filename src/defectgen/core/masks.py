@@ -11,6 +11,9 @@ a mask-conditioned generator reads. Pure numpy/scipy on uint8 masks {0, 255}; no
   (area ratio to the source, nothing pushed off the image).
 - `stats`: area ratio and 8-connected component counts, to compare generated masks
   with real ones.
+- `MaskRange` and `drop_reasons`: which synthetic masks are fit for pairs (within the
+  real masks' area and component range, widened by a factor) and which methods a class
+  drops (too few masks in range, or far further from the val masks than the best).
 - `coloured` and `topological_driver`: the plain class-coloured mask, and Valvano's
   topological driver (seed 003, 4.2): downscale, grayscale, adaptive threshold, scale to
   0..50, paint the class-coloured mask, rescale to 0..1.
@@ -18,6 +21,7 @@ a mask-conditioned generator reads. Pure numpy/scipy on uint8 masks {0, 255}; no
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +56,9 @@ class MaskStats:
     area_ratio_std: float
     components_mean: float
     empty_fraction: float
+    area_ratio_min: float
+    area_ratio_max: float
+    components_max: int
 
 
 def stats(masks: list[np.ndarray]) -> MaskStats:
@@ -66,7 +73,64 @@ def stats(masks: list[np.ndarray]) -> MaskStats:
         area_ratio_std=float(areas.std()),
         components_mean=float(comps.mean()),
         empty_fraction=float((areas == 0).mean()),
+        area_ratio_min=float(areas.min()),
+        area_ratio_max=float(areas.max()),
+        components_max=int(comps.max()),
     )
+
+
+@dataclass(frozen=True)
+class MaskRange:
+    """Where a synthetic mask must fall to be used for pairs: the class's real train
+    masks' smallest and largest area ratio and their most 8-connected regions, widened
+    by `factor` (area min / factor to max x factor; regions 1 to ceil(max x factor))."""
+
+    area_min: float
+    area_max: float
+    components_max: int
+    factor: float
+
+    @classmethod
+    def of(cls, real: list[np.ndarray], factor: float) -> MaskRange:
+        s = stats([m for m in real if binary(m).any()])
+        return cls(
+            area_min=s.area_ratio_min / factor,
+            area_max=min(1.0, s.area_ratio_max * factor),
+            components_max=max(1, math.ceil(s.components_max * factor)),
+            factor=factor,
+        )
+
+    def accepts(self, mask: np.ndarray) -> bool:
+        area = area_ratio(mask)
+        return self.area_min <= area <= self.area_max and 1 <= components(mask) <= (
+            self.components_max
+        )
+
+
+def drop_reasons(
+    methods: dict[str, dict], distance: str, min_accepted: float, max_distance_ratio: float
+) -> dict[str, str]:
+    """The methods a class drops, with the reason: fewer than `min_accepted` of the
+    masks it made within range, or a distance to the val masks (`distance`, of all the
+    masks it made) above `max_distance_ratio` x the best kept method's. `methods` maps a
+    method to its masks.json entry ("made", "accepted", and the distance when measured)."""
+    out = {}
+    for method, m in methods.items():
+        if m["made"] == 0 or m["accepted"] / m["made"] < min_accepted:
+            out[method] = (
+                f"{m['accepted']} of {m['made']} masks within the real masks' range "
+                f"(fewer than {min_accepted:.0%})"
+            )
+    measured = {k: m[distance] for k, m in methods.items() if k not in out and distance in m}
+    if measured:
+        best = min(measured, key=measured.get)
+        for method, d in measured.items():
+            if d > max_distance_ratio * measured[best]:
+                out[method] = (
+                    f"{distance} to the val masks {d:.1f}, {d / measured[best]:.1f}x the best "
+                    f"method's ({best}: {measured[best]:.1f}; limit {max_distance_ratio:g}x)"
+                )
+    return out
 
 
 def hmi_space(masks: list[np.ndarray], tau: float = TAU) -> str:

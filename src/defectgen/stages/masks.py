@@ -14,6 +14,13 @@ Only train masks are read (masks.data: the few-shot subset or all of train); val
 are the held-out reference the quality numbers compare against. Empty outputs are
 dropped and counted.
 
+Fit for pairs (masks.accept): a mask is used only within the class's real train masks'
+area-ratio and region-count range widened by range_factor (core.masks.MaskRange); a
+method is dropped for the class, with the reason in masks.json, when fewer than
+min_accepted of its masks are in range or its distance to the val masks is above
+max_distance_ratio x the class's best method's. Only used masks are written, so the
+pairs stage never sees the others; the grid shows them in grey.
+
 Quality, per class and method: the Frechet distance of the masks to the class's val
 masks through the gate's metric code (the same extractor and name as the gate), next
 to the train masks' own distance (the floor), and area / connected-component statistics
@@ -23,12 +30,13 @@ A dataset without masks gets masks.json {"skipped": ...} and nothing else: the D
 on (the ELPV demo does).
 
 Writes under `out_dir`:
-    masks.json          skipped, or per class: HMI space, real statistics, per method
-                        count, rejected, statistics and distances
+    masks.json          skipped, or per class: HMI space, real statistics, the range,
+                        per method made / accepted / used (n) counts, draws
+                        rejected, statistics, distances and the reason it was dropped
     masks.parquet       one row per mask: id, label, method, path, parents, alpha, seed,
                         area_ratio, components
     masks/<class>/*.png the masks (uint8 {0, 255}, the preprocessed image size)
-    grids/<class>.png   real masks (top row), then one row per method
+    grids/<class>.png   real masks (top row), then one row per method (unused in grey)
     curves/<class>.ddpm.csv   the mask producer's training loss
 """
 
@@ -55,6 +63,7 @@ from defectgen.stagekit import Curves, derive_seed, progress
 CPU_SIZED = 4 * 300 * 32**2
 NORMAL = "a defect-free class (data.normal_classes): no masks of its own"
 GRID_COLUMNS = 8
+UNUSED_GREY = 96  # grid: a mask out of range, or of a dropped method
 NO_MASKS = (
     "no masks: the dataset has no pixel masks (layouts image_mask, or coco with "
     "segmentations, carry them); the mask branch needs them"
@@ -184,18 +193,35 @@ def _class_unit(unit: Path, params: Params, label: str, real_rows, val_rows, pre
     }
     if len(val) >= 2:
         entry[f"{ext.fd_name}_real"] = metrics.frechet(metrics.extract(ext, real), f_ref)
-    table, grid = [], [real]
+    accept = masks_core.MaskRange.of(real, cfg.accept.range_factor)
+    entry["range"] = asdict(accept)
+    made_by = {}
     for method in cfg.methods:
         made, records, rejected = _make(method, params, label, real, ids, space, producer)
         kept = [(m, r) for m, r in zip(made, records, strict=True) if (m > 0).any()]
-        stats = {"n": len(kept), "empty_dropped": len(made) - len(kept), "rejected": rejected}
+        in_range = [accept.accepts(m) for m, _ in kept]
+        stats = {"made": len(kept), "accepted": sum(in_range),
+                 "empty_dropped": len(made) - len(kept), "rejected": rejected}  # fmt: skip
         if kept:
             stats.update(asdict(masks_core.stats([m for m, _ in kept])))
         if len(kept) >= 2:
             feats = metrics.extract(ext, [m for m, _ in kept])
             stats[ext.fd_name] = metrics.frechet(feats, f_ref)
         entry["methods"][method] = stats
-        for k, (mask, rec) in enumerate(kept):
+        made_by[method] = (kept, in_range)
+    a = cfg.accept
+    drops = masks_core.drop_reasons(
+        entry["methods"], ext.fd_name, a.min_accepted, a.max_distance_ratio
+    )
+    table, grid = [], [real]
+    for method, (kept, in_range) in made_by.items():
+        stats = entry["methods"][method]
+        used = [] if method in drops else [k for k, ok in zip(kept, in_range, strict=True) if ok]
+        stats["n"] = len(used)
+        if method in drops:
+            stats["dropped"] = drops[method]
+            print(f"[masks] {label}: {method} dropped, {drops[method]}", file=sys.stderr)
+        for k, (mask, rec) in enumerate(used):
             rel = f"masks/{label}/{method}_{k:04d}.png"
             write_file(unit / rel, encode_png(mask))
             table.append({"id": f"{label}-{method}-{k:04d}", "label": label, "method": method,
@@ -203,7 +229,10 @@ def _class_unit(unit: Path, params: Params, label: str, real_rows, val_rows, pre
                           "alpha": rec["alpha"], "seed": rec["seed"],
                           "area_ratio": masks_core.area_ratio(mask),
                           "components": masks_core.components(mask)})  # fmt: skip
-        grid.append([m for m, _ in kept] or [np.zeros(real[0].shape, np.uint8)])
+        # every mask made; the ones pairs will not see in grey
+        shown = [m if ok and method not in drops else np.where(m > 0, UNUSED_GREY, 0).astype(
+            np.uint8) for (m, _), ok in zip(kept, in_range, strict=True)]  # fmt: skip
+        grid.append(shown or [np.zeros(real[0].shape, np.uint8)])
     write_file(unit / "grid.png", encode_png(_grid(grid)))
     atomic_write_json(unit / "entry.json", entry)
     write_file(unit / "rows.json", json.dumps(table).encode())
@@ -214,7 +243,8 @@ def run(params: Params, *, preprocessed: Path, out_dir: Path) -> dict[str, float
     """Synthesise masks for every class that has at least 2 real train masks.
 
     Returns:
-        n_masks; per class <class>/<method>/n and, where measurable, the distance to
+        n_masks (the masks pairs may use); per class <class>/<method>/n (used) and
+        <class>/<method>/out_of_range and, where measurable, the distance to
         the val masks <class>/<method>/<fd name> and <class>/<fd name>_real (fd name:
         fid or fd_effnet_lite0, as the gate names it); skipped (1.0) without masks.
     """
@@ -268,6 +298,9 @@ def run(params: Params, *, preprocessed: Path, out_dir: Path) -> dict[str, float
             fd = ext.fd_name
             for method, stats in entry["methods"].items():
                 metrics_out[f"{label}/{method}/n"] = float(stats["n"])
+                metrics_out[f"{label}/{method}/out_of_range"] = float(
+                    stats["made"] - stats["accepted"]
+                )
                 if fd in stats:
                     metrics_out[f"{label}/{method}/{fd}"] = stats[fd]
             if f"{fd}_real" in entry:

@@ -330,6 +330,10 @@ def run(
     if params.pairs.conditioning == "driver" and params.data.normal_classes:
         normal = _normal_images(preprocessed, rows, params)
     with atomic_dir(out_dir) as tmp:
+        for label, entry in masks_report["classes"].items():
+            if "skipped" not in entry and not any(t["label"] == label for t in table):
+                report["classes"][label] = {"skipped": "the masks stage used none of its "
+                                            "masks (masks.json: every method dropped)"}  # fmt: skip
         for label in sorted({t["label"] for t in table}):
             mine = [t for t in table if t["label"] == label]
             real = None  # read only when the class's unit is still to be made

@@ -295,7 +295,9 @@ def _masks(masks: Path) -> Section:
     sec.paragraph(
         "Per class, masks made from the real train masks by each method, against the "
         f"real ones: area ratio and 8-connected regions (means), and {fd} to the class's "
-        f"val masks next to the train masks' own (the floor; extractor {report['extractor']})."
+        f"val masks next to the train masks' own (the floor; extractor {report['extractor']}). "
+        "Pairs use only masks within the real masks' area and region range, and no mask of "
+        "a method dropped for the class."
     )
     rows = []
     for label, entry in report["classes"].items():
@@ -309,14 +311,18 @@ def _masks(masks: Path) -> Section:
                      Cell(_fmt(entry.get(f"{fd}_real")), numeric=True),
                      f"HMI in {entry['hmi_space']} space"])  # fmt: skip
         for method, m in entry["methods"].items():
-            dropped = f"{m['empty_dropped']} empty dropped, {m['rejected']} draws rejected"
-            rows.append([label, method, Cell(str(m["n"]), numeric=True),
-                         Cell(f"{m['area_ratio_mean']:.4f}" if m["n"] else "-", numeric=True),
-                         Cell(f"{m['components_mean']:.2f}" if m["n"] else "-", numeric=True),
-                         Cell(_fmt(m.get(fd)), numeric=True), dropped])  # fmt: skip
-    sec.table(["class", "masks", "n", "area ratio", "regions", fd, "notes"], rows)
+            notes = (f"{m['made'] - m['accepted']} out of range, {m['empty_dropped']} empty, "
+                     f"{m['rejected']} draws rejected")  # fmt: skip
+            if "dropped" in m:
+                notes = f"dropped: {m['dropped']}; {notes}"
+            rows.append([label, method, Cell(f"{m['n']} of {m['made']}", numeric=True),
+                         Cell(f"{m['area_ratio_mean']:.4f}" if m["made"] else "-", numeric=True),
+                         Cell(f"{m['components_mean']:.2f}" if m["made"] else "-", numeric=True),
+                         Cell(_fmt(m.get(fd)), numeric=True), notes])  # fmt: skip
+    sec.table(["class", "masks", "used of made", "area ratio", "regions", fd, "notes"], rows)
     for path in sorted((masks / GRIDS_DIR).glob("*.png")):
-        sec.figure(path.read_bytes(), f"{path.stem}: real (top row), then one row per method")
+        sec.figure(path.read_bytes(), f"{path.stem}: real (top row), then one row per method; "
+                   "grey: not used for pairs")  # fmt: skip
     return sec
 
 
