@@ -56,5 +56,7 @@ def test_without_a_valid_comparison_the_summary_gives_no_verdict(tmp_path, capsy
 
 def test_before_train_has_run_the_summary_says_so(tmp_path, capsys):
     cli.main(["summary", "--data", str(tmp_path)])
-    out = capsys.readouterr().out
+    # Whitespace normalised as in the tests above: a CI run once saw four stray spaces
+    # before the first line (not reproduced alone); the words are what this checks.
+    out = " ".join(capsys.readouterr().out.split())
     assert out.startswith("No answer yet:") and "train has not run" in out
