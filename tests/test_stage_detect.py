@@ -29,14 +29,19 @@ def test_every_arm_trains_equal_steps_and_is_scored_with_coco(tmp_path: Path):
     metrics = stage.run(_params(), **_folders(run), out_dir=out)
     report = json.loads((out / artifacts.DETECT_JSON).read_text())
     model = report["models"]["fasterrcnn_effnet_lite0_imagenet"]
-    assert report["order"] == ["real", "real+synthetic", "real+classical", "real+oracle",
-                               "real+ungated", "real+classical-ungated", "real+oracle-ungated",
+    assert report["order"] == ["real", "real+synthetic", "real+classical", "real+copy-paste",
+                               "real+oracle", "real+ungated", "real+classical-ungated",
+                               "real+copy-paste-ungated", "real+oracle-ungated",
                                "all-train"]  # fmt: skip
     assert all(e["steps"] == 2 and e["n_seeds"] == 2 for e in model.values())
     # gated: patch's strength-0.3 child (its 0.8 sibling has no layout to inherit) and one
     # pair per class; ungated: both classes' 0.3 children and two pairs per class
     assert model["real+synthetic"]["n_added"] == model["real+classical"]["n_added"] == 3
     assert model["real+ungated"]["n_added"] == model["real+classical-ungated"]["n_added"] == 6
+    # copy-paste: as many real defects pasted onto real subset images (the masks are known)
+    assert model["real+copy-paste"]["n_added"] == 3
+    assert model["real+copy-paste-ungated"]["n_added"] == 6
+    assert "copy-paste" in report["protocol"]["copy_paste"]
     assert model["real+oracle-ungated"]["n_added"] == 4  # 2 outside per class: all there are
     assert model["real"]["n_train"] == 6 and model["all-train"]["n_train"] == 10
     assert report["left_out"]["real+ungated"] == {"none (strength 0.8 > 0.5)": 2}
@@ -44,9 +49,10 @@ def test_every_arm_trains_equal_steps_and_is_scored_with_coco(tmp_path: Path):
     asked = {(c["arm"], c["control"], c["metric"])
              for c in report["comparisons"]["fasterrcnn_effnet_lite0_imagenet"]}  # fmt: skip
     assert ("real+ungated", "real+classical-ungated", "map") in asked
+    assert ("real+ungated", "real+copy-paste-ungated", "map") in asked
     assert report["headline"].startswith("Synthetic vs classical augmentation for detection")
     assert (out / artifacts.BOXES_PNG).is_file() and (out / artifacts.RUNS_PARQUET).is_file()
-    assert metrics["n_runs"] == 16.0
+    assert metrics["n_runs"] == 20.0  # 10 conditions x 2 seeds
     key = "fasterrcnn_effnet_lite0_imagenet/real_ungated/vs_real_classical-ungated/map_delta"
     assert key in metrics  # the default model: the ImageNet trunk
     # one val check cannot show a detector levelled off: no verdict, and the headline says why

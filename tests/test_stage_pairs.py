@@ -180,10 +180,19 @@ def test_segmentation_scores_each_condition_on_the_real_test_split(run):
     else:
         assert conditions["real+synthetic"] == {"skipped": "no synthetic pairs passed the gate"}
         assert conditions["real+classical"] == {"skipped": "real+synthetic adds no pair to match"}
+    # copy-paste: as many real defects pasted onto real train images, from the subset only
+    pasted = conditions["real+copy-paste-ungated"]
+    # (large squares on 32 px images: some go over part of the background's own)
+    assert pasted["n_added"] == 10 and pasted["short"] == [0]
+    assert 0 <= pasted["overlapping"][0] <= 10
+    subset = {r["id"] for r in manifest.read_rows(run["pre"]) if r["in_subset"]}
+    assert pasted["pasted_from"] and set(pasted["pasted_from"]) <= subset
+    assert "copy-paste" in record["protocol"]["copy_paste"]
     compared = {(c["arm"], c["control"]) for c in record["comparisons"]}
     assert ("real+ungated", "real+classical-ungated") in compared
+    assert ("real+ungated", "real+copy-paste-ungated") in compared
     assert record["headline"].startswith("Synthetic pairs vs classical augmentation")
-    for name in ("real", "real+ungated", "real+classical-ungated"):
+    for name in ("real", "real+ungated", "real+classical-ungated", "real+copy-paste-ungated"):
         entry = conditions[name]
         assert 0 <= entry["s_measure"]["mean"] <= 1 and 0 <= entry["mae"]["mean"] <= 1
         assert 0 <= entry["dice"]["mean"] <= 1 and set(entry["dice_per_class"]) == {"Pa", "Sc"}

@@ -692,6 +692,16 @@ class ClassicalConfig(_Section):
         return self
 
 
+class CopyPasteConfig(_Section):
+    """The copy-paste control of the mask branch (core.copypaste): `real+copy-paste`
+    arms in segment and detect, as many pasted real defects per class as the synthetic
+    arm adds pairs."""
+
+    enabled: bool = Field(default=True, description="run the copy-paste arms")
+    feather: float = Field(default=1.5, gt=0.0, description="the edge's alpha blur sigma, px")
+    margin: int = Field(default=2, ge=0, description="px kept from the background's defect")
+
+
 PRIMARY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 
 
@@ -825,6 +835,7 @@ class Params(_Section):
     pairs: PairsConfig = Field(default_factory=PairsConfig)
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
     classical: ClassicalConfig = Field(default_factory=ClassicalConfig)
+    copy_paste: CopyPasteConfig = Field(default_factory=CopyPasteConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     detect: DetectConfig = Field(default_factory=DetectConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)

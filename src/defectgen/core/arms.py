@@ -9,6 +9,9 @@ same number of optimizer steps on the same seeds:
     real+classical[-ungated] + as many classically augmented subset images per class
     real+oracle[-ungated]    + as many *real* train images from outside the subset per
                              class: what a perfect generator would add
+    real+copy-paste[-ungated] (segment, detect) + as many real defects per class cut
+                             from subset pairs and pasted onto other subset images
+                             (core.copypaste): the model-free synthesis control
     all-train                the whole train split (the upper bound of this budget)
     majority                 no training: always the subset's most frequent class
 
@@ -39,7 +42,11 @@ def oracle_of(arm: str) -> str:
     return "real+oracle" + ("" if arm == "real+synthetic" else "-ungated")
 
 
-def plan(arms: list[str], *, oracle: bool) -> dict[str, str | None]:
+def copy_paste_of(arm: str) -> str:
+    return "real+copy-paste" + ("" if arm == "real+synthetic" else "-ungated")
+
+
+def plan(arms: list[str], *, oracle: bool, copy_paste: bool = False) -> dict[str, str | None]:
     """Every condition to run, in table order, mapped to the arm it is matched to (None
     for real, the arms themselves, all-train and majority)."""
     out: dict[str, str | None] = {REAL: None}
@@ -47,6 +54,8 @@ def plan(arms: list[str], *, oracle: bool) -> dict[str, str | None]:
         out[arm] = None
         if arm in ADDITIVE:
             out[classical_of(arm)] = arm
+            if copy_paste:
+                out[copy_paste_of(arm)] = arm
             if oracle:
                 out[oracle_of(arm)] = arm
     if oracle:
@@ -57,16 +66,18 @@ def plan(arms: list[str], *, oracle: bool) -> dict[str, str | None]:
 
 def questions(plan: dict[str, str | None], trained: set[str]) -> list[tuple[str, str]]:
     """The (arm, control) pairs a comparison table answers, among trained conditions:
-    every condition vs real; each synthetic arm vs its classical and oracle arms; each
-    oracle vs its classical arm (is there a gain to capture at all?); substitution vs
-    all-train (do synthetic images stand in for the real ones they replace?)."""
+    every condition vs real; each synthetic arm vs its classical, copy-paste and oracle
+    arms; each oracle vs its classical arm (is there a gain to capture at all?);
+    substitution vs all-train (do synthetic images stand in for the real ones they
+    replace?)."""
     out = []
     for name, matched in plan.items():
         if name in (REAL, MAJORITY) or name not in trained:
             continue
         out.append((name, REAL))
         if name in ADDITIVE:
-            out += [(name, classical_of(name)), (name, oracle_of(name))]
+            out += [(name, classical_of(name)), (name, copy_paste_of(name)),
+                    (name, oracle_of(name))]  # fmt: skip
         if name == "substitution":
             out.append((name, ALL_TRAIN))
         if matched is not None and name == oracle_of(matched):

@@ -109,7 +109,12 @@ class _Data:
                 else:
                     kept.append(item)
             self.added[arm], self.left_out[arm] = kept, dropped
-        self.plan = arms.plan(cfg.conditions, oracle=cfg.oracle)
+        # copy-paste cuts defects by their masks: box-only data has none to cut
+        self.masked = [i for i in self.subset if i.mask is not None]
+        self.plan = arms.plan(
+            cfg.conditions, oracle=cfg.oracle,
+            copy_paste=params.copy_paste.enabled and len(self.masked) == len(self.subset),
+        )  # fmt: skip
         self.plan.pop(arms.MAJORITY)  # a classifier baseline: no detection analogue
         self._cache: dict[str, tuple] = {}
 
@@ -125,6 +130,18 @@ class _Data:
             items="synthetic image with annotations", item="image",
             all_in_subset="every annotated train image is in the subset",
         )  # fmt: skip
+
+    def _copy_paste(self, counts: dict[str, int], rng: np.random.Generator) -> list[tuple]:
+        """Subset defects pasted onto subset images (core.copypaste), with their
+        instances from the pasted mask and the background's own."""
+        from defectgen.core import copypaste, detect
+
+        pixels = {i.row["id"]: (self.sample(i)[0], i.mask) for i in self.masked}
+        rows = [i.row for i in self.masked]
+        drawn = copypaste.draw(rows, counts, set(self.params.data.normal_classes), rng)
+        pasted, _ = copypaste.make(self.params.copy_paste, drawn, pixels, rng)
+        label_of = {r["id"]: self.labels.index(r["label"]) + 1 for r in rows}
+        return [(p.image, detect.Target.from_mask(p.mask, label_of[p.source])) for p in pasted]
 
     def condition(self, name: str, seed: int) -> tuple[list, list, int]:
         """(images, targets, number added) of one condition and seed."""
@@ -146,6 +163,8 @@ class _Data:
                 sources = arms.draw_classical([i.row for i in self.subset], counts, rng)
                 cfg = self.params.classical
                 extra = [detect.classical(cfg, *self.sample(by_id[r["id"]]), rng) for r in sources]
+            elif name == arms.copy_paste_of(matched):
+                extra = self._copy_paste(counts, rng)
             else:
                 by_id = {i.row["id"]: i for i in self.outside}
                 picked, _ = arms.draw_oracle([i.row for i in self.outside], counts, rng)
@@ -263,7 +282,7 @@ def run(
         with atomic_dir(out_dir) as tmp:
             atomic_write_json(tmp / DETECT_JSON, {"skipped": why})
         return {"skipped": 1.0}
-    from defectgen.core import augment, detect  # torch: not loaded by a skipped run
+    from defectgen.core import augment, copypaste, detect  # torch: not loaded by a skipped run
 
     if not data.split["test"]:
         raise DataError(f"{preprocessed}: no annotated test images; raise preprocess.split.test")
@@ -346,6 +365,9 @@ def run(
                     "classical": augment.describe(
                         params.classical, boxes_only=data.subset[0].mask is None
                     ),
+                    "copy_paste": copypaste.describe(params.copy_paste)
+                    if arms.copy_paste_of("real+ungated") in data.plan
+                    else None,
                     "paired": "per seed the same init, batch order and flips in every condition",
                     "interval": "95 % Student-t over paired seed differences",
                     "scoring": "pycocotools COCOeval on the real test split: mAP@[.5:.95], "

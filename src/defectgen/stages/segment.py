@@ -10,6 +10,10 @@ held-out pairs. Here:
               real+ungated             every pair, ignoring the gate
               real+classical[-ungated] as many classically augmented real pairs per class
                                        (core.augment's recipe) as the arm adds
+              real+copy-paste[-ungated] as many real defects cut from subset pairs by
+                                       their masks and pasted onto defect-free (or other
+                                       subset) images (core.copypaste): the model-free
+                                       synthesis control
               real+oracle[-ungated]    as many real train pairs from outside the subset
               all-train                every real train pair
             segment.conditions lists the synthetic arms; the controls run with them.
@@ -167,7 +171,8 @@ class _Conditions:
     def __init__(self, params, preprocessed, pairs_dir, real_train, outside, added):
         self.params, self.pairs_dir, self.added = params, pairs_dir, added
         self.real_train, self.outside = real_train, outside
-        self.plan = arms.plan(params.segment.conditions, oracle=params.segment.oracle)
+        self.plan = arms.plan(params.segment.conditions, oracle=params.segment.oracle,
+                              copy_paste=params.copy_paste.enabled)  # fmt: skip
         both = real_train + outside
         images, masks = _load(preprocessed, both)
         self.pixels = {
@@ -181,12 +186,15 @@ class _Conditions:
             all_in_subset="every train pair is in the few-shot subset",
         )  # fmt: skip
 
-    def pairs(self, name: str, seed: int) -> tuple[list, list, int]:
-        """(images, masks, number of added pairs) for one condition and seed."""
-        from defectgen.core import segment
+    def pairs(self, name: str, seed: int) -> tuple[list, list, int, dict]:
+        """(images, masks, number of added pairs, provenance) for one condition and
+        seed; provenance: for copy-paste, each pasted defect's source and background
+        row and offset, and the counts of core.copypaste.make."""
+        from defectgen.core import copypaste, segment
 
         own = [self.pixels[r["id"]] for r in self.real_train]
         matched = self.plan[name]
+        provenance: dict = {}
         if name in (arms.REAL, arms.MAJORITY):
             extra = []
         elif name in self.added:
@@ -200,11 +208,19 @@ class _Conditions:
                 sources = arms.draw_classical(self.real_train, counts, rng)
                 cfg = self.params.classical
                 extra = [segment.classical_pair(cfg, *self.pixels[r["id"]], rng) for r in sources]
+            elif name == arms.copy_paste_of(matched):
+                drawn = copypaste.draw(self.real_train, counts,
+                                       set(self.params.data.normal_classes), rng)  # fmt: skip
+                pasted, counts = copypaste.make(self.params.copy_paste, drawn, self.pixels, rng)
+                extra = [(p.image, p.mask) for p in pasted]
+                provenance = {"pasted": [{"source": p.source, "background": p.background,
+                                          "offset": list(p.offset)} for p in pasted],
+                              **counts}  # fmt: skip
             else:
                 picked, _ = arms.draw_oracle(self.outside, counts, rng)
                 extra = [self.pixels[r["id"]] for r in picked]
         both = own + extra
-        return [p[0] for p in both], [p[1] for p in both], len(extra)
+        return [p[0] for p in both], [p[1] for p in both], len(extra), provenance
 
 
 # Compared between conditions (paired over seeds); MAE is better when lower.
@@ -229,12 +245,12 @@ def headline(comparisons: list[dict], check: dict) -> str:
 def _record_unit(unit: Path, params: Params, conds, condition: str, seed: int, val_set,
                  test_set, test_labels: list[str]) -> None:  # fmt: skip
     """One segmenter trained and scored, as a resume unit."""
-    images, masks, n_added = conds.pairs(condition, seed)
+    images, masks, n_added, provenance = conds.pairs(condition, seed)
     scores, per_class, losses, checks = _fit_score(
         params, seed, (images, masks), val_set, test_set, test_labels
     )
     record = {"scores": scores, "per_class_dice": per_class, "losses": losses, **checks,
-              "n_train": len(images), "n_added": n_added}  # fmt: skip
+              "n_train": len(images), "n_added": n_added, **provenance}  # fmt: skip
     atomic_write_json(unit / RECORD_JSON, record)
 
 
@@ -257,7 +273,7 @@ def run(
             atomic_write_json(tmp / SEGMENT_JSON, {"skipped": pairs_report["skipped"]})
         return {"skipped": 1.0}
     # albumentations loads torch: not for a skipped run
-    from defectgen.core import augment, segmetrics
+    from defectgen.core import augment, copypaste, segmetrics
 
     everything = manifest.read_rows(preprocessed)
     rows = [r for r in everything if r["origin"] == "real" and r["mask_path"]]
@@ -309,6 +325,9 @@ def run(
             "interval": "95 % Student-t over paired seed differences; verdicts from "
             "the synthetic arms' Holm-adjusted p per metric",
             "classical": augment.describe(params.classical),
+            "copy_paste": copypaste.describe(params.copy_paste)
+            if params.copy_paste.enabled
+            else None,
             "matched_to": {k: v for k, v in conds.plan.items() if v is not None},
         },
         "conditions": {},
@@ -347,6 +366,15 @@ def run(
                         "n_train": done["n_train"],
                         "n_added": done["n_added"],
                         "best_step": done["best_step"],
+                        "short": done.get("short", 0),
+                        "overlapping": done.get("overlapping", 0),
+                        "pasted_from": sorted(
+                            {
+                                i
+                                for p in done.get("pasted", [])
+                                for i in (p["source"], p["background"])
+                            }
+                        ),
                         **done["scores"],
                         **per_class_dice,
                     }
@@ -361,6 +389,10 @@ def run(
                 entry[metric] = {"mean": s["mean"], "std": s["std"]}
                 metrics_out[f"{metric_name(condition)}/{metric}"] = entry[metric]["mean"]
             entry["n_seeds"] = len(mine)
+            if condition.startswith("real+copy-paste"):  # sources that found no place
+                entry["short"] = [int(v) for v in mine["short"]]
+                entry["overlapping"] = [int(v) for v in mine["overlapping"]]
+                entry["pasted_from"] = sorted({i for ids in mine["pasted_from"] for i in ids})
             entry["best_steps"] = [int(v) for v in mine["best_step"]]
             entry["budget_bound"] = validity.budget_bound(entry["best_steps"], checks_of[condition])
             entry["dice_per_class"] = {
