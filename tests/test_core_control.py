@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from defectgen.config import ModelConfig, TinyArchConfig
 from defectgen.core import masks as masks_core
@@ -79,3 +80,46 @@ def test_pairs_carry_their_conditioning_mask_and_reproduce_per_seed(pipe):
     with pytest.raises(ValueError, match="one conditioning image and one seed per mask"):
         control.generate_pairs(gen_pipe, masks=masks, conditions=drivers[:1], seeds=[1, 2],
                                **kwargs)  # fmt: skip
+
+
+def test_pairs_on_backgrounds_change_only_the_defect_and_its_band(pipe):
+    """Blended latent diffusion: a stroke mask, grey backgrounds. Further than `band` px
+    from the mask every pixel is the background's own; inside the mask the generator
+    drew something new; the annotation is the mask."""
+    net = control.build(pipe)
+    gen_pipe = control.sampler(pipe, net, blend=True)
+    masks = []
+    for i in range(2):
+        m = np.zeros((SIZE, SIZE), np.uint8)
+        m[6 + 3 * i : 24, 10 + i] = 255  # a one-pixel stroke: thinner than a latent cell
+        masks.append(m)
+    backgrounds = [texture(10 + i, (SIZE, SIZE)) for i in range(2)]
+    blend = control.Backgrounds(backgrounds, strength=0.8, dilate=1, feather=1.0)
+    conditions = [masks_core.coloured(m, (255, 0, 0)) for m in masks]
+    kwargs = dict(prompt="a photo of <defect>", guidance=2.0, steps=5, channels=1)
+    pairs = control.generate_pairs(gen_pipe, masks=masks, conditions=conditions, seeds=[1, 2],
+                                   backgrounds=blend, **kwargs)  # fmt: skip
+    reach = control.band(1, 1.0)
+    assert reach == 5
+    for (image, mask), source, bg in zip(pairs, masks, backgrounds, strict=True):
+        assert np.array_equal(mask, source)
+        near = ndimage.binary_dilation(source > 127, iterations=reach)
+        assert np.array_equal(image[~near], bg[~near])  # outside the band: the background
+        assert not np.array_equal(image[source > 127], bg[source > 127])  # the defect: new
+    again = control.generate_pairs(gen_pipe, masks=masks[1:], conditions=conditions[1:],
+                                   seeds=[2], backgrounds=control.Backgrounds(
+                                       backgrounds[1:], 0.8, 1, 1.0), **kwargs)  # fmt: skip
+    assert np.array_equal(again[0][0], pairs[1][0])
+    latent, alpha = control.edit_region(masks[0], 1, 1.0, 4)
+    assert latent[source_cells(masks[0])].all()  # every latent cell the stroke touches
+    assert alpha[masks[0] > 127].min() == 1.0 and alpha.min() == 0.0
+    with pytest.raises(ValueError, match="one background per mask"):
+        control.generate_pairs(gen_pipe, masks=masks, conditions=conditions, seeds=[1, 2],
+                               backgrounds=control.Backgrounds(backgrounds[:1], 0.8, 1, 1.0),
+                               **kwargs)  # fmt: skip
+
+
+def source_cells(mask: np.ndarray, factor: int = 4) -> np.ndarray:
+    """The pixels of every factor x factor cell that holds a mask pixel."""
+    cells = (mask > 127).reshape(SIZE // factor, factor, SIZE // factor, factor).any(axis=(1, 3))
+    return np.kron(cells, np.ones((factor, factor), bool))

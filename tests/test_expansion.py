@@ -10,9 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 from pycocotools.coco import COCO
+from scipy import ndimage
 
 from defectgen import export, manifest
+from defectgen.core.diffusion import control
 from experiments.expansion import run as expansion
 from tests.conftest import save, texture
 from tests.test_stage_masks import _dataset
@@ -45,7 +48,7 @@ def test_the_command_answers_with_paired_statistics_and_resumes(tmp_path: Path):
                     "masks_required": True,
                     "normal_classes": ["Ok"],
                 },
-                "pairs": {"conditioning": "driver"},
+                "pairs": {"conditioning": "driver", "background": "normal"},
                 "preprocess": {
                     "split": {"train": 0.5, "val": 0.25, "test": 0.25},
                     "subset": {"alpha": None, "per_class": 4},
@@ -91,8 +94,18 @@ def test_the_command_answers_with_paired_statistics_and_resumes(tmp_path: Path):
     generated = manifest.read_rows(run / "generate")
     pairs = manifest.read_rows(run / "pairs")
     assert {r["label"] for r in generated} == {r["label"] for r in pairs} == {"Pa", "Sc"}
-    ok_ids = {r["id"] for r in manifest.read_rows(run / "preprocess") if r["label"] == "Ok"}
-    assert {r["parent_id"] for r in pairs} <= ok_ids
+    ok_rows = {r["id"]: r for r in manifest.read_rows(run / "preprocess") if r["label"] == "Ok"}
+    assert {r["parent_id"] for r in pairs} <= set(ok_rows)
+    for row in pairs:  # generated into a defect-free train image: the rest is that image
+        g = json.loads(row["gen_params"])
+        bg_row = ok_rows[g["background_id"]]
+        assert g["background"] == "normal" and bg_row["split"] == "train"
+        background = np.asarray(Image.open(run / "preprocess" / bg_row["path"]))
+        image = np.asarray(Image.open(run / "pairs" / row["path"]))
+        mask = np.asarray(Image.open(run / "pairs" / row["mask_path"])) > 127
+        reach = control.band(g["blend"]["dilate"], g["blend"]["feather"])
+        near = ndimage.binary_dilation(mask, iterations=reach)
+        assert np.array_equal(image[~near], background[~near])
     assert set(result["gate"]) == {"Pa", "Sc"}
     assert all(g["n_synthetic"] == 4 for g in result["gate"].values())
     # per class, the synthetic images' test F1 against the classical arm's, and whether
@@ -107,6 +120,11 @@ def test_the_command_answers_with_paired_statistics_and_resumes(tmp_path: Path):
     seg = result["segmentation"]
     assert seg["headline"].startswith("Synthetic pairs vs classical augmentation")
     assert seg["conditions"]["real+classical-ungated"]["n_seeds"] == 2
+    # copy-paste onto the defect-free images, beside the geometric control
+    assert seg["conditions"]["real+copy-paste-ungated"]["n_seeds"] == 2
+    assert set(seg["conditions"]["real+copy-paste-ungated"]["pasted_from"]) <= {
+        r["id"] for r in manifest.read_rows(run / "preprocess") if r["in_subset"]
+    }
     # the oracle adds real pairs from outside the subset: 4 per class, or all there are
     oracle = sum(min(4, c["train"]) for k, c in counts.items() if k != "Ok")
     assert seg["conditions"]["real+oracle-ungated"]["n_added"] == oracle

@@ -12,11 +12,13 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from pycocotools.coco import COCO
+from scipy import ndimage
 
 from defectgen import manifest
 from defectgen.config import TrackingConfig, metric_name
 from defectgen.core.diffusion import control, models
 from defectgen.core.images import decode_image
+from defectgen.errors import DataError
 from defectgen.prior import open_base
 from defectgen.runner import execute, get_stage
 from defectgen.stages import base, gate, ingest, masks, pairs, preprocess, report, segment
@@ -117,6 +119,46 @@ def test_pairs_rerun_reproduces_and_drivers_record_their_layout(run):
     assert rows and all(r["parent_id"] in train_ids for r in rows)
     assert all(json.loads(r["gen_params"])["layout_id"] == r["parent_id"] for r in rows)
     assert all(r["generator"].startswith("controlnet-driver") for r in rows)
+
+
+def test_pairs_on_real_backgrounds_keep_the_background_and_annotate_both_defects(run):
+    """pairs.background real: each defect generated into a few-shot train image of its
+    class, beside that image's own defect; beyond the feathered band every pixel is the
+    background's, and the annotation is the old defect and the new one."""
+    tmp = run["tmp"]
+    params = _params(tmp / "ds", pairs={"background": "real", "sae": False,
+                                        "sff": {"enabled": False}})  # fmt: skip
+    metrics = pairs.run(params, preprocessed=run["pre"], base=run["base"], masks=run["masks"],
+                        out_dir=tmp / "on-real")  # fmt: skip
+    assert metrics["n_pairs"] == 10
+    real = {r["id"]: r for r in manifest.read_rows(run["pre"])}
+    table = pd.read_parquet(run["masks"] / "masks.parquet").set_index("id")
+    blend = params.pairs.blend
+    reach = control.band(blend.dilate, blend.feather)
+    for row in manifest.read_rows(tmp / "on-real"):
+        g = json.loads(row["gen_params"])
+        bg_row = real[row["parent_id"]]
+        assert g["background"] == "real" and g["background_id"] == bg_row["id"]
+        assert bg_row["split"] == "train" and bg_row["in_subset"]  # never val or test
+        assert bg_row["label"] == row["label"]
+        background, _ = decode_image((run["pre"] / bg_row["path"]).read_bytes())
+        own, _ = decode_image((run["pre"] / bg_row["mask_path"]).read_bytes())
+        image, _ = decode_image((tmp / "on-real" / row["path"]).read_bytes())
+        mask, _ = decode_image((tmp / "on-real" / row["mask_path"]).read_bytes())
+        source, _ = decode_image((run["masks"] / table.loc[g["mask_id"], "path"]).read_bytes())
+        moved = np.roll(source > 127, g["mask_offset"], axis=(0, 1))
+        assert moved.sum() == (source > 127).sum()  # moved whole, not cut at the edge
+        assert np.array_equal(mask > 127, moved | (own > 127))  # both defects annotated
+        near = ndimage.binary_dilation(moved, iterations=reach)
+        assert np.array_equal(image[~near], background[~near])
+        assert not np.array_equal(image[moved], background[moved])  # a defect drawn there
+    record = json.loads((tmp / "on-real" / "pairs.json").read_text())
+    assert all(record["classes"][c]["background"] == "real" for c in ("Pa", "Sc"))
+    grid, _ = decode_image((tmp / "on-real" / "grids" / "Pa.png").read_bytes())
+    assert grid.shape == (4 * 32, 5 * 32, 3)  # background, conditioning, image, outline
+    with pytest.raises(DataError, match="pairs.background normal: no defect-free"):
+        pairs.run(_params(tmp / "ds", pairs={"background": "normal"}), preprocessed=run["pre"],
+                  base=run["base"], masks=run["masks"], out_dir=tmp / "no-normal")  # fmt: skip
 
 
 def test_a_class_whose_masks_were_all_dropped_gets_no_pairs_and_says_why(run):

@@ -505,12 +505,26 @@ class SffConfig(_Section):
     base_weight: float = Field(default=0.5, ge=0.0, le=1.0)  # the rest: shared by the batch
 
 
+class BlendConfig(_Section):
+    """pairs.background normal / real: the defect generated into a real train image by
+    blended latent diffusion (Avrahami et al. 2023; DefectSynth's normal-image inference)."""
+
+    strength: float = Field(default=0.8, gt=0.0, le=1.0)  # share of the DDIM steps run
+    dilate: int = Field(default=2, ge=0)  # px the mask grows before its latent cells change
+    feather: float = Field(default=1.5, ge=0.0)  # px: the composite's edge (Gaussian sigma)
+    margin: int = Field(default=2, ge=0)  # background real: px from the image's own defect
+
+
 class PairsConfig(_Section):
     """Mask-conditioned generation: a ControlNet per class from the base UNet, trained on
     the class's real (conditioning, image) pairs, then image + mask pairs from the masks
     stage's masks."""
 
     conditioning: Literal["coloured", "driver"] = "coloured"
+    # generated: the whole image from noise; normal: into a defect-free train image
+    # (data.normal_classes); real: into a train image of the class, beside its own defect
+    background: Literal["generated", "normal", "real"] = "generated"
+    blend: BlendConfig = Field(default_factory=BlendConfig)
     per_class: int = Field(default=32, ge=1)  # pairs per class
     data: Literal["subset", "train"] = "subset"
     prompt_template: str = "a photo of a {label} defect"

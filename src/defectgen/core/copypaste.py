@@ -60,26 +60,44 @@ def paste(
     """(image, annotation, pasted region, offset) or None (no free placement). With
     `overlap` any placement will do: the pasted defect may cover part of the
     background's own (the annotation, their union, stays exact)."""
-    on = source_mask > 127
+    height, width = background.shape[:2]
+    own = np.zeros((height, width), bool) if background_mask is None else background_mask > 127
+    placed = place(source_mask > 127, own, cfg.margin, rng, tries=tries, overlap=overlap)
+    if placed is None:
+        return None
+    region, offset = placed
+    image = _blend(cfg, source, background, region, own, offset)
+    mask = np.where(own | region, 255, 0).astype(np.uint8)
+    return image, mask, region, offset
+
+
+def place(
+    on: np.ndarray,
+    own: np.ndarray,
+    margin: int,
+    rng: np.random.Generator,
+    tries: int = 50,
+    overlap: bool = False,
+) -> tuple[np.ndarray, tuple[int, int]] | None:
+    """The region `on` (bool) moved to a random place in an image whose own defect is
+    `own` (bool, same shape), at least `margin` px from it unless `overlap`: (region,
+    offset (dy, dx)) or None (empty, too large, or no free place in `tries`). Also the
+    pairs stage's placement of a new mask on a real background."""
     if not on.any():
         return None
     ys, xs = np.nonzero(on)
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
     h, w = y1 - y0, x1 - x0
-    height, width = background.shape[:2]
+    height, width = own.shape
     if h > height or w > width:
         return None
-    own = np.zeros((height, width), bool) if background_mask is None else background_mask > 127
-    busy = ndimage.binary_dilation(own, iterations=cfg.margin) if own.any() and cfg.margin else own
+    busy = ndimage.binary_dilation(own, iterations=margin) if own.any() and margin else own
     for _ in range(tries):
         top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
         region = np.zeros((height, width), bool)
         region[top : top + h, left : left + w] = on[y0:y1, x0:x1]
-        if not overlap and (region & busy).any():
-            continue
-        image = _blend(cfg, source, background, region, own, (top - y0, left - x0))
-        mask = np.where(own | region, 255, 0).astype(np.uint8)
-        return image, mask, region, (int(top - y0), int(left - x0))
+        if overlap or not (region & busy).any():
+            return region, (int(top - y0), int(left - x0))
     return None
 
 

@@ -7,6 +7,13 @@ Per class with masks from the masks stage:
      subset or all of train) with their own masks as conditioning;
   2. pairs.per_class images are generated, each under one of the masks stage's masks
      (all methods, in a seeded order), and stored with that mask as their annotation.
+Background (pairs.background): `generated`, the whole image from noise; `normal`, the
+defect generated into a defect-free train image (data.normal_classes; DefectSynth's
+stage 2 from a normal image) by blended latent diffusion (core.diffusion.control,
+pairs.blend), every pixel beyond the feathered band the background's own; `real`, the
+same into a train image of the class, the new mask moved where it keeps pairs.blend
+margin px (plus the band) from the image's own defect (core.copypaste.place), the
+annotation their union. Backgrounds follow pairs.data (subset or all of train).
 Conditioning (pairs.conditioning): `coloured`, the mask painted in the class's colour on
 black, or `driver`, Valvano's topological driver: the layout of a real train image of
 the class (adaptive threshold, scaled to 0..50) with the coloured mask on top; at
@@ -96,24 +103,63 @@ def _outline(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def _grid(conditions, images, masks) -> np.ndarray:
+def _rgb(image: np.ndarray) -> np.ndarray:
+    return np.repeat(image[..., None], 3, 2) if image.ndim == 2 else image
+
+
+def _grid(conditions, images, masks, backgrounds=None) -> np.ndarray:
+    """Rows: the backgrounds (when there are), conditioning, generated image, its mask's
+    outline on it."""
     to_rgb = [
         (np.asarray(c) * 255).round().astype(np.uint8) if np.asarray(c).dtype != np.uint8 else c
         for c in conditions
     ]
-    rows = [
+    rows = [np.concatenate([_rgb(b) for b in backgrounds], axis=1)] if backgrounds else []
+    rows += [
         np.concatenate(to_rgb, axis=1),
-        np.concatenate([np.repeat(i[..., None], 3, 2) if i.ndim == 2 else i for i in images], 1),
+        np.concatenate([_rgb(i) for i in images], axis=1),
         np.concatenate([_outline(i, m) for i, m in zip(images, masks, strict=True)], axis=1),
     ]
     return np.concatenate(rows, axis=0)
+
+
+def _on_backgrounds(cfg, masks, pool, rng):
+    """Per mask, the (row, image, own mask) background it goes into and the mask to
+    generate there: `normal` as it is; `real` moved beside the background's own defect
+    (the first of up to len(pool) random backgrounds with room, else over part of the
+    first one's defect). Returns (backgrounds, masks, offsets, overlapping count)."""
+    from defectgen.core import copypaste
+    from defectgen.core.diffusion import control
+
+    keep = cfg.blend.margin + control.band(cfg.blend.dilate, cfg.blend.feather)
+    chosen, moved, offsets, overlapping = [], [], [], 0
+    for mask in masks:
+        tries = [pool[int(rng.integers(len(pool)))] for _ in range(len(pool))]
+        if cfg.background == "normal":
+            chosen.append(tries[0])
+            moved.append(mask)
+            offsets.append((0, 0))
+            continue
+        for bg, overlap in [(b, False) for b in tries] + [(tries[0], True)]:
+            placed = copypaste.place(mask > 127, bg[2] > 127, keep, rng, overlap=overlap)
+            if placed is not None:
+                break
+        if placed is None:  # larger than the image: cannot happen for masks of its size
+            raise DataError(f"pairs: a mask of shape {mask.shape} fits no background")
+        region, offset = placed
+        overlapping += overlap
+        chosen.append(bg)
+        moved.append(np.where(region, 255, 0).astype(np.uint8))
+        offsets.append(offset)
+    return chosen, moved, offsets, overlapping
 
 
 def _class_unit(unit, params, label, labels, real, synthetic_masks, masks_dir, base, rt,
                 layouts_from=None):  # fmt: skip
     """One class: train its ControlNet, generate its pairs into `unit`; returns the entry.
     `layouts_from`: the (row, image, mask) triples the drivers take their layouts from
-    (defect-free images when the dataset has them; else the class's own `real`)."""
+    and pairs.background normal its backgrounds (defect-free images when the dataset
+    has them; else the class's own `real`)."""
     import torch
 
     from defectgen.core.diffusion import control, models, train
@@ -155,16 +201,25 @@ def _class_unit(unit, params, label, labels, real, synthetic_masks, masks_dir, b
         f"controlnet-{cfg.conditioning} controlnet={label}:{net_id} "
         f"base={record['profile']}:{record['fingerprint'][:16]}"
     )
-    sampler = control.sampler(pipe, net)
+    blended = cfg.background != "generated"
+    sampler = control.sampler(pipe, net, blend=blended)
     rng = np.random.default_rng(derive_seed(params.seed, "pairs-order", label))
     order = rng.permutation(len(synthetic_masks))
-    rows, shown, seen, duplicates = [], ([], [], []), set(), 0
+    rows, shown, seen, duplicates, overlapping = [], ([], [], [], []), set(), 0, 0
     for start in range(0, cfg.per_class, cfg.generate_batch):
         index = list(range(start, min(start + cfg.generate_batch, cfg.per_class)))
         chosen = [synthetic_masks[order[i % len(order)]] for i in index]
         masks = [_mask_of(masks_dir / m["path"]) for m in chosen]
-        pool = layouts_from or real
-        layouts = [pool[int(rng.integers(len(pool)))] for _ in index]
+        offsets, backgrounds = [None] * len(index), None
+        if blended:  # the background is the layout too: the driver describes what is there
+            pool = real if cfg.background == "real" else layouts_from
+            layouts, masks, offsets, n = _on_backgrounds(cfg, masks, pool, rng)
+            overlapping += n
+            backgrounds = control.Backgrounds([px for _, px, _ in layouts], cfg.blend.strength,
+                                              cfg.blend.dilate, cfg.blend.feather)  # fmt: skip
+        else:
+            pool = layouts_from or real
+            layouts = [pool[int(rng.integers(len(pool)))] for _ in index]
         conds = [
             _condition(cfg, px, m, colour) for (_, px, _), m in zip(layouts, masks, strict=True)
         ]
@@ -182,8 +237,11 @@ def _class_unit(unit, params, label, labels, real, synthetic_masks, masks_dir, b
             scale=cfg.conditioning_scale,
             sae=[(px, m) for _, px, m in references] if references else None,
             sff=(cfg.sff.rate, cfg.sff.base_weight) if cfg.sff.enabled else None,
+            backgrounds=backgrounds,
         )
         for k, (i, (image, mask)) in enumerate(zip(index, pairs, strict=True)):
+            if cfg.background == "real":  # the annotation: the new defect and the old one
+                mask = np.where((mask > 127) | (layouts[k][2] > 127), 255, 0).astype(np.uint8)
             oid = pixel_id(image)
             if oid in seen:  # the model repeated an earlier image exactly: keep one
                 duplicates += 1
@@ -193,6 +251,7 @@ def _class_unit(unit, params, label, labels, real, synthetic_masks, masks_dir, b
             write_file(unit / rel, encode_png(image))
             write_file(unit / mrel, encode_png(mask))
             layout = layouts[k][0]
+            parent = layout["id"] if cfg.conditioning == "driver" or blended else None
             gen_params = {
                 "prompt": prompt,
                 "conditioning": cfg.conditioning,
@@ -208,6 +267,10 @@ def _class_unit(unit, params, label, labels, real, synthetic_masks, masks_dir, b
                 "layout_id": layout["id"] if cfg.conditioning == "driver" else None,
                 "sae_reference": references[k][0]["id"] if references else None,
                 "sff": cfg.sff.model_dump() if cfg.sff.enabled else None,
+                "background": cfg.background,
+                "background_id": layout["id"] if blended else None,
+                "blend": cfg.blend.model_dump() if blended else None,
+                "mask_offset": list(offsets[k]) if cfg.background == "real" else None,
             }
             rows.append(
                 manifest.make_row(
@@ -220,7 +283,7 @@ def _class_unit(unit, params, label, labels, real, synthetic_masks, masks_dir, b
                     channels=channels,
                     origin="synthetic",
                     mask_path=mrel,
-                    parent_id=layout["id"] if cfg.conditioning == "driver" else None,
+                    parent_id=parent,
                     generator=generator,
                     gen_params=json.dumps(gen_params, sort_keys=True),
                     source=layout["source"],
@@ -230,14 +293,17 @@ def _class_unit(unit, params, label, labels, real, synthetic_masks, masks_dir, b
                 shown[0].append(conds[k])
                 shown[1].append(image)
                 shown[2].append(mask)
+                shown[3].append(layouts[k][1])
     manifest.write_manifest(rows, unit / manifest.MANIFEST_NAME)
-    write_file(unit / "grid.png", encode_png(_grid(*shown)))
+    write_file(unit / "grid.png", encode_png(_grid(*shown[:3], shown[3] if blended else None)))
     curves.write(unit / CURVES_DIR)
     entry = {
         "n": len(rows),
         "duplicates": duplicates,
         "n_real": len(real),
         "conditioning": cfg.conditioning,
+        "background": cfg.background,
+        "overlapping": overlapping,  # real: new masks over part of the image's own defect
         "sae": cfg.sae,
         "sff": cfg.sff.enabled,
         "controlnet_id": net_id,
@@ -327,8 +393,16 @@ def run(
     all_rows: list[dict] = []
     metrics_out: dict[str, float] = {}
     normal = None  # Valvano 4.2: drivers built from defect-free images where there are some
-    if params.pairs.conditioning == "driver" and params.data.normal_classes:
+    if params.pairs.background == "normal" or (
+        params.pairs.conditioning == "driver" and params.data.normal_classes
+    ):
         normal = _normal_images(preprocessed, rows, params)
+    if params.pairs.background == "normal" and normal is None:
+        raise DataError(
+            f"pairs.background normal: no defect-free {params.pairs.data} images "
+            f"(data.normal_classes {params.data.normal_classes}); name the defect-free "
+            "classes in data.normal_classes, or set pairs.background to real or generated"
+        )
     with atomic_dir(out_dir) as tmp:
         for label, entry in masks_report["classes"].items():
             if "skipped" not in entry and not any(t["label"] == label for t in table):

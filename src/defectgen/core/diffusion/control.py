@@ -4,6 +4,17 @@ so training starts exactly at the base), trained on (conditioning image, prompt)
 image pairs, and generation of image + mask pairs from new masks (DefFiller, Valvano
 et al., DefectSynth stage 2).
 
+With `backgrounds` (pairs.background normal / real) the defect is generated into a real
+image instead of the whole image from noise: blended latent diffusion (Avrahami et al.
+2023; DefectSynth's stage 2 from a normal image), through diffusers'
+StableDiffusionControlNetInpaintPipeline, which with a 4-channel UNet does exactly that:
+the background's latent noised to `strength`, and after every DDIM step the latents
+outside the mask replaced by the background's own, noised to the next step. The mask it
+gets is the annotation dilated by `dilate` px and grown to whole latent cells (so its
+nearest-neighbour downsampling keeps every cell a thin stroke touches); the decoded image
+is then composited onto the background with a feathered alpha, so every pixel further
+than `band(dilate, feather)` px from the defect is the background's own.
+
 The conditioning images come from core.masks (`coloured` or `topological_driver`), in
 [0, 1], at the image size; the ControlNet's conditioning encoder downsamples them to
 the latent size, so its depth follows the VAE's factor (SD1.5: 8x, 4 levels; the tiny
@@ -14,6 +25,7 @@ from __future__ import annotations
 
 import math
 from contextlib import ExitStack
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,9 +33,11 @@ from diffusers import (
     ControlNetModel,
     DDIMScheduler,
     DDPMScheduler,
+    StableDiffusionControlNetInpaintPipeline,
     StableDiffusionControlNetPipeline,
     StableDiffusionPipeline,
 )
+from scipy import ndimage
 
 from defectgen.core.device import LossBuffer
 from defectgen.core.diffusion import defectsynth
@@ -120,18 +134,50 @@ def train(
     controlnet.eval().requires_grad_(False)
 
 
-def sampler(pipe: StableDiffusionPipeline, controlnet: ControlNetModel):
-    """The ControlNet generation pipeline sharing `pipe`'s modules, with DDIM. The trained
-    (float32) ControlNet is cast to the base's dtype: frozen from here on, and diffusers'
-    pipeline feeds it latents in the UNet's dtype."""
+def sampler(pipe: StableDiffusionPipeline, controlnet: ControlNetModel, *, blend: bool = False):
+    """The ControlNet generation pipeline sharing `pipe`'s modules, with DDIM (`blend`:
+    the inpainting one, for `generate_pairs(backgrounds=...)`). The trained (float32)
+    ControlNet is cast to the base's dtype: frozen from here on, and diffusers' pipeline
+    feeds it latents in the UNet's dtype."""
     controlnet.to(pipe.unet.dtype)
     components = dict(pipe.components)
     components["scheduler"] = DDIMScheduler.from_config(pipe.scheduler.config)
-    out = StableDiffusionControlNetPipeline(
-        **components, controlnet=controlnet, requires_safety_checker=False
-    )
+    kind = StableDiffusionControlNetInpaintPipeline if blend else StableDiffusionControlNetPipeline
+    out = kind(**components, controlnet=controlnet, requires_safety_checker=False)
     out.set_progress_bar_config(disable=True)
     return out
+
+
+@dataclass(frozen=True)
+class Backgrounds:
+    """Real images to generate the defects into, one per mask (uint8, the masks' size)."""
+
+    images: list[np.ndarray]
+    strength: float
+    dilate: int
+    feather: float
+
+
+def band(dilate: int, feather: float) -> int:
+    """How far from the mask (px) a blended pair's pixels may differ from its background:
+    the dilation plus the Gaussian's support (scipy truncates it at 4 sigma)."""
+    return dilate + (int(4 * feather + 0.5) if feather > 0 else 0)
+
+
+def edit_region(mask: np.ndarray, dilate: int, feather: float, factor: int):
+    """(the mask the inpainting pipeline gets: the dilated mask grown to whole latent
+    cells of `factor` px, float {0, 1}; the composite's alpha: 1 on the dilated mask,
+    falling to exactly 0 `band` px from the mask)."""
+    on = mask > 127
+    grown = ndimage.binary_dilation(on, iterations=dilate) if dilate and on.any() else on
+    h, w = grown.shape
+    cells = grown.reshape(h // factor, factor, w // factor, factor).any(axis=(1, 3))
+    latent = np.kron(cells, np.ones((factor, factor), bool)).astype(np.float32)
+    alpha = grown.astype(np.float32)
+    if feather > 0:
+        alpha = ndimage.gaussian_filter(alpha, feather)
+        alpha = np.maximum(alpha / max(float(alpha.max()), 1e-6), grown)
+    return latent, alpha
 
 
 @torch.no_grad()
@@ -166,6 +212,7 @@ def generate_pairs(
     scale: float = 1.0,
     sae: list[tuple[np.ndarray, np.ndarray]] | None = None,
     sff: tuple[float, float] | None = None,
+    backgrounds: Backgrounds | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """One (image, mask) pair per mask: the image generated under the mask's conditioning
     image, the mask itself as its pixel-exact annotation (the self-annotation of the
@@ -174,27 +221,41 @@ def generate_pairs(
     Args:
         sae: DefectSynth's SAE, with one real train (image, mask) reference per mask.
         sff: DefectSynth's SFF over this batch's final latents: (rate, base_weight).
+        backgrounds: generate each defect into its background (blended latent diffusion;
+            `control_pipe` from `sampler(..., blend=True)`); the returned image equals
+            the background further than `band` px from the mask.
     """
     if not len(masks) == len(conditions) == len(seeds):
         raise ValueError("one conditioning image and one seed per mask")
     if sae is not None and len(sae) != len(masks):
         raise ValueError("one SAE reference per mask")
+    if backgrounds is not None and len(backgrounds.images) != len(masks):
+        raise ValueError("one background per mask")
     h, w = masks[0].shape
+    call = {
+        "prompt": [prompt] * len(masks),
+        "height": h,
+        "width": w,
+        "guidance_scale": guidance,
+        "num_inference_steps": steps,
+        "controlnet_conditioning_scale": scale,
+        "generator": [torch.Generator().manual_seed(s) for s in seeds],
+        "output_type": "latent",
+    }
+    if backgrounds is None:
+        call["image"] = to_conditions(conditions)
+    else:
+        factor = latent_factor(control_pipe.vae)
+        regions = [edit_region(m, backgrounds.dilate, backgrounds.feather, factor) for m in masks]
+        call["image"] = (to_pixels(backgrounds.images) + 1) / 2  # the pipeline takes [0, 1]
+        call["mask_image"] = torch.from_numpy(np.stack([r[0] for r in regions]))[:, None]
+        call["control_image"] = to_conditions(conditions)
+        call["strength"] = backgrounds.strength
     with ExitStack() as stack:
         if sae is not None:
             references, latent_masks = _sae_inputs(control_pipe, sae, masks)
             stack.enter_context(defectsynth.enhanced(control_pipe.unet, references, latent_masks))
-        latents = control_pipe(
-            prompt=[prompt] * len(masks),
-            image=to_conditions(conditions),
-            height=h,
-            width=w,
-            guidance_scale=guidance,
-            num_inference_steps=steps,
-            controlnet_conditioning_scale=scale,
-            generator=[torch.Generator().manual_seed(s) for s in seeds],
-            output_type="latent",
-        ).images
+        latents = control_pipe(**call).images
     if sff is not None:
         rate, base_weight = sff
         gen = torch.Generator().manual_seed(seeds[0])
@@ -202,4 +263,14 @@ def generate_pairs(
     vae = control_pipe.vae
     images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
     generated = from_pixels(images, channels)
+    if backgrounds is not None:
+        generated = [_composite(g, bg, alpha) for g, bg, (_, alpha)
+                     in zip(generated, backgrounds.images, regions, strict=True)]  # fmt: skip
     return list(zip(generated, [np.asarray(m).copy() for m in masks], strict=True))
+
+
+def _composite(generated: np.ndarray, background: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    if background.ndim == 3:
+        alpha = alpha[..., None]
+    out = alpha * generated.astype(np.float32) + (1 - alpha) * background.astype(np.float32)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
