@@ -3,6 +3,7 @@ whole DAG, results.json / results.md with the paired statistics, and a resumed r
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 from pathlib import Path
@@ -16,6 +17,7 @@ from scipy import ndimage
 
 from defectgen import export, manifest
 from defectgen.core.diffusion import control
+from defectgen.errors import DefectgenError
 from experiments.expansion import run as expansion
 from tests.conftest import save, texture
 from tests.test_stage_masks import _dataset
@@ -233,3 +235,28 @@ def test_the_committed_profiles_are_valid_overrides():
         raw = expansion.build_params(profile.stem, profile, toy=False, track=False)
         assert raw["data"]["name"] == profile.stem
         assert len(raw["train"]["seeds"]) >= 10  # the bar for classifiers
+
+
+def test_set_overrides_come_after_the_profile_and_are_validated():
+    profile = expansion.PROFILES / "sd-saliency-900.yaml"
+    extra = expansion.setting("pairs.blend.strength=0.6")
+    assert extra == {"pairs": {"blend": {"strength": 0.6}}}
+    raw = expansion.build_params(
+        "sd-saliency-900",
+        profile,
+        toy=False,
+        track=False,
+        settings=(expansion.setting("pairs.background=real"), extra),
+    )
+    assert raw["pairs"]["background"] == "real" and raw["pairs"]["blend"]["strength"] == 0.6
+    assert raw["pairs"]["per_class"] == 48 and raw["pairs"]["blend"]["dilate"] == 2  # kept
+    with pytest.raises(argparse.ArgumentTypeError, match="expected SECTION.KEY=VALUE"):
+        expansion.setting("pairs.background")
+    with pytest.raises(DefectgenError, match="background"):
+        expansion.build_params(
+            "sd-saliency-900",
+            profile,
+            toy=False,
+            track=False,
+            settings=(expansion.setting("pairs.background=elsewhere"),),
+        )

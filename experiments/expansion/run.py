@@ -91,13 +91,32 @@ TOY = {
 }  # fmt: skip
 
 
-def build_params(dataset: str, profile: Path, toy: bool, track: bool) -> dict:
-    """params.yaml + the profile (+ TOY), tracking as asked; validated."""
+def setting(text: str) -> dict:
+    """`--set pairs.background=real` -> {"pairs": {"background": "real"}} (the value
+    read as YAML: numbers, lists and booleans keep their type)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise argparse.ArgumentTypeError(f"--set {text!r}: expected SECTION.KEY=VALUE")
+    out: dict = {}
+    inner = out
+    *parents, last = key.split(".")
+    for part in parents:
+        inner = inner.setdefault(part, {})
+    inner[last] = yaml.safe_load(value)
+    return out
+
+
+def build_params(dataset: str, profile: Path, toy: bool, track: bool,
+                 settings: tuple[dict, ...] = ()) -> dict:  # fmt: skip
+    """params.yaml + the profile (+ TOY) + `settings` (--set), tracking as asked;
+    validated."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     over = yaml.safe_load(profile.read_text(encoding="utf-8")) or {}
     raw = merge_overrides(raw, over)
     if toy:
         raw = merge_overrides(raw, TOY)
+    for extra in settings:
+        raw = merge_overrides(raw, extra)
     raw = merge_overrides(raw, {"tracking": {"enabled": track}})
     raw["data"]["name"] = raw["data"].get("name") or dataset
     parse_params(raw, str(profile))  # every error before any work
@@ -619,6 +638,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip", nargs="+", default=[], choices=[n for n, _ in STAGES],
                     metavar="STAGE", help="stages not to run, with everything downstream of "
                     "them (e.g. --skip detect); their results read 'not run'")  # fmt: skip
+    ap.add_argument("--set", type=setting, action="append", default=[], metavar="KEY=VALUE",
+                    help="one more override after the profile's, e.g. --set "
+                    "pairs.background=real (recorded in results.json's command)")  # fmt: skip
     args = ap.parse_args(argv)
     profile = (args.profile or PROFILES / f"{args.dataset}.yaml").resolve()
     if not profile.is_file():
@@ -627,7 +649,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = (args.run_dir or REPO / "runs" / "expansion" / args.dataset).resolve()
     out = (args.results or RESULTS / args.dataset).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    raw = build_params(args.dataset, profile, args.toy, args.track)
+    raw = build_params(args.dataset, profile, args.toy, args.track, tuple(args.set))
     data = copy_data(raw, run_dir)
     (run_dir / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     started = time.perf_counter()
