@@ -42,6 +42,11 @@ def test_every_arm_trains_equal_steps_and_is_scored_with_coco(tmp_path: Path):
     assert model["real+copy-paste"]["n_added"] == 3
     assert model["real+copy-paste-ungated"]["n_added"] == 6
     assert "copy-paste" in report["protocol"]["copy_paste"]
+    subset = {r["id"] for r in manifest.read_rows(run.preprocessed) if r["in_subset"]}
+    for name in ("real+copy-paste", "real+copy-paste-ungated"):  # provenance, per seed
+        assert model[name]["short"] == [0, 0] and len(model[name]["overlapping"]) == 2
+        assert model[name]["pasted_from"] and set(model[name]["pasted_from"]) <= subset
+    assert not any("pasted_from" in e for c, e in model.items() if "copy-paste" not in c)
     assert model["real+oracle-ungated"]["n_added"] == 4  # 2 outside per class: all there are
     assert model["real"]["n_train"] == 6 and model["all-train"]["n_train"] == 10
     assert report["left_out"]["real+ungated"] == {"none (strength 0.8 > 0.5)": 2}

@@ -230,6 +230,7 @@ def test_segmentation_scores_each_condition_on_the_real_test_split(run):
     subset = {r["id"] for r in manifest.read_rows(run["pre"]) if r["in_subset"]}
     assert pasted["pasted_from"] and set(pasted["pasted_from"]) <= subset
     assert "copy-paste" in record["protocol"]["copy_paste"]
+    assert not any("pasted_from" in e for c, e in conditions.items() if "copy-paste" not in c)
     compared = {(c["arm"], c["control"]) for c in record["comparisons"]}
     assert ("real+ungated", "real+classical-ungated") in compared
     assert ("real+ungated", "real+copy-paste-ungated") in compared

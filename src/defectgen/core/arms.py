@@ -124,9 +124,14 @@ def draw_classical(
         own = [r for r in subset if r["label"] == label]
         if not own or k <= 0:
             continue
-        order = np.concatenate([rng.permutation(len(own)) for _ in range(-(-k // len(own)))])
-        picked += [own[i] for i in order[:k]]
+        picked += [own[i] for i in passes(len(own), k, rng)]
     return picked
+
+
+def passes(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k indices into n items in whole shuffled passes: an item repeats only after every
+    item was used."""
+    return np.concatenate([rng.permutation(n) for _ in range(-(-k // n))])[:k]
 
 
 def draw_oracle(

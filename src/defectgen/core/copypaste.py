@@ -10,6 +10,10 @@ one of the same class away from its own defect) and blended; the annotation is e
                  rows when there are any, else the class's other rows
     make         the pasted pairs of a draw, with their provenance; a source no
                  background has room for goes over part of one's defect
+    record       one training set's pastes as JSON (each paste's source, background and
+                 offset; make's counts), what segment and detect keep per seed
+    summarise    an arm's records over seeds: per seed short and overlapping counts,
+                 and every row id used as a source or background
     describe     the recipe in words, for reports
 
 Blending: a feathered edge, an alpha from the mask blurred by `feather` px and 1 on the
@@ -29,6 +33,7 @@ import numpy as np
 from scipy import ndimage
 
 from defectgen.config import CopyPasteConfig
+from defectgen.core import arms
 
 
 @dataclass(frozen=True)
@@ -126,8 +131,7 @@ def draw(
         own = [r for r in rows if r["label"] == label]
         if not own or k <= 0:
             continue
-        order = np.concatenate([rng.permutation(len(own)) for _ in range(-(-k // len(own)))])
-        for i in order[:k]:
+        for i in arms.passes(len(own), k, rng):
             source = own[i]
             pool = free or [r for r in rows if r["label"] == label and r["id"] != source["id"]]
             out.append((source, [pool[j] for j in rng.permutation(len(pool))]))
@@ -158,6 +162,29 @@ def make(
         else:
             counts["short"] += 1
     return out, counts
+
+
+def record(pasted: list[Pasted], counts: dict[str, int]) -> dict:
+    """One training set's pastes as JSON: each paste's source, background and offset,
+    and make's counts."""
+    return {
+        "pasted": [
+            {"source": p.source, "background": p.background, "offset": list(p.offset)}
+            for p in pasted
+        ],
+        **counts,
+    }
+
+
+def summarise(records: list[dict]) -> dict:
+    """An arm's `record`s over seeds: per seed how many sources found no place ("short")
+    or went over a background's defect ("overlapping"), and every row id it used."""
+    used = {i for r in records for p in r["pasted"] for i in (p["source"], p["background"])}
+    return {
+        "short": [int(r["short"]) for r in records],
+        "overlapping": [int(r["overlapping"]) for r in records],
+        "pasted_from": sorted(used),
+    }
 
 
 def describe(cfg: CopyPasteConfig) -> str:

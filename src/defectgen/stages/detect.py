@@ -117,6 +117,7 @@ class _Data:
         )  # fmt: skip
         self.plan.pop(arms.MAJORITY)  # a classifier baseline: no detection analogue
         self._cache: dict[str, tuple] = {}
+        self._pixels: dict[str, tuple] | None = None
 
     def sample(self, item: Item) -> tuple[np.ndarray, detect.Target]:
         key = f"{item.folder}/{item.row['id']}"
@@ -131,24 +132,29 @@ class _Data:
             all_in_subset="every annotated train image is in the subset",
         )  # fmt: skip
 
-    def _copy_paste(self, counts: dict[str, int], rng: np.random.Generator) -> list[tuple]:
+    def _copy_paste(self, counts: dict[str, int], rng: np.random.Generator) -> tuple[list, dict]:
         """Subset defects pasted onto subset images (core.copypaste), with their
-        instances from the pasted mask and the background's own."""
+        instances from the pasted mask and the background's own; and the pastes'
+        provenance (copypaste.record)."""
         from defectgen.core import copypaste, detect
 
-        pixels = {i.row["id"]: (self.sample(i)[0], i.mask) for i in self.masked}
+        if self._pixels is None:  # id -> (image, mask) of the subset, decoded once
+            self._pixels = {i.row["id"]: (self.sample(i)[0], i.mask) for i in self.masked}
         rows = [i.row for i in self.masked]
         drawn = copypaste.draw(rows, counts, set(self.params.data.normal_classes), rng)
-        pasted, _ = copypaste.make(self.params.copy_paste, drawn, pixels, rng)
+        pasted, made = copypaste.make(self.params.copy_paste, drawn, self._pixels, rng)
         label_of = {r["id"]: self.labels.index(r["label"]) + 1 for r in rows}
-        return [(p.image, detect.Target.from_mask(p.mask, label_of[p.source])) for p in pasted]
+        extra = [(p.image, detect.Target.from_mask(p.mask, label_of[p.source])) for p in pasted]
+        return extra, copypaste.record(pasted, made)
 
-    def condition(self, name: str, seed: int) -> tuple[list, list, int]:
-        """(images, targets, number added) of one condition and seed."""
+    def condition(self, name: str, seed: int) -> tuple[list, list, int, dict]:
+        """(images, targets, number added, provenance) of one condition and seed;
+        provenance: for copy-paste, copypaste.record of its pastes."""
         from defectgen.core import detect
 
         own = [self.sample(i) for i in self.subset]
         matched = self.plan[name]
+        provenance: dict = {}
         if name == arms.REAL:
             extra = []
         elif name in self.added:
@@ -164,13 +170,13 @@ class _Data:
                 cfg = self.params.classical
                 extra = [detect.classical(cfg, *self.sample(by_id[r["id"]]), rng) for r in sources]
             elif name == arms.copy_paste_of(matched):
-                extra = self._copy_paste(counts, rng)
+                extra, provenance = self._copy_paste(counts, rng)
             else:
                 by_id = {i.row["id"]: i for i in self.outside}
                 picked, _ = arms.draw_oracle([i.row for i in self.outside], counts, rng)
                 extra = [self.sample(by_id[r["id"]]) for r in picked]
         both = own + extra
-        return [b[0] for b in both], [b[1] for b in both], len(extra)
+        return [b[0] for b in both], [b[1] for b in both], len(extra), provenance
 
 
 def _record_unit(unit: Path, params: Params, data, model: str, condition: str, seed: int) -> None:
@@ -186,7 +192,7 @@ def _train_one(params: Params, data: _Data, model_name: str, condition: str, see
 
     cfg = params.detect
     rt = runtime(params.model)
-    images, targets, n_added = data.condition(condition, seed)
+    images, targets, n_added, provenance = data.condition(condition, seed)
     size = int(images[0].shape[0])
     val = tuple(map(list, zip(*[data.sample(i) for i in data.split["val"]], strict=True)))
     test = [data.sample(i) for i in data.split["test"]]
@@ -207,7 +213,7 @@ def _train_one(params: Params, data: _Data, model_name: str, condition: str, see
         "model": model_name, "condition": condition, "seed": seed, **scores,
         "n_train": len(images), "n_added": n_added, "steps": cfg.steps,
         "best_step": fit.best_step, "eval_steps": fit.eval_steps,
-        "val_map50": fit.val_map50, "train_loss": fit.losses,
+        "val_map50": fit.val_map50, "train_loss": fit.losses, **provenance,
     }  # fmt: skip
 
 
@@ -336,6 +342,8 @@ def run(
             entry["ap_per_class_mean"] = {
                 c: float(np.mean([r["ap_per_class"][c] for r in runs])) for c in data.labels
             }
+            if "pasted" in runs[0]:  # a copy-paste arm: what was pasted where
+                entry.update(copypaste.summarise(runs))
             summary[model][condition] = entry
         trained = set(summary[model])
         asked = arms.questions(data.plan, trained)
@@ -384,7 +392,8 @@ def run(
                 "not_trained": skipped,  # per condition, why ("skipped" is the whole stage's)
             },
         )
-        drop = ("eval_steps", "val_map50", "train_loss")
+        # curves go to curves/, copy-paste provenance to detect.json (copypaste.summarise)
+        drop = ("eval_steps", "val_map50", "train_loss", "pasted", "short", "overlapping")
         table = [{k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in r.items()
                   if k not in drop} for r in records]  # fmt: skip
         pd.DataFrame(table).to_parquet(tmp / RUNS_PARQUET, index=False)

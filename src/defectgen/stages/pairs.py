@@ -134,12 +134,12 @@ def _on_backgrounds(cfg, masks, pool, rng):
     keep = cfg.blend.margin + control.band(cfg.blend.dilate, cfg.blend.feather)
     chosen, moved, offsets, overlapping = [], [], [], 0
     for mask in masks:
-        tries = [pool[int(rng.integers(len(pool)))] for _ in range(len(pool))]
         if cfg.background == "normal":
-            chosen.append(tries[0])
+            chosen.append(pool[int(rng.integers(len(pool)))])
             moved.append(mask)
             offsets.append((0, 0))
             continue
+        tries = [pool[int(rng.integers(len(pool)))] for _ in range(len(pool))]
         for bg, overlap in [(b, False) for b in tries] + [(tries[0], True)]:
             placed = copypaste.place(mask > 127, bg[2] > 127, keep, rng, overlap=overlap)
             if placed is not None:

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -211,11 +212,9 @@ class _Conditions:
             elif name == arms.copy_paste_of(matched):
                 drawn = copypaste.draw(self.real_train, counts,
                                        set(self.params.data.normal_classes), rng)  # fmt: skip
-                pasted, counts = copypaste.make(self.params.copy_paste, drawn, self.pixels, rng)
+                pasted, made = copypaste.make(self.params.copy_paste, drawn, self.pixels, rng)
                 extra = [(p.image, p.mask) for p in pasted]
-                provenance = {"pasted": [{"source": p.source, "background": p.background,
-                                          "offset": list(p.offset)} for p in pasted],
-                              **counts}  # fmt: skip
+                provenance = copypaste.record(pasted, made)
             else:
                 picked, _ = arms.draw_oracle(self.outside, counts, rng)
                 extra = [self.pixels[r["id"]] for r in picked]
@@ -334,6 +333,7 @@ def run(
     }
     runs: list[dict] = []
     checks_of: dict[str, list[int]] = {}  # per condition, the val checks' steps
+    pasted: dict[str, list[dict]] = defaultdict(list)  # copy-paste records by condition
     curves = Curves()
     metrics_out: dict[str, float] = {}
     to_train = [c for c in conds.plan if c != arms.MAJORITY and not conds.reason(c)]
@@ -356,6 +356,8 @@ def run(
             for seed in cfg.seeds:
                 folder, _ = next(made)
                 done = json.loads((folder / RECORD_JSON).read_text("utf-8"))
+                if "pasted" in done:  # a copy-paste arm's provenance
+                    pasted[condition].append(done)
                 curves.series[f"{metric_name(condition)}.seed{seed}"] = done["losses"]
                 checks_of[condition] = done["eval_steps"]
                 per_class_dice = {f"dice/{k}": v for k, v in done["per_class_dice"].items()}
@@ -366,15 +368,6 @@ def run(
                         "n_train": done["n_train"],
                         "n_added": done["n_added"],
                         "best_step": done["best_step"],
-                        "short": done.get("short", 0),
-                        "overlapping": done.get("overlapping", 0),
-                        "pasted_from": sorted(
-                            {
-                                i
-                                for p in done.get("pasted", [])
-                                for i in (p["source"], p["background"])
-                            }
-                        ),
                         **done["scores"],
                         **per_class_dice,
                     }
@@ -389,10 +382,8 @@ def run(
                 entry[metric] = {"mean": s["mean"], "std": s["std"]}
                 metrics_out[f"{metric_name(condition)}/{metric}"] = entry[metric]["mean"]
             entry["n_seeds"] = len(mine)
-            if condition.startswith("real+copy-paste"):  # sources that found no place
-                entry["short"] = [int(v) for v in mine["short"]]
-                entry["overlapping"] = [int(v) for v in mine["overlapping"]]
-                entry["pasted_from"] = sorted({i for ids in mine["pasted_from"] for i in ids})
+            if pasted[condition]:
+                entry.update(copypaste.summarise(pasted[condition]))
             entry["best_steps"] = [int(v) for v in mine["best_step"]]
             entry["budget_bound"] = validity.budget_bound(entry["best_steps"], checks_of[condition])
             entry["dice_per_class"] = {
