@@ -31,17 +31,17 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cpu_pipeline import REPO, STAGES, machine, run_stage, throughput  # noqa: E402
+from cpu_pipeline import BENCHED, REPO, STAGES, machine, run_stage, throughput  # noqa: E402
 
 from defectgen.config import merge_overrides as merged  # noqa: E402
+from defectgen.declarations import get_stage, upstream  # noqa: E402
 
 PROFILE = REPO / "benchmarks" / "gpu_neu.yaml"
 # cpu_pipeline's stages, then the report over what they wrote
 DAG = [
     *STAGES,
-    ("report", [("ingested", "ingest"), ("preprocessed", "preprocess"), ("sweep", "sweep"),
-                ("generated", "generate"), ("gated", "gate"), ("train", "train")]),
-]  # fmt: skip
+    ("report", [(a, s) for a, s in upstream(get_stage("report")).items() if s in BENCHED]),
+]
 # --smoke: the same DAG at toy size on the CPU (checks the harness, not the GPU).
 SMOKE = {
     "preprocess": {"image_size": 32, "split": {"train": 0.5, "val": 0.25, "test": 0.25}},

@@ -8,19 +8,19 @@ from components import IMAGE
 def pairs_gate(
     params_yaml: str,
     preprocessed: Input[Dataset],
-    generated: Input[Dataset],
+    pairs: Input[Dataset],
     track: bool,
     pairs_gated: Output[Dataset],
     metrics: Output[Metrics],
 ):
-    """The gate, unchanged, on the pairs' images (defectgen.stages.gate), every class."""
+    """The gate, unchanged, on the pairs' images (defectgen.stages.pairs_gate), every class."""
     from defectgen.runner import run_from_yaml
 
     run_from_yaml(
         "pairs_gate",
         params_yaml,
         out_dir=pairs_gated.path,
-        inputs={"preprocessed": preprocessed.path, "generated": generated.path},
+        inputs={"preprocessed": preprocessed.path, "pairs": pairs.path},
         track=track,
         log_metric=metrics.log_metric,
     )

@@ -9,7 +9,7 @@ def segment(
     params_yaml: str,
     preprocessed: Input[Dataset],
     pairs: Input[Dataset],
-    gated: Input[Dataset],
+    pairs_gated: Input[Dataset],
     track: bool,
     segment: Output[Dataset],
     metrics: Output[Metrics],
@@ -25,7 +25,7 @@ def segment(
         inputs={
             "preprocessed": preprocessed.path,
             "pairs": pairs.path,
-            "gated": gated.path,
+            "pairs_gated": pairs_gated.path,
         },
         track=track,
         log_metric=metrics.log_metric,

@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from defectgen.config import merge_overrides, parse_params
+from defectgen.declarations import graph
 from defectgen.io import atomic_write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,14 +38,9 @@ MODES = {
     "dreambooth": {"mode": "dreambooth", "dreambooth": {"train": "lora"}},
     "dreambooth-unet": {"mode": "dreambooth", "dreambooth": {"train": "unet"}},
 }
-# (stage, its input option -> a folder of the mode's work dir, or of the finished run)
-STAGES = [
-    ("finetune", ("preprocessed", "base")),
-    ("sweep", ("preprocessed", "base", "adapters")),
-    ("generate", ("preprocessed", "base", "adapters", "sweep")),
-    ("gate", ("preprocessed", "generated")),
-]
-MODE_DIR = {"adapters": "finetune", "sweep": "sweep", "generated": "generate"}
+# (stage, {input artifact: its stage}) from the declarations: each input a folder of the
+# mode's work dir (what these stages write) or of the finished run (the rest)
+STAGES = [(n, up) for n, up in graph() if n in ("finetune", "sweep", "generate", "gate")]
 
 
 def run_mode(raw: dict, mode: str, identifier: str, given: dict[str, Path], work: Path) -> dict:
@@ -62,7 +58,7 @@ def run_mode(raw: dict, mode: str, identifier: str, given: dict[str, Path], work
         if out.is_dir() and marker.is_file():
             walls[name] = json.loads(marker.read_text(encoding="utf-8"))["wall_s"]
             continue
-        paths = {opt: given[opt] if opt in given else work / mode / MODE_DIR[opt] for opt in inputs}
+        paths = {opt: given.get(opt, work / mode / up) for opt, up in inputs.items()}
         print(f"[finetune_modes] {mode}: {name} ...", flush=True)
         _, wall = execute(get_stage(name), params, out_dir=out, inputs=paths, track=False)
         walls[name] = round(wall, 1)

@@ -3,9 +3,9 @@
     ingest -> preprocess -> masks -> pairs (needs base) -> pairs_gate -> segment
                              (the mask branch; "skipped" records without masks)
                           -> base -> classes
-      ParallelFor class (at most cluster.parallelism at once): the sub-pipeline one_class
+      ParallelFor class (at most cluster.parallelism at once): one_class's plain tasks
         finetune -> sweep -> generate -> gate -> If verdict == "pass": register
-        (outputs: the chosen cell, the generated and the gated images)
+        (collected: the chosen cell, the generated and the gated images)
       merge (dsl.Collected) the chosen cells, generated and gated images
       -> train, detect (also reads the mask branch's pairs) -> report
     exit handler: status (always: the final state and every stage run; for a run that
@@ -27,10 +27,8 @@ the exit handler and needs tracking (an exit task cannot take the stages' artifa
 Compile with `python -m pipelines.compile` (writes pipelines/build/defectgen.yaml).
 """
 
-from typing import NamedTuple
-
 from kfp import dsl, kubernetes
-from kfp.dsl import Dataset, Input, Model, graph_component
+from kfp.dsl import graph_component
 
 from components.base import base
 from components.detect import detect
@@ -123,15 +121,11 @@ def build(cluster: ClusterConfig) -> graph_component.GraphComponent:
     """The pipeline, placed on the cluster that params `cluster` describes."""
     place = Placement(cluster)
 
-    @dsl.pipeline(
-        name="one-class",
-        description="One class's adapter, cell, images and verdict: finetune -> sweep -> "
-        "generate -> gate -> register if the gate passed it.",
-    )
-    def one_class(
-        params_yaml: str, track: bool, label: str, preprocessed: Input[Dataset], base: Input[Model]
-    ) -> NamedTuple("Outputs", sweep=Dataset, generated=Dataset, gated=Dataset):  # noqa: UP014
-        common = {"params_yaml": params_yaml, "track": track}
+    def one_class(common: dict, label, preprocessed, base) -> dict:
+        """One class's tasks in the loop body: finetune -> sweep -> generate -> gate ->
+        register if the gate passed it; returns its sweep, generated and gated outputs.
+        Plain tasks, not a nested pipeline: a pipeline inside a ParallelFor does not run
+        on every backend (kubeflow/pipelines#10039)."""
         adapted = place.gpu(
             finetune(**common, preprocessed=preprocessed, base=base, label=label), "finetune"
         )
@@ -156,9 +150,8 @@ def build(cluster: ClusterConfig) -> graph_component.GraphComponent:
                          gated=judged.outputs["gated"]),
                 "register",
             )  # fmt: skip
-        outputs = NamedTuple("Outputs", sweep=Dataset, generated=Dataset, gated=Dataset)  # noqa: UP014
-        return outputs(sweep=chosen, generated=gen.outputs["generated"],
-                       gated=judged.outputs["gated"])  # fmt: skip
+        return {"sweep": chosen, "generated": gen.outputs["generated"],
+                "gated": judged.outputs["gated"]}  # fmt: skip
 
     @dsl.pipeline(
         name="defectgen",
@@ -191,25 +184,23 @@ def build(cluster: ClusterConfig) -> graph_component.GraphComponent:
             )  # fmt: skip
             image_mask_pairs = paired.outputs["pairs"]
             pairs_judged = place.gpu(
-                pairs_gate(**common, preprocessed=preprocessed, generated=image_mask_pairs),
+                pairs_gate(**common, preprocessed=preprocessed, pairs=image_mask_pairs),
                 "pairs_gate",
             )
             segmented = place.gpu(
                 segment(**common, preprocessed=preprocessed, pairs=image_mask_pairs,
-                        gated=pairs_judged.outputs["pairs_gated"]),
+                        pairs_gated=pairs_judged.outputs["pairs_gated"]),
                 "segment",
             )  # fmt: skip
             labels = place.cpu(classes(params_yaml=params_yaml, preprocessed=preprocessed),
                                "classes")  # fmt: skip
 
             with dsl.ParallelFor(labels.output, parallelism=cluster.parallelism) as label:
-                per_class = one_class(
-                    **common, preprocessed=preprocessed, base=base_model, label=label
-                ).set_display_name("one class")
+                per_class = one_class(common, label, preprocessed, base_model)
 
             def fan_in(output: str):
-                """The per-class `output`s of the loop's sub-pipeline, merged into one folder."""
-                merged = merge_datasets(parts=dsl.Collected(per_class.outputs[output]))
+                """The loop's per-class `output`s, merged into one folder."""
+                merged = merge_datasets(parts=dsl.Collected(per_class[output]))
                 return place.cpu(merged, f"merge {output}").outputs["merged"]
 
             chosen = fan_in("sweep")

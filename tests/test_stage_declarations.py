@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from defectgen.declarations import STAGES, get_stage
+from defectgen.declarations import STAGES, get_stage, graph, upstream
 from pipelines import dvc_stages
 from tests.conftest import make_params
 
@@ -32,6 +32,34 @@ def test_dvc_yaml_deps_are_each_stage_import_closure_and_params_its_declaration(
         missing, extra = sorted(closure - deps), sorted(deps - closure)
         assert not missing and not extra, f"{stage.name}: missing {missing}, not imported {extra}"
         assert dvc[stage.name].get("params", []) == list(stage.reads), stage.name
+
+
+def _options(cmd: str) -> dict[str, str]:
+    """`--name value` pairs of a dvc.yaml cmd."""
+    words = cmd.split()
+    return {w[2:]: words[i + 1] for i, w in enumerate(words) if w.startswith("--")}
+
+
+def test_dvc_yaml_wires_the_declared_graph():
+    """Each stage's cmd passes every input artifact as --<artifact>, from the folder its
+    producer writes (--out), listed in deps; one producer per artifact; every stage
+    after its inputs' producers."""
+    dvc = yaml.safe_load(dvc_stages.DVC_YAML.read_text(encoding="utf-8"))["stages"]
+    assert len({s.output for s in STAGES}) == len(STAGES)  # one name, one writer
+    folder = {s.output: _options(dvc[s.name]["cmd"])["out"] for s in STAGES}
+    done: set[str] = set()
+    for name, inputs in graph():
+        options = _options(dvc[name]["cmd"])
+        given = set(options) - {"params", "out", "metrics", "source"}
+        assert given == set(inputs), name  # every input named as its artifact, no other
+        for artifact, producer in inputs.items():
+            assert options[artifact] == folder[artifact], (name, artifact)
+            assert folder[artifact] in dvc[name]["deps"], (name, artifact)
+            assert producer in done, f"{name} is declared before {producer}"
+        assert dvc[name].get("outs", [options["out"]]) == [options["out"]], name
+        done.add(name)
+    assert upstream(get_stage("segment"))["pairs_gated"] == "pairs_gate"
+    assert upstream(get_stage("pairs_gate")) == {"preprocessed": "preprocess", "pairs": "pairs"}
 
 
 def test_the_closure_follows_lazy_imports_and_packages():
@@ -96,7 +124,7 @@ preprocess.run(params, ingested=t / "ingested", out_dir=t / "pre")
 done = [masks.run(params, preprocessed=t / "pre", out_dir=t / "masks"),
         pairs.run(params, preprocessed=t / "pre", base=t / "none", masks=t / "masks",
                   out_dir=t / "pairs"),
-        segment.run(params, preprocessed=t / "pre", pairs=t / "pairs", gated=t / "none",
+        segment.run(params, preprocessed=t / "pre", pairs=t / "pairs", pairs_gated=t / "none",
                     out_dir=t / "segment"),
         detect.run(params, preprocessed=t / "pre", generated=t / "none", gated=t / "none",
                    pairs=t / "pairs", pairs_gated=t / "none", out_dir=t / "detect")]

@@ -64,7 +64,7 @@ def run(tmp_path_factory) -> dict:
     d["fingerprint_after"] = models.fingerprint(open_base(d["base"], params, rt))
     gate.run(params, preprocessed=d["pre"], generated=d["pairs"], out_dir=d["pgate"])
     d["seg_metrics"] = segment.run(params, preprocessed=d["pre"], pairs=d["pairs"],
-                                   gated=d["pgate"], out_dir=d["seg"])  # fmt: skip
+                                   pairs_gated=d["pgate"], out_dir=d["seg"])  # fmt: skip
     d["params"] = params
     d["tmp"] = tmp
     return d
@@ -256,7 +256,7 @@ def test_segmentation_scores_each_condition_on_the_real_test_split(run):
 def test_segment_metrics_and_curves_log_to_mlflow(run, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     params = run["params"].model_copy(update={"tracking": TrackingConfig(enabled=True)})
-    inputs = {"preprocessed": run["pre"], "pairs": run["pairs"], "gated": run["pgate"]}
+    inputs = {"preprocessed": run["pre"], "pairs": run["pairs"], "pairs_gated": run["pgate"]}
     metrics, _ = execute(get_stage("segment"), params, out_dir=tmp_path / "seg", inputs=inputs)
     client = MlflowClient()
     logged = next(
@@ -281,6 +281,6 @@ def test_without_masks_pairs_and_segment_say_skipped(folders_dataset, tmp_path):
     gate.run(params, preprocessed=tmp_path / "pre", generated=tmp_path / "pairs",
              out_dir=tmp_path / "pgate")  # fmt: skip
     seg = segment.run(params, preprocessed=tmp_path / "pre", pairs=tmp_path / "pairs",
-                      gated=tmp_path / "pgate", out_dir=tmp_path / "seg")  # fmt: skip
+                      pairs_gated=tmp_path / "pgate", out_dir=tmp_path / "seg")  # fmt: skip
     assert seg == {"skipped": 1.0}
     assert "no masks" in json.loads((tmp_path / "seg" / "segment.json").read_text())["skipped"]

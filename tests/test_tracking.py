@@ -74,9 +74,12 @@ def test_sqlite_parent_and_nested_stage_runs(folders_dataset, tmp_path, monkeypa
     # the manifests are the runs' datasets, with their digests
     pre = next(r for r in children if r.info.run_name == "preprocess")
     inputs = {(d.dataset.name, d.tags[0].value) for d in pre.inputs.dataset_inputs}
-    assert ("tracked/ingested", "input") in inputs and ("tracked/preprocess", "output") in inputs
+    assert ("tracked/ingested", "input") in inputs and ("tracked/preprocessed", "output") in inputs
     digests = {d.dataset.name: d.dataset.digest for d in pre.inputs.dataset_inputs}
     assert digests["tracked/ingested"] == file_digest(tmp_path / "ing" / "manifest.parquet")[:16]
+    # one name per artifact: what ingest wrote is what preprocess read, by name and digest
+    wrote = {(d.dataset.name, d.dataset.digest) for d in ing.inputs.dataset_inputs}
+    assert wrote == {("tracked/ingested", digests["tracked/ingested"])}
     # the experiment opens on its runs, not on the GenAI overview
     experiment = client.get_experiment(parent.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"

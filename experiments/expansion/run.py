@@ -42,6 +42,7 @@ import yaml
 
 from defectgen import manifest
 from defectgen.config import merge_overrides, parse_params
+from defectgen.declarations import graph
 from defectgen.io import atomic_write_json, file_digest
 
 HERE = Path(__file__).resolve().parent
@@ -49,29 +50,9 @@ REPO = HERE.parents[1]
 PROFILES = HERE / "profiles"
 RESULTS = HERE / "results"
 
-# (stage, {input option: upstream stage}) in DAG order: dvc.yaml's stages, without
+# (stage, {input artifact: upstream stage}) in DAG order, from the declarations, without
 # register (it needs the MLflow registry, which is not what is measured here).
-STAGES = [
-    ("ingest", {}),
-    ("preprocess", {"ingested": "ingest"}),
-    ("base", {"preprocessed": "preprocess"}),
-    ("finetune", {"preprocessed": "preprocess", "base": "base"}),
-    ("sweep", {"preprocessed": "preprocess", "base": "base", "adapters": "finetune"}),
-    ("generate", {"preprocessed": "preprocess", "base": "base", "adapters": "finetune",
-                  "sweep": "sweep"}),
-    ("gate", {"preprocessed": "preprocess", "generated": "generate"}),
-    ("train", {"preprocessed": "preprocess", "generated": "generate", "gated": "gate"}),
-    ("masks", {"preprocessed": "preprocess"}),
-    ("pairs", {"preprocessed": "preprocess", "base": "base", "masks": "masks"}),
-    ("pairs_gate", {"preprocessed": "preprocess", "generated": "pairs"}),
-    ("segment", {"preprocessed": "preprocess", "pairs": "pairs", "gated": "pairs_gate"}),
-    ("detect", {"preprocessed": "preprocess", "generated": "generate", "gated": "gate",
-                "pairs": "pairs", "pairs_gated": "pairs_gate"}),
-    ("report", {"ingested": "ingest", "preprocessed": "preprocess", "sweep": "sweep",
-                "generated": "generate", "gated": "gate", "train": "train", "masks": "masks",
-                "pairs": "pairs", "pairs_gated": "pairs_gate", "segment": "segment",
-                "detect": "detect"}),
-]  # fmt: skip
+STAGES = [(name, inputs) for name, inputs in graph() if name != "register"]
 
 # --toy: the same DAG at toy sizes (make test runs it; the numbers mean nothing).
 TOY = {

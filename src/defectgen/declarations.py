@@ -27,11 +27,19 @@ class Stage:
 
     name: str
     help: str
-    inputs: tuple[tuple[str, bool, str], ...]  # (option name, required, help)
+    inputs: tuple[tuple[str, bool, str], ...]  # (artifact name = option name, required, help)
     reads: tuple[str, ...]  # params sections or dotted keys
     reports: tuple[str, ...]  # files under --out logged to MLflow as artifacts
     curves: tuple[str, ...] = ()  # folders of <series>.csv (step, loss): MLflow step metrics
     module: str = ""  # defectgen.stages.<module> runs it (default: the name)
+    output: str = ""  # the artifact it writes (its --out): what its consumers' inputs name
+    # (input artifact, the module's run argument) where they differ: a module run by two
+    # stages (the gate, on generated images and on pairs) keeps one signature
+    arguments: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self):
+        if not self.output:
+            raise ValueError(f"stage {self.name!r} declares no output artifact")
 
     @property
     def module_name(self) -> str:
@@ -40,6 +48,8 @@ class Stage:
     def runner(self, params: Params, **kw) -> dict[str, float]:
         """stages.<module>.run, imported on the first call: the CLI starts without loading
         torch or diffusers for a stage it does not run."""
+        named = dict(self.arguments)
+        kw = {named.get(k, k): v for k, v in kw.items()}
         return importlib.import_module(self.module_name).run(params, **kw)
 
     def params_hash(self, params: Params) -> str:
@@ -60,6 +70,7 @@ STAGES = (
         (("source", False, "raw dataset folder (default: params data.root)"),),
         ("data", "ingest"),
         (art.INGEST_JSON,),
+        output="ingested",
     ),
     Stage(
         "preprocess",
@@ -67,6 +78,7 @@ STAGES = (
         (("ingested", True, "the ingest stage's output folder"),),
         ("seed", "data.normal_classes", "preprocess"),
         (art.SPLIT_COUNTS_JSON,),
+        output="preprocessed",
     ),
     Stage(
         "masks",
@@ -76,6 +88,7 @@ STAGES = (
         ("seed", "data.normal_classes", "model", "masks", "finetune.data", "gate"),
         (art.MASKS_JSON, art.GRIDS_DIR),
         curves=(art.CURVES_DIR,),
+        output="masks",
     ),
     Stage(
         "base",
@@ -84,6 +97,7 @@ STAGES = (
         ("seed", "model", "base", "preprocess.image_size"),
         (art.BASE_JSON, art.SAMPLES_PNG),
         curves=(art.CURVES_DIR,),
+        output="base",
     ),
     Stage(
         "finetune",
@@ -92,6 +106,7 @@ STAGES = (
         ("seed", "data.normal_classes", "model", "finetune", "preprocess.image_size"),
         (art.FINETUNE_JSON,),
         curves=(art.CURVES_DIR,),
+        output="adapters",
     ),
     Stage(
         "sweep",
@@ -100,6 +115,7 @@ STAGES = (
         (PREPROCESSED, BASE, ADAPTERS),
         ("seed", "model", "finetune.data", "sweep", "generate", "gate"),
         (art.CHOSEN_JSON, art.SWEEP_PARQUET, art.HEATMAPS_DIR, art.PROBES_DIR),
+        output="sweep",
     ),
     Stage(
         "generate",
@@ -112,6 +128,7 @@ STAGES = (
         ),
         ("seed", "model", "finetune.data", "generate"),
         (art.GENERATE_JSON, art.SAMPLES_PNG),
+        output="generated",
     ),
     Stage(
         "gate",
@@ -120,6 +137,7 @@ STAGES = (
         (PREPROCESSED, ("generated", True, "the generate stage's output folder")),
         ("seed", "model", "finetune.data", "gate", "classical"),
         (art.GATE_JSON, art.GATE_CSV),
+        output="gated",
     ),
     Stage(
         "pairs",
@@ -129,15 +147,18 @@ STAGES = (
         ("seed", "data.normal_classes", "model", "pairs"),
         (art.PAIRS_JSON, art.GRIDS_DIR),
         curves=(art.CURVES_DIR,),
+        output="pairs",
     ),
     Stage(
         "pairs_gate",
         "the gate, unchanged, on the pairs stage's images: per class distance to held-out "
         "real images against real-vs-real",
-        (PREPROCESSED, ("generated", True, "the pairs stage's output folder")),
+        (PREPROCESSED, ("pairs", True, "the pairs stage's output folder")),
         ("seed", "model", "finetune.data", "gate", "classical"),
         (art.GATE_JSON, art.GATE_CSV),
         module="gate",
+        arguments=(("pairs", "generated"),),
+        output="pairs_gated",
     ),
     Stage(
         "segment",
@@ -146,7 +167,7 @@ STAGES = (
         (
             PREPROCESSED,
             ("pairs", True, "the pairs stage's output folder"),
-            ("gated", True, "the pairs_gate stage's output folder"),
+            ("pairs_gated", True, "the pairs_gate stage's output folder"),
         ),
         (
             "seed",
@@ -159,6 +180,7 @@ STAGES = (
         ),
         (art.SEGMENT_JSON, art.COMPARISON_CSV),
         curves=(art.CURVES_DIR,),
+        output="segment",
     ),
     Stage(
         "train",
@@ -172,6 +194,7 @@ STAGES = (
         ("seed", "model", "train", "classical"),
         (art.EVAL_JSON, art.COMPARISON_CSV, art.CONFUSION_JSON, art.RUNS_PARQUET),
         curves=(art.CURVES_DIR,),
+        output="train",
     ),
     Stage(
         "detect",
@@ -187,6 +210,7 @@ STAGES = (
         ("seed", "model", "data.normal_classes", "detect", "classical", "copy_paste"),
         (art.DETECT_JSON, art.COMPARISON_CSV, art.RUNS_PARQUET, art.BOXES_PNG),
         curves=(art.CURVES_DIR,),
+        output="detect",
     ),
     Stage(
         "register",
@@ -199,6 +223,7 @@ STAGES = (
         ),
         ("data.name", "generate.steps", "generate.strength", "preprocess.color", "tracking"),
         (art.REGISTRY_JSON,),
+        output="registry",
     ),
     Stage(
         "report",
@@ -218,6 +243,7 @@ STAGES = (
         ),
         ("data.name", "tracking"),
         (art.REPORT_HTML, art.REPORT_MD),
+        output="report",
     ),
 )
 
@@ -227,3 +253,25 @@ def get_stage(name: str) -> Stage:
         if stage.name == name:
             return stage
     raise KeyError(f"unknown stage {name!r}; stages: {[s.name for s in STAGES]}")
+
+
+def producer(artifact: str) -> Stage:
+    """The stage whose output is `artifact`."""
+    for stage in STAGES:
+        if stage.output == artifact:
+            return stage
+    raise KeyError(f"no stage writes {artifact!r}; artifacts: {[s.output for s in STAGES]}")
+
+
+RAW = "source"  # ingest's input: the raw dataset, which no stage writes
+
+
+def upstream(stage: Stage) -> dict[str, str]:
+    """Per input of `stage` (its artifact name), the stage that writes it."""
+    return {opt: producer(opt).name for opt, _, _ in stage.inputs if opt != RAW}
+
+
+def graph() -> list[tuple[str, dict[str, str]]]:
+    """The DAG in declaration order (each stage after its inputs' producers): (stage,
+    {input artifact: producing stage}); what every runner of the whole DAG walks."""
+    return [(s.name, upstream(s)) for s in STAGES]

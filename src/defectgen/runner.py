@@ -40,9 +40,10 @@ def execute(
             run.log_artifact(Path(out_dir) / report)
         for curve in stage.curves:
             run.log_curves(Path(out_dir) / curve)
-        for name, folder in inputs.items():  # the manifests it read, and the one it wrote
+        # the manifests it read and the one it wrote, each under its artifact's one name
+        for name, folder in inputs.items():
             run.log_manifest(folder, name=f"{params.data.name}/{name}", context="input")
-        run.log_manifest(out_dir, name=f"{params.data.name}/{stage.name}", context="output")
+        run.log_manifest(out_dir, name=f"{params.data.name}/{stage.output}", context="output")
     return _reproducible(metrics), wall_s
 
 

@@ -27,14 +27,13 @@ def _render_report(params: Params, report_dir: Path) -> str:
     """The report from the finished stages' MLflow artifacts into `report_dir`, as the
     report stage's own MLflow run under the parent; returns one line for the page."""
     from defectgen import fanout, tracking
+    from defectgen.declarations import upstream
     from defectgen.runner import execute, get_stage
     from defectgen.stages.report import INPUTS
 
     with tempfile.TemporaryDirectory(prefix="defectgen-status-") as tmp:
-        # the optional mask branch: report input -> stage
-        branch = {"masks": "masks", "pairs": "pairs", "pairs_gated": "pairs_gate",
-                  "segment": "segment"}  # fmt: skip
-        stages = {**INPUTS, **branch}
+        # every report input (the optional mask branch and detect too) -> its stage
+        stages = upstream(get_stage("report"))
         found = tracking.finished_stage_artifacts(params, tuple(stages.values()), Path(tmp))
         inputs = {}
         for key, stage in stages.items():

@@ -49,6 +49,7 @@ from defectgen.config import Params
 from defectgen.core import report as page
 from defectgen.core import stats
 from defectgen.core.report import Cell, Section
+from defectgen.declarations import get_stage, producer
 from defectgen.errors import DataError
 from defectgen.io import atomic_dir, file_digest, write_file
 
@@ -465,15 +466,9 @@ def _provenance(params: Params, preprocessed: Path | None) -> Section:
     return sec
 
 
-# The stages whose outputs the report reads, as run() names them.
-INPUTS = {
-    "ingested": "ingest",
-    "preprocessed": "preprocess",
-    "sweep": "sweep",
-    "generated": "generate",
-    "gated": "gate",
-    "train": "train",
-}
+# The report's required inputs (artifact -> the stage that writes it), from its
+# declaration: the stages a run that did not finish may lack.
+INPUTS = {a: producer(a).name for a, required, _ in get_stage("report").inputs if required}
 
 
 def _summary(gate: tuple[Section, int, int] | None, n_classes: int, answer: str | None) -> str:

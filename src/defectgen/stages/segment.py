@@ -254,7 +254,7 @@ def _record_unit(unit: Path, params: Params, conds, condition: str, seed: int, v
 
 
 def run(
-    params: Params, *, preprocessed: Path, pairs: Path, gated: Path, out_dir: Path
+    params: Params, *, preprocessed: Path, pairs: Path, pairs_gated: Path, out_dir: Path
 ) -> dict[str, float]:
     """Export COCO, then train and score one U-Net per (condition, seed).
 
@@ -265,7 +265,7 @@ def run(
         when the dataset has no masks.
     """
     cfg = params.segment
-    preprocessed, pairs_dir, gated = Path(preprocessed), Path(pairs), Path(gated)
+    preprocessed, pairs_dir, gated = Path(preprocessed), Path(pairs), Path(pairs_gated)
     pairs_report = json.loads((pairs_dir / PAIRS_JSON).read_text(encoding="utf-8"))
     if "skipped" in pairs_report:
         with atomic_dir(out_dir) as tmp:
