@@ -65,7 +65,7 @@ def test_stages_through_the_cli(folders_dataset: Path, tmp_path: Path, capsys):
 
 
 def test_bad_params_fail_before_work_without_traceback(folders_dataset: Path, tmp_path: Path):
-    params = _params(tmp_path, folders_dataset, layout="yolo")
+    params = _params(tmp_path, folders_dataset, layout="kitti")
     proc = subprocess.run(
         [
             sys.executable,
@@ -81,7 +81,7 @@ def test_bad_params_fail_before_work_without_traceback(folders_dataset: Path, tm
         text=True,
     )
     assert proc.returncode == 2
-    assert "data.layout = 'yolo'" in proc.stderr and "Traceback" not in proc.stderr
+    assert "data.layout = 'kitti'" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -157,10 +157,10 @@ def test_the_console_script_skips_only_the_teardown(folders_dataset: Path, tmp_p
     assert (tmp_path / "thread" / "atexit").exists()
 
     (tmp_path / "bad").mkdir()
-    bad = _params(tmp_path / "bad", folders_dataset, layout="yolo")
+    bad = _params(tmp_path / "bad", folders_dataset, layout="kitti")
     fails = _entry(tmp_path, "fails", "check-params", "--params", str(bad))
     assert fails.returncode == 2
-    assert "data.layout = 'yolo'" in fails.stderr
+    assert "data.layout = 'kitti'" in fails.stderr
     assert (tmp_path / "fails" / "atexit").exists() and (tmp_path / "fails" / "teardown").exists()
 
 

@@ -42,12 +42,12 @@ def test_wrong_type_names_key_and_value():
 
 def test_wrong_choice_lists_allowed_values():
     raw = _base()
-    raw["data"]["layout"] = "yolo"
+    raw["data"]["layout"] = "kitti"
     with pytest.raises(ConfigError) as err:
         parse_params(raw, "p.yaml")
     msg = str(err.value)
-    assert "data.layout = 'yolo'" in msg
-    for allowed in ("folders", "image_mask", "voc", "coco", "elpv"):
+    assert "data.layout = 'kitti'" in msg
+    for allowed in ("folders", "image_mask", "voc", "coco", "yolo", "elpv"):
         assert allowed in msg
 
 

@@ -30,7 +30,7 @@ class DataConfig(_Section):
     """What the dataset is and how to read it (used by ingest)."""
 
     name: str = Field(default="dataset", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
-    layout: Literal["folders", "image_mask", "voc", "coco", "elpv"] = "folders"
+    layout: Literal["folders", "image_mask", "voc", "coco", "yolo", "elpv"] = "folders"
     root: Path | None = None
     label_from: Literal["folder", "prefix", "annotation"] = "folder"
     label_pattern: str = r"^(?P<label>.+)_\d+$"
@@ -38,6 +38,7 @@ class DataConfig(_Section):
     masks_dir: str = "masks"
     annotations_dir: str = "annotations"
     coco_json: str = "annotations.json"
+    yolo_yaml: str = "data.yaml"  # layout yolo: Ultralytics' data file (classes from labels)
     masks_required: bool = False
     classes: list[str] | None = None
     # defect-free classes (e.g. [ok]): classified, never synthesised; their images give
@@ -53,10 +54,15 @@ class DataConfig(_Section):
                 f"data.root is required for layout '{self.layout}' "
                 "(the folder holding your images; only layout 'elpv' needs none)"
             )
-        if self.label_from == "annotation" and self.layout not in ("voc", "coco"):
+        if self.label_from == "annotation" and self.layout not in ("voc", "coco", "yolo"):
             raise ValueError(
-                f"data.label_from = 'annotation' needs layout 'voc' or 'coco', "
+                f"data.label_from = 'annotation' needs layout 'voc', 'coco' or 'yolo', "
                 f"not '{self.layout}'; use 'folder' or 'prefix'"
+            )
+        if self.layout == "yolo" and self.label_from == "prefix":
+            raise ValueError(
+                "layout 'yolo' takes each image's class from its label file; "
+                "data.label_from 'prefix' does not apply (leave it out)"
             )
         if self.label_from == "prefix":
             try:

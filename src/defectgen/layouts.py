@@ -9,6 +9,10 @@ Layouts (params `data.layout`):
 - image_mask: root/images/... and root/masks/<same relative stem>.png
 - voc:        root/images/... and root/annotations/<stem>.xml (Pascal VOC boxes)
 - coco:       root/annotations.json (instances; polygons or RLE) and root/images/...
+- yolo:       root/data.yaml (Ultralytics: names, train/val/test image folders or
+              lists) and labels/<same path>.txt per image: "class cx cy w h" boxes
+              and/or "class x1 y1 x2 y2 ..." polygons (YOLO-seg, drawn as the mask);
+              an empty or missing label file is a defect-free image
 - elpv:       the elpv-dataset package (labels.csv + images/), classes by binning
               the defect probability
 """
@@ -24,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import yaml
+from PIL import Image
 
 from defectgen.config import IMAGE_EXTENSIONS, DataConfig
 from defectgen.errors import DataError
@@ -127,6 +133,7 @@ def discover(cfg: DataConfig, root: Path | None) -> Discovery:
         "image_mask": _image_mask,
         "voc": _voc,
         "coco": _coco,
+        "yolo": _yolo,
         "elpv": _elpv,
     }
     found = readers[cfg.layout](cfg, root)
@@ -361,6 +368,175 @@ def _coco(cfg: DataConfig, root: Path | None) -> Discovery:
             )
         )
     return found
+
+
+def _polygon_mask(polygons: list[list[float]], height: int, width: int) -> Callable[[], np.ndarray]:
+    """A deferred union of polygons in pixel coordinates ([x1, y1, x2, y2, ...] each),
+    drawn as COCO draws its polygons (one rasteriser for both layouts)."""
+    return _coco_mask([polygons], height, width)
+
+
+def parse_yolo_label(text: str, n_classes: int) -> list[tuple[int, list[float]]]:
+    """The objects of one YOLO label file: (class id, normalised values) per line, 4
+    values for a box (cx cy w h), 6 or more (an even count) for a polygon.
+
+    Raises:
+        ValueError: naming the line and what is wrong with it.
+    """
+    objects = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            cls, values = int(parts[0]), [float(v) for v in parts[1:]]
+        except ValueError:
+            raise ValueError(f"line {lineno}: not numbers ({line.strip()!r})") from None
+        if not 0 <= cls < n_classes:
+            raise ValueError(f"line {lineno}: class {cls} is not in data.yaml's {n_classes} names")
+        if len(values) != 4 and (len(values) < 6 or len(values) % 2):
+            raise ValueError(
+                f"line {lineno}: {len(values)} values; a box has 4 (cx cy w h), a polygon "
+                "an even number of at least 6 (x1 y1 x2 y2 x3 y3 ...)"
+            )
+        if any(not -1e-6 <= v <= 1 + 1e-6 for v in values):
+            raise ValueError(f"line {lineno}: coordinates outside 0-1 (YOLO's are normalised)")
+        objects.append((cls, values))
+    return objects
+
+
+def _yolo_images(entry, base: Path, what: str) -> list[Path]:
+    """The images of one data.yaml split entry: a folder (searched recursively), a .txt
+    list of image paths, or a list of either."""
+    entries = entry if isinstance(entry, list) else [entry]
+    out = []
+    for e in entries:
+        path = base / str(e)
+        if path.is_dir():
+            out += [p for p in sorted(path.rglob("*")) if p.suffix.lower() in IMAGE_EXTENSIONS]
+        elif path.is_file() and path.suffix == ".txt":
+            for line in path.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    listed = Path(line.strip())
+                    out.append(listed if listed.is_absolute() else base / listed)
+        else:
+            raise DataError(f"{what}: {e!r} is neither a folder nor a .txt list under {base}")
+    return out
+
+
+def _yolo_label_path(image: Path) -> Path:
+    """Ultralytics' rule: the last /images/ of the path becomes /labels/, suffix .txt."""
+    parts = list(image.parts)
+    if "images" in parts:
+        k = len(parts) - 1 - parts[::-1].index("images")
+        parts[k] = "labels"
+    return Path(*parts).with_suffix(".txt")
+
+
+def _yolo(cfg: DataConfig, root: Path | None) -> Discovery:
+    """Ultralytics YOLO / YOLO-seg. The image's class is its most frequent object's; an
+    image without objects belongs to the first of data.normal_classes (skipped when
+    there is none). The dataset's train/val/test lists are read together: preprocess
+    makes this project's own split and few-shot subset (preprocess.split)."""
+    root = _need_root(root, cfg)
+    spec_path = root / cfg.yolo_yaml
+    if not spec_path.is_file():
+        raise DataError(f"{spec_path}: YOLO data file not found; set data.yolo_yaml")
+    try:
+        spec = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
+        names = spec["names"]
+        names = [names[k] for k in sorted(names)] if isinstance(names, dict) else list(names)
+    except (KeyError, TypeError, ValueError, yaml.YAMLError) as exc:
+        raise DataError(
+            f"{spec_path}: not an Ultralytics data file ({type(exc).__name__}: {exc}); it "
+            "needs 'names' (a list, or a dict of class id -> name) and split folders"
+        ) from None
+    found = Discovery()
+    base = spec_path.parent  # the splits are relative to `path`, itself to the file's folder
+    if spec.get("path"):
+        given = base / str(spec["path"])  # an absolute path stays as it is
+        if given.is_dir():
+            base = given
+        else:  # a moved dataset: its own folder
+            found.warnings.append(
+                f"{cfg.yolo_yaml}: path {spec['path']!r} not found; read the splits from {base}"
+            )
+    seen: set[Path] = set()
+    for split in ("train", "val", "test"):
+        if not spec.get(split):
+            continue
+        for path in _yolo_images(spec[split], base, f"{cfg.yolo_yaml} {split}"):
+            if path in seen:
+                continue
+            seen.add(path)
+            rel = _rel(path, root) if path.is_relative_to(root) else str(path)
+            label_path = _yolo_label_path(path)
+            label_rel = label_path.relative_to(root).as_posix() if label_path.is_relative_to(
+                root) else str(label_path)  # fmt: skip
+            try:
+                text = label_path.read_text(encoding="utf-8") if label_path.is_file() else ""
+                objects = parse_yolo_label(text, len(names))
+            except (ValueError, UnicodeDecodeError) as exc:
+                found.skip(rel, f"label file {label_rel}: {exc}; fix or remove the line")
+                continue
+            if not objects:
+                if not cfg.normal_classes:
+                    found.skip(
+                        rel,
+                        f"no objects in {label_rel}: a defect-free image; name its class in "
+                        "data.normal_classes (e.g. [good]) to keep such images",
+                    )
+                    continue
+                found.candidates.append(Candidate(path, rel, cfg.normal_classes[0]))
+                continue
+            try:
+                with Image.open(path) as im:
+                    width, height = im.size
+            except (OSError, ValueError) as exc:
+                found.skip(rel, f"unreadable image ({exc})")
+                continue
+            boxes, polygons = [], []
+            for cls, v in objects:
+                if len(v) == 4:
+                    (cx, cy, w, h) = v
+                    xs, ys = [cx - w / 2, cx + w / 2], [cy - h / 2, cy + h / 2]
+                else:
+                    xs, ys = v[0::2], v[1::2]
+                    pixels = np.reshape(v, (-1, 2)) * (width, height)
+                    polygons.append(pixels.ravel().tolist())
+                boxes.append({"label": names[cls], "x0": min(xs) * width, "y0": min(ys) * height,
+                              "x1": max(xs) * width, "y1": max(ys) * height})  # fmt: skip
+            mask = None
+            if polygons and len(polygons) == len(objects):
+                mask = _polygon_mask(polygons, height, width)
+            elif polygons:
+                found.warnings.append(
+                    f"{label_rel}: boxes and polygons mixed; kept the boxes, no mask"
+                )
+            if mask is None and cfg.masks_required:
+                found.skip(rel, f"no polygons in {label_rel} (masks are required)")
+                continue
+            label = Counter(b["label"] for b in boxes).most_common(1)[0][0]
+            found.candidates.append(
+                Candidate(path, rel, label, mask=mask, boxes=boxes, declared_size=(width, height))
+            )
+    if not seen:
+        raise DataError(f"{spec_path}: no train, val or test images listed")
+    if any(c.mask is not None for c in found.candidates):  # YOLO-seg: "no defect" is a mask
+        for c in found.candidates:
+            if c.boxes is None:
+                c.mask = _empty_mask(c.path)
+    return found
+
+
+def _empty_mask(path: Path) -> Callable[[], np.ndarray]:
+    """A deferred all-zero mask of the image's size: a defect-free image's annotation."""
+
+    def build() -> np.ndarray:
+        with Image.open(path) as im:
+            return np.zeros(im.size[::-1], dtype=np.uint8)
+
+    return build
 
 
 def elpv_data_dir() -> Path:
