@@ -121,6 +121,14 @@ def _need_root(root: Path | None, cfg: DataConfig) -> Path:
     return root
 
 
+def _dataset_file(root: Path, name: str, what: str, key: str) -> Path:
+    """The layout's index file under the dataset folder, or a DataError naming the key."""
+    path = root / name
+    if not path.is_file():
+        raise DataError(f"{path}: {what} file not found; set data.{key}")
+    return path
+
+
 def _require_dir(path: Path, what: str) -> None:
     if not path.is_dir():
         raise DataError(f"{path}: {what} folder not found; check data.root and the layout")
@@ -304,9 +312,7 @@ def _coco_mask(segs: list, height: int, width: int) -> Callable[[], np.ndarray]:
 
 def _coco(cfg: DataConfig, root: Path | None) -> Discovery:
     root = _need_root(root, cfg)
-    ann_path = root / cfg.coco_json
-    if not ann_path.is_file():
-        raise DataError(f"{ann_path}: COCO annotation file not found; set data.coco_json")
+    ann_path = _dataset_file(root, cfg.coco_json, "COCO annotation", "coco_json")
     try:
         data = json.loads(ann_path.read_text(encoding="utf-8"))
         images, anns, cats = data["images"], data.get("annotations", []), data["categories"]
@@ -439,9 +445,7 @@ def _yolo(cfg: DataConfig, root: Path | None) -> Discovery:
     there is none). The dataset's train/val/test lists are read together: preprocess
     makes this project's own split and few-shot subset (preprocess.split)."""
     root = _need_root(root, cfg)
-    spec_path = root / cfg.yolo_yaml
-    if not spec_path.is_file():
-        raise DataError(f"{spec_path}: YOLO data file not found; set data.yolo_yaml")
+    spec_path = _dataset_file(root, cfg.yolo_yaml, "YOLO data", "yolo_yaml")
     try:
         spec = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
         names = spec["names"]
