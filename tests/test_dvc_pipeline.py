@@ -14,6 +14,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from defectgen import declarations, manifest
+from defectgen import summary as run_summary
 from tests.conftest import REPO, toy_repo_params
 from tests.test_core_report import check_self_contained, render_in_chromium
 
@@ -144,6 +145,18 @@ def test_repro_twice_resume_params_diff_metrics_and_push(dvc_repo, tmp_path):
         assert len(versions) == 1
     report_run = next(r for r in runs if r.info.run_name == "report")
     assert "report.html" in {a.path for a in client.list_artifacts(report_run.info.run_id)}
+    # the parent carries what the run found: the answer as its note, the gate's
+    # verdicts as metrics and tags, and the report itself
+    parent = client.get_run(parents[0].info.run_id)
+    evaluation = json.loads((repo / "data" / "train" / "eval.json").read_text())
+    assert parent.data.tags["mlflow.note.content"] == run_summary.answer(evaluation)
+    gate = json.loads((repo / "data" / "gated" / "gate.json").read_text())["classes"]
+    for label, verdict in gate.items():
+        assert parent.data.metrics[f"gate/{label}/passed"] == float(verdict["passed"])
+        assert parent.data.tags[f"defectgen.gate.{label}"] in ("pass", "fail", "inconclusive")
+    assert "answer/verdicts_allowed" in parent.data.metrics
+    on_parent = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"report.html", "report.md"} <= on_parent
     finetune_run = next(r for r in runs if r.info.run_name == "finetune")
     curve = client.get_metric_history(finetune_run.info.run_id, "curve/crack.ti")
     assert [m.step for m in curve] == [0, 1]

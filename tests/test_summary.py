@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from defectgen import cli
+from defectgen import cli, summary
 
 
 def write(path, content) -> None:
@@ -60,3 +60,23 @@ def test_before_train_has_run_the_summary_says_so(tmp_path, capsys):
     # before the first line (not reproduced alone); the words are what this checks.
     out = " ".join(capsys.readouterr().out.split())
     assert out.startswith("No answer yet:") and "train has not run" in out
+
+
+def test_the_parent_run_record_carries_the_answer_and_the_verdicts():
+    gate = {"classes": {"crack": {"verdict": "pass", "passed": True},
+                        "dirt": {"verdict": "inconclusive", "passed": False}}}  # fmt: skip
+    record = summary.parent_record(evaluation(allowed=True), gate)
+    assert record["metrics"] == {
+        "answer/verdicts_allowed": 1.0, "answer/balanced_accuracy_delta": -0.031,
+        "answer/balanced_accuracy_ci_low": -0.05, "answer/balanced_accuracy_ci_high": -0.012,
+        "answer/balanced_accuracy_p_holm": 0.008, "gate/crack/passed": 1.0,
+        "gate/dirt/passed": 0.0,
+    }  # fmt: skip
+    tags = record["tags"]
+    assert tags["defectgen.answer"] == "real+ungated vs real+classical-ungated: worse"
+    assert tags["mlflow.note.content"].startswith("Adding the synthetic images")
+    assert tags["defectgen.gate.dirt"] == "inconclusive"
+    # no verdict allowed: the note says so and no difference is logged as the answer
+    record = summary.parent_record(evaluation(allowed=False), None)
+    assert record["metrics"] == {"answer/verdicts_allowed": 0.0}
+    assert record["tags"]["mlflow.note.content"].startswith("No answer from this run")

@@ -44,6 +44,7 @@ EVAL_JSON, CONFUSION_JSON = "eval.json", "confusion.json"  # train
 DETECT_JSON, BOXES_PNG = "detect.json", "boxes.png"
 REGISTRY_JSON = "registry.json"
 REPORT_HTML, REPORT_MD = "report.html", "report.md"
+PARENT_JSON = "parent.json"  # the report's {metrics, tags} for the pipeline's parent run
 
 
 class BaseRecord(TypedDict, total=False):

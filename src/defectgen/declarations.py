@@ -36,6 +36,9 @@ class Stage:
     # (input artifact, the module's run argument) where they differ: a module run by two
     # stages (the gate, on generated images and on pairs) keeps one signature
     arguments: tuple[tuple[str, str], ...] = ()
+    # a {metrics, tags} JSON under --out that, with the reports, also goes to the
+    # pipeline's MLflow parent run (the report's answer and verdicts)
+    parent: str = ""
 
     def __post_init__(self):
         if not self.output:
@@ -242,8 +245,9 @@ STAGES = (
             ("detect", False, "the detect stage's output folder"),
         ),
         ("data.name", "tracking"),
-        (art.REPORT_HTML, art.REPORT_MD),
+        (art.REPORT_HTML, art.REPORT_MD, art.PARENT_JSON),
         output="report",
+        parent=art.PARENT_JSON,
     ),
 )
 

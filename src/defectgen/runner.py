@@ -7,6 +7,7 @@ the CLI and the KFP components only translate their arguments into a call here.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -38,6 +39,10 @@ def execute(
         run.log_metrics({**metrics, "wall_s": wall_s})
         for report in stage.reports:
             run.log_artifact(Path(out_dir) / report)
+        if stage.parent and (Path(out_dir) / stage.parent).is_file():
+            record = json.loads((Path(out_dir) / stage.parent).read_text(encoding="utf-8"))
+            files = [Path(out_dir) / r for r in stage.reports if r != stage.parent]
+            run.to_parent(record["metrics"], record["tags"], files)
         for curve in stage.curves:
             run.log_curves(Path(out_dir) / curve)
         # the manifests it read and the one it wrote, each under its artifact's one name

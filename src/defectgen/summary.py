@@ -23,33 +23,73 @@ def _read(path: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def answer(evaluation: dict) -> str:
-    """The value question's answer in one plain sentence, from eval.json: the first
-    model's synthetic arm against its classical control, or why there is no answer."""
-    metric = evaluation["primary_metric"].replace("_", " ")
+def headline(evaluation: dict) -> tuple[str, dict | None] | None:
+    """(model, row) of the value question's answer in eval.json: the first model's
+    synthetic arm against its classical control on the primary metric; row None when
+    that model's validity check allows no verdict; None when no synthetic arm trained."""
     for model, rows in evaluation["comparisons"].items():
-        check = evaluation["validity"][model]
-        if not check["verdicts_allowed"]:
-            return (f"No answer from this run: {check['statement']} ({model}). A larger "
-                    "dataset, more seeds or a smaller few-shot set can give one.")  # fmt: skip
+        if not evaluation["validity"][model]["verdicts_allowed"]:
+            return model, None
         for arm in arms.ADDITIVE:
             control = arms.classical_of(arm)
             row = next((r for r in rows if (r["arm"], r["control"], r["metric"])
                         == (arm, control, evaluation["primary_metric"])), None)  # fmt: skip
-            if row is None:
-                continue
-            said = {
-                "better": "helped more than",
-                "worse": "helped less than",
-            }.get(row["verdict"], "could not be told apart from")
-            images = "the gate-passed synthetic images" if arm == "real+synthetic" else (
-                "the synthetic images (all generated; the gate passed none)")  # fmt: skip
-            return (
-                f"Adding {images} {said} as many classically augmented copies of the real "
-                f"ones: test {metric} {stats.describe(row)}, {row['n_seeds']} paired seeds "
-                f"({model})."
-            )
-    return "No synthetic arm was trained, so the run does not say whether synthetic data helps."
+            if row is not None:
+                return model, row
+    return None
+
+
+def answer(evaluation: dict) -> str:
+    """The value question's answer in one plain sentence, from eval.json: the first
+    model's synthetic arm against its classical control, or why there is no answer."""
+    found = headline(evaluation)
+    if found is None:
+        return "No synthetic arm was trained, so the run does not say whether synthetic data helps."
+    model, row = found
+    if row is None:
+        check = evaluation["validity"][model]
+        return (f"No answer from this run: {check['statement']} ({model}). A larger "
+                "dataset, more seeds or a smaller few-shot set can give one.")  # fmt: skip
+    said = {
+        "better": "helped more than",
+        "worse": "helped less than",
+    }.get(row["verdict"], "could not be told apart from")
+    images = "the gate-passed synthetic images" if row["arm"] == "real+synthetic" else (
+        "the synthetic images (all generated; the gate passed none)")  # fmt: skip
+    metric = evaluation["primary_metric"].replace("_", " ")
+    return (
+        f"Adding {images} {said} as many classically augmented copies of the real "
+        f"ones: test {metric} {stats.describe(row)}, {row['n_seeds']} paired seeds "
+        f"({model})."
+    )
+
+
+def parent_record(evaluation: dict | None, gate: dict | None) -> dict:
+    """What the pipeline's parent MLflow run carries (the report stage writes it as
+    summary.json; the runner logs it): the answer as metrics and as the run's note,
+    each class's gate verdict as a metric and a tag."""
+    metrics: dict[str, float] = {}
+    tags: dict[str, str] = {}
+    if evaluation is not None:
+        tags["mlflow.note.content"] = answer(evaluation)
+        found = headline(evaluation)
+        if found is not None:
+            model, row = found
+            metrics["answer/verdicts_allowed"] = float(row is not None)
+            tags["defectgen.answer_model"] = model
+            if row is not None:
+                tags["defectgen.answer"] = f"{row['arm']} vs {row['control']}: {row['verdict']}"
+                metrics.update({
+                    f"answer/{row['metric']}_delta": float(row["delta"]),
+                    f"answer/{row['metric']}_ci_low": float(row["ci"][0]),
+                    f"answer/{row['metric']}_ci_high": float(row["ci"][1]),
+                })  # fmt: skip
+                if row.get("p_adjusted") is not None:
+                    metrics[f"answer/{row['metric']}_p_holm"] = float(row["p_adjusted"])
+    for label, e in (gate or {}).get("classes", {}).items():
+        metrics[f"gate/{label}/passed"] = float(e["passed"])
+        tags[f"defectgen.gate.{label}"] = e.get("verdict", "pass" if e["passed"] else "fail")
+    return {"metrics": metrics, "tags": tags}
 
 
 def lines(data: Path) -> list[str]:

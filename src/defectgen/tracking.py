@@ -157,6 +157,18 @@ class StageRun:
     def set_tags(self, tags: dict[str, str]) -> None:
         mlflow.set_tags(tags)
 
+    def to_parent(self, metrics: dict[str, float], tags: dict[str, str], files: list[Path]):
+        """Metrics, tags and files on the pipeline's parent run: what the MLflow UI's run
+        list shows for the pipeline (the answer, the verdicts, the report)."""
+        client = MlflowClient()
+        now = int(time.time() * 1000)
+        points = [mlflow.entities.Metric(k, float(v), now, 0) for k, v in metrics.items()]
+        labels = [mlflow.entities.RunTag(k, v[:5000]) for k, v in tags.items()]
+        client.log_batch(self.parent_id, metrics=points, tags=labels)
+        for path in files:
+            if Path(path).is_file():
+                client.log_artifact(self.parent_id, str(path))
+
     def log_manifest(self, folder: Path, *, name: str, context: str) -> None:
         """A stage folder's manifest.parquet as an MLflow dataset of this run (the run
         page's Datasets), named `name`, with the file's sha256 as its digest; `context`:

@@ -27,6 +27,7 @@ import json
 from pathlib import Path
 
 from defectgen import manifest
+from defectgen import summary as run_summary
 from defectgen.artifacts import (
     BOXES_PNG,
     CHOSEN_JSON,
@@ -38,6 +39,7 @@ from defectgen.artifacts import (
     INGEST_JSON,
     MASKS_JSON,
     PAIRS_JSON,
+    PARENT_JSON,
     PROBES_DIR,
     REPORT_HTML,
     REPORT_MD,
@@ -51,7 +53,7 @@ from defectgen.core import stats
 from defectgen.core.report import Cell, Section
 from defectgen.declarations import get_stage, producer
 from defectgen.errors import DataError
-from defectgen.io import atomic_dir, file_digest, write_file
+from defectgen.io import atomic_dir, atomic_write_json, file_digest, write_file
 
 
 def _json(path: Path) -> dict:
@@ -506,6 +508,9 @@ def run(
     inputs (`masks`, `pairs`, `pairs_gated`, `segment`) and `detect` are optional:
     without them there is no section for them, and nothing is missing.
 
+    Also parent.json: the answer and the gate's verdicts as metrics and tags for the
+    pipeline's MLflow parent run (summary.parent_record; the runner logs them there).
+
     Returns:
         n_passed_classes, n_kept (as the report states them; 0 without a gate), and
         n_missing_inputs.
@@ -551,9 +556,13 @@ def run(
     sections.append(_provenance(params, have.get("preprocessed")))
     title = f"defectgen report: {params.data.name}"
     summary = _summary(gate, n_classes, answer)
+    evaluation = _json(have["train"] / EVAL_JSON) if "train" in have else None
+    verdicts = _json(have["gated"] / GATE_JSON) if "gated" in have else None
+    parent = run_summary.parent_record(evaluation, verdicts)
     with atomic_dir(out_dir) as tmp:
         write_file(tmp / REPORT_HTML, page.render_html(title, summary, sections).encode())
         write_file(tmp / REPORT_MD, page.render_markdown(title, summary, sections).encode())
+        atomic_write_json(tmp / PARENT_JSON, parent)
     return {
         "n_passed_classes": float(gate[1] if gate else 0),
         "n_kept": float(gate[2] if gate else 0),
