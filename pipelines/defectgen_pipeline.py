@@ -21,9 +21,9 @@ Every task can be served from KFP's cache: no input changes from run to run (the
 MLflow key comes from the pod's run-id label). A retried task restarts its stage
 from the beginning: resume state lives in the pod's own filesystem.
 
-Differences from `dvc repro`, on purpose: a class that fails the gate is not
-registered here (dvc registers it without an alias); a failed run's report comes from
-the exit handler and needs tracking (an exit task cannot take the stages' artifacts).
+Differences from `dvc repro`, on purpose: a failed run's report comes from the exit
+handler and needs tracking (an exit task cannot take the stages' artifacts). A class
+the gate fails gets no register task here; under dvc, register lists it unregistered.
 Compile with `python -m pipelines.compile` (writes pipelines/build/defectgen.yaml).
 """
 

@@ -102,9 +102,23 @@ def test_alias_rules_idempotence_rollback_cli_and_loading(trained, tmp_path, mon
         "alias": "champion",
         "created": True,
     }
-    assert first["dent"]["alias"] is None and first["dent"]["verdict"] == "fail"
-    assert not client.get_registered_model("defectgen.fixture.dent").aliases  # fail: no alias
-    tags = client.get_model_version(NAME, "1").tags
+    # a failed adapter is never a version: no model's `latest` is one the gate failed
+    assert first["dent"]["version"] is None and first["dent"]["verdict"] == "fail"
+    assert "the gate did not pass it" in first["dent"]["why"]
+    assert not client.search_registered_models("name='defectgen.fixture.dent'")
+    model = client.get_registered_model(NAME)
+    assert f"models:/{NAME}@champion" in model.description
+    version = client.get_model_version(NAME, "1")
+    assert version.description.startswith("Gate: pass, fd_effnet_lite0 100.0.")
+    assert "Promotion: the first passing version." in version.description
+    # logged from code: the stored model is our model file, no pickled python_model
+    info = mlflow.models.get_model_info(f"models:/{NAME}/1")
+    flavor = info.flavors["python_function"]
+    assert flavor["model_code_path"].endswith("adapter_model.py") and "python_model" not in flavor
+    params = {p.name: p.default for p in info.signature.params}
+    assert set(params) == {"strength", "guidance", "steps"}
+    assert [c.name for c in info.signature.inputs] == ["image", "seed"]
+    tags = version.tags
     assert (
         tags["defectgen.verdict"] == "pass" and tags["defectgen.gate_metric"] == "fd_effnet_lite0"
     )
@@ -128,8 +142,7 @@ def test_alias_rules_idempotence_rollback_cli_and_loading(trained, tmp_path, mon
     assert cli.main(["registry", "list"]) == 0
     listed = capsys.readouterr().out
     assert f"{NAME}: champion v1 (100.0), challenger v2 (120.0), latest v3" in listed
-    # dent: failed every time; runs 2 and 3 gave it the same verdict: one version for both
-    assert "defectgen.fixture.dent: no champion, no challenger, latest v2" in listed
+    assert "defectgen.fixture.dent" not in listed  # failed every time: never registered
     assert cli.main(["registry", "rollback", NAME]) == 2  # nothing earlier than v1
     assert "no earlier champion" in capsys.readouterr().err
 

@@ -10,8 +10,13 @@ Registered name: `defectgen.<dataset>.<class>` (characters outside [A-Za-z0-9_.-
 become '-'). Version tags: the gate metric's name and value, verdict, params hash,
 data hash, pipeline key, adapter id.
 
+Only adapters the gate passed are registered, so a model's `latest` is never one it
+failed (registry.json and the stage's MLflow run keep the failed ones' verdicts). Each
+is logged from code (adapter_model.py: loading runs no pickled object) with a signature
+(the image column, an optional seed, the class's chosen settings as parameter defaults)
+and a description saying what it is and how to load it.
+
 Promotion when a version is registered:
-    gate failed                              no alias
     gate passed, no champion yet             alias `champion`
     gate passed, lower distance than champion `champion` moves to it
     gate passed, not better                  alias `challenger`
@@ -33,6 +38,7 @@ import io
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -41,7 +47,9 @@ import mlflow  # noqa: E402  (the environment above must be set first)
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.models.signature import ModelSignature  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
+from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from defectgen.errors import ConfigError  # noqa: E402
@@ -144,10 +152,9 @@ def _make_champion(client: MlflowClient, name: str, version: str) -> None:
 
 
 def promote_by_gate(client: MlflowClient, name: str, version: str) -> tuple[str | None, str]:
-    """Apply the promotion rules to a freshly registered version: (its alias, why)."""
+    """Apply the promotion rules to a freshly registered (gate-passed) version: (its
+    alias, why)."""
     mv = client.get_model_version(name, version)
-    if mv.tags.get("defectgen.verdict") != "pass":
-        return None, "the gate failed it"
     distance = float(mv.tags[DISTANCE_TAG])
     champion = _alias_version(client, name, CHAMPION)
     if champion is None:
@@ -197,18 +204,58 @@ def register_adapter(
     if base_dir is not None:
         artifacts["base"] = str(base_dir)
     label = name.rsplit(".", 1)[-1]
-    with mlflow.start_run(run_name=f"adapter {label}", nested=True):  # one run per model
+    with (
+        mlflow.start_run(run_name=f"adapter {label}", nested=True),  # one run per model
+        warnings.catch_warnings(),
+    ):
+        # No input example: MLflow would load the model and generate with it to check
+        # the example at log time (the whole base on the GPU for sd15); the signature
+        # states the columns and parameters.
+        warnings.filterwarnings("ignore", message=".*An input example was not provided")
         info = mlflow.pyfunc.log_model(
             name=f"adapter-{label}",
-            python_model=AdapterModel(),
+            python_model=str(Path(__file__).with_name("adapter_model.py")),
             artifacts=artifacts,
             model_config={**model_config, "base_source": base_source},
+            signature=signature(model_config["defaults"]),
             pip_requirements=["torch", "diffusers", "transformers", "peft", "defectgen"],
         )
     mv = mlflow.register_model(info.model_uri, name, tags=tags)
     version = str(mv.version)
     alias, why = promote_by_gate(client, name, version)
+    client.update_registered_model(
+        name, description=f"defectgen: synthetic images of class '{label}' (a textual-"
+        "inversion + LoRA adapter on its base). Serve the version aliased champion: "
+        f"mlflow.pyfunc.load_model('models:/{name}@champion')."
+    )  # fmt: skip
+    client.update_model_version(name, version, description=describe(tags, model_config, why))
     return version, alias, True, why
+
+
+def signature(defaults: dict) -> ModelSignature:
+    """Input: `image` (PNG/JPEG bytes of an init image) and an optional `seed`; output:
+    `image` (PNG bytes); parameters strength, guidance, steps defaulting to the class's
+    chosen settings."""
+    return ModelSignature(
+        inputs=Schema([ColSpec("binary", "image"), ColSpec("long", "seed", required=False)]),
+        outputs=Schema([ColSpec("binary", "image")]),
+        params=ParamSchema([
+            ParamSpec("strength", "double", float(defaults["strength"])),
+            ParamSpec("guidance", "double", float(defaults["guidance"])),
+            ParamSpec("steps", "long", int(defaults["steps"])),
+        ]),
+    )  # fmt: skip
+
+
+def describe(tags: dict[str, str], model_config: dict, why: str) -> str:
+    """A version's description: what the gate measured, its settings, its alias's why."""
+    d = model_config["defaults"]
+    return (
+        f"Gate: pass, {tags['defectgen.gate_metric']} {tags[DISTANCE_TAG] or '-'}. Base "
+        f"{tags['defectgen.base']}. Generates {model_config['resolution']} px images from init "
+        f"images at strength {d['strength']:g}, guidance {d['guidance']:g}, {d['steps']} "
+        f"steps (parameters of predict). Promotion: {why}."
+    )
 
 
 def list_models(client: MlflowClient | None = None) -> list[dict]:

@@ -1,4 +1,5 @@
-"""Register: every class adapter into the MLflow model registry, promoted by the gate.
+"""Register: every class adapter the gate passed into the MLflow model registry, promoted
+by the gate (a failed one is listed in registry.json, never registered).
 
 Each adapter becomes a version of `defectgen.<dataset>.<class>` (see defectgen.registry)
 tagged with the gate's metric and verdict, the params hash, the hash of the images it
@@ -7,8 +8,8 @@ Without MLflow tracking (tracking.enabled false, or --no-track) nothing is regis
 and registry.json says so.
 
 Writes under `out_dir`:
-    registry.json   per class: model name, version, alias and why, whether it is new,
-                    verdict
+    registry.json   per class: model name, version (None: not registered), alias and why,
+                    whether it is new, verdict
 
 Version numbers depend on the registry's state, not only on the inputs, so dvc.yaml
 declares this stage without outputs and runs it every time (like the report);
@@ -35,7 +36,7 @@ from defectgen.io import atomic_dir, atomic_write_json
 def run(
     params: Params, *, base: Path, adapters: Path, sweep: Path, gated: Path, out_dir: Path
 ) -> dict[str, float]:
-    """Register and promote every class's adapter.
+    """Register and promote every gate-passed class adapter.
 
     Returns:
         n_registered (new versions), n_champions (classes whose champion is this run's).
@@ -94,6 +95,11 @@ def run(
         }
         tiny = record["profile"] == "tiny"
         name = registry.model_name(params.data.name, label)
+        if not passed:  # never a version, so the model's `latest` is never a failed one
+            out[label] = {"model": name, "version": None, "alias": None, "created": False,
+                          "why": "not registered: the gate did not pass it",
+                          "verdict": tags["defectgen.verdict"], fd: distance}  # fmt: skip
+            continue
         version, alias, created, why = registry.register_adapter(
             name=name,
             adapter_dir=adapter_dir,
