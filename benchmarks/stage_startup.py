@@ -27,10 +27,12 @@ import sys
 import time
 from pathlib import Path
 
+from defectgen.declarations import STAGES
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-STAGE_MODULES = ("ingest", "preprocess", "masks", "base", "finetune", "sweep", "generate",
-                 "gate", "pairs", "segment", "detect", "train", "register", "report")  # fmt: skip
+# each stage module once (pairs_gate runs the gate's), from the declarations
+STAGE_MODULES = tuple(dict.fromkeys(s.module or s.name for s in STAGES))
 PROBE = """
 import json, sys, time
 t = time.perf_counter()

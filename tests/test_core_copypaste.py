@@ -5,10 +5,11 @@ background's own defect is never touched, and backgrounds come from the right ro
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from scipy import ndimage
 
 from defectgen.config import CopyPasteConfig
-from defectgen.core import copypaste
+from defectgen.core import arms, copypaste
 
 
 def _scene(seed: int):
@@ -94,3 +95,30 @@ def test_make_moves_to_the_next_background_then_pastes_over_a_defect_and_counts_
     # a source without a defect has nothing to cut
     pasted, counts = copypaste.make(cfg, [({"id": "none"}, [{"id": "free"}])], pixels, rng)
     assert pasted == [] and counts == {"overlapping": 0, "short": 1}
+
+
+def test_an_arm_s_records_sum_up_per_seed_and_name_every_row_used():
+    cfg = CopyPasteConfig()
+    source, source_mask, background, own = _scene(2)
+    pixels = {"s": (source, source_mask), "b": (background, own)}
+    rng = np.random.default_rng(0)
+    records = []
+    for _ in range(2):  # two seeds' training sets
+        pasted, counts = copypaste.make(cfg, [({"id": "s"}, [{"id": "b"}])], pixels, rng)
+        records.append(copypaste.record(pasted, counts))
+    (paste,) = records[0]["pasted"]
+    assert (paste["source"], paste["background"]) == ("s", "b") and len(paste["offset"]) == 2
+    assert copypaste.summarise(records) == {
+        "short": [0, 0], "overlapping": [0, 0], "pasted_from": ["b", "s"]
+    }  # fmt: skip
+    # a record without provenance (resumed from older code) is refused, saying what to do
+    with pytest.raises(ValueError, match="delete the stage's .resume folder"):
+        copypaste.summarise([*records, {"short": 0, "overlapping": 0}])
+
+
+def test_draws_are_whole_shuffled_passes_an_item_repeats_only_after_all_were_used():
+    rng = np.random.default_rng(3)
+    order = arms.passes(4, 10, rng)
+    assert len(order) == 10
+    assert sorted(order[:4]) == sorted(order[4:8]) == [0, 1, 2, 3]  # two whole passes
+    assert len(set(order[8:])) == 2  # then part of a third, without repeats

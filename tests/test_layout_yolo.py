@@ -141,3 +141,18 @@ def test_our_yolo_export_reads_back_as_it_was(tmp_path: Path, fmt: str):
         assert np.array_equal(mask > 127, original > 127), row["original_path"]
         # the defect-free test image comes back as the normal class; the rest as they were
         assert row["label"] == (was["label"] if original.any() else "background")
+
+
+def test_class_ids_must_be_0_to_n_minus_1_and_string_keys_keep_their_numeric_order(tmp_path):
+    from defectgen import layouts
+
+    root = tmp_path / "yolo"
+    names = {str(i): f"c{i}" for i in range(12)}  # "10" sorts before "2" as text
+    save(texture(1), root / "images" / "a.png")
+    _label(root, "", "a", ["10 0.1 0.1 0.2 0.2"])
+    (root / "data.yaml").write_text(yaml.safe_dump({"train": "images", "names": names}))
+    (c,) = layouts.discover(make_params("yolo", root).data, root).candidates
+    assert c.label == "c10"
+    (root / "data.yaml").write_text(yaml.safe_dump({"train": "images", "names": {1: "x"}}))
+    with pytest.raises(DataError, match=r"class ids \[1\] are not 0..0"):
+        layouts.discover(make_params("yolo", root).data, root)

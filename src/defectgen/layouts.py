@@ -422,9 +422,10 @@ def _yolo_images(entry, base: Path, what: str) -> list[Path]:
             out += [p for p in sorted(path.rglob("*")) if p.suffix.lower() in IMAGE_EXTENSIONS]
         elif path.is_file() and path.suffix == ".txt":
             for line in path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    listed = Path(line.strip())
-                    out.append(listed if listed.is_absolute() else base / listed)
+                line = line.strip()
+                if line:  # as Ultralytics reads them: ./ from the list's own folder
+                    here = path.parent / line[2:] if line.startswith("./") else base / line
+                    out.append(here)  # (an absolute line stays as it is)
         else:
             raise DataError(f"{what}: {e!r} is neither a folder nor a .txt list under {base}")
     return out
@@ -449,7 +450,12 @@ def _yolo(cfg: DataConfig, root: Path | None) -> Discovery:
     try:
         spec = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
         names = spec["names"]
-        names = [names[k] for k in sorted(names)] if isinstance(names, dict) else list(names)
+        if isinstance(names, dict):  # class id -> name; the ids must be 0..n-1
+            by_id = {int(k): str(v) for k, v in names.items()}
+            if set(by_id) != set(range(len(by_id))):
+                raise ValueError(f"class ids {sorted(by_id)} are not 0..{len(by_id) - 1}")
+            names = [by_id[i] for i in range(len(by_id))]
+        names = [str(n) for n in names]
     except (KeyError, TypeError, ValueError, yaml.YAMLError) as exc:
         raise DataError(
             f"{spec_path}: not an Ultralytics data file ({type(exc).__name__}: {exc}); it "

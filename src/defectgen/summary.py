@@ -23,6 +23,11 @@ def _read(path: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
+def _verdict(entry: dict) -> str:
+    """A class's gate verdict (gate.json from before verdicts were written: by passed)."""
+    return entry.get("verdict") or ("pass" if entry["passed"] else "fail")
+
+
 def headline(evaluation: dict) -> tuple[str, dict | None] | None:
     """(model, row) of the value question's answer in eval.json: the first model's
     synthetic arm against its classical control on the primary metric; row None when
@@ -66,7 +71,7 @@ def answer(evaluation: dict) -> str:
 
 def parent_record(evaluation: dict | None, gate: dict | None) -> dict:
     """What the pipeline's parent MLflow run carries (the report stage writes it as
-    summary.json; the runner logs it): the answer as metrics and as the run's note,
+    parent.json; the runner logs it): the answer as metrics and as the run's note,
     each class's gate verdict as a metric and a tag."""
     metrics: dict[str, float] = {}
     tags: dict[str, str] = {}
@@ -88,7 +93,7 @@ def parent_record(evaluation: dict | None, gate: dict | None) -> dict:
                     metrics[f"answer/{row['metric']}_p_holm"] = float(row["p_adjusted"])
     for label, e in (gate or {}).get("classes", {}).items():
         metrics[f"gate/{label}/passed"] = float(e["passed"])
-        tags[f"defectgen.gate.{label}"] = e.get("verdict", "pass" if e["passed"] else "fail")
+        tags[f"defectgen.gate.{label}"] = _verdict(e)
     return {"metrics": metrics, "tags": tags}
 
 
@@ -105,7 +110,7 @@ def lines(data: Path) -> list[str]:
     if gate is not None:
         out.append("Gate, per class (synthetic images kept / generated):")
         for label, e in gate["classes"].items():
-            verdict = e.get("verdict", "pass" if e["passed"] else "fail")
+            verdict = _verdict(e)
             reason = f": {e['reason']}" if e.get("reason") else ""
             out.append(f"  {label}: {verdict}, {e.get('n_kept', 0)} / {e['n_synthetic']}{reason}")
     report = data / REPORT_DIR / REPORT_HTML

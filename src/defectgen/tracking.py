@@ -1,4 +1,5 @@
-"""MLflow tracking: with registry.py, the only modules that import mlflow.
+"""MLflow tracking: with registry.py (and its adapter_model.py), the only modules that
+import mlflow.
 
 - Tracking URI: $MLFLOW_TRACKING_URI if set, else `sqlite:///<cwd>/mlflow.db`
   (MLflow 3 refuses the file store).
@@ -6,8 +7,9 @@
   pipeline run are separate processes (dvc repro, KFP pods), so they find their
   parent by the tag `defectgen.pipeline_key`: $DEFECTGEN_PIPELINE_KEY when the
   orchestrator sets it (make demo, the KFP pipeline), else git sha + params hash.
-- The parent carries the git sha, the params hash and all params; each stage
-  run its own sections' params, its metrics and its report files.
+- The parent carries the git sha, the params hash and all params, and what the
+  report stage hands it (StageRun.to_parent: the answer, the gate's verdicts, the
+  report); each stage run its own sections' params, its metrics and its report files.
 """
 
 from __future__ import annotations
@@ -164,7 +166,9 @@ class StageRun:
         now = int(time.time() * 1000)
         points = [mlflow.entities.Metric(k, float(v), now, 0) for k, v in metrics.items()]
         labels = [mlflow.entities.RunTag(k, v[:5000]) for k, v in tags.items()]
-        client.log_batch(self.parent_id, metrics=points, tags=labels)
+        for start in range(0, max(len(points), len(labels)), 100):  # MLflow's tag limit
+            client.log_batch(self.parent_id, metrics=points[start : start + 100],
+                             tags=labels[start : start + 100])  # fmt: skip
         for path in files:
             if Path(path).is_file():
                 client.log_artifact(self.parent_id, str(path))

@@ -46,6 +46,9 @@ def copy_paste_of(arm: str) -> str:
     return "real+copy-paste" + ("" if arm == "real+synthetic" else "-ungated")
 
 
+COPY_PASTE = tuple(copy_paste_of(a) for a in ADDITIVE)  # the copy-paste controls
+
+
 def plan(arms: list[str], *, oracle: bool, copy_paste: bool = False) -> dict[str, str | None]:
     """Every condition to run, in table order, mapped to the arm it is matched to (None
     for real, the arms themselves, all-train and majority)."""

@@ -179,6 +179,11 @@ def record(pasted: list[Pasted], counts: dict[str, int]) -> dict:
 def summarise(records: list[dict]) -> dict:
     """An arm's `record`s over seeds: per seed how many sources found no place ("short")
     or went over a background's defect ("overlapping"), and every row id it used."""
+    if missing := [i for i, r in enumerate(records) if "pasted" not in r]:
+        raise ValueError(
+            f"copy-paste records {missing} carry no provenance (resumed from before it was "
+            "kept?): delete the stage's .resume folder and run it again"
+        )
     used = {i for r in records for p in r["pasted"] for i in (p["source"], p["background"])}
     return {
         "short": [int(r["short"]) for r in records],

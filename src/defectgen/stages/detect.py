@@ -342,7 +342,7 @@ def run(
             entry["ap_per_class_mean"] = {
                 c: float(np.mean([r["ap_per_class"][c] for r in runs])) for c in data.labels
             }
-            if "pasted" in runs[0]:  # a copy-paste arm: what was pasted where
+            if condition in arms.COPY_PASTE:  # what was pasted where
                 entry.update(copypaste.summarise(runs))
             summary[model][condition] = entry
         trained = set(summary[model])

@@ -356,7 +356,7 @@ def run(
             for seed in cfg.seeds:
                 folder, _ = next(made)
                 done = json.loads((folder / RECORD_JSON).read_text("utf-8"))
-                if "pasted" in done:  # a copy-paste arm's provenance
+                if condition in arms.COPY_PASTE:  # a copy-paste arm's provenance
                     pasted[condition].append(done)
                 curves.series[f"{metric_name(condition)}.seed{seed}"] = done["losses"]
                 checks_of[condition] = done["eval_steps"]
