@@ -244,7 +244,7 @@ STAGES = (
             ("segment", False, "the segment stage's output folder"),
             ("detect", False, "the detect stage's output folder"),
         ),
-        ("data.name", "tracking"),
+        ("data.name", "model.profile", "model.base", "model.revision", "tracking"),
         (art.REPORT_HTML, art.REPORT_MD, art.PARENT_JSON),
         output="report",
         parent=art.PARENT_JSON,

@@ -473,16 +473,37 @@ def _provenance(params: Params, preprocessed: Path | None) -> Section:
 INPUTS = {a: producer(a).name for a, required, _ in get_stage("report").inputs if required}
 
 
-def _summary(gate: tuple[Section, int, int] | None, n_classes: int, answer: str | None) -> str:
-    """The page's first line: the answer (synthetic vs classical augmentation), then the
-    gate's verdicts."""
+def _summary(
+    gate: tuple[Section, int, int] | None, n_classes: int, answer: str | None, plain: str | None
+) -> str:
+    """The page's first line: the answer in a plain sentence (summary.answer), the same
+    in the comparison's own terms, then the gate's verdicts."""
     if gate is None:
         return "The run stopped before the quality gate: no synthetic image was judged."
     _, passed, kept = gate
     text = f"{passed} of {n_classes} classes passed the quality gate; {kept} synthetic images "
     if answer is None:
         return text + "were kept; no classifier was trained."
-    return f"{answer} {text}entered real+synthetic."
+    return f"{plain} In the comparison's terms: {answer} {text}entered real+synthetic."
+
+
+def _generator(params: Params) -> Section:
+    """What made the synthetic images: for the tiny prior, that they demonstrate the
+    pipeline and how to get real ones."""
+    sec = Section("Generator")
+    if params.model.profile == "tiny":
+        sec.paragraph(
+            "The tiny diffusion prior (64 px, a few million parameters), pretrained by this "
+            "run on its own few-shot images on the CPU: its images show the pipeline working, "
+            "not the quality a real prior gives. For real images use Stable Diffusion 1.5 on "
+            "a GPU (README: Stable Diffusion 1.5 and GPUs)."
+        )
+    else:
+        sec.paragraph(
+            f"Stable Diffusion 1.5 from {params.model.base} (revision "
+            f"{params.model.revision or 'not pinned'}), adapted per class."
+        )
+    return sec
 
 
 def run(
@@ -540,6 +561,7 @@ def run(
     if "sweep" in have and (heatmaps := _sweep(have["sweep"])) is not None:
         sections.append(heatmaps)
     if "generated" in have:
+        sections.append(_generator(params))
         sections.append(_images(have["generated"]))
     answer = None
     if "train" in have:
@@ -555,8 +577,9 @@ def run(
         sections.append(sec)
     sections.append(_provenance(params, have.get("preprocessed")))
     title = f"defectgen report: {params.data.name}"
-    summary = _summary(gate, n_classes, answer)
     evaluation = _json(have["train"] / EVAL_JSON) if "train" in have else None
+    plain = run_summary.answer(evaluation) if evaluation else None
+    summary = _summary(gate, n_classes, answer, plain)
     verdicts = _json(have["gated"] / GATE_JSON) if "gated" in have else None
     parent = run_summary.parent_record(evaluation, verdicts)
     with atomic_dir(out_dir) as tmp:
