@@ -166,10 +166,18 @@ def _sweep(sweep: Path) -> Section | None:
     sec = Section("Strength x guidance sweep")
     sec.paragraph(
         "Each cell: the distance of a few probe images (the same seeds and parents in every "
-        "cell) to the val images; the outlined cell was chosen. Below each heatmap, one "
-        "probe per cell in the same layout."
+        "cell) to the val images; the outlined cell was chosen, not always the lowest (the "
+        "lowest strength within noise of the lowest distance: the reason is above each "
+        "heatmap). Below each heatmap, one probe per cell in the same layout."
     )
+    record = sweep / CHOSEN_JSON
+    chosen = _json(record)["classes"] if record.is_file() else {}
     for path in heatmaps:
+        if (c := chosen.get(path.stem)) and c.get("reason"):
+            sec.paragraph(
+                f"{path.stem}: chose strength {c['strength']:g}, guidance {c['guidance']:g}: "
+                f"{c['reason']}."
+            )
         sec.figure(path.read_bytes(), f"{path.stem}: distance per cell")
         probes = sweep / PROBES_DIR / path.name
         if probes.is_file():
