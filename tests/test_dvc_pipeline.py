@@ -176,12 +176,6 @@ def test_repro_twice_resume_params_diff_metrics_and_push(dvc_repo, tmp_path):
     assert "samples.png" in artifacts and "time/images_per_s" in generate_run.data.metrics
     sweep_run = next(r for r in runs if r.info.run_name == "sweep")
     chosen = json.loads((repo / "data" / "sweep" / "chosen.json").read_text())["classes"]
-    mapped = [c for c in chosen if (repo / "data" / "sweep" / "heatmaps" / f"{c}.png").is_file()]
-    assert "crack" in mapped
-    for label in mapped:  # the report says beside each heatmap why that cell
-        cell = chosen[label]
-        said = f"{label}: chose strength {cell['strength']:g}, guidance {cell['guidance']:g}: "
-        assert escape(said + cell["reason"]) in html, label
     assert sweep_run.data.metrics["crack/strength"] == chosen["crack"]["strength"]
     assert {"chosen.json", "sweep.parquet", "heatmaps"} <= {
         a.path for a in client.list_artifacts(sweep_run.info.run_id)
