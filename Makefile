@@ -88,5 +88,5 @@ lint: setup
 	$(VENV)/bin/ruff format --check src tests components pipelines benchmarks
 
 clean:
-	rm -rf $(VENV) data/ingested data/preprocessed data/masks data/base data/finetune data/sweep data/generated \
-		data/gated data/train data/registry data/report data/.*.resume data/.features mlflow.db mlruns mlartifacts
+	rm -rf $(VENV) mlflow.db mlruns mlartifacts
+	find data -mindepth 1 -maxdepth 1 ! -name raw ! -name .gitignore -exec rm -rf {} +  # the stages' outputs

@@ -1,9 +1,11 @@
-"""dvc.yaml from the stage declarations (defectgen.runner.STAGES): each stage's source deps
-are the files of its import closure inside the package, computed from the code, and its
-params are the keys the stage declares it reads.
+"""dvc.yaml, generated in full from the stage declarations (defectgen.declarations.STAGES):
+each stage's cmd passes its declared inputs from their producers' folders; its deps are those
+folders and the files of its import closure inside the package, computed from the code; its
+params are the keys it declares it reads; its outs, metrics file and plots follow from its
+declared output, curves and plots.
 
-    python -m pipelines.dvc_stages            # check: exit 1 and say what differs
-    python -m pipelines.dvc_stages --write    # rewrite dvc.yaml's src deps and params
+    python -m pipelines.dvc_stages            # check: exit 1 when dvc.yaml differs
+    python -m pipelines.dvc_stages --write    # write dvc.yaml
 
 The closure follows every `import` and `from ... import` of `defectgen` modules anywhere in
 a module (lazy imports inside functions included), plus the `__init__.py` of each package
@@ -15,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import ast
-import re
 import sys
+import textwrap
 from functools import cache
 from pathlib import Path
+
+from defectgen import declarations
 
 REPO = Path(__file__).resolve().parent.parent
 SRC = REPO / "src"
@@ -100,84 +104,97 @@ def covered(key: str, declared: tuple[str, ...]) -> bool:
     return any(key == d or key.startswith(d + ".") for d in declared)
 
 
-def expected() -> dict[str, dict[str, list[str]]]:
-    """Per stage: the src deps and params dvc.yaml must have."""
-    from defectgen.runner import STAGES
-
-    return {
-        s.name: {"src": [str(p) for p in closure(s.module_name)], "params": list(s.reads)}
-        for s in STAGES
-    }
-
-
-def _stage_blocks(lines: list[str]) -> dict[str, tuple[int, int]]:
-    """dvc.yaml line ranges of each stage's block: from its 2-space indented name to the
-    next stage or top-level key, trailing blank lines left out."""
-    top = next(i for i, line in enumerate(lines) if line.rstrip() == "stages:")
-    starts = []
-    end_of_stages = len(lines)
-    for i in range(top + 1, len(lines)):
-        if lines[i] and not lines[i].startswith(" "):
-            end_of_stages = i
-            break
-        if m := re.match(r"^  ([a-z_]+):\s*$", lines[i]):
-            starts.append((i, m.group(1)))
-    blocks = {}
-    for k, (start, name) in enumerate(starts):
-        end = starts[k + 1][0] if k + 1 < len(starts) else end_of_stages
-        while end > start and not lines[end - 1].strip():
-            end -= 1
-        blocks[name] = (start, end)
-    return blocks
+RAW_DIR = "data/raw"  # where a user's own dataset goes (README: Your own data)
+HEADER = """\
+# Generated from the stage declarations (src/defectgen/declarations.py) by
+# `python -m pipelines.dvc_stages --write`; tests fail when it differs, so change the
+# declaration, not this file. Run with `dvc repro` (make demo). Each cmd is the CLI, a
+# thin shell around stages.<module>.run; the KFP pipeline runs the same declarations.
+# Each stage writes data/<its output artifact> and metrics/<stage>.json; its deps are its
+# inputs' folders and the source files of its import closure, its params the keys it reads.
+"""
+WIDTH = 92
 
 
-def _rewrite_block(block: list[str], src: list[str], params: list[str]) -> list[str]:
-    """One stage's lines with its src deps and params section replaced: src deps at the
-    end of `deps`, `params` right after `deps`."""
-    out: list[str] = []
-    section = None
-    for line in block:
-        head = re.match(r"^    ([a-z_]+):", line)
-        if head:
-            section = head.group(1)
-            if section == "params":
-                continue  # rewritten after deps
-            out.append(line)
-            continue
-        item = line.startswith("      - ")
-        if section == "params" and item:
-            continue
-        if section == "deps" and item and line.split("- ", 1)[1].startswith("src/"):
-            continue
-        out.append(line)
-    deps = next(i for i, line in enumerate(out) if line.startswith("    deps:"))
-    end = deps + 1
-    while end < len(out) and out[end].startswith("      "):
-        end += 1
-    added = [f"      - {p}" for p in src]
-    if params:
-        added += ["    params:"] + [f"      - {k}" for k in params]
-    return out[:end] + added + out[end:]
+def folder(artifact: str) -> str:
+    """Where dvc.yaml's stages write an artifact."""
+    return f"data/{artifact}"
 
 
-def rewrite(text: str) -> str:
-    """dvc.yaml with each declared stage's src deps and params replaced."""
-    lines = text.split("\n")
-    want = expected()
-    for name, (start, end) in sorted(_stage_blocks(lines).items(), key=lambda kv: -kv[1][0]):
-        if name in want:
-            lines[start:end] = _rewrite_block(
-                lines[start:end], want[name]["src"], want[name]["params"]
-            )
-    return "\n".join(lines)
+def _comment(text: str, indent: str) -> list[str]:
+    return textwrap.wrap(text, WIDTH, initial_indent=f"{indent}# ", subsequent_indent=f"{indent}# ")
+
+
+def _cmd(stage) -> list[str]:
+    """`defectgen <stage> ...` folded (YAML `>-`) into lines of at most WIDTH."""
+    words = [f"--{name} {folder(name)}" for name, _, _ in stage.inputs if name != declarations.RAW]
+    words.append(f"--out {folder(stage.output)}")
+    if not stage.always_runs:
+        words.append(f"--metrics metrics/{stage.name}.json")
+    lines, line = [f"      defectgen {stage.name} --params params.yaml"], "     "
+    for word in words:
+        if len(line) + 1 + len(word) > WIDTH:
+            lines.append(line)
+            line = "     "
+        line += " " + word
+    return ["    cmd: >-", *lines, line]
+
+
+def _stage(stage) -> list[str]:
+    out = _comment(stage.help, "  ")
+    if stage.always_runs:
+        out += _comment("side effects, not files: no outputs, runs on every `dvc repro`", "  ")
+    out += [f"  {stage.name}:", *_cmd(stage)]
+    if stage.always_runs:
+        out.append("    always_changed: true")
+    out.append("    deps:")
+    for name, _, _ in stage.inputs:
+        if name == declarations.RAW:
+            out.append(f"      - {RAW_DIR}  # your dataset (params data.root: README, own data)")
+        else:
+            out.append(f"      - {folder(name)}")
+    out += [f"      - {p}" for p in closure(stage.module_name)]
+    if stage.reads:
+        out += ["    params:", *(f"      - {k}" for k in stage.reads)]
+    if not stage.always_runs:
+        out += ["    outs:", f"      - {folder(stage.output)}"]
+        out += ["    metrics:", f"      - metrics/{stage.name}.json:", "          cache: false"]
+    return out
+
+
+def _plots() -> list[str]:
+    """Loss curves of every stage that trains, and each stage's declared plots."""
+    out = [
+        "",
+        "# `dvc plots show` (or `dvc plots diff` against another commit): loss curves, the",
+        "# sweep's distance per (strength, guidance) cell (one heatmap per class) and test",
+        "# accuracy per model and condition.",
+        "plots:",
+    ]
+    for stage in declarations.STAGES:
+        specs = [(c, "", "step", "loss") for c in stage.curves] + list(stage.plots)
+        for path, template, x, y in specs:
+            out.append(f"  - {folder(stage.output)}/{path}:")
+            if template:
+                out.append(f"      template: {template}")
+            out += [f"      x: {x}", f"      y: {y}"]
+    return out
+
+
+def render() -> str:
+    """The whole dvc.yaml, from the declarations."""
+    lines = HEADER.rstrip("\n").split("\n") + ["stages:"]
+    for i, stage in enumerate(declarations.STAGES):
+        lines += ([""] if i else []) + _stage(stage)
+    return "\n".join(lines + _plots()) + "\n"
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--write", action="store_true", help="rewrite dvc.yaml in place")
     args = ap.parse_args()
-    text = DVC_YAML.read_text(encoding="utf-8")
-    new = rewrite(text)
+    text = DVC_YAML.read_text(encoding="utf-8") if DVC_YAML.is_file() else ""
+    new = render()
     if args.write:
         DVC_YAML.write_text(new, encoding="utf-8")
         print(f"wrote {DVC_YAML}")

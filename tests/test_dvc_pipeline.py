@@ -98,9 +98,9 @@ def test_repro_twice_resume_params_diff_metrics_and_push(dvc_repo, tmp_path):
     shown = _sh(["dvc", "metrics", "show"], repo, env)
     assert "metrics/ingest.json" in shown and "n_images" in shown and "36" in shown
     assert "metrics/finetune.json" in shown and "crack/lora_loss_last" in shown
-    assert "metrics/eval.json" in shown and "resnet18/real/accuracy_mean" in shown
+    assert "metrics/train.json" in shown and "resnet18/real/accuracy_mean" in shown
     plots = _sh(["dvc", "plots", "show", "--json"], repo, env)
-    assert "data/finetune/curves/crack.ti.csv" in plots and "data/base/curves/vae.csv" in plots
+    assert "data/adapters/curves/crack.ti.csv" in plots and "data/base/curves/vae.csv" in plots
     assert "data/sweep/heatmaps/crack.csv" in plots and "data/sweep/heatmaps/crack.png" in plots
     assert "data/train/comparison.csv" in plots
     # the skipped mask branch's stages leave empty curve folders, not missing ones

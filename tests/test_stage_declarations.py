@@ -7,6 +7,7 @@ params follow the declaration."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from defectgen import declarations
 from defectgen.declarations import STAGES, get_stage, graph, upstream
 from pipelines import dvc_stages
 from tests.conftest import make_params
@@ -72,12 +74,30 @@ def test_the_closure_follows_lazy_imports_and_packages():
                    and not p.endswith("__init__.py") for p in closure)  # fmt: skip
 
 
-def test_a_stale_dvc_yaml_is_caught_and_rewritten(tmp_path):
-    text = dvc_stages.DVC_YAML.read_text(encoding="utf-8")
-    stale = text.replace("      - src/defectgen/config.py\n", "", 1)
-    stale = stale.replace("      - data.normal_classes\n", "", 1)
-    assert stale != text
-    assert dvc_stages.rewrite(stale) == text
+def test_dvc_yaml_is_the_render_of_the_declarations():
+    assert dvc_stages.DVC_YAML.read_text(encoding="utf-8") == dvc_stages.render(), (
+        "dvc.yaml differs from the declarations: python -m pipelines.dvc_stages --write"
+    )
+
+
+def test_a_declaration_change_reaches_dvc_yaml(monkeypatch):
+    """Outputs, metrics, plots and side-effect stages follow the declaration alone."""
+    stages = list(declarations.STAGES)
+    i = next(k for k, s in enumerate(stages) if s.name == "gate")
+    stages[i] = dataclasses.replace(
+        stages[i], output="judged", plots=(("gate.csv", "", "class", "ratio"),), always_runs=True
+    )
+    monkeypatch.setattr(declarations, "STAGES", tuple(stages))
+    dvc = yaml.safe_load(dvc_stages.render())
+    gate = dvc["stages"]["gate"]
+    assert "--out data/judged" in gate["cmd"] and "--metrics" not in gate["cmd"]
+    assert gate["always_changed"] is True and "outs" not in gate and "metrics" not in gate
+    assert {"data/judged/gate.csv": {"x": "class", "y": "ratio"}} in dvc["plots"]
+    train = dvc["stages"]["train"]
+    assert train["outs"] == ["data/train"] and train["metrics"] == [
+        {"metrics/train.json": {"cache": False}}
+    ]
+    assert {"data/train/curves": {"x": "step", "y": "loss"}} in dvc["plots"]
 
 
 @pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)

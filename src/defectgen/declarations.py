@@ -39,6 +39,11 @@ class Stage:
     # a {metrics, tags} JSON under --out that, with the reports, also goes to the
     # pipeline's MLflow parent run (the report's answer and verdicts)
     parent: str = ""
+    # DVC plots of files under --out besides the curves: (path, template, x, y)
+    plots: tuple[tuple[str, str, str, str], ...] = ()
+    # side effects (MLflow runs, the registry), not reproducible files: dvc.yaml gives it
+    # no outputs or metrics file and runs it on every `dvc repro`
+    always_runs: bool = False
 
     def __post_init__(self):
         if not self.output:
@@ -119,6 +124,7 @@ STAGES = (
         ("seed", "model", "finetune.data", "sweep", "generate", "gate"),
         (art.CHOSEN_JSON, art.SWEEP_PARQUET, art.HEATMAPS_DIR, art.PROBES_DIR),
         output="sweep",
+        plots=((art.HEATMAPS_DIR, "heatmap", "guidance", "strength"),),  # .dvc/plots/
     ),
     Stage(
         "generate",
@@ -198,6 +204,7 @@ STAGES = (
         (art.EVAL_JSON, art.COMPARISON_CSV, art.CONFUSION_JSON, art.RUNS_PARQUET),
         curves=(art.CURVES_DIR,),
         output="train",
+        plots=((art.COMPARISON_CSV, "bar_horizontal", "accuracy", "run"),),
     ),
     Stage(
         "detect",
@@ -227,6 +234,7 @@ STAGES = (
         ("data.name", "generate.steps", "generate.strength", "preprocess.color", "tracking"),
         (art.REGISTRY_JSON,),
         output="registry",
+        always_runs=True,
     ),
     Stage(
         "report",
@@ -248,6 +256,7 @@ STAGES = (
         (art.REPORT_HTML, art.REPORT_MD, art.PARENT_JSON),
         output="report",
         parent=art.PARENT_JSON,
+        always_runs=True,
     ),
 )
 
