@@ -86,6 +86,14 @@ def blob_mask(seed: int, size: tuple[int, int] = (40, 40)) -> np.ndarray:
     return m
 
 
+def run_stage(module: str, params: Params, **inputs) -> dict[str, float]:
+    """stages.<module>.run as the runner calls it (Stage.runner: the declared resume key),
+    without MLflow."""
+    from defectgen.declarations import STAGES
+
+    return next(s for s in STAGES if s.module_name.endswith(f".{module}")).runner(params, **inputs)
+
+
 def make_params(layout: str = "folders", root: Path | None = None, **sections) -> Params:
     """Params for tests: a data section for `layout`/`root` plus any section overrides."""
     data = {"name": "fixture", "layout": layout, "root": str(root) if root else None}

@@ -17,18 +17,7 @@ from defectgen.core.device import CPU, LossBuffer, Runtime, runtime
 from defectgen.core.diffusion import adapt
 from defectgen.core.images import decode_image
 from defectgen.prior import open_base
-from defectgen.stages import (
-    base,
-    finetune,
-    gate,
-    generate,
-    ingest,
-    masks,
-    pairs,
-    preprocess,
-    sweep,
-    train,
-)
+from tests.conftest import run_stage
 from tests.test_stage_masks import _dataset
 from tests.test_stage_pairs import SECTIONS, make_params
 
@@ -48,18 +37,20 @@ def run(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("bf16")
     params = make_params("image_mask", _dataset(tmp / "ds"), **BF16)
     d = {k: tmp / k for k in ("ing", "pre", "base", "ft", "sw", "gen", "masks", "pairs", "gate")}
-    ingest.run(params, out_dir=d["ing"])
-    preprocess.run(params, ingested=d["ing"], out_dir=d["pre"])
-    d["base_m"] = base.run(params, preprocessed=d["pre"], out_dir=d["base"])
-    finetune.run(params, preprocessed=d["pre"], base=d["base"], out_dir=d["ft"])
-    sweep.run(params, preprocessed=d["pre"], base=d["base"], adapters=d["ft"], out_dir=d["sw"])
-    generate.run(params, preprocessed=d["pre"], base=d["base"], adapters=d["ft"],
+    run_stage("ingest", params, out_dir=d["ing"])
+    run_stage("preprocess", params, ingested=d["ing"], out_dir=d["pre"])
+    d["base_m"] = run_stage("base", params, preprocessed=d["pre"], out_dir=d["base"])
+    run_stage("finetune", params, preprocessed=d["pre"], base=d["base"], out_dir=d["ft"])
+    run_stage(
+        "sweep", params, preprocessed=d["pre"], base=d["base"], adapters=d["ft"], out_dir=d["sw"]
+    )
+    run_stage("generate", params, preprocessed=d["pre"], base=d["base"], adapters=d["ft"],
                  sweep=d["sw"], out_dir=d["gen"])  # fmt: skip
-    masks.run(params, preprocessed=d["pre"], out_dir=d["masks"])
-    d["pairs_m"] = pairs.run(params, preprocessed=d["pre"], base=d["base"], masks=d["masks"],
-                             out_dir=d["pairs"])  # fmt: skip
-    gate.run(params, preprocessed=d["pre"], generated=d["gen"], out_dir=d["gate"])
-    d["train_m"] = train.run(params, preprocessed=d["pre"], generated=d["gen"],
+    run_stage("masks", params, preprocessed=d["pre"], out_dir=d["masks"])
+    d["pairs_m"] = run_stage("pairs", params, preprocessed=d["pre"], base=d["base"],
+                             masks=d["masks"], out_dir=d["pairs"])  # fmt: skip
+    run_stage("gate", params, preprocessed=d["pre"], generated=d["gen"], out_dir=d["gate"])
+    d["train_m"] = run_stage("train", params, preprocessed=d["pre"], generated=d["gen"],
                              gated=d["gate"], out_dir=tmp / "train")  # fmt: skip
     d["params"], d["tmp"] = params, tmp
     return d

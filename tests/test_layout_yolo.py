@@ -13,8 +13,7 @@ import yaml
 from defectgen import export, manifest
 from defectgen.core.images import decode_image
 from defectgen.errors import DataError
-from defectgen.stages import ingest
-from tests.conftest import make_params, save, texture
+from tests.conftest import make_params, run_stage, save, texture
 from tests.test_export import _run
 
 
@@ -67,7 +66,7 @@ def test_yolo_seg_polygons_become_masks_and_empty_labels_a_normal_class(tmp_path
     root = _dataset(tmp_path / "yolo")
     out = tmp_path / "out"
     params = make_params("yolo", root, data={"normal_classes": ["good"]})
-    metrics = ingest.run(params, out_dir=out)
+    metrics = run_stage("ingest", params, out_dir=out)
     assert metrics["count/crack"] == 4 and metrics["count/hole"] == 4
     assert metrics["count/good"] == 4  # empty label files and missing ones alike
     rows = {r["original_path"]: r for r in manifest.read_rows(out)}
@@ -101,7 +100,7 @@ def test_without_a_normal_class_defect_free_images_are_skipped_saying_how_to_kee
 ):
     root = _dataset(tmp_path / "yolo")
     out = tmp_path / "out"
-    ingest.run(make_params("yolo", root), out_dir=out)
+    run_stage("ingest", make_params("yolo", root), out_dir=out)
     reason = _reasons(out)["images/train/good1.png"]
     assert "no objects in labels/train/good1.txt" in reason and "data.normal_classes" in reason
 
@@ -111,7 +110,7 @@ def test_a_yolo_data_file_without_names_is_refused_naming_the_file(tmp_path: Pat
     root.mkdir()
     (root / "data.yaml").write_text("train: images/train\n")
     with pytest.raises(DataError, match=r"data.yaml: not an Ultralytics data file .*'names'"):
-        ingest.run(make_params("yolo", root), out_dir=tmp_path / "out")
+        run_stage("ingest", make_params("yolo", root), out_dir=tmp_path / "out")
 
 
 @pytest.mark.parametrize("fmt", ["yolo", "yolo-seg"])
@@ -122,7 +121,9 @@ def test_our_yolo_export_reads_back_as_it_was(tmp_path: Path, fmt: str):
     out = tmp_path / fmt
     export.export(run, fmt=fmt, condition="all-train", out=out)
     back = tmp_path / "back"
-    ingest.run(make_params("yolo", out, data={"normal_classes": ["background"]}), out_dir=back)
+    run_stage(
+        "ingest", make_params("yolo", out, data={"normal_classes": ["background"]}), out_dir=back
+    )
     source = {r["id"]: r for r in manifest.read_rows(run.preprocessed)}
     rows = manifest.read_rows(back)
     assert {r["id"] for r in rows} == set(source)  # pixel ids: the very images

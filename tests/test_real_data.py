@@ -11,8 +11,7 @@ import pytest
 from defectgen import artifacts, manifest
 from defectgen.core.images import decode_image
 from defectgen.layouts import parse_voc
-from defectgen.stages import ingest, masks, preprocess
-from tests.conftest import make_params, shared_data
+from tests.conftest import make_params, run_stage, shared_data
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +22,7 @@ def test_neu_det_voc(tmp_path: Path):
     root = shared_data("neu-det")
     params = make_params("voc", root, data={"label_from": "prefix"})
     out = tmp_path / "neu"
-    metrics = ingest.run(params, out_dir=out)
+    metrics = run_stage("ingest", params, out_dir=out)
     rows = manifest.read_rows(out)
     counts = Counter(r["label"] for r in rows)
     assert sorted(counts) == NEU_CLASSES
@@ -56,7 +55,7 @@ def test_neu_det_voc(tmp_path: Path):
     # Label from the annotation gives the same classes.
     # Label from the annotation (the most frequent box class) agrees for most images.
     by_ann = make_params("voc", root, data={"label_from": "annotation"})
-    ingest.run(by_ann, out_dir=tmp_path / "neu2")
+    run_stage("ingest", by_ann, out_dir=tmp_path / "neu2")
     ann_label = {r["id"]: r["label"] for r in manifest.read_rows(tmp_path / "neu2")}
     agree = sum(ann_label[r["id"]] == r["label"] for r in rows)
     assert len(ann_label) == 1799 and agree >= 1799 - mixed
@@ -71,7 +70,7 @@ def test_sd_saliency_900_masks(tmp_path: Path):
         preprocess={"image_size": 64},
     )
     out = tmp_path / "sd900"
-    metrics = ingest.run(params, out_dir=out)
+    metrics = run_stage("ingest", params, out_dir=out)
     rows = manifest.read_rows(out)
     # 300 pairs per class; Pa_105.bmp repeats Pa_101.bmp (as patches_105/101 in NEU-DET).
     assert Counter(r["label"] for r in rows) == {"In": 300, "Pa": 299, "Sc": 300}
@@ -87,7 +86,7 @@ def test_sd_saliency_900_masks(tmp_path: Path):
         raw_mask, _ = decode_image((root / "masks" / f"{stem}.png").read_bytes())
         stored, _ = decode_image((out / row["mask_path"]).read_bytes())
         assert np.array_equal(stored, raw_mask)
-    pre = preprocess.run(params, ingested=out, out_dir=tmp_path / "pre")
+    pre = run_stage("preprocess", params, ingested=out, out_dir=tmp_path / "pre")
     assert pre["n_images"] == 899
     assert pre["n_train"] > 650 and pre["n_test"] > 60
 
@@ -101,7 +100,7 @@ def test_sd_saliency_900_masks(tmp_path: Path):
         "image_mask", root, data={"label_from": "prefix", "masks_required": True},
         preprocess={"image_size": 64}, gate={"extractor": "effnet-lite0"}, masks=toy,
     )  # fmt: skip
-    made = masks.run(params, preprocessed=tmp_path / "pre", out_dir=tmp_path / "masks")
+    made = run_stage("masks", params, preprocessed=tmp_path / "pre", out_dir=tmp_path / "masks")
     record = json.loads((tmp_path / "masks" / "masks.json").read_text())["classes"]
     assert {c: e["hmi_space"] for c, e in record.items()} == dict.fromkeys(["In", "Pa", "Sc"],
                                                                           "latent")  # fmt: skip

@@ -18,8 +18,7 @@ from PIL import Image
 from defectgen import cli
 from defectgen.core.images import encode_png
 from defectgen.runner import execute, get_stage
-from defectgen.stages import base, finetune, ingest, preprocess
-from tests.conftest import make_params, save, texture
+from tests.conftest import make_params, run_stage, save, texture
 from tests.test_tracking import mlflow_server  # noqa: F401  (the real server fixture)
 
 NAME = "defectgen.fixture.crack"
@@ -47,10 +46,10 @@ def trained(tmp_path_factory) -> dict:
     params = params_for(tmp / "raw").model_copy(
         update={"tracking": params_for(tmp / "raw").tracking.model_copy(update={"enabled": False})}
     )
-    ingest.run(params, out_dir=tmp / "ing")
-    preprocess.run(params, ingested=tmp / "ing", out_dir=tmp / "pre")
-    base.run(params, preprocessed=tmp / "pre", out_dir=tmp / "base")
-    finetune.run(params, preprocessed=tmp / "pre", base=tmp / "base", out_dir=tmp / "ft")
+    run_stage("ingest", params, out_dir=tmp / "ing")
+    run_stage("preprocess", params, ingested=tmp / "ing", out_dir=tmp / "pre")
+    run_stage("base", params, preprocessed=tmp / "pre", out_dir=tmp / "base")
+    run_stage("finetune", params, preprocessed=tmp / "pre", base=tmp / "base", out_dir=tmp / "ft")
     chosen = {c: {"strength": 0.5, "guidance": 2.0} for c in ("crack", "dent")}
     (tmp / "sweep").mkdir()
     (tmp / "sweep" / "chosen.json").write_text(json.dumps({"classes": chosen}))

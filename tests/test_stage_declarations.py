@@ -137,16 +137,18 @@ SKIP_WITHOUT_MASKS = """
 import json, sys
 from pathlib import Path
 from defectgen.config import load_params
-from defectgen.stages import detect, ingest, masks, pairs, preprocess, segment
+from defectgen.declarations import get_stage
 params, t = load_params(sys.argv[1]), Path(sys.argv[2])
-ingest.run(params, out_dir=t / "ingested")
-preprocess.run(params, ingested=t / "ingested", out_dir=t / "pre")
-done = [masks.run(params, preprocessed=t / "pre", out_dir=t / "masks"),
-        pairs.run(params, preprocessed=t / "pre", base=t / "none", masks=t / "masks",
+def run_stage(name, params, **inputs):
+    return get_stage(name).runner(params, **inputs)
+run_stage("ingest", params, out_dir=t / "ingested")
+run_stage("preprocess", params, ingested=t / "ingested", out_dir=t / "pre")
+done = [run_stage("masks", params, preprocessed=t / "pre", out_dir=t / "masks"),
+        run_stage("pairs", params, preprocessed=t / "pre", base=t / "none", masks=t / "masks",
                   out_dir=t / "pairs"),
-        segment.run(params, preprocessed=t / "pre", pairs=t / "pairs", pairs_gated=t / "none",
-                    out_dir=t / "segment"),
-        detect.run(params, preprocessed=t / "pre", generated=t / "none", gated=t / "none",
+        run_stage("segment", params, preprocessed=t / "pre", pairs=t / "pairs",
+                  pairs_gated=t / "none", out_dir=t / "segment"),
+        run_stage("detect", params, preprocessed=t / "pre", generated=t / "none", gated=t / "none",
                    pairs=t / "pairs", pairs_gated=t / "none", out_dir=t / "detect")]
 print(json.dumps({"skipped": [m["skipped"] for m in done],
                   "loaded": sorted(m for m in ("torch", "torchvision", "diffusers")
@@ -197,3 +199,15 @@ def test_mlflow_logs_the_declared_keys(tmp_path, monkeypatch):
     assert logged["finetune.data"] == params.finetune.data
     assert logged["gate.max_ratio"] == str(params.gate.max_ratio)
     assert not any(k.startswith(("train.", "base.")) for k in logged)
+
+
+def test_the_report_reports_missing_exactly_its_required_inputs(tmp_path):
+    """The report (its own list of the inputs it cannot do without) and its declaration
+    (what the CLI requires, and what the run status counts) agree."""
+    report = get_stage("report")
+    required = [artifact for artifact, needed, _ in report.inputs if needed]
+    metrics = report.runner(make_params("folders", tmp_path), out_dir=tmp_path / "r")
+    assert metrics["n_missing_inputs"] == len(required)
+    page = (tmp_path / "r" / "report.md").read_text(encoding="utf-8")
+    stages = ", ".join(upstream(report)[a] for a in required)
+    assert f"No output from: {stages}." in page

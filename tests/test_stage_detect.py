@@ -8,8 +8,7 @@ import json
 from pathlib import Path
 
 from defectgen import artifacts, manifest
-from defectgen.stages import detect as stage
-from tests.conftest import make_params
+from tests.conftest import make_params, run_stage
 from tests.test_export import _run
 
 
@@ -26,7 +25,7 @@ def _folders(run) -> dict:
 def test_every_arm_trains_equal_steps_and_is_scored_with_coco(tmp_path: Path):
     run = _run(tmp_path / "run")
     out = tmp_path / "detect"
-    metrics = stage.run(_params(), **_folders(run), out_dir=out)
+    metrics = run_stage("detect", _params(), **_folders(run), out_dir=out)
     report = json.loads((out / artifacts.DETECT_JSON).read_text())
     model = report["models"]["fasterrcnn_effnet_lite0_imagenet"]
     assert report["order"] == ["real", "real+synthetic", "real+classical", "real+copy-paste",
@@ -71,7 +70,7 @@ def test_a_dataset_without_masks_or_boxes_is_skipped(tmp_path: Path):
     rows = manifest.read_rows(run.preprocessed)
     plain = [{**r, "mask_path": None, "boxes": None} for r in rows]
     manifest.write_manifest(plain, run.preprocessed / manifest.MANIFEST_NAME)
-    metrics = stage.run(_params(), **_folders(run), out_dir=tmp_path / "detect")
+    metrics = run_stage("detect", _params(), **_folders(run), out_dir=tmp_path / "detect")
     assert metrics == {"skipped": 1.0}
     report = json.loads((tmp_path / "detect" / artifacts.DETECT_JSON).read_text())
     assert "neither masks nor boxes" in report["skipped"]

@@ -21,8 +21,8 @@ from defectgen import manifest, prior
 from defectgen.core.diffusion import adapt, models, sample
 from defectgen.errors import ConfigError, DataError
 from defectgen.prior import open_base
-from defectgen.stages import base, finetune, generate, ingest, preprocess, sweep
-from tests.conftest import make_params, save, texture
+from defectgen.stages import base, finetune, sweep
+from tests.conftest import make_params, run_stage, save, texture
 
 CLASSES = ("crack", "dent")
 FAST = {
@@ -63,12 +63,13 @@ def run_dirs(tmp_path_factory) -> dict[str, Path]:
             save(texture(ci * 100 + i, (48, 48)), root / cls / f"{cls}_{i}.png")
     params = params_for(root)
     dirs = {name: tmp / name for name in ("ingested", "pre", "base", "ft", "gen")}
-    ingest.run(params, out_dir=dirs["ingested"])
-    preprocess.run(params, ingested=dirs["ingested"], out_dir=dirs["pre"])
-    dirs["base_metrics"] = base.run(params, preprocessed=dirs["pre"], out_dir=dirs["base"])
+    run_stage("ingest", params, out_dir=dirs["ingested"])
+    run_stage("preprocess", params, ingested=dirs["ingested"], out_dir=dirs["pre"])
+    dirs["base_metrics"] = run_stage("base", params, preprocessed=dirs["pre"], out_dir=dirs["base"])
     dirs["base_digest"] = tree_digest(dirs["base"])
-    finetune.run(params, preprocessed=dirs["pre"], base=dirs["base"], out_dir=dirs["ft"])
-    generate.run(
+    run_stage("finetune", params, preprocessed=dirs["pre"], base=dirs["base"], out_dir=dirs["ft"])
+    run_stage(
+        "generate",
         params,
         preprocessed=dirs["pre"],
         base=dirs["base"],
@@ -176,7 +177,8 @@ def test_a_row_regenerates_its_image(run_dirs):
 
 def test_generate_is_deterministic(run_dirs, tmp_path):
     params = params_for(run_dirs["root"])
-    generate.run(
+    run_stage(
+        "generate",
         params,
         preprocessed=run_dirs["pre"],
         base=run_dirs["base"],
@@ -190,7 +192,8 @@ def test_generate_is_deterministic(run_dirs, tmp_path):
 
 def test_txt2img_mode_has_no_parent(run_dirs, tmp_path):
     params = params_for(run_dirs["root"], generate={"mode": "txt2img", "images_per_class": 2})
-    generate.run(
+    run_stage(
+        "generate",
         params,
         preprocessed=run_dirs["pre"],
         base=run_dirs["base"],
@@ -221,7 +224,7 @@ def test_dreambooth_mode_keeps_the_identifier_and_learns_with_a_prior(
         finetune={"mode": "dreambooth", "dreambooth": {**DREAMBOOTH, "train": train}},
     )
     out = tmp_path / "ft"
-    finetune.run(params, preprocessed=run_dirs["pre"], base=run_dirs["base"], out_dir=out)
+    run_stage("finetune", params, preprocessed=run_dirs["pre"], base=run_dirs["base"], out_dir=out)
     prior = json.loads((out / "prior" / "prior.json").read_text())
     assert prior["prompt"] == "a photo of defect" and prior["sampler"] == "ddpm"
     assert len(list((out / "prior").glob("*.png"))) == prior["n_images"] == 3
@@ -249,7 +252,8 @@ def test_dreambooth_mode_keeps_the_identifier_and_learns_with_a_prior(
         assert all(torch.equal(loaded[k], v.to(loaded[k].dtype)) for k, v in trained.items())
         base_state = base_pipe.unet.state_dict()
         assert any(not torch.equal(base_state[k], loaded[k]) for k in base_state)
-    generate.run(
+    run_stage(
+        "generate",
         params,
         preprocessed=run_dirs["pre"],
         base=run_dirs["base"],
@@ -276,8 +280,12 @@ def test_ablation_modes(run_dirs, tmp_path, mode, files):
         run_dirs["root"],
         finetune={"mode": mode, "classes": ["dent"], "full_attn": {"steps": 2, "lr": 1e-3}},
     )
-    finetune.run(
-        params, preprocessed=run_dirs["pre"], base=run_dirs["base"], out_dir=tmp_path / "ft"
+    run_stage(
+        "finetune",
+        params,
+        preprocessed=run_dirs["pre"],
+        base=run_dirs["base"],
+        out_dir=tmp_path / "ft",
     )
     folder = tmp_path / "ft" / "adapters" / "dent"
     assert {p.name for p in folder.glob("*.safetensors")} == files
@@ -290,7 +298,8 @@ def test_ablation_modes(run_dirs, tmp_path, mode, files):
         assert torch.allclose(
             load_file(folder / adapt.EMBEDS_NAME)["<dent>"], emb.mean(0), atol=1e-6
         )
-    generate.run(
+    run_stage(
+        "generate",
         params,
         preprocessed=run_dirs["pre"],
         base=run_dirs["base"],
@@ -314,7 +323,9 @@ def test_finetune_resumes_after_a_kill(run_dirs, tmp_path, monkeypatch):
 
     monkeypatch.setattr(finetune, "_adapt_class", dies_on_second)
     with pytest.raises(KeyboardInterrupt):
-        finetune.run(params, preprocessed=run_dirs["pre"], base=run_dirs["base"], out_dir=out)
+        run_stage(
+            "finetune", params, preprocessed=run_dirs["pre"], base=run_dirs["base"], out_dir=out
+        )
     assert not out.exists() and trained == ["crack"]
 
     def counting(unit, params, base_dir, label, *args):
@@ -322,7 +333,7 @@ def test_finetune_resumes_after_a_kill(run_dirs, tmp_path, monkeypatch):
         return real(unit, params, base_dir, label, *args)
 
     monkeypatch.setattr(finetune, "_adapt_class", counting)
-    finetune.run(params, preprocessed=run_dirs["pre"], base=run_dirs["base"], out_dir=out)
+    run_stage("finetune", params, preprocessed=run_dirs["pre"], base=run_dirs["base"], out_dir=out)
     assert trained == ["crack", "dent"]  # crack was not trained again
     assert sorted(p.name for p in (out / "adapters").iterdir()) == list(CLASSES)
     # The resumed adapter is the one the uninterrupted run made (same seed, same data).
@@ -348,12 +359,12 @@ def test_base_resumes_after_a_kill_without_training_the_vae_again(run_dirs, tmp_
     monkeypatch.setattr(base.train, "train_vae", counting_vae)
     monkeypatch.setattr(base, "train_prior_unet", killed)
     with pytest.raises(KeyboardInterrupt):
-        base.run(params, preprocessed=run_dirs["pre"], out_dir=out)
+        run_stage("base", params, preprocessed=run_dirs["pre"], out_dir=out)
     assert not out.exists() and vae_runs == [1]
 
     monkeypatch.undo()
     monkeypatch.setattr(base.train, "train_vae", counting_vae)
-    metrics = base.run(params, preprocessed=run_dirs["pre"], out_dir=out)
+    metrics = run_stage("base", params, preprocessed=run_dirs["pre"], out_dir=out)
     assert vae_runs == [1]  # the finished VAE came from the resume folder
     assert "time/vae_s" not in metrics and metrics["time/unet_s"] > 0
     # the resumed prior is the one the uninterrupted run made, curves included
@@ -368,7 +379,7 @@ def test_sd15_profile_loads_a_local_checkpoint_folder(run_dirs, tmp_path):
         model={"profile": "sd15", "base": str(folder)},
         finetune={"classes": ["crack"]},
     )
-    base.run(params, preprocessed=run_dirs["pre"], out_dir=tmp_path / "base")
+    run_stage("base", params, preprocessed=run_dirs["pre"], out_dir=tmp_path / "base")
     record = json.loads((tmp_path / "base" / "base.json").read_text())
     assert record["profile"] == "sd15" and record["source"] == str(folder.resolve())
     assert (
@@ -376,10 +387,15 @@ def test_sd15_profile_loads_a_local_checkpoint_folder(run_dirs, tmp_path):
         == json.loads((run_dirs["base"] / "base.json").read_text())["fingerprint"]
     )
     assert sorted(p.name for p in (tmp_path / "base").iterdir()) == ["base.json"]  # no copy
-    finetune.run(
-        params, preprocessed=run_dirs["pre"], base=tmp_path / "base", out_dir=tmp_path / "ft"
+    run_stage(
+        "finetune",
+        params,
+        preprocessed=run_dirs["pre"],
+        base=tmp_path / "base",
+        out_dir=tmp_path / "ft",
     )
-    generate.run(
+    run_stage(
+        "generate",
         params,
         preprocessed=run_dirs["pre"],
         base=tmp_path / "base",
@@ -393,13 +409,21 @@ def test_sd15_profile_loads_a_local_checkpoint_folder(run_dirs, tmp_path):
 def test_profile_mismatch_and_unknown_classes_are_clear_errors(run_dirs, tmp_path):
     params = params_for(run_dirs["root"], model={"profile": "sd15", "base": "/nonexistent"})
     with pytest.raises(DataError, match="built for profile 'tiny'.*re-run the base stage"):
-        finetune.run(
-            params, preprocessed=run_dirs["pre"], base=run_dirs["base"], out_dir=tmp_path / "x"
+        run_stage(
+            "finetune",
+            params,
+            preprocessed=run_dirs["pre"],
+            base=run_dirs["base"],
+            out_dir=tmp_path / "x",
         )
     params = params_for(run_dirs["root"], finetune={"classes": ["crack", "bubble"]})
     with pytest.raises(DataError, match=r"\['bubble'\].*not in the dataset"):
-        finetune.run(
-            params, preprocessed=run_dirs["pre"], base=run_dirs["base"], out_dir=tmp_path / "x"
+        run_stage(
+            "finetune",
+            params,
+            preprocessed=run_dirs["pre"],
+            base=run_dirs["base"],
+            out_dir=tmp_path / "x",
         )
     with pytest.raises(ConfigError, match="must contain \\{token\\}"):
         params_for(run_dirs["root"], finetune={"prompt_template": "a photo"})
@@ -407,7 +431,8 @@ def test_profile_mismatch_and_unknown_classes_are_clear_errors(run_dirs, tmp_pat
 
 def _sweep(run_dirs, out: Path, **overrides) -> dict:
     params = params_for(run_dirs["root"], **overrides)
-    return sweep.run(
+    return run_stage(
+        "sweep",
         params,
         preprocessed=run_dirs["pre"],
         base=run_dirs["base"],
@@ -448,7 +473,8 @@ def test_sweep_chooses_a_cell_per_class_and_generate_uses_it(run_dirs, tmp_path)
         assert Image.open(out / "probes" / f"{label}.png").size == (2 * 32, 2 * 32)
     assert not (tmp_path / ".sweep.resume").exists()
 
-    generate.run(
+    run_stage(
+        "generate",
         params_for(run_dirs["root"]),
         preprocessed=run_dirs["pre"],
         base=run_dirs["base"],
@@ -483,7 +509,8 @@ def test_sweep_disabled_records_the_params_settings(run_dirs, tmp_path):
     del chosen["classes"]["crack"]
     (tmp_path / "sweep" / "chosen.json").write_text(json.dumps(chosen))
     with pytest.raises(DataError, match=r"no chosen settings for classes \['crack'\]"):
-        generate.run(
+        run_stage(
+            "generate",
             params_for(run_dirs["root"]),
             preprocessed=run_dirs["pre"],
             base=run_dirs["base"],
@@ -526,7 +553,7 @@ def test_a_checkpoint_changed_after_the_base_stage_is_refused(run_dirs, tmp_path
     folder = tmp_path / "sd15"
     shutil.copytree(run_dirs["base"] / "pipeline", folder)
     params = params_for(run_dirs["root"], model={"profile": "sd15", "base": str(folder)})
-    base.run(params, preprocessed=run_dirs["pre"], out_dir=tmp_path / "base")
+    run_stage("base", params, preprocessed=run_dirs["pre"], out_dir=tmp_path / "base")
     rt = models.runtime(params.model)
     open_base(tmp_path / "base", params, rt)  # unchanged: loads
     weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
@@ -543,7 +570,7 @@ def test_a_cluster_run_refuses_an_unpinned_hub_id(run_dirs, tmp_path, monkeypatc
     params = params_for(run_dirs["root"], model={"profile": "sd15", "base": "org/some-model"})
     monkeypatch.setenv("DEFECTGEN_CLUSTER", "1")
     with pytest.raises(ConfigError, match="model.revision is not set"):
-        base.run(params, preprocessed=run_dirs["pre"], out_dir=tmp_path / "base")
+        run_stage("base", params, preprocessed=run_dirs["pre"], out_dir=tmp_path / "base")
     assert not (tmp_path / "base").exists()
 
 

@@ -18,8 +18,7 @@ from defectgen.core import gate as gate_core
 from defectgen.core.images import encode_png, pixel_id
 from defectgen.reference import Reference
 from defectgen.stagekit import load_images
-from defectgen.stages import gate, ingest, preprocess
-from tests.conftest import make_params, shared_data
+from tests.conftest import make_params, run_stage, shared_data
 
 SPLIT = {"train": 0.6, "val": 0.3, "test": 0.1}
 # inclusion vs pitted surface: similar enough that more real inclusion images help a
@@ -44,8 +43,8 @@ def steel(tmp_path_factory) -> tuple[Path, Path, object]:
         preprocess={"image_size": 64, "split": SPLIT, "subset": {"alpha": 0.5}},
         gate={"max_ratio": 2.0, "kid_subsets": 10},
     )
-    ingest.run(params, out_dir=tmp / "ingested")
-    preprocess.run(params, ingested=tmp / "ingested", out_dir=tmp / "pre")
+    run_stage("ingest", params, out_dir=tmp / "ingested")
+    run_stage("preprocess", params, ingested=tmp / "ingested", out_dir=tmp / "pre")
     return tmp, tmp / "pre", params
 
 
@@ -82,7 +81,7 @@ def test_noise_fails_faithful_passes_copies_are_dropped(steel):
         synthetic.append(_synthetic_row(gen, NOISE, noise, None))
     manifest.write_manifest(synthetic, gen / manifest.MANIFEST_NAME)
 
-    metrics = gate.run(params, preprocessed=pre, generated=gen, out_dir=tmp / "gate")
+    metrics = run_stage("gate", params, preprocessed=pre, generated=gen, out_dir=tmp / "gate")
     report = json.loads((tmp / "gate" / "gate.json").read_text())
     assert report["extractor"] == "effnet-lite0" and "offline" in report["note"]
     sc, pa = report["classes"][FAITHFUL], report["classes"][NOISE]
@@ -142,7 +141,7 @@ def test_manifold_filter_keeps_only_images_inside_the_real_manifold(steel):
             )
         }
     )
-    gate.run(on, preprocessed=pre, generated=gen, out_dir=tmp / "gate-filtered")
+    run_stage("gate", on, preprocessed=pre, generated=gen, out_dir=tmp / "gate-filtered")
     sc = json.loads((tmp / "gate-filtered" / "gate.json").read_text())["classes"][FAITHFUL]
     assert sc["n_candidates"] == len(synthetic) - sc["outside_manifold"]
     # the filter keeps exactly the images inside the real (train) manifold, measured here

@@ -10,8 +10,7 @@ from PIL import Image
 from defectgen import artifacts, manifest
 from defectgen.core.images import decode_image, pixel_id
 from defectgen.errors import DataError
-from defectgen.stages import ingest
-from tests.conftest import blob_mask, make_params, save, texture
+from tests.conftest import blob_mask, make_params, run_stage, save, texture
 
 
 def _report(out: Path) -> dict:
@@ -36,7 +35,7 @@ def _tree_digest(root: Path) -> dict[str, tuple[str, int]]:
 def test_class_folders(folders_dataset: Path, tmp_path: Path):
     before = _tree_digest(folders_dataset)
     out = tmp_path / "out"
-    metrics = ingest.run(make_params("folders", folders_dataset), out_dir=out)
+    metrics = run_stage("ingest", make_params("folders", folders_dataset), out_dir=out)
     assert metrics["n_images"] == 36 and metrics["n_classes"] == 3
     assert metrics["count/crack"] == metrics["count/dent"] == metrics["count/scratch"] == 12
     rows = manifest.read_rows(out)
@@ -58,7 +57,7 @@ def test_label_from_prefix_in_a_flat_folder(tmp_path: Path):
         save(texture(50 + i), root / f"rolled-in_scale_{i}.jpg", quality=95)
     save(texture(99), root / "noclass.png")
     params = make_params("folders", root, data={"label_from": "prefix"})
-    metrics = ingest.run(params, out_dir=tmp_path / "out")
+    metrics = run_stage("ingest", params, out_dir=tmp_path / "out")
     assert metrics["count/pitted_surface"] == 3 and metrics["count/rolled-in_scale"] == 3
     assert "does not match data.label_pattern" in _reasons(tmp_path / "out")["noclass.png"]
 
@@ -68,7 +67,7 @@ def test_image_mask_pairs(mask_dataset: Path, tmp_path: Path):
     params = make_params(
         "image_mask", mask_dataset, data={"label_from": "prefix", "masks_required": True}
     )
-    metrics = ingest.run(params, out_dir=out)
+    metrics = run_stage("ingest", params, out_dir=out)
     assert metrics["count/In"] == 8 and metrics["count/Pa"] == 8
     for row in manifest.read_rows(out):
         mask, _ = decode_image((out / row["mask_path"]).read_bytes())
@@ -87,7 +86,7 @@ def test_mask_problems(mask_dataset: Path, tmp_path: Path):
     params = make_params(
         "image_mask", mask_dataset, data={"label_from": "prefix", "masks_required": True}
     )
-    metrics = ingest.run(params, out_dir=out)
+    metrics = run_stage("ingest", params, out_dir=out)
     reasons = _reasons(out)
     assert "mask is 10x10 but the image is 40x40" in reasons["images/In_1.bmp"]
     assert "not binary" in reasons["images/In_2.bmp"]
@@ -95,7 +94,7 @@ def test_mask_problems(mask_dataset: Path, tmp_path: Path):
     assert metrics["count/In"] == 5 and metrics["count/Pa"] == 8
     # Masks optional: the images stay, without their bad masks, with a warning.
     optional = make_params("image_mask", mask_dataset, data={"label_from": "prefix"})
-    metrics = ingest.run(optional, out_dir=tmp_path / "out2")
+    metrics = run_stage("ingest", optional, out_dir=tmp_path / "out2")
     assert metrics["count/In"] == 8
     rows = {r["original_path"]: r for r in manifest.read_rows(tmp_path / "out2")}
     assert rows["images/In_1.bmp"]["mask_path"] is None
@@ -107,7 +106,7 @@ def test_mask_problems(mask_dataset: Path, tmp_path: Path):
         data={"label_from": "prefix", "masks_required": True},
         ingest={"binarize_masks": True},
     )
-    assert ingest.run(soft_ok, out_dir=tmp_path / "out3")["count/In"] == 6
+    assert run_stage("ingest", soft_ok, out_dir=tmp_path / "out3")["count/In"] == 6
 
 
 def _voc_xml(path: Path, objects: list[tuple[str, int, int, int, int]], size=(40, 40)) -> None:
@@ -135,7 +134,7 @@ def test_voc_boxes_and_label_from_annotation(tmp_path: Path):
     save(texture(12), root / "images" / "broken.jpg", quality=95)
     out = tmp_path / "out"
     params = make_params("voc", root, data={"label_from": "annotation"})
-    metrics = ingest.run(params, out_dir=out)
+    metrics = run_stage("ingest", params, out_dir=out)
     assert metrics["count/scratch"] == 4 and metrics["count/dent"] == 1
     rows = {r["original_path"]: r for r in manifest.read_rows(out)}
     # VOC is 1-based inclusive; ours is 0-based half-open.
@@ -190,7 +189,9 @@ def test_coco_polygons_and_rle(tmp_path: Path):
     }
     (root / "annotations.json").write_text(json.dumps(coco))
     out = tmp_path / "out"
-    metrics = ingest.run(make_params("coco", root, data={"label_from": "annotation"}), out_dir=out)
+    metrics = run_stage(
+        "ingest", make_params("coco", root, data={"label_from": "annotation"}), out_dir=out
+    )
     assert metrics["count/hole"] == 1 and metrics["count/stain"] == 1
     rows = {r["original_path"]: r for r in manifest.read_rows(out)}
     poly, _ = decode_image((out / rows["images/a.png"]["mask_path"]).read_bytes())
@@ -211,7 +212,7 @@ def test_bad_files_are_skipped_and_the_good_ones_kept(folders_dataset: Path, tmp
     (crack / "notes.png").write_text("not an image")
     (crack / "readme.txt").write_text("hello")
     out = tmp_path / "out"
-    metrics = ingest.run(make_params("folders", folders_dataset), out_dir=out)
+    metrics = run_stage("ingest", make_params("folders", folders_dataset), out_dir=out)
     assert metrics["count/crack"] == 12 and metrics["n_images"] == 36
     reasons = _reasons(out)
     assert "empty file" in reasons["crack/zero.png"]
@@ -232,7 +233,7 @@ def test_unusual_modes_are_converted(folders_dataset: Path, tmp_path: Path):
     rgba = np.dstack([texture(503, rgb=True), np.full((40, 40), 255, np.uint8)])
     Image.fromarray(rgba, "RGBA").save(mixed / "alpha.png")
     out = tmp_path / "out"
-    metrics = ingest.run(make_params("folders", folders_dataset), out_dir=out)
+    metrics = run_stage("ingest", make_params("folders", folders_dataset), out_dir=out)
     assert metrics["count/mixed"] == 4 and metrics["n_converted"] == 4
     convs = {c["path"]: c["conversion"] for c in _report(out)["conversions"]}
     assert convs["mixed/deep.png"].startswith("I;16") and convs["mixed/cmyk.jpg"] == "CMYK -> RGB"
@@ -245,7 +246,7 @@ def test_duplicates_within_a_class_are_dropped(folders_dataset: Path, tmp_path: 
     img = Image.open(folders_dataset / "dent" / "dent_0.png")
     img.save(folders_dataset / "dent" / "copy as bmp.bmp")  # same pixels, other encoding
     out = tmp_path / "out"
-    metrics = ingest.run(make_params("folders", folders_dataset), out_dir=out)
+    metrics = run_stage("ingest", make_params("folders", folders_dataset), out_dir=out)
     assert metrics["count/dent"] == 12 and metrics["n_duplicates"] == 1
     dup = _report(out)["duplicates"][0]
     assert {dup["path"], dup["duplicate_of"]} == {"dent/copy as bmp.bmp", "dent/dent_0.png"}
@@ -256,11 +257,11 @@ def test_same_image_in_two_classes(folders_dataset: Path, tmp_path: Path):
         (folders_dataset / "crack" / "crack_3.png").read_bytes()
     )
     with pytest.raises(DataError) as err:
-        ingest.run(make_params("folders", folders_dataset), out_dir=tmp_path / "out")
+        run_stage("ingest", make_params("folders", folders_dataset), out_dir=tmp_path / "out")
     assert "crack/crack_3.png" in str(err.value) and "dent/stray.png" in str(err.value)
     assert not (tmp_path / "out").exists()  # nothing half-written
     params = make_params("folders", folders_dataset, ingest={"on_label_conflict": "skip"})
-    metrics = ingest.run(params, out_dir=tmp_path / "out")
+    metrics = run_stage("ingest", params, out_dir=tmp_path / "out")
     assert metrics["count/crack"] == 11 and metrics["count/dent"] == 12
     assert len(list((tmp_path / "out" / "images" / "crack").iterdir())) == 11
 
@@ -268,7 +269,7 @@ def test_same_image_in_two_classes(folders_dataset: Path, tmp_path: Path):
 def test_empty_class_folder_and_minimum(folders_dataset: Path, tmp_path: Path):
     (folders_dataset / "empty").mkdir()
     out = tmp_path / "out"
-    metrics = ingest.run(make_params("folders", folders_dataset), out_dir=out)
+    metrics = run_stage("ingest", make_params("folders", folders_dataset), out_dir=out)
     assert metrics["n_classes"] == 3
     assert _report(out)["empty_classes"] == ["empty"]
     # Listed explicitly, an empty class is below the minimum: a clear failure.
@@ -279,10 +280,10 @@ def test_empty_class_folder_and_minimum(folders_dataset: Path, tmp_path: Path):
         ingest={"min_images_per_class": 5},
     )
     with pytest.raises(DataError, match="'empty': 0"):
-        ingest.run(params, out_dir=tmp_path / "out2")
+        run_stage("ingest", params, out_dir=tmp_path / "out2")
     params = make_params("folders", folders_dataset, ingest={"min_images_per_class": 13})
     with pytest.raises(DataError, match="'crack': 12, 'dent': 12, 'scratch': 12"):
-        ingest.run(params, out_dir=tmp_path / "out3")
+        run_stage("ingest", params, out_dir=tmp_path / "out3")
 
 
 def test_unicode_and_spaces_in_paths(tmp_path: Path):
@@ -291,7 +292,7 @@ def test_unicode_and_spaces_in_paths(tmp_path: Path):
         save(texture(i), root / "rayure fine" / f"éch {i}.png")
         save(texture(10 + i), root / "鋼" / f"画像 {i}.png")
     out = tmp_path / "sortie à part"
-    metrics = ingest.run(make_params("folders", root), out_dir=out)
+    metrics = run_stage("ingest", make_params("folders", root), out_dir=out)
     assert metrics["count/rayure fine"] == 3 and metrics["count/鋼"] == 3
     for row in manifest.read_rows(out):
         assert (out / row["path"]).is_file()
@@ -299,7 +300,9 @@ def test_unicode_and_spaces_in_paths(tmp_path: Path):
 
 def test_hardlink_option_shares_the_raw_bytes(folders_dataset: Path, tmp_path: Path):
     out = tmp_path / "out"
-    ingest.run(make_params("folders", folders_dataset, ingest={"link": "hardlink"}), out_dir=out)
+    run_stage(
+        "ingest", make_params("folders", folders_dataset, ingest={"link": "hardlink"}), out_dir=out
+    )
     row = manifest.read_rows(out)[0]
     raw = folders_dataset / row["original_path"]
     assert os.stat(out / row["path"]).st_ino == os.stat(raw).st_ino

@@ -10,8 +10,8 @@ import pytest
 from defectgen import manifest
 from defectgen.core import masks as core_masks
 from defectgen.core.images import decode_image
-from defectgen.stages import ingest, masks, preprocess, report
-from tests.conftest import make_params, save, texture
+from defectgen.stages import masks
+from tests.conftest import make_params, run_stage, save, texture
 
 TOY = {
     "methods": ["hmi", "perturb", "ddpm"],
@@ -51,15 +51,15 @@ def _prepare(root: Path, tmp: Path, **sections):
         preprocess={"image_size": 32, "split": {"train": 0.6, "val": 0.3, "test": 0.1}},
         gate={"extractor": "effnet-lite0"}, **sections,
     )  # fmt: skip
-    ingest.run(params, out_dir=tmp / "ingested")
-    preprocess.run(params, ingested=tmp / "ingested", out_dir=tmp / "pre")
+    run_stage("ingest", params, out_dir=tmp / "ingested")
+    run_stage("preprocess", params, ingested=tmp / "ingested", out_dir=tmp / "pre")
     return params
 
 
 def test_every_method_makes_binary_masks_from_train_masks_only(tmp_path: Path):
     params = _prepare(_dataset(tmp_path / "ds"), tmp_path, masks=TOY | {"accept": USE_ALL})
     out = tmp_path / "masks"
-    metrics = masks.run(params, preprocessed=tmp_path / "pre", out_dir=out)
+    metrics = run_stage("masks", params, preprocessed=tmp_path / "pre", out_dir=out)
     rows = manifest.read_rows(tmp_path / "pre")
     train_ids = {r["id"] for r in rows if r["split"] == "train"}
     held_out = {r["id"] for r in rows if r["split"] != "train"}
@@ -90,7 +90,7 @@ def test_every_method_makes_binary_masks_from_train_masks_only(tmp_path: Path):
     assert sorted(p.name for p in (out / "curves").iterdir()) == ["Pa.ddpm.csv", "Sc.ddpm.csv"]
 
     # the same params reproduce the same masks
-    again = masks.run(params, preprocessed=tmp_path / "pre", out_dir=tmp_path / "again")
+    again = run_stage("masks", params, preprocessed=tmp_path / "pre", out_dir=tmp_path / "again")
     assert again == metrics
     first = sorted((out / "masks").rglob("*.png"))
     assert [p.read_bytes() for p in first] == [
@@ -103,7 +103,7 @@ def test_pairs_get_only_masks_in_the_real_range_of_methods_the_class_keeps(tmp_p
     its masks are counted, shown in grey, and never written for pairs."""
     params = _prepare(_dataset(tmp_path / "ds"), tmp_path, masks=TOY)
     out = tmp_path / "masks"
-    metrics = masks.run(params, preprocessed=tmp_path / "pre", out_dir=out)
+    metrics = run_stage("masks", params, preprocessed=tmp_path / "pre", out_dir=out)
     record = json.loads((out / "masks.json").read_text())
     table = pd.read_parquet(out / "masks.parquet")
     real_rows = [r for r in manifest.read_rows(tmp_path / "pre") if r["split"] == "train"]
@@ -124,20 +124,20 @@ def test_pairs_get_only_masks_in_the_real_range_of_methods_the_class_keeps(tmp_p
                 assert fit.accepts(decode_image((out / row.path).read_bytes())[0])
         assert "dropped" in entry["methods"]["ddpm"], entry["methods"]["ddpm"]
     assert metrics["n_masks"] == len(table) > 0
-    report.run(params, out_dir=tmp_path / "report", masks=out)
+    run_stage("report", params, out_dir=tmp_path / "report", masks=out)
     md = (tmp_path / "report" / "report.md").read_text()
     assert "ddpm" in md and "dropped: " in md and "out of range" in md
 
 
 def test_without_masks_the_stage_says_so_and_the_report_notes_it(folders_dataset, tmp_path):
     params = make_params("folders", folders_dataset)
-    ingest.run(params, out_dir=tmp_path / "ingested")
-    preprocess.run(params, ingested=tmp_path / "ingested", out_dir=tmp_path / "pre")
-    metrics = masks.run(params, preprocessed=tmp_path / "pre", out_dir=tmp_path / "masks")
+    run_stage("ingest", params, out_dir=tmp_path / "ingested")
+    run_stage("preprocess", params, ingested=tmp_path / "ingested", out_dir=tmp_path / "pre")
+    metrics = run_stage("masks", params, preprocessed=tmp_path / "pre", out_dir=tmp_path / "masks")
     assert metrics == {"n_masks": 0.0, "skipped": 1.0}
     record = json.loads((tmp_path / "masks" / "masks.json").read_text())
     assert record == {"skipped": masks.NO_MASKS}
     assert pd.read_parquet(tmp_path / "masks" / "masks.parquet").empty
-    report.run(params, out_dir=tmp_path / "report", masks=tmp_path / "masks")
+    run_stage("report", params, out_dir=tmp_path / "report", masks=tmp_path / "masks")
     md = (tmp_path / "report" / "report.md").read_text()
     assert "The mask branch was skipped: no masks" in md

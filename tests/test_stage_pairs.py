@@ -21,8 +21,7 @@ from defectgen.core.images import decode_image
 from defectgen.errors import DataError
 from defectgen.prior import open_base
 from defectgen.runner import execute, get_stage
-from defectgen.stages import base, gate, ingest, masks, pairs, preprocess, report, segment
-from tests.conftest import make_params
+from tests.conftest import make_params, run_stage
 from tests.test_stage_masks import _dataset
 
 SECTIONS = {
@@ -52,18 +51,18 @@ def run(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("pairs")
     params = _params(_dataset(tmp / "ds"))
     d = {k: tmp / k for k in ("ingested", "pre", "base", "masks", "pairs", "pgate", "seg")}
-    ingest.run(params, out_dir=d["ingested"])
-    preprocess.run(params, ingested=d["ingested"], out_dir=d["pre"])
-    base.run(params, preprocessed=d["pre"], out_dir=d["base"])
-    masks.run(params, preprocessed=d["pre"], out_dir=d["masks"])
+    run_stage("ingest", params, out_dir=d["ingested"])
+    run_stage("preprocess", params, ingested=d["ingested"], out_dir=d["pre"])
+    run_stage("base", params, preprocessed=d["pre"], out_dir=d["base"])
+    run_stage("masks", params, preprocessed=d["pre"], out_dir=d["masks"])
     rt = models.runtime(params.model)
     fingerprint = models.fingerprint(open_base(d["base"], params, rt))
-    d["metrics"] = pairs.run(params, preprocessed=d["pre"], base=d["base"], masks=d["masks"],
-                             out_dir=d["pairs"])  # fmt: skip
+    d["metrics"] = run_stage("pairs", params, preprocessed=d["pre"], base=d["base"],
+                             masks=d["masks"], out_dir=d["pairs"])  # fmt: skip
     d["fingerprint_before"] = fingerprint
     d["fingerprint_after"] = models.fingerprint(open_base(d["base"], params, rt))
-    gate.run(params, preprocessed=d["pre"], generated=d["pairs"], out_dir=d["pgate"])
-    d["seg_metrics"] = segment.run(params, preprocessed=d["pre"], pairs=d["pairs"],
+    run_stage("gate", params, preprocessed=d["pre"], generated=d["pairs"], out_dir=d["pgate"])
+    d["seg_metrics"] = run_stage("segment", params, preprocessed=d["pre"], pairs=d["pairs"],
                                    pairs_gated=d["pgate"], out_dir=d["seg"])  # fmt: skip
     d["params"] = params
     d["tmp"] = tmp
@@ -103,7 +102,7 @@ def test_pairs_are_self_annotated_with_the_masks_stage_masks_and_full_provenance
 
 def test_pairs_rerun_reproduces_and_drivers_record_their_layout(run):
     tmp = run["tmp"]
-    again = pairs.run(run["params"], preprocessed=run["pre"], base=run["base"],
+    again = run_stage("pairs", run["params"], preprocessed=run["pre"], base=run["base"],
                       masks=run["masks"], out_dir=tmp / "again")  # fmt: skip
     assert again == run["metrics"]
     first = sorted((run["pairs"] / "images").rglob("*.png"))
@@ -112,7 +111,7 @@ def test_pairs_rerun_reproduces_and_drivers_record_their_layout(run):
     ]
     params = _params(tmp / "ds", pairs={"conditioning": "driver", "sae": False,
                                         "sff": {"enabled": False}})  # fmt: skip
-    pairs.run(params, preprocessed=run["pre"], base=run["base"], masks=run["masks"],
+    run_stage("pairs", params, preprocessed=run["pre"], base=run["base"], masks=run["masks"],
               out_dir=tmp / "drivers")  # fmt: skip
     train_ids = {r["id"] for r in manifest.read_rows(run["pre"]) if r["split"] == "train"}
     rows = manifest.read_rows(tmp / "drivers")
@@ -128,8 +127,8 @@ def test_pairs_on_real_backgrounds_keep_the_background_and_annotate_both_defects
     tmp = run["tmp"]
     params = _params(tmp / "ds", pairs={"background": "real", "sae": False,
                                         "sff": {"enabled": False}})  # fmt: skip
-    metrics = pairs.run(params, preprocessed=run["pre"], base=run["base"], masks=run["masks"],
-                        out_dir=tmp / "on-real")  # fmt: skip
+    metrics = run_stage("pairs", params, preprocessed=run["pre"], base=run["base"],
+                        masks=run["masks"], out_dir=tmp / "on-real")  # fmt: skip
     assert metrics["n_pairs"] == 10
     real = {r["id"]: r for r in manifest.read_rows(run["pre"])}
     table = pd.read_parquet(run["masks"] / "masks.parquet").set_index("id")
@@ -157,8 +156,9 @@ def test_pairs_on_real_backgrounds_keep_the_background_and_annotate_both_defects
     grid, _ = decode_image((tmp / "on-real" / "grids" / "Pa.png").read_bytes())
     assert grid.shape == (4 * 32, 5 * 32, 3)  # background, conditioning, image, outline
     with pytest.raises(DataError, match="pairs.background normal: no defect-free"):
-        pairs.run(_params(tmp / "ds", pairs={"background": "normal"}), preprocessed=run["pre"],
-                  base=run["base"], masks=run["masks"], out_dir=tmp / "no-normal")  # fmt: skip
+        run_stage("pairs", _params(tmp / "ds", pairs={"background": "normal"}),
+                  preprocessed=run["pre"], base=run["base"], masks=run["masks"],
+                  out_dir=tmp / "no-normal")  # fmt: skip
 
 
 def test_a_class_whose_masks_were_all_dropped_gets_no_pairs_and_says_why(run):
@@ -167,7 +167,7 @@ def test_a_class_whose_masks_were_all_dropped_gets_no_pairs_and_says_why(run):
     shutil.copytree(run["masks"], masks_dir)
     table = pd.read_parquet(masks_dir / "masks.parquet")
     table[table.label != "Pa"].to_parquet(masks_dir / "masks.parquet", index=False)
-    metrics = pairs.run(run["params"], preprocessed=run["pre"], base=run["base"],
+    metrics = run_stage("pairs", run["params"], preprocessed=run["pre"], base=run["base"],
                         masks=masks_dir, out_dir=tmp / "no-pa")  # fmt: skip
     record = json.loads((tmp / "no-pa" / "pairs.json").read_text())
     assert "every method dropped" in record["classes"]["Pa"]["skipped"]
@@ -245,7 +245,7 @@ def test_segmentation_scores_each_condition_on_the_real_test_split(run):
     runs = pd.read_parquet(run["seg"] / "runs.parquet")
     assert len(runs) == len(table) // 8  # one seed per scored condition
     # the report shows the pairs' grids and the segmentation table
-    report.run(run["params"], out_dir=run["tmp"] / "report", masks=run["masks"],
+    run_stage("report", run["params"], out_dir=run["tmp"] / "report", masks=run["masks"],
                pairs=run["pairs"], pairs_gated=run["pgate"], segment=run["seg"])  # fmt: skip
     md = (run["tmp"] / "report" / "report.md").read_text()
     assert "## Image + mask pairs" in md and "## Segmentation" in md
@@ -271,16 +271,16 @@ def test_segment_metrics_and_curves_log_to_mlflow(run, tmp_path, monkeypatch):
 
 def test_without_masks_pairs_and_segment_say_skipped(folders_dataset, tmp_path):
     params = make_params("folders", folders_dataset)
-    ingest.run(params, out_dir=tmp_path / "ingested")
-    preprocess.run(params, ingested=tmp_path / "ingested", out_dir=tmp_path / "pre")
-    masks.run(params, preprocessed=tmp_path / "pre", out_dir=tmp_path / "masks")
-    metrics = pairs.run(params, preprocessed=tmp_path / "pre", base=tmp_path / "no-base",
+    run_stage("ingest", params, out_dir=tmp_path / "ingested")
+    run_stage("preprocess", params, ingested=tmp_path / "ingested", out_dir=tmp_path / "pre")
+    run_stage("masks", params, preprocessed=tmp_path / "pre", out_dir=tmp_path / "masks")
+    metrics = run_stage("pairs", params, preprocessed=tmp_path / "pre", base=tmp_path / "no-base",
                         masks=tmp_path / "masks", out_dir=tmp_path / "pairs")  # fmt: skip
     assert metrics == {"n_pairs": 0.0, "skipped": 1.0}
     assert manifest.read_rows(tmp_path / "pairs") == []
-    gate.run(params, preprocessed=tmp_path / "pre", generated=tmp_path / "pairs",
+    run_stage("gate", params, preprocessed=tmp_path / "pre", generated=tmp_path / "pairs",
              out_dir=tmp_path / "pgate")  # fmt: skip
-    seg = segment.run(params, preprocessed=tmp_path / "pre", pairs=tmp_path / "pairs",
+    seg = run_stage("segment", params, preprocessed=tmp_path / "pre", pairs=tmp_path / "pairs",
                       pairs_gated=tmp_path / "pgate", out_dir=tmp_path / "seg")  # fmt: skip
     assert seg == {"skipped": 1.0}
     assert "no masks" in json.loads((tmp_path / "seg" / "segment.json").read_text())["skipped"]

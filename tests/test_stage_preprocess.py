@@ -8,15 +8,14 @@ import pytest
 from defectgen import artifacts, manifest
 from defectgen.core.images import decode_image, pixel_id
 from defectgen.errors import DataError
-from defectgen.stages import ingest, preprocess
-from tests.conftest import make_params, save, texture
+from tests.conftest import make_params, run_stage, save, texture
 
 
 def _run(root: Path, tmp: Path, layout="folders", **sections) -> tuple[list[dict], dict, Path]:
     params = make_params(layout, root, **sections)
-    ingest.run(params, out_dir=tmp / "ingested")
+    run_stage("ingest", params, out_dir=tmp / "ingested")
     out = tmp / "pre"
-    metrics = preprocess.run(params, ingested=tmp / "ingested", out_dir=out)
+    metrics = run_stage("preprocess", params, ingested=tmp / "ingested", out_dir=out)
     return manifest.read_rows(out), metrics, out
 
 

@@ -15,8 +15,8 @@ from defectgen import manifest
 from defectgen.core import validity
 from defectgen.core.images import encode_png, pixel_id
 from defectgen.errors import DataError
-from defectgen.stages import ingest, preprocess, train
-from tests.conftest import make_params, save, stripes
+from defectgen.stages import train
+from tests.conftest import make_params, run_stage, save, stripes
 
 CONDITIONS = ["real+synthetic", "real+ungated", "substitution"]  # the synthetic arms
 # what runs with them: real and the matched controls (core.arms)
@@ -74,8 +74,8 @@ def dataset(tmp_path_factory) -> dict:
         for i in range(24):
             save(stripes(ci * 100 + i, vertical=bool(ci)), tmp / "raw" / label / f"{i}.png")
     params = params_for(tmp / "raw")
-    ingest.run(params, out_dir=tmp / "ingested")
-    preprocess.run(params, ingested=tmp / "ingested", out_dir=tmp / "pre")
+    run_stage("ingest", params, out_dir=tmp / "ingested")
+    run_stage("preprocess", params, ingested=tmp / "ingested", out_dir=tmp / "pre")
     rows = manifest.read_rows(tmp / "pre")
     synthetic = []
     for label in ("horizontal", "vertical"):
@@ -89,7 +89,8 @@ def dataset(tmp_path_factory) -> dict:
 
 def run_train(dataset: dict, out: Path, gated: Path | None = None, **train_cfg) -> dict:
     tmp = dataset["tmp"]
-    return train.run(
+    return run_stage(
+        "train",
         params_for(tmp / "raw", **train_cfg),
         preprocessed=tmp / "pre",
         generated=tmp / "gen",
@@ -233,7 +234,8 @@ def test_synthetic_images_from_held_out_parents_are_refused(dataset, tmp_path):
     rows = synthetic_rows(bad, [test_row], 500)
     manifest.write_manifest(rows, bad / manifest.MANIFEST_NAME)
     with pytest.raises(DataError, match=r"synthetic images may only derive from train"):
-        train.run(
+        run_stage(
+            "train",
             params_for(tmp / "raw"),
             preprocessed=tmp / "pre",
             generated=bad,

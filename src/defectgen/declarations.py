@@ -4,8 +4,8 @@ components, MLflow params, every stage's resume key and dvc.yaml (its params, an
 source deps from the stage module's import closure: `python -m pipelines.dvc_stages`) are
 derived from or checked against it (tests/test_stage_declarations.py).
 
-Light on purpose (no torch): every stage imports it for its resume key, so a change here
-reruns every stage under `dvc repro`.
+Light on purpose (no torch): the CLI and the KFP components import it before any stage.
+A stage never looks itself up here: the runner hands a resuming stage its `params_key`.
 """
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ class Stage:
     # side effects (MLflow runs, the registry), not reproducible files: dvc.yaml gives it
     # no outputs or metrics file and runs it on every `dvc repro`
     always_runs: bool = False
+    # it resumes a killed run: Stage.runner hands its run `params_key`, the hash of the
+    # params it reads, which it joins to its inputs' digests for its resume key
+    resumes: bool = False
 
     def __post_init__(self):
         if not self.output:
@@ -58,6 +61,8 @@ class Stage:
         torch or diffusers for a stage it does not run."""
         named = dict(self.arguments)
         kw = {named.get(k, k): v for k, v in kw.items()}
+        if self.resumes:
+            kw["params_key"] = self.params_hash(params)
         return importlib.import_module(self.module_name).run(params, **kw)
 
     def params_hash(self, params: Params) -> str:
@@ -97,6 +102,7 @@ STAGES = (
         (art.MASKS_JSON, art.GRIDS_DIR),
         curves=(art.CURVES_DIR,),
         output="masks",
+        resumes=True,
     ),
     Stage(
         "base",
@@ -106,6 +112,7 @@ STAGES = (
         (art.BASE_JSON, art.SAMPLES_PNG),
         curves=(art.CURVES_DIR,),
         output="base",
+        resumes=True,
     ),
     Stage(
         "finetune",
@@ -115,6 +122,7 @@ STAGES = (
         (art.FINETUNE_JSON,),
         curves=(art.CURVES_DIR,),
         output="adapters",
+        resumes=True,
     ),
     Stage(
         "sweep",
@@ -124,6 +132,7 @@ STAGES = (
         ("seed", "model", "finetune.data", "sweep", "generate", "gate"),
         (art.CHOSEN_JSON, art.SWEEP_PARQUET, art.HEATMAPS_DIR, art.PROBES_DIR),
         output="sweep",
+        resumes=True,
         plots=((art.HEATMAPS_DIR, "heatmap", "guidance", "strength"),),  # .dvc/plots/
     ),
     Stage(
@@ -138,6 +147,7 @@ STAGES = (
         ("seed", "model", "finetune.data", "generate"),
         (art.GENERATE_JSON, art.SAMPLES_PNG),
         output="generated",
+        resumes=True,
     ),
     Stage(
         "gate",
@@ -157,6 +167,7 @@ STAGES = (
         (art.PAIRS_JSON, art.GRIDS_DIR),
         curves=(art.CURVES_DIR,),
         output="pairs",
+        resumes=True,
     ),
     Stage(
         "pairs_gate",
@@ -190,6 +201,7 @@ STAGES = (
         (art.SEGMENT_JSON, art.COMPARISON_CSV),
         curves=(art.CURVES_DIR,),
         output="segment",
+        resumes=True,
     ),
     Stage(
         "train",
@@ -204,6 +216,7 @@ STAGES = (
         (art.EVAL_JSON, art.COMPARISON_CSV, art.CONFUSION_JSON, art.RUNS_PARQUET),
         curves=(art.CURVES_DIR,),
         output="train",
+        resumes=True,
         plots=((art.COMPARISON_CSV, "bar_horizontal", "accuracy", "run"),),
     ),
     Stage(
@@ -221,6 +234,7 @@ STAGES = (
         (art.DETECT_JSON, art.COMPARISON_CSV, art.RUNS_PARQUET, art.BOXES_PNG),
         curves=(art.CURVES_DIR,),
         output="detect",
+        resumes=True,
     ),
     Stage(
         "register",

@@ -29,24 +29,23 @@ def _render_report(params: Params, report_dir: Path) -> str:
     from defectgen import fanout, tracking
     from defectgen.declarations import upstream
     from defectgen.runner import execute, get_stage
-    from defectgen.stages.report import INPUTS
 
     with tempfile.TemporaryDirectory(prefix="defectgen-status-") as tmp:
         # every report input (the optional mask branch and detect too) -> its stage
-        stages = upstream(get_stage("report"))
+        report = get_stage("report")
+        stages = upstream(report)
+        required = [a for a, needed, _ in report.inputs if needed]
         found = tracking.finished_stage_artifacts(params, tuple(stages.values()), Path(tmp))
         inputs = {}
         for key, stage in stages.items():
             if stage in found:
                 inputs[key] = Path(tmp) / "merged" / stage
                 fanout.merge(found[stage], inputs[key])
-        metrics, _ = execute(
-            get_stage("report"), params, out_dir=report_dir, inputs=inputs, track=True
-        )
+        metrics, _ = execute(report, params, out_dir=report_dir, inputs=inputs, track=True)
     n_missing = int(metrics["n_missing_inputs"])
     return (
         f"- report: rendered from the finished stages' MLflow runs "
-        f"({len(INPUTS) - n_missing} of {len(INPUTS)} report inputs found)"
+        f"({len(required) - n_missing} of {len(required)} report inputs found)"
     )
 
 

@@ -32,7 +32,6 @@ from defectgen.config import BaseConfig, Params
 from defectgen.core import metrics as fd_metrics
 from defectgen.core.diffusion import models, train
 from defectgen.core.images import ImageProblem, decode_image, encode_png
-from defectgen.declarations import get_stage
 from defectgen.errors import ConfigError
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
 from defectgen.stagekit import Curves, derive_seed, in_cluster, progress, train_images
@@ -169,7 +168,7 @@ def _train_unet(unit: Path, pipe, pixels: torch.Tensor, params: Params, rt, curv
     curves.write(unit / CURVES_DIR)
 
 
-def run(params: Params, *, preprocessed: Path, out_dir: Path) -> dict[str, float]:
+def run(params: Params, *, preprocessed: Path, out_dir: Path, params_key: str) -> dict[str, float]:
     """Build (tiny: pretrain) or check (sd15) the base model into `out_dir`.
 
     Returns:
@@ -188,7 +187,7 @@ def run(params: Params, *, preprocessed: Path, out_dir: Path) -> dict[str, float
 
     cfg = params.base
     size = params.preprocess.image_size
-    key = file_digest(preprocessed / manifest.MANIFEST_NAME) + get_stage("base").params_hash(params)
+    key = file_digest(preprocessed / manifest.MANIFEST_NAME) + params_key
     resume = Resume(out_dir, key[:16] + key[-12:])
     per_class = train_images(preprocessed, data=cfg.data)
     images = [px for items in per_class.values() for _, px in items]

@@ -58,7 +58,6 @@ from defectgen.artifacts import (
 from defectgen.config import Params, comparison_metrics, metric_name
 from defectgen.core import arms, stats, validity
 from defectgen.core.images import decode_image
-from defectgen.declarations import get_stage
 from defectgen.errors import DataError
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
 from defectgen.stagekit import Curves, Units, derive_seed
@@ -270,6 +269,7 @@ def run(
     pairs: Path,
     pairs_gated: Path,
     out_dir: Path,
+    params_key: str,
 ) -> dict[str, float]:
     """Train and score every (model, condition, seed).
 
@@ -299,7 +299,7 @@ def run(
         )
     digests = [folders[k] / manifest.MANIFEST_NAME for k in folders]
     key = file_digest(*(p for p in digests if p.is_file()))[:16]
-    resume = Resume(out_dir, key + get_stage("detect").params_hash(params))
+    resume = Resume(out_dir, key + params_key)
     records: list[dict] = []
     skipped: dict[str, str] = {}
     metrics_out: dict[str, float] = {}

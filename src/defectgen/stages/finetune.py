@@ -50,7 +50,6 @@ from defectgen.artifacts import (
 from defectgen.config import DreamBoothConfig, Params, StepsConfig
 from defectgen.core.diffusion import adapt, models, sample, train
 from defectgen.core.images import decode_image, encode_png
-from defectgen.declarations import get_stage
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
 from defectgen.prior import open_base
 from defectgen.stagekit import Curves, Units, derive_seed, progress, train_images
@@ -220,7 +219,9 @@ def _adapt_class(
     return adapter
 
 
-def run(params: Params, *, preprocessed: Path, base: Path, out_dir: Path) -> dict[str, float]:
+def run(
+    params: Params, *, preprocessed: Path, base: Path, out_dir: Path, params_key: str
+) -> dict[str, float]:
     """Train every class's adapter from the base at `base` into `out_dir`.
 
     Returns:
@@ -236,9 +237,7 @@ def run(params: Params, *, preprocessed: Path, base: Path, out_dir: Path) -> dic
     per_class = {c: items for c, items in per_class.items() if c not in normal}
     key = hashlib.sha256(
         (
-            file_digest(preprocessed / manifest.MANIFEST_NAME)
-            + record["fingerprint"]
-            + get_stage("finetune").params_hash(params)
+            file_digest(preprocessed / manifest.MANIFEST_NAME) + record["fingerprint"] + params_key
         ).encode()
     ).hexdigest()[:24]
     resume = Resume(out_dir, key)

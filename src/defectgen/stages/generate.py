@@ -39,7 +39,6 @@ from defectgen.artifacts import (
 from defectgen.config import Params
 from defectgen.core.diffusion import models, sample
 from defectgen.core.images import encode_png, pixel_id, resize
-from defectgen.declarations import get_stage
 from defectgen.errors import DataError
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
 from defectgen.prior import open_class
@@ -155,6 +154,7 @@ def run(
     adapters: Path,
     out_dir: Path,
     sweep: Path | None = None,
+    params_key: str,
 ) -> dict[str, float]:
     """Generate generate.images_per_class images for every class that has an adapter.
 
@@ -179,9 +179,10 @@ def run(
         settings = {c: (chosen[c]["strength"], chosen[c]["guidance"]) for c in labels}
     else:
         settings = {c: cfg.settings(c) for c in labels}
-    key = file_digest(preprocessed / manifest.MANIFEST_NAME, base / BASE_JSON, summary_path)[
-        :16
-    ] + get_stage("generate").params_hash(params)
+    key = (
+        file_digest(preprocessed / manifest.MANIFEST_NAME, base / BASE_JSON, summary_path)[:16]
+        + params_key
+    )
     key += hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
     resume = Resume(out_dir, key)
     metrics: dict[str, float] = {}

@@ -55,7 +55,6 @@ from defectgen.artifacts import CURVES_DIR, MASKS_JSON, MASKS_PARQUET
 from defectgen.config import Params
 from defectgen.core import masks as masks_core
 from defectgen.core.images import decode_image, encode_png
-from defectgen.declarations import get_stage
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
 from defectgen.stagekit import Curves, derive_seed, progress
 
@@ -239,7 +238,7 @@ def _class_unit(unit: Path, params: Params, label: str, real_rows, val_rows, pre
     curves.write(unit / CURVES_DIR)
 
 
-def run(params: Params, *, preprocessed: Path, out_dir: Path) -> dict[str, float]:
+def run(params: Params, *, preprocessed: Path, out_dir: Path, params_key: str) -> dict[str, float]:
     """Synthesise masks for every class that has at least 2 real train masks.
 
     Returns:
@@ -265,7 +264,7 @@ def run(params: Params, *, preprocessed: Path, out_dir: Path) -> dict[str, float
 
     ext, note = choose_extractor(params, runtime(params.model).device)
     key = file_digest(preprocessed / manifest.MANIFEST_NAME)[:16]
-    key += get_stage("masks").params_hash(params)
+    key += params_key
     resume = Resume(out_dir, key)
     report: dict = {"extractor": ext.name, "fd_name": ext.fd_name, "note": note, "classes": {}}
     table: list[dict] = []

@@ -61,7 +61,6 @@ from defectgen.artifacts import (
 from defectgen.config import Params
 from defectgen.core import masks as masks_core
 from defectgen.core.images import decode_image, encode_png, pixel_id
-from defectgen.declarations import get_stage
 from defectgen.errors import DataError
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
 from defectgen.stagekit import Curves, derive_seed
@@ -352,7 +351,7 @@ def _normal_images(preprocessed: Path, rows: list[dict], params: Params):
 
 
 def run(
-    params: Params, *, preprocessed: Path, base: Path, masks: Path, out_dir: Path
+    params: Params, *, preprocessed: Path, base: Path, masks: Path, out_dir: Path, params_key: str
 ) -> dict[str, float]:
     """Generate pairs.per_class image + mask pairs for every class the masks stage served.
 
@@ -387,7 +386,7 @@ def run(
         base / BASE_JSON,
         masks_dir / MASKS_PARQUET,
     )[:16]
-    key += get_stage("pairs").params_hash(params)
+    key += params_key
     resume = Resume(out_dir, key)
     report: dict = {"classes": {}}
     all_rows: list[dict] = []

@@ -51,7 +51,7 @@ from defectgen.config import Params
 from defectgen.core import report as page
 from defectgen.core import stats
 from defectgen.core.report import Cell, Section
-from defectgen.declarations import get_stage, producer
+from defectgen.declarations import producer
 from defectgen.errors import DataError
 from defectgen.io import atomic_dir, atomic_write_json, file_digest, write_file
 
@@ -476,11 +476,6 @@ def _provenance(params: Params, preprocessed: Path | None) -> Section:
     return sec
 
 
-# The report's required inputs (artifact -> the stage that writes it), from its
-# declaration: the stages a run that did not finish may lack.
-INPUTS = {a: producer(a).name for a, required, _ in get_stage("report").inputs if required}
-
-
 def _summary(
     gate: tuple[Section, int, int] | None, n_classes: int, answer: str | None, plain: str | None
 ) -> str:
@@ -549,7 +544,7 @@ def run(
         gated=gated, train=train,
     )  # fmt: skip
     have = {k: Path(v) for k, v in given.items() if v is not None}
-    missing = [stage for key, stage in INPUTS.items() if key not in have]
+    missing = [producer(key).name for key in given if key not in have]  # their stages
     sections = []
     if missing:
         sec = Section("Incomplete run")

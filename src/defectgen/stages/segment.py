@@ -63,7 +63,6 @@ from defectgen.artifacts import (
 from defectgen.config import Params, comparison_metrics, metric_name
 from defectgen.core import arms, coco, stats, validity
 from defectgen.core.images import decode_image
-from defectgen.declarations import get_stage
 from defectgen.errors import DataError
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
 from defectgen.stagekit import Curves, Units, derive_seed
@@ -254,7 +253,13 @@ def _record_unit(unit: Path, params: Params, conds, condition: str, seed: int, v
 
 
 def run(
-    params: Params, *, preprocessed: Path, pairs: Path, pairs_gated: Path, out_dir: Path
+    params: Params,
+    *,
+    preprocessed: Path,
+    pairs: Path,
+    pairs_gated: Path,
+    out_dir: Path,
+    params_key: str,
 ) -> dict[str, float]:
     """Export COCO, then train and score one U-Net per (condition, seed).
 
@@ -307,7 +312,7 @@ def run(
         pairs_dir / manifest.MANIFEST_NAME,
         gated / manifest.MANIFEST_NAME,
     )[:16]
-    key += get_stage("segment").params_hash(params)
+    key += params_key
     resume = Resume(out_dir, key)
     report: dict = {
         "n_train_real": len(real_train),

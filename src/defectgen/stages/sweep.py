@@ -47,7 +47,6 @@ from defectgen.core import metrics
 from defectgen.core import sweep as sweep_core
 from defectgen.core.diffusion import models, sample
 from defectgen.core.images import encode_png, resize
-from defectgen.declarations import get_stage
 from defectgen.errors import DataError
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
 from defectgen.prior import open_class
@@ -155,7 +154,13 @@ def _from_params(params: Params, labels: list[str]) -> dict[str, dict]:
 
 
 def run(
-    params: Params, *, preprocessed: Path, base: Path, adapters: Path, out_dir: Path
+    params: Params,
+    *,
+    preprocessed: Path,
+    base: Path,
+    adapters: Path,
+    out_dir: Path,
+    params_key: str,
 ) -> dict[str, float]:
     """Choose (strength, guidance) for every class that has an adapter.
 
@@ -184,7 +189,7 @@ def run(
     rt = models.runtime(params.model)
     per_class = train_images(preprocessed, data=params.finetune.data, classes=labels)
     key = file_digest(preprocessed / manifest.MANIFEST_NAME, base / BASE_JSON, summary_path)[:16]
-    key += get_stage("sweep").params_hash(params)
+    key += params_key
     resume = Resume(out_dir, key)
     fallback = _from_params(params, labels)
     metrics_out: dict[str, float] = {}

@@ -75,7 +75,6 @@ from defectgen.artifacts import (
 from defectgen.config import Params, comparison_metrics, metric_name
 from defectgen.core import arms, augment, classify, stats, validity
 from defectgen.core.device import runtime
-from defectgen.declarations import get_stage
 from defectgen.errors import DataError
 from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
 from defectgen.stagekit import Curves, Units, derive_seed, load_images
@@ -433,7 +432,13 @@ def _summarise(records: list[dict], labels: list[str]) -> tuple[dict, dict]:
 
 
 def run(
-    params: Params, *, preprocessed: Path, generated: Path, gated: Path, out_dir: Path
+    params: Params,
+    *,
+    preprocessed: Path,
+    generated: Path,
+    gated: Path,
+    out_dir: Path,
+    params_key: str,
 ) -> dict[str, float]:
     """Train every (model, condition, seed) and score it on the real test split.
 
@@ -453,7 +458,7 @@ def run(
             "preprocess.split.val / test"
         )
     key = file_digest(*(p / manifest.MANIFEST_NAME for p in (preprocessed, generated, gated)))
-    resume = Resume(out_dir, key[:16] + get_stage("train").params_hash(params))
+    resume = Resume(out_dir, key[:16] + params_key)
     records: list[dict] = []
     skipped: dict[str, str] = {}
     metrics_out: dict[str, float] = {}
