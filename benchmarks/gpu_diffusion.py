@@ -109,7 +109,7 @@ SMOKE_TEXT = dict(
     projection_dim=32,
 )
 
-# The papers' own figures (seed 000: StableSDG; seed 004: DefectSynth).
+# The papers' own figures (StableSDG; DefectSynth).
 PAPER_TRAIN_MIN_PER_CLASS_V100 = 21.6  # 1000 TI + 1000 LoRA steps per class, one V100
 PAPER_PAIRS_PER_S_4090 = 0.23  # image-mask pairs/s at 256x256, RTX 4090
 PAPER_S_PER_IMAGE_4090_50_STEPS = 3.40  # with SAE, 50 steps, RTX 4090

@@ -36,7 +36,8 @@ import yaml
 from defectgen.config import merge_overrides, parse_params
 from defectgen.core import metrics as fd_metrics
 from defectgen.core.diffusion import models, sample, train, vae_loss
-from defectgen.stagekit import derive_seed, train_images
+from defectgen.real_images import train_images
+from defectgen.seeds import derive_seed
 from defectgen.stages.base import _val_images, recon_distance, reconstruct, train_prior_unet
 
 HERE = Path(__file__).resolve().parent

@@ -16,7 +16,7 @@ def gate(
 ) -> str:
     """The verdict on one class's synthetic images (defectgen.stages.gate); returns
     "pass" or "fail" for the pipeline's dsl.If."""
-    from defectgen.fanout import verdict
+    from defectgen.cluster.fanin import verdict
     from defectgen.runner import run_from_yaml
 
     run_from_yaml(

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import yaml
 
+from defectgen.atomic import atomic_write_json
 from defectgen.config import merge_overrides, parse_params
-from defectgen.declarations import graph
-from defectgen.io import atomic_write_json
+from defectgen.declarations import graph, path
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = {
@@ -40,7 +40,7 @@ MODES = {
 }
 # (stage, {input artifact: its stage}) from the declarations: each input a folder of the
 # mode's work dir (what these stages write) or of the finished run (the rest)
-STAGES = [(n, up) for n, up in graph() if n in ("finetune", "sweep", "generate", "gate")]
+STAGES = [(n, up) for n, up in graph() if n in path("finetune", "gate")]
 
 
 def run_mode(raw: dict, mode: str, identifier: str, given: dict[str, Path], work: Path) -> dict:

@@ -41,10 +41,12 @@ import numpy as np
 import torch
 
 from defectgen import manifest
+from defectgen.atomic import atomic_write_json
 from defectgen.config import parse_params
 from defectgen.core import classify, stats, validity
-from defectgen.io import Resume, atomic_write_json
-from defectgen.stagekit import derive_seed, load_images
+from defectgen.real_images import load_images
+from defectgen.resume import Resume
+from defectgen.seeds import derive_seed
 from experiments.expansion.run import PROFILES, REPO, RESULTS, build_params, copy_data, run_stages
 
 UNET = "unet"  # the segment stage's U-Net (core.segment), not a classifier

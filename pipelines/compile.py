@@ -3,7 +3,7 @@
 The repo's params.yaml becomes the default of the `params_yaml` pipeline
 parameter, as one line of JSON (JSON is YAML; kfp copies defaults into a comment
 header that breaks on multi-line strings). Recompile when params.yaml changes:
-tests/test_kfp_pipeline.py fails when the committed YAML is stale.
+tests/cluster/test_compiled_pipeline.py fails when the committed YAML is stale.
 """
 
 from __future__ import annotations

@@ -47,8 +47,9 @@ from components.segment import segment
 from components.status import status
 from components.sweep import sweep
 from components.train import train
+from defectgen.cluster import CLUSTER_ENV
 from defectgen.config import ClusterConfig
-from defectgen.runner import CLUSTER_ENV, PIPELINE_KEY_ENV
+from defectgen.runner import PIPELINE_KEY_ENV
 
 RUN_ID_FIELD = "metadata.labels['pipeline/runid']"  # KFP's run id label on every task pod
 

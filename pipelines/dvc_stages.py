@@ -10,7 +10,7 @@ declared output, curves and plots.
 The closure follows every `import` and `from ... import` of `defectgen` modules anywhere in
 a module (lazy imports inside functions included), plus the `__init__.py` of each package
 on the way. `params_read` scans the same files for `params.<section>[.<key>]`: what a
-stage's declaration must cover (tests/test_stage_declarations.py).
+stage's declaration must cover (tests/test_declarations.py).
 """
 
 from __future__ import annotations

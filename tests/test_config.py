@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from defectgen.config import apply_profile, load_params, parse_params
+from defectgen.config import Params, apply_profile, load_params, parse_params
 from defectgen.errors import ConfigError
 from tests.conftest import REPO
 
@@ -167,4 +167,46 @@ def test_a_normal_class_is_never_synthesised():
     assert params.synthesised(["crack", "ok", "pit"]) == ["crack", "pit"]
     raw["finetune"] = {"classes": ["ok", "crack"]}
     with pytest.raises(ConfigError, match=r"finetune.classes lists \['ok'\].*defect-free"):
+        parse_params(raw)
+
+
+def _leaves(tree: dict, prefix: str = ""):
+    for key, value in tree.items():
+        if isinstance(value, dict) and value and not key.endswith("per_class"):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def test_params_yaml_holds_every_parameter_at_its_one_default():
+    """params.yaml lists every parameter, each at the config's default (data, which names
+    the demo's dataset, aside): one default per parameter, so a key left out of a user's
+    params file means what params.yaml says."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    given = dict(_leaves(load_params(REPO / "params.yaml").model_dump(mode="json")))
+    default = dict(_leaves(Params(data=raw["data"]).model_dump(mode="json")))
+    assert given.keys() == default.keys() == dict(_leaves(raw)).keys()
+    differ = {k: (given[k], default[k]) for k in given if given[k] != default[k]}
+    assert not differ, f"params.yaml vs config default: {differ}"
+
+
+@pytest.mark.parametrize(
+    "profile", sorted((REPO / "profiles").glob("*.yaml")), ids=lambda p: p.stem
+)
+def test_every_profile_applies_to_params_yaml(tmp_path: Path, profile: Path):
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    params = apply_profile(tmp_path / "params.yaml", profile)
+    over = dict(_leaves(yaml.safe_load(profile.read_text(encoding="utf-8"))))
+    after = dict(_leaves(params.model_dump(mode="json")))
+    assert all(after[k] == v for k, v in over.items() if k in after), profile.name
+
+
+def test_the_few_shot_set_is_given_by_whichever_of_alpha_or_per_class_is_set():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    assert raw["preprocess"]["subset"] == {"alpha": None, "per_class": 50}  # the default
+    raw["preprocess"]["subset"] = {"alpha": 0.4}  # a user's params file names one
+    subset = parse_params(raw).preprocess.subset
+    assert (subset.alpha, subset.per_class) == (0.4, None)
+    raw["preprocess"]["subset"] = {"alpha": 0.4, "per_class": 5}
+    with pytest.raises(ConfigError, match="set exactly one of alpha"):
         parse_params(raw)

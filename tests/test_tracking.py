@@ -14,7 +14,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from defectgen.cli import main
-from defectgen.io import file_digest
+from defectgen.resume import file_digest
 from tests.conftest import REPO
 
 
@@ -192,3 +192,29 @@ def test_real_mlflow_server(mlflow_server, folders_dataset, tmp_path):
     assert "ingest_report.json" in [a.path for a in client.list_artifacts(child.info.run_id)]
     # The artifact went through the server into its artifact store.
     assert list((tmp_path / "artifacts").rglob("ingest_report.json"))
+
+
+def test_the_code_is_dirty_only_for_changes_outside_the_run_outputs(tmp_path):
+    """dvc.lock, metrics/ and data/ are what `dvc repro` writes: changed, the commit is
+    still the code that ran; a changed source file or params.yaml marks it -dirty."""
+    import subprocess
+
+    from defectgen.tracking import git_sha
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    for name in ("dvc.lock", "metrics/train.json", "data/.gitignore", "src/a.py", "params.yaml"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("one\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
+    clean = git_sha(tmp_path)
+    assert len(clean) == 40
+    for name in ("dvc.lock", "metrics/train.json", "data/.gitignore"):
+        (tmp_path / name).write_text("two\n")
+    assert git_sha(tmp_path) == clean
+    assert git_sha(tmp_path / "src") == clean  # from a subfolder too
+    (tmp_path / "params.yaml").write_text("two\n")
+    assert git_sha(tmp_path) == f"{clean}-dirty"

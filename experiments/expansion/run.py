@@ -41,9 +41,10 @@ from pathlib import Path
 import yaml
 
 from defectgen import manifest
+from defectgen.atomic import atomic_write_json
 from defectgen.config import merge_overrides, parse_params
 from defectgen.declarations import graph
-from defectgen.io import atomic_write_json, file_digest
+from defectgen.resume import file_digest
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import NoReturn
 
 from defectgen import export
+from defectgen.atomic import atomic_write_json
 from defectgen.config import apply_profile, load_params
 from defectgen.errors import DefectgenError
-from defectgen.io import atomic_write_json
 from defectgen.runner import STAGES, Stage, execute
 
 
@@ -142,10 +142,10 @@ def _registry(args: argparse.Namespace) -> int:
 
 
 def _schedule(args: argparse.Namespace) -> int:
-    from defectgen import schedule
+    from defectgen.cluster import recurring
 
     if args.action == "create":
-        run_id = schedule.create(
+        run_id = recurring.create(
             host=args.host,
             name=args.name,
             cron=args.cron,
@@ -158,13 +158,13 @@ def _schedule(args: argparse.Namespace) -> int:
         )
         print(f"recurring run {run_id}: {args.name} at '{args.cron}' (one at a time, no catch-up)")
     elif args.action == "list":
-        rows = schedule.list_runs(host=args.host, namespace=args.namespace)
+        rows = recurring.list_runs(host=args.host, namespace=args.namespace)
         for r in rows:
             print(f"{r['id']}  {r['name']}  '{r['cron']}'  {r['status']}")
         if not rows:
             print("no recurring runs")
     else:
-        schedule.delete(host=args.host, run_id=args.run_id)
+        recurring.delete(host=args.host, run_id=args.run_id)
         print(f"recurring run {args.run_id}: deleted")
     return 0
 
@@ -227,7 +227,7 @@ def finish(rc: int) -> NoReturn:
     """Exit with `rc`; after a success, without the interpreter's teardown.
 
     A finished stage process holds ~4,900 imported modules (torch, diffusers, mlflow);
-    tearing them down took 2-3.5 s per diffusion-stage process here
+    tearing them down costs seconds per diffusion-stage process
     (benchmarks/results/stage_startup.md) and does nothing a finished process needs.
     The atexit handlers (MLflow, logging, temporary folders) still run and stdout/stderr
     are flushed; a failure, or a thread a normal exit would wait for, takes the normal

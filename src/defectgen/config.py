@@ -96,7 +96,7 @@ class DataConfig(_Section):
 class IngestConfig(_Section):
     """How ingest treats imperfect input."""
 
-    min_images_per_class: int = Field(default=2, ge=0)
+    min_images_per_class: int = Field(default=10, ge=0)
     on_label_conflict: Literal["error", "skip"] = "error"
     binarize_masks: bool = False
     mask_threshold: int = Field(default=128, ge=1, le=255)
@@ -107,7 +107,7 @@ class IngestConfig(_Section):
 
 
 class RoiConfig(_Section):
-    """StableSDG's ROI recipe (seed 000, section IV-A): binarise, crop the object, tile 1:1."""
+    """StableSDG's ROI recipe (IV-A): binarise, crop the object, tile 1:1."""
 
     enabled: bool = False
     foreground: Literal["bright", "dark"] = "bright"
@@ -134,8 +134,17 @@ class SplitConfig(_Section):
 class SubsetConfig(_Section):
     """The few-shot subset of train: a fraction alpha, or a count per class (not both)."""
 
-    alpha: float | None = Field(default=1.0, gt=0.0, le=1.0)
-    per_class: int | None = Field(default=None, ge=1)
+    alpha: float | None = Field(default=None, gt=0.0, le=1.0)
+    per_class: int | None = Field(default=50, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _the_one_given(cls, data: Any) -> Any:
+        """Setting one of the two leaves the other unset (null), whatever its default."""
+        if isinstance(data, dict) and len({"alpha", "per_class"} & set(data)) == 1:
+            other = "per_class" if "alpha" in data else "alpha"
+            data = {**data, other: None}
+        return data
 
     @model_validator(mode="after")
     def _one_of(self) -> SubsetConfig:
@@ -226,11 +235,11 @@ class ModelConfig(_Section):
 class VaeLossConfig(_Section):
     """The tiny VAE's objective (core/diffusion/vae_loss.py): pixel loss + weighted terms."""
 
-    pixel: Literal["mse", "l1"] = "mse"
+    pixel: Literal["mse", "l1"] = "l1"
     kl_weight: float = Field(default=1e-6, ge=0.0)
-    ssim: float = Field(default=0.0, ge=0.0)  # 1 - SSIM
-    fft: float = Field(default=0.0, ge=0.0)  # L1 between 2-D spectra
-    perceptual_effnet_lite0: float = Field(default=0.0, ge=0.0)  # needs the offline wheel
+    ssim: float = Field(default=0.5, ge=0.0)  # 1 - SSIM
+    fft: float = Field(default=0.5, ge=0.0)  # L1 between 2-D spectra
+    perceptual_effnet_lite0: float = Field(default=0.2, ge=0.0)  # needs the offline wheel
     adversarial: float = Field(default=0.0, ge=0.0)  # patch discriminator, hinge loss
     adversarial_start: float = Field(default=0.5, ge=0.0, lt=1.0)  # fraction of vae_steps
 
@@ -243,9 +252,9 @@ class BaseConfig(_Section):
 
     data: Literal["subset", "train"] = "subset"
     batch_size: int = Field(default=32, ge=1)
-    vae_steps: int = Field(default=800, ge=1)
+    vae_steps: int = Field(default=215, ge=1)
     vae_lr: float = Field(default=1e-3, gt=0.0)
-    unet_steps: int = Field(default=600, ge=1)
+    unet_steps: int = Field(default=300, ge=1)
     unet_lr: float = Field(default=5e-4, gt=0.0)
     prompt: str = Field(default="a photo of a surface", min_length=1)
     uncond_prob: float = Field(default=0.1, ge=0.0, lt=1.0)
@@ -275,7 +284,7 @@ class DreamBoothConfig(_Section):
     """
 
     train: Literal["lora", "unet"] = "lora"  # LoRA (UNet + text encoder) or the full UNet
-    steps: int = Field(default=400, ge=0)
+    steps: int = Field(default=150, ge=0)
     lr: float = Field(default=1e-4, gt=0.0)
     rank: int = Field(default=4, ge=1)  # train: lora
     alpha: float | None = Field(default=None, gt=0.0)  # null: alpha = rank
@@ -287,7 +296,7 @@ class DreamBoothConfig(_Section):
 
 
 class FinetuneConfig(_Section):
-    """StableSDG adaptation per class (seed 000, Algorithm 1), the Table II ablations,
+    """StableSDG adaptation per class (Algorithm 1), the Table II ablations,
     and Valvano et al.'s DreamBooth.
 
     mode: ti_lora (token, then LoRA), ti (token only), lora (LoRA only; the token keeps
@@ -305,9 +314,9 @@ class FinetuneConfig(_Section):
     batch_size: int = Field(default=4, ge=1)
     resolution: int | None = Field(default=None, ge=8)  # null: preprocess.image_size
     flip: bool = True
-    ti: StepsConfig = Field(default_factory=lambda: StepsConfig(steps=1000, lr=5e-4))
-    lora: LoraConfig = Field(default_factory=lambda: LoraConfig(steps=1000, lr=1e-4))
-    full_attn: StepsConfig = Field(default_factory=lambda: StepsConfig(steps=1000, lr=1e-5))
+    ti: StepsConfig = Field(default_factory=lambda: StepsConfig(steps=150, lr=5e-4))
+    lora: LoraConfig = Field(default_factory=lambda: LoraConfig(steps=150, lr=1e-4))
+    full_attn: StepsConfig = Field(default_factory=lambda: StepsConfig(steps=150, lr=1e-5))
     dreambooth: DreamBoothConfig = Field(default_factory=DreamBoothConfig)
 
     @model_validator(mode="after")
@@ -328,30 +337,19 @@ class ClassGenerateConfig(_Section):
     guidance: float | None = Field(default=None, ge=0.0)
 
 
-# StableSDG Table I (NEU): FID-chosen strength s and guidance w per class.
-NEU_TABLE_I = {
-    "crazing": {"strength": 0.2, "guidance": 2.0},
-    "inclusion": {"strength": 0.9, "guidance": 9.0},
-    "patches": {"strength": 0.4, "guidance": 6.0},
-    "pitted_surface": {"strength": 0.5, "guidance": 3.0},
-    "rolled-in_scale": {"strength": 0.1, "guidance": 8.0},
-    "scratches": {"strength": 0.5, "guidance": 7.0},
-}
-
-
 class GenerateConfig(_Section):
     """Image-oriented generation (img2img from train images of the class) or txt2img."""
 
     mode: Literal["img2img", "txt2img"] = "img2img"
-    images_per_class: int = Field(default=1000, ge=1)
+    images_per_class: int = Field(default=64, ge=1)
     # images per sampler call, an upper bound: on a CUDA out-of-memory it halves
-    batch_size: int = Field(default=8, ge=1)
-    steps: int = Field(default=50, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    steps: int = Field(default=25, ge=1)
     strength: float = Field(default=0.5, gt=0.0, le=1.0)
-    guidance: float = Field(default=7.0, ge=0.0)
-    per_class: dict[str, ClassGenerateConfig] = Field(
-        default_factory=lambda: {k: ClassGenerateConfig(**v) for k, v in NEU_TABLE_I.items()}
-    )
+    guidance: float = Field(default=3.0, ge=0.0)
+    # class: {strength, guidance}, used with sweep.enabled false (profiles/neu-det-table-i.yaml:
+    # StableSDG Table I)
+    per_class: dict[str, ClassGenerateConfig] = Field(default_factory=dict)
     grid_per_class: int = Field(default=8, ge=1)
 
     def settings(self, label: str) -> tuple[float, float]:
@@ -364,7 +362,7 @@ class GenerateConfig(_Section):
 
 class GateConfig(_Section):
     """The quality gate: per-class distance of synthetic to real held-out images, judged
-    against the real-vs-real distance of the same class (seed 000 III-C's FID criterion)."""
+    against the real-vs-real distance of the same class (III-C's FID criterion)."""
 
     extractor: Literal["auto", "effnet-lite0", "inception-v3-compat"] = "auto"
     inception_weights: Path | None = None
@@ -397,12 +395,12 @@ class GateConfig(_Section):
 
 class SweepConfig(_Section):
     """Per-class strength x guidance tuning by distance to held-out real images (StableSDG
-    III-C, Table IV; DefFiller Table 2). The defaults are Table IV's grid (for sd15)."""
+    III-C, Table IV; DefFiller Table 2). Table IV's grid for sd15 is in profiles/sd15.yaml."""
 
     enabled: bool = True  # false: chosen.json records generate.strength/guidance/per_class
-    strengths: list[float] = Field(default=[0.3, 0.4, 0.5, 0.6, 0.7], min_length=1)
-    guidances: list[float] = Field(default=[3.0, 4.0, 5.0, 6.0, 7.0], min_length=1)
-    probe_images: int = Field(default=32, ge=2)  # per cell and class
+    strengths: list[float] = Field(default=[0.3, 0.5, 0.7], min_length=1)
+    guidances: list[float] = Field(default=[1.5, 4.0], min_length=1)
+    probe_images: int = Field(default=12, ge=2)  # per cell and class
     metric: Literal["fd", "kd"] = "fd"  # Frechet (FID-like, the papers') or kernel distance
     max_duplicate_fraction: float = Field(default=0.5, ge=0.0, le=1.0)  # else not eligible
 
@@ -431,7 +429,7 @@ CLASSIFIERS = (
 
 
 class MaskDdpmConfig(_Section):
-    """DefFiller's mask producer (seed 002, 4.4.1: 64 px, batch 32, lr 1e-4, 200 epochs)."""
+    """DefFiller's mask producer (4.4.1: 64 px, batch 32, lr 1e-4, 200 epochs)."""
 
     size: int = Field(default=64, ge=16)
     channels: list[int] = Field(default_factory=lambda: [32, 64, 64], min_length=2)
@@ -453,7 +451,7 @@ class MaskDdpmConfig(_Section):
 
 
 class MaskPerturbConfig(_Section):
-    """Valvano et al.'s small random shape perturbations of real masks (seed 003, 4.3)."""
+    """Valvano et al.'s small random shape perturbations of real masks (4.3)."""
 
     max_rotation: float = Field(default=15.0, ge=0.0, le=180.0)
     max_shift: float = Field(default=0.05, ge=0.0, le=0.5)
@@ -586,27 +584,6 @@ def _value_protocol(data: Any, section: str) -> Any:
     return data
 
 
-def comparison_metrics(model: str | None, comparisons: list[dict]) -> dict[str, float]:
-    """MLflow keys of paired comparisons (core.stats.compare rows):
-    [<model>/]<arm>/vs_<control>/<metric>_delta, _ci_low, _ci_high, _p (no model prefix
-    for a stage with one model, e.g. segment)."""
-    out: dict[str, float] = {}
-    for c in comparisons:
-        name = f"{metric_name(c['arm'])}/vs_{metric_name(c['control'])}/{c['metric']}"
-        name = f"{model}/{name}" if model else name
-        out[f"{name}_delta"] = c["delta"]
-        if c["ci"] is not None:
-            out[f"{name}_ci_low"], out[f"{name}_ci_high"] = c["ci"]
-            out[f"{name}_p"] = c["p_value"]
-    return out
-
-
-def metric_name(condition: str) -> str:
-    """A condition as a metric key part: MLflow keys may not hold '+' (real+synthetic ->
-    real_synthetic)."""
-    return condition.replace("+", "_")
-
-
 class SegmentConfig(_Section):
     """Segmentation on real vs real + synthetic pairs (DefFiller 4.4.3), and the COCO export."""
 
@@ -624,7 +601,7 @@ class SegmentConfig(_Section):
     warmup: float = Field(default=0.05, ge=0.0, lt=1.0, description="fraction of the steps")
     widths: list[int] = Field(default_factory=lambda: [16, 32, 64], min_length=2)
     export: Literal["gated", "ungated"] = "gated"  # which synthetic pairs the COCO train has
-    workers: int = Field(default=1, ge=1)  # U-Nets trained at once, one CPU thread each
+    workers: int = Field(default=2, ge=1)  # U-Nets trained at once, one CPU thread each
 
     @model_validator(mode="before")
     @classmethod
@@ -728,14 +705,14 @@ PRIMARY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 class TrainConfig(_Section):
     """Defect classifiers on real vs real+synthetic (StableSDG III-D / IV-C protocol)."""
 
-    models: list[Literal[CLASSIFIERS]] = Field(default=["resnet18"], min_length=1)
+    models: list[Literal[CLASSIFIERS]] = Field(default=["effnet_lite0_probe"], min_length=1)
     conditions: list[Literal[CONDITIONS]] = Field(
         default=["real+synthetic", "real+ungated", "substitution"]
     )  # the synthetic arms; the controls always run (core/arms.py)
     oracle: bool = True  # real+oracle arms and all-train (need train images outside the subset)
-    seeds: list[int] = Field(default=[0, 1, 2], min_length=1)
-    steps: int = Field(default=240, ge=1)  # optimizer steps per classifier, every condition
-    evals: int = Field(default=8, ge=1)  # val checks, evenly spaced; the best one is kept
+    seeds: list[int] = Field(default=[0, 1, 2, 3, 4], min_length=1)
+    steps: int = Field(default=1000, ge=1)  # optimizer steps per classifier, every condition
+    evals: int = Field(default=20, ge=1)  # val checks, evenly spaced; the best one is kept
     batch_size: int = Field(default=32, ge=1)
     lr: float = Field(default=1e-3, gt=0.0, description="AdamW's peak learning rate")
     weight_decay: float = Field(default=0.05, ge=0.0, description="AdamW's decoupled decay")
@@ -757,7 +734,7 @@ class TrainConfig(_Section):
         "views - 1 augmented copies (rotation, flips), computed once by the frozen trunk",
     )  # fmt: skip
     image_size: int | None = Field(default=None, ge=16)  # null: as preprocessed
-    workers: int = Field(default=1, ge=1)  # runs trained at once, one CPU thread each
+    workers: int = Field(default=2, ge=1)  # runs trained at once, one CPU thread each
 
     @model_validator(mode="before")
     @classmethod
@@ -841,7 +818,7 @@ class ClusterConfig(_Section):
 class Params(_Section):
     """The whole of params.yaml."""
 
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=1234, ge=0)
     data: DataConfig
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)

@@ -2,7 +2,7 @@
 files and curves the runner logs, and the module that runs it. The CLI, the KFP
 components, MLflow params, every stage's resume key and dvc.yaml (its params, and its
 source deps from the stage module's import closure: `python -m pipelines.dvc_stages`) are
-derived from or checked against it (tests/test_stage_declarations.py).
+derived from or checked against it (tests/test_declarations.py).
 
 Light on purpose (no torch): the CLI and the KFP components import it before any stage.
 A stage never looks itself up here: the runner hands a resuming stage its `params_key`.
@@ -22,7 +22,7 @@ class Stage:
     """One stage, declared once: what the CLI, KFP, MLflow, dvc.yaml and every resume key
     know of it. `reads` are the params sections or dotted keys the stage's code (and the
     helpers it calls) reads: MLflow logs them, resume keys hash them, and dvc.yaml's
-    params must equal them (tests/test_stage_declarations.py, which also derives dvc.yaml's
+    params must equal them (tests/test_declarations.py, which also derives dvc.yaml's
     source deps from the stage module's import closure: `python -m pipelines.dvc_stages`)."""
 
     name: str
@@ -302,3 +302,18 @@ def graph() -> list[tuple[str, dict[str, str]]]:
     """The DAG in declaration order (each stage after its inputs' producers): (stage,
     {input artifact: producing stage}); what every runner of the whole DAG walks."""
     return [(s.name, upstream(s)) for s in STAGES]
+
+
+def path(start: str, end: str) -> list[str]:
+    """The stages on some path from `start` to `end` (both included), in DAG order: the
+    part of the DAG a benchmark or an ablation runs (e.g. path("ingest", "train") is the
+    classification path)."""
+    below = {start}  # start and what depends on it
+    for name, inputs in graph():
+        if set(inputs.values()) & below:
+            below.add(name)
+    above = {end}  # end and what it depends on
+    for name, inputs in reversed(graph()):
+        if name in above:
+            above |= set(inputs.values())
+    return [name for name, _ in graph() if name in below & above]

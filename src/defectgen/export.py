@@ -46,9 +46,9 @@ import yaml
 
 from defectgen import manifest
 from defectgen.annotations import Item, annotate, rows_of
+from defectgen.atomic import atomic_dir, write_file
 from defectgen.core import coco
 from defectgen.errors import DataError
-from defectgen.io import atomic_dir, write_file
 
 FORMATS = ("imagefolder", "coco", "yolo", "yolo-seg")
 CONDITIONS = ("real", "all-train", "real+synthetic", "real+ungated")

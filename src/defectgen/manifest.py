@@ -13,8 +13,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from defectgen.atomic import atomic_write_bytes
 from defectgen.errors import DataError
-from defectgen.io import atomic_write_bytes
 
 MANIFEST_NAME = "manifest.parquet"
 

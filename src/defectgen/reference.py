@@ -29,7 +29,8 @@ from defectgen.config import Params
 from defectgen.core import gate as gate_core
 from defectgen.core import metrics
 from defectgen.core.device import runtime
-from defectgen.stagekit import derive_seed, load_images
+from defectgen.real_images import load_images
+from defectgen.seeds import derive_seed
 
 VAL_HALVES = ("sweep", "gate")
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from defectgen.config import Params
 from defectgen.declarations import STAGES, Stage, get_stage  # noqa: F401  (the registry)
-from defectgen.stagekit import CLUSTER_ENV, in_cluster  # noqa: F401  (the pipeline sets it)
 
 
 def execute(

@@ -19,14 +19,15 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from defectgen.atomic import atomic_write_bytes
 from defectgen.config import Params
-from defectgen.io import atomic_write_bytes
 
 
 def _render_report(params: Params, report_dir: Path) -> str:
     """The report from the finished stages' MLflow artifacts into `report_dir`, as the
     report stage's own MLflow run under the parent; returns one line for the page."""
-    from defectgen import fanout, tracking
+    from defectgen import tracking
+    from defectgen.cluster import fanin
     from defectgen.declarations import upstream
     from defectgen.runner import execute, get_stage
 
@@ -40,7 +41,7 @@ def _render_report(params: Params, report_dir: Path) -> str:
         for key, stage in stages.items():
             if stage in found:
                 inputs[key] = Path(tmp) / "merged" / stage
-                fanout.merge(found[stage], inputs[key])
+                fanin.merge(found[stage], inputs[key])
         metrics, _ = execute(report, params, out_dir=report_dir, inputs=inputs, track=True)
     n_missing = int(metrics["n_missing_inputs"])
     return (

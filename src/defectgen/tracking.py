@@ -43,14 +43,20 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+# what a run writes in the checkout: its changes do not make the code "dirty"
+RUN_OUTPUTS = (":(top,exclude)dvc.lock", ":(top,exclude)metrics", ":(top,exclude)data")
+
+
 def git_sha(cwd: Path | None = None) -> str:
-    """The checkout's commit (with '-dirty' when it has changes), or 'unknown' outside git."""
+    """The checkout's commit, with '-dirty' when tracked files other than a run's own
+    outputs changed (dvc.lock, metrics/ and data/ are what `dvc repro` itself writes), or
+    'unknown' outside git."""
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ":/", *RUN_OUTPUTS],
             cwd=cwd,
             capture_output=True,
             text=True,
@@ -177,8 +183,8 @@ class StageRun:
         """A stage folder's manifest.parquet as an MLflow dataset of this run (the run
         page's Datasets), named `name`, with the file's sha256 as its digest; `context`:
         "input" or "output". Nothing when the folder has no manifest."""
-        from defectgen.io import file_digest
         from defectgen.manifest import MANIFEST_NAME
+        from defectgen.resume import file_digest
 
         path = Path(folder) / MANIFEST_NAME
         if not path.is_file():

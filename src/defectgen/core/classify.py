@@ -35,7 +35,7 @@ from torch import nn
 
 from defectgen._torchvision_compat import ensure_torchvision_importable
 from defectgen.core.device import CPU, Runtime
-from defectgen.core.steps import SpanLoss, batches, eval_steps, lr_schedule
+from defectgen.core.train_budget import SpanLoss, batches, eval_steps, lr_schedule
 
 ensure_torchvision_importable()
 
@@ -236,8 +236,8 @@ def score(metric: str, y_true: list[int], y_pred: list[int], n_classes: int) -> 
 
 
 def _layout(batch: torch.Tensor) -> torch.Tensor:
-    """Image batches in NHWC: oneDNN's faster conv layout, 1.35x the steps/s of squeezenet
-    on a CPU (benchmarks/results/cpu_pipeline.md); feature batches as they are."""
+    """Image batches in NHWC: oneDNN's faster conv layout on a CPU
+    (benchmarks/results/cpu_pipeline.md); feature batches as they are."""
     return batch.contiguous(memory_format=torch.channels_last) if batch.dim() == 4 else batch
 
 

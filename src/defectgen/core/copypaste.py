@@ -20,7 +20,7 @@ Blending: a feathered edge, an alpha from the mask blurred by `feather` px and 1
 defect, so the defect keeps its own pixels and only its surround up to 3 sigma changes.
 Not Poisson: OpenCV 5.0's seamlessClone (NORMAL_CLONE, the region dilated 3 px) kept
 about 10 of a 100-grey-level defect's contrast on a textured background here
-(tests/test_core_copypaste.py's scene), and moved the region 1 px for even widths.
+(tests/core/test_copypaste.py's scene), and moved the region 1 px for even widths.
 Our own code because albumentations 2.0.8's OverlayElements pastes without blending
 and places without regard to the background's defects.
 """

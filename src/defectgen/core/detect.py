@@ -17,7 +17,7 @@ PyPI's CUDA torchvision; see defectgen._torchvision_compat), two ops are replace
     roi_align  `roi_align` below (bilinear sampling with grid_sample, then average
                pooling) in the heads' pooler (GridRoIAlign) on every machine, and in
                the mask loss where the compiled op is missing; torchvision's own
-               fallback compiles itself and ran 70 s a step here
+               fallback compiles itself and is far too slow to train with
     nms        a torch implementation (`nms`), patched into torchvision.ops.boxes only
                when the compiled one is missing; native machines keep theirs
 """
@@ -38,7 +38,7 @@ from defectgen._torchvision_compat import ensure_torchvision_importable
 from defectgen.config import ClassicalConfig
 from defectgen.core import augment, coco
 from defectgen.core.device import CPU, Runtime
-from defectgen.core.steps import SpanLoss, batches, eval_steps, lr_schedule
+from defectgen.core.train_budget import SpanLoss, batches, eval_steps, lr_schedule
 
 _MODE = ensure_torchvision_importable()
 
@@ -299,7 +299,7 @@ def fit(
     rt: Runtime = CPU,
 ) -> Fit:
     """SGD with momentum 0.9 for exactly `steps` steps (the equal budget) under the
-    learning-rate schedule (core.steps.lr_schedule); flips drawn from `seed` per sample;
+    learning-rate schedule (core.train_budget.lr_schedule); flips drawn from `seed` per sample;
     val mAP@.5 `evals` times, the best weights kept."""
     images, targets = train
     checks = eval_steps(steps, evals)

@@ -15,7 +15,7 @@
   realistic (precision: the fraction inside), and real images inside the synthetic
   manifold are covered (recall).
 - `decide` is the verdict's rule, from those numbers and the utility estimate
-  (core.utility); the stage, the reports and the docs quote its reasons.
+  (core.value_proxy); the stage, the reports and the docs quote its reasons.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class Evidence:
     distance: float | None = None  # synthetic vs reference
     baseline: float | None = None  # real train vs reference: the real-vs-real floor
     blur: float | None = None  # blurred real train vs reference
-    utility: dict | None = None  # core.utility.crossfit's estimate
+    utility: dict | None = None  # core.value_proxy.crossfit's estimate
     missing: str | None = None  # why the utility could not be estimated
 
 

@@ -1,4 +1,4 @@
-"""DefFiller's mask producer (seed 002, 4.4.1): a DDPM trained from scratch on a class's
+"""DefFiller's mask producer (4.4.1): a DDPM trained from scratch on a class's
 real masks at 64x64, sampled, binarised and resized to the image size.
 
 The paper trains 200 epochs at batch 32, lr 1e-4; the schedule here is the caller's
@@ -7,7 +7,7 @@ horizontal and vertical flips (a defect's mirror image is as plausible as the de
 Sampling uses DDIM on the same noise schedule (`sample_steps`, 50 by default), one
 `torch.Generator` per mask, so each mask depends on its seed only.
 
-`interpolate_latent` is DefectSynth's latent-space mask interpolation (seed 004, III-C)
+`interpolate_latent` is DefectSynth's latent-space mask interpolation (III-C)
 on this producer: both masks DDIM-inverted to their noise, slerp between the noises,
 DDIM back and binarise. (DefectSynth inverts SD's VAE latents with its image model; a
 mask-only producer works in pixel space, so its noise is the latent.)

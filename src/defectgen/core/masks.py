@@ -1,7 +1,7 @@
 """Defect masks: new masks from real ones, their statistics, and the conditioning images
 a mask-conditioned generator reads. Pure numpy/scipy on uint8 masks {0, 255}; no paths.
 
-- `interpolate`: DefectSynth's image-space mask interpolation (seed 004, III-C): the
+- `interpolate`: DefectSynth's image-space mask interpolation (III-C): the
   white-pixel coordinates of two masks, resampled to equal length, averaged with weight
   alpha, with continuity filling so chains stay connected, rasterised.
 - `hmi_space`: which space HMI interpolates a class in: "latent" when the class's mean
@@ -15,7 +15,7 @@ a mask-conditioned generator reads. Pure numpy/scipy on uint8 masks {0, 255}; no
   real masks' area and component range, widened by a factor) and which methods a class
   drops (too few masks in range, or far further from the val masks than the best).
 - `coloured` and `topological_driver`: the plain class-coloured mask, and Valvano's
-  topological driver (seed 003, 4.2): downscale, grayscale, adaptive threshold, scale to
+  topological driver (4.2): downscale, grayscale, adaptive threshold, scale to
   0..50, paint the class-coloured mask, rescale to 0..1.
 """
 
@@ -290,7 +290,7 @@ def topological_driver(
     offset: float = 2.0,
     background_max: int = 50,
 ) -> np.ndarray:
-    """Valvano et al.'s topological driver (seed 003, 4.2), float32 (H, W, 3) in [0, 1].
+    """Valvano et al.'s topological driver (4.2), float32 (H, W, 3) in [0, 1].
 
     The image is downscaled to `low_res` (longer side), made grayscale and binarised by
     adaptive thresholding (a pixel is 1 where it exceeds the mean of its `block` x

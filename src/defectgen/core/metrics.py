@@ -74,8 +74,8 @@ class EffNetLite0Features(FeatureExtractorBase):
         path = feature_extractor_weights_path or effnet_weights_path()
         self.model = EfficientNet.from_name("efficientnet-lite0")
         self.model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        # NHWC: 1.6x the images/s on CPU (benchmarks/results/cpu_pipeline.md); features
-        # equal the default layout's to float rounding (1e-5)
+        # NHWC: oneDNN's faster layout on CPU (benchmarks/results/cpu_pipeline.md);
+        # features equal the default layout's to float rounding
         self.model.eval().to(memory_format=torch.channels_last)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))

@@ -1,4 +1,4 @@
-"""Region-of-interest crop and 1:1 tiling (StableSDG, seed 000 section IV-A).
+"""Region-of-interest crop and 1:1 tiling (StableSDG, section IV-A).
 
 The CCBSD recipe: convert to grayscale, binarise, keep the region where the
 object (the steel billet) lies, cut that region into square sub-images, and

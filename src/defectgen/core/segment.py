@@ -1,5 +1,5 @@
 """The segmentation model that judges image + mask pairs: a small U-Net (Ronneberger et
-al. 2015) trained on `real` vs `real+synthetic` pairs, as DefFiller evaluates (seed 002,
+al. 2015) trained on `real` vs `real+synthetic` pairs, as DefFiller evaluates (section
 4.4.3; its 1:5 train/test scarcity is a preprocess.split choice, see stages/segment).
 
 No maintained segmentation library installs offline with its dependencies here, so
@@ -21,7 +21,7 @@ from defectgen.config import ClassicalConfig
 from defectgen.core import augment
 from defectgen.core.device import CPU, Runtime
 from defectgen.core.segmetrics import iou_dice
-from defectgen.core.steps import SpanLoss, batches, eval_steps, lr_schedule
+from defectgen.core.train_budget import SpanLoss, batches, eval_steps, lr_schedule
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:

@@ -1,4 +1,4 @@
-"""Segmentation / saliency metrics, as DefFiller reports them (seed 002, 4.4.3).
+"""Segmentation / saliency metrics, as DefFiller reports them (4.4.3).
 
 Per image, a prediction `pred` is a float map in [0, 1] and the ground truth `gt` a
 bool mask of the same shape:

@@ -204,3 +204,42 @@ def heatmap(
     fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
     return buf.getvalue()
+
+
+def probe_grid(tiles: np.ndarray, cells: list[dict], chosen: dict) -> bytes:
+    """The probe images laid out like the heatmap (strength down, guidance across),
+    each row and column labelled with its value and the chosen cell outlined, as PNG.
+
+    `tiles` is the unlabelled grid the sweep saved (one probe per cell, in `cells`'
+    order, rows of one strength)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    strengths = list(dict.fromkeys(c["strength"] for c in cells))  # the saved order
+    guidances = list(dict.fromkeys(c["guidance"] for c in cells))
+    rows, cols = len(strengths), len(guidances)
+    tiles = tiles[..., 0] if tiles.ndim == 3 and tiles.shape[2] == 1 else tiles
+    h, w = tiles.shape[0] // rows, tiles.shape[1] // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols + 0.6, 1.3 * rows + 0.5),
+                             squeeze=False)  # fmt: skip
+    for i, strength in enumerate(strengths):
+        for j, guidance in enumerate(guidances):
+            ax = axes[i][j]
+            tile = tiles[i * h : (i + 1) * h, j * w : (j + 1) * w]
+            ax.imshow(tile, cmap="gray" if tile.ndim == 2 else None, vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(f"w {guidance:g}", fontsize=8)
+            if j == 0:
+                ax.set_ylabel("txt2img" if strength is None else f"s {strength:g}", fontsize=8)
+            if (strength, guidance) == (chosen["strength"], chosen["guidance"]):
+                for spine in ax.spines.values():
+                    spine.set(color="red", linewidth=2.5)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()

@@ -28,13 +28,18 @@ import torch
 
 from defectgen import manifest
 from defectgen.artifacts import BASE_JSON, CURVES_DIR, SAMPLES_PNG
+from defectgen.atomic import atomic_dir, atomic_write_json, write_file
+from defectgen.cluster import in_cluster
 from defectgen.config import BaseConfig, Params
 from defectgen.core import metrics as fd_metrics
 from defectgen.core.diffusion import models, train
 from defectgen.core.images import ImageProblem, decode_image, encode_png
+from defectgen.curves import Curves
 from defectgen.errors import ConfigError
-from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
-from defectgen.stagekit import Curves, derive_seed, in_cluster, progress, train_images
+from defectgen.progress import progress
+from defectgen.real_images import train_images
+from defectgen.resume import Resume, file_digest
+from defectgen.seeds import derive_seed
 
 PSNR_IMAGES = 64  # val images used to measure the VAE's reconstruction quality
 

@@ -4,7 +4,7 @@ Per model (`detect.models`, core.detect: torchvision's Faster R-CNN, or Mask R-C
 the data has masks), condition and paired seed, one detector trains for `detect.steps`
 optimizer steps and is scored on the real test split with pycocotools' COCOeval:
 mAP@[.5:.95], mAP@.5 and per-class AP (bbox; Mask R-CNN also segm), as in Valvano et
-al.'s protocol (seed 003, section 5). Conditions (core.arms), as the classifier's:
+al.'s protocol (5). Conditions (core.arms), as the classifier's:
 
     real                     the few-shot subset's annotated images
     real+synthetic           + gate-passed synthetic images that carry annotations
@@ -55,12 +55,16 @@ from defectgen.artifacts import (
     RECORD_JSON,
     RUNS_PARQUET,
 )
-from defectgen.config import Params, comparison_metrics, metric_name
+from defectgen.atomic import atomic_dir, atomic_write_json, write_file
+from defectgen.config import Params
 from defectgen.core import arms, stats, validity
 from defectgen.core.images import decode_image
+from defectgen.curves import Curves
 from defectgen.errors import DataError
-from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
-from defectgen.stagekit import Curves, Units, derive_seed
+from defectgen.metric_keys import comparison_metrics, metric_name
+from defectgen.progress import Units
+from defectgen.resume import Resume, file_digest
+from defectgen.seeds import derive_seed
 
 if TYPE_CHECKING:
     from defectgen.core import detect

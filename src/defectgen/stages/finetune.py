@@ -1,4 +1,4 @@
-"""Finetune: one StableSDG adapter per defect class (seed 000, Algorithm 1).
+"""Finetune: one StableSDG adapter per defect class (Algorithm 1).
 
 Per class, on the class's real training images (finetune.data: the few-shot subset
 by default; never val or test):
@@ -47,12 +47,16 @@ from defectgen.artifacts import (
     read_adapter,
     read_base,
 )
+from defectgen.atomic import atomic_dir, atomic_write_json, write_file
 from defectgen.config import DreamBoothConfig, Params, StepsConfig
 from defectgen.core.diffusion import adapt, models, sample, train
 from defectgen.core.images import decode_image, encode_png
-from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
+from defectgen.curves import Curves
 from defectgen.prior import open_base
-from defectgen.stagekit import Curves, Units, derive_seed, progress, train_images
+from defectgen.progress import Units, progress
+from defectgen.real_images import train_images
+from defectgen.resume import Resume, file_digest
+from defectgen.seeds import derive_seed
 
 _PRIOR_UNIT = ".dreambooth-prior"  # resume unit (class labels never start with a dot)
 

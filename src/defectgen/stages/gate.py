@@ -16,7 +16,7 @@ Per class, in this order, so that the verdict is taken on the images that would 
          synthetic   the remaining synthetic images vs reference
 Distances come from defectgen.reference (Inception FID when its weights are available,
 else the offline EfficientNet-Lite0 distance; gate.json says which).
-    4. the utility (core.utility): the class's candidates against as many classical
+    4. the utility (core.value_proxy): the class's candidates against as many classical
        copies of its real train images, cross-fitted over every real train image
        (gate.utility_folds x gate.utility_repeats), with its interval and the smallest
        effect that evidence resolves; estimated even where a floor decides;
@@ -45,16 +45,18 @@ import torch
 
 from defectgen import manifest
 from defectgen.artifacts import FEATURES_DIR, GATE_CSV, GATE_JSON
+from defectgen.atomic import atomic_dir, atomic_write_json
 from defectgen.config import Params
-from defectgen.core import augment, metrics, utility
+from defectgen.core import augment, metrics, value_proxy
 from defectgen.core import gate as gate_core
-from defectgen.io import atomic_dir, atomic_write_json
+from defectgen.progress import Units
+from defectgen.real_images import load_images
 from defectgen.reference import Reference, pick
-from defectgen.stagekit import Units, derive_seed, load_images
+from defectgen.seeds import derive_seed
 
 
 class _Proxy:
-    """The utility estimate's fixed inputs (core.utility): every class's real train
+    """The utility estimate's fixed inputs (core.value_proxy): every class's real train
     features (the images generation learned from), featurised once (cached by
     defectgen.reference), and the row index of each train id."""
 
@@ -70,7 +72,7 @@ class _Proxy:
         """Why no estimate can be made here, or None."""
         if len(set(self.real_y.tolist())) < 2:
             return "fewer than 2 classes with real train images"
-        if not utility.folds_for(self.real_y, params.gate.utility_folds):
+        if not value_proxy.folds_for(self.real_y, params.gate.utility_folds):
             return "a class has fewer than 2 real train images to cross-fit"
         return None
 
@@ -80,14 +82,14 @@ class _Proxy:
         cfg = params.gate
         rng = np.random.default_rng(derive_seed(params.seed, "gate-classical", label))
         own = self.ref.train(label)
-        copies_each = utility.pool_size(len(rows), len(own), cfg.utility_folds)
+        copies_each = value_proxy.pool_size(len(rows), len(own), cfg.utility_folds)
         images = self.ref.images(own, self.size)
         copies = [augment.classical_copy(params.classical, px, rng).image
                   for px in images for _ in range(copies_each)]  # fmt: skip
         sources = np.repeat([self.index[r["id"]] for r in own], copies_each)
-        parents = np.array([self.index.get(r.get("parent_id") or "", utility.NO_PARENT)
+        parents = np.array([self.index.get(r.get("parent_id") or "", value_proxy.NO_PARENT)
                             for r in rows], dtype=int)  # fmt: skip
-        return utility.crossfit(
+        return value_proxy.crossfit(
             self.real_x, self.real_y, f_syn.numpy(), parents,
             self.ref.features(copies).numpy(), sources, self.labels.index(label),
             folds=cfg.utility_folds, repeats=cfg.utility_repeats,
@@ -214,7 +216,7 @@ def run(params: Params, *, preprocessed: Path, generated: Path, out_dir: Path) -
                 "note": ref.note,
                 "reference": "the gate's half of each class's val images (the sweep chose "
                 "its cell on the other half)",
-                "utility_model": utility.describe(cfg),
+                "utility_model": value_proxy.describe(cfg),
                 "classes": report,
             },
         )

@@ -1,6 +1,6 @@
 """Generate: synthetic images per class from the base + the class's adapter.
 
-generate.mode img2img is StableSDG's image-oriented generation (seed 000, III-C):
+generate.mode img2img is StableSDG's image-oriented generation (III-C):
 each image starts from a real train image of its class (the images its adapter saw)
 noised to strength s, denoised with guidance w (per class: generate.per_class, else
 the global values). txt2img starts from pure noise (the Table II ablation).
@@ -36,13 +36,16 @@ from defectgen.artifacts import (
     read_base,
     read_chosen,
 )
+from defectgen.atomic import atomic_dir, atomic_write_json, write_file
 from defectgen.config import Params
 from defectgen.core.diffusion import models, sample
 from defectgen.core.images import encode_png, pixel_id, resize
 from defectgen.errors import DataError
-from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
 from defectgen.prior import open_class
-from defectgen.stagekit import Units, derive_seed, parent_order, train_images
+from defectgen.progress import Units
+from defectgen.real_images import train_images
+from defectgen.resume import Resume, file_digest
+from defectgen.seeds import derive_seed, parent_order
 
 if TYPE_CHECKING:  # diffusers is imported through core.diffusion (torchvision shim first)
     pass

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from defectgen import manifest
 from defectgen.artifacts import INGEST_JSON
+from defectgen.atomic import atomic_dir, atomic_write_json, link_or_copy, write_file
 from defectgen.config import Params
 from defectgen.core.images import (
     ImageProblem,
@@ -35,7 +36,6 @@ from defectgen.core.images import (
 )
 from defectgen.core.roi import scale_boxes
 from defectgen.errors import DataError
-from defectgen.io import atomic_dir, atomic_write_json, link_or_copy, write_file
 from defectgen.layouts import Candidate, Discovery, discover
 
 

@@ -2,13 +2,13 @@
 stage; the mask-conditioned generator reads them).
 
 Methods (params masks.methods), each producing masks.per_class masks per class:
-    hmi       DefectSynth's hybrid mask interpolation (seed 004, III-C): random pairs of
+    hmi       DefectSynth's hybrid mask interpolation (III-C): random pairs of
               real masks, masks.hmi_between intermediates per pair, in image space for
               classes of small defects (mean area ratio < masks.tau) and in the mask
               producer's DDIM-inverted latent space for large ones
-    perturb   Valvano et al.'s small random shape perturbations of real masks (seed 003,
+    perturb   Valvano et al.'s small random shape perturbations of real masks (section
               4.3), kept only within sanity limits (area, nothing pushed off the image)
-    ddpm      DefFiller's mask producer (seed 002, 4.4.1): a DDPM trained from scratch on
+    ddpm      DefFiller's mask producer (4.4.1): a DDPM trained from scratch on
               the class's real masks at 64 px, sampled, binarised and resized
 Only train masks are read (masks.data: the few-shot subset or all of train); val masks
 are the held-out reference the quality numbers compare against. Empty outputs are
@@ -52,11 +52,14 @@ import pandas as pd
 
 from defectgen import manifest
 from defectgen.artifacts import CURVES_DIR, MASKS_JSON, MASKS_PARQUET
+from defectgen.atomic import atomic_dir, atomic_write_json, write_file
 from defectgen.config import Params
 from defectgen.core import masks as masks_core
 from defectgen.core.images import decode_image, encode_png
-from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
-from defectgen.stagekit import Curves, derive_seed, progress
+from defectgen.curves import Curves
+from defectgen.progress import progress
+from defectgen.resume import Resume, file_digest
+from defectgen.seeds import derive_seed
 
 # DDPM work (steps x pixels) a CPU does in minutes: 4x the CPU profile's 300 steps at 32 px
 CPU_SIZED = 4 * 300 * 32**2

@@ -58,12 +58,14 @@ from defectgen.artifacts import (
     PAIRS_JSON,
     read_base,
 )
+from defectgen.atomic import atomic_dir, atomic_write_json, write_file
 from defectgen.config import Params
 from defectgen.core import masks as masks_core
 from defectgen.core.images import decode_image, encode_png, pixel_id
+from defectgen.curves import Curves
 from defectgen.errors import DataError
-from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
-from defectgen.stagekit import Curves, derive_seed
+from defectgen.resume import Resume, file_digest
+from defectgen.seeds import derive_seed
 
 # class colours for the conditioning images, by the class's position in sorted order
 PALETTE = (

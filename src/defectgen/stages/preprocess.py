@@ -1,6 +1,6 @@
 """Preprocess: ingested images -> model-ready images with splits and the few-shot subset.
 
-For every ingested image: optional ROI crop and 1:1 tiling (seed 000 IV-A),
+For every ingested image: optional ROI crop and 1:1 tiling (IV-A),
 colour conversion (params preprocess.color), resize to image_size (Lanczos;
 masks nearest-neighbour so they stay binary; boxes scaled). Then a stable,
 seeded split keyed by the ingested image's id (all tiles of one image share a
@@ -23,12 +23,12 @@ from tqdm import tqdm
 
 from defectgen import manifest
 from defectgen.artifacts import SPLIT_COUNTS_JSON
+from defectgen.atomic import atomic_dir, atomic_write_json, write_file
 from defectgen.config import Params, PreprocessConfig
 from defectgen.core import roi as roi_core
 from defectgen.core.images import ImageProblem, decode_image, encode_png, pixel_id, resize, to_color
 from defectgen.core.split import SPLITS, assign_split, select_subset
 from defectgen.errors import DataError
-from defectgen.io import atomic_dir, atomic_write_json, write_file
 
 
 def _views(pixels: np.ndarray, cfg: PreprocessConfig) -> list[roi_core.Box]:

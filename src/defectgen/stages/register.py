@@ -29,8 +29,8 @@ from defectgen.artifacts import (
     read_gate,
     read_json,
 )
+from defectgen.atomic import atomic_dir, atomic_write_json
 from defectgen.config import Params
-from defectgen.io import atomic_dir, atomic_write_json
 
 
 def run(

@@ -47,13 +47,14 @@ from defectgen.artifacts import (
     SEGMENT_JSON,
     SPLIT_COUNTS_JSON,
 )
+from defectgen.atomic import atomic_dir, atomic_write_json, write_file
 from defectgen.config import Params
-from defectgen.core import report as page
+from defectgen.core import page as page
 from defectgen.core import stats
-from defectgen.core.report import Cell, Section
+from defectgen.core.page import Cell, Section
 from defectgen.declarations import producer
 from defectgen.errors import DataError
-from defectgen.io import atomic_dir, atomic_write_json, file_digest, write_file
+from defectgen.resume import file_digest
 
 
 def _json(path: Path) -> dict:
@@ -125,7 +126,8 @@ def _gate(sweep: Path, gated: Path) -> tuple[Section, int, int]:
     rows = []
     for label, entry in gate["classes"].items():
         cell = chosen["classes"].get(label, {})
-        verdict = "pass" if entry["passed"] else "fail"
+        verdict = entry.get("verdict") or ("pass" if entry["passed"] else "fail")
+        reason = entry["reason"].removeprefix(f"utility {verdict}: ")  # said once
         rows.append(
             [
                 label,
@@ -143,7 +145,7 @@ def _gate(sweep: Path, gated: Path) -> tuple[Section, int, int]:
                 ),
                 Cell(_utility_cell(entry.get("utility")), numeric=True),
                 Cell(str(entry.get("n_kept", 0)), numeric=True),
-                Cell(f"{verdict}: {entry['reason']}", style=verdict),
+                Cell(f"{verdict}: {reason}", style=verdict),
             ]
         )
     sec.table(

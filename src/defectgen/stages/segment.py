@@ -1,6 +1,6 @@
 """Segment: do the self-annotated pairs help a segmentation model? And the COCO export.
 
-DefFiller's evaluation (seed 002, 4.4.3): a saliency / segmentation model, one for all
+DefFiller's evaluation (4.4.3): a saliency / segmentation model, one for all
 classes, trained on the real pairs alone and on real + synthetic pairs, scored on real
 held-out pairs. Here:
     train   the real train pairs the generator learned from (pairs.data: the few-shot
@@ -60,12 +60,16 @@ from defectgen.artifacts import (
     RUNS_PARQUET,
     SEGMENT_JSON,
 )
-from defectgen.config import Params, comparison_metrics, metric_name
+from defectgen.atomic import atomic_dir, atomic_write_json, write_file
+from defectgen.config import Params
 from defectgen.core import arms, coco, stats, validity
 from defectgen.core.images import decode_image
+from defectgen.curves import Curves
 from defectgen.errors import DataError
-from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
-from defectgen.stagekit import Curves, Units, derive_seed
+from defectgen.metric_keys import comparison_metrics, metric_name
+from defectgen.progress import Units
+from defectgen.resume import Resume, file_digest
+from defectgen.seeds import derive_seed
 
 METRICS = (
     "s_measure",

@@ -1,7 +1,7 @@
 """Sweep: choose strength and guidance per class before the full generation.
 
 StableSDG tunes image-oriented generation's strength s and guidance w per class by FID
-(seed 000 III-C, Tables I and IV). For every class with an adapter, every cell of
+(III-C, Tables I and IV). For every class with an adapter, every cell of
 sweep.strengths x sweep.guidances generates sweep.probe_images probes (the same seeds
 and parents in every cell, so cells differ only by their settings; the seeds differ
 from the full batch's) and measures them against the class's val images with the
@@ -42,16 +42,19 @@ from defectgen.artifacts import (
     PROBES_DIR,
     SWEEP_PARQUET,
 )
+from defectgen.atomic import atomic_dir, atomic_write_json, write_file
 from defectgen.config import Params
 from defectgen.core import metrics
 from defectgen.core import sweep as sweep_core
 from defectgen.core.diffusion import models, sample
-from defectgen.core.images import encode_png, resize
+from defectgen.core.images import decode_image, encode_png, resize
 from defectgen.errors import DataError
-from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
 from defectgen.prior import open_class
+from defectgen.progress import Units
+from defectgen.real_images import train_images
 from defectgen.reference import Reference, pick
-from defectgen.stagekit import Units, derive_seed, parent_order, train_images
+from defectgen.resume import Resume, file_digest
+from defectgen.seeds import derive_seed, parent_order
 
 
 def _probe_class(
@@ -138,7 +141,8 @@ def _pictures(
         }
     )
     write_file(tmp / HEATMAPS_DIR / f"{label}.csv", plot.to_csv(index=False).encode())
-    write_file(tmp / PROBES_DIR / f"{label}.png", (done / "probes.png").read_bytes())
+    tiles, _ = decode_image((done / "probes.png").read_bytes())
+    write_file(tmp / PROBES_DIR / f"{label}.png", sweep_core.probe_grid(tiles, cells, best))
 
 
 def _from_params(params: Params, labels: list[str]) -> dict[str, dict]:

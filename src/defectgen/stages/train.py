@@ -72,12 +72,17 @@ from defectgen.artifacts import (
     RECORD_JSON,
     RUNS_PARQUET,
 )
-from defectgen.config import Params, comparison_metrics, metric_name
+from defectgen.atomic import atomic_dir, atomic_write_json, write_file
+from defectgen.config import Params
 from defectgen.core import arms, augment, classify, stats, validity
 from defectgen.core.device import runtime
+from defectgen.curves import Curves
 from defectgen.errors import DataError
-from defectgen.io import Resume, atomic_dir, atomic_write_json, file_digest, write_file
-from defectgen.stagekit import Curves, Units, derive_seed, load_images
+from defectgen.metric_keys import comparison_metrics, metric_name
+from defectgen.progress import Units
+from defectgen.real_images import load_images
+from defectgen.resume import Resume, file_digest
+from defectgen.seeds import derive_seed
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 

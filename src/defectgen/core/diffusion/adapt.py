@@ -1,4 +1,4 @@
-"""StableSDG adaptation (seed 000, Algorithm 1) and its Table II ablations.
+"""StableSDG adaptation (Algorithm 1) and its Table II ablations.
 
 Stage 1, textual inversion: one new token per class; only its embedding row trains,
 as a float32 parameter of its own spliced into the embedding's output (the table

@@ -1,4 +1,4 @@
-"""DefectSynth's two generation-time modules (seed 004, III-D and III-E), both optional.
+"""DefectSynth's two generation-time modules (III-D and III-E), both optional.
 
 SAE, Selective Attention Enhancement (Eq. 5-8, Algorithm 1). Per generated image a real
 train image and its mask are taken (latent z_r, mask M_r at the latent size); once,

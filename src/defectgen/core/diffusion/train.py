@@ -6,7 +6,7 @@ is reproducible from its seed. The loops never wait on the host: every step's dr
 made ahead in chunks (`Draws`), in the order a step would make them, and reach the device
 in one pinned, non-blocking copy per chunk; images and latent caches are put on the
 device once; losses are read back every `LossBuffer.every` steps. On the CPU the result
-is bit-identical to drawing each step's numbers as it runs (tests/test_core_diffusion_loops).
+is bit-identical to drawing each step's numbers as it runs (tests/core/test_diffusion_loops.py).
 """
 
 from __future__ import annotations
