@@ -28,6 +28,13 @@ def _verdict(entry: dict) -> str:
     return entry.get("verdict") or ("pass" if entry["passed"] else "fail")
 
 
+def verdict_reason(entry: dict) -> tuple[str, str]:
+    """A class's gate verdict and its reason, the verdict said once (the utility rule's
+    reason opens with it: "utility inconclusive: ...")."""
+    verdict = _verdict(entry)
+    return verdict, entry.get("reason", "").removeprefix(f"utility {verdict}: ")
+
+
 def headline(evaluation: dict) -> tuple[str, dict | None] | None:
     """(model, row) of the value question's answer in eval.json: the first model's
     synthetic arm against its classical control on the primary metric; row None when
@@ -110,8 +117,8 @@ def lines(data: Path) -> list[str]:
     if gate is not None:
         out.append("Gate, per class (synthetic images kept / generated):")
         for label, e in gate["classes"].items():
-            verdict = _verdict(e)
-            reason = f": {e['reason']}" if e.get("reason") else ""
+            verdict, why = verdict_reason(e)
+            reason = f": {why}" if why else ""
             out.append(f"  {label}: {verdict}, {e.get('n_kept', 0)} / {e['n_synthetic']}{reason}")
     report = data / REPORT_DIR / REPORT_HTML
     if report.is_file():

@@ -126,8 +126,7 @@ def _gate(sweep: Path, gated: Path) -> tuple[Section, int, int]:
     rows = []
     for label, entry in gate["classes"].items():
         cell = chosen["classes"].get(label, {})
-        verdict = entry.get("verdict") or ("pass" if entry["passed"] else "fail")
-        reason = entry["reason"].removeprefix(f"utility {verdict}: ")  # said once
+        verdict, reason = run_summary.verdict_reason(entry)
         rows.append(
             [
                 label,
