@@ -27,7 +27,24 @@ def test_help_lists_the_stages():
         text=True,
         check=True,
     ).stdout
-    assert "ingest" in out and "preprocess" in out and "check-params" in out
+    from defectgen.declarations import STAGES
+
+    words = " ".join(out.split())
+    for stage in STAGES:  # every stage a subcommand, with its declared help
+        assert stage.name in words and " ".join(stage.help.split())[:40] in words, stage.name
+    assert "check-params" in out
+
+
+def test_each_stage_command_takes_its_declared_inputs():
+    from defectgen.cli import build_parser
+    from defectgen.declarations import STAGES
+
+    for stage in STAGES:
+        args = ["--params", "p.yaml", "--out", "o"]
+        args += [a for name, _, _ in stage.inputs for a in (f"--{name}", f"/in/{name}")]
+        parsed = build_parser().parse_args([stage.name, *args])
+        for name, _, _ in stage.inputs:
+            assert str(getattr(parsed, name)) == f"/in/{name}", (stage.name, name)
 
 
 def test_stages_through_the_cli(folders_dataset: Path, tmp_path: Path, capsys):
