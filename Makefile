@@ -8,7 +8,7 @@ export DVC_NO_ANALYTICS := true
 
 .PHONY: setup browser demo test ui lint clean lock tools-lock
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(VENV)/.torchvision-hook
 
 # Installs come from requirements.lock alone (every package, exact versions, sha256
 # hashes; `make lock` writes it), installed by uv (pinned and hash-checked in
@@ -34,6 +34,14 @@ $(VENV)/.installed: requirements.lock pyproject.toml $(UV)
 		--require-hashes -r requirements.lock
 	$(UV) pip install -q --python $(PY) --no-deps --no-build-isolation -e .
 	$(PY) -m compileall -q src
+	touch $@
+
+# A user's `import torchvision` in this venv: PyPI's torchvision is a CUDA build whose ops
+# do not load beside the CPU torch wheel; the .pth runs defectgen's shim just before the
+# first torchvision import in any script (src/defectgen/_torchvision_compat.py).
+$(VENV)/.torchvision-hook: $(VENV)/.installed
+	echo "import defectgen._torchvision_compat as c; c.install_import_hook()" \
+		> "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/defectgen-torchvision.pth"
 	touch $@
 
 # Regenerate the lock from pyproject.toml (+ the build backend, + constraints.txt's torch

@@ -12,11 +12,17 @@ if that fails, declare the two op schemas the import needs (nms, qnms) so the
 Python package imports. Models and transforms then work; `torchvision.ops.nms`
 and `torchvision.io` decoding do not (we decode with PIL). Where the extension
 loads (a GPU machine with a matching CUDA torch) this does nothing.
+
+For a user's own `import torchvision` in the project's venv, `make setup` writes a .pth
+file that calls `install_import_hook()` at interpreter start: a finder that runs the
+above just before the first torchvision import, in any script. It costs nothing until
+then (no torch import at start-up).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 _SCHEMAS = {
@@ -51,3 +57,23 @@ def ensure_torchvision_importable() -> str:
                 torch.library.define(f"torchvision::{name}", schema)
         _state["mode"] = "schemas-only"
     return _state["mode"]
+
+
+class _BeforeTorchvision:
+    """A sys.meta_path finder that prepares torch's op registry the first time
+    torchvision is imported, then steps aside (it finds nothing itself)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "torchvision":
+            sys.meta_path.remove(self)
+            ensure_torchvision_importable()
+        return None
+
+
+def install_import_hook() -> None:
+    """Run ensure_torchvision_importable() before the first `import torchvision` (the
+    venv's .pth calls this at start-up)."""
+    if "torchvision" not in sys.modules and not any(
+        isinstance(f, _BeforeTorchvision) for f in sys.meta_path
+    ):
+        sys.meta_path.insert(0, _BeforeTorchvision())
