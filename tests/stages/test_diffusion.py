@@ -46,6 +46,20 @@ def params_for(root: Path, **overrides):
     return make_params("folders", root, **sections)
 
 
+def _stage(name: str, params, run_dirs: dict, out, **inputs):
+    """A stage on the module's run: its preprocessed folder and base unless given."""
+    inputs.setdefault("base", run_dirs["base"])
+    if inputs["base"] is None:
+        del inputs["base"]
+    return run_stage(name, params, preprocessed=run_dirs["pre"], out_dir=out, **inputs)
+
+
+def _generate_from(run_dirs: dict, sweep: Path, out: Path):
+    """Generate with the module's adapters at a sweep folder's chosen settings."""
+    params = params_for(run_dirs["root"])
+    return _stage("generate", params, run_dirs, out, adapters=run_dirs["ft"], sweep=sweep)
+
+
 def tree_digest(folder: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
@@ -177,14 +191,7 @@ def test_a_row_regenerates_its_image(run_dirs):
 
 def test_generate_is_deterministic(run_dirs, tmp_path):
     params = params_for(run_dirs["root"])
-    run_stage(
-        "generate",
-        params,
-        preprocessed=run_dirs["pre"],
-        base=run_dirs["base"],
-        adapters=run_dirs["ft"],
-        out_dir=tmp_path / "again",
-    )
+    _stage("generate", params, run_dirs, tmp_path / "again", adapters=run_dirs["ft"])
     assert [r["id"] for r in manifest.read_rows(tmp_path / "again")] == [
         r["id"] for r in manifest.read_rows(run_dirs["gen"])
     ]
@@ -192,14 +199,7 @@ def test_generate_is_deterministic(run_dirs, tmp_path):
 
 def test_txt2img_mode_has_no_parent(run_dirs, tmp_path):
     params = params_for(run_dirs["root"], generate={"mode": "txt2img", "images_per_class": 2})
-    run_stage(
-        "generate",
-        params,
-        preprocessed=run_dirs["pre"],
-        base=run_dirs["base"],
-        adapters=run_dirs["ft"],
-        out_dir=tmp_path / "txt",
-    )
+    _stage("generate", params, run_dirs, tmp_path / "txt", adapters=run_dirs["ft"])
     rows = manifest.read_rows(tmp_path / "txt")
     assert len(rows) == 4 and all(r["parent_id"] is None for r in rows)
     assert all(json.loads(r["gen_params"])["strength"] is None for r in rows)
@@ -252,14 +252,7 @@ def test_dreambooth_mode_keeps_the_identifier_and_learns_with_a_prior(
         assert all(torch.equal(loaded[k], v.to(loaded[k].dtype)) for k, v in trained.items())
         base_state = base_pipe.unet.state_dict()
         assert any(not torch.equal(base_state[k], loaded[k]) for k in base_state)
-    run_stage(
-        "generate",
-        params,
-        preprocessed=run_dirs["pre"],
-        base=run_dirs["base"],
-        adapters=out,
-        out_dir=tmp_path / "gen",
-    )
+    _stage("generate", params, run_dirs, tmp_path / "gen", adapters=out)
     rows = manifest.read_rows(tmp_path / "gen")
     assert len(rows) == 10
     assert {json.loads(r["gen_params"])["prompt"] for r in rows} == {
@@ -280,13 +273,7 @@ def test_ablation_modes(run_dirs, tmp_path, mode, files):
         run_dirs["root"],
         finetune={"mode": mode, "classes": ["dent"], "full_attn": {"steps": 2, "lr": 1e-3}},
     )
-    run_stage(
-        "finetune",
-        params,
-        preprocessed=run_dirs["pre"],
-        base=run_dirs["base"],
-        out_dir=tmp_path / "ft",
-    )
+    _stage("finetune", params, run_dirs, tmp_path / "ft")
     folder = tmp_path / "ft" / "adapters" / "dent"
     assert {p.name for p in folder.glob("*.safetensors")} == files
     assert not (tmp_path / "ft" / "adapters" / "crack").exists()
@@ -298,14 +285,7 @@ def test_ablation_modes(run_dirs, tmp_path, mode, files):
         assert torch.allclose(
             load_file(folder / adapt.EMBEDS_NAME)["<dent>"], emb.mean(0), atol=1e-6
         )
-    run_stage(
-        "generate",
-        params,
-        preprocessed=run_dirs["pre"],
-        base=run_dirs["base"],
-        adapters=tmp_path / "ft",
-        out_dir=tmp_path / "gen",
-    )
+    _stage("generate", params, run_dirs, tmp_path / "gen", adapters=tmp_path / "ft")
     assert len(manifest.read_rows(tmp_path / "gen")) == 5
 
 
@@ -387,20 +367,14 @@ def test_sd15_profile_loads_a_local_checkpoint_folder(run_dirs, tmp_path):
         == json.loads((run_dirs["base"] / "base.json").read_text())["fingerprint"]
     )
     assert sorted(p.name for p in (tmp_path / "base").iterdir()) == ["base.json"]  # no copy
-    run_stage(
-        "finetune",
-        params,
-        preprocessed=run_dirs["pre"],
-        base=tmp_path / "base",
-        out_dir=tmp_path / "ft",
-    )
-    run_stage(
+    _stage("finetune", params, run_dirs, tmp_path / "ft", base=tmp_path / "base")
+    _stage(
         "generate",
         params,
-        preprocessed=run_dirs["pre"],
+        run_dirs,
+        tmp_path / "gen",
         base=tmp_path / "base",
         adapters=tmp_path / "ft",
-        out_dir=tmp_path / "gen",
     )
     rows = manifest.read_rows(tmp_path / "gen")
     assert len(rows) == 5 and "base=sd15:" in rows[0]["generator"]
@@ -409,36 +383,17 @@ def test_sd15_profile_loads_a_local_checkpoint_folder(run_dirs, tmp_path):
 def test_profile_mismatch_and_unknown_classes_are_clear_errors(run_dirs, tmp_path):
     params = params_for(run_dirs["root"], model={"profile": "sd15", "base": "/nonexistent"})
     with pytest.raises(DataError, match="built for profile 'tiny'.*re-run the base stage"):
-        run_stage(
-            "finetune",
-            params,
-            preprocessed=run_dirs["pre"],
-            base=run_dirs["base"],
-            out_dir=tmp_path / "x",
-        )
+        _stage("finetune", params, run_dirs, tmp_path / "x")
     params = params_for(run_dirs["root"], finetune={"classes": ["crack", "bubble"]})
     with pytest.raises(DataError, match=r"\['bubble'\].*not in the dataset"):
-        run_stage(
-            "finetune",
-            params,
-            preprocessed=run_dirs["pre"],
-            base=run_dirs["base"],
-            out_dir=tmp_path / "x",
-        )
+        _stage("finetune", params, run_dirs, tmp_path / "x")
     with pytest.raises(ConfigError, match="must contain \\{token\\}"):
         params_for(run_dirs["root"], finetune={"prompt_template": "a photo"})
 
 
 def _sweep(run_dirs, out: Path, **overrides) -> dict:
     params = params_for(run_dirs["root"], **overrides)
-    return run_stage(
-        "sweep",
-        params,
-        preprocessed=run_dirs["pre"],
-        base=run_dirs["base"],
-        adapters=run_dirs["ft"],
-        out_dir=out,
-    )
+    return _stage("sweep", params, run_dirs, out, adapters=run_dirs["ft"])
 
 
 def test_sweep_chooses_a_cell_per_class_and_generate_uses_it(run_dirs, tmp_path):
@@ -474,15 +429,7 @@ def test_sweep_chooses_a_cell_per_class_and_generate_uses_it(run_dirs, tmp_path)
         assert probes.format == "PNG" and min(probes.size) > 2 * 32
     assert not (tmp_path / ".sweep.resume").exists()
 
-    run_stage(
-        "generate",
-        params_for(run_dirs["root"]),
-        preprocessed=run_dirs["pre"],
-        base=run_dirs["base"],
-        adapters=run_dirs["ft"],
-        sweep=out,
-        out_dir=tmp_path / "gen",
-    )
+    _generate_from(run_dirs, out, tmp_path / "gen")
     report = json.loads((tmp_path / "gen" / "generate.json").read_text())
     for row in manifest.read_rows(tmp_path / "gen"):
         gp = json.loads(row["gen_params"])
@@ -510,15 +457,7 @@ def test_sweep_disabled_records_the_params_settings(run_dirs, tmp_path):
     del chosen["classes"]["crack"]
     (tmp_path / "sweep" / "chosen.json").write_text(json.dumps(chosen))
     with pytest.raises(DataError, match=r"no chosen settings for classes \['crack'\]"):
-        run_stage(
-            "generate",
-            params_for(run_dirs["root"]),
-            preprocessed=run_dirs["pre"],
-            base=run_dirs["base"],
-            adapters=run_dirs["ft"],
-            sweep=tmp_path / "sweep",
-            out_dir=tmp_path / "gen",
-        )
+        _generate_from(run_dirs, tmp_path / "sweep", tmp_path / "gen")
 
 
 def test_sweep_resumes_after_a_kill(run_dirs, tmp_path, monkeypatch):
