@@ -32,7 +32,7 @@ from kfp.dsl import graph_component
 
 from components.base import base
 from components.detect import detect
-from components.fanout import classes, merge_datasets
+from components.fanin import classes, merge_datasets
 from components.finetune import finetune
 from components.gate import gate
 from components.generate import generate

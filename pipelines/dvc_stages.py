@@ -117,8 +117,8 @@ WIDTH = 92
 
 
 def folder(artifact: str) -> str:
-    """Where dvc.yaml's stages write an artifact."""
-    return f"data/{artifact}"
+    """Where dvc.yaml's stages write an artifact (its producer's Stage.folder)."""
+    return declarations.producer(artifact).folder
 
 
 def _comment(text: str, indent: str) -> list[str]:
@@ -129,8 +129,8 @@ def _cmd(stage) -> list[str]:
     """`defectgen <stage> ...` folded (YAML `>-`) into lines of at most WIDTH."""
     words = [f"--{name} {folder(name)}" for name, _, _ in stage.inputs if name != declarations.RAW]
     words.append(f"--out {folder(stage.output)}")
-    if not stage.always_runs:
-        words.append(f"--metrics metrics/{stage.name}.json")
+    if stage.metrics_file:
+        words.append(f"--metrics {stage.metrics_file}")
     lines, line = [f"      defectgen {stage.name} --params params.yaml"], "     "
     for word in words:
         if len(line) + 1 + len(word) > WIDTH:
@@ -143,7 +143,7 @@ def _cmd(stage) -> list[str]:
 def _stage(stage) -> list[str]:
     out = _comment(stage.help, "  ")
     if stage.always_runs:
-        out += _comment("side effects, not files: no outputs, runs on every `dvc repro`", "  ")
+        out += _comment("not reproducible files: no DVC outputs, runs on every `dvc repro`", "  ")
     out += [f"  {stage.name}:", *_cmd(stage)]
     if stage.always_runs:
         out.append("    always_changed: true")
@@ -158,7 +158,7 @@ def _stage(stage) -> list[str]:
         out += ["    params:", *(f"      - {k}" for k in stage.reads)]
     if not stage.always_runs:
         out += ["    outs:", f"      - {folder(stage.output)}"]
-        out += ["    metrics:", f"      - metrics/{stage.name}.json:", "          cache: false"]
+        out += ["    metrics:", f"      - {stage.metrics_file}:", "          cache: false"]
     return out
 
 

@@ -86,12 +86,12 @@ def blob_mask(seed: int, size: tuple[int, int] = (40, 40)) -> np.ndarray:
     return m
 
 
-def run_stage(module: str, params: Params, **inputs) -> dict[str, float]:
-    """stages.<module>.run as the runner calls it (Stage.runner: the declared resume key),
+def run_stage(name: str, params: Params, **inputs) -> dict[str, float]:
+    """A stage's run as the runner calls it (Stage.runner: the declared resume key),
     without MLflow."""
-    from defectgen.declarations import STAGES
+    from defectgen.declarations import get_stage
 
-    return next(s for s in STAGES if s.module_name.endswith(f".{module}")).runner(params, **inputs)
+    return get_stage(name).runner(params, **inputs)
 
 
 def make_params(layout: str = "folders", root: Path | None = None, **sections) -> Params:

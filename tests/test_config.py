@@ -210,3 +210,13 @@ def test_the_few_shot_set_is_given_by_whichever_of_alpha_or_per_class_is_set():
     raw["preprocess"]["subset"] = {"alpha": 0.4, "per_class": 5}
     with pytest.raises(ConfigError, match="set exactly one of alpha"):
         parse_params(raw)
+
+
+def test_a_profile_naming_alpha_replaces_the_default_per_class(tmp_path: Path):
+    """Through apply_profile, as a user's profile goes: params.yaml's per_class 50 is
+    unset by an override that names alpha alone."""
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "p.yaml").write_text("preprocess: {subset: {alpha: 0.4}}\n")
+    subset = apply_profile(tmp_path / "params.yaml", tmp_path / "p.yaml").preprocess.subset
+    assert (subset.alpha, subset.per_class) == (0.4, None)
+    assert load_params(tmp_path / "params.yaml").preprocess.subset == subset

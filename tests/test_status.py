@@ -141,31 +141,3 @@ def test_a_broken_artifact_costs_the_report_not_the_status(tmp_path, tracked):
     assert "- report: not rendered (DataError: gate.json.extractor: the per-class" in text
     assert "| gate | FINISHED |" in text
     assert not (tmp_path / "report").exists()
-
-
-def test_the_gate_table_says_each_verdict_once_with_its_reason(tmp_path):
-    """pass / fail / inconclusive as the gate decided, never "fail: utility inconclusive"."""
-    from defectgen.stages.report import _gate
-
-    (tmp_path / "sweep").mkdir()
-    (tmp_path / "gated").mkdir()
-    cell = {"strength": 0.5, "guidance": 2.0}
-    (tmp_path / "sweep" / "chosen.json").write_text(
-        json.dumps({"source": "sweep", "classes": {"crack": cell, "dent": cell}})
-    )
-    undecided = {
-        **_gate_entry(False, 30.0), "verdict": "inconclusive",
-        "reason": "utility inconclusive: held-out loss 0.011 lower; kept out (gate.inconclusive)",
-    }  # fmt: skip
-    gate = {"extractor": "effnet-lite0", "note": "offline",
-            "classes": {"crack": {**_gate_entry(True, 25.0), "verdict": "pass"},
-                        "dent": undecided}}  # fmt: skip
-    (tmp_path / "gated" / "gate.json").write_text(json.dumps(gate))
-    sec, passed, kept = _gate(tmp_path / "sweep", tmp_path / "gated")
-    md = "\n".join(sec.markdown)
-    assert (passed, kept) == (1, 4)
-    assert "| pass: ratio check |" in md
-    assert "inconclusive: held-out loss 0.011 lower; kept out (gate.inconclusive)" in md
-    assert "fail: utility" not in md and "utility inconclusive" not in md
-    html = "".join(sec.blocks)
-    assert 'class="inconclusive"' in html and 'class="pass"' in html

@@ -195,8 +195,9 @@ def test_real_mlflow_server(mlflow_server, folders_dataset, tmp_path):
 
 
 def test_the_code_is_dirty_only_for_changes_outside_the_run_outputs(tmp_path):
-    """dvc.lock, metrics/ and data/ are what `dvc repro` writes: changed, the commit is
-    still the code that ran; a changed source file or params.yaml marks it -dirty."""
+    """dvc.lock and the stages' folders and metrics files are what `dvc repro` writes:
+    changed, the commit is still the code that ran; a changed dataset version, source file
+    or params.yaml marks it -dirty."""
     import subprocess
 
     from defectgen.tracking import git_sha
@@ -204,7 +205,8 @@ def test_the_code_is_dirty_only_for_changes_outside_the_run_outputs(tmp_path):
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
 
-    for name in ("dvc.lock", "metrics/train.json", "data/.gitignore", "src/a.py", "params.yaml"):
+    made = ("dvc.lock", "metrics/train.json", "data/adapters/x.json", "data/raw/set.dvc")
+    for name in (*made, "src/a.py", "params.yaml"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("one\n")
     git("init", "-q")
@@ -212,9 +214,12 @@ def test_the_code_is_dirty_only_for_changes_outside_the_run_outputs(tmp_path):
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
     clean = git_sha(tmp_path)
     assert len(clean) == 40
-    for name in ("dvc.lock", "metrics/train.json", "data/.gitignore"):
+    for name in made[:3]:  # what dvc repro writes
         (tmp_path / name).write_text("two\n")
     assert git_sha(tmp_path) == clean
     assert git_sha(tmp_path / "src") == clean  # from a subfolder too
+    (tmp_path / "data/raw/set.dvc").write_text("two\n")  # the dataset's version: an input
+    assert git_sha(tmp_path) == f"{clean}-dirty"
+    (tmp_path / "data/raw/set.dvc").write_text("one\n")
     (tmp_path / "params.yaml").write_text("two\n")
     assert git_sha(tmp_path) == f"{clean}-dirty"

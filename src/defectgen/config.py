@@ -347,9 +347,11 @@ class GenerateConfig(_Section):
     steps: int = Field(default=25, ge=1)
     strength: float = Field(default=0.5, gt=0.0, le=1.0)
     guidance: float = Field(default=3.0, ge=0.0)
-    # class: {strength, guidance}, used with sweep.enabled false (profiles/neu-det-table-i.yaml:
-    # StableSDG Table I)
-    per_class: dict[str, ClassGenerateConfig] = Field(default_factory=dict)
+    per_class: dict[str, ClassGenerateConfig] = Field(
+        default_factory=dict,
+        description="class: {strength, guidance}, used with sweep.enabled false "
+        "(profiles/neu-det-table-i.yaml: StableSDG's Table I)",
+    )
     grid_per_class: int = Field(default=8, ge=1)
 
     def settings(self, label: str) -> tuple[float, float]:
@@ -922,13 +924,21 @@ def parse_params(raw: Any, source: str = "params") -> Params:
         raise ConfigError(_describe(exc, source)) from None
 
 
-def merge_overrides(base: dict, over: dict) -> dict:
+# Sections that take exactly one of some keys (SubsetConfig): an override naming one
+# unsets the others, so `subset: {alpha: 0.4}` over params.yaml's per_class means alpha.
+EXCLUSIVE = {("preprocess", "subset"): {"alpha", "per_class"}}
+
+
+def merge_overrides(base: dict, over: dict, _at: tuple[str, ...] = ()) -> dict:
     """`base` with `over`'s keys replaced, recursively into mappings: a profile written
     as the few keys it changes in params.yaml."""
     out = dict(base)
+    group = EXCLUSIVE.get(_at, set())
+    if len(group & set(over)) == 1:
+        out.update(dict.fromkeys(group - set(over)))
     for key, value in over.items():
         nested = isinstance(value, dict) and isinstance(out.get(key), dict)
-        out[key] = merge_overrides(out[key], value) if nested else value
+        out[key] = merge_overrides(out[key], value, (*_at, key)) if nested else value
     return out
 
 
@@ -952,10 +962,14 @@ def apply_profile(params_path: Path | str, profile_path: Path | str) -> Params:
     rt.width = 4096
     doc = rt.load(params_path.read_text(encoding="utf-8"))
 
-    def assign(node, values: dict) -> None:
+    def assign(node, values: dict, at: tuple[str, ...] = ()) -> None:
+        group = EXCLUSIVE.get(at, set())
+        if len(group & set(values)) == 1:
+            for other in group - set(values):
+                node[other] = None  # as merge_overrides: naming one unsets the others
         for key, value in values.items():
             if isinstance(value, dict) and isinstance(node.get(key), dict):
-                assign(node[key], value)
+                assign(node[key], value, (*at, key))
             else:
                 node[key] = value
 

@@ -1,8 +1,8 @@
 """Every stage, declared once (`STAGES`): its CLI inputs, the params it reads, the report
 files and curves the runner logs, and the module that runs it. The CLI, the KFP
-components, MLflow params, every stage's resume key and dvc.yaml (its params, and its
-source deps from the stage module's import closure: `python -m pipelines.dvc_stages`) are
-derived from or checked against it (tests/test_declarations.py).
+components, MLflow params, every stage's resume key and dvc.yaml (all of it:
+`python -m pipelines.dvc_stages`) are derived from or checked against it
+(tests/test_declarations.py, tests/cluster/test_compiled_pipeline.py).
 
 Light on purpose (no torch): the CLI and the KFP components import it before any stage.
 A stage never looks itself up here: the runner hands a resuming stage its `params_key`.
@@ -21,9 +21,8 @@ from defectgen.config import Params
 class Stage:
     """One stage, declared once: what the CLI, KFP, MLflow, dvc.yaml and every resume key
     know of it. `reads` are the params sections or dotted keys the stage's code (and the
-    helpers it calls) reads: MLflow logs them, resume keys hash them, and dvc.yaml's
-    params must equal them (tests/test_declarations.py, which also derives dvc.yaml's
-    source deps from the stage module's import closure: `python -m pipelines.dvc_stages`)."""
+    helpers it calls) reads: MLflow logs them, resume keys hash them and dvc.yaml lists
+    them; tests/test_declarations.py checks they are exactly what the code reads."""
 
     name: str
     help: str
@@ -41,8 +40,9 @@ class Stage:
     parent: str = ""
     # DVC plots of files under --out besides the curves: (path, template, x, y)
     plots: tuple[tuple[str, str, str, str], ...] = ()
-    # side effects (MLflow runs, the registry), not reproducible files: dvc.yaml gives it
-    # no outputs or metrics file and runs it on every `dvc repro`
+    # what it makes is not a reproducible file (registry versions; a page carrying the
+    # git sha and MLflow run ids): dvc.yaml gives it no outputs or metrics file and runs
+    # it on every `dvc repro`
     always_runs: bool = False
     # it resumes a killed run: Stage.runner hands its run `params_key`, the hash of the
     # params it reads, which it joins to its inputs' digests for its resume key
@@ -51,6 +51,16 @@ class Stage:
     def __post_init__(self):
         if not self.output:
             raise ValueError(f"stage {self.name!r} declares no output artifact")
+
+    @property
+    def folder(self) -> str:
+        """Where dvc.yaml's stages write its output (relative to the repository)."""
+        return f"data/{self.output}"
+
+    @property
+    def metrics_file(self) -> str:
+        """dvc.yaml's metrics file of the stage (none for an always_runs stage)."""
+        return "" if self.always_runs else f"metrics/{self.name}.json"
 
     @property
     def module_name(self) -> str:

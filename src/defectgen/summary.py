@@ -29,10 +29,8 @@ def _verdict(entry: dict) -> str:
 
 
 def verdict_reason(entry: dict) -> tuple[str, str]:
-    """A class's gate verdict and its reason, the verdict said once (the utility rule's
-    reason opens with it: "utility inconclusive: ...")."""
-    verdict = _verdict(entry)
-    return verdict, entry.get("reason", "").removeprefix(f"utility {verdict}: ")
+    """A class's gate verdict and the rule's reason for it, as gate.json has them."""
+    return _verdict(entry), entry.get("reason", "")
 
 
 def headline(evaluation: dict) -> tuple[str, dict | None] | None:

@@ -43,20 +43,25 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
-# what a run writes in the checkout: its changes do not make the code "dirty"
-RUN_OUTPUTS = (":(top,exclude)dvc.lock", ":(top,exclude)metrics", ":(top,exclude)data")
+def _run_outputs() -> list[str]:
+    """What `dvc repro` writes in the checkout (each stage's folder and metrics file, and
+    dvc.lock), as git pathspecs that leave them out: their changes are not the code's."""
+    from defectgen.declarations import STAGES
+
+    paths = ["dvc.lock", *(s.folder for s in STAGES), *(s.metrics_file for s in STAGES)]
+    return [f":(top,exclude){p}" for p in paths if p]
 
 
 def git_sha(cwd: Path | None = None) -> str:
     """The checkout's commit, with '-dirty' when tracked files other than a run's own
-    outputs changed (dvc.lock, metrics/ and data/ are what `dvc repro` itself writes), or
-    'unknown' outside git."""
+    outputs (dvc.lock, the stages' folders and metrics files) changed, or 'unknown'
+    outside git."""
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", ":/", *RUN_OUTPUTS],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ":/", *_run_outputs()],
             cwd=cwd,
             capture_output=True,
             text=True,

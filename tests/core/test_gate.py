@@ -63,6 +63,7 @@ def test_the_utility_interval_decides(ci, policy, passed, verdict):
     d = decide(_e(120.0, utility=_u(*ci)), GateConfig(inconclusive=policy))
     assert (d.passed, d.verdict) == (passed, verdict) and d.fidelity_passed is False
     assert "resolves effects from 0.050" in d.reason and "60 train images" in d.reason
+    assert d.reason.startswith("by the utility, held-out loss ")  # the verdict said beside it
     if verdict == "inconclusive":
         assert ("accepted" if passed else "kept out") in d.reason
 

@@ -148,6 +148,14 @@ def test_the_probe_grid_labels_each_cell_and_keeps_the_saved_order():
     png = sweep_core.probe_grid(tiles, cells, {"strength": 0.3, "guidance": 1.5})
     pixels, _ = decode_image(png)
     assert pixels.shape[0] > 100 and pixels.shape[1] > 100  # a figure, not the 16 x 16 tiles
+    # the outline is on the chosen cell: second row (s 0.3 as saved, not sorted first),
+    # second column (w 1.5)
+    red = (pixels[..., 0] > 200) & (pixels[..., 1] < 60) & (pixels[..., 2] < 60)
+    rows, cols = np.nonzero(red)
+    assert rows.size and rows.mean() > pixels.shape[0] / 2 and cols.mean() > pixels.shape[1] / 2
+    # and on the tile of that cell: the panel's grey is tile 3's (60 * 3 = 180)
+    inside = pixels[rows.min() + 6 : rows.max() - 6, cols.min() + 6 : cols.max() - 6]
+    assert abs(float(np.median(inside[..., 0])) - 180) < 8
     text_cells = [{"strength": None, "guidance": g} for g in (4.0, 1.5)]
     one_row = sweep_core.probe_grid(tiles[:8], text_cells, {"strength": None, "guidance": 4.0})
     assert decode_image(one_row)[0].shape[1] > decode_image(one_row)[0].shape[0]  # txt2img: 1 row

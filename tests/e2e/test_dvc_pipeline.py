@@ -19,9 +19,8 @@ from tests.conftest import REPO, toy_repo_params
 from tests.core.test_page import check_self_contained, render_in_chromium
 
 pytestmark = pytest.mark.slow
-# the declared stages but register and report, which have no DVC outputs (registry
-# versions, run ids) and always run
-STAGES = tuple(s.name for s in declarations.STAGES if s.name not in ("register", "report"))
+# the declared stages with DVC outputs (register and report always run)
+STAGES = tuple(s.name for s in declarations.STAGES if not s.always_runs)
 
 
 def _sh(args: list[str], cwd: Path, env: dict) -> str:

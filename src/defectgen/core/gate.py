@@ -177,7 +177,7 @@ def decide(e: Evidence, cfg: GateConfig) -> Decision:
         reason = f"utility not measurable: {e.missing or 'no estimate'}; kept out"
         return Decision(False, "fail", reason, fidelity, f_reason, u_verdict)
     passed = u_verdict == "pass" or (u_verdict == "inconclusive" and cfg.inconclusive == "accept")
-    reason = f"utility {u_verdict}: {utility_text(e.utility)}"
+    reason = f"by the utility, {utility_text(e.utility)}"  # the verdict is said beside it
     if u_verdict == "inconclusive":
         reason += "; accepted by gate.inconclusive" if passed else "; kept out (gate.inconclusive)"
     return Decision(passed, u_verdict, reason, fidelity, f_reason, u_verdict)

@@ -49,8 +49,7 @@ from defectgen.artifacts import (
 )
 from defectgen.atomic import atomic_dir, atomic_write_json, write_file
 from defectgen.config import Params
-from defectgen.core import page as page
-from defectgen.core import stats
+from defectgen.core import page, stats
 from defectgen.core.page import Cell, Section
 from defectgen.declarations import producer
 from defectgen.errors import DataError
