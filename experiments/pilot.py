@@ -85,7 +85,7 @@ def train_one(params, model_name, rows, val, labels, size, seed, steps, evals) -
         model, (x, y), val, steps=steps, evals=evals, batch_size=cfg.batch_size, lr=cfg.lr,
         augment=augment, seed=derive_seed(params.seed, "fit", model_name, seed) % 2**63,
         weight_decay=cfg.weight_decay, schedule_kind=cfg.schedule, warmup=cfg.warmup,
-        select_by=rows["metric"],
+        select_by=rows["metric"], n_classes=len(labels), class_balance=cfg.class_balance,
     )  # fmt: skip
     return _record(model_name, size, seed, len(y), fit, fit.val_score)
 
@@ -162,7 +162,7 @@ def summarise(records: list[dict], tol: float) -> dict:
                 "best_val": [r["best_val"] for r in runs],
                 "best_val_mean": float(np.mean([r["best_val"] for r in runs])),
                 "plateau_step": plateau(steps, curve, tol),
-                "budget_bound": validity.budget_bound([r["best_step"] for r in runs], steps),
+                "budget_bound": validity.budget_bound([r["val"] for r in runs]),
                 "eval_steps": steps,
                 "val_curve_mean": curve,
             }

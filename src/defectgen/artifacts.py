@@ -24,6 +24,8 @@ SAMPLES_PNG = "samples.png"  # real (top) vs generated (bottom): base, generate
 COMPARISON_CSV = "comparison.csv"  # one row per condition (DVC plots): train, segment, detect
 RUNS_PARQUET = "runs.parquet"  # one row per trained model: train, segment, detect
 RECORD_JSON = "record.json"  # one trained model, a resume unit: train, segment, detect
+# train: one row per (model, condition, seed, test image): the class it predicted
+TEST_PREDICTIONS_PARQUET = "test_predictions.parquet"
 
 # One per stage.
 INGEST_JSON = "ingest_report.json"

@@ -728,6 +728,12 @@ class TrainConfig(_Section):
         "test split's classes are balanced (core.classify.primary_metric), else balanced "
         "accuracy",
     )
+    class_balance: Literal["none", "weights", "sampler"] = Field(
+        default="none",
+        description="how training treats an imbalanced train set (core.classify.fit): "
+        "weights (loss weighted by inverse class frequency) | sampler (batches drawn "
+        "class-balanced) | none",
+    )
     rotation: float = Field(default=10.0, ge=0.0, le=180.0)  # +- degrees
     flips: bool = True  # horizontal and vertical
     views: int = Field(

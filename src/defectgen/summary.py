@@ -69,8 +69,9 @@ def answer(evaluation: dict) -> str:
     metric = evaluation["primary_metric"].replace("_", " ")
     return (
         f"Adding {images} {said} as many classically augmented copies of the real "
-        f"ones: test {metric} {stats.describe(row)}, {row['n_seeds']} paired seeds "
-        f"({model})."
+        f"ones: test {metric} {stats.describe(row)}, {row['n_seeds']} paired seeds"
+        + (f" x {row['n_images']} test images" if "n_images" in row else "")
+        + f" ({model})."
     )
 
 

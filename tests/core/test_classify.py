@@ -3,6 +3,7 @@ draw in `fit`, and a probe trained on them learning a class difference the trunk
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from defectgen.core import classify
@@ -54,3 +55,63 @@ def test_a_probe_learns_what_the_frozen_features_separate():
     preds = classify.predict(fit.model, trunk(tx))
     assert classify.evaluate(ty.tolist(), preds, ["h", "v"]).accuracy >= 0.9
     assert fit.eval_steps == [30, 60, 90, 120] and fit.best_step in fit.eval_steps
+
+
+def _overlapping(n_major: int, n_minor: int, gen: torch.Generator) -> tuple:
+    """Two Gaussian classes 1.4 sd apart in 2-d: class 0 n_major points, class 1 n_minor."""
+    x = torch.cat([torch.randn(n_major, 2, generator=gen),
+                   torch.randn(n_minor, 2, generator=gen) + 1.0])  # fmt: skip
+    return x, torch.cat(
+        [torch.zeros(n_major, dtype=torch.long), torch.ones(n_minor, dtype=torch.long)]
+    )
+
+
+def test_class_balance_lifts_a_1_to_10_train_set_off_the_majority_class():
+    gen = torch.Generator().manual_seed(0)
+    train, val, test = (
+        _overlapping(500, 50, gen),
+        _overlapping(200, 20, gen),
+        _overlapping(200, 200, gen),
+    )
+    scores = {}
+    for balance in classify.CLASS_BALANCE:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model = torch.nn.Linear(2, 2)
+        fit = classify.fit(model, train, val, steps=200, evals=10, batch_size=32, lr=1e-2,
+                           augment=lambda t: t, seed=1, schedule_kind="cosine", warmup=0.05,
+                           select_by="balanced_accuracy", n_classes=2,
+                           class_balance=balance)  # fmt: skip
+        pred = classify.predict(fit.model, test[0])
+        scores[balance] = classify.evaluate(test[1].tolist(), pred, ["fine", "defect"])
+    # plain training learns the majority: the defect is almost never predicted
+    assert scores["none"].balanced_accuracy < 0.55 and scores["none"].recall["defect"] < 0.1
+    for balance in ("weights", "sampler"):
+        assert scores[balance].balanced_accuracy > scores["none"].balanced_accuracy + 0.1
+        assert scores[balance].recall["defect"] > 0.5
+
+
+def test_the_sampler_fills_batches_with_each_class_alike():
+    # a model that only records what it is shown: the batches' class shares
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(2))
+
+        def forward(self, x):
+            if self.training:
+                seen.append(x[:, 0].clone())
+            return x + self.w
+
+    x = torch.stack([torch.tensor([float(i < 10), 0.0]) for i in range(110)])  # 10 ones
+    y = (x[:, 0] == 1).long()
+    for balance, share in (("none", 10 / 110), ("sampler", 0.5)):
+        seen.clear()
+        classify.fit(Recorder(), (x, y), (x, y), steps=100, evals=1, batch_size=32, lr=1e-3,
+                     augment=lambda t: t, seed=2, n_classes=2, class_balance=balance)  # fmt: skip
+        assert float(torch.cat(seen).mean()) == pytest.approx(share, abs=0.03)
+    with pytest.raises(ValueError, match="class_balance"):
+        classify.fit(Recorder(), (x, y), (x, y), steps=1, evals=1, batch_size=4, lr=1e-3,
+                     augment=lambda t: t, seed=0, class_balance="oversample")  # fmt: skip

@@ -158,3 +158,71 @@ def test_step_budget_is_exact_whatever_the_set_size():
     assert set(counts) == set(range(10)) and set(counts.values()) == {4}
     assert eval_steps(240, 8) == [30, 60, 90, 120, 150, 180, 210, 240]
     assert eval_steps(3, 8) == [1, 2, 3] and eval_steps(1, 1) == [1]
+
+
+def _predictions(rng, n_seeds: int, y: np.ndarray, right: float, n_classes: int) -> np.ndarray:
+    """(seeds, images) predictions: the true class with probability `right`, else another."""
+    wrong = (y + rng.integers(1, n_classes, (n_seeds, len(y)))) % n_classes
+    return np.where(rng.random((n_seeds, len(y))) < right, y, wrong)
+
+
+@pytest.mark.parametrize("metric", stats.CLASSIFIER_METRICS)
+def test_classifier_metrics_on_the_whole_test_split_match_scikit_learn(metric):
+    from defectgen.core import classify
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 50)
+    y[:3] = [0, 1, 2]
+    pred = _predictions(rng, 4, y, 0.6, 3)
+    pred[0, :] = 1  # a seed that predicts one class (zero-division cases)
+    ours = stats.classifier_metric(metric, pred, y, 3, np.ones((1, len(y))))[0]
+    labels = ["a", "b", "c"]
+    theirs = [getattr(classify.evaluate(y.tolist(), p.tolist(), labels), metric) for p in pred]
+    assert ours == pytest.approx(theirs)
+
+
+def test_the_seed_image_interval_sees_test_image_noise_a_seed_t_interval_misses():
+    # every seed's arm fixes the same 2 of 40 test images: the seed-paired t test sees a
+    # zero-variance +5 pp and calls it significant; 2 images are no evidence
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 20)
+    control = np.tile(np.where(rng.random(40) < 0.75, y, 1 - y), (5, 1))
+    arm = control.copy()
+    fixed = np.flatnonzero(control[0] != y)[:2]
+    arm[:, fixed] = y[fixed]
+    seeds_only = stats.paired(
+        stats.classifier_metric("accuracy", arm, y, 2, np.ones((1, 40)))[0],
+        stats.classifier_metric("accuracy", control, y, 2, np.ones((1, 40)))[0],
+    )
+    assert seeds_only["delta"] == pytest.approx(0.05) and stats.verdict(seeds_only) == "better"
+    both = stats.seed_image_bootstrap(arm, control, y, "accuracy", 2)
+    assert both["delta"] == pytest.approx(0.05) and both["n_images"] == 40
+    assert both["ci"][0] <= 0 < 0.05 < both["ci"][1] and both["p_value"] > 0.05
+    assert stats.verdict(both) == "not distinguishable"
+
+
+def test_the_seed_image_interval_resolves_a_gain_spread_over_many_images_and_seeds():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 600)
+    control = _predictions(rng, 5, y, 0.70, 2)
+    arm = _predictions(rng, 5, y, 0.80, 2)
+    result = stats.seed_image_bootstrap(arm, control, y, "balanced_accuracy", 2)
+    assert 0 < result["ci"][0] < result["delta"] < result["ci"][1] and result["p_value"] < 0.01
+    assert stats.verdict(result) == "better"
+    same = stats.seed_image_bootstrap(control, control, y, "accuracy", 2)
+    assert same["delta"] == 0 and same["ci"] is None
+    assert stats.verdict(same) == "not distinguishable"
+    with pytest.raises(ValueError, match="equal"):
+        stats.seed_image_bootstrap(arm, control[:, :10], y, "accuracy", 2)
+
+
+def test_the_seed_image_interval_widens_with_the_seed_spread():
+    # the same per-image picture, but one condition's seeds disagree among themselves
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 400)
+    control = _predictions(rng, 6, y, 0.7, 2)
+    steady = _predictions(rng, 6, y, 0.75, 2)
+    shaky = np.concatenate([_predictions(rng, 3, y, 0.6, 2), _predictions(rng, 3, y, 0.9, 2)])
+    narrow = stats.seed_image_bootstrap(steady, control, y, "accuracy", 2)
+    wide = stats.seed_image_bootstrap(shaky, control, y, "accuracy", 2)
+    assert wide["ci"][1] - wide["ci"][0] > 2 * (narrow["ci"][1] - narrow["ci"][0])

@@ -37,7 +37,32 @@ def test_verdicts_are_allowed_when_more_real_data_clearly_helps():
     assert result["all_train_minus_real"]["delta"] > 0.09
     assert result["all_train_minus_real"]["ci"][0] > 0
     assert result["oracle_minus_real"]["real+oracle"]["delta"] > 0.04
-    assert result["statement"].startswith("More real data helps at this budget")
+    # the class-matched oracle is the reference where it trained
+    assert result["reference"] == "real+oracle"
+    assert result["reference_minus_real"] == result["oracle_minus_real"]["real+oracle"]
+    assert result["statement"].startswith("More real images of the arms' class mix helps")
+    alone = _check(_values({"real": 0.80, "all-train": 0.90}))
+    assert alone["reference"] == "all-train" and alone["verdicts_allowed"]
+    assert alone["statement"].startswith("The whole train split helps at this budget")
+
+
+def test_the_class_matched_oracle_decides_where_all_train_changes_the_class_mix():
+    # an imbalanced line: all-train adds mostly defect-free images and does not move
+    # balanced accuracy, but as many extra real defect images as the arm adds do
+    values = _values({"real": 0.70, "all-train": 0.705, "real+oracle-ungated": 0.76},
+                     spread=0.01)  # fmt: skip
+    result = _check(values)
+    assert result["reference"] == "real+oracle-ungated" and result["verdicts_allowed"]
+    assert result["all_train_minus_real"]["ci"][0] <= 0  # kept in the record, not the rule
+    flipped = _check(_values({"real": 0.70, "all-train": 0.80, "real+oracle-ungated": 0.701},
+                             spread=0.01))  # fmt: skip
+    assert not flipped["verdicts_allowed"]
+    assert flipped["reasons"][0].startswith("more real images of the arms' class mix does not")
+    assert "real+oracle-ungated minus real" in flipped["reasons"][0]
+    # the gate-passed arm's oracle first, where both trained
+    both = {"real", "real+oracle", "real+oracle-ungated", "all-train"}
+    assert validity.reference_arm(both) == "real+oracle"
+    assert validity.reference_arm({"real", "real+synthetic"}) is None
 
 
 def test_an_upper_bound_that_does_not_beat_real_withholds_every_verdict():
@@ -46,19 +71,46 @@ def test_an_upper_bound_that_does_not_beat_real_withholds_every_verdict():
     assert "does not beat the few-shot set" in result["reasons"][0]
     assert result["statement"].startswith("This budget cannot measure the value of data here")
     missing = _check(_values({"real": 0.80, "real+synthetic": 0.9}))
-    assert not missing["verdicts_allowed"] and "all-train was not trained" in missing["reasons"][0]
+    assert not missing["verdicts_allowed"]
+    assert "neither a class-matched oracle nor all-train was trained" in missing["reasons"][0]
 
 
 def test_a_budget_bound_condition_withholds_every_verdict():
     values = _values({"real": 0.80, "all-train": 0.90})
     result = _check(values, bound={"real": False, "all-train": True})
     assert not result["verdicts_allowed"] and result["budget_bound"] == ["all-train"]
-    checks = [100, 200]
-    assert validity.budget_bound([100, 200, 200], checks)
-    assert not validity.budget_bound([100, 200, 150], checks)
-    assert not validity.budget_bound([200, 100], checks)  # half the seeds is not most
-    assert validity.budget_bound([100], [100])  # one check: convergence cannot be judged
-    assert validity.budget_bound([0], [])
+
+
+# val curves over eight checks (the selection metric at each)
+RISING = [0.50, 0.60, 0.70, 0.75, 0.80, 0.84, 0.87, 0.90]  # still improving at the end
+TIE_AT_THE_END = [0.50, 0.60, 0.70, 0.75, 0.80, 0.84, 0.88, 0.88]  # best-val keeps check 7
+NEAR_TIE = [0.50, 0.60, 0.70, 0.75, 0.80, 0.84, 0.885, 0.88]  # last within 0.5 pp of best
+PLATEAU = [0.50, 0.80, 0.88, 0.88, 0.88, 0.88, 0.88, 0.88]  # reached early, then held
+EARLY_PEAK = [0.50, 0.90, 0.85, 0.84, 0.83, 0.82, 0.80, 0.80]  # overfits after check 2
+
+
+def test_a_curve_still_rising_into_a_tie_with_its_best_is_budget_bound():
+    # the old rule (best check == last check) missed both: best-val keeps the first of
+    # tied checks, so the kept step is 7 of 8 although the curve had not levelled off
+    assert validity.still_rising(RISING)
+    assert validity.still_rising(TIE_AT_THE_END)
+    assert validity.still_rising(NEAR_TIE)
+
+
+def test_a_plateau_or_an_early_peak_is_not_budget_bound():
+    # the plateau's last check ties its best too, but it got there before the last quarter
+    assert not validity.still_rising(PLATEAU)
+    assert not validity.still_rising(EARLY_PEAK)
+    # a rise within the tolerance at the end is noise on a plateau, not a rising curve
+    assert not validity.still_rising([0.5, 0.8, 0.88, 0.88, 0.88, 0.88, 0.88, 0.885])
+
+
+def test_a_condition_is_budget_bound_when_most_seeds_are_still_rising():
+    assert validity.budget_bound([RISING, TIE_AT_THE_END, PLATEAU])
+    assert not validity.budget_bound([RISING, PLATEAU])  # half the seeds is not most
+    assert not validity.budget_bound([PLATEAU, EARLY_PEAK, TIE_AT_THE_END])
+    assert validity.budget_bound([[0.7]])  # one check: convergence cannot be judged
+    assert validity.budget_bound([[]])
 
 
 def test_an_arm_at_or_below_the_constant_predictor_or_predicting_one_class_is_degenerate():

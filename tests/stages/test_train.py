@@ -192,9 +192,17 @@ def test_each_condition_trains_on_what_it_says_and_never_on_test(dataset, tmp_pa
                == ("real+ungated", "real+classical-ungated", "accuracy"))  # fmt: skip
     diffs = [by_seed["real+ungated", k] - by_seed["real+classical-ungated", k] for k in (0, 1)]
     assert cmp["n_seeds"] == 2 and cmp["delta"] == pytest.approx(np.mean(diffs))
-    if diffs[0] != diffs[1]:
-        assert cmp["ci"][0] < cmp["delta"] < cmp["ci"][1]
-        assert cmp["p_adjusted"] >= cmp["p_value"]
+    assert cmp["n_images"] == len(test)  # the interval resamples the test images too
+    assert cmp["ci"][0] <= cmp["delta"] <= cmp["ci"][1]
+    assert cmp["p_adjusted"] >= cmp["p_value"]
+    assert "test images" in report["protocol"]["interval"]
+    # every unit's score is stored: each run's accuracy recomputes from its image rows
+    preds = pd.read_parquet(tmp_path / "train" / "test_predictions.parquet")
+    assert len(preds) == len(runs) * len(test)
+    assert set(preds["image_id"]) == {r["id"] for r in test}
+    correct = (preds["predicted"] == preds["label"]).groupby([preds["condition"], preds["seed"]])
+    for (condition, seed), accuracy in correct.mean().items():
+        assert accuracy == pytest.approx(by_seed[condition, seed])
     key = "resnet18/real_ungated/vs_real_classical-ungated/accuracy_delta"
     assert metrics[key] == pytest.approx(cmp["delta"])
     assert report["headline"].startswith(
@@ -269,13 +277,14 @@ def test_two_workers_train_the_same_runs_as_one(dataset, tmp_path):
 def test_the_headline_gives_a_verdict_only_when_the_validity_check_passed():
     row = {"arm": "real+ungated", "control": "real+classical-ungated", "metric": "accuracy",
            "delta": 0.03, "ci": [0.01, 0.05], "p_value": 0.004, "p_adjusted": 0.02,
-           "n_seeds": 10, "verdict": "better"}  # fmt: skip
+           "n_seeds": 10, "n_images": 261, "verdict": "better"}  # fmt: skip
     allowed = {"m": {"verdicts_allowed": True, "statement": "More real data helps ..."}}
     refused = {"m": {"verdicts_allowed": False, "statement": "This budget cannot ..."}}
     text = train.headline({"m": [row]}, allowed, "accuracy")
     assert (
         "real+ungated vs real+classical-ungated" in text
         and ": better; test accuracy +3.0 pp" in text
+        and "10 paired seeds x 261 test images" in text
     )
     assert train.headline({"m": [row]}, refused, "accuracy").endswith(": This budget cannot ...")
     # the metric the headline reads is the primary one

@@ -32,6 +32,7 @@ from sklearn.metrics import (
     recall_score,
 )
 from torch import nn
+from torch.utils.data import BatchSampler, WeightedRandomSampler
 
 from defectgen._torchvision_compat import ensure_torchvision_importable
 from defectgen.core.device import CPU, Runtime
@@ -214,6 +215,8 @@ def predict(
     return torch.cat(out).tolist()
 
 
+# How a classifier's training treats an imbalanced train set (fit's class_balance)
+CLASS_BALANCE = ("none", "weights", "sampler")
 BALANCED_UP_TO = 1.5  # largest / smallest class count of a split still called balanced
 
 
@@ -266,6 +269,7 @@ def fit(
     warmup: float = 0.0,
     select_by: str = "accuracy",
     n_classes: int | None = None,
+    class_balance: str = "none",
     rt: Runtime = CPU,
 ) -> Fit:
     """Train with AdamW for exactly `steps` optimizer steps under the learning-rate
@@ -278,10 +282,24 @@ def fit(
     run is reproducible and leaves the global RNG alone. The model trains on
     `rt.device` in float32 under `rt.autocast`; augmentation runs on the CPU (its RNG
     is the seeded CPU one). Losses are summed on the device and read at each val check.
+
+    `class_balance` (CLASS_BALANCE) makes every class count alike where the train set is
+    imbalanced: "weights" weighs each sample's loss by the inverse of its class's
+    frequency, "sampler" draws each batch's samples with replacement with probability
+    inverse to their class's frequency (torch's WeightedRandomSampler), so each class
+    fills an equal share of the batches; "none" trains on the set as it is.
     """
     x, y = train
+    if class_balance not in CLASS_BALANCE:
+        raise ValueError(f"class_balance {class_balance!r}; choose from {CLASS_BALANCE}")
     if n_classes is None:  # the labels seen; pass it when a class may be absent from both
         n_classes = int(max(int(y.max()), int(val[1].max())) + 1)
+    present = torch.bincount(y, minlength=n_classes).float()
+    inverse = torch.where(present > 0, 1.0 / present.clamp(min=1), torch.zeros(()))
+    # "weights": mean weight 1 over the train set, so the learning rate keeps its scale
+    loss_weight = (inverse * len(y) / (present > 0).sum()).to(rt.device)
+    if class_balance != "weights":
+        loss_weight = None
     model.to(rt.device, torch.float32, memory_format=torch.channels_last)
     checks = eval_steps(steps, evals)
     best_state, best_score, best_step = None, -1.0, 0
@@ -293,11 +311,17 @@ def fit(
         lr_at = lr_schedule(opt, schedule_kind, steps, warmup)
         span = SpanLoss(rt.device)
         model.train()
-        for step, idx in enumerate(batches(len(x), batch_size, steps), start=1):
+        if class_balance == "sampler":
+            draws = WeightedRandomSampler(inverse[y], steps * batch_size)  # with replacement
+            order = map(torch.tensor, BatchSampler(draws, batch_size, drop_last=True))
+        else:
+            order = batches(len(x), batch_size, steps)
+        for step, idx in enumerate(order, start=1):
             batch = _layout(torch.stack([augment(img) for img in x[idx]]).to(rt.device))
             with rt.autocast:
                 logits = model(batch)
-            span.update(opt, F.cross_entropy(logits.float(), y[idx].to(rt.device)), len(idx))
+            loss = F.cross_entropy(logits.float(), y[idx].to(rt.device), weight=loss_weight)
+            span.update(opt, loss, len(idx))
             lr_at.step()
             if step in checks:
                 losses.append(span.read())

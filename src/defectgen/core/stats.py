@@ -17,7 +17,7 @@ the initialisation and the RNG stream but not the batch composition.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy import stats as _scipy
@@ -57,6 +57,98 @@ def paired(arm: Sequence[float], control: Sequence[float], level: float = LEVEL)
     t = float(_scipy.t.ppf(0.5 + level / 2, n - 1))
     p = float(2 * _scipy.t.sf(abs(mean) / se, n - 1))
     return {**out, "ci": [float(mean - t * se), float(mean + t * se)], "p_value": p}
+
+
+CLASSIFIER_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+
+
+def classifier_metric(
+    metric: str, predicted: np.ndarray, y: np.ndarray, n_classes: int, weights: np.ndarray
+) -> np.ndarray:
+    """A classifier metric for every (weight draw, seed): `predicted` (S, N) class ids of
+    S models on N test images with true classes `y` (N,), the images counted with
+    `weights` (B, N) (ones: the test split as it is; bootstrap counts: a resample).
+    Returns (B, S). Per class from weighted counts, as scikit-learn's with
+    zero_division=0 and every class in `labels`: accuracy, balanced accuracy (mean
+    per-class recall) and macro-F1. (scikit-learn scores one prediction vector at a
+    time; a bootstrap needs thousands of resamples of every seed at once.)"""
+    truth = np.eye(n_classes)[y]  # (N, K)
+    guess = np.eye(n_classes)[predicted]  # (S, N, K)
+    w = np.asarray(weights, dtype=float)
+    hit = np.einsum("bn,snk->bsk", w, guess * truth[None])  # (B, S, K) weighted true positives
+    if metric == "accuracy":
+        return hit.sum(-1) / w.sum(1, keepdims=True)
+    actual = (w @ truth)[:, None, :]  # (B, 1, K) weighted images per true class
+    if metric == "balanced_accuracy":
+        recall = np.divide(hit, actual, out=np.zeros_like(hit), where=actual > 0)
+        return recall.mean(-1)
+    if metric == "macro_f1":
+        said = np.einsum("bn,snk->bsk", w, guess)  # (B, S, K) weighted predictions per class
+        denom = actual + said
+        f1 = np.divide(2 * hit, denom, out=np.zeros_like(hit), where=denom > 0)
+        return f1.mean(-1)
+    raise ValueError(f"unknown classifier metric {metric!r}; choose from {CLASSIFIER_METRICS}")
+
+
+def seed_image_bootstrap(
+    arm: np.ndarray,
+    control: np.ndarray,
+    y: Sequence[int],
+    metric: str,
+    n_classes: int,
+    *,
+    level: float = LEVEL,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict:
+    """The paired difference of two conditions' classifiers on one test split, with an
+    interval that covers both the training seeds and the test images.
+
+    `arm`, `control`: (S, N) predicted classes, row s from seed s of each condition (the
+    pairing), column n for test image n (true class `y[n]`). The difference is the mean
+    over seeds of metric(arm_s) - metric(control_s) (the same number the seed-paired t
+    test reports). Each bootstrap draw resamples the seeds with replacement and, shared
+    by every seed and both conditions, the test images with replacement within each true
+    class (so every class keeps its count and balanced accuracy its meaning): a two-level
+    bootstrap of seeds and images. The interval is the draws' percentile interval; the
+    two-sided p is twice the smaller tail's share of draws on either side of 0 (at least
+    1 / (n_boot + 1)). The interval is conditional on the run's few-shot draw and
+    generated images: a replicate of the whole expansion varies those.
+
+    Returns:
+        {delta, ci, p_value, n_seeds, n_images}; ci and p None when the two conditions
+        predict identically everywhere (nothing varies).
+    """
+    a, c = np.asarray(arm), np.asarray(control)
+    truth = np.asarray(y)
+    if a.shape != c.shape or a.ndim != 2 or a.shape[1] != len(truth) or not a.size:
+        raise ValueError(
+            f"seed_image_bootstrap needs two equal (seeds, images) prediction arrays over "
+            f"{len(truth)} test images, got {a.shape} and {c.shape}"
+        )
+    n_seeds, n_images = a.shape
+    full = np.ones((1, n_images))
+    per_seed = classifier_metric(metric, a, truth, n_classes, full)[0]
+    per_seed -= classifier_metric(metric, c, truth, n_classes, full)[0]
+    out = {"delta": float(per_seed.mean()), "n_seeds": n_seeds, "n_images": n_images,
+           "ci": None, "p_value": None}  # fmt: skip
+    if np.array_equal(a, c):
+        return out
+    rng = np.random.default_rng(seed)
+    weights = np.zeros((n_boot, n_images))
+    for label in np.unique(truth):  # resample within each true class
+        members = np.flatnonzero(truth == label)
+        picks = members[rng.integers(0, len(members), (n_boot, len(members)))]
+        np.add.at(weights, (np.arange(n_boot)[:, None], picks), 1.0)
+    diff = classifier_metric(metric, a, truth, n_classes, weights)  # (B, S)
+    diff -= classifier_metric(metric, c, truth, n_classes, weights)
+    seeds = rng.integers(0, n_seeds, (n_boot, n_seeds))  # resample the seeds too
+    draws = np.take_along_axis(diff, seeds, 1).mean(1)
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(draws, [tail, 100 - tail])
+    below, above = (np.sum(draws <= 0) + 1), (np.sum(draws >= 0) + 1)
+    p = min(1.0, 2 * min(below, above) / (n_boot + 1))
+    return {**out, "ci": [float(lo), float(hi)], "p_value": float(p)}
 
 
 def mde(sd: float, n: int, level: float = LEVEL, power: float = 0.8) -> float | None:
@@ -122,17 +214,23 @@ def compare(
     metric: str,
     higher_is_better: bool = True,
     claims: tuple[str, ...] | None = None,
+    difference: Callable[[str, str], dict] | None = None,
 ) -> list[dict]:
     """Paired comparisons of one metric: `values[condition][seed]`, per (arm, control)
-    over the seeds both have. Each row carries its raw `p_value`; the rows whose arm is
-    in `claims` (every row when None) are one family: they carry the Holm-adjusted
-    `p_adjusted` and the verdict read from it. The other rows (the controls' own
+    over the seeds both have (`paired`), or by `difference(arm, control)` where the caller
+    has a test that sees more than the seeds' means (`seed_image_bootstrap`). Each row
+    carries its raw `p_value`; the rows whose arm is in `claims` (every row when None)
+    are one family: they carry the Holm-adjusted `p_adjusted` and the verdict read from
+    it. The other rows (the controls' own
     diagnostics: classical vs real, all-train vs real) keep `p_adjusted` None and the
     verdict of their interval."""
     out = []
     for arm, control in questions:
-        seeds = sorted(set(values[arm]) & set(values[control]))
-        result = paired([values[arm][k] for k in seeds], [values[control][k] for k in seeds])
+        if difference is not None:
+            result = difference(arm, control)
+        else:
+            seeds = sorted(set(values[arm]) & set(values[control]))
+            result = paired([values[arm][k] for k in seeds], [values[control][k] for k in seeds])
         out.append({"arm": arm, "control": control, "metric": metric, **result})
     family = [r for r in out if claims is None or r["arm"] in claims]
     tested = sum(r["p_value"] is not None for r in family)

@@ -3,11 +3,13 @@
 A protocol in which more real data does not help cannot say whether synthetic data
 helps. So before any synthetic-vs-control verdict is read, three things must hold:
 
-1. the upper bound beats the few-shot set: all-train minus real on the primary metric,
-   paired over seeds, with its 95 % interval above 0;
-2. nothing is budget-bound: no condition's best val check is the last one in most seeds
-   (its model was still improving when the budget ran out), and there were at least two
-   val checks (with one, convergence cannot be judged);
+1. the upper bound beats the few-shot set: the reference arm (`reference_arm`: the
+   class-matched oracle, as many real images per class as the synthetic arm adds, else
+   all-train) minus real on the primary metric, paired, with its 95 % interval above 0;
+2. nothing is budget-bound: in most seeds no condition's val curve was still rising at
+   its last check (the last check within tolerance of the best, and above what the curve
+   had reached before its final quarter), and there were at least two val checks (with
+   one, convergence cannot be judged);
 3. no compared arm is degenerate: each beats the constant predictor (the train split's
    most frequent class) on the primary metric and predicts more than one class in every
    seed.
@@ -17,17 +19,61 @@ helps. So before any synthetic-vs-control verdict is read, three things must hol
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from defectgen.core import arms, stats
 
 NOT_ALLOWED = "no verdict: this budget cannot measure the value of data here"
 
 
-def budget_bound(best_steps: list[int], eval_steps: list[int]) -> bool:
-    """A condition is budget-bound when its best val check is the last one in most seeds,
-    or when it had fewer than two checks (then nothing shows it had levelled off)."""
-    if len(eval_steps) < 2:
+# How close to a seed's best val score its last check must be to count as "at the best":
+# best-val selection keeps the first of tied checks, so a curve still rising into a tie
+# keeps an earlier step, and a cosine schedule ends at lr 0, so the last check is rarely
+# strictly best. One point of the val metric (1 pp of accuracy, 0.01 Dice or mAP).
+PLATEAU_TOLERANCE = 0.01
+# The final stretch of checks a curve may still rise in: a seed whose score before it is
+# already within tolerance of its best had levelled off before the budget ran out.
+TAIL = 0.25
+
+
+def still_rising(curve: list[float], tolerance: float = PLATEAU_TOLERANCE) -> bool:
+    """Whether one seed's val curve was still improving when the budget ran out: its last
+    check is within `tolerance` of its best (a tie counts), and the best before the final
+    quarter of checks is more than `tolerance` below that last score. A plateau (the
+    score reached before the tail and held) is not rising; with under two checks nothing
+    shows it had levelled off, so it counts as rising."""
+    if len(curve) < 2:
         return True
-    return sum(step == eval_steps[-1] for step in best_steps) > len(best_steps) / 2
+    last, best = curve[-1], max(curve)
+    head = curve[: len(curve) - max(1, round(TAIL * len(curve)))]
+    return last >= best - tolerance and last > max(head) + tolerance
+
+
+def budget_bound(curves: list[list[float]], tolerance: float = PLATEAU_TOLERANCE) -> bool:
+    """A condition is budget-bound when its val curve (the selection metric at each val
+    check, one list per seed) was still rising at the last check in most seeds
+    (`still_rising`): its model had not levelled off when the budget ran out."""
+    return sum(still_rising(c, tolerance) for c in curves) > len(curves) / 2
+
+
+# what the reference arm's gain shows, by whether it is all-train (True) or an oracle
+REFERENCE_SAYS = {
+    False: "more real images of the arms' class mix",
+    True: "the whole train split",
+}
+
+
+def reference_arm(trained: set[str]) -> str | None:
+    """The upper bound validity reads: does more real data *of the composition the arms
+    add* help? The class-matched oracle (as many real images per class as the synthetic
+    arm adds, core.arms) where one was trained (the gate-passed arm's first), else
+    all-train, else None. all-train alone changes the class mix as well as the amount of
+    data: on an imbalanced line it adds mostly defect-free images, which a learner scored
+    on balanced accuracy need not gain from although more defect images would help."""
+    for arm in arms.ADDITIVE:
+        if arms.oracle_of(arm) in trained:
+            return arms.oracle_of(arm)
+    return arms.ALL_TRAIN if arms.ALL_TRAIN in trained else None
 
 
 def degenerate(mean_score: float, classes_predicted: list[int], constant: float) -> str | None:
@@ -47,6 +93,7 @@ def check(
     constant: float,
     bound: dict[str, bool],
     classes_predicted: dict[str, list[int]] | None = None,
+    difference: Callable[[str, str], dict] | None = None,
 ) -> dict:
     """The validity record of one model's comparison table.
 
@@ -57,22 +104,31 @@ def check(
         bound: per condition, whether it is budget-bound (`budget_bound`).
         classes_predicted: per condition, per seed, how many classes its model predicted
             (classifiers; None where the output has no classes to collapse onto).
+        difference: the paired test of (arm, control) where the caller has one that sees
+            more than the seeds' means (core.stats.seed_image_bootstrap); default the
+            seed-paired t test on `values`.
 
     Returns:
-        {metric, all_train_minus_real, oracle_minus_real, budget_bound, degenerate,
-        verdicts_allowed, reasons, statement}; the differences as {delta, ci, p}.
+        {metric, reference, reference_minus_real, all_train_minus_real, oracle_minus_real,
+        constant_predictor, budget_bound, degenerate, verdicts_allowed, reasons,
+        statement}; the differences as {delta, ci, p, n_seeds}.
     """
 
     def diff(arm: str) -> dict | None:
         if arm not in values or arms.REAL not in values:
             return None
-        seeds = sorted(set(values[arm]) & set(values[arms.REAL]))
-        r = stats.paired([values[arm][s] for s in seeds], [values[arms.REAL][s] for s in seeds])
+        if difference is not None:
+            r = difference(arm, arms.REAL)
+        else:
+            seeds = sorted(set(values[arm]) & set(values[arms.REAL]))
+            r = stats.paired([values[arm][s] for s in seeds], [values[arms.REAL][s] for s in seeds])
         return {"delta": r["delta"], "ci": r["ci"], "p": r["p_value"], "n_seeds": r["n_seeds"]}
 
     upper = diff(arms.ALL_TRAIN)
     oracles = [arms.oracle_of(a) for a in arms.ADDITIVE]
     oracle = {o: d for o in oracles if (d := diff(o)) is not None}
+    reference = reference_arm(set(values))
+    gain = diff(reference) if reference else None
     stuck = sorted(c for c, b in bound.items() if b)
     broken = {}
     for c, per_seed in values.items():
@@ -82,16 +138,20 @@ def check(
         if why:
             broken[c] = why
     reasons = []
-    if upper is None:
-        reasons.append("all-train was not trained, so nothing shows that more data helps")
-    elif upper["ci"] is None or upper["ci"][0] <= 0:
+    if gain is None:
         reasons.append(
-            f"the whole train split does not beat the few-shot set ({metric} "
-            f"{stats.describe({**upper, 'p_value': upper['p']})})"
+            "neither a class-matched oracle nor all-train was trained, so nothing shows that "
+            "more data helps"
+        )
+    elif gain["ci"] is None or gain["ci"][0] <= 0:
+        reasons.append(
+            f"{REFERENCE_SAYS[reference == arms.ALL_TRAIN]} does not beat the few-shot set "
+            f"({reference} minus real, {metric} {stats.describe({**gain, 'p_value': gain['p']})})"
         )
     if stuck:
         reasons.append(
-            f"budget-bound (best val check the last in most seeds, or under two checks): "
+            f"budget-bound (val score still rising at the last check in most seeds, or "
+            f"under two checks): "
             f"{', '.join(stuck)}"
         )
     if broken:
@@ -101,14 +161,17 @@ def check(
     allowed = not reasons
     if allowed:
         statement = (
-            f"More real data helps at this budget (all-train minus real, {metric} "
-            f"{stats.describe({**upper, 'p_value': upper['p']})}), nothing is budget-bound "
+            f"{REFERENCE_SAYS[reference == arms.ALL_TRAIN].capitalize()} helps at this "
+            f"budget ({reference} minus real, {metric} "
+            f"{stats.describe({**gain, 'p_value': gain['p']})}), nothing is budget-bound "
             "and every arm beats the constant predictor: the comparisons can be read."
         )
     else:
         statement = "This budget cannot measure the value of data here: " + "; ".join(reasons)
     return {
         "metric": metric,
+        "reference": reference,
+        "reference_minus_real": gain,
         "all_train_minus_real": upper,
         "oracle_minus_real": oracle,
         "constant_predictor": constant,

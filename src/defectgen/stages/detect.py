@@ -337,9 +337,7 @@ def run(
             entry: dict = {"n_seeds": len(runs), "n_train": runs[0]["n_train"],
                            "n_added": runs[0]["n_added"], "steps": runs[0]["steps"],
                            "best_steps": [r["best_step"] for r in runs]}  # fmt: skip
-            entry["budget_bound"] = validity.budget_bound(
-                entry["best_steps"], runs[0]["eval_steps"]
-            )
+            entry["budget_bound"] = validity.budget_bound([r["val_map50"] for r in runs])
             for m in names:
                 s = stats.summary([r[m] for r in runs])
                 entry[f"{m}_mean"], entry[f"{m}_std"] = s["mean"], s["std"]

@@ -271,8 +271,8 @@ def _classifiers(train: Path) -> tuple[Section, str]:
     )  # fmt: skip
     for model, comparisons in result["comparisons"].items():
         sec.paragraph(
-            f"{model}: paired differences in test {metric} (t interval over seeds; verdicts "
-            "on the synthetic arms from their Holm-adjusted p)."
+            f"{model}: paired differences in test {metric}. Interval: "
+            f"{result['protocol']['interval']}."
         )
         sec.table(COMPARISON_HEADERS, _comparison_rows(comparisons, (metric,), True))
         for arm, cap in result["captured"][model].items():

@@ -341,7 +341,7 @@ def run(
         "conditions": {},
     }
     runs: list[dict] = []
-    checks_of: dict[str, list[int]] = {}  # per condition, the val checks' steps
+    val_curves: dict[str, list[list[float]]] = defaultdict(list)  # per condition, per seed
     pasted: dict[str, list[dict]] = defaultdict(list)  # copy-paste records by condition
     curves = Curves()
     metrics_out: dict[str, float] = {}
@@ -368,7 +368,7 @@ def run(
                 if condition in arms.COPY_PASTE:  # a copy-paste arm's provenance
                     pasted[condition].append(done)
                 curves.series[f"{metric_name(condition)}.seed{seed}"] = done["losses"]
-                checks_of[condition] = done["eval_steps"]
+                val_curves[condition].append(done["val_dice"])
                 per_class_dice = {f"dice/{k}": v for k, v in done["per_class_dice"].items()}
                 runs.append(
                     {
@@ -394,7 +394,7 @@ def run(
             if pasted[condition]:
                 entry.update(copypaste.summarise(pasted[condition]))
             entry["best_steps"] = [int(v) for v in mine["best_step"]]
-            entry["budget_bound"] = validity.budget_bound(entry["best_steps"], checks_of[condition])
+            entry["budget_bound"] = validity.budget_bound(val_curves[condition])
             entry["dice_per_class"] = {
                 c[5:]: float(mine[c].mean()) for c in mine.columns if c.startswith("dice/")
             }

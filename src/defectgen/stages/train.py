@@ -40,13 +40,16 @@ Writes under `out_dir`:
     eval.json        the protocol; per model and condition mean and sample std over seeds
                      of accuracy, balanced accuracy, macro-F1 and per-class recall,
                      counts, best steps and whether it is budget-bound; per model the
-                     validity record, the paired comparisons (delta, 95 % t interval, p,
+                     validity record, the paired comparisons (delta, 95 % interval over
+                     seeds and test images, p,
                      Holm-adjusted p) and the fraction of the oracle's gain over real
                      each arm captures; per additive arm and class the
                      paired test-F1 difference against its classical arm (the outcome
                      the gate's per-class verdict predicts); the headline; skips
     runs.parquet     one row per (model, condition, seed): numbers, best step, counts,
                      the training ids and their sha256
+    test_predictions.parquet  one row per (model, condition, seed, test image): its true
+                     and predicted class, from which every number above recomputes
     comparison.csv   model, condition, accuracy and macro-F1 means (the DVC plot)
     confusion.json   per model and condition: test confusion matrix summed over seeds
     curves/<model>.<condition>.<seed>.csv   mean training loss between val checks and
@@ -55,6 +58,7 @@ Writes under `out_dir`:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -71,6 +75,7 @@ from defectgen.artifacts import (
     EVAL_JSON,
     RECORD_JSON,
     RUNS_PARQUET,
+    TEST_PREDICTIONS_PARQUET,
 )
 from defectgen.atomic import atomic_dir, atomic_write_json, write_file
 from defectgen.config import Params
@@ -84,7 +89,10 @@ from defectgen.real_images import load_images
 from defectgen.resume import Resume, file_digest
 from defectgen.seeds import derive_seed
 
-METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+METRICS = stats.CLASSIFIER_METRICS
+# the unit record's format, part of the resume key: records written before it stored
+# per-image test predictions are retrained, not read
+RECORD_FORMAT = "p2"
 
 
 class _Data:
@@ -269,6 +277,7 @@ def _train_one(params: Params, data: _Data, model_name: str, condition: str, see
             warmup=cfg.warmup,
             select_by=data.primary,
             n_classes=len(data.labels),
+            class_balance=cfg.class_balance,
             augment=augment,
             # the same init, batch-order and augmentation draws in every condition (common
             # random numbers): a paired delta reflects the training images, not the draw
@@ -288,6 +297,7 @@ def _train_one(params: Params, data: _Data, model_name: str, condition: str, see
         "recall": scores.recall,
         "f1": scores.f1,
         "confusion": scores.confusion,
+        "test_pred": [int(p) for p in preds],  # per test image in data.split["test"] order
         "steps": steps,
         "epochs_equivalent": steps * cfg.batch_size / len(train[1]),
         "best_step": fit.best_step,
@@ -304,21 +314,65 @@ def _train_one(params: Params, data: _Data, model_name: str, condition: str, see
     }
 
 
+# what a comparison's interval covers (eval.json's protocol.interval; the report quotes it)
+INTERVAL = (
+    "95 % percentile interval of a paired two-level bootstrap: the seeds resampled, and "
+    "the test images resampled within each true class, shared by both conditions "
+    "(core.stats.seed_image_bootstrap); it covers the training seeds and the test "
+    "images, and is conditional on this run's few-shot draw and generated images. "
+    "Verdicts of the synthetic arms from Holm-adjusted p per model and metric"
+)
+
+
+def _test_predictions(records: list[dict], data: _Data) -> pd.DataFrame:
+    """Every unit's score: one row per (model, condition, seed, test image) with the true
+    and predicted class, from which every metric and interval of eval.json recomputes."""
+    test = data.split["test"]
+    rows = [
+        {"model": r["model"], "condition": r["condition"], "seed": r["seed"],
+         "image_id": t["id"], "label": t["label"], "predicted": data.labels[p]}
+        for r in records
+        for t, p in zip(test, r["test_pred"], strict=True)
+    ]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def _by_seed(records: list[dict], model: str, condition: str, metric: str) -> dict[int, float]:
     mine = (r for r in records if (r["model"], r["condition"]) == (model, condition))
     return {r["seed"]: r[metric] for r in mine}
 
 
-def _comparisons(records: list[dict], model: str, plan: dict[str, str | None]) -> list[dict]:
-    """Paired (same seed) differences between the conditions that answer a question
-    (core.arms.questions), in each metric; per metric the synthetic arms' comparisons are
-    one Holm family, the controls' own (classical vs real, all-train vs real) are not."""
+class _Difference:
+    """The paired test of two conditions of one model on the test split: the two-level
+    bootstrap over seeds and test images (core.stats.seed_image_bootstrap) of the seeds
+    both conditions trained, from every model's per-image predictions."""
+
+    def __init__(self, records: list[dict], model: str, test_y: list[int], n_classes: int):
+        self.pred = {}  # condition -> {seed: predictions}
+        for r in records:
+            if r["model"] == model:
+                self.pred.setdefault(r["condition"], {})[r["seed"]] = r["test_pred"]
+        self.y, self.n_classes = test_y, n_classes
+
+    def __call__(self, metric: str, arm: str, control: str) -> dict:
+        seeds = sorted(set(self.pred[arm]) & set(self.pred[control]))
+        a, c = (np.array([self.pred[k][s] for s in seeds]) for k in (arm, control))
+        return stats.seed_image_bootstrap(a, c, self.y, metric, self.n_classes)
+
+
+def _comparisons(records: list[dict], model: str, plan: dict[str, str | None],
+                 difference: _Difference) -> list[dict]:  # fmt: skip
+    """Paired (same seed, same test images) differences between the conditions that
+    answer a question (core.arms.questions), in each metric, with intervals over seeds
+    and test images; per metric the synthetic arms' comparisons are one Holm family, the
+    controls' own (classical vs real, all-train vs real) are not."""
     trained = {r["condition"] for r in records if r["model"] == model}
     asked = arms.questions(plan, trained)
     out = []
     for metric in METRICS:
         values = {c: _by_seed(records, model, c, metric) for c in trained}
-        out += stats.compare(values, asked, metric, claims=arms.SYNTHETIC)
+        test = functools.partial(difference, metric)
+        out += stats.compare(values, asked, metric, claims=arms.SYNTHETIC, difference=test)
     return out
 
 
@@ -362,7 +416,7 @@ def _captured(records: list[dict], model: str, metric: str) -> dict[str, dict]:
     return out
 
 
-def _validity(records: list[dict], model: str, metric: str) -> dict:
+def _validity(records: list[dict], model: str, metric: str, difference: _Difference) -> dict:
     """core.validity's record for one model: can its comparisons see the value of data?"""
     mine = [r for r in records if r["model"] == model]
     trained = [c for c in dict.fromkeys(r["condition"] for r in mine) if c != arms.MAJORITY]
@@ -371,12 +425,10 @@ def _validity(records: list[dict], model: str, metric: str) -> dict:
     return validity.check(
         {c: _by_seed(records, model, c, metric) for c in trained},
         metric=metric,
+        difference=functools.partial(difference, metric),
         constant=constant[0] if constant else 0.0,
         classes_predicted={c: [r["classes_predicted"] for r in rs] for c, rs in runs.items()},
-        bound={
-            c: validity.budget_bound([r["best_step"] for r in rs], rs[0]["eval_steps"])
-            for c, rs in runs.items()
-        },
+        bound={c: validity.budget_bound([r["val_score"] for r in rs]) for c, rs in runs.items()},
     )
 
 
@@ -394,7 +446,7 @@ def headline(comparisons: dict[str, list[dict]], checks: dict[str, dict], metric
             r = hit[0]
             about = (
                 f"Synthetic vs classical augmentation ({model}, {arm} vs {r['control']}, "
-                f"{r['n_seeds']} paired seeds, equal steps)"
+                f"{r['n_seeds']} paired seeds x {r['n_images']} test images, equal steps)"
             )
             finding = f"{r['verdict']}; test {metric} {stats.describe(r)}."
             return validity.answer(about, checks[model], finding)
@@ -419,7 +471,7 @@ def _summarise(records: list[dict], labels: list[str]) -> tuple[dict, dict]:
                 "recall_mean": {c: float(np.mean([r["recall"][c] for r in runs])) for c in labels},
                 "best_steps": [r["best_step"] for r in runs],
                 "budget_bound": condition != arms.MAJORITY  # the constant predictor trains nothing
-                and validity.budget_bound([r["best_step"] for r in runs], runs[0]["eval_steps"]),
+                and validity.budget_bound([r["val_score"] for r in runs]),
                 "n_seeds": len(runs),
                 "n_train": runs[0]["n_train"],
                 "n_synthetic": runs[0]["n_synthetic"],
@@ -451,7 +503,8 @@ def run(
         Metrics <model>/<condition>/<metric>_mean, _std, _delta (vs real) for accuracy,
         balanced_accuracy and macro_f1; <model>/<arm>/vs_<control>/<metric>_delta,
         _ci_low, _ci_high, _p for every paired comparison; <model>/verdicts_allowed and
-        <model>/all_train_minus_real/<primary>_delta (the validity check); '+' in
+        <model>/reference_minus_real/<primary>_delta (the validity check's upper bound,
+        core.validity.reference_arm) and all_train_minus_real; '+' in
         condition names written '_' (+ time/... for MLflow only).
     """
     cfg = params.train
@@ -463,7 +516,7 @@ def run(
             "preprocess.split.val / test"
         )
     key = file_digest(*(p / manifest.MANIFEST_NAME for p in (preprocessed, generated, gated)))
-    resume = Resume(out_dir, key[:16] + params_key)
+    resume = Resume(out_dir, key[:16] + params_key + RECORD_FORMAT)
     records: list[dict] = []
     skipped: dict[str, str] = {}
     metrics_out: dict[str, float] = {}
@@ -490,9 +543,12 @@ def run(
             metrics_out[f"time/{model_name}/{metric_name(condition)}/{seed}_s"] = seconds
         records.append(json.loads((done / RECORD_JSON).read_text(encoding="utf-8")))
     summary, confusion = _summarise(records, data.labels)
-    checks = {m: _validity(records, m, data.primary) for m in summary}
+    test_y = [data.labels.index(r["label"]) for r in data.split["test"]]
+    differences = {m: _Difference(records, m, test_y, len(data.labels)) for m in summary}
+    checks = {m: _validity(records, m, data.primary, differences[m]) for m in summary}
     comparisons = {
-        m: validity.withhold(_comparisons(records, m, data.plan), checks[m]) for m in summary
+        m: validity.withhold(_comparisons(records, m, data.plan, differences[m]), checks[m])
+        for m in summary
     }
     captured = {m: _captured(records, m, data.primary) for m in summary}
     per_class = {m: _per_class(records, m, data.labels) for m in summary}
@@ -515,12 +571,12 @@ def run(
                     "schedule": cfg.schedule
                     + (f", warmup {cfg.warmup:g} of the steps" if cfg.schedule == "cosine" else ""),
                     "selection": f"best val {data.primary}",
+                    "class_balance": cfg.class_balance,
                     "seeds": cfg.seeds,
                     "paired": "per seed the same init and RNG stream in every condition: "
                     "equal-size conditions see the same batches, others the same draws "
                     "over different images",
-                    "interval": "95 % Student-t over paired seed differences; verdicts "
-                    "of the synthetic arms from Holm-adjusted p per model and metric",
+                    "interval": INTERVAL,
                     "classical": augment.describe(params.classical),
                     "models": {m: classify.describe(m, cfg.views) for m in cfg.models},
                     "matched_to": data.matched,
@@ -538,12 +594,13 @@ def run(
         as_json = ("recall", "f1", "n_train", "eval_steps", "val_score", "train_loss")
         table = pd.DataFrame(
             [
-                {k: v for k, v in r.items() if k != "confusion" and k not in as_json}
+                {k: v for k, v in r.items() if k not in ("confusion", "test_pred", *as_json)}
                 | {k: json.dumps(r[k]) for k in as_json if k in r}
                 for r in records
             ]
         )
         table.to_parquet(tmp / RUNS_PARQUET, index=False)
+        _test_predictions(records, data).to_parquet(tmp / TEST_PREDICTIONS_PARQUET, index=False)
         plot = [
             {
                 "run": f"{m} {c}",
@@ -578,8 +635,8 @@ def run(
                         metrics_out[f"{name}/{key}"] = entry[key]
         metrics_out.update(comparison_metrics(model, comparisons[model]))
         metrics_out[f"{model}/verdicts_allowed"] = float(checks[model]["verdicts_allowed"])
-        upper = checks[model]["all_train_minus_real"]
-        if upper is not None:
-            metrics_out[f"{model}/all_train_minus_real/{data.primary}_delta"] = upper["delta"]
+        for key in ("reference_minus_real", "all_train_minus_real"):
+            if checks[model][key] is not None:
+                metrics_out[f"{model}/{key}/{data.primary}_delta"] = checks[model][key]["delta"]
     metrics_out["n_runs"] = float(len(records))
     return metrics_out
