@@ -100,9 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     run_stages(raw, run_dir, only=("ingest", "preprocess"))
     params = parse_params(raw, str(profile))
     pre = run_dir / "preprocess"
-    rows = manifest.read_rows(pre)
-    if args.minority:
-        rows = imbalance(rows, args.minority, args.ratio, params.seed)
+    every = manifest.read_rows(pre)
+    rows = imbalance(every, args.minority, args.ratio, params.seed) if args.minority else every
     labels = sorted({r["label"] for r in rows})
     split = {s: [r for r in rows if r["split"] == s] for s in ("train", "val", "test")}
     subset = [r for r in split["train"] if r["in_subset"]]
@@ -113,18 +112,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     sets = {"real": subset, "oracle": subset + oracle, "all-train": split["train"]}
 
-    # 2. the probe's features, once (cached in the run folder)
-    cache = run_dir / f"features{'-' + args.tag if args.tag else ''}.pt"
+    # 2. the probe's features of every preprocessed image, once (cached in the run folder;
+    # an imbalanced line reads its rows' features from the same cache)
+    cache = run_dir / "features.pt"
     size = params.train.image_size or rows[0]["width"]
     if cache.is_file():
         features = torch.load(cache, weights_only=True)
     else:
-        every = split["train"]
-        pixels = dict(zip((r["id"] for r in every), load_images(pre, every, size), strict=True))
-        held = {s: classify.to_batch(load_images(pre, split[s], size)) for s in ("val", "test")}
-        features = probe_features(params, every, pixels, held["val"])
-        features["test"] = classify.FrozenTrunk()(held["test"])
+        train = [r for r in every if r["split"] == "train"]
+        pixels = dict(zip((r["id"] for r in train), load_images(pre, train, size), strict=True))
+        held = [r for r in every if r["split"] != "train"]
+        trunk = classify.FrozenTrunk()(classify.to_batch(load_images(pre, held, size)))
+        features = {"train": probe_features(params, train, pixels, trunk[:0])["train"],
+                    "held": dict(zip((r["id"] for r in held), trunk, strict=True))}  # fmt: skip
         torch.save(features, cache)
+    for s in ("val", "test"):
+        features[s] = torch.stack([features["held"][r["id"]] for r in split[s]])
     y = {s: torch.tensor([labels.index(r["label"]) for r in split[s]]) for s in ("val", "test")}
     metric = classify.primary_metric(params.train.primary, y["test"].tolist(), len(labels))
 
