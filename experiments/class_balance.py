@@ -15,11 +15,11 @@ each class-balance mode (core.classify.CLASS_BALANCE) on three sets, every seed:
                class-matched oracle, short where a class has fewer outside)
     all-train  the whole train split
 
-`--minority C --ratio R` makes an imbalanced line of the data first: class C keeps its
-few-shot images and a seeded share of the rest in every split, so that the train split
+`--minority C --ratio R` makes the train split imbalanced first: class C keeps its
+few-shot images and a seeded share of its other train images, so that the train split
 holds R times more images of the largest other class than of C (as on a line where most
-parts are fine). Raw data and the run's manifest are not changed; rows are dropped in
-memory.
+parts are fine); val and test stay as they are. Raw data and the run's manifest are not
+changed; rows are dropped in memory.
 
 Val picks each run's checkpoint (the protocol's selection); the default is chosen on
 val. Test is scored too, with the protocol's interval (seeds and test images,
@@ -62,9 +62,10 @@ SETS = ("real", "oracle", "all-train")
 
 
 def imbalance(rows: list[dict], minority: str, ratio: float, seed: int) -> list[dict]:
-    """The rows of an imbalanced line: `minority` keeps its few-shot rows and a seeded
-    share of its other rows in every split, so that its train count is the largest other
-    class's divided by `ratio`."""
+    """The rows of an imbalanced train split: `minority` keeps its few-shot rows and a
+    seeded share of its other train rows, so that its train count is the largest other
+    class's divided by `ratio`. Val and test stay as they are (the rare class keeps
+    enough test images for an interval)."""
     train = [r for r in rows if r["split"] == "train"]
     counts = arms.per_class(train)
     if minority not in counts:
@@ -74,8 +75,8 @@ def imbalance(rows: list[dict], minority: str, ratio: float, seed: int) -> list[
     rest = counts[minority] - fixed
     keep = min(1.0, max(0.0, (target - fixed) / rest)) if rest else 1.0
     rng = np.random.default_rng(derive_seed(seed, "imbalance", minority) % 2**63)
-    return [r for r in rows
-            if r["label"] != minority or r["in_subset"] or rng.random() < keep]  # fmt: skip
+    return [r for r in rows if r["split"] != "train" or r["label"] != minority
+            or r["in_subset"] or rng.random() < keep]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
