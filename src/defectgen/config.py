@@ -729,10 +729,11 @@ class TrainConfig(_Section):
         "accuracy",
     )
     class_balance: Literal["none", "weights", "sampler"] = Field(
-        default="none",
+        default="sampler",
         description="how training treats an imbalanced train set (core.classify.fit): "
-        "weights (loss weighted by inverse class frequency) | sampler (batches drawn "
-        "class-balanced) | none",
+        "sampler (batches drawn class-balanced) | weights (loss weighted by inverse class "
+        "frequency) | none; sampler measured best on val "
+        "(experiments/expansion/results/*/class-balance*.md)",
     )
     rotation: float = Field(default=10.0, ge=0.0, le=180.0)  # +- degrees
     flips: bool = True  # horizontal and vertical
