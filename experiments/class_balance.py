@@ -5,9 +5,9 @@
     python -m experiments.class_balance neu-det
     python -m experiments.class_balance sd-saliency-900
 
-On the dataset's expansion profile (ingest and preprocess only, in the run folder), the
-probe (effnet_lite0_probe, the protocol's classifier, on features made once) trains with
-each class-balance mode (core.classify.CLASS_BALANCE) on three sets, every seed:
+On the dataset's expansion profile (ingest and preprocess only, in the run folder), a
+probe (`--model`, default the profile's first classifier: the judge, on features made
+once) trains with each class-balance mode (core.classify.CLASS_BALANCE) on three sets, every seed:
 
     real       the profile's few-shot subset
     oracle     + as many real train images from outside the subset per class as the
@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ratio", type=float, default=10.0)
     ap.add_argument("--run-dir", type=Path, default=None)
     ap.add_argument("--tag", default="")
+    ap.add_argument("--model", default=None, choices=list(classify.PROBES),
+                    help="default: the profile's train.models[0]")  # fmt: skip
     args = ap.parse_args(argv)
     start = time.monotonic()
 
@@ -115,7 +117,10 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. the probe's features of every preprocessed image, once (cached in the run folder;
     # an imbalanced line reads its rows' features from the same cache)
-    cache = run_dir / "features.pt"
+    model = args.model or params.train.models[0]
+    if model not in classify.PROBES:
+        raise SystemExit(f"{model}: this measurement trains a probe ({list(classify.PROBES)})")
+    cache = run_dir / f"features-{model}.pt"
     size = params.train.image_size or rows[0]["width"]
     if cache.is_file():
         features = torch.load(cache, weights_only=True)
@@ -123,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         train = [r for r in every if r["split"] == "train"]
         pixels = dict(zip((r["id"] for r in train), load_images(pre, train, size), strict=True))
         held = [r for r in every if r["split"] != "train"]
-        trunk = classify.FrozenTrunk()(classify.to_batch(load_images(pre, held, size)))
-        features = {"train": probe_features(params, train, pixels, trunk[:0])["train"],
+        trunk = classify.FrozenTrunk(network=classify.PROBES[model])
+        trunk = trunk(classify.to_batch(load_images(pre, held, size)))
+        features = {"train": probe_features(params, train, pixels, trunk[:0], model)["train"],
                     "held": dict(zip((r["id"] for r in held), trunk, strict=True))}  # fmt: skip
         torch.save(features, cache)
     for s in ("val", "test"):
@@ -141,16 +147,15 @@ def main(argv: list[str] | None = None) -> int:
             t = torch.tensor([labels.index(r["label"]) for r in chosen])
             for seed in args.seeds:
                 with torch.random.fork_rng():
-                    torch.manual_seed(derive_seed(params.seed, "init", classify.EFFNET_PROBE,
-                                                  seed) % 2**63)  # fmt: skip
-                    model = classify.build(classify.EFFNET_PROBE, len(labels))
+                    torch.manual_seed(derive_seed(params.seed, "init", model, seed) % 2**63)
+                    probe = classify.build(model, len(labels))
                 fit = classify.fit(
-                    model, (x, t), (features["val"], y["val"]), steps=cfg.steps,
+                    probe, (x, t), (features["val"], y["val"]), steps=cfg.steps,
                     evals=cfg.evals, batch_size=cfg.batch_size, lr=cfg.lr,
                     weight_decay=cfg.weight_decay, schedule_kind=cfg.schedule,
                     warmup=cfg.warmup, select_by=metric, n_classes=len(labels),
                     augment=classify.probe_augment(cfg.views), class_balance=mode,
-                    seed=derive_seed(params.seed, "fit", classify.EFFNET_PROBE, seed) % 2**63,
+                    seed=derive_seed(params.seed, "fit", model, seed) % 2**63,
                 )  # fmt: skip
                 pred = classify.predict(fit.model, features["test"])
                 predictions[mode, name, seed] = pred
@@ -184,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "git": _git(),
         "metric": metric,
+        "model": model,
         "seeds": args.seeds,
         "counts": {s: arms.per_class(split[s]) for s in split}
         | {"few-shot": arms.per_class(subset)},
@@ -209,7 +215,7 @@ def markdown(result: dict) -> str:
     lines = [
         f"# Class balance: {result['dataset']}", "",
         f"`{result['command']}` ({result['date']}, git {result['git']}, "
-        f"{result['minutes']} min). Probe on frozen EfficientNet-Lite0 features, the "
+        f"{result['minutes']} min). {result['model']}, the "
         f"protocol's fit ({result['train_params']['steps']} steps, best val {metric}), "
         f"seeds {result['seeds']}. Train/val/test per class: "
         f"{result['counts']['train']} / {result['counts']['val']} / {result['counts']['test']}; "

@@ -135,11 +135,13 @@ def _record(model: str, size, seed: int, n_train: int, fit, val: list[float]) ->
     }  # fmt: skip
 
 
-def probe_features(params, train: list[dict], pixels: dict, val_x: torch.Tensor) -> dict:
-    """The probe's inputs, as the train stage makes them: per train id its views (seeded
-    by its id), and val's plain features."""
+def probe_features(
+    params, train: list[dict], pixels: dict, val_x: torch.Tensor, model: str = classify.EFFNET_PROBE
+) -> dict:
+    """A probe's inputs, as the train stage makes them: per train id its views (seeded
+    by its id), and val's plain features, on the probe's trunk (classify.PROBES)."""
     cfg = params.train
-    trunk = classify.FrozenTrunk()
+    trunk = classify.FrozenTrunk(network=classify.PROBES[model])
     x = classify.to_batch([pixels[r["id"]] for r in train])
     seeds = [derive_seed(params.seed, "views", r["id"]) % 2**63 for r in train]
     views = trunk.views(x, classify.protocol_augment(cfg.rotation, cfg.flips), cfg.views, seeds)
@@ -289,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         probe = classify.on_features(model)
         if probe:  # the frozen trunk's features once; the runs take seconds, here
-            features = probe_features(params, train, pixels, val[0])
+            features = probe_features(params, train, pixels, val[0], model)
         for k, chosen in sets.items():
             data = {"rows": chosen, "pixels": [pixels[r["id"]] for r in chosen], "metric": metric}
             model_val = val

@@ -426,7 +426,7 @@ class SweepConfig(_Section):
 CONDITIONS = ("real+synthetic", "real+ungated", "substitution")
 CLASSIFIERS = (
     "resnet18", "squeezenet1_1", "vgg11_bn", "densenet121", "alexnet", "effnet_lite0_imagenet",
-    "effnet_lite0_probe",
+    "effnet_lite0_probe", "effnet_lite2_probe",
 )  # fmt: skip
 
 
@@ -707,7 +707,9 @@ PRIMARY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 class TrainConfig(_Section):
     """Defect classifiers on real vs real+synthetic (StableSDG III-D / IV-C protocol)."""
 
-    models: list[Literal[CLASSIFIERS]] = Field(default=["effnet_lite0_probe"], min_length=1)
+    # the first model's comparisons give the answer: the judge, a probe on a network none
+    # of the generator's instruments uses (core.classify.PROBES)
+    models: list[Literal[CLASSIFIERS]] = Field(default=["effnet_lite2_probe"], min_length=1)
     conditions: list[Literal[CONDITIONS]] = Field(
         default=["real+synthetic", "real+ungated", "substitution"]
     )  # the synthetic arms; the controls always run (core/arms.py)
@@ -739,7 +741,7 @@ class TrainConfig(_Section):
     flips: bool = True  # horizontal and vertical
     views: int = Field(
         default=8, ge=1,
-        description="effnet_lite0_probe: feature vectors per train image, the image and "
+        description="the probes: feature vectors per train image, the image and "
         "views - 1 augmented copies (rotation, flips), computed once by the frozen trunk",
     )  # fmt: skip
     image_size: int | None = Field(default=None, ge=16)  # null: as preprocessed

@@ -115,3 +115,14 @@ def test_the_sampler_fills_batches_with_each_class_alike():
     with pytest.raises(ValueError, match="class_balance"):
         classify.fit(Recorder(), (x, y), (x, y), steps=1, evals=1, batch_size=4, lr=1e-3,
                      augment=lambda t: t, seed=0, class_balance="oversample")  # fmt: skip
+
+
+def test_both_trunks_see_small_images():
+    # 32 px images: the judge's trunk (Lite2) gave all-zero features before they were
+    # upsampled to the trunks' smallest working side
+    x, _ = dataset(4, 0)
+    assert x.shape[-1] == 32
+    for network in ("efficientnet-lite0", "efficientnet-lite2"):
+        features = classify.FrozenTrunk(network=network)(x)
+        assert features.shape == (4, classify.TRUNK_FEATURES)
+        assert features.abs().mean() > 0.1 and features.std(0).mean() > 0.01

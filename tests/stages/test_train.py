@@ -298,30 +298,34 @@ def test_the_headline_gives_a_verdict_only_when_the_validity_check_passed():
 
 
 def test_a_probe_trains_beside_a_pooled_model_on_features_made_once(dataset, tmp_path):
-    """effnet_lite0_probe trains in the stage's process on the frozen trunk's features
-    (made once per image, reused by every condition and seed) while squeezenet trains in
-    the worker pool; both models' runs are recorded, the probe learns the stripes."""
+    """The judge's probe (effnet_lite2_probe) trains in the stage's process on its frozen
+    trunk's features (made once per image, reused by every condition and seed) while
+    squeezenet trains in the worker pool; both models' runs are recorded, the probe
+    learns the stripes, and each probe reads its own network's features."""
     cfg = {"conditions": ["real+synthetic"], "oracle": False, "seeds": [0, 1], "steps": 30,
            "lr": 1e-2, "views": 4, "workers": 2}  # fmt: skip
-    run_train(dataset, tmp_path / "train", models=["squeezenet1_1", "effnet_lite0_probe"], **cfg)
+    run_train(dataset, tmp_path / "train", models=["squeezenet1_1", "effnet_lite2_probe"], **cfg)
     runs = pd.read_parquet(tmp_path / "train" / "runs.parquet")
-    for model in ("squeezenet1_1", "effnet_lite0_probe"):
+    for model in ("squeezenet1_1", "effnet_lite2_probe"):
         mine = runs[runs["model"] == model]
         assert (
             sorted(set(mine["condition"]))
             == sorted(["real", "real+synthetic", "real+classical", "majority"])
             and len(mine) == 8
         )
-    probe = runs[(runs["model"] == "effnet_lite0_probe") & (runs["condition"] == "real")]
+    probe = runs[(runs["model"] == "effnet_lite2_probe") & (runs["condition"] == "real")]
     assert probe["accuracy"].min() >= 0.9
     report = json.loads((tmp_path / "train" / "eval.json").read_text())
-    assert "frozen EfficientNet-Lite0" in report["protocol"]["models"]["effnet_lite0_probe"]
+    said = report["protocol"]["models"]["effnet_lite2_probe"]
+    assert "frozen EfficientNet-Lite2" in said and "none of the generator's instruments" in said
 
     data = train._Data(params_for(dataset["tmp"] / "raw", **cfg), dataset["tmp"] / "pre",
                        dataset["tmp"] / "gen", dataset["tmp"] / "gated")  # fmt: skip
     rows = data.subset[:3]
-    first = data.features(rows, views=4).clone()
-    assert first.shape == (3, 4, 1280)
-    data._trunk = None  # a cached image is not passed through the trunk again
-    assert torch.equal(data.features(list(reversed(rows)), views=4), first.flip(0))
-    assert data._trunk is None
+    judge = data.features(rows, views=4, network="efficientnet-lite2").clone()
+    generators = data.features(rows, views=4, network="efficientnet-lite0")
+    assert judge.shape == generators.shape == (3, 4, 1280)
+    assert not torch.allclose(judge, generators)  # two networks, two feature spaces
+    data._trunks = {}  # a cached image is not passed through a trunk again
+    flipped = data.features(list(reversed(rows)), views=4, network="efficientnet-lite2")
+    assert torch.equal(flipped, judge.flip(0)) and data._trunks == {}

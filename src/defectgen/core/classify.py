@@ -48,8 +48,12 @@ EFFNET_IMAGENET = "effnet_lite0_imagenet"  # EfficientNet-Lite0 from its ImageNe
 # a linear head on EfficientNet-Lite0's frozen ImageNet features (FrozenTrunk): trains in
 # seconds and converges (a convex problem), so many paired seeds are affordable on a CPU
 EFFNET_PROBE = "effnet_lite0_probe"
-MODELS = (*TORCHVISION_MODELS, EFFNET_IMAGENET, EFFNET_PROBE)
-TRUNK_FEATURES = 1280  # EfficientNet-Lite0's pooled feature width
+# the same on EfficientNet-Lite2's features: the judge, since no instrument of the
+# generator (the tiny VAE's perceptual loss, the sweep, the gate) uses that network
+EFFNET_LITE2_PROBE = "effnet_lite2_probe"
+PROBES = {EFFNET_PROBE: "efficientnet-lite0", EFFNET_LITE2_PROBE: "efficientnet-lite2"}
+MODELS = (*TORCHVISION_MODELS, EFFNET_IMAGENET, *PROBES)
+TRUNK_FEATURES = 1280  # every EfficientNet-Lite's pooled feature width
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -63,18 +67,18 @@ def build(name: str, num_classes: int) -> nn.Module:
         model = _effnet_imagenet()
         model._fc = nn.Linear(model._fc.in_features, num_classes)
         return model
-    if name == EFFNET_PROBE:  # its inputs are FrozenTrunk features, not images
+    if name in PROBES:  # its inputs are FrozenTrunk features, not images
         return nn.Linear(TRUNK_FEATURES, num_classes)
     raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
 
 
-def _effnet_imagenet() -> nn.Module:
+def _effnet_imagenet(network: str = "efficientnet-lite0") -> nn.Module:
     from efficientnet_lite_pytorch import EfficientNet
 
     from defectgen.core.metrics import effnet_weights_path
 
-    model = EfficientNet.from_name("efficientnet-lite0")
-    model.load_state_dict(torch.load(effnet_weights_path(), weights_only=True))
+    model = EfficientNet.from_name(network)
+    model.load_state_dict(torch.load(effnet_weights_path(network), weights_only=True))
     return model
 
 
@@ -88,22 +92,27 @@ def describe(name: str, views: int) -> str:
     )
     if name == EFFNET_IMAGENET:
         return f"EfficientNet-Lite0 fine-tuned from its ImageNet weights ({shared})"
-    if name == EFFNET_PROBE:
+    if name in PROBES:
+        network = PROBES[name].replace("efficientnet-lite", "EfficientNet-Lite")
+        caveat = shared if name == EFFNET_PROBE else (
+            "a network none of the generator's instruments uses: the tiny VAE's perceptual "
+            "loss, the sweep and the gate use EfficientNet-Lite0")  # fmt: skip
         return (
-            "a linear head on frozen EfficientNet-Lite0 ImageNet features (pooled, 1280-d), "
+            f"a linear head on frozen {network} ImageNet features (pooled, 1280-d), "
             f"{views} feature views per train image (the image and {views - 1} copies under "
-            f"the protocol's rotation and flips), computed once ({shared})"
+            f"the protocol's rotation and flips), computed once ({caveat})"
         )
     raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
 
 
 def on_features(name: str) -> bool:
     """Whether the model trains on FrozenTrunk features instead of images."""
-    return name == EFFNET_PROBE
+    return name in PROBES
 
 
 class FrozenTrunk:
-    """EfficientNet-Lite0's ImageNet trunk, frozen: images -> pooled 1280-d features.
+    """An EfficientNet-Lite ImageNet trunk, frozen: images -> pooled 1280-d features
+    (`network`: Lite0 by default, Lite2 for the judge's probe; PROBES).
 
     The probe's training-time augmentation happens here, once: each train image becomes
     `views` feature vectors, the image itself and `views - 1` augmented copies, and a
@@ -112,9 +121,17 @@ class FrozenTrunk:
     the cost of one trunk pass per view instead of one per step.
     """
 
-    def __init__(self, rt: Runtime = CPU, batch_size: int = 64):
+    def __init__(
+        self, rt: Runtime = CPU, batch_size: int = 64, network: str = "efficientnet-lite0"
+    ):
         self.rt, self.batch_size = rt, batch_size
-        self.net = _effnet_imagenet().eval().to(rt.device, memory_format=torch.channels_last)
+        net = _effnet_imagenet(network).eval()
+        self.net = net.to(rt.device, memory_format=torch.channels_last)
+
+    # Smaller images are upsampled to this side first: the trunk downsamples 32x, and on
+    # a 32 px image the 1x1 map's activations die (measured: every EfficientNet-Lite2
+    # feature exactly 0, Lite0's mean |feature| 0.003 against 0.2 at 64 px).
+    MIN_SIDE = 64
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -122,6 +139,9 @@ class FrozenTrunk:
         out = []
         for i in range(0, len(x), self.batch_size):
             batch = x[i : i + self.batch_size].to(self.rt.device)
+            if min(batch.shape[-2:]) < self.MIN_SIDE:
+                scale = self.MIN_SIDE / min(batch.shape[-2:])
+                batch = F.interpolate(batch, scale_factor=scale, mode="bilinear")
             with self.rt.autocast:
                 f = self.net.extract_features(batch.contiguous(memory_format=torch.channels_last))
             out.append(f.float().mean((2, 3)).cpu())

