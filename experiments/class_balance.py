@@ -51,8 +51,8 @@ from experiments.expansion.run import (
     PROFILES,
     REPO,
     RESULTS,
-    _git,
     build_params,
+    clean_commit,
     copy_data,
     run_stages,
 )
@@ -89,9 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ratio", type=float, default=10.0)
     ap.add_argument("--run-dir", type=Path, default=None)
     ap.add_argument("--tag", default="")
+    ap.add_argument("--exploratory", action="store_true",
+                    help="allow uncommitted changes (the result's git says -dirty)")  # fmt: skip
     ap.add_argument("--model", default=None, choices=list(classify.PROBES),
                     help="default: the profile's train.models[0]")  # fmt: skip
     args = ap.parse_args(argv)
+    git = clean_commit(args.exploratory)
     start = time.monotonic()
 
     # 1. the data: the profile's ingest and preprocess, made imbalanced if asked
@@ -187,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         "dataset": args.dataset,
         "command": "python -m experiments.class_balance " + " ".join(argv or sys.argv[1:]),
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "git": _git(),
+        "git": git,
         "metric": metric,
         "model": model,
         "seeds": args.seeds,

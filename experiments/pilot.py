@@ -47,7 +47,15 @@ from defectgen.core import classify, stats, validity
 from defectgen.real_images import load_images
 from defectgen.resume import Resume
 from defectgen.seeds import derive_seed
-from experiments.expansion.run import PROFILES, REPO, RESULTS, build_params, copy_data, run_stages
+from experiments.expansion.run import (
+    PROFILES,
+    REPO,
+    RESULTS,
+    build_params,
+    clean_commit,
+    copy_data,
+    run_stages,
+)
 
 UNET = "unet"  # the segment stage's U-Net (core.segment), not a classifier
 DETECTOR_PREFIXES = ("fasterrcnn_", "maskrcnn_")  # core.detect.MODELS, not classifiers
@@ -246,7 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tag", default="", help="results/<dataset>/pilot-<tag>.{json,md}")
     ap.add_argument("--results", type=Path, default=None,
                     help="default: experiments/expansion/results/<dataset>")  # fmt: skip
+    ap.add_argument("--exploratory", action="store_true",
+                    help="allow uncommitted changes (the result's git says -dirty)")  # fmt: skip
     args = ap.parse_args(argv)
+    git = clean_commit(args.exploratory)
 
     profile = args.profile or PROFILES / f"{args.dataset}.yaml"
     raw = build_params(args.dataset, profile, toy=False, track=False)
@@ -303,14 +314,12 @@ def main(argv: list[str] | None = None) -> int:
                              labels, k, seed, args.steps, args.evals)))  # fmt: skip
         for done, _ in resume.ensure_many(jobs, workers=1 if probe else args.workers):
             records.append(json.loads((done / "record.json").read_text(encoding="utf-8")))
-    from experiments.expansion.run import _git
-
     detectors = [m for m in args.models if m.startswith(DETECTOR_PREFIXES)]
     result = {
         "dataset": args.dataset,
         "command": "python -m experiments.pilot " + " ".join(argv or sys.argv[1:]),
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "git": _git(),
+        "git": git,
         "metric": metric,
         **({"segment_metric": "mean val Dice"} if UNET in args.models else {}),
         **({"detect_metric": "val mAP@.5"} if detectors else {}),

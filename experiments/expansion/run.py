@@ -318,14 +318,29 @@ def _machine() -> dict:
     }
 
 
-def _git() -> str:
+def _git(repo: Path = REPO) -> str:
     res = subprocess.run(
-        ["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True
+        ["git", "describe", "--always", "--dirty"], cwd=repo, capture_output=True, text=True
     )
     return res.stdout.strip() or "unknown"
 
 
-def collect(dataset: str, raw: dict, run_dir: Path, times: dict, data: dict, argv: list) -> dict:
+def clean_commit(exploratory: bool, repo: Path = REPO) -> str:
+    """The commit a result comes from, read before any work. A result meant to be
+    committed comes from one clean commit, so a tree with uncommitted changes is refused
+    unless the run is `exploratory` (then the commit reads '-dirty' in the result)."""
+    sha = _git(repo)
+    if sha.endswith("-dirty") and not exploratory:
+        raise SystemExit(
+            f"{repo}: the working tree has uncommitted changes (git {sha}); a committed "
+            "result comes from one clean commit: commit or stash them, or pass "
+            "--exploratory for a result that is not to be committed"
+        )
+    return sha
+
+
+def collect(dataset: str, raw: dict, run_dir: Path, times: dict, data: dict, argv: list,
+            git: str) -> dict:  # fmt: skip
     """results.json's content from the finished run's outputs."""
     pre = run_dir / "preprocess"
     rows = manifest.read_rows(pre)
@@ -340,7 +355,7 @@ def collect(dataset: str, raw: dict, run_dir: Path, times: dict, data: dict, arg
         "dataset": dataset,
         "command": "python -m experiments.expansion " + " ".join(argv),
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "git": _git(),
+        "git": git,
         "machine": _machine(),
         "params": raw,
         "data": {
@@ -623,7 +638,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", type=setting, action="append", default=[], metavar="KEY=VALUE",
                     help="one more override after the profile's, e.g. --set "
                     "pairs.background=real (recorded in results.json's command)")  # fmt: skip
+    ap.add_argument("--exploratory", action="store_true", help="run on a tree with "
+                    "uncommitted changes (the result says so; not to be committed)")  # fmt: skip
     args = ap.parse_args(argv)
+    git = clean_commit(args.exploratory or args.toy)  # toy sizes check the harness only
     profile = (args.profile or PROFILES / f"{args.dataset}.yaml").resolve()
     if not profile.is_file():
         known = sorted(p.stem for p in PROFILES.glob("*.yaml"))
@@ -636,7 +654,7 @@ def main(argv: list[str] | None = None) -> int:
     (run_dir / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     started = time.perf_counter()
     times = run_stages(raw, run_dir, keep_finished=args.keep_finished, skip=tuple(args.skip))
-    result = collect(args.dataset, raw, run_dir, times, data, argv)
+    result = collect(args.dataset, raw, run_dir, times, data, argv, git)
     result["profile"] = (
         str(profile.relative_to(REPO)) if profile.is_relative_to(REPO) else str(profile)
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -260,3 +261,19 @@ def test_set_overrides_come_after_the_profile_and_are_validated():
             track=False,
             settings=(expansion.setting("pairs.background=elsewhere"),),
         )
+
+
+def test_a_result_from_uncommitted_code_is_refused_unless_exploratory(tmp_path: Path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "code.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "code.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    sha = expansion.clean_commit(False, repo)
+    assert sha and not sha.endswith("-dirty")
+    (repo / "code.py").write_text("x = 2\n")  # an uncommitted change
+    with pytest.raises(SystemExit, match="uncommitted changes.*--exploratory"):
+        expansion.clean_commit(False, repo)
+    assert expansion.clean_commit(True, repo) == f"{sha}-dirty"

@@ -85,7 +85,8 @@ def test_the_unet_and_detector_pilots_train_each_set_on_its_pairs_and_score_val(
     }))  # fmt: skip
     args = ["toy", "--profile", str(profile), "--models", model, "--sizes", "2",
             "--profile-subset", "--steps", "4", "--evals", "2", "--seeds", "0", "1",
-            "--run-dir", str(tmp_path / "run"), "--results", str(tmp_path / "out")]  # fmt: skip
+            "--run-dir", str(tmp_path / "run"), "--results", str(tmp_path / "out"),
+            "--exploratory"]  # a test's result, never committed  # fmt: skip
     assert pilot.main(args) == 0
     result = json.loads((tmp_path / "out" / "pilot.json").read_text())
     runs = {(r["size"], r["seed"]): r for r in result["runs"]}
