@@ -55,6 +55,7 @@ from experiments.expansion.run import (
     clean_commit,
     copy_data,
     run_stages,
+    setting,
 )
 from experiments.pilot import probe_features
 
@@ -89,6 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ratio", type=float, default=10.0)
     ap.add_argument("--run-dir", type=Path, default=None)
     ap.add_argument("--tag", default="")
+    ap.add_argument(
+        "--set",
+        type=setting,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="one more override after the profile's, e.g. --set train.views=1",
+    )
     ap.add_argument("--exploratory", action="store_true",
                     help="allow uncommitted changes (the result's git says -dirty)")  # fmt: skip
     ap.add_argument("--model", default=None, choices=list(classify.PROBES),
@@ -99,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 1. the data: the profile's ingest and preprocess, made imbalanced if asked
     profile = PROFILES / f"{args.dataset}.yaml"
-    raw = build_params(args.dataset, profile, toy=False, track=False)
+    raw = build_params(args.dataset, profile, toy=False, track=False, settings=tuple(args.set))
     run_dir = (args.run_dir or REPO / "runs" / "class-balance" / args.dataset).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     copy_data(raw, run_dir)
@@ -123,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model or params.train.models[0]
     if model not in classify.PROBES:
         raise SystemExit(f"{model}: this measurement trains a probe ({list(classify.PROBES)})")
-    cache = run_dir / f"features-{model}.pt"
+    cache = run_dir / f"features-{model}-views{params.train.views}.pt"
     size = params.train.image_size or rows[0]["width"]
     if cache.is_file():
         features = torch.load(cache, weights_only=True)
