@@ -325,12 +325,27 @@ def _git(repo: Path = REPO) -> str:
     return res.stdout.strip() or "unknown"
 
 
+# Where committed results live: changes there are earlier runs' outputs, not code, so
+# they do not make a run's commit dirty (each lands as its run finishes).
+RESULT_PATHS = ("experiments/expansion/results",)
+
+
 def clean_commit(exploratory: bool, repo: Path = REPO) -> str:
     """The commit a result comes from, read before any work. A result meant to be
-    committed comes from one clean commit, so a tree with uncommitted changes is refused
-    unless the run is `exploratory` (then the commit reads '-dirty' in the result)."""
-    sha = _git(repo)
-    if sha.endswith("-dirty") and not exploratory:
+    committed comes from one clean commit, so a tree with uncommitted changes to tracked
+    files outside RESULT_PATHS is refused unless the run is `exploratory` (then the
+    commit reads '<sha>-dirty' in the result)."""
+
+    def git(*args: str) -> str:
+        res = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
+        return res.stdout.strip()
+
+    sha = git("rev-parse", "--short", "HEAD") or "unknown"
+    outside = [f":(exclude){p}" for p in RESULT_PATHS]
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", *outside)
+    if changed:
+        sha += "-dirty"
+    if changed and not exploratory:
         raise SystemExit(
             f"{repo}: the working tree has uncommitted changes (git {sha}); a committed "
             "result comes from one clean commit: commit or stash them, or pass "

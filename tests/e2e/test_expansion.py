@@ -277,3 +277,12 @@ def test_a_result_from_uncommitted_code_is_refused_unless_exploratory(tmp_path: 
     with pytest.raises(SystemExit, match="uncommitted changes.*--exploratory"):
         expansion.clean_commit(False, repo)
     assert expansion.clean_commit(True, repo) == f"{sha}-dirty"
+    # an earlier run's committed result, rewritten by the next run, is output, not code
+    subprocess.run([*git, "checkout", "-q", "code.py"], check=True)
+    results = repo / expansion.RESULT_PATHS[0]
+    results.mkdir(parents=True)
+    (results / "results.json").write_text("{}")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "a result"], check=True)
+    (results / "results.json").write_text('{"rerun": true}')
+    assert not expansion.clean_commit(False, repo).endswith("-dirty")
