@@ -7,7 +7,8 @@
 
 On the dataset's expansion profile (ingest and preprocess only, in the run folder), a
 probe (`--model`, default the profile's first classifier: the judge, on features made
-once) trains with each class-balance mode (core.classify.CLASS_BALANCE) on three sets, every seed:
+once) trains with each class-balance mode (core.classify.CLASS_BALANCE) on three sets,
+every seed:
 
     real       the profile's few-shot subset
     oracle     + as many real train images from outside the subset per class as the
@@ -47,16 +48,7 @@ from defectgen.config import parse_params
 from defectgen.core import arms, classify, stats
 from defectgen.real_images import load_images
 from defectgen.seeds import derive_seed
-from experiments.expansion.run import (
-    PROFILES,
-    REPO,
-    RESULTS,
-    build_params,
-    clean_commit,
-    copy_data,
-    run_stages,
-    setting,
-)
+from experiments.expansion import run as expansion
 from experiments.pilot import probe_features
 
 SETS = ("real", "oracle", "all-train")
@@ -92,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tag", default="")
     ap.add_argument(
         "--set",
-        type=setting,
+        type=expansion.setting,
         action="append",
         default=[],
         metavar="KEY=VALUE",
@@ -103,16 +95,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=None, choices=list(classify.PROBES),
                     help="default: the profile's train.models[0]")  # fmt: skip
     args = ap.parse_args(argv)
-    git = clean_commit(args.exploratory)
+    git = expansion.clean_commit(args.exploratory)
     start = time.monotonic()
 
     # 1. the data: the profile's ingest and preprocess, made imbalanced if asked
-    profile = PROFILES / f"{args.dataset}.yaml"
-    raw = build_params(args.dataset, profile, toy=False, track=False, settings=tuple(args.set))
-    run_dir = (args.run_dir or REPO / "runs" / "class-balance" / args.dataset).resolve()
+    profile = expansion.PROFILES / f"{args.dataset}.yaml"
+    raw = expansion.build_params(
+        args.dataset, profile, toy=False, track=False, settings=tuple(args.set)
+    )
+    run_dir = (args.run_dir or expansion.REPO / "runs" / "class-balance" / args.dataset).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    copy_data(raw, run_dir)
-    run_stages(raw, run_dir, only=("ingest", "preprocess"))
+    expansion.copy_data(raw, run_dir)
+    expansion.run_stages(raw, run_dir, only=("ingest", "preprocess"))
     params = parse_params(raw, str(profile))
     pre = run_dir / "preprocess"
     every = manifest.read_rows(pre)
@@ -212,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         "modes": summary,
         "runs": runs,
     }
-    out = RESULTS / args.dataset
+    out = expansion.RESULTS / args.dataset
     out.mkdir(parents=True, exist_ok=True)
     stem = "class-balance" + (f"-{args.tag}" if args.tag else "")
     atomic_write_json(out / f"{stem}.json", result)
