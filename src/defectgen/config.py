@@ -740,9 +740,11 @@ class TrainConfig(_Section):
     rotation: float = Field(default=10.0, ge=0.0, le=180.0)  # +- degrees
     flips: bool = True  # horizontal and vertical
     views: int = Field(
-        default=8, ge=1,
+        default=1, ge=1,
         description="the probes: feature vectors per train image, the image and "
-        "views - 1 augmented copies (rotation, flips), computed once by the frozen trunk",
+        "views - 1 augmented copies (rotation, flips), computed once by the frozen trunk; "
+        "1 (the image alone) keeps the probe's augmentation out of the classical recipe, "
+        "so the classical arm measures the recipe",
     )  # fmt: skip
     image_size: int | None = Field(default=None, ge=16)  # null: as preprocessed
     workers: int = Field(default=2, ge=1)  # runs trained at once, one CPU thread each
