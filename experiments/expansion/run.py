@@ -656,11 +656,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exploratory", action="store_true", help="run on a tree with "
                     "uncommitted changes (the result says so; not to be committed)")  # fmt: skip
     args = ap.parse_args(argv)
-    git = clean_commit(args.exploratory or args.toy)  # toy sizes check the harness only
     profile = (args.profile or PROFILES / f"{args.dataset}.yaml").resolve()
     if not profile.is_file():
         known = sorted(p.stem for p in PROFILES.glob("*.yaml"))
         raise SystemExit(f"{profile}: no such profile; datasets with one: {known}, or --profile")
+    git = clean_commit(args.exploratory or args.toy)  # toy sizes check the harness only
     run_dir = (args.run_dir or REPO / "runs" / "expansion" / args.dataset).resolve()
     out = (args.results or RESULTS / args.dataset).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -59,7 +59,7 @@ def answer(evaluation: dict) -> str:
     if row is None:
         check = evaluation["validity"][model]
         return (f"No answer from this run: {check['statement']} ({model}). A larger "
-                "dataset, more seeds or a smaller few-shot set can give one.")  # fmt: skip
+                "test split, a larger dataset or a smaller few-shot set can give one.")  # fmt: skip
     said = {
         "better": "helped more than",
         "worse": "helped less than",

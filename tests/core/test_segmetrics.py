@@ -72,3 +72,37 @@ def test_averages_over_images_and_refuses_bad_input():
     with pytest.raises(ValueError, match="2 predictions for 1 masks"):
         sm.evaluate([perfect, empty], [gt])
     assert np.isnan(sm.evaluate([empty], [np.zeros((4, 4), bool)])["pixel_auroc"])
+
+
+def test_small_defects_are_judged_on_dice_where_s_measure_favours_an_empty_map():
+    # 64 px images, each defect 3 x 3 px: 0.2 % of the image
+    rng = np.random.default_rng(0)
+    masks = []
+    for _ in range(6):
+        m = np.zeros((64, 64), bool)
+        y, x = rng.integers(0, 61, 2)
+        m[y : y + 3, x : x + 3] = True
+        masks.append(m)
+    masks.append(np.zeros((64, 64), bool))  # a defect-free image: empty on empty
+    metric, why = sm.primary_metric(masks)
+    assert metric == "dice" and "small" in why and "0.22 %" in why
+    perfect = [m.astype(np.float32) for m in masks]
+    empty = [np.zeros((64, 64), np.float32) for _ in masks]
+    # a U-Net-like map: every defect at 0.7, faint noise (under 0.2) over the background
+    found = [np.clip(0.7 * m + rng.uniform(0, 0.2, m.shape), 0, 1).astype(np.float32)
+             for m in masks]  # fmt: skip
+    scores = {name: sm.evaluate(p, masks) for name, p in
+              (("perfect", perfect), ("empty", empty), ("found", found))}  # fmt: skip
+    # on S-measure the empty map beats the one that finds every defect
+    assert scores["empty"]["s_measure"] > scores["found"]["s_measure"]
+    # the chosen metric ranks a perfect map and one that finds them above the empty one
+    assert scores["perfect"][metric] == scores["found"][metric] == 1.0
+    assert scores["empty"][metric] < 0.2
+    assert scores["empty"][metric] == pytest.approx(1 / 7)  # only the empty-on-empty image
+
+
+def test_defects_of_ordinary_size_keep_s_measure():
+    m = np.zeros((64, 64), bool)
+    m[10:30, 10:30] = True  # 10 % of the image
+    metric, why = sm.primary_metric([m, m.copy()])
+    assert metric == "s_measure" and "S-measure" in why

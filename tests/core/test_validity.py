@@ -40,7 +40,7 @@ def test_verdicts_are_allowed_when_more_real_data_clearly_helps():
     # the class-matched oracle is the reference where it trained
     assert result["reference"] == "real+oracle"
     assert result["reference_minus_real"] == result["oracle_minus_real"]["real+oracle"]
-    assert result["statement"].startswith("More real images of the arms' class mix helps")
+    assert result["statement"].startswith("The class-matched oracle (as many extra real")
     alone = _check(_values({"real": 0.80, "all-train": 0.90}))
     assert alone["reference"] == "all-train" and alone["verdicts_allowed"]
     assert alone["statement"].startswith("The whole train split helps at this budget")
@@ -57,7 +57,8 @@ def test_the_class_matched_oracle_decides_where_all_train_changes_the_class_mix(
     flipped = _check(_values({"real": 0.70, "all-train": 0.80, "real+oracle-ungated": 0.701},
                              spread=0.01))  # fmt: skip
     assert not flipped["verdicts_allowed"]
-    assert flipped["reasons"][0].startswith("more real images of the arms' class mix does not")
+    assert flipped["reasons"][0].startswith("the class-matched oracle (as many extra real")
+    assert "does not beat the few-shot set" in flipped["reasons"][0]
     assert "real+oracle-ungated minus real" in flipped["reasons"][0]
     # the gate-passed arm's oracle first, where both trained
     both = {"real", "real+oracle", "real+oracle-ungated", "all-train"}

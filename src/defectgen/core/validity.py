@@ -58,7 +58,7 @@ def budget_bound(curves: list[list[float]], tolerance: float = PLATEAU_TOLERANCE
 
 # what the reference arm's gain shows, by whether it is all-train (True) or an oracle
 REFERENCE_SAYS = {
-    False: "more real images of the arms' class mix",
+    False: "the class-matched oracle (as many extra real images per class as the arm adds)",
     True: "the whole train split",
 }
 

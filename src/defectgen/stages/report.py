@@ -394,6 +394,8 @@ def _segmentation(segment: Path) -> Section | None:
                  for k, _ in SEG_SHOWN]  # fmt: skip
         rows.append([condition, Cell(str(entry["n_train"]), numeric=True), *cells, ""])
     sec.table(["condition", "train pairs", *(n for _, n in SEG_SHOWN), "notes"], rows)
+    if "primary_metric_reason" in report:  # segment.json written before it chose one
+        sec.paragraph(f"Verdicts read {report['primary_metric_reason']}.")
     sec.paragraph(report["headline"] + " Paired differences (MAE: lower is better):")
     shown = ("s_measure", "dice", "mae")
     sec.table(COMPARISON_HEADERS, _comparison_rows(report["comparisons"], shown, False))

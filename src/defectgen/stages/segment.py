@@ -229,17 +229,22 @@ class _Conditions:
 COMPARED = {"s_measure": True, "dice": True, "iou": True, "mae": False}
 
 
-def headline(comparisons: list[dict], check: dict) -> str:
-    """Synthetic pairs vs classically augmented real pairs, in S-measure, in one line; or,
-    when the validity check failed, that this budget cannot say."""
+METRIC_NAMES = {"s_measure": "S-measure", "dice": "Dice"}
+
+
+def headline(comparisons: list[dict], check: dict, metric: str = "s_measure") -> str:
+    """Synthetic pairs vs classically augmented real pairs, on the primary `metric`
+    (segmetrics.primary_metric), in one line; or, when the validity check failed, that
+    this budget cannot say."""
     for arm in arms.ADDITIVE:
         for c in comparisons:
-            if (c["arm"], c["control"], c["metric"]) == (arm, arms.classical_of(arm), "s_measure"):
+            if (c["arm"], c["control"], c["metric"]) == (arm, arms.classical_of(arm), metric):
                 about = (
                     f"Synthetic pairs vs classical augmentation ({arm} vs {c['control']}, "
                     f"{c['n_seeds']} paired seeds, equal steps)"
                 )
-                finding = f"{c['verdict']}; S-measure {stats.describe(c, points=False)}."
+                shown = METRIC_NAMES[metric]
+                finding = f"{c['verdict']}; {shown} {stats.describe(c, points=False)}."
                 return validity.answer(about, check, finding)
     return "No synthetic pairs were trained on, so pairs vs classical augmentation is unanswered."
 
@@ -407,18 +412,20 @@ def run(
                 c: {r["seed"]: r[metric] for r in runs if r["condition"] == c} for c in trained
             }
             comparisons += stats.compare(values, asked, metric, higher, claims=arms.SYNTHETIC)
+        primary, why = segmetrics.primary_metric(test_set[1])
+        empty = [np.zeros(m.shape, np.float32) for m in test_set[1]]  # all background
         check = validity.check(
-            {c: {r["seed"]: r["s_measure"] for r in runs if r["condition"] == c} for c in trained},
-            metric="s_measure",
-            constant=segmetrics.evaluate([np.zeros(m.shape, np.float32) for m in test_set[1]],
-                                         test_set[1])["s_measure"],
+            {c: {r["seed"]: r[primary] for r in runs if r["condition"] == c} for c in trained},
+            metric=primary,
+            constant=segmetrics.evaluate(empty, test_set[1])[primary],
             bound={c: report["conditions"][c]["budget_bound"] for c in trained},
         )  # fmt: skip
         comparisons = validity.withhold(comparisons, check)
+        report["primary_metric"], report["primary_metric_reason"] = primary, why
         report["validity"] = check
         report["order"] = [c for c in conds.plan if c in report["conditions"]]
         report["comparisons"] = comparisons
-        report["headline"] = headline(comparisons, check)
+        report["headline"] = headline(comparisons, check, primary)
         metrics_out.update(comparison_metrics(None, comparisons))
         report.update(counts)
         atomic_write_json(tmp / SEGMENT_JSON, report)
