@@ -615,6 +615,36 @@ def agreement_lines(agree: dict) -> list[str]:
     return lines
 
 
+def replicate_params(dataset: str, profile: Path, toy: bool, track: bool,
+                     settings: tuple[dict, ...], replicate: int) -> dict:  # fmt: skip
+    """build_params for replicate `replicate` of the whole expansion: the seed (of the
+    split, the few-shot draw and every stage) plus the replicate's number, all else
+    equal; replicate 0 is the params as they are."""
+    raw = build_params(dataset, profile, toy, track, settings)
+    if not replicate:
+        return raw
+    return build_params(dataset, profile, toy, track,
+                        (*settings, {"seed": raw["seed"] + replicate}))  # fmt: skip
+
+
+# every unit's score, copied beside results.json: (stage output, name in the results)
+UNIT_SCORES = (("train/test_predictions.parquet", "train-test_predictions.parquet"),
+               ("train/runs.parquet", "train-runs.parquet"),
+               ("segment/runs.parquet", "segment-runs.parquet"),
+               ("detect/runs.parquet", "detect-runs.parquet"))  # fmt: skip
+
+
+def copy_unit_scores(run_dir: Path, out: Path) -> list[str]:
+    """Each trained model's scores (per seed; the classifiers' per test image too), so
+    the result's intervals can be recomputed from the committed files."""
+    copied = []
+    for src, name in UNIT_SCORES:
+        if (run_dir / src).is_file():
+            shutil.copyfile(run_dir / src, out / name)
+            copied.append(name)
+    return copied
+
+
 def copy_grids(run_dir: Path, out: Path) -> list[str]:
     """The real-vs-synthetic grids a reader judges the images by."""
     copied = []
@@ -655,16 +685,24 @@ def main(argv: list[str] | None = None) -> int:
                     "pairs.background=real (recorded in results.json's command)")  # fmt: skip
     ap.add_argument("--exploratory", action="store_true", help="run on a tree with "
                     "uncommitted changes (the result says so; not to be committed)")  # fmt: skip
+    ap.add_argument("--replicate", type=int, default=0, metavar="K",
+                    help="replicate K > 0 of the whole expansion: the params' seed plus K, so "
+                    "a fresh split, few-shot draw and generator run; into replicate-K/ "
+                    "folders beside replicate 0's")  # fmt: skip
     args = ap.parse_args(argv)
+    if args.replicate < 0:
+        raise SystemExit(f"--replicate {args.replicate}: a replicate is a number from 0")
     profile = (args.profile or PROFILES / f"{args.dataset}.yaml").resolve()
     if not profile.is_file():
         known = sorted(p.stem for p in PROFILES.glob("*.yaml"))
         raise SystemExit(f"{profile}: no such profile; datasets with one: {known}, or --profile")
     git = clean_commit(args.exploratory or args.toy)  # toy sizes check the harness only
-    run_dir = (args.run_dir or REPO / "runs" / "expansion" / args.dataset).resolve()
-    out = (args.results or RESULTS / args.dataset).resolve()
+    part = f"replicate-{args.replicate}" if args.replicate else ""
+    run_dir = (args.run_dir or REPO / "runs" / "expansion" / args.dataset / part).resolve()
+    out = (args.results or RESULTS / args.dataset / part).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    raw = build_params(args.dataset, profile, args.toy, args.track, tuple(args.set))
+    raw = replicate_params(args.dataset, profile, args.toy, args.track, tuple(args.set),
+                           args.replicate)  # fmt: skip
     data = copy_data(raw, run_dir)
     (run_dir / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     started = time.perf_counter()
@@ -677,6 +715,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     result["not_run"] = [name for name, _ in STAGES if name not in times]
     result["grids"] = copy_grids(run_dir, out)
+    result["replicate"] = args.replicate
+    result["unit_scores"] = copy_unit_scores(run_dir, out)
     atomic_write_json(out / "results.json", result)
     (out / "results.md").write_text(markdown(result), encoding="utf-8")
     print(f"[expansion] {args.dataset}: {time.perf_counter() - started:.0f} s -> {out}")

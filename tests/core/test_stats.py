@@ -226,3 +226,24 @@ def test_the_seed_image_interval_widens_with_the_seed_spread():
     narrow = stats.seed_image_bootstrap(steady, control, y, "accuracy", 2)
     wide = stats.seed_image_bootstrap(shaky, control, y, "accuracy", 2)
     assert wide["ci"][1] - wide["ci"][0] > 2 * (narrow["ci"][1] - narrow["ci"][0])
+
+
+def test_replicates_that_agree_give_a_claim_and_ones_that_disagree_do_not():
+    rng = np.random.default_rng(4)
+
+    def replicate(gain: float) -> tuple:
+        y = rng.integers(0, 2, 300)
+        return _predictions(rng, 3, y, 0.70 + gain, 2), _predictions(rng, 3, y, 0.70, 2), y
+
+    agree = stats.replicate_bootstrap([replicate(0.12) for _ in range(3)], "accuracy", 2)
+    assert agree["n_replicates"] == 3 and agree["agree_in_sign"]
+    assert 0 < agree["ci"][0] < agree["delta"] < agree["ci"][1]
+    assert agree["delta"] == pytest.approx(np.mean([r["delta"] for r in agree["per_replicate"]]))
+    # each replicate resolves its own difference, but they point different ways: the
+    # spread between replicates (generator runs, few-shot draws) enters the interval
+    split = stats.replicate_bootstrap([replicate(g) for g in (0.12, -0.12, 0.02)], "accuracy", 2)
+    assert not split["agree_in_sign"]
+    assert all(r["ci"][0] > 0 or r["ci"][1] < 0 for r in split["per_replicate"][:2])
+    assert split["ci"][0] < 0 < split["ci"][1]
+    widest_single = max(r["ci"][1] - r["ci"][0] for r in split["per_replicate"])
+    assert split["ci"][1] - split["ci"][0] > 1.5 * widest_single

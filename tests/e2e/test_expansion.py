@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from PIL import Image
@@ -142,6 +143,17 @@ def test_the_command_answers_with_paired_statistics_and_resumes(tmp_path: Path):
     assert "FD ratio rule right on" in md
     assert "generated.png" in result["grids"]
     assert (tmp_path / "results" / "generated.png").is_file()
+    # every unit's score beside the result: the classifiers' per test image
+    assert result["replicate"] == 0
+    assert set(result["unit_scores"]) == {
+        "train-test_predictions.parquet",
+        "train-runs.parquet",
+        "segment-runs.parquet",
+        "detect-runs.parquet",
+    }
+    units = pd.read_parquet(tmp_path / "results" / "train-test_predictions.parquet")
+    runs_trained = pd.read_parquet(tmp_path / "results" / "train-runs.parquet")
+    assert len(units) == result["classification"]["test_images"] * len(runs_trained) > 0
 
     # the run's expanded training set leaves as COCO, read back by pycocotools
     folders = export.Run(run / "preprocess", run / "generate", run / "gate", run / "pairs",
@@ -286,3 +298,13 @@ def test_a_result_from_uncommitted_code_is_refused_unless_exploratory(tmp_path: 
     subprocess.run([*git, "commit", "-qm", "a result"], check=True)
     (results / "results.json").write_text('{"rerun": true}')
     assert not expansion.clean_commit(False, repo).endswith("-dirty")
+
+
+def test_a_replicate_changes_the_seed_and_nothing_else():
+    profile = expansion.PROFILES / "elpv.yaml"
+    base = expansion.replicate_params("elpv", profile, False, False, (), 0)
+    third = expansion.replicate_params("elpv", profile, False, False, (), 2)
+    assert third["seed"] == base["seed"] + 2
+    assert {k: v for k, v in third.items() if k != "seed"} == {
+        k: v for k, v in base.items() if k != "seed"
+    }

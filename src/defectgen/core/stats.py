@@ -90,6 +90,29 @@ def classifier_metric(
     raise ValueError(f"unknown classifier metric {metric!r}; choose from {CLASSIFIER_METRICS}")
 
 
+def _seed_image_draws(
+    a: np.ndarray,
+    c: np.ndarray,
+    truth: np.ndarray,
+    metric: str,
+    n_classes: int,
+    rng: np.random.Generator,
+    n_boot: int,
+) -> np.ndarray:
+    """(n_boot,) bootstrap draws of mean_s metric(a_s) - metric(c_s): the test images
+    resampled within each true class (shared by every seed and both conditions), then
+    the seeds resampled."""
+    weights = np.zeros((n_boot, len(truth)))
+    for label in np.unique(truth):
+        members = np.flatnonzero(truth == label)
+        picks = members[rng.integers(0, len(members), (n_boot, len(members)))]
+        np.add.at(weights, (np.arange(n_boot)[:, None], picks), 1.0)
+    diff = classifier_metric(metric, a, truth, n_classes, weights)  # (B, S)
+    diff -= classifier_metric(metric, c, truth, n_classes, weights)
+    seeds = rng.integers(0, a.shape[0], (n_boot, a.shape[0]))
+    return np.take_along_axis(diff, seeds, 1).mean(1)
+
+
 def seed_image_bootstrap(
     arm: np.ndarray,
     control: np.ndarray,
@@ -134,21 +157,64 @@ def seed_image_bootstrap(
            "ci": None, "p_value": None}  # fmt: skip
     if np.array_equal(a, c):
         return out
-    rng = np.random.default_rng(seed)
-    weights = np.zeros((n_boot, n_images))
-    for label in np.unique(truth):  # resample within each true class
-        members = np.flatnonzero(truth == label)
-        picks = members[rng.integers(0, len(members), (n_boot, len(members)))]
-        np.add.at(weights, (np.arange(n_boot)[:, None], picks), 1.0)
-    diff = classifier_metric(metric, a, truth, n_classes, weights)  # (B, S)
-    diff -= classifier_metric(metric, c, truth, n_classes, weights)
-    seeds = rng.integers(0, n_seeds, (n_boot, n_seeds))  # resample the seeds too
-    draws = np.take_along_axis(diff, seeds, 1).mean(1)
+    draws = _seed_image_draws(a, c, truth, metric, n_classes, np.random.default_rng(seed), n_boot)
     tail = 100 * (1 - level) / 2
     lo, hi = np.percentile(draws, [tail, 100 - tail])
     below, above = (np.sum(draws <= 0) + 1), (np.sum(draws >= 0) + 1)
     p = min(1.0, 2 * min(below, above) / (n_boot + 1))
     return {**out, "ci": [float(lo), float(hi)], "p_value": float(p)}
+
+
+def replicate_bootstrap(
+    replicates: list[tuple[np.ndarray, np.ndarray, Sequence[int]]],
+    metric: str,
+    n_classes: int,
+    *,
+    level: float = LEVEL,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict:
+    """A research claim's difference over K replicates of the whole expansion (each with
+    its own few-shot draw, generator run and split), with an interval that covers the
+    replicates, the seeds and the test images: a three-level bootstrap that resamples the
+    replicates, then within each drawn replicate its seeds and its test images (within
+    each true class), as `seed_image_bootstrap` does for one run.
+
+    `replicates`: per replicate (arm, control, y): (S, N) predictions of its paired seeds
+    on its N test images and their true classes. The difference is the mean over
+    replicates of each replicate's seed-image difference.
+
+    Returns:
+        {delta, ci, p_value, n_replicates, per_replicate (each replicate's
+        seed_image_bootstrap result), agree_in_sign (every replicate's delta on one side
+        of 0)}. A verdict needs the interval to exclude 0 and the replicates to agree.
+    """
+    if not replicates:
+        raise ValueError("replicate_bootstrap needs at least one replicate")
+    rng = np.random.default_rng(seed)
+    per = [seed_image_bootstrap(a, c, y, metric, n_classes, level=level, n_boot=n_boot,
+                                seed=int(rng.integers(2**31)))
+           for a, c, y in replicates]  # fmt: skip
+    # (B, K): per bootstrap draw, each replicate's difference with its seeds and images
+    # resampled; then the replicates themselves are resampled
+    draws = np.stack([_seed_image_draws(np.asarray(a), np.asarray(c), np.asarray(y), metric,
+                                        n_classes, rng, n_boot)
+                      for a, c, y in replicates], 1)  # fmt: skip
+    k = len(replicates)
+    chosen = rng.integers(0, k, (n_boot, k))  # the replicates resampled
+    total = np.take_along_axis(draws, chosen, 1).mean(1)
+    deltas = [r["delta"] for r in per]
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(total, [tail, 100 - tail])
+    below, above = np.sum(total <= 0) + 1, np.sum(total >= 0) + 1
+    return {
+        "delta": float(np.mean(deltas)),
+        "ci": [float(lo), float(hi)],
+        "p_value": float(min(1.0, 2 * min(below, above) / (n_boot + 1))),
+        "n_replicates": k,
+        "per_replicate": per,
+        "agree_in_sign": all(d > 0 for d in deltas) or all(d < 0 for d in deltas),
+    }
 
 
 def mde(sd: float, n: int, level: float = LEVEL, power: float = 0.8) -> float | None:
