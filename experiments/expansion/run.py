@@ -467,7 +467,8 @@ def markdown(result: dict) -> str:
                 f"{_pm(e['accuracy'])} | {_pm(e['balanced_accuracy'])} | {_pm(e['macro_f1'])} "
                 f"| {best} | {'yes' if e['budget_bound'] else 'no'} | {e['n_seeds']} |"
             )
-    lines += ["", f"Paired differences in test {metric} (95 % t interval over seeds; p and "
+    interval = (clf.get("protocol") or {}).get("interval", "95 % t interval over seeds")
+    lines += ["", f"Paired differences in test {metric} (interval: {interval}; p and "
               "the synthetic arms' Holm adjustment per model; their verdicts from it):", "",
               "| model | arm | control | difference | p (Holm) | verdict |",
               "|---|---|---|---:|---:|---|"]  # fmt: skip

@@ -7,7 +7,8 @@ results.json files.
 
 One row per dataset and model (each classifier, the U-Net and the detector where a run
 trained them): whether the validity check allows verdicts, then
-the paired test differences (primary metric, 95 % interval over seeds) of the whole
+the paired test differences (primary metric, 95 % interval as each result's protocol
+states: over seeds in the committed results, over seeds and test images since) of the whole
 train split, the classical control and the synthetic arm against the few-shot set, and
 of the synthetic arm against its classical control with its Holm-adjusted verdict.
 

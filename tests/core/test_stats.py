@@ -233,7 +233,7 @@ def test_replicates_that_agree_give_a_claim_and_ones_that_disagree_do_not():
 
     def replicate(gain: float) -> tuple:
         y = rng.integers(0, 2, 300)
-        return _predictions(rng, 3, y, 0.70 + gain, 2), _predictions(rng, 3, y, 0.70, 2), y
+        return _predictions(rng, 5, y, 0.70 + gain, 2), _predictions(rng, 5, y, 0.70, 2), y
 
     agree = stats.replicate_bootstrap([replicate(0.12) for _ in range(3)], "accuracy", 2)
     assert agree["n_replicates"] == 3 and agree["agree_in_sign"]
@@ -246,4 +246,19 @@ def test_replicates_that_agree_give_a_claim_and_ones_that_disagree_do_not():
     assert all(r["ci"][0] > 0 or r["ci"][1] < 0 for r in split["per_replicate"][:2])
     assert split["ci"][0] < 0 < split["ci"][1]
     widest_single = max(r["ci"][1] - r["ci"][0] for r in split["per_replicate"])
-    assert split["ci"][1] - split["ci"][0] > 1.5 * widest_single
+    assert split["ci"][1] - split["ci"][0] > widest_single
+
+
+def test_the_seed_image_interval_is_never_narrower_than_the_seeds_own_t_interval():
+    # five seeds that disagree a lot, on many images: the percentile bootstrap over five
+    # values alone would be too narrow; the seeds' t interval bounds it
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 2000)
+    control = _predictions(rng, 5, y, 0.7, 2)
+    arm = np.stack([_predictions(rng, 1, y, r, 2)[0] for r in (0.62, 0.78, 0.66, 0.80, 0.69)])
+    both = stats.seed_image_bootstrap(arm, control, y, "accuracy", 2)
+    per_seed = [np.mean(arm[s] == y) - np.mean(control[s] == y) for s in range(5)]
+    seeds = stats.paired(per_seed, [0.0] * 5)
+    assert both["delta"] == pytest.approx(seeds["delta"])
+    assert both["ci"][0] <= seeds["ci"][0] and both["ci"][1] >= seeds["ci"][1]
+    assert both["p_value"] >= seeds["p_value"]

@@ -97,10 +97,13 @@ def describe(name: str, views: int) -> str:
         caveat = shared if name == EFFNET_PROBE else (
             "a network none of the generator's instruments uses: the tiny VAE's perceptual "
             "loss, the sweep and the gate use EfficientNet-Lite0")  # fmt: skip
+        seen = ("each train image's own features (no augmented views, so the classical "
+                "arm's recipe is all the augmentation)" if views == 1 else
+                f"{views} feature views per train image (the image and {views - 1} copies "
+                "under the protocol's rotation and flips)")  # fmt: skip
         return (
             f"a linear head on frozen {network} ImageNet features (pooled, 1280-d), "
-            f"{views} feature views per train image (the image and {views - 1} copies under "
-            f"the protocol's rotation and flips), computed once ({caveat})"
+            f"{seen}, computed once ({caveat})"
         )
     raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
 
@@ -139,9 +142,11 @@ class FrozenTrunk:
         out = []
         for i in range(0, len(x), self.batch_size):
             batch = x[i : i + self.batch_size].to(self.rt.device)
-            if min(batch.shape[-2:]) < self.MIN_SIDE:
-                scale = self.MIN_SIDE / min(batch.shape[-2:])
-                batch = F.interpolate(batch, scale_factor=scale, mode="bilinear")
+            h, w = batch.shape[-2:]
+            if min(h, w) < self.MIN_SIDE:
+                scale = self.MIN_SIDE / min(h, w)
+                size = (max(self.MIN_SIDE, round(h * scale)), max(self.MIN_SIDE, round(w * scale)))
+                batch = F.interpolate(batch, size=size, mode="bilinear")
             with self.rt.autocast:
                 f = self.net.extract_features(batch.contiguous(memory_format=torch.channels_last))
             out.append(f.float().mean((2, 3)).cpu())
@@ -316,10 +321,9 @@ def fit(
         n_classes = int(max(int(y.max()), int(val[1].max())) + 1)
     present = torch.bincount(y, minlength=n_classes).float()
     inverse = torch.where(present > 0, 1.0 / present.clamp(min=1), torch.zeros(()))
-    # "weights": mean weight 1 over the train set, so the learning rate keeps its scale
-    loss_weight = (inverse * len(y) / (present > 0).sum()).to(rt.device)
-    if class_balance != "weights":
-        loss_weight = None
+    # "weights": inverse class frequency (cross_entropy's mean divides by the batch's
+    # summed weights, so their scale does not matter)
+    loss_weight = inverse.to(rt.device) if class_balance == "weights" else None
     model.to(rt.device, torch.float32, memory_format=torch.channels_last)
     checks = eval_steps(steps, evals)
     best_state, best_score, best_step = None, -1.0, 0

@@ -19,6 +19,7 @@ helps. So before any synthetic-vs-control verdict is read, three things must hol
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from defectgen.core import arms, stats
@@ -45,7 +46,7 @@ def still_rising(curve: list[float], tolerance: float = PLATEAU_TOLERANCE) -> bo
     if len(curve) < 2:
         return True
     last, best = curve[-1], max(curve)
-    head = curve[: len(curve) - max(1, round(TAIL * len(curve)))]
+    head = curve[: len(curve) - max(1, math.ceil(TAIL * len(curve)))]
     return last >= best - tolerance and last > max(head) + tolerance
 
 

@@ -30,7 +30,8 @@ stage's process, where its frozen trunk's features of each image (train images w
 `train.views` augmented views) are made once and reused by every condition and seed.
 
 Before any verdict, core.validity checks that the comparison can see the value of data
-(all-train beats real, no condition budget-bound, no arm degenerate); when it cannot,
+(the class-matched oracle, else all-train, beats real; no condition budget-bound; no arm
+degenerate); when it cannot,
 eval.json's `validity.statement` says so, the headline gives no verdict and every
 comparison's verdict reads "no verdict". Per model and metric, the synthetic arms'
 comparisons are one family: their p-values are Holm-adjusted together and their
@@ -511,8 +512,8 @@ def run(
         Metrics <model>/<condition>/<metric>_mean, _std, _delta (vs real) for accuracy,
         balanced_accuracy and macro_f1; <model>/<arm>/vs_<control>/<metric>_delta,
         _ci_low, _ci_high, _p for every paired comparison; <model>/verdicts_allowed and
-        <model>/reference_minus_real/<primary>_delta (the validity check's upper bound,
-        core.validity.reference_arm) and all_train_minus_real; '+' in
+        <model>/all_train_minus_real/<primary>_delta (the validity check's reference arm,
+        the class-matched oracle where it trained, is a comparison row: vs_real); '+' in
         condition names written '_' (+ time/... for MLflow only).
     """
     cfg = params.train
@@ -643,8 +644,8 @@ def run(
                         metrics_out[f"{name}/{key}"] = entry[key]
         metrics_out.update(comparison_metrics(model, comparisons[model]))
         metrics_out[f"{model}/verdicts_allowed"] = float(checks[model]["verdicts_allowed"])
-        for key in ("reference_minus_real", "all_train_minus_real"):
-            if checks[model][key] is not None:
-                metrics_out[f"{model}/{key}/{data.primary}_delta"] = checks[model][key]["delta"]
+        upper = checks[model]["all_train_minus_real"]
+        if upper is not None:
+            metrics_out[f"{model}/all_train_minus_real/{data.primary}_delta"] = upper["delta"]
     metrics_out["n_runs"] = float(len(records))
     return metrics_out
