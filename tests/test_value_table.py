@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 
-from experiments.expansion import table
+from defectgen.core import validity
+from experiments.expansion import replicates, table
 from experiments.expansion.run import REPO
 
 
@@ -35,8 +36,9 @@ def test_a_row_reads_validity_and_the_synthetic_arms_differences(tmp_path):
     (row,) = table.rows(result)
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1:] == [
-        "m", "20", "accuracy", "yes", "+5.0 pp [+3.0, +7.0]", "-1.0 pp [-2.0, +0.0]",
-        "+2.0 pp [+1.0, +3.0]", "+3.0 pp [+2.0, +4.0]", "real+ungated: better",
+        "m", "1 (earlier protocol: seeds only)", "20", "accuracy", "yes", "-",
+        "+5.0 pp [+3.0, +7.0]", "-1.0 pp [-2.0, +0.0]", "+2.0 pp [+1.0, +3.0]",
+        "+3.0 pp [+2.0, +4.0]", "-", "real+ungated: better (one run)",
     ]  # fmt: skip
     assert "experiments/expansion/results/toy/results.md" in cells[0]
     (tmp_path / "toy").mkdir()
@@ -65,8 +67,9 @@ def test_a_u_net_row_follows_the_classifiers_with_its_own_metric_and_validity():
     (row,) = table.rows(result)
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1:] == [
-        "U-Net", "40", "S-measure", "no", "+1.0 pp [-1.0, +3.0]", "+1.0 pp [+0.0, +2.0]",
-        "-", "-2.0 pp [-3.0, -1.0]", "real+ungated: worse",
+        "U-Net", "1 (earlier protocol: seeds only)", "40", "S-measure", "no", "-",
+        "+1.0 pp [-1.0, +3.0]", "+1.0 pp [+0.0, +2.0]", "-", "-2.0 pp [-3.0, -1.0]", "-",
+        "real+ungated: worse (one run)",
     ]  # fmt: skip
 
 
@@ -108,3 +111,82 @@ def test_a_gate_row_puts_the_estimate_its_power_and_the_outcome_side_by_side(tmp
 def test_the_readme_gate_table_is_the_committed_results():
     readme = table.readme_table(REPO / "README.md", table.GATE_START, table.GATE_END)
     assert readme == table.gate_table()
+
+
+LABELS = ["defective", "functional"]
+# per condition, the share of test images its classifiers get right
+SKILL = {"real": 0.70, "real+ungated": 0.80, "real+classical-ungated": 0.72,
+         "real+oracle-ungated": 0.88, "all-train": 0.90}  # fmt: skip
+
+
+def write_replicate(folder, k: int, skill: dict[str, float], *, bound=()):
+    """A replicate's results.json and its per-image predictions: each condition's seeds
+    right on a `skill` share of 200 test images (drawn per seed), wrong elsewhere."""
+    import numpy as np
+    import pandas as pd
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(k)
+    truth = [LABELS[i % 2] for i in range(200)]
+    rows = []
+    for condition, p in skill.items():
+        for seed in range(5):
+            right = rng.random(200) < p
+            rows += [{"model": "m", "condition": condition, "seed": seed, "image_id": f"t{i}",
+                      "label": t, "predicted": t if ok else LABELS[1 - LABELS.index(t)]}
+                     for i, (t, ok) in enumerate(zip(truth, right, strict=True))]  # fmt: skip
+    pd.DataFrame(rows).to_parquet(folder / "train-test_predictions.parquet")
+    check = {"budget_bound": list(bound), "degenerate": {},
+             "reasons": [f"budget-bound: {', '.join(bound)}"] if bound else []}  # fmt: skip
+    result = {"dataset": "toy", "replicate": k, "git": "abc1234",
+              "params": {"preprocess": {"subset": {"per_class": 20}}},
+              "classification": {"labels": LABELS, "primary_metric": "balanced_accuracy",
+                                 "validity": {"m": check}, "comparisons": {"m": []}}}  # fmt: skip
+    (folder / "results.json").write_text(json.dumps(result))
+
+
+def replicate_dirs(tmp_path, skills, **kw):
+    for k, skill in enumerate(skills):
+        write_replicate(tmp_path / (f"replicate-{k}" if k else ""), k, skill, **kw)
+    return tmp_path
+
+
+def test_replicates_that_agree_carry_a_verdict_with_every_replicates_delta(tmp_path):
+    claim = replicates.claim(replicate_dirs(tmp_path / "toy", [SKILL] * 3))
+    c = claim["models"]["m"]
+    assert claim["replicates"] == [0, 1, 2]
+    assert c["arm"] == "real+ungated" and c["verdicts_allowed"], c["reasons"]
+    vs = c["synthetic_minus_classical"]
+    assert vs["n_replicates"] == 3 and len(vs["per_replicate"]) == 3
+    assert all(0.03 < d < 0.13 for d in vs["per_replicate"])  # about +8 pp each
+    assert vs["ci"][0] > 0 and vs["verdict"] == "better"
+    assert c["reference_minus_real"]["arm"] == "real+oracle-ungated"
+    (row,) = table.claim_rows(claim, 20)
+    cells = [x.strip() for x in row.strip("|").split("|")]
+    assert cells[2] == "3" and cells[-1] == "real+ungated: better"
+    assert cells[-2].count(" / ") == 2  # the three replicates' deltas
+
+
+def test_replicates_that_disagree_in_sign_get_no_verdict(tmp_path):
+    worse = {**SKILL, "real+ungated": 0.62}  # below its classical control in one replicate
+    claim = replicates.claim(replicate_dirs(tmp_path / "toy", [SKILL, SKILL, worse]))
+    vs = claim["models"]["m"]["synthetic_minus_classical"]
+    assert not vs["agree_in_sign"]
+    assert vs["verdict"] == replicates.DISAGREE
+
+
+def test_fewer_than_three_replicates_or_a_budget_bound_one_withhold_the_verdict(tmp_path):
+    two = replicates.claim(replicate_dirs(tmp_path / "two", [SKILL] * 2))["models"]["m"]
+    assert not two["verdicts_allowed"]
+    assert two["synthetic_minus_classical"]["verdict"] == validity.NOT_ALLOWED
+    assert replicates.TOO_FEW in two["reasons"][0]
+    bound = replicate_dirs(tmp_path / "bound", [SKILL] * 3, bound=["real+ungated"])
+    c = replicates.claim(bound)["models"]["m"]
+    assert not c["verdicts_allowed"] and any("budget-bound" in r for r in c["reasons"])
+
+
+def test_an_oracle_that_does_not_beat_real_withholds_the_verdict(tmp_path):
+    flat = {**SKILL, "real+oracle-ungated": 0.70}
+    c = replicates.claim(replicate_dirs(tmp_path / "toy", [flat] * 3))["models"]["m"]
+    assert not c["verdicts_allowed"]
+    assert "real+oracle-ungated does not beat real" in c["reasons"][0]

@@ -5,12 +5,15 @@ results.json files.
     python -m experiments.expansion.table --write    # put them into README.md
     python -m experiments.expansion.table --check    # exit 1 when README.md's differ
 
-One row per dataset and model (each classifier, the U-Net and the detector where a run
-trained them): whether the validity check allows verdicts, then
-the paired test differences (primary metric, 95 % interval as each result's protocol
-states: over seeds in the committed results, over seeds and test images since) of the whole
-train split, the classical control and the synthetic arm against the few-shot set, and
-of the synthetic arm against its classical control with its Holm-adjusted verdict.
+One row per dataset and judge: the research claim over the dataset's replicates of the
+whole expansion (experiments.expansion.replicates: the replicates, their seeds and their
+test images resampled), each difference against the few-shot set with its interval over
+all three, the synthetic arm against its classical control with every replicate's own
+delta beside it, and the verdict (Holm-adjusted over the arm's comparisons, and only
+when the replicates agree in sign and the class-matched oracle beats the few-shot set
+over them). A dataset whose results predate the kept predictions shows its one run
+(classifiers, then the U-Net and the detector where it trained them), marked as such:
+its interval covers the seeds only.
 
 The gate table: per class, the gate's cross-fitted utility estimate with its minimum
 detectable effect and the train images at which an effect of its size would resolve
@@ -28,6 +31,7 @@ import sys
 from pathlib import Path
 
 from defectgen.core import arms, stats
+from experiments.expansion import replicates
 from experiments.expansion.run import REPO, RESULTS
 
 DATASETS = ("elpv", "neu-det", "sd-saliency-900")
@@ -50,19 +54,47 @@ def _cell(comparison: dict | None) -> str:
 def _row(
     dataset: str, model: str, few_shot, metric: str, comparisons: list[dict], check: dict
 ) -> str:
+    """A row of one run from before the predictions were kept: seeds-only intervals."""
     arm = next((a for a in arms.ADDITIVE
                 if _find(comparisons, a, arms.classical_of(a), metric)), None)  # fmt: skip
     vs_classical = arm and _find(comparisons, arm, arms.classical_of(arm), metric)
     verdict = vs_classical["verdict"] if vs_classical else "no synthetic arm trained"
     return (
         f"| [{dataset}](experiments/expansion/results/{dataset}/results.md) | {model} | "
-        f"{few_shot} | {METRIC_NAMES.get(metric, metric.replace('_', ' '))} | "
-        f"{'yes' if check['verdicts_allowed'] else 'no'} | "
+        f"1 (earlier protocol: seeds only) | {few_shot} | "
+        f"{METRIC_NAMES.get(metric, metric.replace('_', ' '))} | "
+        f"{'yes' if check['verdicts_allowed'] else 'no'} | - | "
         f"{_cell(check['all_train_minus_real'])} | "
         f"{_cell(arm and _find(comparisons, arms.classical_of(arm), arms.REAL, metric))} | "
         f"{_cell(arm and _find(comparisons, arm, arms.REAL, metric))} | "
-        f"{_cell(vs_classical)} | {arm or '-'}: {verdict} |"
+        f"{_cell(vs_classical)} | - | {arm or '-'}: {verdict} (one run) |"
     )
+
+
+def _few_shot(result: dict):
+    per_class = result["params"]["preprocess"]["subset"]
+    return per_class.get("per_class") or f"alpha {per_class.get('alpha')}"
+
+
+def claim_rows(claim: dict, few_shot) -> list[str]:
+    """The rows of one dataset's research claim (replicates.claim): one per judge."""
+    out = []
+    dataset, metric = claim["dataset"], claim["metric"]
+    for model, c in claim["models"].items():
+        vs_classical = c.get("synthetic_minus_classical")
+        spread = "-" if vs_classical is None else " / ".join(
+            stats.pct(d) for d in vs_classical["per_replicate"])  # fmt: skip
+        verdict = vs_classical["verdict"] if vs_classical else "no classical control"
+        out.append(
+            f"| [{dataset}](experiments/expansion/results/{dataset}/results.md) | {model} | "
+            f"{len(claim['replicates'])} | {few_shot} | "
+            f"{METRIC_NAMES.get(metric, metric.replace('_', ' '))} | "
+            f"{'yes' if c['verdicts_allowed'] else 'no'} | "
+            f"{_cell(c['reference_minus_real'])} | {_cell(c['all_train_minus_real'])} | "
+            f"{_cell(c['classical_minus_real'])} | {_cell(c.get('synthetic_minus_real'))} | "
+            f"{_cell(vs_classical)} | {spread} | {c['arm']}: {verdict} |"
+        )
+    return out
 
 
 def rows(result: dict) -> list[str]:
@@ -70,8 +102,7 @@ def rows(result: dict) -> list[str]:
     and the detector where the run trained them (their primary metric is the one their
     validity check reads)."""
     clf = result["classification"]
-    per_class = result["params"]["preprocess"]["subset"]
-    few_shot = per_class.get("per_class") or f"alpha {per_class.get('alpha')}"
+    few_shot = _few_shot(result)
     out = [
         _row(result["dataset"], model, few_shot, clf["primary_metric"], comparisons,
              clf["validity"][model])
@@ -85,17 +116,28 @@ def rows(result: dict) -> list[str]:
     return out
 
 
+HEADER = (
+    "| dataset | judge | replicates | few-shot per class | primary metric | verdicts allowed "
+    "| class-matched oracle - real | all-train - real | classical - real | synthetic - real "
+    "| synthetic - classical | per replicate | verdict (Holm) |",
+    "|---|---|---:|---:|---|---|---:|---:|---:|---:|---:|---|---|",
+)
+
+
 def table(results: Path = RESULTS) -> str:
-    lines = [
-        START,
-        "| dataset | model | few-shot per class | primary metric | verdicts allowed | "
-        "all-train - real | classical - real | synthetic - real | synthetic - classical | "
-        "verdict (Holm) |",
-        "|---|---|---:|---|---|---:|---:|---:|---:|---|",
-    ]
-    for result in _results(results):
-        lines += rows(result)
+    """Per dataset its claim over the replicates, or its one earlier run's rows."""
+    lines = [START, *HEADER]
+    for name, result in zip(_names(results), _results(results), strict=True):
+        found = replicates.claim(results / name)
+        if found is None:
+            lines += rows(result)
+        else:
+            lines += claim_rows(found, _few_shot(result))
     return "\n".join([*lines, END])
+
+
+def _names(results: Path) -> list[str]:
+    return [name for name in DATASETS if (results / name / "results.json").is_file()]
 
 
 def _results(results: Path):

@@ -1,0 +1,173 @@
+"""A research claim over replicates of the whole expansion, recomputed from the files.
+
+Each replicate (`python -m experiments.expansion <dataset> --replicate K`) has its own
+split, few-shot draw and generator run, and keeps every classifier's prediction on every
+test image beside its results.json (train-test_predictions.parquet). Here the replicates
+of one dataset are read back and each question of the value table is answered over all
+of them with core.stats.replicate_bootstrap: the replicates resampled, then each one's
+seeds and test images. A research verdict needs
+
+    - at least MIN_REPLICATES replicates;
+    - the reference arm (the class-matched oracle, else all-train) above real over the
+      replicates, with every replicate on the same side, and no replicate's arms
+      budget-bound or degenerate (each replicate's own validity record);
+    - the synthetic arm's Holm-adjusted p below 0.05 (one family per model: the arm
+      against real, its classical control and its oracle), and every replicate's delta
+      of the same sign.
+
+    python -m experiments.expansion.replicates elpv     # print the claim as JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from defectgen.core import arms, stats, validity
+from experiments.expansion.run import RESULTS
+
+MIN_REPLICATES = 3
+PREDICTIONS = "train-test_predictions.parquet"
+TOO_FEW = "too few replicates"
+DISAGREE = "replicates disagree in sign"
+
+
+def replicate_folders(dataset_dir: Path) -> list[Path]:
+    """The folders of a dataset's replicates that kept every unit's score: replicate 0 is
+    the dataset's folder, replicate K its replicate-K/ (results from before the
+    predictions were kept are left out: they cannot be recomputed)."""
+    folders = [dataset_dir, *sorted(dataset_dir.glob("replicate-*"),
+                                    key=lambda p: int(p.name.split("-")[1]))]  # fmt: skip
+    return [f for f in folders if (f / "results.json").is_file() and (f / PREDICTIONS).is_file()]
+
+
+class Replicate:
+    """One replicate's results.json and its per-image predictions, as (seeds, images)
+    arrays per (model, condition)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.result = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+        clf = self.result["classification"]
+        self.labels = clf["labels"]
+        self.metric = clf["primary_metric"]
+        self.validity = clf["validity"]
+        self.comparisons = clf["comparisons"]
+        table = pd.read_parquet(folder / PREDICTIONS)
+        self.images = sorted(table["image_id"].unique())
+        truth = table.drop_duplicates("image_id").set_index("image_id")["label"]
+        self.y = [self.labels.index(truth[i]) for i in self.images]
+        self.pred: dict[tuple[str, str], dict[int, np.ndarray]] = {}
+        for (model, condition, seed), part in table.groupby(["model", "condition", "seed"]):
+            by_image = part.set_index("image_id")["predicted"]
+            self.pred.setdefault((model, condition), {})[int(seed)] = np.array(
+                [self.labels.index(by_image[i]) for i in self.images]
+            )
+
+    def pair(self, model: str, arm: str, control: str) -> tuple | None:
+        """(arm, control, y) over the seeds both trained, or None where one did not."""
+        a, c = self.pred.get((model, arm)), self.pred.get((model, control))
+        if not a or not c:
+            return None
+        seeds = sorted(set(a) & set(c))
+        return np.stack([a[s] for s in seeds]), np.stack([c[s] for s in seeds]), self.y
+
+    def arm(self, model: str) -> str | None:
+        """The synthetic arm the run compared with its classical control (the gated one
+        where it trained, else the ungated)."""
+        done = {k[1] for k in self.pred if k[0] == model}
+        return next((a for a in arms.ADDITIVE if {a, arms.classical_of(a)} <= done), None)
+
+
+def _difference(reps: list[Replicate], model: str, arm: str, control: str, metric: str):
+    pairs = [r.pair(model, arm, control) for r in reps]
+    if any(p is None for p in pairs):
+        return None
+    result = stats.replicate_bootstrap(pairs, metric, len(reps[0].labels))
+    per = result.pop("per_replicate")  # each replicate's own delta and interval
+    return {"arm": arm, "control": control, "metric": metric, **result,
+            "per_replicate": [p["delta"] for p in per],
+            "per_replicate_ci": [p["ci"] for p in per]}  # fmt: skip
+
+
+def _allowed(reps: list[Replicate], model: str, reference: dict | None) -> tuple[bool, list[str]]:
+    """Whether the replicates can carry a verdict, and why not."""
+    reasons = []
+    if len(reps) < MIN_REPLICATES:
+        reasons.append(f"{TOO_FEW} ({len(reps)} of the {MIN_REPLICATES} a claim needs)")
+    if reference is None:
+        reasons.append("no replicate trained the reference arm")
+    elif reference["ci"][0] <= 0 or not reference["agree_in_sign"]:
+        reasons.append(f"{reference['arm']} does not beat real over the replicates "
+                       f"({stats.describe(reference)}; per replicate "
+                       f"{_spread(reference)})")  # fmt: skip
+    for k, r in enumerate(reps):
+        check = r.validity[model]
+        name = f"replicate {r.result.get('replicate', k)}"
+        if check["budget_bound"]:
+            reasons.append(f"{name}: budget-bound {', '.join(check['budget_bound'])}")
+        if check["degenerate"]:
+            reasons.append(f"{name}: degenerate {', '.join(sorted(check['degenerate']))}")
+    return not reasons, reasons
+
+
+def _spread(row: dict) -> str:
+    return " / ".join(stats.pct(d) for d in row["per_replicate"])
+
+
+def claim(dataset_dir: Path) -> dict | None:
+    """The dataset's research claim per judge over its replicates, or None when no
+    replicate kept its predictions."""
+    reps = [Replicate(f) for f in replicate_folders(dataset_dir)]
+    if not reps:
+        return None
+    metric = reps[0].metric
+    out = {"dataset": reps[0].result["dataset"], "metric": metric,
+           "replicates": [r.result.get("replicate", 0) for r in reps],
+           "commits": sorted({r.result["git"] for r in reps}), "models": {}}  # fmt: skip
+    for model in reps[0].comparisons:
+        arm = reps[0].arm(model)
+        if arm is None or any(r.arm(model) != arm for r in reps):
+            continue
+        reference_name = validity.reference_arm({c for (m, c) in reps[0].pred if m == model})
+        reference = reference_name and _difference(reps, model, reference_name, arms.REAL, metric)
+        allowed, reasons = _allowed(reps, model, reference)
+        controls = {"real": arms.REAL, "classical": arms.classical_of(arm),
+                    "oracle": arms.oracle_of(arm)}  # fmt: skip
+        family = {f"synthetic_minus_{name}": d for name, control in controls.items()
+                  if (d := _difference(reps, model, arm, control, metric))}  # fmt: skip
+        adjusted = stats.holm([d["p_value"] for d in family.values()])
+        for row, p in zip(family.values(), adjusted, strict=True):
+            row["p_adjusted"] = p
+            row["verdict"] = (validity.NOT_ALLOWED if not allowed
+                              else DISAGREE if not row["agree_in_sign"]
+                              else stats.verdict(row))  # fmt: skip
+        rows = {"reference_minus_real": reference,
+                "all_train_minus_real": _difference(reps, model, arms.ALL_TRAIN, arms.REAL, metric),
+                "classical_minus_real": _difference(reps, model, arms.classical_of(arm),
+                                                    arms.REAL, metric),
+                **family}  # fmt: skip
+        out["models"][model] = {"arm": arm, "verdicts_allowed": allowed, "reasons": reasons,
+                                **rows}  # fmt: skip
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("dataset")
+    args = ap.parse_args(argv)
+    found = claim(RESULTS / args.dataset)
+    if found is None:
+        print(f"{RESULTS / args.dataset}: no replicate with {PREDICTIONS}", file=sys.stderr)
+        return 1
+    print(json.dumps(found, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
