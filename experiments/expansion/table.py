@@ -85,6 +85,8 @@ def claim_rows(claim: dict, few_shot) -> list[str]:
         spread = "-" if vs_classical is None else " / ".join(
             stats.pct(d) for d in vs_classical["per_replicate"])  # fmt: skip
         verdict = vs_classical["verdict"] if vs_classical else "no classical control"
+        if not c["verdicts_allowed"]:
+            verdict = f"no verdict ({'; '.join(c['reasons'])})"
         out.append(
             f"| [{dataset}](experiments/expansion/results/{dataset}/results.md) | {model} | "
             f"{len(claim['replicates'])} | {few_shot} | "
