@@ -632,6 +632,7 @@ def replicate_params(dataset: str, profile: Path, toy: bool, track: bool,
 UNIT_SCORES = (("train/test_predictions.parquet", "train-test_predictions.parquet"),
                ("train/runs.parquet", "train-runs.parquet"),
                ("segment/runs.parquet", "segment-runs.parquet"),
+               ("segment/test_scores.parquet", "segment-test_scores.parquet"),
                ("detect/runs.parquet", "detect-runs.parquet"))  # fmt: skip
 
 

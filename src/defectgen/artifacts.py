@@ -26,6 +26,8 @@ RUNS_PARQUET = "runs.parquet"  # one row per trained model: train, segment, dete
 RECORD_JSON = "record.json"  # one trained model, a resume unit: train, segment, detect
 # train: one row per (model, condition, seed, test image): the class it predicted
 TEST_PREDICTIONS_PARQUET = "test_predictions.parquet"
+# segment: one row per (condition, seed, test image): its S-measure, MAE, IoU and Dice
+TEST_SCORES_PARQUET = "test_scores.parquet"
 
 # One per stage.
 INGEST_JSON = "ingest_report.json"

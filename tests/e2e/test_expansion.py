@@ -149,6 +149,7 @@ def test_the_command_answers_with_paired_statistics_and_resumes(tmp_path: Path):
         "train-test_predictions.parquet",
         "train-runs.parquet",
         "segment-runs.parquet",
+        "segment-test_scores.parquet",
         "detect-runs.parquet",
     }
     units = pd.read_parquet(tmp_path / "results" / "train-test_predictions.parquet")

@@ -245,6 +245,15 @@ def test_segmentation_scores_each_condition_on_the_real_test_split(run):
     assert set(table.condition) >= {"real", "real+ungated"} and len(table) % 8 == 0
     runs = pd.read_parquet(run["seg"] / "runs.parquet")
     assert len(runs) == len(table) // 8  # one seed per scored condition
+    # every unit's per-image score, from which each run's score and interval recompute
+    each = pd.read_parquet(run["seg"] / "test_scores.parquet")
+    assert len(each) == len(runs) * n_test
+    means = each.groupby(["condition", "seed"])[["s_measure", "dice"]].mean()
+    for r in runs.itertuples():
+        assert means.loc[(r.condition, r.seed)].tolist() == pytest.approx([r.s_measure, r.dice])
+    vs = next(c for c in record["comparisons"] if (c["arm"], c["control"], c["metric"])
+              == ("real+ungated", "real+classical-ungated", "s_measure"))  # fmt: skip
+    assert vs["n_images"] == n_test  # the interval resamples the test images
     # the report shows the pairs' grids and the segmentation table
     run_stage("report", run["params"], out_dir=run["tmp"] / "report", masks=run["masks"],
                pairs=run["pairs"], pairs_gated=run["pgate"], segment=run["seg"])  # fmt: skip

@@ -224,7 +224,7 @@ def test_nothing_to_add_is_skipped_and_reported(dataset, tmp_path):
     run_train(dataset, tmp_path / "train", gated=empty, seeds=[0], conditions=CONDITIONS)
     report = json.loads((tmp_path / "train" / "eval.json").read_text())
     assert report["skipped"] == {
-        "real+synthetic": "the gate passed no synthetic image",
+        "real+synthetic": "no synthetic images passed the gate",
         "real+classical": "real+synthetic adds no image to match",
         "real+oracle": "real+synthetic adds no image to match",
         "substitution": "the gate passed no synthetic image",

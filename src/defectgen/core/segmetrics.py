@@ -131,6 +131,23 @@ def iou_dice(pred: np.ndarray, gt: np.ndarray, threshold: float = 0.5) -> tuple[
     return (inter / union if union else 1.0), (2 * inter / total if total else 1.0)
 
 
+# the metrics that are a mean over images: their per-image scores let a comparison
+# resample the test images (core.stats.seed_image_bootstrap)
+PER_IMAGE = ("s_measure", "mae", "iou", "dice")
+
+
+def per_image(preds: list[np.ndarray], gts: list[np.ndarray]) -> dict[str, list[float]]:
+    """Per PER_IMAGE metric, each image's score (in the inputs' order)."""
+    checked = [_check(p, g) for p, g in zip(preds, gts, strict=True)]
+    ious, dices = zip(*(iou_dice(p, g) for p, g in checked), strict=True)
+    return {
+        "s_measure": [s_measure(p, g) for p, g in checked],
+        "mae": [mae(p, g) for p, g in checked],
+        "iou": [float(v) for v in ious],
+        "dice": [float(v) for v in dices],
+    }
+
+
 def evaluate(preds: list[np.ndarray], gts: list[np.ndarray]) -> dict[str, float]:
     """Every metric over a set of images: per-image S, MAE, IoU, Dice averaged; max E and
     max F over thresholds of the per-threshold means; AUROC and AP over all pixels (nan
@@ -140,17 +157,17 @@ def evaluate(preds: list[np.ndarray], gts: list[np.ndarray]) -> dict[str, float]
     checked = [_check(p, g) for p, g in zip(preds, gts, strict=True)]
     e = np.mean([_e_curve(p, g) for p, g in checked], axis=0)
     f = np.mean([_f_curve(p, g) for p, g in checked], axis=0)
-    ious, dices = zip(*(iou_dice(p, g) for p, g in checked), strict=True)
+    each = per_image(preds, gts)
     flat_p = np.concatenate([p.ravel() for p, _ in checked])
     flat_g = np.concatenate([g.ravel() for _, g in checked])
     both = flat_g.any() and not flat_g.all()
     return {
-        "s_measure": float(np.mean([s_measure(p, g) for p, g in checked])),
-        "mae": float(np.mean([mae(p, g) for p, g in checked])),
+        "s_measure": float(np.mean(each["s_measure"])),
+        "mae": float(np.mean(each["mae"])),
         "max_e_measure": float(e.max()),
         "max_f_measure": float(f.max()),
-        "iou": float(np.mean(ious)),
-        "dice": float(np.mean(dices)),
+        "iou": float(np.mean(each["iou"])),
+        "dice": float(np.mean(each["dice"])),
         "pixel_auroc": float(roc_auc_score(flat_g, flat_p)) if both else float("nan"),
         "pixel_ap": float(average_precision_score(flat_g, flat_p)) if both else float("nan"),
     }

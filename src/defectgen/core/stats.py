@@ -92,27 +92,55 @@ def classifier_metric(
     raise ValueError(f"unknown classifier metric {metric!r}; choose from {CLASSIFIER_METRICS}")
 
 
+def _per_seed(a: np.ndarray, c: np.ndarray, truth: np.ndarray, metric: str,
+              n_classes: int | None, weights: np.ndarray) -> np.ndarray:  # fmt: skip
+    """(B, S) metric(arm_s) - metric(control_s) with the test images counted by `weights`
+    (B, N): a classifier metric of predicted classes, or else the weighted mean of
+    per-image scores (S-measure, Dice, IoU, MAE: a set's score is its images' mean)."""
+    if metric in CLASSIFIER_METRICS:
+        k = int(n_classes or truth.max() + 1)
+        return classifier_metric(metric, a, truth, k, weights) - classifier_metric(
+            metric, c, truth, k, weights
+        )
+    return (weights @ (a - c).T) / weights.sum(1, keepdims=True)
+
+
 def _seed_image_draws(
     a: np.ndarray,
     c: np.ndarray,
     truth: np.ndarray,
     metric: str,
-    n_classes: int,
+    n_classes: int | None,
     rng: np.random.Generator,
     n_boot: int,
 ) -> np.ndarray:
     """(n_boot,) bootstrap draws of mean_s metric(a_s) - metric(c_s): the test images
-    resampled within each true class (shared by every seed and both conditions), then
-    the seeds resampled."""
+    resampled within each stratum (`truth`: their true class; shared by every seed and
+    both conditions), then the seeds resampled."""
     weights = np.zeros((n_boot, len(truth)))
     for label in np.unique(truth):
         members = np.flatnonzero(truth == label)
         picks = members[rng.integers(0, len(members), (n_boot, len(members)))]
         np.add.at(weights, (np.arange(n_boot)[:, None], picks), 1.0)
-    diff = classifier_metric(metric, a, truth, n_classes, weights)  # (B, S)
-    diff -= classifier_metric(metric, c, truth, n_classes, weights)
+    diff = _per_seed(a, c, truth, metric, n_classes, weights)  # (B, S)
     seeds = rng.integers(0, a.shape[0], (n_boot, a.shape[0]))
     return np.take_along_axis(diff, seeds, 1).mean(1)
+
+
+def _percentile(draws: np.ndarray, floor: dict, level: float, n_boot: int) -> tuple:
+    """(interval, p) of bootstrap draws of a difference: the percentile interval and the
+    two-sided p (twice the smaller tail's share on either side of 0, at least
+    2 / (n_boot + 1)), never narrower than `floor`'s t interval nor below its p (a
+    percentile bootstrap over a handful of seeds or replicates is too narrow where they
+    disagree: no t quantile, the spread shrunk by (n - 1) / n)."""
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(draws, [tail, 100 - tail])
+    below, above = np.sum(draws <= 0) + 1, np.sum(draws >= 0) + 1
+    p = min(1.0, 2 * min(below, above) / (n_boot + 1))
+    if floor["ci"] is not None:
+        lo, hi = min(lo, floor["ci"][0]), max(hi, floor["ci"][1])
+        p = max(p, floor["p_value"])
+    return [float(lo), float(hi)], float(p)
 
 
 def seed_image_bootstrap(
@@ -120,66 +148,57 @@ def seed_image_bootstrap(
     control: np.ndarray,
     y: Sequence[int],
     metric: str,
-    n_classes: int,
+    n_classes: int | None = None,
     *,
     level: float = LEVEL,
     n_boot: int = 2000,
     seed: int = 0,
 ) -> dict:
-    """The paired difference of two conditions' classifiers on one test split, with an
+    """The paired difference of two conditions' models on one test split, with an
     interval that covers both the training seeds and the test images.
 
-    `arm`, `control`: (S, N) predicted classes, row s from seed s of each condition (the
-    pairing), column n for test image n (true class `y[n]`). The difference is the mean
-    over seeds of metric(arm_s) - metric(control_s) (the same number the seed-paired t
-    test reports). Each bootstrap draw resamples the seeds with replacement and, shared
-    by every seed and both conditions, the test images with replacement within each true
-    class (so every class keeps its count and balanced accuracy its meaning): a two-level
-    bootstrap of seeds and images. The interval is the draws' percentile interval; the
-    two-sided p is twice the smaller tail's share of draws on either side of 0 (at least
-    2 / (n_boot + 1)). A percentile bootstrap over a handful of seeds is too narrow where
-    the seeds disagree (no t quantile, the spread shrunk by (S - 1) / S: in a simulated
-    null with 5 seeds and a large seed effect it called 11-15 % of differences
-    significant), so the interval is never narrower than the seed-paired t interval
-    (`paired`) and p never below its p: the union of the two. The interval is conditional
-    on the run's few-shot draw and generated images: a replicate of the whole expansion
-    varies those.
+    `arm`, `control`: (S, N), row s from seed s of each condition (the pairing), column n
+    for test image n: for a classifier metric (CLASSIFIER_METRICS) the predicted classes,
+    scored against the true classes `y`; for any other metric the per-image scores whose
+    mean over the images is the metric (S-measure, Dice, IoU, MAE), with `y` each image's
+    class. The difference is the mean over seeds of metric(arm_s) - metric(control_s)
+    (the same number the seed-paired t test reports). Each bootstrap draw resamples the
+    seeds with replacement and, shared by every seed and both conditions, the test images
+    with replacement within each class (so every class keeps its count and balanced
+    accuracy its meaning): a two-level bootstrap of seeds and images. The interval is the
+    draws' percentile interval, never narrower than the seed-paired t interval (`paired`;
+    in a simulated null with 5 seeds and a large seed effect the percentile interval
+    alone called 11-15 % of differences significant), and p never below its p. The
+    interval is conditional on the run's few-shot draw and generated images: a replicate
+    of the whole expansion varies those.
 
     Returns:
         {delta, ci, p_value, n_seeds, n_images}; ci and p None when the two conditions
-        predict identically everywhere (nothing varies).
+        score identically everywhere (nothing varies).
     """
     a, c = np.asarray(arm), np.asarray(control)
     truth = np.asarray(y)
     if a.shape != c.shape or a.ndim != 2 or a.shape[1] != len(truth) or not a.size:
         raise ValueError(
-            f"seed_image_bootstrap needs two equal (seeds, images) prediction arrays over "
+            f"seed_image_bootstrap needs two equal (seeds, images) arrays over "
             f"{len(truth)} test images, got {a.shape} and {c.shape}"
         )
     n_seeds, n_images = a.shape
-    full = np.ones((1, n_images))
-    per_seed = classifier_metric(metric, a, truth, n_classes, full)[0]
-    per_seed -= classifier_metric(metric, c, truth, n_classes, full)[0]
+    per_seed = _per_seed(a, c, truth, metric, n_classes, np.ones((1, n_images)))[0]
     out = {"delta": float(per_seed.mean()), "n_seeds": n_seeds, "n_images": n_images,
            "ci": None, "p_value": None}  # fmt: skip
     if np.array_equal(a, c):
         return out
     draws = _seed_image_draws(a, c, truth, metric, n_classes, np.random.default_rng(seed), n_boot)
-    tail = 100 * (1 - level) / 2
-    lo, hi = np.percentile(draws, [tail, 100 - tail])
-    below, above = (np.sum(draws <= 0) + 1), (np.sum(draws >= 0) + 1)
-    p = min(1.0, 2 * min(below, above) / (n_boot + 1))
-    seeds_only = paired(per_seed, np.zeros_like(per_seed), level)
-    if seeds_only["ci"] is not None:  # the seeds' own t interval bounds it from inside
-        lo, hi = min(lo, seeds_only["ci"][0]), max(hi, seeds_only["ci"][1])
-        p = max(p, seeds_only["p_value"])
-    return {**out, "ci": [float(lo), float(hi)], "p_value": float(p)}
+    floor = paired(per_seed, np.zeros_like(per_seed), level)
+    ci, p = _percentile(draws, floor, level, n_boot)
+    return {**out, "ci": ci, "p_value": p}
 
 
 def replicate_bootstrap(
     replicates: list[tuple[np.ndarray, np.ndarray, Sequence[int]]],
     metric: str,
-    n_classes: int,
+    n_classes: int | None = None,
     *,
     level: float = LEVEL,
     n_boot: int = 2000,
@@ -189,12 +208,12 @@ def replicate_bootstrap(
     its own few-shot draw, generator run and split), with an interval that covers the
     replicates, the seeds and the test images: a three-level bootstrap that resamples the
     replicates, then within each drawn replicate its seeds and its test images (within
-    each true class), as `seed_image_bootstrap` does for one run; never narrower than the
+    each class), as `seed_image_bootstrap` does for one run; never narrower than the
     t interval over the replicates' own differences.
 
-    `replicates`: per replicate (arm, control, y): (S, N) predictions of its paired seeds
-    on its N test images and their true classes. The difference is the mean over
-    replicates of each replicate's seed-image difference.
+    `replicates`: per replicate (arm, control, y) as `seed_image_bootstrap` takes them:
+    (S, N) arrays of its paired seeds on its N test images, and their classes. The
+    difference is the mean over replicates of each replicate's seed-image difference.
 
     Returns:
         {delta, ci, p_value, n_replicates, per_replicate (each replicate's
@@ -216,18 +235,11 @@ def replicate_bootstrap(
     chosen = rng.integers(0, k, (n_boot, k))  # the replicates resampled
     total = np.take_along_axis(draws, chosen, 1).mean(1)
     deltas = [r["delta"] for r in per]
-    tail = 100 * (1 - level) / 2
-    lo, hi = np.percentile(total, [tail, 100 - tail])
-    below, above = np.sum(total <= 0) + 1, np.sum(total >= 0) + 1
-    p = min(1.0, 2 * min(below, above) / (n_boot + 1))
-    between = paired(deltas, [0.0] * k, level)  # as in seed_image_bootstrap: a few
-    if between["ci"] is not None:  # replicates resampled alone give too narrow a bound
-        lo, hi = min(lo, between["ci"][0]), max(hi, between["ci"][1])
-        p = max(p, between["p_value"])
+    ci, p = _percentile(total, paired(deltas, [0.0] * k, level), level, n_boot)
     return {
         "delta": float(np.mean(deltas)),
-        "ci": [float(lo), float(hi)],
-        "p_value": float(p),
+        "ci": ci,
+        "p_value": p,
         "n_replicates": k,
         "per_replicate": per,
         "agree_in_sign": all(d > 0 for d in deltas) or all(d < 0 for d in deltas),

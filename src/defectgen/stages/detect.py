@@ -57,7 +57,7 @@ from defectgen.artifacts import (
 )
 from defectgen.atomic import atomic_dir, atomic_write_json, write_file
 from defectgen.config import Params
-from defectgen.core import arms, stats, validity
+from defectgen.core import arms, harness, stats, validity
 from defectgen.core.images import decode_image
 from defectgen.curves import Curves
 from defectgen.errors import DataError
@@ -113,12 +113,21 @@ class _Data:
                     kept.append(item)
             self.added[arm], self.left_out[arm] = kept, dropped
         # copy-paste cuts defects by their masks: box-only data has none to cut
-        self.masked = [i for i in self.subset if i.mask is not None]
+        masked = [i for i in self.subset if i.mask is not None]
         self.plan = arms.plan(
             cfg.conditions, oracle=cfg.oracle,
-            copy_paste=params.copy_paste.enabled and len(self.masked) == len(self.subset),
+            copy_paste=params.copy_paste.enabled and len(masked) == len(self.subset),
         )  # fmt: skip
         self.plan.pop(arms.MAJORITY)  # a classifier baseline: no detection analogue
+        # the harness draws manifest rows; each row's annotated item, by id
+        every = self.subset + self.outside + [i for a in self.added.values() for i in a]
+        self.items = {i.row["id"]: i for i in every}
+        self.pool = harness.Pool(
+            self.plan, [i.row for i in self.subset], [i.row for i in self.outside],
+            {arm: [i.row for i in items] for arm, items in self.added.items()},
+            normal_classes=tuple(params.data.normal_classes),
+            items="synthetic images with annotations", item="image",
+        )  # fmt: skip
         self._cache: dict[str, tuple] = {}
         self._pixels: dict[str, tuple] | None = None
 
@@ -128,57 +137,35 @@ class _Data:
             self._cache[key] = _sample(item, self.labels)
         return self._cache[key]
 
-    def reason(self, name: str) -> str | None:
-        return arms.skip_reason(
-            name, self.plan, self.added, has_outside=bool(self.outside),
-            items="synthetic image with annotations", item="image",
-            all_in_subset="every annotated train image is in the subset",
-        )  # fmt: skip
-
-    def _copy_paste(self, counts: dict[str, int], rng: np.random.Generator) -> tuple[list, dict]:
-        """Subset defects pasted onto subset images (core.copypaste), with their
-        instances from the pasted mask and the background's own; and the pastes'
+    def _paste(self, drawn: list, rng: np.random.Generator) -> tuple[list, dict]:
+        """The drawn subset defects pasted onto subset images (core.copypaste), with
+        their instances from the pasted mask and the background's own; and the pastes'
         provenance (copypaste.record)."""
         from defectgen.core import copypaste, detect
 
         if self._pixels is None:  # id -> (image, mask) of the subset, decoded once
-            self._pixels = {i.row["id"]: (self.sample(i)[0], i.mask) for i in self.masked}
-        rows = [i.row for i in self.masked]
-        drawn = copypaste.draw(rows, counts, set(self.params.data.normal_classes), rng)
+            self._pixels = {i.row["id"]: (self.sample(i)[0], i.mask) for i in self.subset}
         pasted, made = copypaste.make(self.params.copy_paste, drawn, self._pixels, rng)
-        label_of = {r["id"]: self.labels.index(r["label"]) + 1 for r in rows}
+        label_of = {i.row["id"]: self.labels.index(i.row["label"]) + 1 for i in self.subset}
         extra = [(p.image, detect.Target.from_mask(p.mask, label_of[p.source])) for p in pasted]
         return extra, copypaste.record(pasted, made)
 
     def condition(self, name: str, seed: int) -> tuple[list, list, int, dict]:
-        """(images, targets, number added, provenance) of one condition and seed;
-        provenance: for copy-paste, copypaste.record of its pastes."""
+        """(images, targets, number added, provenance) of one condition and seed (the
+        harness's draw); provenance: for copy-paste, copypaste.record of its pastes."""
         from defectgen.core import detect
 
-        own = [self.sample(i) for i in self.subset]
-        matched = self.plan[name]
+        rng = np.random.default_rng(derive_seed(self.params.seed, "detect", name, seed))
+        drawn = self.pool.draw(name, rng)
+        extra = [self.sample(self.items[r["id"]]) for r in drawn.rows]
+        cfg = self.params.classical
+        extra += [detect.classical(cfg, *self.sample(self.items[r["id"]]), rng)
+                  for r in drawn.copies]  # fmt: skip
         provenance: dict = {}
-        if name == arms.REAL:
-            extra = []
-        elif name in self.added:
-            extra = [self.sample(i) for i in self.added[name]]
-        elif name == arms.ALL_TRAIN:
-            extra = [self.sample(i) for i in self.outside]
-        else:
-            counts = arms.per_class([i.row for i in self.added[matched]])
-            rng = np.random.default_rng(derive_seed(self.params.seed, "detect", name, seed))
-            if name == arms.classical_of(matched):
-                by_id = {i.row["id"]: i for i in self.subset}
-                sources = arms.draw_classical([i.row for i in self.subset], counts, rng)
-                cfg = self.params.classical
-                extra = [detect.classical(cfg, *self.sample(by_id[r["id"]]), rng) for r in sources]
-            elif name == arms.copy_paste_of(matched):
-                extra, provenance = self._copy_paste(counts, rng)
-            else:
-                by_id = {i.row["id"]: i for i in self.outside}
-                picked, _ = arms.draw_oracle([i.row for i in self.outside], counts, rng)
-                extra = [self.sample(by_id[r["id"]]) for r in picked]
-        both = own + extra
+        if drawn.pastes is not None:
+            pasted, provenance = self._paste(drawn.pastes, rng)
+            extra += pasted
+        both = [self.sample(i) for i in self.subset] + extra
         return [b[0] for b in both], [b[1] for b in both], len(extra), provenance
 
 
@@ -229,17 +216,11 @@ def headline(comparisons: dict[str, list[dict]], checks: dict[str, dict]) -> str
     """Synthetic vs classical for detection in one line (the first model), or, when its
     validity check failed, that this budget cannot say."""
     for model, rows in comparisons.items():
-        for arm in arms.ADDITIVE:
-            for r in rows:
-                if (r["arm"], r["control"], r["metric"]) == (arm, arms.classical_of(arm), "map"):
-                    about = (
-                        f"Synthetic vs classical augmentation for detection ({model}, {arm} vs "
-                        f"{r['control']}, {r['n_seeds']} paired seeds, equal steps)"
-                    )
-                    finding = (
-                        f"{r['verdict']}; test mAP@[.5:.95] {stats.describe(r, points=False)}."
-                    )
-                    return validity.answer(about, checks[model], finding)
+        line = harness.headline(rows, checks[model], "map", "Synthetic vs classical "
+                                "augmentation for detection", model=model, shown="mAP@[.5:.95]",
+                                points=False)  # fmt: skip
+        if line:
+            return line
     return "No synthetic arm was trained, so detection's synthetic vs classical is unanswered."
 
 
@@ -305,14 +286,10 @@ def run(
     key = file_digest(*(p for p in digests if p.is_file()))[:16]
     resume = Resume(out_dir, key + params_key)
     records: list[dict] = []
-    skipped: dict[str, str] = {}
     metrics_out: dict[str, float] = {}
-    trained = [c for c in data.plan if not data.reason(c)]
+    trained, skipped = data.pool.runnable()
     units = Units("detect", "detector", len(trained) * len(cfg.models) * len(cfg.seeds))
-    for condition in data.plan:
-        if reason := data.reason(condition):
-            skipped[condition] = reason
-            continue
+    for condition in trained:
         for model_name in cfg.models:
             for seed in cfg.seeds:
                 unit_name = f"{model_name}.{condition}.{seed}"
@@ -347,19 +324,13 @@ def run(
             if condition in arms.COPY_PASTE:  # what was pasted where
                 entry.update(copypaste.summarise(runs))
             summary[model][condition] = entry
-        trained = set(summary[model])
-        asked = arms.questions(data.plan, trained)
-        comparisons[model] = []
-        for m in names:
-            values = {c: {r["seed"]: r[m] for r in mine if r["condition"] == c} for c in trained}
-            comparisons[model] += stats.compare(values, asked, m, claims=arms.SYNTHETIC)
-        checks[model] = validity.check(
-            {c: {r["seed"]: r["map"] for r in mine if r["condition"] == c} for c in trained},
-            metric="map",
+        comparisons[model], checks[model] = harness.analyse(
+            {m: {c: {r["seed"]: r[m] for r in mine if r["condition"] == c} for c in summary[model]}
+             for m in names},
+            data.plan, primary="map", higher=dict.fromkeys(names, True),
             constant=0.0,  # a detector that finds nothing
-            bound={c: summary[model][c]["budget_bound"] for c in trained},
-        )
-        comparisons[model] = validity.withhold(comparisons[model], checks[model])
+            bound={c: summary[model][c]["budget_bound"] for c in summary[model]},
+        )  # fmt: skip
     with atomic_dir(out_dir) as tmp:
         atomic_write_json(
             tmp / DETECT_JSON,
@@ -379,7 +350,9 @@ def run(
                     if arms.copy_paste_of("real+ungated") in data.plan
                     else None,
                     "paired": "per seed the same init, batch order and flips in every condition",
-                    "interval": "95 % Student-t over paired seed differences",
+                    # mAP is not a mean over images, so the test images are not resampled
+                    "interval": "95 % Student-t over paired seed differences (the test "
+                    "images are not resampled: mAP is not a mean over images)",
                     "scoring": "pycocotools COCOeval on the real test split: mAP@[.5:.95], "
                     "mAP@.5, per-class AP; instances are 8-connected mask regions or boxes",
                     "parent_boxes_up_to": cfg.parent_boxes_up_to,

@@ -59,10 +59,11 @@ from defectgen.artifacts import (
     RECORD_JSON,
     RUNS_PARQUET,
     SEGMENT_JSON,
+    TEST_SCORES_PARQUET,
 )
 from defectgen.atomic import atomic_dir, atomic_write_json, write_file
 from defectgen.config import Params
-from defectgen.core import arms, coco, stats, validity
+from defectgen.core import arms, coco, harness, stats, validity
 from defectgen.core.images import decode_image
 from defectgen.curves import Curves
 from defectgen.errors import DataError
@@ -158,37 +159,35 @@ def _fit_score(params: Params, seed: int, train_set, val_set, test_set, labels_t
     )
     preds = segment.predict(fit.model, test_set[0], rt)
     scores = segmetrics.evaluate(preds, test_set[1])
+    each = segmetrics.per_image(preds, test_set[1])
     per_class = {}
     for label in sorted(set(labels_test)):
         idx = [i for i, lab in enumerate(labels_test) if lab == label]
         per_class[label] = float(
             np.mean([segmetrics.iou_dice(preds[i], test_set[1][i])[1] for i in idx])
         )
-    checks = {"best_step": fit.best_step, "eval_steps": fit.eval_steps, "val_dice": fit.val_dice}
+    checks = {"best_step": fit.best_step, "eval_steps": fit.eval_steps, "val_dice": fit.val_dice,
+              "test_scores": each}  # fmt: skip
     return scores, per_class, fit.losses, checks
 
 
 class _Conditions:
-    """The training pairs of each condition (core.arms): real pairs, synthetic pairs, and
-    the matched classical copies and oracle pairs, drawn per seed."""
+    """The training pairs of each condition: the harness's draw (core.harness.Pool)
+    made into pairs: real and synthetic pairs as they are, classical copies of subset
+    pairs, copy-paste pastes."""
 
     def __init__(self, params, preprocessed, pairs_dir, real_train, outside, added):
-        self.params, self.pairs_dir, self.added = params, pairs_dir, added
-        self.real_train, self.outside = real_train, outside
+        self.params, self.pairs_dir = params, pairs_dir
         self.plan = arms.plan(params.segment.conditions, oracle=params.segment.oracle,
                               copy_paste=params.copy_paste.enabled)  # fmt: skip
+        self.pool = harness.Pool(self.plan, real_train, outside, added,
+                                 normal_classes=tuple(params.data.normal_classes),
+                                 items="synthetic pairs", item="pair")  # fmt: skip
         both = real_train + outside
         images, masks = _load(preprocessed, both)
         self.pixels = {
             r["id"]: p for r, p in zip(both, zip(images, masks, strict=True), strict=True)
         }
-
-    def reason(self, name: str) -> str | None:
-        return arms.skip_reason(
-            name, self.plan, self.added, has_outside=bool(self.outside),
-            items="synthetic pairs", item="pair",
-            all_in_subset="every train pair is in the few-shot subset",
-        )  # fmt: skip
 
     def pairs(self, name: str, seed: int) -> tuple[list, list, int, dict]:
         """(images, masks, number of added pairs, provenance) for one condition and
@@ -196,36 +195,40 @@ class _Conditions:
         row and offset, and the counts of core.copypaste.make."""
         from defectgen.core import copypaste, segment
 
-        own = [self.pixels[r["id"]] for r in self.real_train]
-        matched = self.plan[name]
+        rng = np.random.default_rng(derive_seed(self.params.seed, "segment", name, seed))
+        drawn = self.pool.draw(name, rng)
+        real = [r for r in drawn.rows if r["id"] in self.pixels]
+        made = [r for r in drawn.rows if r["id"] not in self.pixels]  # synthetic pairs
+        extra = [self.pixels[r["id"]] for r in real]
+        extra += list(zip(*_load(self.pairs_dir, made), strict=True)) if made else []
+        cfg = self.params.classical
+        extra += [segment.classical_pair(cfg, *self.pixels[r["id"]], rng) for r in drawn.copies]
         provenance: dict = {}
-        if name in (arms.REAL, arms.MAJORITY):
-            extra = []
-        elif name in self.added:
-            extra = list(zip(*_load(self.pairs_dir, self.added[name]), strict=True))
-        elif name == arms.ALL_TRAIN:
-            extra = [self.pixels[r["id"]] for r in self.outside]
-        else:
-            counts = arms.per_class(self.added[matched])
-            rng = np.random.default_rng(derive_seed(self.params.seed, "segment", name, seed))
-            if name == arms.classical_of(matched):
-                sources = arms.draw_classical(self.real_train, counts, rng)
-                cfg = self.params.classical
-                extra = [segment.classical_pair(cfg, *self.pixels[r["id"]], rng) for r in sources]
-            elif name == arms.copy_paste_of(matched):
-                drawn = copypaste.draw(self.real_train, counts,
-                                       set(self.params.data.normal_classes), rng)  # fmt: skip
-                pasted, made = copypaste.make(self.params.copy_paste, drawn, self.pixels, rng)
-                extra = [(p.image, p.mask) for p in pasted]
-                provenance = copypaste.record(pasted, made)
-            else:
-                picked, _ = arms.draw_oracle(self.outside, counts, rng)
-                extra = [self.pixels[r["id"]] for r in picked]
-        both = own + extra
+        if drawn.pastes is not None:
+            pasted, counts = copypaste.make(self.params.copy_paste, drawn.pastes, self.pixels, rng)
+            extra += [(p.image, p.mask) for p in pasted]
+            provenance = copypaste.record(pasted, counts)
+        both = [self.pixels[r["id"]] for r in self.pool.subset] + extra
         return [p[0] for p in both], [p[1] for p in both], len(extra), provenance
 
 
-# Compared between conditions (paired over seeds); MAE is better when lower.
+# the unit record's format, part of the resume key: records written before it stored
+# per-image test scores are retrained, not read
+RECORD_FORMAT = "p2"
+
+
+def _test_scores(scores: dict[str, dict[int, dict]], test: list[dict]) -> pd.DataFrame:
+    """Every unit's score: one row per (condition, seed, test image) with its per-image
+    metrics, from which every comparison of segment.json recomputes."""
+    return pd.DataFrame([
+        {"condition": c, "seed": seed, "image_id": t["id"], "label": t["label"],
+         **{m: each[m][i] for m in each}}
+        for c, by_seed in scores.items() for seed, each in by_seed.items()
+        for i, t in enumerate(test)
+    ])  # fmt: skip
+
+
+# Compared between conditions (paired over seeds and test images); MAE is better when lower.
 COMPARED = {"s_measure": True, "dice": True, "iou": True, "mae": False}
 
 
@@ -236,17 +239,12 @@ def headline(comparisons: list[dict], check: dict, metric: str = "s_measure") ->
     """Synthetic pairs vs classically augmented real pairs, on the primary `metric`
     (segmetrics.primary_metric), in one line; or, when the validity check failed, that
     this budget cannot say."""
-    for arm in arms.ADDITIVE:
-        for c in comparisons:
-            if (c["arm"], c["control"], c["metric"]) == (arm, arms.classical_of(arm), metric):
-                about = (
-                    f"Synthetic pairs vs classical augmentation ({arm} vs {c['control']}, "
-                    f"{c['n_seeds']} paired seeds, equal steps)"
-                )
-                shown = METRIC_NAMES[metric]
-                finding = f"{c['verdict']}; {shown} {stats.describe(c, points=False)}."
-                return validity.answer(about, check, finding)
-    return "No synthetic pairs were trained on, so pairs vs classical augmentation is unanswered."
+    line = harness.headline(comparisons, check, metric, "Synthetic pairs vs classical "
+                            "augmentation", shown=METRIC_NAMES[metric], points=False)  # fmt: skip
+    return (
+        line
+        or "No synthetic pairs were trained on, so pairs vs classical augmentation is unanswered."
+    )
 
 
 def _record_unit(unit: Path, params: Params, conds, condition: str, seed: int, val_set,
@@ -321,7 +319,7 @@ def run(
         pairs_dir / manifest.MANIFEST_NAME,
         gated / manifest.MANIFEST_NAME,
     )[:16]
-    key += params_key
+    key += params_key + RECORD_FORMAT
     resume = Resume(out_dir, key)
     report: dict = {
         "n_train_real": len(real_train),
@@ -335,8 +333,11 @@ def run(
             "selection": f"best of {cfg.evals} val Dice checks",
             "paired": "per seed the same init and RNG stream in every condition: "
             "equal-size conditions see the same batches",
-            "interval": "95 % Student-t over paired seed differences; verdicts from "
-            "the synthetic arms' Holm-adjusted p per metric",
+            "interval": "95 % percentile interval of a paired two-level bootstrap: the "
+            "seeds resampled, and the test images resampled within each class, shared by "
+            "both conditions (core.stats.seed_image_bootstrap on per-image scores), never "
+            "narrower than the seeds' t interval; conditional on this run's few-shot draw "
+            "and pairs. Verdicts from the synthetic arms' Holm-adjusted p per metric",
             "classical": augment.describe(params.classical),
             "copy_paste": copypaste.describe(params.copy_paste)
             if params.copy_paste.enabled
@@ -350,7 +351,8 @@ def run(
     pasted: dict[str, list[dict]] = defaultdict(list)  # copy-paste records by condition
     curves = Curves()
     metrics_out: dict[str, float] = {}
-    to_train = [c for c in conds.plan if c != arms.MAJORITY and not conds.reason(c)]
+    to_train, skipped = conds.pool.runnable()
+    test_scores: dict[str, dict[int, dict]] = defaultdict(dict)  # condition -> seed -> scores
     with atomic_dir(out_dir) as tmp:
         export = added["real+synthetic" if cfg.export == "gated" else "real+ungated"]
         counts = _export(tmp, preprocessed, pairs_dir, rows, export, labels)
@@ -364,8 +366,8 @@ def run(
         for condition in conds.plan:
             if condition == arms.MAJORITY:  # a classifier baseline; no pixel-level analogue
                 continue
-            if reason := conds.reason(condition):
-                report["conditions"][condition] = {"skipped": reason}
+            if condition in skipped:
+                report["conditions"][condition] = {"skipped": skipped[condition]}
                 continue
             for seed in cfg.seeds:
                 folder, _ = next(made)
@@ -374,6 +376,7 @@ def run(
                     pasted[condition].append(done)
                 curves.series[f"{metric_name(condition)}.seed{seed}"] = done["losses"]
                 val_curves[condition].append(done["val_dice"])
+                test_scores[condition][seed] = done["test_scores"]
                 per_class_dice = {f"dice/{k}": v for k, v in done["per_class_dice"].items()}
                 runs.append(
                     {
@@ -405,22 +408,23 @@ def run(
             }
             report["conditions"][condition] = entry
         trained = {r["condition"] for r in runs}
-        asked = arms.questions(conds.plan, trained)
-        comparisons = []
-        for metric, higher in COMPARED.items():
-            values = {
-                c: {r["seed"]: r[metric] for r in runs if r["condition"] == c} for c in trained
-            }
-            comparisons += stats.compare(values, asked, metric, higher, claims=arms.SYNTHETIC)
         primary, why = segmetrics.primary_metric(test_set[1])
         empty = [np.zeros(m.shape, np.float32) for m in test_set[1]]  # all background
-        check = validity.check(
-            {c: {r["seed"]: r[primary] for r in runs if r["condition"] == c} for c in trained},
-            metric=primary,
+        strata = [labels.index(r["label"]) for r in test]  # images resampled within class
+
+        def difference(metric: str, arm: str, control: str) -> dict:
+            seeds = sorted(set(test_scores[arm]) & set(test_scores[control]))
+            a, c = (np.array([test_scores[k][s][metric] for s in seeds]) for k in (arm, control))
+            return stats.seed_image_bootstrap(a, c, strata, metric)
+
+        comparisons, check = harness.analyse(
+            {m: {c: {r["seed"]: r[m] for r in runs if r["condition"] == c} for c in trained}
+             for m in COMPARED},
+            conds.plan, primary=primary, higher=COMPARED,
             constant=segmetrics.evaluate(empty, test_set[1])[primary],
             bound={c: report["conditions"][c]["budget_bound"] for c in trained},
+            difference=difference,
         )  # fmt: skip
-        comparisons = validity.withhold(comparisons, check)
         report["primary_metric"], report["primary_metric_reason"] = primary, why
         report["validity"] = check
         report["order"] = [c for c in conds.plan if c in report["conditions"]]
@@ -430,6 +434,7 @@ def run(
         report.update(counts)
         atomic_write_json(tmp / SEGMENT_JSON, report)
         pd.DataFrame(runs).to_parquet(tmp / RUNS_PARQUET, index=False)
+        _test_scores(test_scores, test).to_parquet(tmp / TEST_SCORES_PARQUET, index=False)
         with (tmp / COMPARISON_CSV).open("w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(["condition", "metric", "mean", "std"])

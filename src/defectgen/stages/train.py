@@ -59,7 +59,6 @@ Writes under `out_dir`:
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from pathlib import Path
@@ -80,7 +79,7 @@ from defectgen.artifacts import (
 )
 from defectgen.atomic import atomic_dir, atomic_write_json, write_file
 from defectgen.config import Params
-from defectgen.core import arms, augment, classify, stats, validity
+from defectgen.core import arms, augment, classify, harness, stats, validity
 from defectgen.core.device import runtime
 from defectgen.curves import Curves
 from defectgen.errors import DataError
@@ -119,6 +118,8 @@ class _Data:
                     f"with parent {row['parent_id']}; synthetic images may only derive from "
                     "train images and enter training: re-run generate"
                 )
+        added = {"real+synthetic": self.gated, "real+ungated": self.generated}
+        self.pool = harness.Pool(self.plan, self.subset, self.outside, added)
         self.size = params.train.image_size or rows[0]["width"]
         test_labels = [self.labels.index(r["label"]) for r in self.split["test"]]
         self.primary = classify.primary_metric(params.train.primary, test_labels, len(self.labels))
@@ -163,52 +164,16 @@ class _Data:
                 self._pixels[r["id"]] = px
         return [self._pixels[r["id"]] for r in rows]
 
-    def condition(self, name: str, seed: int) -> tuple[list[dict], list[np.ndarray], str | None]:
-        """(training rows, extra classical images, reason to skip or None) for a condition.
-
-        Classical images have no manifest rows: they are returned as pixels, with rows
-        (origin "classical") naming their source image.
-        """
-        base = list(self.subset)
-        added = {"real+synthetic": self.gated, "real+ungated": self.generated}
-        matched = self.matched.get(name)
-        if name in (arms.REAL, arms.MAJORITY):
-            return base, [], None
-        if name in added:
-            why = "the gate passed no synthetic image" if name == "real+synthetic" else None
-            return base + added[name], [], None if added[name] else why or "no generated images"
-        if matched is not None and not added[matched]:
-            return base, [], f"{matched} adds no image to match"
-        if name == arms.ALL_TRAIN:
-            extra_rows = self.outside
-            why = "every train image is in the few-shot subset"
-            return base + extra_rows, [], None if extra_rows else why
-        if name == "substitution":
-            out = []
-            for c in self.labels:
-                n_out = sum(1 for r in self.outside if r["label"] == c)
-                out += [r for r in self.gated if r["label"] == c][:n_out]
-            return base + out, [], None if out else "the gate passed no synthetic image"
-        counts = arms.per_class(added[matched])
+    def condition(self, name: str, seed: int) -> tuple[list[dict], list[np.ndarray]]:
+        """(training rows, extra classical images) for a condition and seed (the
+        harness's draw). Classical images have no manifest rows: they are returned as
+        pixels, with rows (origin "classical") naming their source image."""
         rng = np.random.default_rng(derive_seed(self.params.seed, name, seed))
-        if name == arms.classical_of(matched):
-            sources = arms.draw_classical(self.subset, counts, rng)
-            cfg = self.params.classical
-            extra = [augment.classical_copy(cfg, px, rng).image for px in self.pixels(sources)]
-            return base + [{**r, "origin": "classical"} for r in sources], extra, None
-        if name == arms.oracle_of(matched):
-            picked, _ = arms.draw_oracle(self.outside, counts, rng)
-            why = "no train images outside the few-shot subset"
-            return base + picked, [], None if picked else why
-        raise ValueError(name)
-
-    def oracle_shortfall(self, name: str) -> dict[str, int]:
-        """Per class how many images an oracle arm lacks to match its synthetic arm."""
-        matched = self.matched[name]
-        added = self.gated if matched == "real+synthetic" else self.generated
-        have = arms.per_class(self.outside)
-        want = arms.per_class(added)
-        return {c: k - have.get(c, 0) for c, k in want.items() if k > have.get(c, 0)}
+        drawn = self.pool.draw(name, rng)
+        cfg = self.params.classical
+        extra = [augment.classical_copy(cfg, px, rng).image for px in self.pixels(drawn.copies)]
+        copies = [{**r, "origin": "classical"} for r in drawn.copies]
+        return self.subset + drawn.rows + copies, extra
 
 
 def _labels(data: _Data, rows: list[dict]) -> torch.Tensor:
@@ -248,7 +213,7 @@ def _train_one(params: Params, data: _Data, model_name: str, condition: str, see
     """Train and score one (model, condition, seed); returns its record (JSON-able)."""
     cfg = params.train
     rt = runtime(params.model)
-    rows, extra, _ = data.condition(condition, seed)
+    rows, extra = data.condition(condition, seed)
     ids = sorted(r["id"] for r in rows if r["origin"] != "classical")
     held_out = {r["id"] for r in data.split["val"] + data.split["test"]}
     leaked = set(ids) & held_out
@@ -369,22 +334,6 @@ class _Difference:
         return stats.seed_image_bootstrap(a, c, self.y, metric, self.n_classes)
 
 
-def _comparisons(records: list[dict], model: str, plan: dict[str, str | None],
-                 difference: _Difference) -> list[dict]:  # fmt: skip
-    """Paired (same seed, same test images) differences between the conditions that
-    answer a question (core.arms.questions), in each metric, with intervals over seeds
-    and test images; per metric the synthetic arms' comparisons are one Holm family, the
-    controls' own (classical vs real, all-train vs real) are not."""
-    trained = {r["condition"] for r in records if r["model"] == model}
-    asked = arms.questions(plan, trained)
-    out = []
-    for metric in METRICS:
-        values = {c: _by_seed(records, model, c, metric) for c in trained}
-        test = functools.partial(difference, metric)
-        out += stats.compare(values, asked, metric, claims=arms.SYNTHETIC, difference=test)
-    return out
-
-
 def _per_class(records: list[dict], model: str, labels: list[str]) -> dict[str, list[dict]]:
     """Per additive arm and class: the class's test F1 with the arm's synthetic images
     minus with as many classical copies (paired over seeds). This is the outcome the
@@ -425,20 +374,23 @@ def _captured(records: list[dict], model: str, metric: str) -> dict[str, dict]:
     return out
 
 
-def _validity(records: list[dict], model: str, metric: str, difference: _Difference) -> dict:
-    """core.validity's record for one model: can its comparisons see the value of data?"""
+def _analyse(records: list[dict], model: str, data: _Data, difference: _Difference) -> tuple:
+    """The harness's comparisons and validity record for one model: every condition
+    but the constant predictor, which is the degenerate-arm floor."""
     mine = [r for r in records if r["model"] == model]
-    trained = [c for c in dict.fromkeys(r["condition"] for r in mine) if c != arms.MAJORITY]
-    constant = [r[metric] for r in mine if r["condition"] == arms.MAJORITY]
-    runs = {c: [r for r in mine if r["condition"] == c] for c in trained}
-    return validity.check(
-        {c: _by_seed(records, model, c, metric) for c in trained},
-        metric=metric,
-        difference=functools.partial(difference, metric),
+    runs: dict[str, list[dict]] = {}
+    for r in mine:
+        if r["condition"] != arms.MAJORITY:
+            runs.setdefault(r["condition"], []).append(r)
+    constant = [r[data.primary] for r in mine if r["condition"] == arms.MAJORITY]
+    return harness.analyse(
+        {m: {c: {r["seed"]: r[m] for r in rs} for c, rs in runs.items()} for m in METRICS},
+        data.plan, primary=data.primary, higher=dict.fromkeys(METRICS, True),
         constant=constant[0] if constant else 0.0,
-        classes_predicted={c: [r["classes_predicted"] for r in rs] for c, rs in runs.items()},
         bound={c: validity.budget_bound([r["val_score"] for r in rs]) for c, rs in runs.items()},
-    )
+        classes_predicted={c: [r["classes_predicted"] for r in rs] for c, rs in runs.items()},
+        difference=difference,
+    )  # fmt: skip
 
 
 def headline(comparisons: dict[str, list[dict]], checks: dict[str, dict], metric: str) -> str:
@@ -447,18 +399,10 @@ def headline(comparisons: dict[str, list[dict]], checks: dict[str, dict], metric
     trained, else real+ungated; the first model); or, when the first model's validity
     check failed, that this budget cannot say."""
     for model, rows in comparisons.items():
-        for arm in arms.ADDITIVE:
-            hit = [r for r in rows if (r["arm"], r["metric"]) == (arm, metric)
-                   and r["control"] == arms.classical_of(arm)]  # fmt: skip
-            if not hit:
-                continue
-            r = hit[0]
-            about = (
-                f"Synthetic vs classical augmentation ({model}, {arm} vs {r['control']}, "
-                f"{r['n_seeds']} paired seeds x {r['n_images']} test images, equal steps)"
-            )
-            finding = f"{r['verdict']}; test {metric} {stats.describe(r)}."
-            return validity.answer(about, checks[model], finding)
+        line = harness.headline(rows, checks[model], metric,
+                                "Synthetic vs classical augmentation", model=model)  # fmt: skip
+        if line:
+            return line
     return "No synthetic arm was trained, so synthetic vs classical augmentation is unanswered."
 
 
@@ -527,15 +471,11 @@ def run(
     key = file_digest(*(p / manifest.MANIFEST_NAME for p in (preprocessed, generated, gated)))
     resume = Resume(out_dir, key[:16] + params_key + RECORD_FORMAT)
     records: list[dict] = []
-    skipped: dict[str, str] = {}
     metrics_out: dict[str, float] = {}
-    runs: list[tuple[str, str, int]] = []
-    for condition in data.plan:
-        _, _, reason = data.condition(condition, cfg.seeds[0])
-        if reason:
-            skipped[condition] = reason
-            continue
-        runs += [(m, condition, seed) for m in cfg.models for seed in cfg.seeds]
+    to_train, skipped = data.pool.runnable()
+    runs = [(m, condition, seed) for condition in data.plan
+            if condition in to_train or condition == arms.MAJORITY
+            for m in cfg.models for seed in cfg.seeds]  # fmt: skip
     # a probe's runs take seconds once its features exist: they train here, where the
     # feature cache lives; end-to-end models train cfg.workers at a time in worker processes
     finished: dict[tuple[str, str, int], tuple[Path, float | None]] = {}
@@ -554,15 +494,13 @@ def run(
     summary, confusion = _summarise(records, data.labels)
     test_y = [data.labels.index(r["label"]) for r in data.split["test"]]
     differences = {m: _Difference(records, m, test_y, len(data.labels)) for m in summary}
-    checks = {m: _validity(records, m, data.primary, differences[m]) for m in summary}
-    comparisons = {
-        m: validity.withhold(_comparisons(records, m, data.plan, differences[m]), checks[m])
-        for m in summary
-    }
+    analysed = {m: _analyse(records, m, data, differences[m]) for m in summary}
+    comparisons = {m: rows for m, (rows, _) in analysed.items()}
+    checks = {m: check for m, (_, check) in analysed.items()}
     captured = {m: _captured(records, m, data.primary) for m in summary}
     per_class = {m: _per_class(records, m, data.labels) for m in summary}
     short = {c: s for c in data.matched if c.startswith("real+oracle")
-             and c not in skipped and (s := data.oracle_shortfall(c))}  # fmt: skip
+             and c not in skipped and (s := data.pool.oracle_shortfall(c))}  # fmt: skip
     with atomic_dir(out_dir) as tmp:
         atomic_write_json(
             tmp / EVAL_JSON,
