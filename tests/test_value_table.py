@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-from defectgen.core import validity
 from experiments.expansion import replicates, table
 from experiments.expansion.run import REPO
 
@@ -178,7 +177,7 @@ def test_replicates_that_disagree_in_sign_get_no_verdict(tmp_path):
 def test_fewer_than_three_replicates_or_a_budget_bound_one_withhold_the_verdict(tmp_path):
     two = replicates.claim(replicate_dirs(tmp_path / "two", [SKILL] * 2))["models"]["m"]
     assert not two["verdicts_allowed"]
-    assert two["synthetic_minus_classical"]["verdict"] == validity.NOT_ALLOWED
+    assert two["synthetic_minus_classical"]["verdict"] == replicates.WITHHELD
     assert replicates.TOO_FEW in two["reasons"][0]
     bound = replicate_dirs(tmp_path / "bound", [SKILL] * 3, bound=["real+ungated"])
     c = replicates.claim(bound)["models"]["m"]
@@ -190,3 +189,7 @@ def test_an_oracle_that_does_not_beat_real_withholds_the_verdict(tmp_path):
     c = replicates.claim(replicate_dirs(tmp_path / "toy", [flat] * 3))["models"]["m"]
     assert not c["verdicts_allowed"]
     assert "real+oracle-ungated does not beat real" in c["reasons"][0]
+
+
+def test_each_datasets_replicates_md_is_its_committed_files():
+    assert replicates.main(["--check"]) == 0

@@ -15,7 +15,14 @@ seeds and test images. A research verdict needs
       against real, its classical control and its oracle), and every replicate's delta
       of the same sign.
 
-    python -m experiments.expansion.replicates elpv     # print the claim as JSON
+    python -m experiments.expansion.replicates elpv           # print the claim as JSON
+    python -m experiments.expansion.replicates elpv --write   # results/elpv/replicates.md
+    python -m experiments.expansion.replicates --check        # exit 1 when one differs
+
+replicates.md says, per dataset: each replicate's command, commit and cost; the protocol
+(the judge and the network the generator's instruments use, the class balance, the
+budget); each condition's class mix; every question's difference over the replicates
+with each replicate's own; the verdicts and why any is withheld; and how to recompute it.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from experiments.expansion.run import RESULTS
 MIN_REPLICATES = 3
 PREDICTIONS = "train-test_predictions.parquet"
 TOO_FEW = "too few replicates"
+WITHHELD = "withheld"  # the claim cannot carry a verdict: its reasons say why
 DISAGREE = "replicates disagree in sign"
 
 
@@ -144,7 +152,7 @@ def claim(dataset_dir: Path) -> dict | None:
         adjusted = stats.holm([d["p_value"] for d in family.values()])
         for row, p in zip(family.values(), adjusted, strict=True):
             row["p_adjusted"] = p
-            row["verdict"] = (validity.NOT_ALLOWED if not allowed
+            row["verdict"] = (WITHHELD if not allowed
                               else DISAGREE if not row["agree_in_sign"]
                               else stats.verdict(row))  # fmt: skip
         rows = {"reference_minus_real": reference,
@@ -157,15 +165,136 @@ def claim(dataset_dir: Path) -> dict | None:
     return out
 
 
+QUESTIONS = (
+    ("reference_minus_real", "the validity check's reference minus real"),
+    ("all_train_minus_real", "all-train minus real"),
+    ("classical_minus_real", "classical minus real"),
+    ("synthetic_minus_real", "synthetic minus real"),
+    ("synthetic_minus_classical", "synthetic minus classical"),
+    ("synthetic_minus_oracle", "synthetic minus the oracle"),
+)
+MARKDOWN = "replicates.md"
+
+
+def _mix(folder: Path, model: str) -> list[str]:
+    """Each condition's train images per class (replicate 0's first seed)."""
+    runs = pd.read_parquet(folder / "train-runs.parquet")
+    runs = runs[runs["model"] == model].drop_duplicates("condition")
+    counts = {r.condition: json.loads(r.n_train) for r in runs.itertuples()}
+    labels = sorted({c for v in counts.values() for c in v})
+    lines = [f"| condition | {' | '.join(labels)} |", "|---|" + "---:|" * len(labels)]
+    lines += [f"| {c} | {' | '.join(str(v.get(k, 0)) for k in labels)} |"
+              for c, v in counts.items()]  # fmt: skip
+    return lines
+
+
+def markdown(dataset_dir: Path) -> str | None:
+    """replicates.md of one dataset, or None without a replicate that kept its scores."""
+    found = claim(dataset_dir)
+    if found is None:
+        return None
+    reps = [Replicate(f) for f in replicate_folders(dataset_dir)]
+    protocol = reps[0].result["classification"]["protocol"]
+    name = found["dataset"]
+    lines = [
+        f"# {name}: the value claim over {len(reps)} replicate(s) of the whole expansion",
+        "",
+        "Written by `python -m experiments.expansion.replicates "
+        f"{dataset_dir.name} --write` from the files beside it; a replicate is `python -m "
+        f"experiments.expansion {dataset_dir.name} --replicate K` (the params' seed plus K: "
+        "a fresh split, few-shot draw and generator run), run from a clean commit.",
+        "",
+        "| replicate | commit | command | wall time |",
+        "|---:|---|---|---:|",
+        *[f"| {r.result.get('replicate', 0)} | {r.result['git']} | `{r.result['command']}` | "
+          f"{r.result['wall_s_total'] / 60:.1f} min |" for r in reps],
+        "",
+        f"Protocol (replicate 0): {protocol['steps']} optimizer steps at batch "
+        f"{protocol['batch_size']}, {len(protocol['seeds'])} paired seeds, "
+        f"{protocol['schedule']}, {protocol['selection']}; class balance "
+        f"`{protocol.get('class_balance', 'none')}`; primary metric {found['metric']}. "
+        f"Classical control: {protocol['classical']}.",
+        "",
+    ]  # fmt: skip
+    for model, c in found["models"].items():
+        lines += [
+            f"## {model}",
+            "",
+            f"The judge: {protocol['models'].get(model, model)}.",
+            "",
+            "Train images per class in each condition (replicate 0): the compared arms add "
+            "as many images per class; all-train is the whole train split.",
+            "",
+            *_mix(reps[0].folder, model),
+            "",
+            f"Differences in test {found['metric']} over the replicates (95 % interval: "
+            "core.stats.replicate_bootstrap, the replicates resampled, then each one's "
+            "seeds and test images within class; never narrower than the t interval over "
+            "the replicates' own differences), each replicate's own (over its seeds and "
+            "test images), and the verdict:",
+            "",
+            "| question | arm - control | over the replicates | "
+            + " | ".join(f"replicate {k}" for k in found["replicates"]) + " | verdict |",
+            "|---|---|---:|" + "---:|" * len(found["replicates"]) + "---|",
+        ]  # fmt: skip
+        for key, what in QUESTIONS:
+            row = c.get(key)
+            if row is None:
+                continue
+            each = [stats.describe({"delta": d, "ci": ci, "p_value": None})
+                    for d, ci in zip(row["per_replicate"], row["per_replicate_ci"],
+                                     strict=True)]  # fmt: skip
+            lines.append(f"| {what} | {row['arm']} - {row['control']} | {stats.describe(row)} | "
+                         f"{' | '.join(each)} | {row.get('verdict', '-')} |")  # fmt: skip
+        lines += [
+            "",
+            "Verdicts: " + ("allowed." if c["verdicts_allowed"]
+                            else "withheld: " + "; ".join(c["reasons"]) + "."),
+            "",
+        ]  # fmt: skip
+    lines += [
+        "Recompute: `python -m experiments.expansion.replicates "
+        f"{dataset_dir.name}` prints every number above as JSON, from each replicate's "
+        "`train-test_predictions.parquet` (one row per model, condition, seed and test "
+        "image: its true and predicted class) and results.json.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("dataset")
+    ap.add_argument("dataset", nargs="?", help="a folder under experiments/expansion/results")
+    ap.add_argument("--write", action="store_true", help=f"write its {MARKDOWN}")
+    ap.add_argument("--check", action="store_true",
+                    help=f"exit 1 when a dataset's {MARKDOWN} differs from its files")  # fmt: skip
     args = ap.parse_args(argv)
-    found = claim(RESULTS / args.dataset)
+    if args.check:
+        stale = [
+            d.name
+            for d in sorted(RESULTS.iterdir())
+            if d.is_dir()
+            and (text := markdown(d)) is not None
+            and (not (d / MARKDOWN).is_file() or (d / MARKDOWN).read_text("utf-8") != text)
+        ]
+        for name in stale:
+            print(
+                f"{RESULTS / name / MARKDOWN}: differs from the files; run python -m "
+                f"experiments.expansion.replicates {name} --write",
+                file=sys.stderr,
+            )
+        return 1 if stale else 0  # fmt: skip
+    if args.dataset is None:
+        ap.error("name a dataset, or --check")
+    folder = RESULTS / args.dataset
+    found = claim(folder)
     if found is None:
-        print(f"{RESULTS / args.dataset}: no replicate with {PREDICTIONS}", file=sys.stderr)
+        print(f"{folder}: no replicate with {PREDICTIONS}", file=sys.stderr)
         return 1
-    print(json.dumps(found, indent=1, default=float))
+    if args.write:
+        (folder / MARKDOWN).write_text(markdown(folder), encoding="utf-8")
+    else:
+        print(json.dumps(found, indent=1, default=float))
     return 0
 
 

@@ -88,7 +88,7 @@ def claim_rows(claim: dict, few_shot) -> list[str]:
         if not c["verdicts_allowed"]:
             verdict = f"no verdict ({'; '.join(c['reasons'])})"
         out.append(
-            f"| [{dataset}](experiments/expansion/results/{dataset}/results.md) | {model} | "
+            f"| [{dataset}](experiments/expansion/results/{dataset}/replicates.md) | {model} | "
             f"{len(claim['replicates'])} | {few_shot} | "
             f"{METRIC_NAMES.get(metric, metric.replace('_', ' '))} | "
             f"{'yes' if c['verdicts_allowed'] else 'no'} | "
