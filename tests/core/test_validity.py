@@ -138,3 +138,16 @@ def test_arms_without_classes_to_collapse_onto_are_judged_by_score_alone():
         values, metric="s_measure", constant=0.3, bound={c: False for c in values}
     )
     assert result["verdicts_allowed"] and result["degenerate"] == {}
+
+
+def test_on_a_small_val_split_one_images_rise_at_the_end_is_not_still_rising():
+    # 36 val images: accuracy moves in steps of 1/36; a plateau at 34/36 whose last check
+    # got one more image right is within the split's resolution
+    curve = [k / 36 for k in (20, 30, 33, 34, 34, 34, 34, 34, 34, 35)]
+    assert validity.still_rising(curve)  # at the 1-point default it looks like a rise
+    assert validity.val_tolerance(36) == 1 / 36
+    assert not validity.still_rising(curve, validity.val_tolerance(36))
+    # a large split keeps the 1-point default, and a real late rise still counts
+    assert validity.val_tolerance(400) == validity.PLATEAU_TOLERANCE
+    rising = [k / 36 for k in (10, 14, 18, 22, 25, 28, 30, 32, 34, 35)]
+    assert validity.still_rising(rising, validity.val_tolerance(36))

@@ -32,6 +32,16 @@ NOT_ALLOWED = "no verdict: this budget cannot measure the value of data here"
 # keeps an earlier step, and a cosine schedule ends at lr 0, so the last check is rarely
 # strictly best. One point of the val metric (1 pp of accuracy, 0.01 Dice or mAP).
 PLATEAU_TOLERANCE = 0.01
+
+
+def val_tolerance(n_val: int) -> float:
+    """The tolerance for a val score that counts images (accuracy, balanced accuracy):
+    one val image's worth (1 / n_val), at least PLATEAU_TOLERANCE. On 36 val images one
+    image moves accuracy by 2.8 pp, so a last check one image above the curve's earlier
+    best is within the val split's resolution, not evidence that training still rose."""
+    return max(PLATEAU_TOLERANCE, 1 / n_val) if n_val else PLATEAU_TOLERANCE
+
+
 # The final stretch of checks a curve may still rise in: a seed whose score before it is
 # already within tolerance of its best had levelled off before the budget ran out.
 TAIL = 0.25

@@ -123,6 +123,8 @@ class _Data:
         self.size = params.train.image_size or rows[0]["width"]
         test_labels = [self.labels.index(r["label"]) for r in self.split["test"]]
         self.primary = classify.primary_metric(params.train.primary, test_labels, len(self.labels))
+        # how close to its best a val curve's last check counts as a tie (budget-bound)
+        self.tolerance = validity.val_tolerance(len(self.split["val"]))
         self._pixels: dict[str, np.ndarray] = {}
         # the probes' inputs, by (trunk network, manifest id), and their trunks
         self._features: dict[tuple[str, str], torch.Tensor] = {}
@@ -387,7 +389,8 @@ def _analyse(records: list[dict], model: str, data: _Data, difference: _Differen
         {m: {c: {r["seed"]: r[m] for r in rs} for c, rs in runs.items()} for m in METRICS},
         data.plan, primary=data.primary, higher=dict.fromkeys(METRICS, True),
         constant=constant[0] if constant else 0.0,
-        bound={c: validity.budget_bound([r["val_score"] for r in rs]) for c, rs in runs.items()},
+        bound={c: validity.budget_bound([r["val_score"] for r in rs], data.tolerance)
+               for c, rs in runs.items()},
         classes_predicted={c: [r["classes_predicted"] for r in rs] for c, rs in runs.items()},
         difference=difference,
     )  # fmt: skip
@@ -406,7 +409,7 @@ def headline(comparisons: dict[str, list[dict]], checks: dict[str, dict], metric
     return "No synthetic arm was trained, so synthetic vs classical augmentation is unanswered."
 
 
-def _summarise(records: list[dict], labels: list[str]) -> tuple[dict, dict]:
+def _summarise(records: list[dict], labels: list[str], tolerance: float) -> tuple[dict, dict]:
     """eval.json's per (model, condition) means/stds and deltas, and summed confusions."""
     summary: dict[str, dict] = {}
     confusion: dict[str, dict] = {}
@@ -424,7 +427,7 @@ def _summarise(records: list[dict], labels: list[str]) -> tuple[dict, dict]:
                 "recall_mean": {c: float(np.mean([r["recall"][c] for r in runs])) for c in labels},
                 "best_steps": [r["best_step"] for r in runs],
                 "budget_bound": condition != arms.MAJORITY  # the constant predictor trains nothing
-                and validity.budget_bound([r["val_score"] for r in runs]),
+                and validity.budget_bound([r["val_score"] for r in runs], tolerance),
                 "n_seeds": len(runs),
                 "n_train": runs[0]["n_train"],
                 "n_synthetic": runs[0]["n_synthetic"],
@@ -491,7 +494,7 @@ def run(
         if seconds is not None:
             metrics_out[f"time/{model_name}/{metric_name(condition)}/{seed}_s"] = seconds
         records.append(json.loads((done / RECORD_JSON).read_text(encoding="utf-8")))
-    summary, confusion = _summarise(records, data.labels)
+    summary, confusion = _summarise(records, data.labels, data.tolerance)
     test_y = [data.labels.index(r["label"]) for r in data.split["test"]]
     differences = {m: _Difference(records, m, test_y, len(data.labels)) for m in summary}
     analysed = {m: _analyse(records, m, data, differences[m]) for m in summary}
