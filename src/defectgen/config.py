@@ -603,6 +603,13 @@ class SegmentConfig(_Section):
     warmup: float = Field(default=0.05, ge=0.0, lt=1.0, description="fraction of the steps")
     widths: list[int] = Field(default_factory=lambda: [16, 32, 64], min_length=2)
     export: Literal["gated", "ungated"] = "gated"  # which synthetic pairs the COCO train has
+    class_balance: Literal["none", "sampler"] = Field(
+        default="none",
+        description="how training treats an imbalanced train set: sampler (batches "
+        "drawn class-balanced by each image's class, core.train_budget.batch_order) | none; "
+        "the compared arms add as many images per class, and the shared datasets are "
+        "balanced",
+    )
     workers: int = Field(default=2, ge=1)  # U-Nets trained at once, one CPU thread each
 
     @model_validator(mode="before")
@@ -643,6 +650,13 @@ class DetectConfig(_Section):
     # img2img images inherit the parent's boxes/masks only up to this strength
     parent_boxes_up_to: float = Field(default=0.5, ge=0.0, le=1.0)
     synthetic: Literal["both", "images", "pairs"] = "both"  # which branch's images
+    class_balance: Literal["none", "sampler"] = Field(
+        default="none",
+        description="how training treats an imbalanced train set: sampler (batches "
+        "drawn class-balanced by each image's class, core.train_budget.batch_order) | none; "
+        "the compared arms add as many images per class, and the shared datasets are "
+        "balanced",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -32,11 +32,10 @@ from sklearn.metrics import (
     recall_score,
 )
 from torch import nn
-from torch.utils.data import BatchSampler, WeightedRandomSampler
 
 from defectgen._torchvision_compat import ensure_torchvision_importable
 from defectgen.core.device import CPU, Runtime
-from defectgen.core.train_budget import SpanLoss, batches, eval_steps, lr_schedule
+from defectgen.core.train_budget import SpanLoss, batch_order, eval_steps, lr_schedule
 
 ensure_torchvision_importable()
 
@@ -335,12 +334,8 @@ def fit(
         lr_at = lr_schedule(opt, schedule_kind, steps, warmup)
         span = SpanLoss(rt.device)
         model.train()
-        if class_balance == "sampler":
-            draws = WeightedRandomSampler(inverse[y], steps * batch_size)  # with replacement
-            order = map(torch.tensor, BatchSampler(draws, batch_size, drop_last=True))
-        else:
-            order = batches(len(x), batch_size, steps)
-        for step, idx in enumerate(order, start=1):
+        balanced = y if class_balance == "sampler" else None
+        for step, idx in enumerate(batch_order(len(x), batch_size, steps, balanced), start=1):
             batch = _layout(torch.stack([augment(img) for img in x[idx]]).to(rt.device))
             with rt.autocast:
                 logits = model(batch)

@@ -38,7 +38,7 @@ from defectgen._torchvision_compat import ensure_torchvision_importable
 from defectgen.config import ClassicalConfig
 from defectgen.core import augment, coco
 from defectgen.core.device import CPU, Runtime
-from defectgen.core.train_budget import SpanLoss, batches, eval_steps, lr_schedule
+from defectgen.core.train_budget import SpanLoss, batch_order, eval_steps, lr_schedule
 
 _MODE = ensure_torchvision_importable()
 
@@ -296,11 +296,13 @@ def fit(
     weight_decay: float = 1e-4,
     schedule_kind: str = "constant",
     warmup: float = 0.0,
+    classes: list[int] | None = None,
     rt: Runtime = CPU,
 ) -> Fit:
     """SGD with momentum 0.9 for exactly `steps` steps (the equal budget) under the
     learning-rate schedule (core.train_budget.lr_schedule); flips drawn from `seed` per sample;
-    val mAP@.5 `evals` times, the best weights kept."""
+    val mAP@.5 `evals` times, the best weights kept. With `classes` (each train image's
+    class id) the batches are drawn class-balanced (core.train_budget.batch_order)."""
     images, targets = train
     checks = eval_steps(steps, evals)
     model.to(rt.device)
@@ -315,7 +317,7 @@ def fit(
         lr_at = lr_schedule(opt, schedule_kind, steps, warmup)
         span = SpanLoss(rt.device)
         model.train()
-        for step, idx in enumerate(batches(len(images), batch_size, steps), start=1):
+        for step, idx in enumerate(batch_order(len(images), batch_size, steps, classes), start=1):
             xs, ts = [], []
             for i in idx.tolist():
                 img, tgt = transform(images[i], targets[i], hflip=rng.random() < 0.5,

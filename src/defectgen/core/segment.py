@@ -21,7 +21,7 @@ from defectgen.config import ClassicalConfig
 from defectgen.core import augment
 from defectgen.core.device import CPU, Runtime
 from defectgen.core.segmetrics import iou_dice
-from defectgen.core.train_budget import SpanLoss, batches, eval_steps, lr_schedule
+from defectgen.core.train_budget import SpanLoss, batch_order, eval_steps, lr_schedule
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -107,14 +107,16 @@ def fit(
     weight_decay: float = 0.0,
     schedule_kind: str = "constant",
     warmup: float = 0.0,
+    classes: list[int] | None = None,
     rt: Runtime = CPU,
 ) -> SegFit:
     """Train a U-Net from scratch on the pairs for exactly `steps` optimizer steps (the
     equal budget of a comparison; random flips; AdamW under the learning-rate schedule);
     reproducible from `seed` (init, order, flips), leaving the global RNG as it was. With
     `val` pairs, mean val Dice is checked `evals` times and the best weights are kept;
-    without, the last. Trains on `rt.device` in float32 under `rt.autocast`; losses are
-    summed on the device, read LOSS_POINTS times."""
+    without, the last. With `classes` (each pair's class id) the batches are drawn
+    class-balanced (core.train_budget.batch_order). Trains on `rt.device` in float32
+    under `rt.autocast`; losses are summed on the device, read LOSS_POINTS times."""
     x, y = to_inputs(images), to_targets(masks)
     marks = set(eval_steps(steps, LOSS_POINTS))
     checks = eval_steps(steps, evals) if val is not None else []
@@ -128,7 +130,7 @@ def fit(
         lr_at = lr_schedule(opt, schedule_kind, steps, warmup)
         model.train()
         span = SpanLoss(rt.device)
-        for step, idx in enumerate(batches(len(x), batch_size, steps), start=1):
+        for step, idx in enumerate(batch_order(len(x), batch_size, steps, classes), start=1):
             xb, yb = x[idx], y[idx]
             if torch.rand(()) < 0.5:
                 xb, yb = xb.flip(-1), yb.flip(-1)

@@ -8,6 +8,7 @@ of fresh permutations instead of a number of epochs.
 from __future__ import annotations
 
 import torch
+from torch.utils.data import BatchSampler, WeightedRandomSampler
 
 
 def eval_steps(steps: int, evals: int) -> list[int]:
@@ -27,6 +28,20 @@ def batches(n: int, batch_size: int, steps: int):
             buffer = torch.cat([buffer, torch.randperm(n)])
         yield buffer[:batch_size]
         buffer = buffer[batch_size:]
+
+
+def batch_order(n: int, batch_size: int, steps: int, classes=None):
+    """Index batches for `steps` optimizer steps: `batches` (fresh permutations), or, with
+    `classes` (each sample's class id), batches drawn class-balanced with replacement
+    (torch's WeightedRandomSampler, each sample weighted inverse to its class's count),
+    so that on an imbalanced train set every class is drawn alike. Draws from torch's
+    global RNG: call under a seeded fork."""
+    if classes is None:
+        return batches(n, batch_size, steps)
+    y = torch.as_tensor(classes)
+    weight = 1.0 / torch.bincount(y).float()[y]
+    draws = WeightedRandomSampler(weight, steps * batch_size)  # with replacement
+    return map(torch.tensor, BatchSampler(draws, batch_size, drop_last=True))
 
 
 class SpanLoss:

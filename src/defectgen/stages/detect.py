@@ -137,10 +137,10 @@ class _Data:
             self._cache[key] = _sample(item, self.labels)
         return self._cache[key]
 
-    def _paste(self, drawn: list, rng: np.random.Generator) -> tuple[list, dict]:
+    def _paste(self, drawn: list, rng: np.random.Generator) -> tuple[list, dict, list[int]]:
         """The drawn subset defects pasted onto subset images (core.copypaste), with
-        their instances from the pasted mask and the background's own; and the pastes'
-        provenance (copypaste.record)."""
+        their instances from the pasted mask and the background's own; the pastes'
+        provenance (copypaste.record); and each paste's class id."""
         from defectgen.core import copypaste, detect
 
         if self._pixels is None:  # id -> (image, mask) of the subset, decoded once
@@ -148,11 +148,12 @@ class _Data:
         pasted, made = copypaste.make(self.params.copy_paste, drawn, self._pixels, rng)
         label_of = {i.row["id"]: self.labels.index(i.row["label"]) + 1 for i in self.subset}
         extra = [(p.image, detect.Target.from_mask(p.mask, label_of[p.source])) for p in pasted]
-        return extra, copypaste.record(pasted, made)
+        return extra, copypaste.record(pasted, made), [label_of[p.source] - 1 for p in pasted]
 
-    def condition(self, name: str, seed: int) -> tuple[list, list, int, dict]:
-        """(images, targets, number added, provenance) of one condition and seed (the
-        harness's draw); provenance: for copy-paste, copypaste.record of its pastes."""
+    def condition(self, name: str, seed: int) -> tuple[list, list, int, dict, list[int]]:
+        """(images, targets, number added, provenance, each image's class id) of one
+        condition and seed (the harness's draw); provenance: for copy-paste,
+        copypaste.record of its pastes."""
         from defectgen.core import detect
 
         rng = np.random.default_rng(derive_seed(self.params.seed, "detect", name, seed))
@@ -161,12 +162,15 @@ class _Data:
         cfg = self.params.classical
         extra += [detect.classical(cfg, *self.sample(self.items[r["id"]]), rng)
                   for r in drawn.copies]  # fmt: skip
+        classes = [self.labels.index(r["label"])
+                   for r in [i.row for i in self.subset] + drawn.rows + drawn.copies]  # fmt: skip
         provenance: dict = {}
         if drawn.pastes is not None:
-            pasted, provenance = self._paste(drawn.pastes, rng)
+            pasted, provenance, pasted_classes = self._paste(drawn.pastes, rng)
             extra += pasted
+            classes += pasted_classes
         both = [self.sample(i) for i in self.subset] + extra
-        return [b[0] for b in both], [b[1] for b in both], len(extra), provenance
+        return [b[0] for b in both], [b[1] for b in both], len(extra), provenance, classes
 
 
 def _record_unit(unit: Path, params: Params, data, model: str, condition: str, seed: int) -> None:
@@ -182,7 +186,7 @@ def _train_one(params: Params, data: _Data, model_name: str, condition: str, see
 
     cfg = params.detect
     rt = runtime(params.model)
-    images, targets, n_added, provenance = data.condition(condition, seed)
+    images, targets, n_added, provenance, classes = data.condition(condition, seed)
     size = int(images[0].shape[0])
     val = tuple(map(list, zip(*[data.sample(i) for i in data.split["val"]], strict=True)))
     test = [data.sample(i) for i in data.split["test"]]
@@ -193,7 +197,8 @@ def _train_one(params: Params, data: _Data, model_name: str, condition: str, see
         model, (images, targets), val if val else ([], []), data.labels,
         steps=cfg.steps, evals=cfg.evals, batch_size=cfg.batch_size, lr=cfg.lr,
         seed=derive_seed(params.seed, "detect-fit", model_name, seed) % 2**63,
-        weight_decay=cfg.weight_decay, schedule_kind=cfg.schedule, warmup=cfg.warmup, rt=rt,
+        weight_decay=cfg.weight_decay, schedule_kind=cfg.schedule, warmup=cfg.warmup,
+        classes=classes if cfg.class_balance == "sampler" else None, rt=rt,
     )  # fmt: skip
     scores = detect.evaluate(
         fit.model, [t[0] for t in test], [t[1] for t in test], data.labels, rt=rt,
@@ -343,6 +348,7 @@ def run(
                     "batch_size": cfg.batch_size,
                     "val_checks": cfg.evals,
                     "seeds": cfg.seeds,
+                    "class_balance": cfg.class_balance,
                     "classical": augment.describe(
                         params.classical, boxes_only=data.subset[0].mask is None
                     ),

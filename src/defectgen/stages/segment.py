@@ -132,7 +132,8 @@ def _export(
     return counts
 
 
-def _fit_score(params: Params, seed: int, train_set, val_set, test_set, labels_test):
+def _fit_score(params: Params, seed: int, train_set, val_set, test_set, labels_test,
+               classes: list[str] | None = None):  # fmt: skip
     """One U-Net: metrics overall, Dice per class, its loss curve and val checks (the best
     val Dice weights are scored). The seed is the same for every condition (paired:
     init, batch order and flips drawn alike)."""
@@ -155,6 +156,7 @@ def _fit_score(params: Params, seed: int, train_set, val_set, test_set, labels_t
         weight_decay=cfg.weight_decay,
         schedule_kind=cfg.schedule,
         warmup=cfg.warmup,
+        classes=None if classes is None else [sorted(set(classes)).index(c) for c in classes],
         rt=rt,
     )
     preds = segment.predict(fit.model, test_set[0], rt)
@@ -184,15 +186,16 @@ class _Conditions:
                                  normal_classes=tuple(params.data.normal_classes),
                                  items="synthetic pairs", item="pair")  # fmt: skip
         both = real_train + outside
+        self.label = {r["id"]: r["label"] for r in both}
         images, masks = _load(preprocessed, both)
         self.pixels = {
             r["id"]: p for r, p in zip(both, zip(images, masks, strict=True), strict=True)
         }
 
-    def pairs(self, name: str, seed: int) -> tuple[list, list, int, dict]:
-        """(images, masks, number of added pairs, provenance) for one condition and
-        seed; provenance: for copy-paste, each pasted defect's source and background
-        row and offset, and the counts of core.copypaste.make."""
+    def pairs(self, name: str, seed: int) -> tuple[list, list, int, dict, list[str]]:
+        """(images, masks, number of added pairs, provenance, each pair's class) for one
+        condition and seed; provenance: for copy-paste, each pasted defect's source and
+        background row and offset, and the counts of core.copypaste.make."""
         from defectgen.core import copypaste, segment
 
         rng = np.random.default_rng(derive_seed(self.params.seed, "segment", name, seed))
@@ -203,13 +206,15 @@ class _Conditions:
         extra += list(zip(*_load(self.pairs_dir, made), strict=True)) if made else []
         cfg = self.params.classical
         extra += [segment.classical_pair(cfg, *self.pixels[r["id"]], rng) for r in drawn.copies]
+        classes = [r["label"] for r in self.pool.subset + real + made + drawn.copies]
         provenance: dict = {}
         if drawn.pastes is not None:
             pasted, counts = copypaste.make(self.params.copy_paste, drawn.pastes, self.pixels, rng)
             extra += [(p.image, p.mask) for p in pasted]
+            classes += [self.label[p.source] for p in pasted]
             provenance = copypaste.record(pasted, counts)
         both = [self.pixels[r["id"]] for r in self.pool.subset] + extra
-        return [p[0] for p in both], [p[1] for p in both], len(extra), provenance
+        return [p[0] for p in both], [p[1] for p in both], len(extra), provenance, classes
 
 
 # the unit record's format, part of the resume key: records written before it stored
@@ -250,9 +255,10 @@ def headline(comparisons: list[dict], check: dict, metric: str = "s_measure") ->
 def _record_unit(unit: Path, params: Params, conds, condition: str, seed: int, val_set,
                  test_set, test_labels: list[str]) -> None:  # fmt: skip
     """One segmenter trained and scored, as a resume unit."""
-    images, masks, n_added, provenance = conds.pairs(condition, seed)
+    images, masks, n_added, provenance, classes = conds.pairs(condition, seed)
+    balance = classes if params.segment.class_balance == "sampler" else None
     scores, per_class, losses, checks = _fit_score(
-        params, seed, (images, masks), val_set, test_set, test_labels
+        params, seed, (images, masks), val_set, test_set, test_labels, balance
     )
     record = {"scores": scores, "per_class_dice": per_class, "losses": losses, **checks,
               "n_train": len(images), "n_added": n_added, **provenance}  # fmt: skip
@@ -330,6 +336,7 @@ def run(
             "seeds": cfg.seeds,
             "optimizer": f"AdamW, lr {cfg.lr:g}, weight decay {cfg.weight_decay:g}",
             "schedule": cfg.schedule,
+            "class_balance": cfg.class_balance,
             "selection": f"best of {cfg.evals} val Dice checks",
             "paired": "per seed the same init and RNG stream in every condition: "
             "equal-size conditions see the same batches",
