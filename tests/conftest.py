@@ -55,6 +55,45 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: rank[item.path])  # stable: the file order within a rank
 
 
+# The checkout's own stores: a test writes only into temp folders, never here (the demo's
+# MLflow store and artifacts, DVC's data and cache, metrics and plots)
+CHECKOUT_STORES = ("mlflow.db", "mlruns", "mlartifacts", "data", "metrics", ".dvc/cache",
+                   "dvc_plots")  # fmt: skip
+STORES_BEFORE = pytest.StashKey[dict]()
+
+
+def store_state() -> dict[str, tuple[int, int]]:
+    """Every file under the checkout's stores: its size and modification time."""
+    state = {}
+    for name in CHECKOUT_STORES:
+        root = REPO / name
+        files = [root] if root.is_file() else sorted(root.rglob("*")) if root.is_dir() else []
+        for f in files:
+            if f.is_file():
+                st = f.stat()
+                state[str(f.relative_to(REPO))] = (st.st_size, st.st_mtime_ns)
+    return state
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # the controlling process (xdist) or the only one
+        config.stash[STORES_BEFORE] = store_state()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The suite fails when it changed the checkout's stores (`make test` must leave the
+    user's MLflow runs, DVC data and metrics as they were)."""
+    before = session.config.stash.get(STORES_BEFORE, None)
+    if before is None:
+        return
+    after = store_state()
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    if changed:
+        print(f"\nThe tests changed the checkout's stores ({len(changed)} files, e.g. "
+              f"{changed[:5]}): a test must write only into its temp folders")  # fmt: skip
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def shared_data(name: str) -> Path:
     """A dataset from ../shared/data; skipped (with the reason) only where it is absent."""
     path = SHARED_DATA / name

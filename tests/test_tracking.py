@@ -223,3 +223,23 @@ def test_the_code_is_dirty_only_for_changes_outside_the_run_outputs(tmp_path):
     (tmp_path / "data/raw/set.dvc").write_text("one\n")
     (tmp_path / "params.yaml").write_text("two\n")
     assert git_sha(tmp_path) == f"{clean}-dirty"
+
+
+def test_a_store_elsewhere_keeps_its_artifacts_beside_it_not_in_the_working_folder(
+    folders_dataset, tmp_path, monkeypatch
+):
+    # MLflow's own default puts a sqlite store's artifacts in ./mlruns of whatever folder
+    # the process runs in: a run tracked into a temp store wrote into the checkout
+    store, work = tmp_path / "store", tmp_path / "work"
+    store.mkdir()
+    work.mkdir()
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("DEFECTGEN_PIPELINE_KEY", "test-artifact-root")
+    monkeypatch.chdir(work)
+    params = _params(tmp_path, folders_dataset)
+    assert main(["ingest", "--params", str(params), "--out", str(tmp_path / "ing")]) == 0
+    assert not (work / "mlruns").exists() and list(work.iterdir()) == []
+    client, runs = _runs(uri)
+    assert runs and all(r.info.artifact_uri.startswith((store / "mlruns").as_uri()) for r in runs)
+    assert list((store / "mlruns").rglob("*.json"))  # the stage's report files are there

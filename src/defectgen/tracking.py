@@ -32,6 +32,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import mlflow  # noqa: E402  (the environment above must be set first)
 import pandas as pd  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 KEY_TAG = "defectgen.pipeline_key"
@@ -91,11 +92,26 @@ def pipeline_key(params: Params) -> str:
     return _pipeline_key(params, git_sha())
 
 
+def artifact_root(uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside a sqlite store's file
+    (`<its folder>/mlruns`, so the default store's are ./mlruns and a store in a temp
+    folder keeps them there too; MLflow's own default is ./mlruns of whatever folder the
+    process runs in); None for a server, which decides."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlruns").as_uri()
+
+
 def _experiment(params: Params):
     """The pipeline's experiment, marked as model development (not GenAI), so the MLflow
     UI opens it on its training runs."""
-    mlflow.set_tracking_uri(tracking_uri())
-    experiment = mlflow.set_experiment(params.tracking.experiment)
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    name = params.tracking.experiment
+    if mlflow.get_experiment_by_name(name) is None:
+        with contextlib.suppress(MlflowException):  # another stage's process made it first
+            mlflow.create_experiment(name, artifact_location=artifact_root(uri))
+    experiment = mlflow.set_experiment(name)
     if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
         MlflowClient().set_experiment_tag(
             experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
