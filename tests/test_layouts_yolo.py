@@ -157,3 +157,14 @@ def test_class_ids_must_be_0_to_n_minus_1_and_string_keys_keep_their_numeric_ord
     (root / "data.yaml").write_text(yaml.safe_dump({"train": "images", "names": {1: "x"}}))
     with pytest.raises(DataError, match=r"class ids \[1\] are not 0..0"):
         layouts.discover(make_params("yolo", root).data, root)
+
+
+def test_a_label_file_without_its_image_is_reported_by_file(tmp_path: Path):
+    root = _dataset(tmp_path / "yolo")
+    _label(root, "train", "099", ["0 0.5 0.5 0.2 0.2"])  # a crack whose image is missing
+    out = tmp_path / "out"
+    params = make_params("yolo", root, data={"normal_classes": ["good"]})
+    run_stage("ingest", params, out_dir=out)
+    reasons = _reasons(out)
+    assert "label file without its image" in reasons["labels/train/099.txt"]
+    assert not any(p.startswith("labels/val") for p in reasons)  # every val label has its image

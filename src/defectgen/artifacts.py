@@ -32,6 +32,7 @@ TEST_SCORES_PARQUET = "test_scores.parquet"
 # One per stage.
 INGEST_JSON = "ingest_report.json"
 SPLIT_COUNTS_JSON = "split_counts.json"  # preprocess
+PREPROCESS_REPORT_JSON = "preprocess_report.json"  # preprocess: what the resize did to labels
 MASKS_JSON, MASKS_PARQUET = "masks.json", "masks.parquet"
 BASE_JSON = "base.json"
 FINETUNE_JSON = "finetune.json"  # the summary over classes

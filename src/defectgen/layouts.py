@@ -532,11 +532,24 @@ def _yolo(cfg: DataConfig, root: Path | None) -> Discovery:
             )
     if not seen:
         raise DataError(f"{spec_path}: no train, val or test images listed")
+    _orphan_labels(seen, root, found)
     if any(c.mask is not None for c in found.candidates):  # YOLO-seg: "no defect" is a mask
         for c in found.candidates:
             if c.boxes is None:
                 c.mask = _empty_mask(c.path)
     return found
+
+
+def _orphan_labels(images: set[Path], root: Path, found: Discovery) -> None:
+    """Label files without their image, in the label folders of the listed images, each
+    reported as skipped: its annotation would otherwise be lost without a word."""
+    used = {_yolo_label_path(p) for p in images}
+    for folder in sorted({p.parent for p in used if p.parent.is_dir()}):
+        for label in sorted(folder.glob("*.txt")):
+            if label not in used:
+                rel = _rel(label, root) if label.is_relative_to(root) else str(label)
+                found.skip(rel, "label file without its image (no image of this name under "
+                           "images/): add the image or remove the label file")  # fmt: skip
 
 
 def _empty_mask(path: Path) -> Callable[[], np.ndarray]:

@@ -1,8 +1,9 @@
 """Preprocess: ingested images -> model-ready images with splits and the few-shot subset.
 
 For every ingested image: optional ROI crop and 1:1 tiling (IV-A),
-colour conversion (params preprocess.color), resize to image_size (Lanczos;
-masks nearest-neighbour so they stay binary; boxes scaled). Then a stable,
+colour conversion (params preprocess.color), resize to image_size (Lanczos; masks by
+area so thin defects stay connected, core.images.resize_mask; boxes scaled, each at
+least one output pixel wide and high). Then a stable,
 seeded split keyed by the ingested image's id (all tiles of one image share a
 split, so no image leaks across splits) and the few-shot subset of train.
 
@@ -11,6 +12,11 @@ Writes under `out_dir`:
     images/<class>/<id16>.png
     masks/<class>/<id16>.png  when the dataset has masks
     split_counts.json         images per class and split
+    preprocess_report.json    what the resize did to the labels: per class the masks'
+                              defect regions and areas before and after, and the masks
+                              it would have emptied; the images whose aspect the square
+                              resize changed (count, worst ratio); boxes widened to one
+                              pixel; images of a defect class left without a box
 """
 
 from __future__ import annotations
@@ -22,11 +28,20 @@ import numpy as np
 from tqdm import tqdm
 
 from defectgen import manifest
-from defectgen.artifacts import SPLIT_COUNTS_JSON
+from defectgen.artifacts import PREPROCESS_REPORT_JSON, SPLIT_COUNTS_JSON
 from defectgen.atomic import atomic_dir, atomic_write_json, write_file
 from defectgen.config import Params, PreprocessConfig
 from defectgen.core import roi as roi_core
-from defectgen.core.images import ImageProblem, decode_image, encode_png, pixel_id, resize, to_color
+from defectgen.core.images import (
+    ImageProblem,
+    decode_image,
+    encode_png,
+    mask_shape,
+    pixel_id,
+    resize,
+    resize_mask,
+    to_color,
+)
 from defectgen.core.split import SPLITS, assign_split, select_subset
 from defectgen.errors import DataError
 
@@ -41,19 +56,38 @@ def _views(pixels: np.ndarray, cfg: PreprocessConfig) -> list[roi_core.Box]:
     return roi_core.square_tiles(box) if cfg.roi.tile else [box]
 
 
+# An image whose aspect the square resize changes by more than this factor is counted
+# (and named) in the preprocess report: its defects are stretched in one direction.
+ASPECT_WARN = 1.25
+
+
+def min_box(box: dict, size: int) -> tuple[dict, bool]:
+    """A scaled box at least one output pixel wide and high (centred where it was,
+    inside the image), and whether it had to grow: a defect smaller than a pixel after
+    the resize is still a defect to find."""
+    out, grew = dict(box), False
+    for lo, hi in (("x0", "x1"), ("y0", "y1")):
+        if out[hi] - out[lo] < 1:
+            centre = min(max((out[lo] + out[hi]) / 2, 0.5), size - 0.5)
+            out[lo], out[hi], grew = centre - 0.5, centre + 0.5, True
+    return out, grew
+
+
 def process_image(
     pixels: np.ndarray,
     mask: np.ndarray | None,
     boxes: list[dict] | None,
     cfg: PreprocessConfig,
-) -> tuple[list[tuple[np.ndarray, np.ndarray | None, list[dict] | None]], int]:
-    """One ingested image -> its output images (pixels, mask, boxes) and the tiles dropped.
+) -> tuple[list[tuple[np.ndarray, np.ndarray | None, list[dict] | None]], int, list[dict]]:
+    """One ingested image -> its output images (pixels, mask, boxes), the tiles dropped,
+    and per output image what the resize did to its labels ({aspect, mask_before,
+    mask_after: (regions, area), boxes_grown, boxes_left}).
 
     Tiles without any defect pixel are dropped when the image has a mask: the
     class label says "defect here", which an empty tile would contradict.
     """
     size = cfg.image_size
-    out = []
+    out, notes = [], []
     dropped = 0
     for view in _views(pixels, cfg):
         img = to_color(roi_core.crop(pixels, view), cfg.color)
@@ -61,12 +95,61 @@ def process_image(
         if m is not None and cfg.roi.enabled and not m.any():
             dropped += 1
             continue
+        note = {"aspect": max(view.width, view.height) / max(1, min(view.width, view.height)),
+                "boxes_grown": 0}  # fmt: skip
         b = None
         if boxes is not None:
             b = roi_core.clip_boxes(boxes, view) if cfg.roi.enabled else boxes
             b = roi_core.scale_boxes(b, size / view.width, size / view.height)
-        out.append((resize(img, size), resize(m, size, nearest=True) if m is not None else None, b))
-    return out, dropped
+            grown = [min_box(x, size) for x in b]
+            b, note["boxes_grown"] = [x for x, _ in grown], sum(g for _, g in grown)
+            note["boxes_left"] = len(b)
+        small = None
+        if m is not None:
+            small = resize_mask(m, size)
+            note["mask_before"], note["mask_after"] = mask_shape(m), mask_shape(small)
+        out.append((resize(img, size), small, b))
+        notes.append(note)
+    return out, dropped, notes
+
+
+def _report(notes: list[tuple[dict, dict]], normal: set[str]) -> dict:
+    """preprocess_report.json from each output image's (row, note)."""
+    squashed = [(r, n) for r, n in notes if n["aspect"] > ASPECT_WARN]
+    masks: dict[str, dict] = {}
+    for label in sorted({r["label"] for r, n in notes if "mask_before" in n}):
+        mine = [n for r, n in notes if r["label"] == label and "mask_before" in n]
+        defect = [n for n in mine if n["mask_before"][0] > 0]
+        masks[label] = {
+            "masks": len(mine),
+            "with_defect": len(defect),
+            "regions_median_before": float(np.median([n["mask_before"][0] for n in defect]))
+            if defect else 0.0,
+            "regions_median_after": float(np.median([n["mask_after"][0] for n in defect]))
+            if defect else 0.0,
+            "area_mean_before": float(np.mean([n["mask_before"][1] for n in defect]))
+            if defect else 0.0,
+            "area_mean_after": float(np.mean([n["mask_after"][1] for n in defect]))
+            if defect else 0.0,
+            # resize_mask keeps one pixel of a defect it would have lost: never 0 after
+            "emptied": sum(1 for n in defect if n["mask_after"][0] == 0),
+        }  # fmt: skip
+    return {
+        "aspect_warn_above": ASPECT_WARN,
+        "aspect_changed": {
+            "count": len(squashed),
+            "worst_ratio": max((n["aspect"] for _, n in squashed), default=1.0),
+            "files": [r["original_path"] for r, _ in squashed][:50],
+        },
+        "masks": masks,
+        "boxes_grown_to_one_pixel": sum(n["boxes_grown"] for _, n in notes),
+        # a defect image whose boxes all fell away (ingest dropped degenerate ones, or an
+        # ROI tile clipped them): a detector would learn "nothing to find" from it
+        "defect_images_without_boxes": [
+            r["original_path"] for r, n in notes
+            if n.get("boxes_left") == 0 and r["label"] not in normal
+        ],
+    }  # fmt: skip
 
 
 def run(params: Params, *, ingested: Path, out_dir: Path) -> dict[str, float]:
@@ -95,6 +178,7 @@ def run(params: Params, *, ingested: Path, out_dir: Path) -> dict[str, float]:
         )
 
     rows: list[dict] = []
+    notes: list[tuple[dict, dict]] = []  # (ingested row, what the resize did), per output
     seen: set[str] = set()
     dropped_tiles = collisions = 0
     with atomic_dir(out_dir) as tmp:
@@ -112,9 +196,9 @@ def run(params: Params, *, ingested: Path, out_dir: Path) -> dict[str, float]:
             split = assign_split(
                 src["id"], seed=params.seed, train=cfg.split.train, val=cfg.split.val
             )
-            outputs, dropped = process_image(pixels, mask, src["boxes"], cfg)
+            outputs, dropped, made = process_image(pixels, mask, src["boxes"], cfg)
             dropped_tiles += dropped
-            for img, m, boxes in outputs:
+            for (img, m, boxes), note in zip(outputs, made, strict=True):
                 oid = pixel_id(img)
                 if oid in seen:  # two ingested images became identical after resizing
                     collisions += 1
@@ -127,6 +211,7 @@ def run(params: Params, *, ingested: Path, out_dir: Path) -> dict[str, float]:
                 if m is not None:
                     rel_mask = f"masks/{src['label']}/{short}.png"
                     write_file(tmp / rel_mask, encode_png(m))
+                notes.append((src, note))
                 rows.append(
                     manifest.make_row(
                         id=oid,
@@ -168,12 +253,17 @@ def run(params: Params, *, ingested: Path, out_dir: Path) -> dict[str, float]:
             for label in labels
         }
         atomic_write_json(tmp / SPLIT_COUNTS_JSON, table)
+        report = _report(notes, set(params.data.normal_classes))
+        atomic_write_json(tmp / PREPROCESS_REPORT_JSON, report)
 
     metrics: dict[str, float] = {
         "n_images": len(rows),
         "n_subset": sum(subset_counts.values()),
         "n_dropped_tiles": dropped_tiles,
         "n_collisions": collisions,
+        "n_aspect_changed": report["aspect_changed"]["count"],
+        "n_boxes_grown": report["boxes_grown_to_one_pixel"],
+        "n_defect_images_without_boxes": len(report["defect_images_without_boxes"]),
     }
     for s in SPLITS:
         metrics[f"n_{s}"] = sum(counts.get((s, label), 0) for label in labels)
