@@ -48,8 +48,12 @@ SCHEMA = pa.schema(
         # Extensions beyond the design page:
         pa.field("raw_id", pa.string()),  # id of the ingested image a preprocessed row came from
         pa.field("original_path", pa.string()),  # path inside the raw dataset, for people
+        # preprocess.resize pad: the image's own pixels inside the padded square (output px)
+        pa.field("content_box", BOX_TYPE),
     ]
 )
+# columns added after manifests were first written: read as null where a file lacks them
+ADDED_LATER = ("content_box",)
 
 COLUMNS = tuple(SCHEMA.names)
 _NULLABLE_DEFAULTS = {
@@ -63,6 +67,7 @@ _NULLABLE_DEFAULTS = {
     "gen_params": None,
     "raw_id": None,
     "original_path": None,
+    "content_box": None,
 }
 
 
@@ -127,6 +132,11 @@ def read_table(path: Path) -> pa.Table:
             "(e.g. `defectgen ingest`)"
         )
     table = pq.read_table(path)
+    for name in ADDED_LATER:
+        if name not in table.schema.names:
+            table = table.append_column(
+                SCHEMA.field(name), pa.nulls(len(table), SCHEMA.field(name).type)
+            )
     missing = [c for c in COLUMNS if c not in table.schema.names]
     if missing:
         raise DataError(f"{path}: not a defectgen manifest (missing columns {missing})")

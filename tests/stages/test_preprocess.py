@@ -229,3 +229,36 @@ def test_a_box_smaller_than_a_pixel_after_the_resize_is_kept_one_pixel_wide(tmp_
     assert (box["x0"] + box["x1"]) / 2 == pytest.approx((raw["x0"] + raw["x1"]) / 2 * 0.2)
     assert (box["y0"], box["y1"]) == pytest.approx((raw["y0"] * 0.2, raw["y1"] * 0.2))
     assert metrics["n_boxes_grown"] == 1
+
+
+@pytest.mark.parametrize("mode", ["squash", "pad", "crop"])
+def test_a_one_to_three_image_under_each_resize_mode(tmp_path: Path, mode: str):
+    root = tmp_path / "wide"
+    save(texture(1, (90, 30)), root / "images" / "crack_1.png")
+    save(line_mask((30, 90), 2, "horizontal"), root / "masks" / "crack_1.png")  # x 9-81
+    spot = np.zeros((30, 90), np.uint8)
+    spot[10:20, 5:15] = 255  # a defect in the left third only
+    save(texture(2, (90, 30)), root / "images" / "crack_2.png")
+    save(spot, root / "masks" / "crack_2.png")
+    rows, metrics, out = _run(root, tmp_path, layout="image_mask",
+                              data={"label_from": "prefix", "masks_required": True},
+                              preprocess={"image_size": 30, "resize": mode})  # fmt: skip
+    report = json.loads((out / artifacts.PREPROCESS_REPORT_JSON).read_text())
+    tiles = Counter(r["raw_id"] for r in rows)
+    if mode == "crop":  # three 30 x 30 tiles each; the spot's two empty ones are dropped
+        assert sorted(tiles.values()) == [1, 3] and metrics["n_dropped_tiles"] == 2
+        assert len({(r["raw_id"], r["split"]) for r in rows}) == 2  # a tile keeps its split
+    else:
+        assert sorted(tiles.values()) == [1, 1]
+    assert report["aspect_changed"]["count"] == (2 if mode == "squash" else 0)
+    for row in rows:
+        mask, _ = decode_image((out / row["mask_path"]).read_bytes())
+        assert mask.shape == (30, 30) and mask.any()
+        if mode == "pad":  # the image's own pixels: the middle third; black above and below
+            box = row["content_box"]
+            assert (box["x0"], box["y0"], box["x1"], box["y1"]) == pytest.approx((0, 10, 30, 20))
+            image, _ = decode_image((out / row["path"]).read_bytes())
+            assert not image[:7].any() and not image[23:].any()  # (Lanczos reaches 3 px)
+            assert not mask[:10].any() and not mask[20:].any()
+        else:
+            assert row["content_box"] is None

@@ -9,6 +9,7 @@ a plain bounding box of all foreground pixels would include.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -68,15 +69,16 @@ def roi_box(
     return Box(int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
 
 
-def square_tiles(box: Box) -> list[Box]:
-    """Cut a box into round(long / short) squares of side `short` along its long axis.
+def square_tiles(box: Box, *, cover: bool = False) -> list[Box]:
+    """Cut a box into round(long / short) squares of side `short` along its long axis
+    (`cover`: ceil(long / short), so no pixel of the box is left out).
 
     Tiles are spread evenly so that together they cover the box (they overlap
     slightly when the long side is not a multiple of the short one).
     """
     side = min(box.width, box.height)
     long_side = max(box.width, box.height)
-    n = max(1, round(long_side / side))
+    n = max(1, math.ceil(long_side / side) if cover else round(long_side / side))
     if n == 1:
         # One square from the centre of the box.
         if box.width >= box.height:

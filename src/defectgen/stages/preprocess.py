@@ -47,10 +47,12 @@ from defectgen.errors import DataError
 
 
 def _views(pixels: np.ndarray, cfg: PreprocessConfig) -> list[roi_core.Box]:
-    """The regions of one image that become output images (the whole image without ROI)."""
+    """The regions of one image that become output images: the whole image, its square
+    tiles (resize crop), or the ROI's tiles."""
     h, w = pixels.shape[:2]
     if not cfg.roi.enabled:
-        return [roi_core.Box(0, 0, w, h)]
+        whole = roi_core.Box(0, 0, w, h)
+        return roi_core.square_tiles(whole, cover=True) if cfg.resize == "crop" else [whole]
     gray = to_color(pixels, "grayscale")
     box = roi_core.roi_box(gray, foreground=cfg.roi.foreground, min_fill=cfg.roi.min_fill)
     return roi_core.square_tiles(box) if cfg.roi.tile else [box]
@@ -73,6 +75,16 @@ def min_box(box: dict, size: int) -> tuple[dict, bool]:
     return out, grew
 
 
+def pad_square(pixels: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """The image centred on a black square of its long side, and its (x, y) offset."""
+    h, w = pixels.shape[:2]
+    side = max(h, w)
+    x, y = (side - w) // 2, (side - h) // 2
+    out = np.zeros((side, side, *pixels.shape[2:]), pixels.dtype)
+    out[y : y + h, x : x + w] = pixels
+    return out, x, y
+
+
 def process_image(
     pixels: np.ndarray,
     mask: np.ndarray | None,
@@ -89,18 +101,35 @@ def process_image(
     size = cfg.image_size
     out, notes = [], []
     dropped = 0
-    for view in _views(pixels, cfg):
+    views = _views(pixels, cfg)
+    tiled = cfg.roi.enabled or len(views) > 1
+    for view in views:
         img = to_color(roi_core.crop(pixels, view), cfg.color)
         m = roi_core.crop(mask, view) if mask is not None else None
-        if m is not None and cfg.roi.enabled and not m.any():
-            dropped += 1
-            continue
-        note = {"aspect": max(view.width, view.height) / max(1, min(view.width, view.height)),
-                "boxes_grown": 0}  # fmt: skip
         b = None
         if boxes is not None:
-            b = roi_core.clip_boxes(boxes, view) if cfg.roi.enabled else boxes
-            b = roi_core.scale_boxes(b, size / view.width, size / view.height)
+            b = roi_core.clip_boxes(boxes, view) if tiled else boxes
+        # a tile of a defect image without any of its defect says "defect here" wrongly
+        if tiled and ((m is not None and not m.any()) or (boxes and not b)):
+            dropped += 1
+            continue
+        aspect = max(view.width, view.height) / max(1, min(view.width, view.height))
+        note = {"aspect": 1.0 if cfg.resize == "pad" else aspect, "boxes_grown": 0}
+        side_w, side_h = view.width, view.height
+        if cfg.resize == "pad" and view.width != view.height:
+            img, dx, dy = pad_square(img)
+            m = pad_square(m)[0] if m is not None else None
+            if b is not None:  # moved with the image onto the square
+                b = roi_core.clip_boxes(b, roi_core.Box(-dx, -dy, img.shape[1] - dx,
+                                                        img.shape[0] - dy))  # fmt: skip
+            k = size / img.shape[0]
+            edges = (dx, dy, dx + view.width, dy + view.height)
+            note["content_box"] = {"label": "content",
+                                   **dict(zip(("x0", "y0", "x1", "y1"), (e * k for e in edges),
+                                              strict=True))}  # fmt: skip
+            side_w = side_h = img.shape[0]
+        if b is not None:
+            b = roi_core.scale_boxes(b, size / side_w, size / side_h)
             grown = [min_box(x, size) for x in b]
             b, note["boxes_grown"] = [x for x, _ in grown], sum(g for _, g in grown)
             note["boxes_left"] = len(b)
@@ -226,6 +255,7 @@ def run(params: Params, *, ingested: Path, out_dir: Path) -> dict[str, float]:
                         source=src["source"],
                         raw_id=src["id"],
                         original_path=src["original_path"],
+                        content_box=note.get("content_box"),
                     )
                 )
 
