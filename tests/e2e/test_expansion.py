@@ -67,7 +67,7 @@ def test_the_command_answers_with_paired_statistics_and_resumes(tmp_path: Path):
     result = json.loads((tmp_path / "results" / "results.json").read_text())
 
     assert set(result["stages"]) == {name for name, _ in expansion.STAGES}
-    assert all(t["wall_s"] >= 0 and not t["resumed"] for t in result["stages"].values())
+    assert all(t["wall_s"] > 0 and not t["resumed"] for t in result["stages"].values())
     assert result["git"] and len(result["data"]["preprocessed_manifest_sha256"]) == 64
     assert result["params"]["train"]["seeds"] == [0, 1] and result["data"]["source"] == str(source)
     counts = result["data"]["images_per_class"]
@@ -88,6 +88,9 @@ def test_the_command_answers_with_paired_statistics_and_resumes(tmp_path: Path):
     assert {("real+ungated", "real+classical-ungated"), ("real+ungated", "real"),
             ("real+oracle-ungated", "real+classical-ungated")} <= asked  # fmt: skip
     assert clf["headline"].startswith("Synthetic vs classical augmentation (squeezenet1_1, ")
+    # 3 steps from scratch: more real data cannot show, so the headline gives no verdict
+    assert clf["validity"]["squeezenet1_1"]["verdicts_allowed"] is False
+    assert clf["headline"].endswith(clf["validity"]["squeezenet1_1"]["statement"])
     # the defect-free class is classified but never synthesised: no adapter, no masks, no
     # images, no pairs; the pairs' drivers take their layouts from its images
     run = tmp_path / "run"
