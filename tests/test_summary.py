@@ -72,8 +72,8 @@ def test_the_parent_run_record_carries_the_answer_and_the_verdicts():
     assert record["metrics"] == {
         "answer/verdicts_allowed": 1.0, "answer/balanced_accuracy_delta": -0.031,
         "answer/balanced_accuracy_ci_low": -0.05, "answer/balanced_accuracy_ci_high": -0.012,
-        "answer/balanced_accuracy_p_holm": 0.008, "gate/crack/passed": 1.0,
-        "gate/dirt/passed": 0.0,
+        "answer/balanced_accuracy_p": 0.004, "answer/balanced_accuracy_p_holm": 0.008,
+        "gate/crack/passed": 1.0, "gate/dirt/passed": 0.0,
     }  # fmt: skip
     tags = record["tags"]
     assert tags["defectgen.answer"] == "real+ungated vs real+classical-ungated: worse"
@@ -83,3 +83,4 @@ def test_the_parent_run_record_carries_the_answer_and_the_verdicts():
     record = summary.parent_record(evaluation(allowed=False), None)
     assert record["metrics"] == {"answer/verdicts_allowed": 0.0}
     assert record["tags"]["mlflow.note.content"].startswith("No answer from this run")
+    assert record["tags"]["defectgen.validity"] == "This budget cannot measure it"

@@ -88,6 +88,8 @@ def parent_record(evaluation: dict | None, gate: dict | None) -> dict:
             model, row = found
             metrics["answer/verdicts_allowed"] = float(row is not None)
             tags["defectgen.answer_model"] = model
+            # what verdicts_allowed means for this run: the validity check in words
+            tags["defectgen.validity"] = evaluation["validity"][model]["statement"]
             if row is not None:
                 tags["defectgen.answer"] = f"{row['arm']} vs {row['control']}: {row['verdict']}"
                 metrics.update({
@@ -95,6 +97,8 @@ def parent_record(evaluation: dict | None, gate: dict | None) -> dict:
                     f"answer/{row['metric']}_ci_low": float(row["ci"][0]),
                     f"answer/{row['metric']}_ci_high": float(row["ci"][1]),
                 })  # fmt: skip
+                if row.get("p_value") is not None:  # the raw p beside Holm's, as the report
+                    metrics[f"answer/{row['metric']}_p"] = float(row["p_value"])
                 if row.get("p_adjusted") is not None:
                     metrics[f"answer/{row['metric']}_p_holm"] = float(row["p_adjusted"])
     for label, e in (gate or {}).get("classes", {}).items():

@@ -161,6 +161,8 @@ def test_repro_twice_resume_params_diff_metrics_and_push(dvc_repo, tmp_path):
     allowed = all(v["verdicts_allowed"] for v in evaluation["validity"].values())
     assert note.startswith("Adding the" if allowed else "No answer from this run:"), note
     assert parent.data.metrics["answer/verdicts_allowed"] == float(allowed)
+    model = parent.data.tags["defectgen.answer_model"]  # and why, in the check's words
+    assert parent.data.tags["defectgen.validity"] == evaluation["validity"][model]["statement"]
     gate = json.loads((repo / "data" / "gated" / "gate.json").read_text())["classes"]
     for label, verdict in gate.items():
         assert parent.data.metrics[f"gate/{label}/passed"] == float(verdict["passed"])
