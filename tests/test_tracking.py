@@ -80,6 +80,9 @@ def test_sqlite_parent_and_nested_stage_runs(folders_dataset, tmp_path, monkeypa
     # one name per artifact: what ingest wrote is what preprocess read, by name and digest
     wrote = {(d.dataset.name, d.dataset.digest) for d in ing.inputs.dataset_inputs}
     assert wrote == {("tracked/ingested", digests["tracked/ingested"])}
+    # the pipeline's parent names the data the whole run read: ingest's manifest
+    on_parent = client.get_run(parent.info.run_id).inputs.dataset_inputs
+    assert {(d.dataset.name, d.dataset.digest) for d in on_parent} == wrote
     # the experiment opens on its runs, not on the GenAI overview
     experiment = client.get_experiment(parent.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
@@ -243,3 +246,21 @@ def test_a_store_elsewhere_keeps_its_artifacts_beside_it_not_in_the_working_fold
     client, runs = _runs(uri)
     assert runs and all(r.info.artifact_uri.startswith((store / "mlruns").as_uri()) for r in runs)
     assert list((store / "mlruns").rglob("*.json"))  # the stage's report files are there
+
+
+def test_an_empty_manifest_is_logged_marked_empty(tmp_path, monkeypatch):
+    from defectgen import manifest
+    from defectgen.config import parse_params
+    from defectgen.tracking import stage_run
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("DEFECTGEN_PIPELINE_KEY", "test-empty")
+    raw = {"data": {"name": "tracked", "layout": "folders", "root": "x"},
+           "tracking": {"enabled": True, "experiment": "test-exp"}}  # fmt: skip
+    params = parse_params(raw, "t")
+    manifest.write_manifest([], tmp_path / "gated" / manifest.MANIFEST_NAME)
+    with stage_run("gate", params, ("gate",)) as run:
+        run.log_manifest(tmp_path / "gated", name="tracked/gated", context="output")
+    _, runs = _runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (gate,) = [r for r in runs if r.info.run_name == "gate"]
+    assert [d.dataset.name for d in gate.inputs.dataset_inputs] == ["tracked/gated (empty)"]

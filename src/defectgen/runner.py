@@ -47,7 +47,9 @@ def execute(
         # the manifests it read and the one it wrote, each under its artifact's one name
         for name, folder in inputs.items():
             run.log_manifest(folder, name=f"{params.data.name}/{name}", context="input")
-        run.log_manifest(out_dir, name=f"{params.data.name}/{stage.output}", context="output")
+        # the data the pipeline read: ingest's manifest, on the parent run too
+        run.log_manifest(out_dir, name=f"{params.data.name}/{stage.output}", context="output",
+                         on_parent=stage.name == "ingest")  # fmt: skip
     return _reproducible(metrics), wall_s
 
 

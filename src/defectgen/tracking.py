@@ -32,6 +32,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import mlflow  # noqa: E402  (the environment above must be set first)
 import pandas as pd  # noqa: E402
+from mlflow.entities import DatasetInput, InputTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
@@ -200,10 +201,15 @@ class StageRun:
             if Path(path).is_file():
                 client.log_artifact(self.parent_id, str(path))
 
-    def log_manifest(self, folder: Path, *, name: str, context: str) -> None:
+    def log_manifest(
+        self, folder: Path, *, name: str, context: str, on_parent: bool = False
+    ) -> None:
         """A stage folder's manifest.parquet as an MLflow dataset of this run (the run
-        page's Datasets), named `name`, with the file's sha256 as its digest; `context`:
-        "input" or "output". Nothing when the folder has no manifest."""
+        page's Datasets), named `name` ("<name> (empty)" when it has no rows, so empty
+        artifacts, which share one digest, are not read as data), with the file's sha256
+        as its digest; `context`: "input" or "output"; `on_parent`: on the pipeline's
+        parent run as well (the data the whole run read). Nothing when the folder has no
+        manifest."""
         from defectgen.manifest import MANIFEST_NAME
         from defectgen.resume import file_digest
 
@@ -218,9 +224,14 @@ class StageRun:
             warnings.filterwarnings("ignore", message="The specified dataset source can be")
             warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
             dataset = mlflow.data.from_pandas(
-                frame, source=str(path.resolve()), name=name, digest=file_digest(path)[:16]
-            )
+                frame, source=str(path.resolve()), name=name + (" (empty)" if frame.empty else ""),
+                digest=file_digest(path)[:16],
+            )  # fmt: skip
             mlflow.log_input(dataset, context=context)
+            if on_parent:
+                entry = DatasetInput(dataset._to_mlflow_entity(),
+                                     [InputTag("mlflow.data.context", context)])  # fmt: skip
+                MlflowClient().log_inputs(self.parent_id, datasets=[entry])
 
 
 def active_run_ids() -> dict[str, str] | None:
