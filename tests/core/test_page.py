@@ -142,3 +142,29 @@ def test_score_charts_start_where_the_differences_show():
     assert page.axis_range([("a", 0.12, 0.05), ("b", 0.5, 0.1)])[0] == 0.0
     png = page.accuracy_plot([("real", 0.90, 0.01), ("real+synthetic", 0.92, 0.01)], "accuracy")
     assert png.startswith(b"\x89PNG")
+
+
+def _blue_and_zero(png: bytes) -> tuple[np.ndarray, int]:
+    """Columns of the forest plot's blue marks, and the column of its grey zero line."""
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    blue = np.all(np.abs(rgb - (0x4C, 0x72, 0xB0)) < 10, axis=-1)
+    grey = np.all(np.abs(rgb - (0x88, 0x88, 0x88)) < 6, axis=-1)
+    return np.flatnonzero(blue.any(axis=0)), int(np.argmax(grey.sum(axis=0)))
+
+
+def test_the_forest_plot_draws_each_difference_with_its_interval_against_zero():
+    comparisons = [
+        {"arm": "a", "control": "b", "metric": "acc", "delta": 0.05, "ci": [0.02, 0.08]},
+        {"arm": "a", "control": "c", "metric": "acc", "delta": 0.0, "ci": None},  # no interval
+        {"arm": "a", "control": "b", "metric": "f1", "delta": 0.5, "ci": [0.4, 0.6]},
+    ]
+    rows = page.forest_rows(comparisons, "acc")
+    assert rows == [("a - b", 0.05, 0.02, 0.08)]
+    # an interval above 0 is drawn wholly right of the zero line ...
+    above, zero = _blue_and_zero(page.forest_plot(rows + [("a - d", 0.04, 0.01, 0.07)], "pp"))
+    assert above.min() > zero
+    # ... one that spans 0 crosses it
+    spans, zero = _blue_and_zero(page.forest_plot([("a - d", 0.01, -0.03, 0.05)], "pp"))
+    assert spans.min() < zero < spans.max()

@@ -107,6 +107,38 @@ def axis_range(entries: list[tuple[str, float, float]]) -> tuple[float, float]:
     return low, min(1.0, max(highs) + span / 2) + span / 4
 
 
+def forest_rows(comparisons: list[dict], metric: str) -> list[tuple[str, float, float, float]]:
+    """(label, difference, low, high) per paired comparison of `metric` that has an
+    interval: the rows a forest plot draws, each arm minus its control."""
+    return [(f"{c['arm']} - {c['control']}", c["delta"], *c["ci"]) for c in comparisons
+            if c["metric"] == metric and c["ci"] is not None]  # fmt: skip
+
+
+def forest_plot(rows: list[tuple[str, float, float, float]], xlabel: str) -> bytes:
+    """Each paired difference as a point with its interval and a line at 0 (no
+    difference), in percentage points, as PNG bytes: differences drawn as differences,
+    where bars of absolute scores make 2 pp look like nothing."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(rows) + 1.3))
+    ys = list(range(len(rows)))
+    delta = [100 * r[1] for r in rows]
+    err = [[100 * (r[1] - r[2]) for r in rows], [100 * (r[3] - r[1]) for r in rows]]
+    ax.errorbar(delta, ys, xerr=err, fmt="o", color="#4c72b0", capsize=3)
+    ax.axvline(0.0, color="#888888", linewidth=1)
+    ax.set_yticks(ys, [r[0] for r in rows], fontsize=9)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def accuracy_plot(entries: list[tuple[str, float, float]], xlabel: str) -> bytes:
     """Horizontal bars with error bars: (label, mean, std) each, as PNG bytes."""
     import matplotlib

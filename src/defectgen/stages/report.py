@@ -270,6 +270,14 @@ def _classifiers(train: Path) -> tuple[Section, str]:
         rows,
     )  # fmt: skip
     for model, comparisons in result["comparisons"].items():
+        forest = page.forest_rows(comparisons, metric)
+        if forest:
+            sec.figure(
+                page.forest_plot(forest, f"test {metric.replace('_', ' ')}, percentage points"),
+                f"{model}: each arm minus its control in test {metric.replace('_', ' ')} "
+                "(points: the paired difference; bars: its 95 % interval over seeds and test "
+                "images; the line: no difference)",
+            )
         sec.paragraph(
             f"{model}: paired differences in test {metric}. Interval: "
             f"{result['protocol']['interval']}."
