@@ -75,6 +75,68 @@ def answer(evaluation: dict) -> str:
     )
 
 
+def _arm(evaluation: dict, model: str) -> str | None:
+    """The synthetic arm the answer reads: the gated one where it trained, else ungated."""
+    done = evaluation.get("per_class_vs_classical", {}).get(model, {})
+    return next((a for a in arms.ADDITIVE if a in done), None)
+
+
+def per_class(evaluation: dict, gate: dict | None) -> list[dict]:
+    """Per class what the run found: its gate verdict and images kept, and its test F1
+    with the synthetic images against as many classical copies and against the
+    few-shot set alone (paired over seeds; None where not trained)."""
+    found = headline(evaluation)
+    model = found[0] if found else next(iter(evaluation.get("comparisons", {})), None)
+    arm = _arm(evaluation, model) if model else None
+    rows = {}
+    for key, name in (("per_class_vs_classical", "vs_classical"), ("per_class_vs_real",
+                                                                     "vs_real")):  # fmt: skip
+        for r in evaluation.get(key, {}).get(model, {}).get(arm, []):
+            rows.setdefault(r["label"], {})[name] = r
+    labels = sorted(set(rows) | set((gate or {}).get("classes", {})))
+    out = []
+    for label in labels:
+        entry = (gate or {}).get("classes", {}).get(label)
+        out.append({
+            "label": label, "arm": arm,
+            "gate": None if entry is None else _verdict(entry),
+            "kept": None if entry is None else (entry.get("n_kept", 0), entry["n_synthetic"]),
+            "vs_classical": rows.get(label, {}).get("vs_classical"),
+            "vs_real": rows.get(label, {}).get("vs_real"),
+        })  # fmt: skip
+    return out
+
+
+def next_steps(evaluation: dict | None, gate: dict | None, tiny_prior: bool) -> list[str]:
+    """What to do next, in plain words, from what the run found."""
+    out = []
+    found = headline(evaluation) if evaluation else None
+    if found is not None and found[1] is None:
+        out.append(
+            "More test images, a larger dataset or a smaller few-shot set would let this "
+            "run answer: more real data did not yet beat the few-shot set here."
+        )
+    if evaluation is not None and found is not None and found[1] is not None:
+        for row in per_class(evaluation, gate):
+            vs = row["vs_classical"]
+            if vs is None or vs["ci"] is None:
+                continue
+            if vs["ci"][0] > 0:
+                out.append(f"Keep the synthetic images for {row['label']}: they beat as many "
+                           "classical copies on its test F1.")  # fmt: skip
+            elif vs["ci"][1] < 0:
+                out.append(f"Leave {row['label']}'s synthetic images out: as many classical "
+                           "copies did better on its test F1.")  # fmt: skip
+    if gate is not None and not any(e.get("passed") for e in gate.get("classes", {}).values()):
+        out.append("The gate kept every class out; its reasons (the report's quality gate) "
+                   "say what would change each.")  # fmt: skip
+    if tiny_prior:
+        out.append("The tiny CPU prior shows the pipeline working, not real images: for "
+                   "those, run the sd15 profile on a GPU (README: Stable Diffusion 1.5 and "
+                   "GPUs).")  # fmt: skip
+    return out
+
+
 def parent_record(evaluation: dict | None, gate: dict | None) -> dict:
     """What the pipeline's parent MLflow run carries (the report stage writes it as
     parent.json; the runner logs it): the answer as metrics and as the run's note,

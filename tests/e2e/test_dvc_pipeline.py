@@ -15,6 +15,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from defectgen import declarations, manifest
+from defectgen import summary as run_summary
 from tests.conftest import REPO, toy_repo_params
 from tests.core.test_page import check_self_contained, render_in_chromium
 
@@ -75,11 +76,16 @@ def test_repro_twice_resume_params_diff_metrics_and_push(dvc_repo, tmp_path):
     for text in wanted:
         assert text in html
     check_self_contained(html)
-    # the page's first line answers the question, with the interval from eval.json
-    summary = (repo / "data" / "report" / "report.md").read_text(encoding="utf-8").split("\n")[2]
-    headline = json.loads((repo / "data" / "train" / "eval.json").read_text())["headline"]
-    assert summary.startswith(("Adding the", "No answer from this run")) and headline in summary
-    assert headline.startswith("Synthetic vs classical augmentation (resnet18, real+")
+    # the page's first line answers the question in words (summary.answer, once), then
+    # the answer per class with what to do next
+    md = (repo / "data" / "report" / "report.md").read_text(encoding="utf-8")
+    summary = md.split("\n")[2]
+    evaluation = json.loads((repo / "data" / "train" / "eval.json").read_text())
+    assert summary.startswith(run_summary.answer(evaluation))
+    assert "In the comparison's terms" not in summary and "tiny CPU prior" in summary
+    assert md.index("## The answer per class") < md.index("## Quality gate")
+    assert "What next:" in md and "| crack |" in md
+    assert evaluation["headline"].startswith("Synthetic vs classical augmentation (resnet18, ")
     probe = render_in_chromium(report, tmp_path)
     assert probe["images"] >= 4 and probe["loaded"] == probe["images"] and not probe["errors"]
 

@@ -36,3 +36,48 @@ def test_the_gate_table_gives_the_gates_own_verdict_and_reason(tmp_path):
     assert "fail:" not in md
     html = "".join(sec.blocks)
     assert '<td class="inconclusive">' in html and '<td class="pass">' in html
+
+
+def _class_row(label: str, delta: float, ci: list[float], verdict: str) -> dict:
+    return {"label": label, "arm": "real+ungated", "control": "real+classical-ungated",
+            "metric": "f1", "delta": delta, "ci": ci, "p_value": 0.01, "n_seeds": 5,
+            "verdict": verdict}  # fmt: skip
+
+
+def test_the_first_screen_answers_per_class_and_says_what_to_do_next():
+    from defectgen.stages.report import _answer, _summary
+
+    row = {"arm": "real+ungated", "control": "real+classical-ungated",
+           "metric": "balanced_accuracy", "delta": 0.031, "ci": [0.012, 0.05],
+           "p_value": 0.004, "p_adjusted": 0.008, "n_seeds": 5, "n_images": 261,
+           "verdict": "better"}  # fmt: skip
+    evaluation = {
+        "primary_metric": "balanced_accuracy",
+        "validity": {"probe": {"verdicts_allowed": True, "statement": "More data helps"}},
+        "comparisons": {"probe": [row]},
+        "per_class_vs_classical": {"probe": {"real+ungated": [
+            _class_row("crack", 0.04, [0.01, 0.07], "better"),
+            _class_row("dent", -0.05, [-0.08, -0.02], "worse"),
+            _class_row("pit", 0.01, [-0.02, 0.04], "not distinguishable")]}},
+        "per_class_vs_real": {"probe": {"real+ungated": [
+            _class_row("crack", 0.06, [0.03, 0.09], "better"),
+            _class_row("dent", 0.0, [-0.03, 0.03], "not distinguishable"),
+            _class_row("pit", 0.02, [-0.01, 0.05], "not distinguishable")]}},
+    }  # fmt: skip
+    gate = {"classes": {c: {"verdict": "inconclusive", "passed": False, "n_kept": 0,
+                            "n_synthetic": 64} for c in ("crack", "dent", "pit")}}  # fmt: skip
+    sec = _answer(evaluation, gate, tiny_prior=True)
+    md = "\n".join(sec.markdown)
+    assert "| crack | inconclusive | 0 / 64 | +4.0 pp [+1.0, +7.0] (better) | " \
+           "+6.0 pp [+3.0, +9.0] (better) |" in md  # fmt: skip
+    assert "| pit | inconclusive | 0 / 64 | +1.0 pp [-2.0, +4.0] (not resolved) |" in md
+    assert "Keep the synthetic images for crack" in md
+    assert "Leave dent's synthetic images out" in md and "pit" not in md.split("What next")[1]
+    assert "sd15 profile on a GPU" in md and "The gate kept every class out" in md
+    # the summary says the answer once, in words, with what it covers and the caveat
+    summary = _summary((sec, 0, 0), 3, "Adding the synthetic images helped more.", True)
+    sentences = [s.strip() for s in summary.split(". ") if s.strip()]
+    assert len(sentences) == len(set(sentences))
+    assert "In the comparison's terms" not in summary and "tiny CPU prior" in summary
+    assert "test images" in summary
+    assert "balanced_accuracy" not in md + summary  # words, not metric keys

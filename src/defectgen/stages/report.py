@@ -217,14 +217,17 @@ COMPARISON_HEADERS = [
 ]  # fmt: skip
 
 
-def _classifiers(train: Path) -> tuple[Section, str]:
+def _classifiers(train: Path) -> tuple[Section, str, Section]:
+    """The classifiers' section, the headline, and how they were measured (a section
+    for the end of the page, under "How this was measured")."""
     result = _json(train / EVAL_JSON)
     protocol = result["protocol"]
     metric = result["primary_metric"]
     sec = Section("Does synthetic data help? Classifiers on the real test split")
     for model, check in result["validity"].items():
         sec.paragraph(f"Can this budget see the value of data? {model}: {check['statement']}")
-    sec.paragraph(
+    methods = Section("How this was measured: the classifiers")
+    methods.paragraph(
         f"{result['test_images']} real test images; primary metric {metric} (verdicts and "
         f"val selection use it); mean ± sample std over "
         f"{len(protocol['seeds'])} seeds, paired across conditions ({protocol['paired']}); "
@@ -241,7 +244,7 @@ def _classifiers(train: Path) -> tuple[Section, str]:
         f"{protocol['classical']}."
     )
     for model, text in protocol.get("models", {}).items():
-        sec.paragraph(f"The classifier {model}: {text}.")
+        methods.paragraph(f"The classifier {model}: {text}.")
     rows, bars = [], []
     for model, conditions in result["models"].items():
         for condition in result["order"]:
@@ -300,8 +303,11 @@ def _classifiers(train: Path) -> tuple[Section, str]:
         )
     for condition, reason in result.get("skipped", {}).items():
         sec.paragraph(f"{condition}: not trained, {reason}.", note=True)
-    sec.figure(page.accuracy_plot(bars, f"test {metric} (mean ± std over seeds)"), metric)
-    return sec, result["headline"]
+    sec.figure(
+        page.accuracy_plot(bars, f"test {metric.replace('_', ' ')} (mean ± std over seeds)"),
+        f"each condition's test {metric.replace('_', ' ')}, mean and spread over seeds",
+    )
+    return sec, result["headline"], methods
 
 
 def _masks(masks: Path) -> Section:
@@ -486,18 +492,54 @@ def _provenance(params: Params, preprocessed: Path | None) -> Section:
     return sec
 
 
-def _summary(
-    gate: tuple[Section, int, int] | None, n_classes: int, answer: str | None, plain: str | None
-) -> str:
-    """The page's first line: the answer in a plain sentence (summary.answer), the same
-    in the comparison's own terms, then the gate's verdicts."""
+def _summary(gate: tuple[Section, int, int] | None, n_classes: int, plain: str | None,
+             tiny_prior: bool) -> str:  # fmt: skip
+    """The page's first lines: the answer in a plain sentence (summary.answer) and what
+    its interval covers, the tiny prior's caveat where it made the images, then the
+    gate's verdicts."""
     if gate is None:
         return "The run stopped before the quality gate: no synthetic image was judged."
     _, passed, kept = gate
     text = f"{passed} of {n_classes} classes passed the quality gate; {kept} synthetic images "
-    if answer is None:
+    if plain is None:
         return text + "were kept; no classifier was trained."
-    return f"{plain} In the comparison's terms: {answer} {text}entered real+synthetic."
+    covers = (" The interval covers this run's training seeds and test images; another "
+              "few-shot draw or generator run can move it.")  # fmt: skip
+    caveat = (" The images come from the tiny CPU prior, which shows the pipeline working, "
+              "not the quality a real prior gives.") if tiny_prior else ""  # fmt: skip
+    return f"{plain}{covers}{caveat} {text}entered real+synthetic."
+
+
+def _answer(evaluation: dict, gate: dict | None, tiny_prior: bool) -> Section:
+    """The first screen after the summary: per class the gate's verdict, the images
+    kept and the class's effect, then what to do next."""
+    sec = Section("The answer per class")
+    rows = run_summary.per_class(evaluation, gate)
+    arm = next((r["arm"] for r in rows if r["arm"]), None)
+
+    def effect(row: dict | None) -> Cell:
+        if row is None:
+            return Cell("-")
+        words = {"better": "better", "worse": "worse"}.get(row["verdict"], "not resolved")
+        return Cell(f"{stats.describe({**row, 'p_value': None})} ({words})", numeric=True)
+
+    images = ("the gate-passed synthetic images" if arm == "real+synthetic"
+              else "every generated image (the gate passed none)")  # fmt: skip
+    sec.paragraph(
+        f"Each class's test F1 with {images} added, against as many classical copies of "
+        "its real images and against the few-shot set alone (paired over seeds; 95 % "
+        "interval over seeds)."
+    )
+    sec.table(
+        ["class", "gate", "synthetic images kept", "F1 vs classical copies", "F1 vs real alone"],
+        [[r["label"], Cell(r["gate"] or "-", style=r["gate"] or ""),
+          Cell("-" if r["kept"] is None else f"{r['kept'][0]} / {r['kept'][1]}", numeric=True),
+          effect(r["vs_classical"]), effect(r["vs_real"])] for r in rows],
+    )  # fmt: skip
+    steps = run_summary.next_steps(evaluation, gate, tiny_prior)
+    if steps:
+        sec.paragraph("What next: " + " ".join(steps))
+    return sec
 
 
 def _generator(params: Params) -> Section:
@@ -576,9 +618,9 @@ def run(
     if "generated" in have:
         sections.append(_generator(params))
         sections.append(_images(have["generated"]))
-    answer = None
+    methods = None
     if "train" in have:
-        clf_sec, answer = _classifiers(have["train"])
+        clf_sec, _, methods = _classifiers(have["train"])
         sections.append(clf_sec)
     if masks is not None:  # the mask branch is optional: no section, no "missing" either
         sections.append(_masks(Path(masks)))
@@ -588,12 +630,17 @@ def run(
         sections.append(sec)
     if detect is not None and (sec := _detection(Path(detect))):
         sections.append(sec)
+    if methods is not None:
+        sections.append(methods)
     sections.append(_provenance(params, have.get("preprocessed")))
     title = f"defectgen report: {params.data.name}"
     evaluation = _json(have["train"] / EVAL_JSON) if "train" in have else None
     plain = run_summary.answer(evaluation) if evaluation else None
-    summary = _summary(gate, n_classes, answer, plain)
+    tiny = params.model.profile == "tiny"
+    summary = _summary(gate, n_classes, plain, tiny)
     verdicts = _json(have["gated"] / GATE_JSON) if "gated" in have else None
+    if evaluation is not None:  # the first screen: the answer per class, what next
+        sections.insert(int(bool(missing)), _answer(evaluation, verdicts, tiny))
     parent = run_summary.parent_record(evaluation, verdicts)
     with atomic_dir(out_dir) as tmp:
         write_file(tmp / REPORT_HTML, page.render_html(title, summary, sections).encode())
