@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from defectgen.core import arms
 from defectgen.errors import ConfigError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -432,7 +433,7 @@ class SweepConfig(_Section):
 
 # The synthetic arms a user chooses; the controls (real, the matched classical and oracle
 # arms, all-train, majority) are added by the stages (core/arms.py).
-CONDITIONS = ("real+synthetic", "real+ungated", "substitution")
+CONDITIONS = arms.SYNTHETIC
 CLASSIFIERS = (
     "resnet18", "squeezenet1_1", "vgg11_bn", "densenet121", "alexnet", "effnet_lite0_imagenet",
     "effnet_lite0_probe", "effnet_lite2_probe",
@@ -563,7 +564,7 @@ class PairsConfig(_Section):
         return self
 
 
-SEG_CONDITIONS = ("real+synthetic", "real+ungated")
+SEG_CONDITIONS = arms.ADDITIVE
 
 
 def _no_repeats(section: _Section, names: tuple[str, ...]) -> None:
@@ -586,7 +587,7 @@ def _value_protocol(data: Any, section: str) -> Any:
             "for a condition with more images); set steps instead"
         )
     listed = data.get("conditions")
-    controls = [v for v in listed or [] if v in ("real", "real+classical")]
+    controls = [v for v in listed or [] if v in (arms.REAL, arms.classical_of(arms.GATED))]
     if controls:
         raise ValueError(
             f"{section}.conditions lists {controls}: list only the synthetic arms; real and "
@@ -599,7 +600,7 @@ class SegmentConfig(_Section):
     """Segmentation on real vs real + synthetic pairs (DefFiller 4.4.3), and the COCO export."""
 
     conditions: list[Literal[SEG_CONDITIONS]] = Field(
-        default=["real+synthetic", "real+ungated"]
+        default=list(arms.ADDITIVE)
     )  # the synthetic arms; real, real+classical[-ungated] (and oracles) always run
     oracle: bool = True  # real+oracle arms and all-train (need train pairs outside the subset)
     seeds: list[int] = Field(default=[0, 1, 2], min_length=1)
@@ -645,7 +646,7 @@ class DetectConfig(_Section):
         default=["fasterrcnn_effnet_lite0_imagenet"], min_length=1
     )  # the ImageNet trunk: a from-scratch trunk does not converge at a CPU's budget
     conditions: list[Literal[SEG_CONDITIONS]] = Field(
-        default=["real+synthetic", "real+ungated"]
+        default=list(arms.ADDITIVE)
     )  # the synthetic arms; real, real+classical[-ungated] (and oracles) always run
     oracle: bool = True  # real+oracle arms and all-train
     seeds: list[int] = Field(default=[0, 1, 2], min_length=1)
@@ -734,7 +735,7 @@ class TrainConfig(_Section):
     # of the generator's instruments uses (core.classify.PROBES)
     models: list[Literal[CLASSIFIERS]] = Field(default=["effnet_lite2_probe"], min_length=1)
     conditions: list[Literal[CONDITIONS]] = Field(
-        default=["real+synthetic", "real+ungated", "substitution"]
+        default=list(arms.SYNTHETIC)
     )  # the synthetic arms; the controls always run (core/arms.py)
     oracle: bool = True  # real+oracle arms and all-train (need train images outside the subset)
     seeds: list[int] = Field(default=[0, 1, 2, 3, 4], min_length=1)

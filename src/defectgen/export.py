@@ -47,11 +47,11 @@ import yaml
 from defectgen import manifest
 from defectgen.annotations import Item, annotate, rows_of
 from defectgen.atomic import atomic_dir, write_file
-from defectgen.core import coco
+from defectgen.core import arms, coco
 from defectgen.errors import DataError
 
 FORMATS = ("imagefolder", "coco", "yolo", "yolo-seg")
-CONDITIONS = ("real", "all-train", "real+synthetic", "real+ungated")
+CONDITIONS = (arms.REAL, arms.ALL_TRAIN, *arms.ADDITIVE)
 BRANCHES = ("both", "images", "pairs")
 SPLITS = ("train", "val", "test")
 PROVENANCE_NAME = "provenance.csv"
@@ -85,11 +85,11 @@ def select(run: Run, condition: str, branch: str) -> dict[str, list[Item]]:
     out: dict[str, list[Item]] = {s: [] for s in SPLITS}
     for r in real:
         if r["split"] in ("val", "test") or (
-            r["split"] == "train" and (r["in_subset"] or condition == "all-train")
+            r["split"] == "train" and (r["in_subset"] or condition == arms.ALL_TRAIN)
         ):
             out[r["split"]].append(Item(r, run.preprocessed))
-    if condition in ("real+synthetic", "real+ungated"):
-        gated = condition == "real+synthetic"
+    if condition in arms.ADDITIVE:
+        gated = condition == arms.GATED
         sources = []
         if branch in ("both", "images"):
             sources.append((run.gated if gated else run.generated, run.generated))

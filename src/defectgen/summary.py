@@ -64,7 +64,7 @@ def answer(evaluation: dict) -> str:
         "better": "helped more than",
         "worse": "helped less than",
     }.get(row["verdict"], "could not be told apart from")
-    images = "the gate-passed synthetic images" if row["arm"] == "real+synthetic" else (
+    images = "the gate-passed synthetic images" if row["arm"] == arms.GATED else (
         "the synthetic images (all generated; the gate passed none)")  # fmt: skip
     metric = evaluation["primary_metric"].replace("_", " ")
     return (

@@ -26,24 +26,31 @@ from collections import Counter
 
 import numpy as np
 
+# The one vocabulary of conditions: every other module imports these names.
 REAL = "real"
+GATED = "real+synthetic"  # + the gate-passed synthetic images
+UNGATED = "real+ungated"  # + every generated image, ignoring the gate
+SUBSTITUTION = "substitution"  # train images outside the subset replaced by gated ones
 ALL_TRAIN = "all-train"
 MAJORITY = "majority"
-ADDITIVE = ("real+synthetic", "real+ungated")  # arms that add images: each gets controls
+ADDITIVE = (GATED, UNGATED)  # arms that add images: each gets controls
 # the arms whose comparisons are claims about synthetic data: one Holm family per metric
-SYNTHETIC = (*ADDITIVE, "substitution")
+SYNTHETIC = (*ADDITIVE, SUBSTITUTION)
 
 
 def classical_of(arm: str) -> str:
-    return "real+classical" + ("" if arm == "real+synthetic" else "-ungated")
+    return "real+classical" + ("" if arm == GATED else "-ungated")
 
 
 def oracle_of(arm: str) -> str:
-    return "real+oracle" + ("" if arm == "real+synthetic" else "-ungated")
+    return "real+oracle" + ("" if arm == GATED else "-ungated")
 
 
 def copy_paste_of(arm: str) -> str:
-    return "real+copy-paste" + ("" if arm == "real+synthetic" else "-ungated")
+    return "real+copy-paste" + ("" if arm == GATED else "-ungated")
+
+
+ORACLES = tuple(oracle_of(a) for a in ADDITIVE)
 
 
 COPY_PASTE = tuple(copy_paste_of(a) for a in ADDITIVE)  # the copy-paste controls
@@ -81,7 +88,7 @@ def questions(plan: dict[str, str | None], trained: set[str]) -> list[tuple[str,
         if name in ADDITIVE:
             out += [(name, classical_of(name)), (name, copy_paste_of(name)),
                     (name, oracle_of(name))]  # fmt: skip
-        if name == "substitution":
+        if name == SUBSTITUTION:
             out.append((name, ALL_TRAIN))
         if matched is not None and name == oracle_of(matched):
             out.append((name, classical_of(matched)))
@@ -103,7 +110,7 @@ def skip_reason(
     oracle or all-train arm without real data outside the subset (`all_in_subset`)."""
     matched = plan[name]
     if name in added and not added[name]:
-        return f"no {items}" + (" passed the gate" if name == "real+synthetic" else "")
+        return f"no {items}" + (" passed the gate" if name == GATED else "")
     if matched is not None and not added[matched]:
         return f"{matched} adds no {item} to match"
     if name == ALL_TRAIN or (matched is not None and name == oracle_of(matched)):

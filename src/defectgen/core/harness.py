@@ -82,8 +82,8 @@ class Pool:
 
     def reason(self, name: str) -> str | None:
         """Why condition `name` cannot train, or None."""
-        if name == "substitution":
-            gated = self.added.get("real+synthetic", [])
+        if name == arms.SUBSTITUTION:
+            gated = self.added.get(arms.GATED, [])
             return None if self.outside and gated else "the gate passed no synthetic image"
         return arms.skip_reason(
             name, self.plan, self.added, has_outside=bool(self.outside), items=self.items,
@@ -113,8 +113,8 @@ class Pool:
             return Draw(rows=list(self.added[name]))
         if name == arms.ALL_TRAIN:
             return Draw(rows=list(self.outside))
-        if name == "substitution":  # outside images replaced by as many passed ones
-            gated = self.added["real+synthetic"]
+        if name == arms.SUBSTITUTION:  # outside images replaced by as many passed ones
+            gated = self.added[arms.GATED]
             have = arms.per_class(self.outside)
             by_class = {c: [g for g in gated if g["label"] == c] for c in sorted(have)}
             return Draw(rows=[r for c, rows in by_class.items() for r in rows[: have[c]]])

@@ -98,7 +98,7 @@ class _Data:
         self.left_out: dict[str, dict[str, int]] = {}
         self.added: dict[str, list[Item]] = {}
         sources = {"images": ("gated", "generated"), "pairs": ("pairs_gated", "pairs")}
-        for arm, pick in (("real+synthetic", 0), ("real+ungated", 1)):
+        for arm, pick in ((arms.GATED, 0), (arms.UNGATED, 1)):
             items = []
             for branch, names in sources.items():
                 if cfg.synthetic in (branch, "both"):
@@ -231,7 +231,7 @@ def headline(comparisons: dict[str, list[dict]], checks: dict[str, dict]) -> str
 
 def _grid(data: _Data, path: Path, n: int = 16) -> None:
     """Synthetic training images with their boxes, so a reader can judge them."""
-    items = (data.added.get("real+ungated") or data.added.get("real+synthetic") or [])[:n]
+    items = (data.added.get(arms.UNGATED) or data.added.get(arms.GATED) or [])[:n]
     if not items:
         return
     tiles = []
@@ -353,7 +353,7 @@ def run(
                         params.classical, boxes_only=data.subset[0].mask is None
                     ),
                     "copy_paste": copypaste.describe(params.copy_paste)
-                    if arms.copy_paste_of("real+ungated") in data.plan
+                    if arms.copy_paste_of(arms.UNGATED) in data.plan
                     else None,
                     "paired": "per seed the same init, batch order and flips in every condition",
                     # mAP is not a mean over images, so the test images are not resampled

@@ -49,7 +49,7 @@ from defectgen.artifacts import (
 )
 from defectgen.atomic import atomic_dir, atomic_write_json, write_file
 from defectgen.config import Params
-from defectgen.core import page, stats
+from defectgen.core import arms, page, stats
 from defectgen.core.page import Cell, Section
 from defectgen.declarations import producer
 from defectgen.errors import DataError
@@ -523,7 +523,7 @@ def _answer(evaluation: dict, gate: dict | None, tiny_prior: bool) -> Section:
         words = {"better": "better", "worse": "worse"}.get(row["verdict"], "not resolved")
         return Cell(f"{stats.describe({**row, 'p_value': None})} ({words})", numeric=True)
 
-    images = ("the gate-passed synthetic images" if arm == "real+synthetic"
+    images = ("the gate-passed synthetic images" if arm == arms.GATED
               else "every generated image (the gate passed none)")  # fmt: skip
     sec.paragraph(
         f"Each class's test F1 with {images} added, against as many classical copies of "

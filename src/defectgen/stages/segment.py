@@ -307,8 +307,7 @@ def run(
         )
     synthetic = manifest.read_rows(pairs_dir)
     passed = {r["id"] for r in manifest.read_rows(gated)}
-    added = {"real+synthetic": [r for r in synthetic if r["id"] in passed],
-             "real+ungated": synthetic}  # fmt: skip
+    added = {arms.GATED: [r for r in synthetic if r["id"] in passed], arms.UNGATED: synthetic}
     real_ids = {r["id"] for r in real_train}
     outside = [r for r in rows if r["split"] == "train" and r["id"] not in real_ids]
     side = int(everything[0]["width"])
@@ -361,7 +360,7 @@ def run(
     to_train, skipped = conds.pool.runnable()
     test_scores: dict[str, dict[int, dict]] = defaultdict(dict)  # condition -> seed -> scores
     with atomic_dir(out_dir) as tmp:
-        export = added["real+synthetic" if cfg.export == "gated" else "real+ungated"]
+        export = added[arms.GATED if cfg.export == "gated" else arms.UNGATED]
         counts = _export(tmp, preprocessed, pairs_dir, rows, export, labels)
         # every condition's seeds in one pool: cfg.workers stay busy to the last U-Net
         labels_test = [r["label"] for r in test]
@@ -462,6 +461,6 @@ def run(
     metrics_out.update(
         n_train_real=float(len(real_train)),
         n_synthetic=float(len(synthetic)),
-        n_gated=float(len(added["real+synthetic"])),
+        n_gated=float(len(added[arms.GATED])),
     )
     return metrics_out

@@ -119,7 +119,7 @@ class _Data:
                     f"with parent {row['parent_id']}; synthetic images may only derive from "
                     "train images and enter training: re-run generate"
                 )
-        added = {"real+synthetic": self.gated, "real+ungated": self.generated}
+        added = {arms.GATED: self.gated, arms.UNGATED: self.generated}
         self.pool = harness.Pool(self.plan, self.subset, self.outside, added)
         self.size = params.train.image_size or rows[0]["width"]
         test_labels = [self.labels.index(r["label"]) for r in self.split["test"]]
@@ -505,7 +505,7 @@ def run(
     captured = {m: _captured(records, m, data.primary) for m in summary}
     per_class = {m: _per_class(records, m, data.labels) for m in summary}
     per_class_real = {m: _per_class(records, m, data.labels, lambda _: arms.REAL) for m in summary}
-    short = {c: s for c in data.matched if c.startswith("real+oracle")
+    short = {c: s for c in data.matched if c in arms.ORACLES
              and c not in skipped and (s := data.pool.oracle_shortfall(c))}  # fmt: skip
     with atomic_dir(out_dir) as tmp:
         atomic_write_json(
