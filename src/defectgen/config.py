@@ -596,6 +596,17 @@ def _value_protocol(data: Any, section: str) -> Any:
     return data
 
 
+# segment's and detect's class_balance: one switch for the U-Net's and the detector's
+# batches (train.class_balance also has loss weights, which torchvision's detection
+# losses do not take)
+_BATCH_BALANCE = Field(
+    default="none",
+    description="how training treats an imbalanced train set: sampler (batches drawn "
+    "class-balanced by each image's class, core.train_budget.batch_order) | none; the "
+    "compared arms add as many images per class, and the shared datasets are balanced",
+)
+
+
 class SegmentConfig(_Section):
     """Segmentation on real vs real + synthetic pairs (DefFiller 4.4.3), and the COCO export."""
 
@@ -613,13 +624,7 @@ class SegmentConfig(_Section):
     warmup: float = Field(default=0.05, ge=0.0, lt=1.0, description="fraction of the steps")
     widths: list[int] = Field(default_factory=lambda: [16, 32, 64], min_length=2)
     export: Literal["gated", "ungated"] = "gated"  # which synthetic pairs the COCO train has
-    class_balance: Literal["none", "sampler"] = Field(
-        default="none",
-        description="how training treats an imbalanced train set: sampler (batches "
-        "drawn class-balanced by each image's class, core.train_budget.batch_order) | none; "
-        "the compared arms add as many images per class, and the shared datasets are "
-        "balanced",
-    )
+    class_balance: Literal["none", "sampler"] = _BATCH_BALANCE
     workers: int = Field(default=2, ge=1)  # U-Nets trained at once, one CPU thread each
 
     @model_validator(mode="before")
@@ -660,13 +665,7 @@ class DetectConfig(_Section):
     # img2img images inherit the parent's boxes/masks only up to this strength
     parent_boxes_up_to: float = Field(default=0.5, ge=0.0, le=1.0)
     synthetic: Literal["both", "images", "pairs"] = "both"  # which branch's images
-    class_balance: Literal["none", "sampler"] = Field(
-        default="none",
-        description="how training treats an imbalanced train set: sampler (batches "
-        "drawn class-balanced by each image's class, core.train_budget.batch_order) | none; "
-        "the compared arms add as many images per class, and the shared datasets are "
-        "balanced",
-    )
+    class_balance: Literal["none", "sampler"] = _BATCH_BALANCE
 
     @model_validator(mode="before")
     @classmethod
