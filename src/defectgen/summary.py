@@ -77,7 +77,8 @@ def answer(evaluation: dict) -> str:
 
 def _arm(evaluation: dict, model: str) -> str | None:
     """The synthetic arm the answer reads: the gated one where it trained, else ungated."""
-    done = evaluation.get("per_class_vs_classical", {}).get(model, {})
+    done = {a for key in ("per_class_vs_classical", "per_class_vs_real")
+            for a in evaluation.get(key, {}).get(model, {})}  # fmt: skip
     return next((a for a in arms.ADDITIVE if a in done), None)
 
 

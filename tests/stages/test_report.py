@@ -81,3 +81,19 @@ def test_the_first_screen_answers_per_class_and_says_what_to_do_next():
     assert "In the comparison's terms" not in summary and "tiny CPU prior" in summary
     assert "test images" in summary
     assert "balanced_accuracy" not in md + summary  # words, not metric keys
+
+
+def test_when_the_run_gives_no_answer_no_class_gets_a_verdict_either():
+    from defectgen.stages.report import _answer
+
+    statement = "This budget cannot measure the value of data here: ..."
+    evaluation = {
+        "primary_metric": "balanced_accuracy",
+        "validity": {"probe": {"verdicts_allowed": False, "statement": statement}},
+        "comparisons": {"probe": []},
+        "per_class_vs_real": {"probe": {"real+ungated": [
+            _class_row("crack", 0.05, [0.02, 0.08], "better")]}},
+    }  # fmt: skip
+    md = "\n".join(_answer(evaluation, None, tiny_prior=False).markdown)
+    assert "+5.0 pp [+2.0, +8.0] (no verdict)" in md and "(better)" not in md
+    assert "More test images, a larger dataset" in md

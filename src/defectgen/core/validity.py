@@ -149,6 +149,7 @@ def check(
         if why:
             broken[c] = why
     reasons = []
+    words = metric.replace("_", " ")  # the statement is read by people: no metric keys
     if gain is None:
         reasons.append(
             "neither a class-matched oracle nor all-train was trained, so nothing shows that "
@@ -157,7 +158,7 @@ def check(
     elif gain["ci"] is None or gain["ci"][0] <= 0:
         reasons.append(
             f"{REFERENCE_SAYS[reference == arms.ALL_TRAIN]} does not beat the few-shot set "
-            f"({reference} minus real, {metric} {stats.describe({**gain, 'p_value': gain['p']})})"
+            f"({reference} minus real, {words} {stats.describe({**gain, 'p_value': gain['p']})})"
         )
     if stuck:
         reasons.append(
@@ -173,7 +174,7 @@ def check(
     if allowed:
         statement = (
             f"{REFERENCE_SAYS[reference == arms.ALL_TRAIN].capitalize()} helps at this "
-            f"budget ({reference} minus real, {metric} "
+            f"budget ({reference} minus real, {words} "
             f"{stats.describe({**gain, 'p_value': gain['p']})}), nothing is budget-bound "
             "and every arm beats the constant predictor: the comparisons can be read."
         )

@@ -516,11 +516,14 @@ def _answer(evaluation: dict, gate: dict | None, tiny_prior: bool) -> Section:
     sec = Section("The answer per class")
     rows = run_summary.per_class(evaluation, gate)
     arm = next((r["arm"] for r in rows if r["arm"]), None)
+    found = run_summary.headline(evaluation)
+    withheld = found is not None and found[1] is None  # the validity check failed
 
     def effect(row: dict | None) -> Cell:
         if row is None:
             return Cell("-")
-        words = {"better": "better", "worse": "worse"}.get(row["verdict"], "not resolved")
+        words = "no verdict" if withheld else {"better": "better", "worse": "worse"}.get(
+            row["verdict"], "not resolved")  # fmt: skip
         return Cell(f"{stats.describe({**row, 'p_value': None})} ({words})", numeric=True)
 
     images = ("the gate-passed synthetic images" if arm == arms.GATED
