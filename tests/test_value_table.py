@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from experiments.expansion import replicates, table
 from experiments.expansion.run import REPO
 
@@ -193,3 +195,41 @@ def test_an_oracle_that_does_not_beat_real_withholds_the_verdict(tmp_path):
 
 def test_each_datasets_replicates_md_is_its_committed_files():
     assert replicates.main(["--check"]) == 0
+
+
+def write_segmentation(folder, k: int, gain: float):
+    """A replicate with only the U-Net's per-image Dice: the ungated arm `gain` above its
+    classical control on every image (plus noise), the oracle 0.05 above real."""
+    import numpy as np
+    import pandas as pd
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(k)
+    base = rng.uniform(0.3, 0.7, 120)
+    shift = {"real": 0.0, "real+ungated": 0.02 + gain, "real+classical-ungated": 0.02,
+             "real+oracle-ungated": 0.05, "all-train": 0.06}  # fmt: skip
+    rows = [{"condition": c, "seed": s, "image_id": f"t{i}", "label": LABELS[i % 2],
+             "dice": float(base[i] + d + rng.normal(0, 0.01))}
+            for c, d in shift.items() for s in range(3) for i in range(120)]  # fmt: skip
+    pd.DataFrame(rows).to_parquet(folder / "segment-test_scores.parquet")
+    check = {"budget_bound": [], "degenerate": {}, "reasons": []}
+    result = {"dataset": "toy", "replicate": k, "git": "abc1234",
+              "params": {"preprocess": {"subset": {"per_class": 20}}},
+              "classification": {"labels": LABELS, "primary_metric": "balanced_accuracy",
+                                 "validity": {}, "comparisons": {}},
+              "segmentation": {"primary_metric": "dice", "validity": check}}  # fmt: skip
+    (folder / "results.json").write_text(json.dumps(result))
+
+
+def test_the_u_nets_claim_reads_its_per_image_scores_over_two_replicates(tmp_path):
+    root = tmp_path / "toy"
+    for k in range(2):
+        write_segmentation(root / (f"replicate-{k}" if k else ""), k, gain=0.03)
+    c = replicates.claim(root)["models"][replicates.UNET]
+    assert c["metric"] == "dice" and c["replicates"] == [0, 1]
+    assert c["verdicts_allowed"], c["reasons"]  # two replicates suffice for the U-Net
+    vs = c["synthetic_minus_classical"]
+    assert vs["per_replicate"] == pytest.approx([0.03, 0.03], abs=0.005)
+    assert vs["verdict"] == "better" and vs["agree_in_sign"]
+    (row,) = table.claim_rows(replicates.claim(root), 20)
+    assert "| U-Net | 2 | 20 | Dice | yes |" in row

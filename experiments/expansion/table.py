@@ -39,7 +39,7 @@ START = "<!-- value table: python -m experiments.expansion.table --write -->"
 END = "<!-- end of the value table -->"
 GATE_START = "<!-- gate table: python -m experiments.expansion.table --write -->"
 GATE_END = "<!-- end of the gate table -->"
-METRIC_NAMES = {"s_measure": "S-measure", "map": "mAP@[.5:.95]", "map_50": "mAP@.5"}
+METRIC_NAMES = {"s_measure": "S-measure", "dice": "Dice", "map": "mAP@[.5:.95]", "map_50": "mAP@.5"}
 
 
 def _find(comparisons: list[dict], arm: str, control: str, metric: str) -> dict | None:
@@ -79,8 +79,9 @@ def _few_shot(result: dict):
 def claim_rows(claim: dict, few_shot) -> list[str]:
     """The rows of one dataset's research claim (replicates.claim): one per judge."""
     out = []
-    dataset, metric = claim["dataset"], claim["metric"]
+    dataset = claim["dataset"]
     for model, c in claim["models"].items():
+        metric = c["metric"]
         vs_classical = c.get("synthetic_minus_classical")
         spread = "-" if vs_classical is None else " / ".join(
             stats.pct(d) for d in vs_classical["per_replicate"])  # fmt: skip
@@ -89,7 +90,7 @@ def claim_rows(claim: dict, few_shot) -> list[str]:
             verdict = f"no verdict ({'; '.join(c['reasons'])})"
         out.append(
             f"| [{dataset}](experiments/expansion/results/{dataset}/replicates.md) | {model} | "
-            f"{len(claim['replicates'])} | {few_shot} | "
+            f"{len(c['replicates'])} | {few_shot} | "
             f"{METRIC_NAMES.get(metric, metric.replace('_', ' '))} | "
             f"{'yes' if c['verdicts_allowed'] else 'no'} | "
             f"{_cell(c['reference_minus_real'])} | {_cell(c['all_train_minus_real'])} | "
