@@ -30,9 +30,6 @@ import numpy as np
 
 from defectgen.core import arms, copypaste, stats, validity
 
-# what a copy-paste control's pastes come from (core.copypaste.draw's result)
-Pastes = list
-
 
 @dataclass
 class Draw:
@@ -45,7 +42,7 @@ class Draw:
 
     rows: list[dict] = field(default_factory=list)
     copies: list[dict] = field(default_factory=list)
-    pastes: Pastes | None = None
+    pastes: list | None = None  # core.copypaste.draw's result, for copy-paste controls
 
     @property
     def n_added(self) -> int:
