@@ -10,7 +10,7 @@ read, never written. Per mode, the finetune -> sweep -> generate -> gate stages 
 dreambooth with the full UNet; DreamBooth's identifier starts from `--identifier`). Per
 mode and class the table gives the adapters' wall time, the generated batch's Frechet
 distance on the gate's extractor's features (EfficientNet-Lite0 offline) to the gate's
-val half, its ratio to the real-vs-real distance there, the gate's utility estimate and
+val half, its ratio to the real-vs-real distance there, the gate's no-harm check and
 verdict. Results: `--out` (results.json, results.md). A rerun keeps finished stages.
 """
 
@@ -68,14 +68,14 @@ def run_mode(raw: dict, mode: str, identifier: str, given: dict[str, Path], work
     fd = next(k for k in next(iter(gate["classes"].values())) if k.endswith("_real"))[:-5]
     classes = {}
     for label, g in gate["classes"].items():
-        utility = g.get("utility") or {}
+        check = g.get("no_harm") or {}  # core.no_harm: synthetic - classical on val
         classes[label] = {
             "distance": fd,  # fd_<extractor>: Frechet distance on that extractor's features
             "fd": g[fd],
             "fd_real": g[f"{fd}_real"],
             "ratio": g["ratio"],
-            "utility_delta": utility.get("delta"),
-            "utility_ci": utility.get("ci"),
+            "no_harm_delta": check.get("delta"),
+            "no_harm_ci": check.get("ci"),
             "verdict": g.get("verdict", "pass" if g["passed"] else "fail"),
             "phases": {k: v["steps"] for k, v in adapters[label]["phases"].items()},
         }
@@ -90,17 +90,17 @@ def markdown(result: dict) -> str:
         f"`{result['params']}`; the sweep picks each class's strength and guidance per mode."
         " Distances: Frechet distance on the gate's extractor's features to its val half"
         " (`fd_effnet_lite0`: EfficientNet-Lite0), ratio to"
-        " the real-vs-real distance there; utility: the gate's proxy val-loss gain over as"
-        " many classical augmentations (95 % CI).",
+        " the real-vs-real distance there; no harm: the gate's val score with the class's"
+        " images minus with as many classical copies (95 % interval, pp).",
         "",
         "| mode | class | finetune s (all classes) | distance | real-vs-real | ratio "
-        "| utility [CI] | verdict |",
+        "| no harm [CI] | verdict |",
         "|---|---|---:|---:|---:|---:|---|---|",
     ]
     for mode, r in result["modes"].items():
         for label, c in r["classes"].items():
-            ci = c["utility_ci"]
-            util = "-" if ci is None else f"{c['utility_delta']:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+            ci, d = c.get("no_harm_ci"), c.get("no_harm_delta")
+            util = "-" if ci is None else f"{100 * d:+.1f} [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
             lines.append(
                 f"| {mode} | {label} | {r['wall_s']['finetune']:.0f} | "
                 f"{c['fd']:.1f} ({c['distance']}) | {c['fd_real']:.1f} | "

@@ -56,15 +56,19 @@ def trained(tmp_path_factory) -> dict:
     return {"tmp": tmp, "root": tmp / "raw"}
 
 
-def register(trained: dict, out: Path, key: str, verdicts: dict, monkeypatch) -> dict:
-    """Run the register stage (tracked) as pipeline run `key` with the given verdicts."""
+def register(trained: dict, out: Path, key: str, verdicts: dict, monkeypatch,
+             **gate: dict) -> dict:  # fmt: skip
+    """Run the register stage (tracked) as pipeline run `key` with the given verdicts
+    ((passed, distance[, compared count]) per class; `gate`: more gate.json keys per class)."""
     gated = out / "gated"
     gated.mkdir(parents=True)
     classes = {
-        c: {"passed": v[0], "fd_effnet_lite0": v[1], "reason": "test"}
+        c: {"passed": v[0], "verdict": "pass" if v[0] else "fail", "fd_effnet_lite0": v[1],
+            "reason": "test", "superior": False}
         | ({"n_compared": v[2], "reference_sha256": "ab" * 32} if len(v) > 2 else {})
+        | gate.get(c, {})
         for c, v in verdicts.items()
-    }
+    }  # fmt: skip
     (gated / "gate.json").write_text(
         json.dumps({"extractor": "effnet-lite0", "note": "", "classes": classes})
     )
@@ -94,16 +98,19 @@ def test_alias_rules_idempotence_rollback_cli_and_loading(trained, tmp_path, mon
     client = MlflowClient(tracking_uri=uri)
 
     verdicts = {"crack": (True, 100.0), "dent": (False, 50.0)}
-    first = register(trained, tmp_path / "r1", "run-1", verdicts, monkeypatch)
+    undecided = {"verdict": "inconclusive", "reason": "no harm? ...", "change": "more val images"}
+    first = register(trained, tmp_path / "r1", "run-1", verdicts, monkeypatch, dent=undecided)
     assert first["crack"] == {
         **first["crack"],
         "version": "1",
         "alias": "champion",
         "created": True,
     }
-    # a failed adapter is never a version: no model's `latest` is one the gate failed
-    assert first["dent"]["version"] is None and first["dent"]["verdict"] == "fail"
-    assert "the gate did not pass it" in first["dent"]["why"]
+    # a class kept out is never a version: no model's `latest` is one the gate kept out;
+    # registry.json says the gate's own verdict, its reason and what would change it
+    assert first["dent"]["version"] is None and first["dent"]["verdict"] == "inconclusive"
+    assert first["dent"]["why"] == "not registered: the gate kept it out"
+    assert (first["dent"]["reason"], first["dent"]["change"]) == ("no harm? ...", "more val images")
     assert not client.search_registered_models("name='defectgen.fixture.dent'")
     model = client.get_registered_model(NAME)
     assert f"models:/{NAME}@champion" in model.description
@@ -156,6 +163,20 @@ def test_alias_rules_idempotence_rollback_cli_and_loading(trained, tmp_path, mon
     assert client.get_model_version_by_alias(NAME, "champion").version == 1
     tags = client.get_model_version(NAME, other["crack"]["version"]).tags
     assert tags["defectgen.distance_basis"] == "fd_effnet_lite0|abababababababab|50"
+
+    # superior on val (its images beat as many classical copies) outranks a champion that
+    # was not, whatever the distance; then a lower distance without it cannot displace it
+    best = {"crack": {"superior": True}}
+    sup = register(trained, tmp_path / "r5", "run-5", {"crack": (True, 200.0)}, monkeypatch, **best)
+    assert sup["crack"]["alias"] == "champion" and "superior on val" in sup["crack"]["why"]
+    assert (
+        client.get_model_version(NAME, sup["crack"]["version"]).tags["defectgen.superior"] == "true"
+    )
+    low = register(trained, tmp_path / "r6", "run-6", {"crack": (True, 5.0)}, monkeypatch)
+    assert low["crack"]["alias"] == "challenger" and "is superior on val" in low["crack"]["why"]
+    assert client.get_model_version_by_alias(NAME, "champion").version == int(
+        sup["crack"]["version"]
+    )
 
 
 @pytest.mark.slow

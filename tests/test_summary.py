@@ -32,7 +32,8 @@ def test_the_summary_says_the_answer_the_gate_and_the_report(tmp_path, capsys):
         "dirt": {"verdict": "fail", "passed": False, "n_kept": 0, "n_synthetic": 64,
                  "reason": "worse than blurred real images"},
         "pit": {"verdict": "inconclusive", "passed": False, "n_kept": 0, "n_synthetic": 64,
-                "reason": "by the utility, loss 0.003 lower; kept out (gate.inconclusive)"},
+                "reason": "no harm? val accuracy 1.0 pp lower; kept out (gate.inconclusive)",
+                "change": "more val images would decide it"},
     }})  # fmt: skip
     write(tmp_path / "report" / "report.html", "<html></html>")
     assert cli.main(["summary", "--data", str(tmp_path)]) == 0
@@ -45,7 +46,10 @@ def test_the_summary_says_the_answer_the_gate_and_the_report(tmp_path, capsys):
         "-3.1 pp [-5.0, -1.2], p 0.004 (Holm 0.008), 3 paired seeds (probe)."
     )
     assert "crack: pass, 60 / 64 dirt: fail, 0 / 64: worse than blurred real images" in out
-    assert "pit: inconclusive, 0 / 64: by the utility, loss 0.003 lower; kept out" in out
+    assert (
+        "pit: inconclusive, 0 / 64: no harm? val accuracy 1.0 pp lower; kept out "
+        "(gate.inconclusive); what would change it: more val images would decide it"
+    ) in out
     assert "Report:" in out and "(open it in a browser)." in out
 
 

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from experiments import gate_calibration
 from experiments.expansion import replicates, table
 from experiments.expansion.run import REPO
 
@@ -112,6 +113,32 @@ def test_a_gate_row_puts_the_estimate_its_power_and_the_outcome_side_by_side(tmp
 def test_the_readme_gate_table_is_the_committed_results():
     readme = table.readme_table(REPO / "README.md", table.GATE_START, table.GATE_END)
     assert readme == table.gate_table()
+
+
+def test_the_readme_calibration_table_is_the_committed_results():
+    readme = table.readme_table(REPO / "README.md", table.CAL_START, table.CAL_END)
+    assert readme == table.calibration_table()
+
+
+def _calibration_row(label: str, verdict: str, outcome: str) -> dict:
+    check = {"delta": 0.01, "ci": [-0.012, 0.032]}
+    agreement = gate_calibration.agreement(verdict, outcome)
+    return {"class": label, "verdict": verdict, "rule": "class", "val": check, "test": check,
+            "outcome": outcome, "agreement": agreement}  # fmt: skip
+
+
+def test_the_calibration_table_counts_what_the_gate_issue_asks(tmp_path):
+    rows = [_calibration_row("a", "pass", "harm"), _calibration_row("b", "fail", "harm"),
+            _calibration_row("c", "inconclusive", "no harm"),
+            _calibration_row("d", "pass", "unresolved")]  # fmt: skip
+    (tmp_path / "elpv").mkdir()
+    record = {"replicates": {"0": {"git": "abc1234", "rows": rows}}}
+    (tmp_path / "elpv" / "gate-calibration.json").write_text(json.dumps(record))
+    text = table.calibration_table(tmp_path)
+    assert "| elpv | 0 | abc1234 | a | pass (class) | +1.0 pp [-1.2, +3.2] | " in text
+    assert "| harm | wrong |" in text and "| b | fail (class) |" in text
+    assert ("4 classes: the gate inconclusive on 1, passed 2 (of which harmful on test: 1), "
+            "failed 1; right on 1, wrong on 1, undecided on 2.") in text  # fmt: skip
 
 
 LABELS = ["defective", "functional"]

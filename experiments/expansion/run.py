@@ -213,11 +213,14 @@ def _gate_rows(gate: dict) -> dict[str, dict]:
             "knn_precision": e.get("knn_precision"),
             "knn_recall": e.get("knn_recall"),
             "near_duplicates": e.get("near_duplicates", 0),
+            # a gate.json from before the no-harm check (2026-12-07) has a utility instead
             "utility": None if u is None or u.get("delta") is None else _utility_row(u),
-            "utility_verdict": e.get("utility_verdict"),
+            "no_harm": e.get("no_harm"),
             "verdict": e.get("verdict", "pass" if e["passed"] else "fail"),
+            "rule": e.get("rule"),
             "passed": e["passed"],
             "reason": e.get("reason"),
+            "change": e.get("change"),
             "n_synthetic": e["n_synthetic"],
             "n_kept": e.get("n_kept", 0),
         }  # fmt: skip
@@ -493,8 +496,8 @@ def markdown(result: dict) -> str:
         lines += ["", f"{condition}: not trained, {reason}."]
     lines += ["", "## Gate (per class)", "",
               "| class | distance | real vs real | ratio | k-NN precision / recall | "
-              "utility (cross-fitted), MDE | train images to resolve it | verdict | "
-              "kept / generated |",
+              "no harm on val (synthetic - classical) or, before it, the utility | train "
+              "images to resolve the utility | verdict (rule) | kept / generated |",
               "|---|---:|---:|---:|---:|---:|---:|---|---:|"]  # fmt: skip
     for label, g in result["gate"].items():
         dist = "-" if g["distance"] is None else f"{g['distance']:.1f}"
@@ -502,14 +505,17 @@ def markdown(result: dict) -> str:
         ratio = "-" if g["ratio"] is None else f"{g['ratio']:.2f}"
         pr = ("-" if g["knn_precision"] is None
               else f"{g['knn_precision']:.2f} / {g['knn_recall']:.2f}")  # fmt: skip
-        u = g["utility"]
+        u, check = g["utility"], g.get("no_harm")
         util = "-" if u is None else stats.describe({**u, "p_value": None}, points=False)
         if u is not None and u.get("mde") is not None:
             util += f", MDE {u['mde']:.3f}"
+        if check is not None:
+            util = stats.describe({**check, "p_value": None})
         need = "-" if u is None or u.get("n_needed") is None else str(u["n_needed"])
+        rule = f" ({g['rule']})" if g.get("rule") else ""
         lines.append(
-            f"| {label} | {dist} | {rvr} | {ratio} | {pr} | {util} | {need} | {g['verdict']} "
-            f"| {g['n_kept']} / {g['n_synthetic']} |"
+            f"| {label} | {dist} | {rvr} | {ratio} | {pr} | {util} | {need} | {g['verdict']}"
+            f"{rule} | {g['n_kept']} / {g['n_synthetic']} |"
         )
     lines += agreement_lines(result["agreement"])
     if "headline" in seg:

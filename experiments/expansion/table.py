@@ -38,6 +38,8 @@ DATASETS = ("elpv", "neu-det", "sd-saliency-900")
 START = "<!-- value table: python -m experiments.expansion.table --write -->"
 END = "<!-- end of the value table -->"
 GATE_START = "<!-- gate table: python -m experiments.expansion.table --write -->"
+CAL_START = "<!-- calibration table: python -m experiments.expansion.table --write -->"
+CAL_END = "<!-- end of the calibration table -->"
 GATE_END = "<!-- end of the gate table -->"
 METRIC_NAMES = {"s_measure": "S-measure", "dice": "Dice", "map": "mAP@[.5:.95]", "map_50": "mAP@.5"}
 
@@ -204,6 +206,21 @@ def gate_table(results: Path = RESULTS) -> str:
     return "\n".join([*lines, GATE_END])
 
 
+def calibration_table(results: Path = RESULTS) -> str:
+    """The no-harm gate's verdict beside the test outcome, every dataset's
+    gate-calibration.json (experiments.gate_calibration), with the counts over all."""
+    from experiments import gate_calibration
+
+    lines, rows = [CAL_START, *gate_calibration.HEADER], []
+    for name in DATASETS:
+        path = results / name / "gate-calibration.json"
+        if path.is_file():
+            record = json.loads(path.read_text(encoding="utf-8"))
+            lines += gate_calibration.table_rows(name, record)
+            rows += [r for rep in record["replicates"].values() for r in rep["rows"]]
+    return "\n".join([*lines, "", gate_calibration.totals(rows), CAL_END])
+
+
 def readme_table(readme: Path, start: str = START, end: str = END) -> str | None:
     text = readme.read_text(encoding="utf-8")
     if start not in text or end not in text:
@@ -217,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="exit 1 when README.md's differs")
     args = ap.parse_args(argv)
     readme = REPO / "README.md"
-    fresh = {(START, END): table(), (GATE_START, GATE_END): gate_table()}
+    fresh = {(START, END): table(), (GATE_START, GATE_END): gate_table(),
+             (CAL_START, CAL_END): calibration_table()}  # fmt: skip
     if args.write:
         text = readme.read_text(encoding="utf-8")
         for (start, end), new in fresh.items():

@@ -92,12 +92,15 @@ class GateClass(TypedDict, total=False):
     """gate.json's entry for one class (the distance keys are named after the extractor)."""
 
     passed: bool
-    verdict: str
+    verdict: str  # pass | fail | inconclusive (core.no_harm.VERDICTS)
+    rule: str  # which check decided: floor | class | pooled | fidelity
     reason: str
+    change: str  # what would change the verdict
+    superior: bool  # better than the classical copies on val: promotes its adapter
     ratio: float
     n_synthetic: int
     n_kept: int
-    utility: dict[str, Any]
+    no_harm: dict[str, Any] | None  # core.no_harm.check with the class's images added
 
 
 class GateReport(TypedDict, total=False):
@@ -106,7 +109,11 @@ class GateReport(TypedDict, total=False):
     extractor: str
     note: str
     reference: str
+    judge: str | None
+    margin: float
+    pooled: dict[str, Any] | None  # core.no_harm.check with every floor-passing class added
     classes: dict[str, GateClass]
+    tags: dict[str, str]  # the gate's MLflow run tags (verdict and rule per class)
 
 
 def read_json(path: Path, *, stage: str, option: str, keys: tuple[str, ...] = ()) -> Any:

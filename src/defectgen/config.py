@@ -373,8 +373,9 @@ class GenerateConfig(_Section):
 
 
 class GateConfig(_Section):
-    """The quality gate: per-class distance of synthetic to real held-out images, judged
-    against the real-vs-real distance of the same class (III-C's FID criterion)."""
+    """The quality gate: per-class fidelity floors (distance of synthetic to real held-out
+    images against real-vs-real, III-C's FID criterion, and against damaged real images),
+    then whether the class's images do no harm on val (core.no_harm)."""
 
     extractor: Literal["auto", "effnet-lite0", "inception-v3-compat"] = "auto"
     inception_weights: Path | None = None
@@ -382,25 +383,30 @@ class GateConfig(_Section):
     kid_subsets: int = Field(default=50, ge=1)
     max_ratio: float = Field(default=2.0, gt=0.0)  # pass: distance <= max_ratio x real-vs-real
     max_distance: float | None = Field(default=None, gt=0.0)  # optional absolute ceiling
+    # which fidelity floors fail a class: its distance beyond max_ratio x real-vs-real
+    # (ratio), above blurred (blur) or noised (noise) real images' distance
+    floors: list[Literal["ratio", "blur", "noise"]] = ["ratio", "blur", "noise"]
     near_duplicate: float = Field(default=0.25, ge=0.0)  # x median real nearest-neighbour gap
     knn_k: int = Field(default=3, ge=1)  # k of the k-NN precision / recall manifolds
     manifold_filter: bool = False  # keep only synthetic images inside the real manifold
-    decide_by: Literal["utility", "fidelity"] = "utility"  # what the verdict rests on
-    utility_folds: int = Field(default=5, ge=2)  # cross-fitting folds over real train
-    utility_repeats: int = Field(default=4, ge=1)  # fresh fold splits, averaged per image
-    proxy_components: int = Field(default=32, ge=1)  # PCA dimensions of the proxy's input
-    inconclusive: Literal["reject", "accept"] = "reject"  # an undecided utility keeps out
+    decide_by: Literal["no_harm", "fidelity"] = "no_harm"  # what the verdict rests on
+    margin: float = Field(default=0.02, ge=0.0)  # non-inferiority margin, primary metric units
+    harm: Literal["any", "beyond_margin"] = "any"  # fail: upper bound below 0 | below -margin
+    seeds: int = Field(default=10, ge=2)  # paired seeds of the no-harm check
+    judge_components: int = Field(default=32, ge=1)  # PCA dimensions of its judge's input
+    inconclusive: Literal["reject", "accept"] = "reject"  # an undecided check keeps out
     blur_radius: float = Field(default=2.0, gt=0.0)  # the corrupted-real reference baselines
     noise_sigma: float = Field(default=25.0, gt=0.0)
 
     @model_validator(mode="before")
     @classmethod
     def _renamed(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "utility_seeds" in data:
+        gone = {"utility_seeds", "utility_folds", "utility_repeats", "proxy_components"}
+        if isinstance(data, dict) and gone & set(data):
             raise ValueError(
-                "gate.utility_seeds was replaced by gate.utility_folds and "
-                "gate.utility_repeats: the utility is now cross-fitted over the real train "
-                "images instead of bootstrapped against the gate's half of val; remove it"
+                f"gate.{sorted(gone & set(data))[0]} is gone: the gate no longer estimates a "
+                "utility on train; it asks whether a class's images do no harm on val "
+                "(gate.seeds, gate.margin, gate.harm, gate.judge_components); remove it"
             )
         return data
 
@@ -680,7 +686,7 @@ class DetectConfig(_Section):
 
 class ClassicalConfig(_Section):
     """The classical control's recipe (core.augment): what `real+classical` arms and the
-    gate's utility proxy add. Geometric transforms move masks and boxes with the image."""
+    gate's no-harm check add. Geometric transforms move masks and boxes with the image."""
 
     flips: bool = Field(default=True, description="horizontal and vertical flips, p 0.5 each")
     quarter_turns: bool = Field(

@@ -38,6 +38,9 @@ class Stage:
     # a {metrics, tags} JSON under --out that, with the reports, also goes to the
     # pipeline's MLflow parent run (the report's answer and verdicts)
     parent: str = ""
+    # a JSON under --out whose "tags" ({name: value}) go on the stage's own MLflow run
+    # (the gate's verdict and rule per class)
+    tags: str = ""
     # DVC plots of files under --out besides the curves: (path, template, x, y)
     plots: tuple[tuple[str, str, str, str], ...] = ()
     # what it makes is not a reproducible file (registry versions; a page carrying the
@@ -164,9 +167,10 @@ STAGES = (
         "per class: Frechet/kernel distance of synthetic vs held-out real images, judged "
         "against real-vs-real; keeps the passing classes' images minus near-duplicates",
         (PREPROCESSED, ("generated", True, "the generate stage's output folder")),
-        ("seed", "model", "finetune.data", "gate", "classical"),
+        ("seed", "model", "finetune.data", "gate", "classical", "train.primary"),
         (art.GATE_JSON, art.GATE_CSV),
         output="gated",
+        tags=art.GATE_JSON,
     ),
     Stage(
         "pairs",
@@ -184,9 +188,10 @@ STAGES = (
         "the gate, unchanged, on the pairs stage's images: per class distance to held-out "
         "real images against real-vs-real",
         (PREPROCESSED, ("pairs", True, "the pairs stage's output folder")),
-        ("seed", "model", "finetune.data", "gate", "classical"),
+        ("seed", "model", "finetune.data", "gate", "classical", "train.primary"),
         (art.GATE_JSON, art.GATE_CSV),
         module="gate",
+        tags=art.GATE_JSON,
         arguments=(("pairs", "generated"),),
         output="pairs_gated",
     ),

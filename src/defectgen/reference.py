@@ -6,7 +6,7 @@ For a class at a given image size:
                 ("sweep"), the gate judges on the other ("gate"), so no val image both
                 picks the settings and judges their result
     train       the images generation learned from (finetune.data: subset or train),
-                the real-vs-real floor, the real manifold, and what near-duplicates
+                the real-vs-real baseline, the real manifold, and what near-duplicates
                 are measured against
 Distances come from core.metrics (torch-fidelity): Inception FID when its weights are
 available (gate.inception_weights or torch's cache), else the offline EfficientNet-Lite0

@@ -16,14 +16,17 @@ is logged from code (adapter_model.py: loading runs no pickled object) with a si
 (the image column, an optional seed, the class's chosen settings as parameter defaults)
 and a description saying what it is and how to load it.
 
-Promotion when a version is registered:
-    gate passed, no champion yet             alias `champion`
-    gate passed, lower distance than champion `champion` moves to it
-    gate passed, not better                  alias `challenger`
+Promotion when a version is registered (a class the gate passed):
+    no champion yet                           alias `champion`
+    superior on val, the champion was not     `champion` moves to it (its images beat as
+                                              many classical copies: SUPERIOR_TAG)
+    as superior as the champion, lower
+    distance on the same basis                `champion` moves to it
+    otherwise                                 alias `challenger`
 Distances are compared only between versions scored on the same basis (the gate
 metric, the reference images' digest and the compared count: BASIS_TAG); a passing
-version on another basis than the champion's becomes `challenger`, and the register
-stage says why it was not compared.
+version on another basis than the champion's becomes `challenger` unless it is superior
+where the champion was not, and the register stage says why it was not compared.
 Registering the same adapter with the same verdict and distance again (re-running a
 pipeline) returns the existing version: no duplicates.
 `rollback` moves `champion` back to the version it replaced (a history kept as a
@@ -58,6 +61,7 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_TAG = "defectgen.champion_history"
 KEY_TAG = "defectgen.pipeline_key"
 DISTANCE_TAG = "defectgen.distance"
+SUPERIOR_TAG = "defectgen.superior"  # "true": better than classical copies on val
 BASIS_TAG = "defectgen.distance_basis"  # metric|reference digest|compared count
 
 
@@ -160,6 +164,16 @@ def promote_by_gate(client: MlflowClient, name: str, version: str) -> tuple[str 
     if champion is None:
         _make_champion(client, name, version)
         return CHAMPION, "the first passing version"
+    superior = mv.tags.get(SUPERIOR_TAG) == "true"
+    if superior and champion.tags.get(SUPERIOR_TAG) != "true":
+        _make_champion(client, name, version)
+        return CHAMPION, (
+            f"superior on val (its images beat as many classical copies); champion "
+            f"v{champion.version} was not"
+        )
+    if not superior and champion.tags.get(SUPERIOR_TAG) == "true":
+        client.set_registered_model_alias(name, CHALLENGER, version)
+        return CHALLENGER, f"champion v{champion.version} is superior on val; this one is not"
     basis, theirs = mv.tags.get(BASIS_TAG), champion.tags.get(BASIS_TAG)
     if basis is None or basis != theirs:
         client.set_registered_model_alias(name, CHALLENGER, version)

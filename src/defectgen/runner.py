@@ -38,6 +38,9 @@ def execute(
         run.log_metrics({**metrics, "wall_s": wall_s})
         for report in stage.reports:
             run.log_artifact(Path(out_dir) / report)
+        if stage.tags and (Path(out_dir) / stage.tags).is_file():
+            record = json.loads((Path(out_dir) / stage.tags).read_text(encoding="utf-8"))
+            run.set_tags(record.get("tags", {}))
         if stage.parent and (Path(out_dir) / stage.parent).is_file():
             record = json.loads((Path(out_dir) / stage.parent).read_text(encoding="utf-8"))
             files = [Path(out_dir) / r for r in stage.reports if r != stage.parent]

@@ -185,7 +185,9 @@ def lines(data: Path) -> list[str]:
         for label, e in gate["classes"].items():
             verdict, why = verdict_reason(e)
             reason = f": {why}" if why else ""
-            out.append(f"  {label}: {verdict}, {e.get('n_kept', 0)} / {e['n_synthetic']}{reason}")
+            change = f"; what would change it: {e['change']}" if e.get("change") else ""
+            out.append(f"  {label}: {verdict}, {e.get('n_kept', 0)} / {e['n_synthetic']}"
+                       f"{reason}{change}")  # fmt: skip
     report = data / REPORT_DIR / REPORT_HTML
     if report.is_file():
         out.append(f"Report: {report} (open it in a browser).")

@@ -5,92 +5,102 @@ from __future__ import annotations
 import pytest
 
 from defectgen.config import GateConfig
-from defectgen.core.gate import Decision, Evidence, decide
+from defectgen.core.gate import Evidence, decide
 
 
-def _u(lo: float, hi: float) -> dict:
-    return {"delta": (lo + hi) / 2, "ci": [lo, hi], "mde": 0.05, "n_images": 60,
-            "n_folds": 5, "n_repeats": 4}  # fmt: skip
+def _check(lo: float, hi: float) -> dict:
+    """A no-harm check's result (core.no_harm.check) with this interval."""
+    return {"delta": (lo + hi) / 2, "ci": [lo, hi], "p_value": 0.5, "n_seeds": 10,
+            "n_images": 120, "metric": "balanced_accuracy", "n_added": 64,
+            "interval": "bootstrap"}  # fmt: skip
 
 
-def _e(distance=90.0, *, baseline=50.0, blur=150.0, utility=None, missing=None, n=20) -> Evidence:
-    return Evidence(n_compared=n, n_reference=20, distance=distance, baseline=baseline,
-                    blur=blur, utility=utility, missing=missing)  # fmt: skip
+def _e(distance=90.0, *, own=None, pooled=None, missing=None, n=20, noise=160.0) -> Evidence:
+    return Evidence(n_compared=n, n_reference=20, distance=distance, baseline=50.0, blur=150.0,
+                    noise=noise, own=own, pooled=pooled, missing=missing)  # fmt: skip
 
 
-UTILITY = GateConfig()  # decide_by utility, inconclusive reject
+NO_HARM = GateConfig()  # decide_by no_harm, margin 0.02, harm any, inconclusive reject
 
 
-def test_too_few_images_fail_whatever_the_utility():
-    d = decide(_e(None, n=1, utility=_u(0.1, 0.2)), UTILITY)
-    assert not d.passed and d.verdict == "fail" and "fewer than 2" in d.reason
-    assert d.fidelity_passed is None and d.utility_verdict == "pass"  # reported, not used
-
-
-@pytest.mark.parametrize(
-    ("distance", "ceiling", "passed", "words"),
-    [(90.0, None, True, "1.80x"), (120.0, None, False, "2.40x the real-vs-real 50.0 (allowed"),
-     (90.0, 80.0, False, "ceiling 80")],
-)  # fmt: skip
-def test_the_fidelity_rule(distance, ceiling, passed, words):
-    cfg = GateConfig(decide_by="fidelity", max_distance=ceiling)
-    d = decide(_e(distance, utility=_u(-0.3, -0.1)), cfg)  # the utility does not decide here
-    assert d.passed is passed and d.fidelity_passed is passed and words in d.reason
-    assert d.verdict == ("pass" if passed else "fail") and d.utility_verdict == "fail"
-
-
-def test_worse_than_blurred_fails_and_still_reports_the_utility():
-    d = decide(_e(200.0, utility=_u(0.1, 0.3)), UTILITY)
-    assert not d.passed and d.verdict == "fail" and "fidelity floor" in d.reason
-    assert "utility pass" in d.reason and d.utility_verdict == "pass"
-    assert d.fidelity_passed is False  # 4x the real-vs-real
-
-
-def test_an_unmeasurable_utility_keeps_the_class_out():
-    d = decide(_e(missing="fewer than 2 classes with real train images"), UTILITY)
-    # distance 90 against a real-vs-real 50: 1.8x, within the fidelity rule's limit
-    assert d == Decision(False, "fail", "utility not measurable: fewer than 2 classes with "
-                         "real train images; kept out", True,
-                         "distance 90.0 is 1.80x the real-vs-real 50.0", None)  # fmt: skip
+def test_too_few_images_fail_whatever_the_check_says():
+    d = decide(_e(None, n=1, own=_check(0.1, 0.2)), NO_HARM)
+    assert (d.passed, d.verdict, d.rule) == (False, "fail", "floor")
+    assert "fewer than 2 to compare" in d.reason and "more generated images" in d.change
+    few_val = Evidence(n_compared=20, n_reference=1, own=_check(0.1, 0.2))
+    assert decide(few_val, NO_HARM).change.startswith("more val images would")
 
 
 @pytest.mark.parametrize(
-    ("ci", "policy", "passed", "verdict", "said"),
-    [((0.01, 0.2), "reject", True, "pass", "lower with the synthetic images"),
-     ((-0.2, -0.01), "accept", False, "fail", "higher with the synthetic images"),
-     ((-0.1, 0.1), "reject", False, "inconclusive", "kept out"),
-     ((-0.1, 0.1), "accept", True, "inconclusive", "accepted")],
+    ("distance", "noise", "words"),
+    [(120.0, 160.0, "distance 120.0 is 2.40x the real-vs-real 50.0 (allowed 2x)"),
+     (99.0, 95.0, "distance 99.0 is worse than noised real images' 95.0")],
 )  # fmt: skip
-def test_the_utility_interval_decides(ci, policy, passed, verdict, said):
-    # a distance ratio over max_ratio does not matter under the utility rule
-    d = decide(_e(120.0, utility=_u(*ci)), GateConfig(inconclusive=policy))
-    assert (d.passed, d.verdict) == (passed, verdict) and d.fidelity_passed is False
-    assert "resolves effects from 0.050" in d.reason and "60 train images" in d.reason
-    assert d.reason.startswith("by the utility, held-out loss ")  # the verdict said beside it
-    assert said in d.reason
+def test_a_floor_fails_before_the_check_is_read(distance, noise, words):
+    d = decide(_e(distance, noise=noise, own=_check(0.05, 0.1)), NO_HARM)  # it would pass
+    assert (d.passed, d.verdict, d.rule, d.superior) == (False, "fail", "floor", False)
+    assert (d.reason, d.fidelity_reason) == (f"fidelity floor: {words}", words)
+    assert d.fidelity_passed is False and "another sweep cell" in d.change
 
 
-def test_an_estimate_without_an_interval_is_inconclusive():
-    u = {**_u(0.0, 0.0), "delta": 0.1, "ci": None, "mde": None}
-    d = decide(_e(utility=u), UTILITY)
-    assert d.verdict == "inconclusive" and not d.passed
+def test_only_the_floors_asked_for_apply():
+    damaged = _e(99.0, noise=95.0, own=_check(-0.01, 0.04))  # worse than noised real images
+    assert decide(damaged, GateConfig(floors=["ratio", "blur"])).verdict == "pass"
+    far = _e(120.0, own=_check(-0.01, 0.04))  # 2.4x real-vs-real
+    assert decide(far, GateConfig(floors=["blur", "noise"])).verdict == "pass"
+    assert decide(far, NO_HARM).rule == "floor"
 
 
-def test_an_inconclusive_reason_says_how_many_images_would_resolve_it():
-    u = {**_u(-0.02, 0.06), "n_needed": 960}
-    d = decide(_e(utility=u), UTILITY)
-    assert d.verdict == "inconclusive" and "0.020 at about 960 train images" in d.reason
-    # no such clause when the estimate already has the images it needs
-    d = decide(_e(utility={**_u(0.01, 0.2), "n_needed": 40}), UTILITY)
-    assert d.verdict == "pass" and "about" not in d.reason
+def test_the_fidelity_rule_passes_on_the_floors_alone():
+    cfg = GateConfig(decide_by="fidelity", max_distance=80.0)
+    assert decide(_e(90.0), cfg).verdict == "fail"  # above the ceiling
+    d = decide(_e(70.0, own=_check(-0.3, -0.1)), GateConfig(decide_by="fidelity"))
+    assert (d.passed, d.verdict, d.rule) == (True, "pass", "fidelity") and "1.40x" in d.reason
 
 
-def test_the_reason_says_the_sign_in_words_and_the_interval_in_the_same_sense():
-    # delta is classical minus synthetic loss: +0.03 means the synthetic images help
-    helped = decide(_e(utility=_u(0.01, 0.05)), UTILITY).reason
-    assert "held-out loss 0.030 lower with the synthetic images" in helped
-    assert "synthetic - classical -0.030 [-0.050, -0.010]" in helped
-    hurt = decide(_e(utility={**_u(-0.05, 0.01), "n_needed": 1234567}), UTILITY).reason
-    assert "held-out loss 0.020 higher with the synthetic images" in hurt
-    assert "synthetic - classical +0.020 [-0.010, +0.050]" in hurt
-    assert "at about 1,234,567 train images" in hurt
+@pytest.mark.parametrize(
+    ("own", "harm", "verdict", "superior"),
+    [((-0.015, 0.03), "any", "pass", False),      # no loss beyond the 2 pp margin
+     ((0.01, 0.06), "any", "pass", True),         # better than the copies: promotes
+     ((-0.08, -0.01), "any", "fail", False),      # a loss, resolved
+     ((-0.015, -0.005), "any", "fail", False),    # a small loss: harm under harm any ...
+     ((-0.015, -0.005), "beyond_margin", "pass", False),  # ... within the margin otherwise
+     ((-0.09, -0.03), "beyond_margin", "fail", False),
+     ((-0.05, 0.04), "any", "inconclusive", False)],
+)  # fmt: skip
+def test_the_class_own_check_decides_where_it_resolves(own, harm, verdict, superior):
+    d = decide(_e(own=_check(*own), pooled=_check(0.05, 0.1)), GateConfig(harm=harm))
+    rule = "class" if verdict != "inconclusive" else "pooled"
+    assert (d.verdict if rule == "class" else "inconclusive") == verdict
+    assert d.rule == rule and d.superior is superior
+
+
+def test_an_undecided_class_takes_the_pooled_answer_and_says_so():
+    d = decide(_e(own=_check(-0.05, 0.04), pooled=_check(-0.01, 0.02)), NO_HARM)
+    assert (d.passed, d.verdict, d.rule, d.change) == (True, "pass", "pooled", "")
+    assert "every class's images that passed the floors" in d.reason
+    assert "this class's own check was inconclusive" in d.reason
+
+
+@pytest.mark.parametrize(("policy", "passed"), [("reject", False), ("accept", True)])
+def test_undecided_everywhere_is_inconclusive_and_the_policy_decides(policy, passed):
+    d = decide(_e(own=_check(-0.09, 0.08), pooled=_check(-0.06, 0.05)),
+               GateConfig(inconclusive=policy))  # fmt: skip
+    assert (d.passed, d.verdict, d.rule) == (passed, "inconclusive", "class")
+    assert d.reason.endswith("accepted by gate.inconclusive" if passed else
+                             "kept out (gate.inconclusive)")  # fmt: skip
+    # +-8.5 pp is wider than the 2 pp margin: more data, not better images
+    assert d.change.startswith("not resolvable at this dataset size: the interval is +-8.5 pp")
+
+
+def test_a_check_that_could_not_run_keeps_the_class_out():
+    d = decide(_e(missing="fewer than 2 classes with real train images"), NO_HARM)
+    assert (d.passed, d.verdict, d.rule) == (False, "fail", "class")
+    assert d.reason == "no-harm check not possible: fewer than 2 classes with real train images"
+
+
+def test_the_reason_says_the_sign_once_in_words_and_what_the_check_can_tell():
+    d = decide(_e(own=_check(-0.06, -0.02)), NO_HARM)
+    assert "val balanced accuracy 4.0 pp lower with the synthetic images" in d.reason
+    assert "95 % interval -6.0 to -2.0 pp over 10 seeds and 120 val images" in d.reason
+    assert "it can tell a loss of 2.0 pp or more" in d.reason

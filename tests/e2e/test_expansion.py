@@ -20,6 +20,7 @@ from scipy import ndimage
 from defectgen import export, manifest
 from defectgen.core.diffusion import control
 from defectgen.errors import DefectgenError
+from experiments import gate_calibration
 from experiments.expansion import run as expansion
 from tests.conftest import save, texture
 from tests.stages.test_masks import _dataset
@@ -65,6 +66,24 @@ def test_the_command_answers_with_paired_statistics_and_resumes(tmp_path: Path):
             "--results", str(tmp_path / "results")]  # fmt: skip
     assert expansion.main(args) == 0
     result = json.loads((tmp_path / "results" / "results.json").read_text())
+
+    # the gate's calibration on this run: the gate again at this commit (the same verdicts
+    # as the run's own), each class's no-harm check on val beside the same check on test
+    calibration = ["toy", "--profile", str(profile), "--toy", "--run-dir", str(tmp_path / "run"),
+                   "--results", str(tmp_path / "results"), "--write"]  # fmt: skip
+    assert gate_calibration.main(calibration) == 0
+    record = json.loads((tmp_path / "results" / "gate-calibration.json").read_text())
+    cal = record["replicates"]["0"]["rows"]
+    gated = json.loads((tmp_path / "run" / "gate" / "gate.json").read_text())["classes"]
+    n_test = sum(r["split"] == "test" for r in manifest.read_rows(tmp_path / "run" / "preprocess"))
+    assert [r["class"] for r in cal] == sorted(gated)
+    for r in cal:
+        assert r["verdict"] == gated[r["class"]]["verdict"] and r["rule"] in ("floor", "class",
+                                                                              "pooled")  # fmt: skip
+        assert r["test"]["n_images"] == n_test and r["test"]["n_seeds"] == 10
+        assert r["agreement"] == gate_calibration.agreement(r["verdict"], r["outcome"])
+    md = (tmp_path / "results" / "gate-calibration.md").read_text()
+    assert md.count("| 0 |") == len(cal)
 
     assert set(result["stages"]) == {name for name, _ in expansion.STAGES}
     assert all(t["wall_s"] >= 0 and not t["resumed"] for t in result["stages"].values())

@@ -29,8 +29,8 @@ FAITHFUL, NOISE = "inclusion", "pitted_surface"
 @pytest.fixture(scope="module")
 def steel(tmp_path_factory) -> tuple[Path, Path, object]:
     """NEU-DET inclusion and pitted_surface (150 each) -> ingest -> preprocess at 64 px: about
-    45 train images per class in the few-shot subset, enough for the cross-fitted utility
-    to resolve held-out real images as helping, and as many outside it."""
+    45 train images per class in the few-shot subset, as many outside it, and 22 or 23
+    val images per class in the gate's half, where the no-harm check is scored."""
     tmp = tmp_path_factory.mktemp("gate")
     images = shared_data("neu-det") / "images"
     for cls in (FAITHFUL, NOISE):
@@ -81,22 +81,39 @@ def test_noise_fails_faithful_passes_copies_are_dropped(steel):
         synthetic.append(_synthetic_row(gen, NOISE, noise, None))
     manifest.write_manifest(synthetic, gen / manifest.MANIFEST_NAME)
 
-    metrics = run_stage("gate", params, preprocessed=pre, generated=gen, out_dir=tmp / "gate")
+    # the user accepts an undecided class (gate.inconclusive): this pair of classes is
+    # told apart perfectly on val, so no val image can show the faithful images' effect
+    accept = params.model_copy(
+        update={"gate": params.gate.model_copy(update={"inconclusive": "accept"})}
+    )
+    metrics = run_stage("gate", accept, preprocessed=pre, generated=gen, out_dir=tmp / "gate")
     report = json.loads((tmp / "gate" / "gate.json").read_text())
     assert report["extractor"] == "effnet-lite0" and "offline" in report["note"]
     sc, pa = report["classes"][FAITHFUL], report["classes"][NOISE]
-    # held-out real images help more than classical copies of the learned ones: pass;
-    # noise is worse than blurred real images: the fidelity floor fails it
-    assert sc["passed"] and sc["verdict"] == "pass" and sc["utility"]["ci"][0] > 0
-    assert not pa["passed"] and "fidelity floor" in pa["reason"]
-    assert not pa["fidelity_passed"] and "real-vs-real" in pa["fidelity_reason"]
+    # the faithful images pass the floors; the no-harm check saw the two arms predict
+    # every val image alike, which bounds the loss only by the rule of three (3 / n per
+    # class, wider than the margin): inconclusive, accepted, and the reason says why
+    assert sc["passed"] and (sc["verdict"], sc["rule"]) == ("inconclusive", "class")
+    assert sc["no_harm"]["interval"] == "rule of three" and sc["fidelity_passed"]
+    assert "rule of three" in sc["reason"] and "accepted by gate.inconclusive" in sc["reason"]
+    assert "not resolvable at this dataset size" in sc["change"]
+    # noise is further from val than the real-vs-real limit allows: a floor fails it
+    assert (pa["passed"], pa["verdict"], pa["rule"]) == (False, "fail", "floor")
+    assert "fidelity floor" in pa["reason"] and pa["fidelity_passed"] is False
+    assert pa["no_harm"] is None and "better images" in pa["change"]
     ref = Reference(params, pre, tmp / ".features")
-    # cross-fitted on every image the generator learned from, not on val; the noise class
-    # failed a floor and still has its estimate in the record and the reason
-    assert sc["utility"]["n_images"] == sum(len(ref.train(c)) for c in (FAITHFUL, NOISE))
-    assert pa["utility"]["n_images"] == sc["utility"]["n_images"] and "; utility " in pa["reason"]
-    assert sc["utility"]["mde"] > 0 and "resolves effects from" in sc["reason"]
-    assert "cross-fitted" in report["utility_model"]
+    # scored on the gate's half of val, never on test; pooled over the classes past the
+    # floors (the faithful one alone here), with as many images per arm
+    n_val = sum(len(ref.val(c, "gate")) for c in (FAITHFUL, NOISE))
+    assert sc["no_harm"]["n_images"] == n_val == report["pooled"]["n_images"]
+    assert sc["no_harm"]["n_added"] == len(held_out) == report["pooled"]["n_added"]
+    assert sc["no_harm"]["n_seeds"] == params.gate.seeds
+    assert f"{sc['no_harm']['n_images']} val images" in sc["reason"]
+    assert report["tags"] == {f"defectgen.verdict.{FAITHFUL}": "inconclusive",
+                              f"defectgen.verdict.{NOISE}": "fail",
+                              f"defectgen.rule.{FAITHFUL}": "class",
+                              f"defectgen.rule.{NOISE}": "floor"}  # fmt: skip
+    assert metrics[f"{FAITHFUL}/no_harm_lower"] == sc["no_harm"]["ci"][0] < -params.gate.margin
     # the baselines order as they should: real < blurred/noised, and noise-only is worst
     assert sc["fd_effnet_lite0_real"] < sc["fd_effnet_lite0_blur"]
     assert sc["fd_effnet_lite0_real"] < sc["fd_effnet_lite0_noise"]
@@ -114,7 +131,7 @@ def test_noise_fails_faithful_passes_copies_are_dropped(steel):
     assert sc["fraction_kept"] == len(held_out) / (len(held_out) + len(copies))
     assert metrics[f"{NOISE}/passed"] == 0.0 and metrics["n_passed_classes"] == 1
     table = (tmp / "gate" / "gate.csv").read_text().splitlines()
-    assert table[0].startswith("label,passed,reason") and len(table) == 3
+    assert table[0].startswith("label,verdict,rule,reason") and len(table) == 3
     assert any((tmp / ".features").iterdir())  # real features cached for the next run
 
 

@@ -24,7 +24,7 @@ def test_the_gate_table_gives_the_gates_own_verdict_and_reason(tmp_path):
     (tmp_path / "sweep" / "chosen.json").write_text(
         json.dumps({"source": "sweep", "classes": {"crack": cell, "dent": cell}})
     )
-    why = "by the utility, held-out loss 0.011 lower; kept out (gate.inconclusive)"
+    why = "no harm? val accuracy 1.1 pp lower; kept out (gate.inconclusive)"
     gate = {"extractor": "effnet-lite0", "note": "offline", "classes": {
         "crack": _entry(True, "pass", "ratio check"),
         "dent": _entry(False, "inconclusive", why)}}  # fmt: skip

@@ -1,5 +1,5 @@
 """The classical control: one augmentation recipe, the one every value comparison's
-`real+classical` arm and the gate's utility proxy add. No paths.
+`real+classical` arm and the gate's no-harm check add. No paths.
 
 The recipe is what a practitioner would apply to a small defect dataset: flips (and,
 where the data allows, quarter turns), a small rotation whose border is the image's own

@@ -1,7 +1,7 @@
 """The gate's decisions, on features and distances (no paths, no models).
 
 - Reference baselines make a distance readable: real-vs-real (train vs held-out
-  images of the same class) is the floor a perfect generator reaches; blurred and
+  images of the same class) is the baseline a perfect generator reaches; blurred and
   noised real images show what obvious damage scores.
 - A class passes when its synthetic set is within `max_ratio` times its
   real-vs-real distance (and under an optional absolute ceiling).
@@ -14,8 +14,11 @@
   feature reaching its k-th nearest real neighbour; a synthetic image inside it is
   realistic (precision: the fraction inside), and real images inside the synthetic
   manifold are covered (recall).
-- `decide` is the verdict's rule, from those numbers and the utility estimate
-  (core.value_proxy); the stage, the reports and the docs quote its reasons.
+- The fidelity floors (`floors`, the only things called floors) fail a class whose
+  distance is beyond max_ratio x the real-vs-real baseline or worse than damaged real
+  images.
+- `decide` is the verdict's rule, from those numbers and the no-harm check on val
+  (core.no_harm); the stage, the reports and the docs quote its reasons.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch
 from PIL import Image, ImageFilter
 
 from defectgen.config import GateConfig
+from defectgen.core import no_harm
 
 
 def blurred(images: list[np.ndarray], radius: float) -> list[np.ndarray]:
@@ -91,93 +95,93 @@ class Evidence:
     n_compared: int  # synthetic images in the distance comparison
     n_reference: int  # reference (gate-half val) images
     distance: float | None = None  # synthetic vs reference
-    baseline: float | None = None  # real train vs reference: the real-vs-real floor
+    baseline: float | None = None  # real train vs reference: the real-vs-real baseline
     blur: float | None = None  # blurred real train vs reference
-    utility: dict | None = None  # core.value_proxy.crossfit's estimate
-    missing: str | None = None  # why the utility could not be estimated
+    noise: float | None = None  # noised real train vs reference
+    own: dict | None = None  # core.no_harm.check with this class's images added
+    pooled: dict | None = None  # the same with every floor-passing class's images added
+    missing: str | None = None  # why the no-harm check could not run
 
 
 @dataclass(frozen=True)
 class Decision:
     passed: bool
-    verdict: str  # pass | fail | inconclusive
-    reason: str
-    fidelity_passed: bool | None  # the FD ratio rule's answer, under either rule
+    verdict: str  # pass | fail | inconclusive (core.no_harm.VERDICTS)
+    rule: str  # which check decided: floor | class | pooled | fidelity
+    reason: str  # what was checked and what it found, once
+    change: str  # what would change the verdict ("" when passed)
+    superior: bool  # better than the classical copies on val (promotes the adapter)
+    fidelity_passed: bool | None  # the distance floors' answer
     fidelity_reason: str | None
-    utility_verdict: str | None  # pass | fail | inconclusive from the interval alone
 
 
-def _utility_verdict(u: dict | None) -> str | None:
-    if u is None or u.get("delta") is None:
-        return None
-    if u["ci"] is None:
-        return "inconclusive"
-    lo, hi = u["ci"]
-    return "pass" if lo > 0 else "fail" if hi < 0 else "inconclusive"
-
-
-def utility_text(u: dict) -> str:
-    """The utility estimate in words, with what its evidence can resolve.
-
-    u["delta"] is classical minus synthetic held-out loss (positive: the synthetic
-    images help); the words give the synthetic arm's loss relative to the classical one,
-    so the sign is said once, in words, and the interval follows in the same sense."""
-    diff = -u["delta"]  # synthetic minus classical: negative helps
-    side = "lower" if diff < 0 else "higher"
-    ci = "" if u["ci"] is None else f" [{-u['ci'][1]:+.3f}, {-u['ci'][0]:+.3f}]"
-    mde = "" if u.get("mde") is None else f"; it resolves effects from {u['mde']:.3f}"
-    if u.get("n_needed") is not None and u["n_needed"] > u["n_images"]:
-        mde += f", one of {abs(diff):.3f} at about {u['n_needed']:,} train images"
-    return (
-        f"held-out loss {abs(diff):.3f} {side} with the synthetic images than with as many "
-        f"classical augmentations (synthetic - classical {diff:+.3f}{ci}; {u['n_images']} "
-        f"train images cross-fitted, {u['n_folds']} folds x {u['n_repeats']}{mde})"
-    )
+def floors(e: Evidence, cfg: GateConfig) -> tuple[bool | None, str | None]:
+    """The per-class fidelity floors: (passed, what they found); (None, None) when fewer
+    than 2 synthetic or reference images leave nothing to compare."""
+    if e.distance is None or e.n_compared < 2 or e.n_reference < 2:
+        return None, None
+    ratio = e.distance / e.baseline if e.baseline else float("inf")
+    words = f"distance {e.distance:.1f} is {ratio:.2f}x the real-vs-real {e.baseline:.1f}"
+    if "ratio" in cfg.floors and ratio > cfg.max_ratio:
+        return False, f"{words} (allowed {cfg.max_ratio:g}x)"
+    if cfg.max_distance is not None and e.distance > cfg.max_distance:
+        return False, f"distance {e.distance:.1f} is above the ceiling {cfg.max_distance:g}"
+    for floor, name, damaged in (("blur", "blurred", e.blur), ("noise", "noised", e.noise)):
+        if floor in cfg.floors and damaged is not None and e.distance > damaged:
+            return (
+                False,
+                f"distance {e.distance:.1f} is worse than {name} real images' {damaged:.1f}",
+            )
+    return True, words
 
 
 def decide(e: Evidence, cfg: GateConfig) -> Decision:
     """The gate's rule, the one place it is written.
 
     1. Fewer than 2 synthetic or reference images: fail (nothing to compare).
-    2. The FD ratio rule: pass when distance <= cfg.max_ratio x real-vs-real (and under
-       cfg.max_distance); it decides with cfg.decide_by "fidelity" and is reported
-       under either rule.
-    3. cfg.decide_by "utility": worse than blurred real images fails (the fidelity floor;
-       the utility estimate is still reported); an unmeasurable utility fails; else the
-       utility's 95 % interval above 0 passes, below 0 fails, and one spanning 0 is
-       inconclusive, which cfg.inconclusive rejects or accepts.
+    2. The fidelity floors (`floors`, those in cfg.floors): a distance beyond
+       cfg.max_ratio x real-vs-real (or the ceiling), or worse than blurred or noised
+       real images, fails.
+       cfg.decide_by "fidelity" stops here: passing the floors passes.
+    3. cfg.decide_by "no_harm": the class's own no-harm check (core.no_harm.answer) where
+       it resolves (pass or fail); else the pooled, dataset-level one where that
+       resolves; else inconclusive, which cfg.inconclusive rejects or accepts. A check
+       that could not run fails, saying why.
     """
-    u_verdict = _utility_verdict(e.utility)
-    u_words = "" if u_verdict is None else f"; utility {u_verdict}: {utility_text(e.utility)}"
-    if e.distance is None or e.n_compared < 2 or e.n_reference < 2:
+    fidelity, f_reason = floors(e, cfg)
+    if fidelity is None:
         reason = (
             f"{e.n_compared} synthetic (after dropping near-duplicates) and {e.n_reference} "
             "reference images: fewer than 2 to compare"
         )
-        return Decision(False, "fail", reason + u_words, None, None, u_verdict)
-    ratio = e.distance / e.baseline if e.baseline else float("inf")
-    words = f"distance {e.distance:.1f} is {ratio:.2f}x the real-vs-real {e.baseline:.1f}"
-    if ratio > cfg.max_ratio:
-        fidelity, f_reason = False, f"{words} (allowed {cfg.max_ratio:g}x)"
-    elif cfg.max_distance is not None and e.distance > cfg.max_distance:
-        fidelity = False
-        f_reason = f"distance {e.distance:.1f} is above the ceiling {cfg.max_distance:g}"
-    else:
-        fidelity, f_reason = True, words
+        change = ("more val images would (the gate compares with its half of val)"
+                  if e.n_reference < 2 else "more generated images would")  # fmt: skip
+        return Decision(False, "fail", "floor", reason, change, False, None, None)
+    if not fidelity:
+        change = "better images would: a longer finetune, another sweep cell or another method"
+        return Decision(False, "fail", "floor", f"fidelity floor: {f_reason}", change, False,
+                        False, f_reason)  # fmt: skip
     if cfg.decide_by == "fidelity":
-        verdict = "pass" if fidelity else "fail"
-        return Decision(fidelity, verdict, f_reason, fidelity, f_reason, u_verdict)
-    if e.blur is not None and e.distance > e.blur:
-        reason = (
-            f"distance {e.distance:.1f} is worse than blurred real images' {e.blur:.1f} "
-            "(the fidelity floor)" + u_words
+        return Decision(True, "pass", "fidelity", f"fidelity floors passed: {f_reason}", "",
+                        False, True, f_reason)  # fmt: skip
+    if e.own is None:
+        reason = f"no-harm check not possible: {e.missing or 'no estimate'}"
+        return Decision(False, "fail", "class", reason, "", False, True, f_reason)
+    own = no_harm.answer(e.own, margin=cfg.margin, harm=cfg.harm)
+    pooled = None if e.pooled is None else no_harm.answer(e.pooled, margin=cfg.margin,
+                                                          harm=cfg.harm)  # fmt: skip
+    if own != "inconclusive" or pooled in (None, "inconclusive"):
+        verdict, rule, evidence = own, "class", e.own
+        where = "this class's images"
+    else:
+        verdict, rule, evidence = pooled, "pooled", e.pooled
+        where = (
+            "every class's images that passed the floors (this class's own check was inconclusive)"
         )
-        return Decision(False, "fail", reason, fidelity, f_reason, u_verdict)
-    if u_verdict is None:
-        reason = f"utility not measurable: {e.missing or 'no estimate'}; kept out"
-        return Decision(False, "fail", reason, fidelity, f_reason, u_verdict)
-    passed = u_verdict == "pass" or (u_verdict == "inconclusive" and cfg.inconclusive == "accept")
-    reason = f"by the utility, {utility_text(e.utility)}"  # the verdict is said beside it
-    if u_verdict == "inconclusive":
+    reason = f"no harm? {where}: {no_harm.describe(evidence, margin=cfg.margin)}"
+    change = no_harm.what_would_change(verdict, evidence, margin=cfg.margin)
+    passed = verdict == "pass" or (verdict == "inconclusive" and cfg.inconclusive == "accept")
+    if verdict == "inconclusive":
         reason += "; accepted by gate.inconclusive" if passed else "; kept out (gate.inconclusive)"
-    return Decision(passed, u_verdict, reason, fidelity, f_reason, u_verdict)
+    superior = no_harm.superior(e.own)
+    return Decision(passed, verdict, rule, reason, change, superior, True, f_reason)

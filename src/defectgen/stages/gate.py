@@ -11,24 +11,28 @@ Per class, in this order, so that the verdict is taken on the images that would 
        the remaining count and the train count):
          reference   the gate's half of the class's val images (the sweep chose its
                      cell on the other half; defectgen.reference)
-         real        train images vs reference: the real-vs-real floor
+         real        train images vs reference: the real-vs-real baseline
          blur/noise  blurred / noised train images vs reference: obvious damage
          synthetic   the remaining synthetic images vs reference
 Distances come from defectgen.reference (Inception FID when its weights are available,
 else the offline EfficientNet-Lite0 distance; gate.json says which).
-    4. the utility (core.value_proxy): the class's candidates against as many classical
-       copies of its real train images, cross-fitted over every real train image
-       (gate.utility_folds x gate.utility_repeats), with its interval and the smallest
-       effect that evidence resolves; estimated even where a floor decides;
-    5. the verdict: core.gate.decide, the rule's one statement; gate.json carries its
-       reason per class.
+    4. the fidelity floors (core.gate.floors): a distance beyond gate.max_ratio x
+       real-vs-real, or worse than blurred or noised real images, fails;
+    5. no harm on val (core.no_harm): for every class past the floors, real + its
+       candidates against real + as many classical copies of its train images, scored
+       on the gate's half of val over gate.seeds paired seeds; and once pooled, with every
+       such class's candidates added at once (the dataset-level answer a class gets when
+       its own check is inconclusive);
+    6. the verdict: core.gate.decide, the rule's one statement; gate.json carries its
+       verdict, the rule that decided, the reason and what would change it per class.
 Failed classes contribute no image. The test split is never read.
 
 Writes under `out_dir`:
     manifest.parquet   the synthetic rows that passed (the training stage's input)
-    gate.json          extractor, the utility's model, per class: distances, baselines,
-                       k-NN precision/recall, utility, verdict, reason, counts and the
-                       fraction of generated images kept
+    gate.json          extractor, the no-harm judge, the pooled check, per class:
+                       distances, baselines, k-NN precision/recall, the class's no-harm
+                       check, verdict, rule, reason, change, superior, counts and the
+                       fraction of generated images kept; `tags` (the gate's MLflow run)
     gate.csv           the same per class, one row each (a table for the report)
 Real-image features are cached in `.features` beside `out_dir` (shared with the sweep).
 """
@@ -37,7 +41,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +53,7 @@ from defectgen import manifest
 from defectgen.artifacts import FEATURES_DIR, GATE_CSV, GATE_JSON
 from defectgen.atomic import atomic_dir, atomic_write_json
 from defectgen.config import Params
-from defectgen.core import augment, metrics, value_proxy
+from defectgen.core import augment, classify, metrics, no_harm
 from defectgen.core import gate as gate_core
 from defectgen.progress import Units
 from defectgen.real_images import load_images
@@ -55,46 +61,49 @@ from defectgen.reference import Reference, pick
 from defectgen.seeds import derive_seed
 
 
-class _Proxy:
-    """The utility estimate's fixed inputs (core.value_proxy): every class's real train
-    features (the images generation learned from), featurised once (cached by
-    defectgen.reference), and the row index of each train id."""
+class _Judge:
+    """The no-harm check's fixed inputs (core.no_harm): every class's real train
+    features (the images generation learned from) and the gate's half of every class's
+    val images, featurised once (cached by defectgen.reference)."""
 
-    def __init__(self, ref: Reference, size: int):
-        self.ref, self.size = ref, size
+    def __init__(self, params: Params, ref: Reference, size: int):
+        self.params, self.ref, self.size = params, ref, size
         self.labels = sorted({r["label"] for r in ref.rows})
-        rows = [r for c in self.labels for r in ref.train(c)]
-        self.index = {r["id"]: i for i, r in enumerate(rows)}
-        self.real_y = np.array([self.labels.index(r["label"]) for r in rows], dtype=int)
-        self.real_x = ref.real_features(rows, size).numpy() if rows else np.zeros((0, 1))
+        train = [r for c in self.labels for r in ref.train(c)]
+        val = [r for c in self.labels for r in ref.val(c, "gate")]
+        self.real_y = np.array([self.labels.index(r["label"]) for r in train], dtype=int)
+        self.val_y = np.array([self.labels.index(r["label"]) for r in val], dtype=int)
+        self.real_x = ref.real_features(train, size).numpy() if train else np.zeros((0, 1))
+        self.val_x = ref.real_features(val, size).numpy() if val else np.zeros((0, 1))
+        self.metric = classify.primary_metric(
+            params.train.primary, self.val_y.tolist(), len(self.labels)
+        )
 
-    def missing(self, params: Params) -> str | None:
-        """Why no estimate can be made here, or None."""
+    def missing(self) -> str | None:
+        """Why no check can run here, or None."""
         if len(set(self.real_y.tolist())) < 2:
             return "fewer than 2 classes with real train images"
-        if not value_proxy.folds_for(self.real_y, params.gate.utility_folds):
-            return "a class has fewer than 2 real train images to cross-fit"
+        if len(set(self.val_y.tolist())) < 2:
+            return "fewer than 2 classes with val images in the gate's half"
         return None
 
-    def utility(self, params: Params, label: str, rows: list[dict], f_syn: torch.Tensor) -> dict:
-        """Class `label`'s synthetic images (`rows`, features `f_syn`) against classical
-        copies of its real train images, cross-fitted over every real train image."""
-        cfg = params.gate
-        rng = np.random.default_rng(derive_seed(params.seed, "gate-classical", label))
-        own = self.ref.train(label)
-        copies_each = value_proxy.pool_size(len(rows), len(own), cfg.utility_folds)
-        images = self.ref.images(own, self.size)
-        copies = [augment.classical_copy(params.classical, px, rng).image
-                  for px in images for _ in range(copies_each)]  # fmt: skip
-        sources = np.repeat([self.index[r["id"]] for r in own], copies_each)
-        parents = np.array([self.index.get(r.get("parent_id") or "", value_proxy.NO_PARENT)
-                            for r in rows], dtype=int)  # fmt: skip
-        return value_proxy.crossfit(
-            self.real_x, self.real_y, f_syn.numpy(), parents,
-            self.ref.features(copies).numpy(), sources, self.labels.index(label),
-            folds=cfg.utility_folds, repeats=cfg.utility_repeats,
-            components=cfg.proxy_components,
-            seed=derive_seed(params.seed, "gate-utility", label) % 2**32,
+    def added(self, label: str, f_syn: torch.Tensor) -> no_harm.Added:
+        """Class `label`'s synthetic features and a pool of classical copies of its train
+        images twice their count (each seed draws its copies from it)."""
+        rng = np.random.default_rng(derive_seed(self.params.seed, "gate-classical", label))
+        own = self.ref.images(self.ref.train(label), self.size)
+        each = math.ceil(2 * len(f_syn) / max(1, len(own)))
+        copies = [augment.classical_copy(self.params.classical, px, rng).image
+                  for px in own for _ in range(each)]  # fmt: skip
+        return no_harm.Added(f_syn.numpy(), self.ref.features(copies).numpy())
+
+    def check(self, added: dict[str, no_harm.Added], key: str) -> dict:
+        cfg = self.params.gate
+        return no_harm.check(
+            self.real_x, self.real_y, self.val_x, self.val_y,
+            {self.labels.index(c): a for c, a in added.items()},
+            metric=self.metric, n_classes=len(self.labels), seeds=cfg.seeds,
+            components=cfg.judge_components, seed=derive_seed(self.params.seed, "gate-judge", key),
         )  # fmt: skip
 
 
@@ -103,8 +112,9 @@ def run(params: Params, *, preprocessed: Path, generated: Path, out_dir: Path) -
 
     Returns:
         Metrics per class: <class>/<fd>, <class>/<fd>_real, _blur, _noise, <class>/<kd>,
-        <class>/passed, <class>/near_duplicates, <class>/knn_precision, _recall; totals
-        n_kept, n_passed_classes.
+        <class>/passed, <class>/near_duplicates, <class>/knn_precision, _recall,
+        <class>/no_harm_delta, _lower, _upper (synthetic - classical on val, primary
+        metric); pooled/no_harm_delta, _lower, _upper; totals n_kept, n_passed_classes.
     """
     cfg = params.gate
     preprocessed, generated, out_dir = Path(preprocessed), Path(generated), Path(out_dir)
@@ -115,9 +125,11 @@ def run(params: Params, *, preprocessed: Path, generated: Path, out_dir: Path) -
     labels = sorted({r["label"] for r in synthetic})
 
     report: dict[str, dict] = {}
-    kept: list[dict] = []
+    evidence: dict[str, gate_core.Evidence] = {}
+    candidates: dict[str, list[dict]] = {}
+    added: dict[str, no_harm.Added] = {}
     metrics_out: dict[str, float] = {}
-    proxy = _Proxy(ref, synthetic[0]["width"]) if synthetic else None
+    judge = _Judge(params, ref, synthetic[0]["width"]) if synthetic else None
     units = Units("gate", "class", len(labels))
     for label in labels:
         started = time.perf_counter()
@@ -136,13 +148,13 @@ def run(params: Params, *, preprocessed: Path, generated: Path, out_dir: Path) -
         )
         if cfg.manifold_filter:
             keep[keep.clone()] = inside
-        candidates = [r for r, k in zip(syn_rows, keep.tolist(), strict=True) if k]
-        n = min(cfg.max_images, len(candidates), len(train))
+        candidates[label] = [r for r, k in zip(syn_rows, keep.tolist(), strict=True) if k]
+        n = min(cfg.max_images, len(candidates[label]), len(train))
         entry: dict = {
             "n_synthetic": len(syn_rows), "near_duplicates": int(dup.sum()),
             "knn_precision": precision, "knn_recall": recall, "knn_k": cfg.knn_k,
             "outside_manifold": int((~inside).sum()), "manifold_filter": cfg.manifold_filter,
-            "n_candidates": len(candidates), "n_compared": n, "n_reference": 0,
+            "n_candidates": len(candidates[label]), "n_compared": n,
         }  # fmt: skip
         # 3. distances, taken on the images that would pass, against the gate's half of val
         measured: dict = {}
@@ -153,7 +165,7 @@ def run(params: Params, *, preprocessed: Path, generated: Path, out_dir: Path) -
             train_px = ref.images(train_rows, size)
             f_ref = ref.real_features(ref_rows, size)
             rng = np.random.default_rng(seed)
-            f_syn = f_syn_all[keep][rng.permutation(len(candidates))[:n]]
+            f_syn = f_syn_all[keep][rng.permutation(len(candidates[label]))[:n]]
             kd_mean, kd_std = metrics.kernel(
                 f_syn, f_ref, subsets=cfg.kid_subsets, seed=seed % 2**31
             )
@@ -168,21 +180,14 @@ def run(params: Params, *, preprocessed: Path, generated: Path, out_dir: Path) -
                 kd: kd_mean,
                 f"{kd}_std": kd_std,
             }
-        # 4. the utility, cross-fitted on train (reported even where a floor decides)
-        missing = proxy.missing(params) if candidates else "no synthetic image left"
-        if missing is None:
-            entry["utility"] = proxy.utility(params, label, candidates, f_syn_all[keep])
-        decision = gate_core.decide(
-            gate_core.Evidence(
-                n_compared=n, n_reference=len(ref_rows), distance=measured.get(fd),
-                baseline=measured.get(f"{fd}_real"), blur=measured.get(f"{fd}_blur"),
-                utility=entry.get("utility"), missing=missing,
-            ),
-            cfg,
+        evidence[label] = gate_core.Evidence(
+            n_compared=n, n_reference=len(ref_rows), distance=measured.get(fd),
+            baseline=measured.get(f"{fd}_real"), blur=measured.get(f"{fd}_blur"),
+            noise=measured.get(f"{fd}_noise"),
         )  # fmt: skip
-        passed = decision.passed
-        if passed:
-            kept.extend(candidates)
+        # 4. the floors; 5. what the no-harm check adds for a class past them
+        if gate_core.floors(evidence[label], cfg)[0] and cfg.decide_by == "no_harm":
+            added[label] = judge.added(label, f_syn_all[keep])
         base = measured.get(f"{fd}_real")
         entry.update(
             **measured,
@@ -191,22 +196,42 @@ def run(params: Params, *, preprocessed: Path, generated: Path, out_dir: Path) -
                 "\n".join(sorted(r["id"] for r in ref_rows)).encode()
             ).hexdigest(),
             ratio=measured[fd] / base if base else None,
-            fidelity_passed=decision.fidelity_passed,
-            fidelity_reason=decision.fidelity_reason,
-            passed=passed,
-            verdict=decision.verdict,
-            utility_verdict=decision.utility_verdict,
-            reason=decision.reason,
-            n_kept=len(candidates) if passed else 0,
         )  # fmt: skip
-        entry["fraction_kept"] = entry["n_kept"] / len(syn_rows)
         report[label] = entry
-        units.tick(f"{label}: {decision.verdict}", time.perf_counter() - started)
+        units.tick(f"{label}: measured", time.perf_counter() - started)
         for key in (*measured, "near_duplicates", "knn_precision", "knn_recall"):
             if not key.endswith("_std"):
                 metrics_out[f"{label}/{key}"] = float(entry[key])
-        metrics_out[f"{label}/passed"] = float(passed)
 
+    # 5. no harm on val: pooled over every class past the floors, then each on its own
+    missing = judge.missing() if judge is not None else "no synthetic image"
+    pooled = judge.check(added, "pooled") if added and missing is None else None
+    kept: list[dict] = []
+    for label in labels:
+        own = (
+            judge.check({label: added[label]}, label)
+            if label in added and missing is None
+            else None
+        )
+        decision = gate_core.decide(
+            replace(evidence[label], own=own, pooled=pooled, missing=missing), cfg
+        )
+        if decision.passed:
+            kept.extend(candidates[label])
+        report[label].update(
+            no_harm=own, fidelity_passed=decision.fidelity_passed,
+            fidelity_reason=decision.fidelity_reason, passed=decision.passed,
+            verdict=decision.verdict, rule=decision.rule, reason=decision.reason,
+            change=decision.change, superior=decision.superior,
+            n_kept=len(candidates[label]) if decision.passed else 0,
+        )  # fmt: skip
+        report[label]["fraction_kept"] = report[label]["n_kept"] / report[label]["n_synthetic"]
+        metrics_out[f"{label}/passed"] = float(decision.passed)
+        metrics_out.update(_check_metrics(f"{label}/", own))
+    metrics_out.update(_check_metrics("pooled/", pooled))
+
+    tags = {f"defectgen.verdict.{c}": e["verdict"] for c, e in report.items()}
+    tags.update({f"defectgen.rule.{c}": e["rule"] for c, e in report.items()})
     with atomic_dir(out_dir) as tmp:
         manifest.write_manifest(kept, tmp / manifest.MANIFEST_NAME)
         atomic_write_json(
@@ -216,13 +241,16 @@ def run(params: Params, *, preprocessed: Path, generated: Path, out_dir: Path) -
                 "note": ref.note,
                 "reference": "the gate's half of each class's val images (the sweep chose "
                 "its cell on the other half)",
-                "utility_model": value_proxy.describe(cfg),
+                "judge": no_harm.judge_words(cfg, judge.metric) if judge else None,
+                "margin": cfg.margin,
+                "pooled": pooled,
                 "classes": report,
+                "tags": tags,
             },
         )
-        columns = ["label", "passed", "reason", "n_synthetic", "n_compared", "n_reference"]
-        columns += [fd, f"{fd}_real", f"{fd}_blur", f"{fd}_noise", kd, "near_duplicates"]
-        columns += ["knn_precision", "knn_recall", "n_kept"]
+        columns = ["label", "verdict", "rule", "reason", "change", "n_synthetic", "n_compared"]
+        columns += ["n_reference", fd, f"{fd}_real", f"{fd}_blur", f"{fd}_noise", kd]
+        columns += ["near_duplicates", "knn_precision", "knn_recall", "n_kept"]
         with (tmp / GATE_CSV).open("w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
             writer.writeheader()
@@ -231,3 +259,14 @@ def run(params: Params, *, preprocessed: Path, generated: Path, out_dir: Path) -
     metrics_out["n_kept"] = len(kept)
     metrics_out["n_passed_classes"] = sum(1 for e in report.values() if e["passed"])
     return metrics_out
+
+
+def _check_metrics(prefix: str, result: dict | None) -> dict[str, float]:
+    """A no-harm check's difference and interval as MLflow metrics (synthetic - classical
+    on val, in the primary metric's units)."""
+    if result is None:
+        return {}
+    out = {f"{prefix}no_harm_delta": result["delta"]}
+    if result["ci"] is not None:
+        out[f"{prefix}no_harm_lower"], out[f"{prefix}no_harm_upper"] = result["ci"]
+    return out

@@ -23,8 +23,8 @@ pairs stage never sees the others; the grid shows them in grey.
 
 Quality, per class and method: the Frechet distance of the masks to the class's val
 masks through the gate's metric code (the same extractor and name as the gate), next
-to the train masks' own distance (the floor), and area / connected-component statistics
-next to the real masks'.
+to the train masks' own distance (the real-vs-real baseline), and area /
+connected-component statistics next to the real masks'.
 
 A dataset without masks gets masks.json {"skipped": ...} and nothing else: the DAG runs
 on (the ELPV demo does).

@@ -1,5 +1,7 @@
 """Register: every class adapter the gate passed into the MLflow model registry, promoted
-by the gate (a failed one is listed in registry.json, never registered).
+by the gate (defectgen.registry: superior on val, or better than the champion); a class
+kept out is listed in registry.json with the gate's verdict, reason and what would change
+it, never registered.
 
 Each adapter becomes a version of `defectgen.<dataset>.<class>` (see defectgen.registry)
 tagged with the gate's metric and verdict, the params hash, the hash of the images it
@@ -9,7 +11,8 @@ and registry.json says so.
 
 Writes under `out_dir`:
     registry.json   per class: model name, version (None: not registered), alias and why,
-                    whether it is new, verdict
+                    whether it is new, the gate's verdict (pass | fail | inconclusive),
+                    its reason and what would change it
 
 Version numbers depend on the registry's state, not only on the inputs, so dvc.yaml
 declares this stage without outputs and runs it every time (like the report);
@@ -72,7 +75,8 @@ def run(
         tags = {
             registry.KEY_TAG: key,
             "defectgen.adapter_id": adapter["adapter_id"],
-            "defectgen.verdict": "pass" if passed else "fail",
+            "defectgen.verdict": verdict.get("verdict", "fail"),
+            registry.SUPERIOR_TAG: "true" if verdict.get("superior") else "false",
             "defectgen.gate_metric": fd,
             registry.DISTANCE_TAG: "" if distance is None else repr(float(distance)),
             registry.BASIS_TAG: basis,
@@ -95,10 +99,11 @@ def run(
         }
         tiny = record["profile"] == "tiny"
         name = registry.model_name(params.data.name, label)
+        gate_words = {"verdict": tags["defectgen.verdict"], "reason": verdict.get("reason"),
+                      "change": verdict.get("change", ""), fd: distance}  # fmt: skip
         if not passed:  # never a version, so the model's `latest` is never a failed one
             out[label] = {"model": name, "version": None, "alias": None, "created": False,
-                          "why": "not registered: the gate did not pass it",
-                          "verdict": tags["defectgen.verdict"], fd: distance}  # fmt: skip
+                          "why": "not registered: the gate kept it out", **gate_words}  # fmt: skip
             continue
         version, alias, created, why = registry.register_adapter(
             name=name,
@@ -114,8 +119,7 @@ def run(
             "alias": alias,
             "why": why,
             "created": created,
-            "verdict": tags["defectgen.verdict"],
-            fd: distance,
+            **gate_words,
         }
     with atomic_dir(out_dir) as tmp:
         atomic_write_json(tmp / REGISTRY_JSON, {"pipeline_key": key, "classes": out})

@@ -92,11 +92,12 @@ def _dataset(ingested: Path, preprocessed: Path) -> Section:
     return sec
 
 
-def _utility_cell(u: dict | None) -> str:
-    if u is None:
+def _no_harm_cell(result: dict | None) -> str:
+    """A no-harm check's synthetic - classical difference on val, in points."""
+    if result is None:
         return "-"
-    ci = "" if u["ci"] is None else f" [{u['ci'][0]:+.3f}, {u['ci'][1]:+.3f}]"
-    return f"{u['delta']:+.3f}{ci}"
+    lo, hi = result["ci"]
+    return f"{100 * result['delta']:+.1f} pp [{100 * lo:+.1f}, {100 * hi:+.1f}]"
 
 
 def _distance_name(gate: dict) -> str:
@@ -113,13 +114,16 @@ def _gate(sweep: Path, gated: Path) -> tuple[Section, int, int]:
         "Near-copies of the images the generator learned from are dropped first; the rest "
         f"are measured. Distance: {fd} of those to the gate's half of the class's val "
         "images (the sweep chose on the other half), next to the same distance for real "
-        "train images (real-vs-real: the floor), blurred and noised train images (obvious "
-        "damage); lower is better, compare within a row. k-NN precision: the share of "
+        "train images (the real-vs-real baseline: what a perfect generator scores), "
+        "blurred and noised train images (obvious damage); lower is better, compare "
+        "within a row. The fidelity floors: a distance beyond gate.max_ratio x the "
+        "baseline, or above either damaged set's, fails. k-NN precision: the share of "
         "synthetic images inside the real train images' manifold (recall: the share of "
-        "real images the synthetic ones cover). Utility: how much more the synthetic "
-        "images lower a held-out loss than as many classical augmentations, "
-        f"cross-fitted over the real train images ({gate.get('utility_model', '-')}). "
-        "The verdict column gives the rule's reason for each class. "
+        "real images the synthetic ones cover). No harm on val: the val score with the "
+        "class's synthetic images minus with as many classical copies of its train images "
+        f"({gate.get('judge') or '-'}); pooled over every class past the floors: "
+        f"{_no_harm_cell(gate.get('pooled'))}. The verdict column gives the rule's reason "
+        "for each class and what would change it. "
         f"Extractor: {gate['extractor']} ({gate['note']})."
     )
     rows = []
@@ -141,14 +145,18 @@ def _gate(sweep: Path, gated: Path) -> tuple[Section, int, int]:
                     else f"{entry['knn_precision']:.2f} / {entry['knn_recall']:.2f}",
                     numeric=True,
                 ),
-                Cell(_utility_cell(entry.get("utility")), numeric=True),
+                Cell(_no_harm_cell(entry.get("no_harm")), numeric=True),
                 Cell(str(entry.get("n_kept", 0)), numeric=True),
-                Cell(f"{verdict}: {reason}", style=verdict),
+                Cell(
+                    f"{verdict}: {reason}"
+                    + (f" ({entry['change']})" if entry.get("change") else ""),
+                    style=verdict,
+                ),  # fmt: skip
             ]
         )
     sec.table(
         ["class", "chosen cell", "synthetic", "real-vs-real", "blurred", "noised",
-         "near-duplicates", "k-NN precision / recall", "utility", "kept", "verdict"],
+         "near-duplicates", "k-NN precision / recall", "no harm on val", "kept", "verdict"],
         rows,
     )  # fmt: skip
     source = chosen.get("source", "sweep")
@@ -320,7 +328,8 @@ def _masks(masks: Path) -> Section:
     sec.paragraph(
         "Per class, masks made from the real train masks by each method, against the "
         f"real ones: area ratio and 8-connected regions (means), and {fd} to the class's "
-        f"val masks next to the train masks' own (the floor; extractor {report['extractor']}). "
+        f"val masks next to the train masks' own (the real-vs-real baseline; extractor "
+        f"{report['extractor']}). "
         "Pairs use only masks within the real masks' area and region range, and no mask of "
         "a method dropped for the class."
     )
@@ -371,10 +380,11 @@ def _pairs(pairs: Path, pairs_gated: Path | None) -> Section | None:
             continue
         v = verdicts.get(label, {})
         modules = [m for m in ("sae", "sff") if entry[m]] or ["-"]
+        verdict, reason = run_summary.verdict_reason(v) if v else ("", "not gated")
         rows.append([label, Cell(str(entry["n"]), numeric=True), entry["conditioning"],
                      "+".join(m.upper() for m in modules),
                      Cell(_fmt(v.get(fd)) if fd else "-", numeric=True),
-                     v.get("reason", "not gated") if v else "not gated"])  # fmt: skip
+                     Cell(f"{verdict}: {reason}" if v else reason, style=verdict)])  # fmt: skip
     sec.table(["class", "pairs", "conditioning", "modules", fd or "distance", "gate"], rows)
     for path in sorted((pairs / GRIDS_DIR).glob("*.png")):
         sec.figure(
