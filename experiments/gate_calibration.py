@@ -119,13 +119,6 @@ def rows(gate: dict, outcomes: dict[str, dict]) -> list[dict]:
     return out
 
 
-def _interval(result: dict | None) -> str:
-    if result is None:
-        return "-"
-    lo, hi = result["ci"]
-    return f"{100 * result['delta']:+.1f} pp [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-
-
 HEADER = [
     "| dataset | replicate | commit | class | gate verdict (rule) | val | test | "
     "test outcome | agreement |",
@@ -138,10 +131,10 @@ def table_rows(dataset: str, record: dict) -> list[str]:
     lines = []
     for k, rep in sorted(record["replicates"].items(), key=lambda kv: int(kv[0])):
         for r in rep["rows"]:
+            val, test = no_harm.interval_text(r["val"]), no_harm.interval_text(r["test"])
             lines.append(
                 f"| {dataset} | {k} | {rep['git']} | {r['class']} | {r['verdict']} "
-                f"({r['rule']}) | {_interval(r['val'])} | {_interval(r['test'])} | "
-                f"{r['outcome']} | {r['agreement']} |"
+                f"({r['rule']}) | {val} | {test} | {r['outcome']} | {r['agreement']} |"
             )
     return lines
 

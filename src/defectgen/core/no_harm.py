@@ -175,6 +175,14 @@ def pp(x: float) -> str:
     return f"{100 * x:.1f} pp"
 
 
+def interval_text(result: dict | None) -> str:
+    """'+1.2 pp [-3.0, +5.4]': a check's difference and interval in points ('-': none)."""
+    if result is None:
+        return "-"
+    lo, hi = result["ci"]
+    return f"{100 * result['delta']:+.1f} pp [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
 def describe(result: dict, *, margin: float) -> str:
     """What the check found, signs said once in words, and what it can resolve."""
     delta = result["delta"]

@@ -49,7 +49,7 @@ from defectgen.artifacts import (
 )
 from defectgen.atomic import atomic_dir, atomic_write_json, write_file
 from defectgen.config import Params
-from defectgen.core import arms, page, stats
+from defectgen.core import arms, no_harm, page, stats
 from defectgen.core.page import Cell, Section
 from defectgen.declarations import producer
 from defectgen.errors import DataError
@@ -92,14 +92,6 @@ def _dataset(ingested: Path, preprocessed: Path) -> Section:
     return sec
 
 
-def _no_harm_cell(result: dict | None) -> str:
-    """A no-harm check's synthetic - classical difference on val, in points."""
-    if result is None:
-        return "-"
-    lo, hi = result["ci"]
-    return f"{100 * result['delta']:+.1f} pp [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-
-
 def _distance_name(gate: dict) -> str:
     """The key of the gate's distance in gate.json, by its extractor."""
     return "fid" if gate["extractor"] == "inception-v3-compat" else "fd_effnet_lite0"
@@ -122,7 +114,7 @@ def _gate(sweep: Path, gated: Path) -> tuple[Section, int, int]:
         "real images the synthetic ones cover). No harm on val: the val score with the "
         "class's synthetic images minus with as many classical copies of its train images "
         f"({gate.get('judge') or '-'}); pooled over every class past the floors: "
-        f"{_no_harm_cell(gate.get('pooled'))}. The verdict column gives the rule's reason "
+        f"{no_harm.interval_text(gate.get('pooled'))}. The verdict column gives the rule's reason "
         "for each class and what would change it. "
         f"Extractor: {gate['extractor']} ({gate['note']})."
     )
@@ -145,7 +137,7 @@ def _gate(sweep: Path, gated: Path) -> tuple[Section, int, int]:
                     else f"{entry['knn_precision']:.2f} / {entry['knn_recall']:.2f}",
                     numeric=True,
                 ),
-                Cell(_no_harm_cell(entry.get("no_harm")), numeric=True),
+                Cell(no_harm.interval_text(entry.get("no_harm")), numeric=True),
                 Cell(str(entry.get("n_kept", 0)), numeric=True),
                 Cell(
                     f"{verdict}: {reason}"
