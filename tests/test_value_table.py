@@ -224,9 +224,10 @@ def test_each_datasets_replicates_md_is_its_committed_files():
     assert replicates.main(["--check"]) == 0
 
 
-def write_segmentation(folder, k: int, gain: float):
+def write_segmentation(folder, k: int, gain: float, older: bool = False):
     """A replicate with only the U-Net's per-image Dice: the ungated arm `gain` above its
-    classical control on every image (plus noise), the oracle 0.05 above real."""
+    classical control on every image (plus noise), the oracle 0.05 above real. `older`:
+    a results.json from before it kept the primary metric (its validity names it)."""
     import numpy as np
     import pandas as pd
 
@@ -245,13 +246,15 @@ def write_segmentation(folder, k: int, gain: float):
               "classification": {"labels": LABELS, "primary_metric": "balanced_accuracy",
                                  "validity": {}, "comparisons": {}},
               "segmentation": {"primary_metric": "dice", "validity": check}}  # fmt: skip
+    if older:
+        result["segmentation"] = {"validity": {**check, "metric": "dice"}}
     (folder / "results.json").write_text(json.dumps(result))
 
 
 def test_the_u_nets_claim_reads_its_per_image_scores_over_two_replicates(tmp_path):
     root = tmp_path / "toy"
     for k in range(2):
-        write_segmentation(root / (f"replicate-{k}" if k else ""), k, gain=0.03)
+        write_segmentation(root / (f"replicate-{k}" if k else ""), k, gain=0.03, older=k == 1)
     c = replicates.claim(root)["models"][replicates.UNET]
     assert c["metric"] == "dice" and c["replicates"] == [0, 1]
     assert c["verdicts_allowed"], c["reasons"]  # two replicates suffice for the U-Net

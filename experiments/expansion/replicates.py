@@ -82,10 +82,13 @@ class Replicate:
                 self.metric[model] = clf["primary_metric"]
                 self.validity[model] = clf["validity"][model]
         seg = self.result.get("segmentation") or {}
-        if (folder / SEG_SCORES).is_file() and seg.get("primary_metric"):
+        # results.json kept the segment stage's primary metric from 2026-12-07 (third
+        # session) on; before, its validity record names the same metric
+        metric = seg.get("primary_metric") or (seg.get("validity") or {}).get("metric")
+        if (folder / SEG_SCORES).is_file() and metric:
             table = pd.read_parquet(folder / SEG_SCORES).assign(model=UNET)
-            self._read(table, seg["primary_metric"], float)
-            self.metric[UNET], self.validity[UNET] = seg["primary_metric"], seg["validity"]
+            self._read(table, metric, float)
+            self.metric[UNET], self.validity[UNET] = metric, seg["validity"]
 
     def _read(self, table: pd.DataFrame, column: str, value) -> None:
         for model, part in table.groupby("model"):

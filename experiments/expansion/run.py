@@ -397,7 +397,7 @@ def collect(dataset: str, raw: dict, run_dir: Path, times: dict, data: dict, arg
         result["segmentation"] = {"skipped": segment["skipped"]}
     else:
         keep = ("headline", "validity", "protocol", "order", "conditions", "comparisons",
-                "n_train_real", "n_test")  # fmt: skip
+                "n_train_real", "n_test", "primary_metric", "primary_metric_reason")  # fmt: skip
         result["segmentation"] = {k: segment[k] for k in keep}
         result["pairs_gate"] = _gate_rows(_json(run_dir / "pairs_gate" / "gate.json"))
     detection = _json(run_dir / "detect" / "detect.json") if "detect" in times else not_run
