@@ -61,6 +61,16 @@ def test_a_small_val_set_cannot_tell_and_says_so():
     assert change.startswith("not resolvable at this dataset size")
 
 
+def test_a_few_val_images_cannot_pass_a_class_on_a_one_image_edge():
+    # 6 val images per class: whatever the bootstrap over them reads, the interval spans
+    # the rule of three's 3 / 6 per class on either side of the estimate, so undecided
+    p = _problem(3, n_val=18)
+    result = _check(p, p["good"])
+    assert result["interval"].startswith("bootstrap, widened")
+    assert result["ci"][0] <= result["delta"] - 0.5 + 1e-9
+    assert no_harm.answer(result, margin=0.02, harm="any") == "inconclusive"
+
+
 def test_identical_arms_are_bounded_by_the_rule_of_three():
     p = _problem(0, n_val=90)
     same = p["copies"][:60]
