@@ -249,6 +249,17 @@ def test_replicates_that_agree_give_a_claim_and_ones_that_disagree_do_not():
     assert split["ci"][1] - split["ci"][0] > widest_single
 
 
+def test_one_replicate_reads_as_its_own_run_with_the_seeds_t_floor():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 300)
+    # 3 seeds that disagree: the seeds' t interval is wider than the bootstrap's
+    arm = np.concatenate([_predictions(rng, 2, y, 0.9, 2), _predictions(rng, 1, y, 0.6, 2)])
+    one = (arm, _predictions(rng, 3, y, 0.7, 2), y)
+    alone = stats.seed_image_bootstrap(*one, "accuracy", 2)
+    claim = stats.replicate_bootstrap([one], "accuracy", 2)
+    assert (claim["ci"], claim["p_value"]) == (alone["ci"], alone["p_value"])
+
+
 def test_the_seed_image_interval_is_never_narrower_than_the_seeds_own_t_interval():
     # five seeds that disagree a lot, on many images: the percentile bootstrap over five
     # values alone would be too narrow; the seeds' t interval bounds it

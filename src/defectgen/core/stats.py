@@ -236,6 +236,8 @@ def replicate_bootstrap(
     total = np.take_along_axis(draws, chosen, 1).mean(1)
     deltas = [r["delta"] for r in per]
     ci, p = _percentile(total, paired(deltas, [0.0] * k, level), level, n_boot)
+    if k == 1:  # no spread between replicates to floor by: the one run's own interval,
+        ci, p = per[0]["ci"], per[0]["p_value"]  # floored by its seeds' t interval
     return {
         "delta": float(np.mean(deltas)),
         "ci": ci,
