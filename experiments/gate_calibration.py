@@ -45,13 +45,14 @@ def _features(trunk: classify.FrozenTrunk, images: list[np.ndarray]) -> np.ndarr
     return trunk(classify.to_batch(images)).numpy() if images else np.zeros((0, 1280))
 
 
-def run_gate(params: Params, run_dir: Path) -> dict:
-    """The gate at this commit on the run's generated images (resumed when done)."""
+def run_gate(params: Params, run_dir: Path, commit: str) -> dict:
+    """The gate at `commit` (this checkout's) on the run's generated images (resumed when
+    done with the same params and commit)."""
     from defectgen.runner import execute, get_stage
 
     out = run_dir / "calibration" / "gate"
     marker = run_dir / "calibration" / "gate.key"
-    key = f"{get_stage('gate').params_hash(params)}|{_git()}"
+    key = f"{get_stage('gate').params_hash(params)}|{commit}"
     if not (out.is_dir() and marker.is_file() and marker.read_text() == key):
         inputs = {"preprocessed": run_dir / "preprocess", "generated": run_dir / "generate"}
         execute(get_stage("gate"), params, out_dir=out, inputs=inputs, track=False)
@@ -183,14 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     profile = args.profile or PROFILES / f"{args.dataset}.yaml"
     raw = replicate_params(args.dataset, profile, args.toy, False, (), args.replicate)
     params = parse_params(raw, str(profile))
-    gate = run_gate(params, args.run_dir)
+    commit = _git()  # read once: the code this process imported
+    gate = run_gate(params, args.run_dir, commit)
     found = rows(gate, test_outcomes(params, args.run_dir))
     print(json.dumps(found, indent=1, default=str))
     if args.write:
         folder = args.results or RESULTS / args.dataset
         path = folder / "gate-calibration.json"
         record = json.loads(path.read_text()) if path.is_file() else {"replicates": {}}
-        record["replicates"][str(args.replicate)] = {"git": _git(), "rows": found}
+        record["replicates"][str(args.replicate)] = {"git": commit, "rows": found}
         atomic_write_json(path, record)
         atomic_write_bytes(folder / "gate-calibration.md", markdown(args.dataset, record).encode())
     return 0
