@@ -205,14 +205,15 @@ def run(params: Params, *, preprocessed: Path, generated: Path, out_dir: Path) -
 
     # 5. no harm on val: pooled over every class past the floors, then each on its own
     missing = judge.missing() if judge is not None else "no synthetic image"
-    pooled = judge.check(added, "pooled") if added and missing is None else None
+    owns = {c: judge.check({c: a}, c) for c, a in added.items()} if missing is None else {}
+    pooled = None
+    if len(owns) > 1:
+        pooled = judge.check(added, "pooled")
+    elif owns:  # one class past the floors: pooling it is its own check, not run twice
+        pooled = next(iter(owns.values()))
     kept: list[dict] = []
     for label in labels:
-        own = (
-            judge.check({label: added[label]}, label)
-            if label in added and missing is None
-            else None
-        )
+        own = owns.get(label)
         decision = gate_core.decide(
             replace(evidence[label], own=own, pooled=pooled, missing=missing), cfg
         )
