@@ -108,16 +108,18 @@ def check(
     rng = np.random.default_rng(seed)
     syn = np.concatenate([a.synthetic for a in added.values()])
     syn_y = np.concatenate([np.full(len(a.synthetic), c) for c, a in added.items()])
-    real_p, val_p, syn_p = _project(real_x, components, val_x, syn)
+    # one projection of everything (the PCA of the real train features), reused per seed
+    real_p, val_p, syn_p, *pools = _project(
+        real_x, components, val_x, syn, *(a.classical for a in added.values())
+    )
     x_syn = np.concatenate([real_p, syn_p])
     y_extra = np.concatenate([real_y, syn_y])
     synthetic_arm = _predict(x_syn, y_extra, val_p)  # deterministic: one fit serves every seed
     arm, control = [], []
     for _ in range(seeds):
-        copies = [a.classical[rng.choice(len(a.classical), len(a.synthetic), replace=False)]
-                  for a in added.values()]  # fmt: skip
-        (copies_p,) = _project(real_x, components, np.concatenate(copies))[1:]
-        control.append(_predict(np.concatenate([real_p, copies_p]), y_extra, val_p))
+        copies = [pool[rng.choice(len(pool), len(a.synthetic), replace=False)]
+                  for pool, a in zip(pools, added.values(), strict=True)]  # fmt: skip
+        control.append(_predict(np.concatenate([real_p, *copies]), y_extra, val_p))
         arm.append(synthetic_arm)
     result = stats.seed_image_bootstrap(
         np.array(arm), np.array(control), val_y, metric, n_classes, seed=seed % 2**31
