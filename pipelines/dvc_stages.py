@@ -9,8 +9,9 @@ declared output, curves and plots.
 
 The closure follows every `import` and `from ... import` of `defectgen` modules anywhere in
 a module (lazy imports inside functions included), plus the `__init__.py` of each package
-on the way. `params_read` scans the same files for `params.<section>[.<key>]`: what a
-stage's declaration must cover (tests/test_declarations.py).
+on the way. `params_read` scans the same files for the params keys they read
+(pipelines.params_read): what a stage's declaration must be (tests/test_declarations.py).
+A stage that reads every parameter lists the whole params file.
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from functools import cache
 from pathlib import Path
 
 from defectgen import declarations
+from pipelines import params_read as reads
 
 REPO = Path(__file__).resolve().parent.parent
 SRC = REPO / "src"
 DVC_YAML = REPO / "dvc.yaml"
-_NOT_KEYS = {"section_hash", "keyed", "model_dump", "synthesised"}  # Params methods
 
 
 def module_file(name: str) -> Path | None:
@@ -70,38 +71,9 @@ def closure(module: str) -> list[Path]:
     return sorted(p.relative_to(REPO) for p in seen if p.stat().st_size > 0)
 
 
-def _is_params(node: ast.AST) -> bool:
-    """`params` or `<anything>.params` (a stage's Params, or a helper's self.params)."""
-    if isinstance(node, ast.Name):
-        return node.id == "params"
-    return isinstance(node, ast.Attribute) and node.attr == "params"
-
-
 def params_read(module: str) -> set[str]:
-    """`params.<section>[.<key>]` attribute chains in the code of the module's closure
-    (sections and keys; Params' methods left out)."""
-    found = set()
-    for path in closure(module):
-        tree = ast.parse((REPO / path).read_text(encoding="utf-8"))
-        attributes = [n for n in ast.walk(tree) if isinstance(n, ast.Attribute)]
-        has_key = {id(n.value) for n in attributes}  # params.<section> followed by .<key>
-        for node in attributes:
-            whole = id(node) not in has_key  # the whole section (e.g. cfg = params.train)
-            if _is_params(node.value) and node.attr not in _NOT_KEYS and whole:
-                found.add(node.attr)
-            inner = node.value
-            if (
-                isinstance(inner, ast.Attribute)
-                and _is_params(inner.value)
-                and inner.attr not in _NOT_KEYS
-            ):
-                found.add(f"{inner.attr}.{node.attr}")
-    return found
-
-
-def covered(key: str, declared: tuple[str, ...]) -> bool:
-    """Whether a declared section or key covers `key` (a section covers its keys)."""
-    return any(key == d or key.startswith(d + ".") for d in declared)
+    """The params keys the code of `module`'s import closure reads (pipelines.params_read)."""
+    return reads.read_by([REPO / p for p in closure(module)])
 
 
 RAW_DIR = "data/raw"  # where a user's own dataset goes (README: Your own data)
@@ -154,7 +126,9 @@ def _stage(stage) -> list[str]:
         else:
             out.append(f"      - {folder(name)}")
     out += [f"      - {p}" for p in closure(stage.module_name)]
-    if stage.reads:
+    if stage.reads == (reads.ALL,):
+        out += ["    params:", "      - params.yaml:  # every parameter"]
+    elif stage.reads:
         out += ["    params:", *(f"      - {k}" for k in stage.reads)]
     if not stage.always_runs:
         out += ["    outs:", f"      - {folder(stage.output)}"]

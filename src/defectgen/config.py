@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from defectgen.core import arms
 from defectgen.errors import ConfigError
 
+ALL = "*"  # every parameter: what a stage that hashes or dumps them all declares it reads
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
@@ -167,6 +168,13 @@ class PreprocessConfig(_Section):
         "own region kept in the manifest's content_box) | crop (square tiles of the short "
         "side covering the image, all in the image's split; a tile without a defect pixel or "
         "box of a defect image is dropped); the shared datasets are square",
+    )
+    empty_mask: Literal["keep", "skip"] = Field(
+        default="keep",
+        description="a defect too small to cover half an output pixel, which the resize "
+        "would empty: keep (its strongest output pixel stays foreground, so a defect image "
+        "never gets an empty mask) | skip (the image is left out); either way "
+        "preprocess_report.json names the file",
     )
     color: Literal["grayscale", "rgb"] = "grayscale"
     roi: RoiConfig = Field(default_factory=RoiConfig)
@@ -897,9 +905,12 @@ class Params(_Section):
         return [c for c in labels if c in chosen and c not in self.data.normal_classes]
 
     def keyed(self, *keys: str) -> dict[str, Any]:
-        """The values of `keys`, each a section ("train") or a dotted key ("generate.mode"),
-        as JSON-ready values: what a stage declares it reads (runner.STAGES)."""
+        """The values of `keys`, each a section ("train"), a dotted key ("generate.mode")
+        or ALL (every section but `cluster`, which says where stages run, not what they
+        compute), as JSON-ready values: what a stage declares it reads."""
         dumped = self.model_dump(mode="json")
+        if ALL in keys:
+            keys = tuple(k for k in type(self).model_fields if k != "cluster")
         out = {}
         for key in keys:
             value: Any = dumped
@@ -911,11 +922,9 @@ class Params(_Section):
         return out
 
     def section_hash(self, *keys: str) -> str:
-        """Short sha256 of the named sections or dotted keys (or of all params but
-        `cluster`, which says where stages run, not what they compute), for resume keys,
+        """Short sha256 of the named sections or dotted keys (none: ALL), for resume keys,
         tags and provenance."""
-        names = keys or tuple(k for k in type(self).model_fields if k != "cluster")
-        blob = json.dumps(self.keyed(*names), sort_keys=True).encode()
+        blob = json.dumps(self.keyed(*(keys or (ALL,))), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 

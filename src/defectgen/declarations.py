@@ -15,19 +15,23 @@ from dataclasses import dataclass
 
 from defectgen import artifacts as art
 from defectgen.config import Params
+from defectgen.scoped import ALL, scoped
 
 
 @dataclass(frozen=True)
 class Stage:
     """One stage, declared once: what the CLI, KFP, MLflow, dvc.yaml and every resume key
-    know of it. `reads` are the params sections or dotted keys the stage's code (and the
-    helpers it calls) reads: MLflow logs them, resume keys hash them and dvc.yaml lists
-    them; tests/test_declarations.py checks they are exactly what the code reads."""
+    know of it. `reads` are the params keys the stage's code (and the helpers it calls)
+    reads: MLflow logs them, resume keys hash them, dvc.yaml lists them and each KFP task
+    receives only them, so a stage reruns only when one of them changes.
+    tests/test_declarations.py checks they are exactly what the code reads
+    (pipelines.params_read), and the stage runs on a view of the params that refuses any
+    other key (defectgen.scoped)."""
 
     name: str
     help: str
     inputs: tuple[tuple[str, bool, str], ...]  # (artifact name = option name, required, help)
-    reads: tuple[str, ...]  # params sections or dotted keys
+    reads: tuple[str, ...]  # params sections or dotted keys, or ("*",): every parameter
     reports: tuple[str, ...]  # files under --out logged to MLflow as artifacts
     curves: tuple[str, ...] = ()  # folders of <series>.csv (step, loss): MLflow step metrics
     module: str = ""  # defectgen.stages.<module> runs it (default: the name)
@@ -76,12 +80,25 @@ class Stage:
         kw = {named.get(k, k): v for k, v in kw.items()}
         if self.resumes:
             kw["params_key"] = self.params_hash(params)
-        return importlib.import_module(self.module_name).run(params, **kw)
+        # the stage sees only the keys it declares (scoped: any other read raises)
+        view = scoped(params, self.reads, self.name)
+        return importlib.import_module(self.module_name).run(view, **kw)
 
     def params_hash(self, params: Params) -> str:
         """The hash of what this stage reads: part of its resume key."""
         return params.section_hash(*self.reads)
 
+
+# keys shared readers read, declared once for every stage that uses them
+DEVICE = ("model.device", "model.dtype")  # core.device.runtime
+# the diffusion pipeline's loading and speed settings (core.diffusion.models)
+DIFFUSION = (*DEVICE, "model.profile", "model.compile", "model.fuse_qkv",
+             "model.gradient_checkpointing")  # fmt: skip
+# reference.Reference: the extractor, how many real images and the near-duplicate ratio
+REFERENCE = ("gate.extractor", "gate.inception_weights", "gate.max_images", "gate.near_duplicate")
+# generate.settings and the sampler (the sweep samples as generate does)
+SAMPLING = ("generate.mode", "generate.steps", "generate.batch_size", "generate.strength",
+            "generate.guidance", "generate.per_class")  # fmt: skip
 
 PREPROCESSED = ("preprocessed", True, "the preprocess stage's output folder")
 BASE = ("base", True, "the base stage's output folder")
@@ -111,7 +128,7 @@ STAGES = (
         "per class: new defect masks from the real train masks (hybrid interpolation, "
         "perturbation, a DDPM producer) and their quality; a record saying so without masks",
         (PREPROCESSED,),
-        ("seed", "data.normal_classes", "model", "masks", "finetune.data", "gate"),
+        ("seed", "data.normal_classes", *DEVICE, "masks", "finetune.data", *REFERENCE),
         (art.MASKS_JSON, art.GRIDS_DIR),
         curves=(art.CURVES_DIR,),
         output="masks",
@@ -131,7 +148,7 @@ STAGES = (
         "finetune",
         "per class: textual inversion, then LoRA (StableSDG), into diffusers adapter files",
         (PREPROCESSED, BASE),
-        ("seed", "data.normal_classes", "model", "finetune", "preprocess.image_size"),
+        ("seed", "data.normal_classes", *DIFFUSION, "finetune", "preprocess.image_size"),
         (art.FINETUNE_JSON,),
         curves=(art.CURVES_DIR,),
         output="adapters",
@@ -142,7 +159,7 @@ STAGES = (
         "per class: probe a strength x guidance grid, choose the cell closest to held-out "
         "real images",
         (PREPROCESSED, BASE, ADAPTERS),
-        ("seed", "model", "finetune.data", "sweep", "generate", "gate"),
+        ("seed", *DIFFUSION, "finetune.data", "sweep", *SAMPLING, *REFERENCE, "gate.kid_subsets"),
         (art.CHOSEN_JSON, art.SWEEP_PARQUET, art.HEATMAPS_DIR, art.PROBES_DIR),
         output="sweep",
         resumes=True,
@@ -157,7 +174,7 @@ STAGES = (
             ADAPTERS,
             ("sweep", False, "the sweep stage's output folder (default: generate.per_class)"),
         ),
-        ("seed", "model", "finetune.data", "generate"),
+        ("seed", *DIFFUSION, "finetune.data", "generate"),
         (art.GENERATE_JSON, art.SAMPLES_PNG),
         output="generated",
         resumes=True,
@@ -167,7 +184,7 @@ STAGES = (
         "per class: Frechet/kernel distance of synthetic vs held-out real images, judged "
         "against real-vs-real; keeps the passing classes' images minus near-duplicates",
         (PREPROCESSED, ("generated", True, "the generate stage's output folder")),
-        ("seed", "model", "finetune.data", "gate", "classical", "train.primary"),
+        ("seed", *DEVICE, "finetune.data", "gate", "classical", "train.primary"),
         (art.GATE_JSON, art.GATE_CSV),
         output="gated",
         tags=art.GATE_JSON,
@@ -177,7 +194,7 @@ STAGES = (
         "per class: a ControlNet from the base UNet trained on real (mask, image) pairs, then "
         "self-annotated image + mask pairs from the masks stage's masks",
         (PREPROCESSED, BASE, ("masks", True, "the masks stage's output folder")),
-        ("seed", "data.normal_classes", "model", "pairs"),
+        ("seed", "data.normal_classes", *DIFFUSION, "pairs"),
         (art.PAIRS_JSON, art.GRIDS_DIR),
         curves=(art.CURVES_DIR,),
         output="pairs",
@@ -188,7 +205,7 @@ STAGES = (
         "the gate, unchanged, on the pairs stage's images: per class distance to held-out "
         "real images against real-vs-real",
         (PREPROCESSED, ("pairs", True, "the pairs stage's output folder")),
-        ("seed", "model", "finetune.data", "gate", "classical", "train.primary"),
+        ("seed", *DEVICE, "finetune.data", "gate", "classical", "train.primary"),
         (art.GATE_JSON, art.GATE_CSV),
         module="gate",
         tags=art.GATE_JSON,
@@ -206,13 +223,13 @@ STAGES = (
         ),
         (
             "seed",
-            "model",
+            *DEVICE,
             "data.normal_classes",
             "pairs.data",
             "segment",
             "classical",
             "copy_paste",
-        ),
+        ),  # fmt: skip
         (art.SEGMENT_JSON, art.COMPARISON_CSV),
         curves=(art.CURVES_DIR,),
         output="segment",
@@ -227,7 +244,7 @@ STAGES = (
             GENERATED,
             GATED,
         ),
-        ("seed", "model", "train", "classical"),
+        ("seed", *DEVICE, "train", "classical"),
         (art.EVAL_JSON, art.COMPARISON_CSV, art.CONFUSION_JSON, art.RUNS_PARQUET),
         curves=(art.CURVES_DIR,),
         output="train",
@@ -245,7 +262,7 @@ STAGES = (
             ("pairs", True, "the pairs stage's output folder (image+mask pairs)"),
             ("pairs_gated", True, "the pairs_gate stage's output folder"),
         ),
-        ("seed", "model", "data.normal_classes", "detect", "classical", "copy_paste"),
+        ("seed", *DEVICE, "data.normal_classes", "detect", "classical", "copy_paste"),
         (art.DETECT_JSON, art.COMPARISON_CSV, art.RUNS_PARQUET, art.BOXES_PNG),
         curves=(art.CURVES_DIR,),
         output="detect",
@@ -260,7 +277,7 @@ STAGES = (
             ("sweep", True, "the sweep stage's output folder (the chosen settings)"),
             ("gated", True, "the gate stage's output folder (the verdicts)"),
         ),
-        ("data.name", "generate.steps", "generate.strength", "preprocess.color", "tracking"),
+        (ALL,),  # the registered version records the hash of every parameter
         (art.REGISTRY_JSON,),
         output="registry",
         always_runs=True,
@@ -281,7 +298,7 @@ STAGES = (
             ("segment", False, "the segment stage's output folder"),
             ("detect", False, "the detect stage's output folder"),
         ),
-        ("data.name", "model.profile", "model.base", "model.revision", "tracking"),
+        (ALL,),  # the page shows the hash of every parameter
         (art.REPORT_HTML, art.REPORT_MD, art.PARENT_JSON),
         output="report",
         parent=art.PARENT_JSON,

@@ -26,8 +26,7 @@ import torch
 
 from defectgen import manifest
 from defectgen.config import Params
-from defectgen.core import gate as gate_core
-from defectgen.core import metrics
+from defectgen.core import metrics, neighbours
 from defectgen.core.device import runtime
 from defectgen.real_images import load_images
 from defectgen.seeds import derive_seed
@@ -125,7 +124,7 @@ class Reference:
         are judged against it): median nearest-neighbour distance of up to max_images."""
         seed = derive_seed(self.params.seed, "gap", label)
         rows = pick(self.train(label), self.params.gate.max_images, seed)
-        return gate_core.nearest_gap(self.real_features(rows, size))
+        return neighbours.nearest_gap(self.real_features(rows, size))
 
     def learned_from(self, label: str, synthetic: list[dict]) -> list[dict]:
         """The real images a class's synthetic images could copy: its train images
@@ -140,9 +139,9 @@ class Reference:
         self, label: str, synthetic: list[dict], features: torch.Tensor, *, size: int, gap: float
     ) -> torch.Tensor:
         """(N,) bool: synthetic row i (features row i) is a near-copy of the nearest image
-        it could have learned from (core.gate.near_duplicates): its parent or any other
+        it could have learned from (core.neighbours.near_duplicates): its parent or any other
         train image, so txt2img and ControlNet outputs are checked too."""
         learned = self.real_features(self.learned_from(label, synthetic), size)
-        return gate_core.near_duplicates(
+        return neighbours.near_duplicates(
             features, learned, gap=gap, ratio=self.params.gate.near_duplicate
         )

@@ -140,6 +140,22 @@ def test_repro_twice_resume_params_diff_metrics_and_push(dvc_repo, tmp_path):
     # stages upstream of it, and detect beside it, keep their outputs
     assert re.findall(r"Running stage '(\w+)'", changed) == ["train", "register", "report"]
 
+    # Params at key granularity: a key only the gate reads leaves masks and sweep (which
+    # read other gate keys) unchanged; a key the sweep reads changes it, and masks too.
+    def changed_by(section: str, key: str, value) -> set[str]:
+        edited = yaml.safe_load((repo / "params.yaml").read_text())
+        edited[section][key] = value
+        (repo / "params.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
+        status = json.loads(_sh(["dvc", "status", "--json"], repo, env))
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        return set(status) - {"register", "report"}  # these two always run
+
+    decide_by = {"no_harm": "fidelity", "fidelity": "no_harm"}[params["gate"]["decide_by"]]
+    assert changed_by("gate", "decide_by", decide_by) == {"gate", "pairs_gate"}
+    assert changed_by("gate", "max_images", params["gate"]["max_images"] + 1) == {
+        "masks", "sweep", "gate", "pairs_gate"
+    }  # fmt: skip
+
     _sh(["dvc", "push"], repo, env)
     assert any((tmp_path / "remote").rglob("*"))
 

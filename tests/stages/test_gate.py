@@ -10,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from defectgen import manifest
-from defectgen.core import gate as gate_core
+from defectgen.core import neighbours
 from defectgen.core.images import encode_png, pixel_id
 from defectgen.real_images import load_images
 from defectgen.reference import Reference
@@ -166,7 +165,7 @@ def test_manifold_filter_keeps_only_images_inside_the_real_manifold(steel):
     ref = Reference(on, pre, tmp / ".features")
     f_syn = ref.features(load_images(gen, synthetic, 64))
     f_real = ref.real_features(ref.train(FAITHFUL), 64)
-    inside = gate_core.inside_manifold(f_syn, f_real, k=1).tolist()
+    inside = neighbours.inside_manifold(f_syn, f_real, k=1).tolist()
     kept = {r["id"] for r in manifest.read_rows(tmp / "gate-filtered")}
     assert sc["passed"]  # by the distance rule here: real images against real images
     assert kept == {r["id"] for r, i in zip(synthetic, inside, strict=True) if i}
@@ -183,17 +182,3 @@ def test_val_halves_are_disjoint_seeded_and_cover_val(steel):
         assert sweep and gate_half and not sweep & gate_half and sweep | gate_half == whole
         assert len(sweep) - len(gate_half) in (0, 1)
         assert sweep == {r["id"] for r in ref.val(label, "sweep")}  # stable
-
-
-def test_near_duplicates_and_the_real_manifold():
-    real = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
-    assert gate_core.nearest_gap(real) == 10.0
-    synth = torch.tensor([[1.0, 0.0], [5.0, 5.0], [9.0, 10.5]])
-    # near a learned image (any of them, not only a recorded parent) is a near-duplicate
-    dup = gate_core.near_duplicates(synth, real, gap=10.0, ratio=0.25)
-    assert dup.tolist() == [True, False, True]
-    # k-NN manifold (k 1: each real point's ball reaches its nearest neighbour, 10 away)
-    precision, recall, inside = gate_core.precision_recall(real, synth, k=1)
-    assert inside.tolist() == [True, True, True] and precision == 1.0
-    far = torch.tensor([[100.0, 100.0]])
-    assert gate_core.precision_recall(real, far, k=1)[0] == 0.0

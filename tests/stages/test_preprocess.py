@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from defectgen import artifacts, manifest
-from defectgen.core.images import decode_image, pixel_id
+from defectgen.core.images import decode_image, mask_shape, pixel_id
 from defectgen.errors import DataError
 from tests.conftest import make_params, run_stage, save, texture
 
@@ -163,7 +163,7 @@ def line_mask(shape: tuple[int, int], width: int, kind: str) -> np.ndarray:
 @pytest.mark.parametrize("width", [1, 2])
 def test_a_thin_crack_stays_one_region_of_its_length_after_downscaling(factor, kind, width):
 
-    from defectgen.core.images import mask_shape, resize_mask
+    from defectgen.core.images import resize_mask
 
     size = 32
     mask = line_mask((size * factor, size * factor), width, kind)
@@ -180,8 +180,6 @@ def test_a_thin_crack_stays_one_region_of_its_length_after_downscaling(factor, k
 
 def test_nearest_neighbour_sampling_as_before_would_lose_the_crack():
     from PIL import Image
-
-    from defectgen.core.images import mask_shape
 
     mask = line_mask((256, 256), 1, "horizontal")
     nearest = np.asarray(Image.fromarray(mask).resize((32, 32), Image.Resampling.NEAREST))
@@ -211,6 +209,43 @@ def test_the_report_counts_regions_before_and_after_and_names_squashed_images(tm
         assert mask.any()
     assert report["aspect_changed"]["count"] == 5 == metrics["n_aspect_changed"]
     assert report["aspect_changed"]["worst_ratio"] == pytest.approx(3.0)
+
+
+def _dots(tmp_path: Path, empty_mask: str) -> tuple[list[dict], dict, Path, dict]:
+    """3 images with a 2 px crack and crack_9 with a 1 px defect: 1/64 of a 16 px output
+    pixel of its 128 px image, which the resize would empty."""
+    root = tmp_path / "dots"
+    for i in range(3):
+        save(texture(i, (128, 128)), root / "images" / f"crack_{i}.png")
+        save(line_mask((128, 128), 2, "horizontal"), root / "masks" / f"crack_{i}.png")
+    dot = np.zeros((128, 128), np.uint8)
+    dot[61, 67] = 255
+    save(texture(9, (128, 128)), root / "images" / "crack_9.png")
+    save(dot, root / "masks" / "crack_9.png")
+    rows, metrics, out = _run(root, tmp_path, layout="image_mask",
+                              data={"label_from": "prefix", "masks_required": True},
+                              preprocess={"image_size": 16, "empty_mask": empty_mask})  # fmt: skip
+    report = json.loads((out / artifacts.PREPROCESS_REPORT_JSON).read_text())
+    assert report["masks_lost"]["handled"] == empty_mask  # named by file either way
+    assert [Path(f).name for f in report["masks_lost"]["files"]] == ["crack_9.png"]
+    assert metrics["n_masks_lost"] == 1
+    return rows, metrics, out, report["masks"]["crack"]
+
+
+def test_a_defect_under_half_an_output_pixel_keeps_one_pixel(tmp_path: Path):
+    rows, _, out, crack = _dots(tmp_path, "keep")
+    (row,) = [r for r in rows if Path(r["original_path"]).name == "crack_9.png"]
+    assert mask_shape(decode_image((out / row["mask_path"]).read_bytes())[0]) == (1, 1 / 256)
+    assert crack["with_defect"] == 4 and crack["kept_at_one_pixel"] == 1
+
+
+def test_a_defect_under_half_an_output_pixel_skips_its_image_when_asked(tmp_path: Path):
+    rows, metrics, _, crack = _dots(tmp_path, "skip")
+    assert sorted(Path(r["original_path"]).name for r in rows) == [
+        "crack_0.png", "crack_1.png", "crack_2.png"
+    ]  # fmt: skip
+    assert metrics["n_images"] == 3
+    assert crack["with_defect"] == 3 and crack["kept_at_one_pixel"] == 0
 
 
 def test_a_box_smaller_than_a_pixel_after_the_resize_is_kept_one_pixel_wide(tmp_path: Path):

@@ -106,7 +106,7 @@ def place(
     return None
 
 
-def _blend(cfg, source, background, region, own, offset) -> np.ndarray:
+def _blend(cfg: CopyPasteConfig, source, background, region, own, offset) -> np.ndarray:
     """The source's region blended into the background with a feathered edge; the
     background's own defect (`own`) is changed only where the region covers it."""
     moved = np.roll(source, offset, axis=(0, 1))  # the source aligned with the region

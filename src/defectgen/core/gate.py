@@ -5,15 +5,7 @@
   noised real images show what obvious damage scores.
 - A class passes when its synthetic set is within `max_ratio` times its
   real-vs-real distance (and under an optional absolute ceiling).
-- A generator can copy what it learned from (img2img at low strength copies its
-  parent; any mode can memorise): a synthetic image whose feature distance to the
-  nearest image the generator learned from is below `ratio` times the typical gap
-  between distinct real images (median nearest-neighbour distance) is a near-duplicate.
-- Realism per image and coverage per class (Kynkaanniemi et al., 2019, improved
-  precision and recall): the real manifold is the union of balls around each real
-  feature reaching its k-th nearest real neighbour; a synthetic image inside it is
-  realistic (precision: the fraction inside), and real images inside the synthetic
-  manifold are covered (recall).
+- Near-duplicates and the real manifold (per image) are in core.neighbours.
 - The fidelity floors (`floors`, the only things called floors) fail a class whose
   distance is beyond max_ratio x the real-vs-real baseline or worse than damaged real
   images.
@@ -26,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image, ImageFilter
 
 from defectgen.config import GateConfig
@@ -41,51 +32,6 @@ def blurred(images: list[np.ndarray], radius: float) -> list[np.ndarray]:
 def noised(images: list[np.ndarray], sigma: float, rng: np.random.Generator) -> list[np.ndarray]:
     """Copies with additive Gaussian noise of `sigma` grey levels."""
     return [np.clip(x + rng.normal(0.0, sigma, x.shape), 0, 255).astype(np.uint8) for x in images]
-
-
-def nearest_gap(features: torch.Tensor) -> float:
-    """Median distance from each row of (N, D) features to its nearest other row."""
-    d = torch.cdist(features, features)
-    d.fill_diagonal_(float("inf"))
-    return float(d.min(dim=1).values.median())
-
-
-def near_duplicates(
-    synthetic: torch.Tensor, learned: torch.Tensor, *, gap: float, ratio: float
-) -> torch.Tensor:
-    """(N,) bool: synthetic row i is closer to its nearest row of `learned` (the images
-    the generator learned from) than ratio x gap."""
-    if len(synthetic) == 0 or len(learned) == 0:
-        return torch.zeros(len(synthetic), dtype=torch.bool)
-    return torch.cdist(synthetic, learned).min(dim=1).values < ratio * gap
-
-
-def _knn_radii(features: torch.Tensor, k: int) -> torch.Tensor:
-    """Distance from each row to its k-th nearest other row (k capped at N - 1)."""
-    d = torch.cdist(features, features)
-    d.fill_diagonal_(float("inf"))
-    k = min(k, len(features) - 1)
-    return d.kthvalue(k, dim=1).values
-
-
-def inside_manifold(points: torch.Tensor, support: torch.Tensor, k: int) -> torch.Tensor:
-    """(N,) bool: each row of `points` lies within the k-NN ball of some `support` row."""
-    if len(support) < 2 or len(points) == 0:
-        return torch.zeros(len(points), dtype=torch.bool)
-    radii = _knn_radii(support, k)
-    return (torch.cdist(points, support) <= radii[None, :]).any(dim=1)
-
-
-def precision_recall(
-    real: torch.Tensor, synthetic: torch.Tensor, k: int
-) -> tuple[float, float, torch.Tensor]:
-    """k-NN precision (synthetic inside the real manifold), recall (real inside the
-    synthetic manifold) and the per-image `inside` mask of the synthetic rows."""
-    inside = inside_manifold(synthetic, real, k)
-    covered = inside_manifold(real, synthetic, k)
-    precision = float(inside.float().mean()) if len(synthetic) else 0.0
-    recall = float(covered.float().mean()) if len(real) else 0.0
-    return precision, recall, inside
 
 
 @dataclass(frozen=True)

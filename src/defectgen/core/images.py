@@ -121,7 +121,7 @@ def resize(pixels: np.ndarray, size: int, *, nearest: bool = False) -> np.ndarra
     return np.asarray(Image.fromarray(pixels).resize((size, size), resample), dtype=np.uint8)
 
 
-def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+def resize_mask(mask: np.ndarray, size: int, *, keep_lost: bool = True) -> np.ndarray:
     """A {0, 255} mask resized to size x size so that thin defects keep their shape and
     blobs their area.
 
@@ -134,8 +134,8 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     line survives and stays connected while a blob keeps its rounded outline (nearest-
     neighbour sampling broke cracks into dashes or lost them). A mask with foreground
     that still vanishes (a defect under half an output pixel's footprint) keeps its
-    strongest output pixel: a labelled defect never becomes an empty mask. Upscaling:
-    nearest-neighbour (exact)."""
+    strongest output pixel (`keep_lost`, the default: a labelled defect never becomes an
+    empty mask), else comes back empty. Upscaling: nearest-neighbour (exact)."""
     from scipy import ndimage
 
     h, w = mask.shape[:2]
@@ -160,7 +160,7 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
         inside = regions == k
         if len(np.unique(parts[inside & rounded])) != 1:  # rounding lost or broke it
             out |= inside
-    if fg.any() and not out.any():
+    if keep_lost and fg.any() and not out.any():
         out.flat[int(np.argmax(share))] = True
     return out.astype(np.uint8) * 255
 

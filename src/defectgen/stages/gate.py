@@ -53,7 +53,7 @@ from defectgen import manifest
 from defectgen.artifacts import FEATURES_DIR, GATE_CSV, GATE_JSON
 from defectgen.atomic import atomic_dir, atomic_write_json
 from defectgen.config import Params
-from defectgen.core import augment, classify, metrics, no_harm
+from defectgen.core import augment, classify, metrics, neighbours, no_harm
 from defectgen.core import gate as gate_core
 from defectgen.progress import Units
 from defectgen.real_images import load_images
@@ -143,7 +143,7 @@ def run(params: Params, *, preprocessed: Path, generated: Path, out_dir: Path) -
         keep = ~dup
         # 2. ... then realism per image: inside the manifold of the class's train images
         f_learned = ref.real_features(train, size)
-        precision, recall, inside = gate_core.precision_recall(
+        precision, recall, inside = neighbours.precision_recall(
             f_learned, f_syn_all[keep], cfg.knn_k
         )
         if cfg.manifold_filter:

@@ -59,7 +59,7 @@ from defectgen.artifacts import (
     read_base,
 )
 from defectgen.atomic import atomic_dir, atomic_write_json, write_file
-from defectgen.config import Params
+from defectgen.config import PairsConfig, Params
 from defectgen.core import masks as masks_core
 from defectgen.core.images import decode_image, encode_png, pixel_id
 from defectgen.curves import Curves
@@ -89,7 +89,7 @@ def _mask_of(path: Path) -> np.ndarray:
     return mask if mask.ndim == 2 else mask[..., 0]
 
 
-def _condition(cfg, image: np.ndarray, mask: np.ndarray, colour) -> np.ndarray:
+def _condition(cfg: PairsConfig, image: np.ndarray, mask: np.ndarray, colour) -> np.ndarray:
     if cfg.conditioning == "driver":
         return masks_core.topological_driver(image, mask, colour)
     return masks_core.coloured(mask, colour)
@@ -124,7 +124,7 @@ def _grid(conditions, images, masks, backgrounds=None) -> np.ndarray:
     return np.concatenate(rows, axis=0)
 
 
-def _on_backgrounds(cfg, masks, pool, rng):
+def _on_backgrounds(cfg: PairsConfig, masks, pool, rng):
     """Per mask, the (row, image, own mask) background it goes into and the mask to
     generate there: `normal` as it is; `real` moved beside the background's own defect
     (the first of up to len(pool) random backgrounds with room, else over part of the

@@ -13,8 +13,10 @@ Writes under `out_dir`:
     masks/<class>/<id16>.png  when the dataset has masks
     split_counts.json         images per class and split
     preprocess_report.json    what the resize did to the labels: per class the masks'
-                              defect regions and areas before and after, and the masks
-                              it would have emptied; the images whose aspect the square
+                              defect regions and areas before and after; the masks it
+                              would have emptied (masks_lost: kept at one pixel or the
+                              image skipped, preprocess.empty_mask), by file; the images
+                              whose aspect the square
                               resize changed (count, worst ratio); boxes widened to one
                               pixel; images of a defect class left without a box
 """
@@ -135,7 +137,15 @@ def process_image(
             note["boxes_left"] = len(b)
         small = None
         if m is not None:
-            small = resize_mask(m, size)
+            small = resize_mask(m, size, keep_lost=False)
+            # a defect under half an output pixel: kept at one pixel, or the image skipped
+            note["mask_lost"] = bool((m > 127).any()) and not small.any()
+            if note["mask_lost"] and cfg.empty_mask == "skip":
+                out.append(None)
+                notes.append(note)
+                continue
+            if note["mask_lost"]:
+                small = resize_mask(m, size)
             note["mask_before"], note["mask_after"] = mask_shape(m), mask_shape(small)
         out.append((resize(img, size), small, b))
         notes.append(note)
@@ -160,7 +170,9 @@ def _report(notes: list[tuple[dict, dict]], normal: set[str]) -> dict:
             if defect else 0.0,
             "area_mean_after": float(np.mean([n["mask_after"][1] for n in defect]))
             if defect else 0.0,
-            # resize_mask keeps one pixel of a defect it would have lost: never 0 after
+            # a defect under half an output pixel, kept at its strongest pixel
+            # (preprocess.empty_mask keep; skipped images are in masks_lost only)
+            "kept_at_one_pixel": sum(1 for n in defect if n.get("mask_lost")),
             "emptied": sum(1 for n in defect if n["mask_after"][0] == 0),
         }  # fmt: skip
     return {
@@ -210,6 +222,7 @@ def run(params: Params, *, ingested: Path, out_dir: Path) -> dict[str, float]:
     notes: list[tuple[dict, dict]] = []  # (ingested row, what the resize did), per output
     seen: set[str] = set()
     dropped_tiles = collisions = 0
+    lost: list[str] = []  # images skipped because the resize would empty their mask
     with atomic_dir(out_dir) as tmp:
         for src in tqdm(rows_in, desc="preprocess", unit="img", disable=None):
             path = ingested / src["path"]
@@ -227,7 +240,11 @@ def run(params: Params, *, ingested: Path, out_dir: Path) -> dict[str, float]:
             )
             outputs, dropped, made = process_image(pixels, mask, src["boxes"], cfg)
             dropped_tiles += dropped
-            for (img, m, boxes), note in zip(outputs, made, strict=True):
+            for output, note in zip(outputs, made, strict=True):
+                if output is None:  # its defect would vanish (preprocess.empty_mask skip)
+                    lost.append(src["original_path"])
+                    continue
+                img, m, boxes = output
                 oid = pixel_id(img)
                 if oid in seen:  # two ingested images became identical after resizing
                     collisions += 1
@@ -284,6 +301,10 @@ def run(params: Params, *, ingested: Path, out_dir: Path) -> dict[str, float]:
         }
         atomic_write_json(tmp / SPLIT_COUNTS_JSON, table)
         report = _report(notes, set(params.data.normal_classes))
+        report["masks_lost"] = {
+            "handled": cfg.empty_mask,
+            "files": lost + [r["original_path"] for r, n in notes if n.get("mask_lost")],
+        }
         atomic_write_json(tmp / PREPROCESS_REPORT_JSON, report)
 
     metrics: dict[str, float] = {
@@ -293,6 +314,7 @@ def run(params: Params, *, ingested: Path, out_dir: Path) -> dict[str, float]:
         "n_collisions": collisions,
         "n_aspect_changed": report["aspect_changed"]["count"],
         "n_boxes_grown": report["boxes_grown_to_one_pixel"],
+        "n_masks_lost": len(report["masks_lost"]["files"]),
         "n_defect_images_without_boxes": len(report["defect_images_without_boxes"]),
     }
     for s in SPLITS:
