@@ -57,14 +57,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=export.FORMATS)
     p.add_argument("--condition", required=True, choices=export.CONDITIONS)
     p.add_argument("--out", type=Path, required=True, help="a new folder (replaced whole)")
-    p.add_argument("--branch", default="both", choices=export.BRANCHES,
-                   help="synthetic images from generate (images), pairs, or both")  # fmt: skip
-    p.add_argument("--parent-boxes-up-to", type=float, default=0.5, metavar="STRENGTH",
-                   help="img2img images inherit the parent's mask/boxes up to this "
-                   "strength (default 0.5); above it they are left out of coco/yolo")  # fmt: skip
-    for name, default in (("preprocessed", "data/preprocessed"), ("generated", "data/generated"),
-                          ("gated", "data/gated"), ("pairs", "data/pairs"),
-                          ("pairs-gated", "data/pairs_gated")):  # fmt: skip
+    p.add_argument(
+        "--branch",
+        default="both",
+        choices=export.BRANCHES,
+        help="synthetic images from generate (images), pairs, or both",
+    )
+    p.add_argument(
+        "--parent-boxes-up-to",
+        type=float,
+        default=0.5,
+        metavar="STRENGTH",
+        help="img2img images inherit the parent's mask/boxes up to this "
+        "strength (default 0.5); above it they are left out of coco/yolo",
+    )
+    for name, default in (
+        ("preprocessed", "data/preprocessed"),
+        ("generated", "data/generated"),
+        ("gated", "data/gated"),
+        ("pairs", "data/pairs"),
+        ("pairs-gated", "data/pairs_gated"),
+    ):
         p.add_argument(f"--{name}", type=Path, default=Path(default), help=f"default {default}")
     p = sub.add_parser("check-params", help="validate a params file and exit")
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -125,8 +138,11 @@ def _registry(args: argparse.Namespace) -> int:
     if args.action == "list":
         rows = registry.list_models()
         for r in rows:
-            print(f"{r['name']}: " + ", ".join(_alias(r, a) for a in ("champion", "challenger"))
-                  + f", latest v{r['latest']}")  # fmt: skip
+            print(
+                f"{r['name']}: "
+                + ", ".join(_alias(r, a) for a in ("champion", "challenger"))
+                + f", latest v{r['latest']}"
+            )
         if not rows:
             print("no defectgen models registered yet")
     elif args.action == "show":
@@ -195,12 +211,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "schedule":
             return _schedule(args)
         if args.command == "export":
-            run = export.Run(args.preprocessed, args.generated, args.gated, args.pairs,
-                             args.pairs_gated)  # fmt: skip
+            run = export.Run(
+                args.preprocessed, args.generated, args.gated, args.pairs, args.pairs_gated
+            )
             summary = export.export(
-                run, fmt=args.format, condition=args.condition, out=args.out,
-                branch=args.branch, parent_boxes_up_to=args.parent_boxes_up_to,
-            )  # fmt: skip
+                run,
+                fmt=args.format,
+                condition=args.condition,
+                out=args.out,
+                branch=args.branch,
+                parent_boxes_up_to=args.parent_boxes_up_to,
+            )
             print(json.dumps(summary, indent=2))
             return 0
         if args.command == "profile":

@@ -449,9 +449,15 @@ class SweepConfig(_Section):
 # arms, all-train, majority) are added by the stages (core/arms.py).
 CONDITIONS = arms.SYNTHETIC
 CLASSIFIERS = (
-    "resnet18", "squeezenet1_1", "vgg11_bn", "densenet121", "alexnet", "effnet_lite0_imagenet",
-    "effnet_lite0_probe", "effnet_lite2_probe",
-)  # fmt: skip
+    "resnet18",
+    "squeezenet1_1",
+    "vgg11_bn",
+    "densenet121",
+    "alexnet",
+    "effnet_lite0_imagenet",
+    "effnet_lite0_probe",
+    "effnet_lite2_probe",
+)
 
 
 class MaskDdpmConfig(_Section):
@@ -491,19 +497,23 @@ class MaskAcceptConfig(_Section):
     """Which synthetic masks pairs may use (core.masks.MaskRange, drop_reasons)."""
 
     range_factor: float = Field(
-        default=1.5, ge=1.0,
+        default=1.5,
+        ge=1.0,
         description="a mask's area ratio within the real train masks' min / f to max x f, "
         "its 8-connected regions at most their max x f",
-    )  # fmt: skip
+    )
     min_accepted: float = Field(
-        default=0.5, ge=0.0, le=1.0,
+        default=0.5,
+        ge=0.0,
+        le=1.0,
         description="a method with a smaller fraction of its masks in range is dropped",
-    )  # fmt: skip
+    )
     max_distance_ratio: float = Field(
-        default=2.0, ge=1.0,
+        default=2.0,
+        ge=1.0,
         description="a method this many times further from the val masks than the "
         "class's best is dropped",
-    )  # fmt: skip
+    )
 
 
 class MasksConfig(_Section):
@@ -653,9 +663,11 @@ class SegmentConfig(_Section):
 
 
 DETECTORS = (
-    "fasterrcnn_resnet18", "fasterrcnn_effnet_lite0_imagenet",
-    "maskrcnn_resnet18", "maskrcnn_effnet_lite0_imagenet",
-)  # fmt: skip
+    "fasterrcnn_resnet18",
+    "fasterrcnn_effnet_lite0_imagenet",
+    "maskrcnn_resnet18",
+    "maskrcnn_effnet_lite0_imagenet",
+)
 
 
 class DetectConfig(_Section):
@@ -701,9 +713,11 @@ class ClassicalConfig(_Section):
         default=False, description="rotations by multiples of 90 degrees (square images)"
     )
     rotate: float = Field(
-        default=15.0, ge=0.0, le=45.0,
+        default=15.0,
+        ge=0.0,
+        le=45.0,
         description="+- degrees, border reflected; off for box-only detection data",
-    )  # fmt: skip
+    )
     crop_scale: tuple[float, float] = Field(
         default=(0.8, 1.0), description="random resized crop: fraction of the area kept"
     )
@@ -777,12 +791,13 @@ class TrainConfig(_Section):
     rotation: float = Field(default=10.0, ge=0.0, le=180.0)  # +- degrees
     flips: bool = True  # horizontal and vertical
     views: int = Field(
-        default=1, ge=1,
+        default=1,
+        ge=1,
         description="the probes: feature vectors per train image, the image and "
         "views - 1 augmented copies (rotation, flips), computed once by the frozen trunk; "
         "1 (the image alone) keeps the probe's augmentation out of the classical recipe, "
         "so the classical arm measures the recipe",
-    )  # fmt: skip
+    )
     image_size: int | None = Field(default=None, ge=16)  # null: as preprocessed
     workers: int = Field(default=2, ge=1)  # runs trained at once, one CPU thread each
 

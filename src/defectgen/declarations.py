@@ -92,13 +92,24 @@ class Stage:
 # keys shared readers read, declared once for every stage that uses them
 DEVICE = ("model.device", "model.dtype")  # core.device.runtime
 # the diffusion pipeline's loading and speed settings (core.diffusion.models)
-DIFFUSION = (*DEVICE, "model.profile", "model.compile", "model.fuse_qkv",
-             "model.gradient_checkpointing")  # fmt: skip
+DIFFUSION = (
+    *DEVICE,
+    "model.profile",
+    "model.compile",
+    "model.fuse_qkv",
+    "model.gradient_checkpointing",
+)
 # reference.Reference: the extractor, how many real images and the near-duplicate ratio
 REFERENCE = ("gate.extractor", "gate.inception_weights", "gate.max_images", "gate.near_duplicate")
 # generate.settings and the sampler (the sweep samples as generate does)
-SAMPLING = ("generate.mode", "generate.steps", "generate.batch_size", "generate.strength",
-            "generate.guidance", "generate.per_class")  # fmt: skip
+SAMPLING = (
+    "generate.mode",
+    "generate.steps",
+    "generate.batch_size",
+    "generate.strength",
+    "generate.guidance",
+    "generate.per_class",
+)
 
 PREPROCESSED = ("preprocessed", True, "the preprocess stage's output folder")
 BASE = ("base", True, "the base stage's output folder")
@@ -229,7 +240,7 @@ STAGES = (
             "segment",
             "classical",
             "copy_paste",
-        ),  # fmt: skip
+        ),
         (art.SEGMENT_JSON, art.COMPARISON_CSV),
         curves=(art.CURVES_DIR,),
         output="segment",

@@ -55,8 +55,18 @@ CONDITIONS = (arms.REAL, arms.ALL_TRAIN, *arms.ADDITIVE)
 BRANCHES = ("both", "images", "pairs")
 SPLITS = ("train", "val", "test")
 PROVENANCE_NAME = "provenance.csv"
-PROVENANCE_COLUMNS = ("file", "split", "label", "origin", "id", "parent_id", "generator",
-                      "gen_params", "source", "annotations")  # fmt: skip
+PROVENANCE_COLUMNS = (
+    "file",
+    "split",
+    "label",
+    "origin",
+    "id",
+    "parent_id",
+    "generator",
+    "gen_params",
+    "source",
+    "annotations",
+)
 
 
 @dataclass
@@ -168,8 +178,11 @@ def export(
             "replaces its folder whole, so give a new or empty one"
         )
     # parents of synthetic images are train images, in the subset or not
-    real_by_id = {r["id"]: Item(r, run.preprocessed) for r in rows_of(run.preprocessed)
-                  if r["split"] == "train"}  # fmt: skip
+    real_by_id = {
+        r["id"]: Item(r, run.preprocessed)
+        for r in rows_of(run.preprocessed)
+        if r["split"] == "train"
+    }
     left_out: dict[str, int] = {}
     localised = fmt != "imagefolder"
     for split, items in splits.items():
@@ -197,18 +210,26 @@ def export(
         for split, items in splits.items():
             for item in items:
                 name = _file_name(item)
-                rel = f"{split}/{item.row['label']}/{name}" if fmt == "imagefolder" else (
-                    f"images/{split}/{name}"
-                )  # fmt: skip
+                rel = (
+                    f"{split}/{item.row['label']}/{name}"
+                    if fmt == "imagefolder"
+                    else (f"images/{split}/{name}")
+                )
                 shutil.copyfile(item.folder / item.row["path"], _parent(tmp / rel))
                 provenance.append(
-                    {"file": rel, "split": split, "label": item.row["label"],
-                     "origin": item.row["origin"], "id": item.row["id"],
-                     "parent_id": item.row["parent_id"] or "",
-                     "generator": item.row["generator"] or "",
-                     "gen_params": item.row["gen_params"] or "", "source": item.row["source"],
-                     "annotations": item.annotations if localised else "label"}
-                )  # fmt: skip
+                    {
+                        "file": rel,
+                        "split": split,
+                        "label": item.row["label"],
+                        "origin": item.row["origin"],
+                        "id": item.row["id"],
+                        "parent_id": item.row["parent_id"] or "",
+                        "generator": item.row["generator"] or "",
+                        "gen_params": item.row["gen_params"] or "",
+                        "source": item.row["source"],
+                        "annotations": item.annotations if localised else "label",
+                    }
+                )
                 item.row = {**item.row, "_file": rel}
         if fmt == "coco":
             _write_coco(tmp, splits, labels)
@@ -220,11 +241,15 @@ def export(
         writer.writerows(provenance)
         write_file(tmp / PROVENANCE_NAME, buf.getvalue().encode())
         summary = {
-            "format": fmt, "condition": condition, "branch": branch, "classes": labels,
+            "format": fmt,
+            "condition": condition,
+            "branch": branch,
+            "classes": labels,
             "images": {s: len(v) for s, v in splits.items()},
             "synthetic": sum(i.row["origin"] == "synthetic" for i in splits["train"]),
-            "left_out": left_out, "parent_boxes_up_to": parent_boxes_up_to,
-        }  # fmt: skip
+            "left_out": left_out,
+            "parent_boxes_up_to": parent_boxes_up_to,
+        }
         write_file(tmp / "export.json", json.dumps(summary, indent=2).encode())
     return summary
 
@@ -239,13 +264,18 @@ def _write_coco(tmp: Path, splits: dict[str, list[Item]], labels: list[str]) -> 
         samples = [
             coco.Sample(
                 file_name=i.row["_file"].removeprefix("images/"),
-                label=i.row["label"], split=split, origin=i.row["origin"], mask=i.mask,
-                defectgen_id=i.row["id"], parent_id=i.row["parent_id"],
-                extra={"annotations_from": i.annotations}, boxes=i.boxes,
+                label=i.row["label"],
+                split=split,
+                origin=i.row["origin"],
+                mask=i.mask,
+                defectgen_id=i.row["id"],
+                parent_id=i.row["parent_id"],
+                extra={"annotations_from": i.annotations},
+                boxes=i.boxes,
                 size=(i.row["height"], i.row["width"]),
             )
             for i in items
-        ]  # fmt: skip
+        ]
         data = coco.build(samples, labels, split)
         write_file(tmp / "annotations" / f"instances_{split}.json", json.dumps(data).encode())
 
@@ -256,8 +286,9 @@ def _write_yolo(
     for split, items in splits.items():
         (tmp / "labels" / split).mkdir(parents=True, exist_ok=True)
         for i in items:
-            lines = _yolo_lines(i, labels.index(i.row["label"]), i.row["width"],
-                                i.row["height"], seg)  # fmt: skip
+            lines = _yolo_lines(
+                i, labels.index(i.row["label"]), i.row["width"], i.row["height"], seg
+            )
             stem = Path(i.row["_file"]).stem
             text = "".join(f"{line}\n" for line in lines)
             write_file(tmp / "labels" / split / f"{stem}.txt", text.encode())

@@ -481,8 +481,11 @@ def _yolo(cfg: DataConfig, root: Path | None) -> Discovery:
             seen.add(path)
             rel = _rel(path, root) if path.is_relative_to(root) else str(path)
             label_path = _yolo_label_path(path)
-            label_rel = label_path.relative_to(root).as_posix() if label_path.is_relative_to(
-                root) else str(label_path)  # fmt: skip
+            label_rel = (
+                label_path.relative_to(root).as_posix()
+                if label_path.is_relative_to(root)
+                else str(label_path)
+            )
             try:
                 text = label_path.read_text(encoding="utf-8") if label_path.is_file() else ""
                 objects = parse_yolo_label(text, len(names))
@@ -514,8 +517,15 @@ def _yolo(cfg: DataConfig, root: Path | None) -> Discovery:
                     xs, ys = v[0::2], v[1::2]
                     pixels = np.reshape(v, (-1, 2)) * (width, height)
                     polygons.append(pixels.ravel().tolist())
-                boxes.append({"label": names[cls], "x0": min(xs) * width, "y0": min(ys) * height,
-                              "x1": max(xs) * width, "y1": max(ys) * height})  # fmt: skip
+                boxes.append(
+                    {
+                        "label": names[cls],
+                        "x0": min(xs) * width,
+                        "y0": min(ys) * height,
+                        "x1": max(xs) * width,
+                        "y1": max(ys) * height,
+                    }
+                )
             mask = None
             if polygons and len(polygons) == len(objects):
                 mask = _polygon_mask(polygons, height, width)
@@ -548,8 +558,11 @@ def _orphan_labels(images: set[Path], root: Path, found: Discovery) -> None:
         for label in sorted(folder.glob("*.txt")):
             if label not in used:
                 rel = _rel(label, root) if label.is_relative_to(root) else str(label)
-                found.skip(rel, "label file without its image (no image of this name under "
-                           "images/): add the image or remove the label file")  # fmt: skip
+                found.skip(
+                    rel,
+                    "label file without its image (no image of this name under "
+                    "images/): add the image or remove the label file",
+                )
 
 
 def _empty_mask(path: Path) -> Callable[[], np.ndarray]:

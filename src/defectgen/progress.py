@@ -27,8 +27,12 @@ def progress(
             last[0] = now
             rate = done / max(now - started, 1e-9)
             left = (steps - done) / rate
-            print(f"[{what}] step {done}/{steps}, loss {value:.4g}, {rate:.1f} steps/s, "
-                  f"about {left / 60:.1f} min left", file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"[{what}] step {done}/{steps}, loss {value:.4g}, {rate:.1f} steps/s, "
+                f"about {left / 60:.1f} min left",
+                file=sys.stderr,
+                flush=True,
+            )
 
     return wrapped
 

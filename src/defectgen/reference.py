@@ -94,9 +94,10 @@ class Reference:
     def train(self, label: str) -> list[dict]:
         whole = self.params.finetune.data == "train"
         return [
-            r for r in self.rows
+            r
+            for r in self.rows
             if r["label"] == label and r["split"] == "train" and (whole or r["in_subset"])
-        ]  # fmt: skip
+        ]
 
     def images(self, rows: list[dict], size: int) -> list[np.ndarray]:
         return load_images(self.preprocessed, rows, size)

@@ -238,10 +238,11 @@ def register_adapter(
     version = str(mv.version)
     alias, why = promote_by_gate(client, name, version)
     client.update_registered_model(
-        name, description=f"defectgen: synthetic images of class '{label}' (a textual-"
+        name,
+        description=f"defectgen: synthetic images of class '{label}' (a textual-"
         "inversion + LoRA adapter on its base). Serve the version aliased champion: "
-        f"mlflow.pyfunc.load_model('models:/{name}@champion')."
-    )  # fmt: skip
+        f"mlflow.pyfunc.load_model('models:/{name}@champion').",
+    )
     client.update_model_version(name, version, description=describe(tags, model_config, why))
     return version, alias, True, why
 
@@ -253,12 +254,14 @@ def signature(defaults: dict) -> ModelSignature:
     return ModelSignature(
         inputs=Schema([ColSpec("binary", "image"), ColSpec("long", "seed", required=False)]),
         outputs=Schema([ColSpec("binary", "image")]),
-        params=ParamSchema([
-            ParamSpec("strength", "double", float(defaults["strength"])),
-            ParamSpec("guidance", "double", float(defaults["guidance"])),
-            ParamSpec("steps", "long", int(defaults["steps"])),
-        ]),
-    )  # fmt: skip
+        params=ParamSchema(
+            [
+                ParamSpec("strength", "double", float(defaults["strength"])),
+                ParamSpec("guidance", "double", float(defaults["guidance"])),
+                ParamSpec("steps", "long", int(defaults["steps"])),
+            ]
+        ),
+    )
 
 
 def describe(tags: dict[str, str], model_config: dict, why: str) -> str:

@@ -99,8 +99,9 @@ class Resume:
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_one_thread,
         ) as pool:
-            futures = {pool.submit(self.ensure, unit, make, *args): unit
-                       for unit, make, args in todo}  # fmt: skip
+            futures = {
+                pool.submit(self.ensure, unit, make, *args): unit for unit, make, args in todo
+            }
             failed: BaseException | None = None
             for future in as_completed(futures):
                 unit = futures[future]

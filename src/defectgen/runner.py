@@ -51,8 +51,12 @@ def execute(
         for name, folder in inputs.items():
             run.log_manifest(folder, name=f"{params.data.name}/{name}", context="input")
         # the data the pipeline read: ingest's manifest, on the parent run too
-        run.log_manifest(out_dir, name=f"{params.data.name}/{stage.output}", context="output",
-                         on_parent=stage.name == "ingest")  # fmt: skip
+        run.log_manifest(
+            out_dir,
+            name=f"{params.data.name}/{stage.output}",
+            context="output",
+            on_parent=stage.name == "ingest",
+        )
     return _reproducible(metrics), wall_s
 
 

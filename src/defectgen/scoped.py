@@ -73,8 +73,10 @@ class _View:
             return self._hashing(getattr(target, name))
         if name in _WHOLE:
             self._refuse(self._path or ALL)
-        own = next((c.__dict__[name] for c in cls.__mro__
-                    if name in c.__dict__ and c is not BaseModel), None)  # fmt: skip
+        own = next(
+            (c.__dict__[name] for c in cls.__mro__ if name in c.__dict__ and c is not BaseModel),
+            None,
+        )
         if isinstance(own, types.FunctionType):  # our method: its reads go through the view
             return types.MethodType(own, self)
         return getattr(target, name)

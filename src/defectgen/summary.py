@@ -42,8 +42,15 @@ def headline(evaluation: dict) -> tuple[str, dict | None] | None:
             return model, None
         for arm in arms.ADDITIVE:
             control = arms.classical_of(arm)
-            row = next((r for r in rows if (r["arm"], r["control"], r["metric"])
-                        == (arm, control, evaluation["primary_metric"])), None)  # fmt: skip
+            row = next(
+                (
+                    r
+                    for r in rows
+                    if (r["arm"], r["control"], r["metric"])
+                    == (arm, control, evaluation["primary_metric"])
+                ),
+                None,
+            )
             if row is not None:
                 return model, row
     return None
@@ -58,14 +65,19 @@ def answer(evaluation: dict) -> str:
     model, row = found
     if row is None:
         check = evaluation["validity"][model]
-        return (f"No answer from this run: {check['statement']} ({model}). A larger "
-                "test split, a larger dataset or a smaller few-shot set can give one.")  # fmt: skip
+        return (
+            f"No answer from this run: {check['statement']} ({model}). A larger "
+            "test split, a larger dataset or a smaller few-shot set can give one."
+        )
     said = {
         "better": "helped more than",
         "worse": "helped less than",
     }.get(row["verdict"], "could not be told apart from")
-    images = "the gate-passed synthetic images" if row["arm"] == arms.GATED else (
-        "the synthetic images (all generated; the gate passed none)")  # fmt: skip
+    images = (
+        "the gate-passed synthetic images"
+        if row["arm"] == arms.GATED
+        else ("the synthetic images (all generated; the gate passed none)")
+    )
     metric = evaluation["primary_metric"].replace("_", " ")
     return (
         f"Adding {images} {said} as many classically augmented copies of the real "
@@ -77,8 +89,11 @@ def answer(evaluation: dict) -> str:
 
 def _arm(evaluation: dict, model: str) -> str | None:
     """The synthetic arm the answer reads: the gated one where it trained, else ungated."""
-    done = {a for key in ("per_class_vs_classical", "per_class_vs_real")
-            for a in evaluation.get(key, {}).get(model, {})}  # fmt: skip
+    done = {
+        a
+        for key in ("per_class_vs_classical", "per_class_vs_real")
+        for a in evaluation.get(key, {}).get(model, {})
+    }
     return next((a for a in arms.ADDITIVE if a in done), None)
 
 
@@ -90,21 +105,23 @@ def per_class(evaluation: dict, gate: dict | None) -> list[dict]:
     model = found[0] if found else next(iter(evaluation.get("comparisons", {})), None)
     arm = _arm(evaluation, model) if model else None
     rows = {}
-    for key, name in (("per_class_vs_classical", "vs_classical"), ("per_class_vs_real",
-                                                                     "vs_real")):  # fmt: skip
+    for key, name in (("per_class_vs_classical", "vs_classical"), ("per_class_vs_real", "vs_real")):
         for r in evaluation.get(key, {}).get(model, {}).get(arm, []):
             rows.setdefault(r["label"], {})[name] = r
     labels = sorted(set(rows) | set((gate or {}).get("classes", {})))
     out = []
     for label in labels:
         entry = (gate or {}).get("classes", {}).get(label)
-        out.append({
-            "label": label, "arm": arm,
-            "gate": None if entry is None else _verdict(entry),
-            "kept": None if entry is None else (entry.get("n_kept", 0), entry["n_synthetic"]),
-            "vs_classical": rows.get(label, {}).get("vs_classical"),
-            "vs_real": rows.get(label, {}).get("vs_real"),
-        })  # fmt: skip
+        out.append(
+            {
+                "label": label,
+                "arm": arm,
+                "gate": None if entry is None else _verdict(entry),
+                "kept": None if entry is None else (entry.get("n_kept", 0), entry["n_synthetic"]),
+                "vs_classical": rows.get(label, {}).get("vs_classical"),
+                "vs_real": rows.get(label, {}).get("vs_real"),
+            }
+        )
     return out
 
 
@@ -123,18 +140,26 @@ def next_steps(evaluation: dict | None, gate: dict | None, tiny_prior: bool) -> 
             if vs is None or vs["ci"] is None:
                 continue
             if vs["ci"][0] > 0:
-                out.append(f"Keep the synthetic images for {row['label']}: they beat as many "
-                           "classical copies on its test F1.")  # fmt: skip
+                out.append(
+                    f"Keep the synthetic images for {row['label']}: they beat as many "
+                    "classical copies on its test F1."
+                )
             elif vs["ci"][1] < 0:
-                out.append(f"Leave {row['label']}'s synthetic images out: as many classical "
-                           "copies did better on its test F1.")  # fmt: skip
+                out.append(
+                    f"Leave {row['label']}'s synthetic images out: as many classical "
+                    "copies did better on its test F1."
+                )
     if gate is not None and not any(e.get("passed") for e in gate.get("classes", {}).values()):
-        out.append("The gate kept every class out; its reasons (the report's quality gate) "
-                   "say what would change each.")  # fmt: skip
+        out.append(
+            "The gate kept every class out; its reasons (the report's quality gate) "
+            "say what would change each."
+        )
     if tiny_prior:
-        out.append("The tiny CPU prior shows the pipeline working, not real images: for "
-                   "those, run the sd15 profile on a GPU (README: Stable Diffusion 1.5 and "
-                   "GPUs).")  # fmt: skip
+        out.append(
+            "The tiny CPU prior shows the pipeline working, not real images: for "
+            "those, run the sd15 profile on a GPU (README: Stable Diffusion 1.5 and "
+            "GPUs)."
+        )
     return out
 
 
@@ -155,11 +180,13 @@ def parent_record(evaluation: dict | None, gate: dict | None) -> dict:
             tags["defectgen.validity"] = evaluation["validity"][model]["statement"]
             if row is not None:
                 tags["defectgen.answer"] = f"{row['arm']} vs {row['control']}: {row['verdict']}"
-                metrics.update({
-                    f"answer/{row['metric']}_delta": float(row["delta"]),
-                    f"answer/{row['metric']}_ci_low": float(row["ci"][0]),
-                    f"answer/{row['metric']}_ci_high": float(row["ci"][1]),
-                })  # fmt: skip
+                metrics.update(
+                    {
+                        f"answer/{row['metric']}_delta": float(row["delta"]),
+                        f"answer/{row['metric']}_ci_low": float(row["ci"][0]),
+                        f"answer/{row['metric']}_ci_high": float(row["ci"][1]),
+                    }
+                )
                 if row.get("p_value") is not None:  # the raw p beside Holm's, as the report
                     metrics[f"answer/{row['metric']}_p"] = float(row["p_value"])
                 if row.get("p_adjusted") is not None:
@@ -186,8 +213,9 @@ def lines(data: Path) -> list[str]:
             verdict, why = verdict_reason(e)
             reason = f": {why}" if why else ""
             change = f"; what would change it: {e['change']}" if e.get("change") else ""
-            out.append(f"  {label}: {verdict}, {e.get('n_kept', 0)} / {e['n_synthetic']}"
-                       f"{reason}{change}")  # fmt: skip
+            out.append(
+                f"  {label}: {verdict}, {e.get('n_kept', 0)} / {e['n_synthetic']}{reason}{change}"
+            )
     report = data / REPORT_DIR / REPORT_HTML
     if report.is_file():
         out.append(f"Report: {report} (open it in a browser).")
@@ -203,6 +231,6 @@ def text(data: Path, width: int = 100) -> str:
             width,
             initial_indent=" " * (len(line) - len(line.lstrip())),
             subsequent_indent=" " * (len(line) - len(line.lstrip()) + 4),
-        )  # fmt: skip
+        )
         for line in lines(data)
     )

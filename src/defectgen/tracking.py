@@ -195,8 +195,11 @@ class StageRun:
         points = [mlflow.entities.Metric(k, float(v), now, 0) for k, v in metrics.items()]
         labels = [mlflow.entities.RunTag(k, v[:5000]) for k, v in tags.items()]
         for start in range(0, max(len(points), len(labels)), 100):  # MLflow's tag limit
-            client.log_batch(self.parent_id, metrics=points[start : start + 100],
-                             tags=labels[start : start + 100])  # fmt: skip
+            client.log_batch(
+                self.parent_id,
+                metrics=points[start : start + 100],
+                tags=labels[start : start + 100],
+            )
         for path in files:
             if Path(path).is_file():
                 client.log_artifact(self.parent_id, str(path))
@@ -224,13 +227,16 @@ class StageRun:
             warnings.filterwarnings("ignore", message="The specified dataset source can be")
             warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
             dataset = mlflow.data.from_pandas(
-                frame, source=str(path.resolve()), name=name + (" (empty)" if frame.empty else ""),
+                frame,
+                source=str(path.resolve()),
+                name=name + (" (empty)" if frame.empty else ""),
                 digest=file_digest(path)[:16],
-            )  # fmt: skip
+            )
             mlflow.log_input(dataset, context=context)
             if on_parent:
-                entry = DatasetInput(dataset._to_mlflow_entity(),
-                                     [InputTag("mlflow.data.context", context)])  # fmt: skip
+                entry = DatasetInput(
+                    dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", context)]
+                )
                 MlflowClient().log_inputs(self.parent_id, datasets=[entry])
 
 

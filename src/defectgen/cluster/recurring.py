@@ -88,8 +88,9 @@ def create(
         raise DefectgenError(f"{package}: no compiled pipeline; run `python -m pipelines.compile`")
     params_json = json.dumps(yaml.safe_load(Path(params_path).read_text(encoding="utf-8")))
     client, endpoint = _client(host)
-    exp = _call(endpoint, "create experiment", client.create_experiment, experiment,
-                namespace=namespace)  # fmt: skip
+    exp = _call(
+        endpoint, "create experiment", client.create_experiment, experiment, namespace=namespace
+    )
     run = _call(
         endpoint,
         "create recurring run",
@@ -112,12 +113,24 @@ def list_runs(*, host: str | None, namespace: str | None = None) -> list[dict[st
     client, endpoint = _client(host)
     out, token = [], ""
     while True:
-        page = _call(endpoint, "list recurring runs", client.list_recurring_runs,
-                     page_token=token, page_size=100, namespace=namespace)  # fmt: skip
+        page = _call(
+            endpoint,
+            "list recurring runs",
+            client.list_recurring_runs,
+            page_token=token,
+            page_size=100,
+            namespace=namespace,
+        )
         for r in page.recurring_runs or []:
             cron = r.trigger.cron_schedule.cron if r.trigger and r.trigger.cron_schedule else ""
-            out.append({"id": r.recurring_run_id, "name": r.display_name, "cron": cron,
-                        "status": str(r.status)})  # fmt: skip
+            out.append(
+                {
+                    "id": r.recurring_run_id,
+                    "name": r.display_name,
+                    "cron": cron,
+                    "status": str(r.status),
+                }
+            )
         token = page.next_page_token
         if not token:
             return out

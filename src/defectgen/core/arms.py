@@ -86,8 +86,11 @@ def questions(plan: dict[str, str | None], trained: set[str]) -> list[tuple[str,
             continue
         out.append((name, REAL))
         if name in ADDITIVE:
-            out += [(name, classical_of(name)), (name, copy_paste_of(name)),
-                    (name, oracle_of(name))]  # fmt: skip
+            out += [
+                (name, classical_of(name)),
+                (name, copy_paste_of(name)),
+                (name, oracle_of(name)),
+            ]
         if name == SUBSTITUTION:
             out.append((name, ALL_TRAIN))
         if matched is not None and name == oracle_of(matched):

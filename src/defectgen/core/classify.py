@@ -93,13 +93,21 @@ def describe(name: str, views: int) -> str:
         return f"EfficientNet-Lite0 fine-tuned from its ImageNet weights ({shared})"
     if name in PROBES:
         network = PROBES[name].replace("efficientnet-lite", "EfficientNet-Lite")
-        caveat = shared if name == EFFNET_PROBE else (
-            "a network none of the generator's instruments uses: the tiny VAE's perceptual "
-            "loss, the sweep and the gate use EfficientNet-Lite0")  # fmt: skip
-        seen = ("each train image's own features (no augmented views, so the classical "
-                "arm's recipe is all the augmentation)" if views == 1 else
-                f"{views} feature views per train image (the image and {views - 1} copies "
-                "under the protocol's rotation and flips)")  # fmt: skip
+        caveat = (
+            shared
+            if name == EFFNET_PROBE
+            else (
+                "a network none of the generator's instruments uses: the tiny VAE's perceptual "
+                "loss, the sweep and the gate use EfficientNet-Lite0"
+            )
+        )
+        seen = (
+            "each train image's own features (no augmented views, so the classical "
+            "arm's recipe is all the augmentation)"
+            if views == 1
+            else f"{views} feature views per train image (the image and {views - 1} copies "
+            "under the protocol's rotation and flips)"
+        )
         return (
             f"a linear head on frozen {network} ImageNet features (pooled, 1280-d), "
             f"{seen}, computed once ({caveat})"

@@ -112,8 +112,9 @@ class GridRoIAlign(MultiScaleRoIAlign):
 
     def forward(self, x, boxes, image_shapes):  # MultiScaleRoIAlign's signature
         fmap = x["0"]
-        rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], 1)
-                          for i, b in enumerate(boxes)])  # fmt: skip
+        rois = torch.cat(
+            [torch.cat([torch.full_like(b[:, :1], i), b], 1) for i, b in enumerate(boxes)]
+        )
         scale = fmap.shape[-1] / image_shapes[0][1]
         return roi_align(fmap, rois, self.size, scale, self.sampling)
 
@@ -156,19 +157,28 @@ def build(name: str, num_classes: int, size: int) -> nn.Module:
         box_roi_pool=GridRoIAlign(7),
         box_head=TwoMLPHead(body.out_channels * 49, REPRESENTATION),
         box_predictor=FastRCNNPredictor(REPRESENTATION, num_classes + 1),
-        min_size=size, max_size=size,
-        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
-        rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=100,
-        rpn_pre_nms_top_n_test=150, rpn_post_nms_top_n_test=50,
-        rpn_batch_size_per_image=64, box_batch_size_per_image=64,
-        box_detections_per_img=20, box_score_thresh=0.01,
-    )  # fmt: skip
+        min_size=size,
+        max_size=size,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+        rpn_pre_nms_top_n_train=300,
+        rpn_post_nms_top_n_train=100,
+        rpn_pre_nms_top_n_test=150,
+        rpn_post_nms_top_n_test=50,
+        rpn_batch_size_per_image=64,
+        box_batch_size_per_image=64,
+        box_detections_per_img=20,
+        box_score_thresh=0.01,
+    )
     if head == "maskrcnn":
         return MaskRCNN(
-            body, num_classes=None, mask_roi_pool=GridRoIAlign(14),
+            body,
+            num_classes=None,
+            mask_roi_pool=GridRoIAlign(14),
             mask_head=MaskRCNNHeads(body.out_channels, (64, 64), 1),
-            mask_predictor=MaskRCNNPredictor(64, 64, num_classes + 1), **common,
-        )  # fmt: skip
+            mask_predictor=MaskRCNNPredictor(64, 64, num_classes + 1),
+            **common,
+        )
     return FasterRCNN(body, num_classes=None, **common)
 
 
@@ -320,8 +330,13 @@ def fit(
         for step, idx in enumerate(batch_order(len(images), batch_size, steps, classes), start=1):
             xs, ts = [], []
             for i in idx.tolist():
-                img, tgt = transform(images[i], targets[i], hflip=rng.random() < 0.5,
-                                     vflip=rng.random() < 0.5, quarter_turns=0)  # fmt: skip
+                img, tgt = transform(
+                    images[i],
+                    targets[i],
+                    hflip=rng.random() < 0.5,
+                    vflip=rng.random() < 0.5,
+                    quarter_turns=0,
+                )
                 xs.append(_image_tensor(img).to(rt.device))
                 ts.append({k: v.to(rt.device) for k, v in tgt.torch().items()})
             with rt.autocast:
@@ -369,9 +384,14 @@ def _coco_gt(targets: list[Target], shapes: list[tuple[int, int]], labels: list[
         images.append({"id": i, "height": h, "width": w})
         for j, (box, lab) in enumerate(zip(t.boxes, t.labels, strict=True)):
             x0, y0, x1, y1 = (float(v) for v in box)
-            ann = {"id": len(anns) + 1, "image_id": i, "category_id": int(lab),
-                   "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0),
-                   "iscrowd": 0}  # fmt: skip
+            ann = {
+                "id": len(anns) + 1,
+                "image_id": i,
+                "category_id": int(lab),
+                "bbox": [x0, y0, x1 - x0, y1 - y0],
+                "area": (x1 - x0) * (y1 - y0),
+                "iscrowd": 0,
+            }
             if segm:
                 enc = coco.encode(t.masks[j])
                 ann["segmentation"] = enc
@@ -396,8 +416,9 @@ def evaluate(
 ) -> dict:
     """COCO mAP@[.5:.95], mAP@.5 and per-class AP (@[.5:.95]) of the model on these
     images (pycocotools' COCOeval, bbox; `segm` also scores the masks)."""
-    return score(predict(model, images, rt), targets, [x.shape[:2] for x in images], labels,
-                 segm=segm)  # fmt: skip
+    return score(
+        predict(model, images, rt), targets, [x.shape[:2] for x in images], labels, segm=segm
+    )
 
 
 def score(
@@ -431,8 +452,13 @@ def score(
                 dets.append(d)
         prefix = "" if kind == "bbox" else "segm_"
         if not dets or not gt.getAnnIds():
-            out.update({f"{prefix}map": 0.0, f"{prefix}map50": 0.0,
-                        f"{prefix}ap_per_class": {c: 0.0 for c in labels}})  # fmt: skip
+            out.update(
+                {
+                    f"{prefix}map": 0.0,
+                    f"{prefix}map50": 0.0,
+                    f"{prefix}ap_per_class": {c: 0.0 for c in labels},
+                }
+            )
             continue
         with contextlib.redirect_stdout(io.StringIO()):
             res = gt.loadRes(dets)
@@ -445,7 +471,11 @@ def score(
         for k, name in enumerate(labels):
             p = precision[:, :, k]
             per_class[name] = float(p[p > -1].mean()) if (p > -1).any() else 0.0
-        out.update({f"{prefix}map": max(float(ev.stats[0]), 0.0),
-                    f"{prefix}map50": max(float(ev.stats[1]), 0.0),
-                    f"{prefix}ap_per_class": per_class})  # fmt: skip
+        out.update(
+            {
+                f"{prefix}map": max(float(ev.stats[0]), 0.0),
+                f"{prefix}map50": max(float(ev.stats[1]), 0.0),
+                f"{prefix}ap_per_class": per_class,
+            }
+        )
     return out

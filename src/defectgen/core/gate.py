@@ -100,22 +100,35 @@ def decide(e: Evidence, cfg: GateConfig) -> Decision:
             f"{e.n_compared} synthetic (after dropping near-duplicates) and {e.n_reference} "
             "reference images: fewer than 2 to compare"
         )
-        change = ("more val images would (the gate compares with its half of val)"
-                  if e.n_reference < 2 else "more generated images would")  # fmt: skip
+        change = (
+            "more val images would (the gate compares with its half of val)"
+            if e.n_reference < 2
+            else "more generated images would"
+        )
         return Decision(False, "fail", "floor", reason, change, False, None, None)
     if not fidelity:
         change = "better images would: a longer finetune, another sweep cell or another method"
-        return Decision(False, "fail", "floor", f"fidelity floor: {f_reason}", change, False,
-                        False, f_reason)  # fmt: skip
+        return Decision(
+            False, "fail", "floor", f"fidelity floor: {f_reason}", change, False, False, f_reason
+        )
     if cfg.decide_by == "fidelity":
-        return Decision(True, "pass", "fidelity", f"fidelity floors passed: {f_reason}", "",
-                        False, True, f_reason)  # fmt: skip
+        return Decision(
+            True,
+            "pass",
+            "fidelity",
+            f"fidelity floors passed: {f_reason}",
+            "",
+            False,
+            True,
+            f_reason,
+        )
     if e.own is None:
         reason = f"no-harm check not possible: {e.missing or 'no estimate'}"
         return Decision(False, "fail", "class", reason, "", False, True, f_reason)
     own = no_harm.answer(e.own, margin=cfg.margin, harm=cfg.harm)
-    pooled = None if e.pooled is None else no_harm.answer(e.pooled, margin=cfg.margin,
-                                                          harm=cfg.harm)  # fmt: skip
+    pooled = (
+        None if e.pooled is None else no_harm.answer(e.pooled, margin=cfg.margin, harm=cfg.harm)
+    )
     if own != "inconclusive" or pooled in (None, "inconclusive"):
         verdict, rule, evidence = own, "class", e.own
         where = "this class's images"

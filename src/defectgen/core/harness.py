@@ -83,9 +83,14 @@ class Pool:
             gated = self.added.get(arms.GATED, [])
             return None if self.outside and gated else "the gate passed no synthetic image"
         return arms.skip_reason(
-            name, self.plan, self.added, has_outside=bool(self.outside), items=self.items,
-            item=self.item, all_in_subset=f"every train {self.item} is in the few-shot subset",
-        )  # fmt: skip
+            name,
+            self.plan,
+            self.added,
+            has_outside=bool(self.outside),
+            items=self.items,
+            item=self.item,
+            all_in_subset=f"every train {self.item} is in the few-shot subset",
+        )
 
     def runnable(self) -> tuple[list[str], dict[str, str]]:
         """(conditions that train, in plan order; {condition: why not} for the rest). The
@@ -170,20 +175,30 @@ def analyse(
     rows = []
     for metric, better in higher.items():
         test = difference and functools.partial(difference, metric)
-        rows += stats.compare(scores[metric], asked, metric, better, claims=arms.SYNTHETIC,
-                              difference=test)  # fmt: skip
+        rows += stats.compare(
+            scores[metric], asked, metric, better, claims=arms.SYNTHETIC, difference=test
+        )
     check = validity.check(
-        scores[primary], metric=primary, constant=constant, bound=bound,
+        scores[primary],
+        metric=primary,
+        constant=constant,
+        bound=bound,
         classes_predicted=classes_predicted,
         difference=difference and functools.partial(difference, primary),
-    )  # fmt: skip
+    )
     return validity.withhold(rows, check), check
 
 
 def headline(
-    comparisons: list[dict], check: dict, metric: str, what: str, *, model: str | None = None,
-    shown: str | None = None, points: bool = True,
-) -> str | None:  # fmt: skip
+    comparisons: list[dict],
+    check: dict,
+    metric: str,
+    what: str,
+    *,
+    model: str | None = None,
+    shown: str | None = None,
+    points: bool = True,
+) -> str | None:
     """The synthetic arm against its classical control in one line (the gated arm where
     it trained, else the ungated): "<what> (<model>, <arm> vs <control>, N paired seeds
     [x M test images], equal steps): <verdict>; <metric> <difference>", or the validity

@@ -117,8 +117,10 @@ def check(
     synthetic_arm = _predict(x_syn, y_extra, val_p)  # deterministic: one fit serves every seed
     arm, control = [], []
     for _ in range(seeds):
-        copies = [pool[rng.choice(len(pool), len(a.synthetic), replace=False)]
-                  for pool, a in zip(pools, added.values(), strict=True)]  # fmt: skip
+        copies = [
+            pool[rng.choice(len(pool), len(a.synthetic), replace=False)]
+            for pool, a in zip(pools, added.values(), strict=True)
+        ]
         control.append(_predict(np.concatenate([real_p, *copies]), y_extra, val_p))
         arm.append(synthetic_arm)
     result = stats.seed_image_bootstrap(
@@ -134,8 +136,10 @@ def check(
         # images cost -1.3 pp [-2.6, -0.2] on test. The interval is never narrower than the
         # rule of three's resolution on either side of the estimate.
         lo, hi = result["ci"]
-        result.update(ci=[min(lo, result["delta"] - bound), max(hi, result["delta"] + bound)],
-                      interval="bootstrap, widened to the rule of three")  # fmt: skip
+        result.update(
+            ci=[min(lo, result["delta"] - bound), max(hi, result["delta"] + bound)],
+            interval="bootstrap, widened to the rule of three",
+        )
     return result
 
 
@@ -202,9 +206,10 @@ def describe(result: dict, *, margin: float) -> str:
     side = "higher" if delta > 0 else "lower" if delta < 0 else "no different"
     found = (
         f"val {name} {pp(abs(delta))} {side} with the synthetic images than with as many "
-        "classical copies" if delta else f"val {name} no different with the synthetic images "
-        "than with as many classical copies"
-    )  # fmt: skip
+        "classical copies"
+        if delta
+        else f"val {name} no different with the synthetic images than with as many classical copies"
+    )
     lo, hi = result["ci"]
     how = (
         "the two arms predicted every val image alike, so by the rule of three"

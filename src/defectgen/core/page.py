@@ -110,8 +110,11 @@ def axis_range(entries: list[tuple[str, float, float]]) -> tuple[float, float]:
 def forest_rows(comparisons: list[dict], metric: str) -> list[tuple[str, float, float, float]]:
     """(label, difference, low, high) per paired comparison of `metric` that has an
     interval: the rows a forest plot draws, each arm minus its control."""
-    return [(f"{c['arm']} - {c['control']}", c["delta"], *c["ci"]) for c in comparisons
-            if c["metric"] == metric and c["ci"] is not None]  # fmt: skip
+    return [
+        (f"{c['arm']} - {c['control']}", c["delta"], *c["ci"])
+        for c in comparisons
+        if c["metric"] == metric and c["ci"] is not None
+    ]
 
 
 def forest_plot(rows: list[tuple[str, float, float, float]], xlabel: str) -> bytes:

@@ -79,8 +79,12 @@ def s_measure(pred: np.ndarray, gt: np.ndarray, alpha: float = 0.5) -> float:
     row, col = np.argwhere(gt).mean(axis=0).round()
     r, c = int(row) + 1, int(col) + 1  # the split: rows [0, r) / [r, h), cols [0, c) / [c, w)
     s_region = 0.0
-    for rows, cols in ((slice(0, r), slice(0, c)), (slice(0, r), slice(c, w)),
-                       (slice(r, h), slice(0, c)), (slice(r, h), slice(c, w))):  # fmt: skip
+    for rows, cols in (
+        (slice(0, r), slice(0, c)),
+        (slice(0, r), slice(c, w)),
+        (slice(r, h), slice(0, c)),
+        (slice(r, h), slice(c, w)),
+    ):
         part = pred[rows, cols]
         s_region += part.size / (h * w) * _ssim(part, g[rows, cols])
     return max(0.0, float(alpha * s_object + (1 - alpha) * s_region))

@@ -92,8 +92,14 @@ def classifier_metric(
     raise ValueError(f"unknown classifier metric {metric!r}; choose from {CLASSIFIER_METRICS}")
 
 
-def _per_seed(a: np.ndarray, c: np.ndarray, truth: np.ndarray, metric: str,
-              n_classes: int | None, weights: np.ndarray) -> np.ndarray:  # fmt: skip
+def _per_seed(
+    a: np.ndarray,
+    c: np.ndarray,
+    truth: np.ndarray,
+    metric: str,
+    n_classes: int | None,
+    weights: np.ndarray,
+) -> np.ndarray:
     """(B, S) metric(arm_s) - metric(control_s) with the test images counted by `weights`
     (B, N): a classifier metric of predicted classes, or else the weighted mean of
     per-image scores (S-measure, Dice, IoU, MAE: a set's score is its images' mean)."""
@@ -185,8 +191,13 @@ def seed_image_bootstrap(
         )
     n_seeds, n_images = a.shape
     per_seed = _per_seed(a, c, truth, metric, n_classes, np.ones((1, n_images)))[0]
-    out = {"delta": float(per_seed.mean()), "n_seeds": n_seeds, "n_images": n_images,
-           "ci": None, "p_value": None}  # fmt: skip
+    out = {
+        "delta": float(per_seed.mean()),
+        "n_seeds": n_seeds,
+        "n_images": n_images,
+        "ci": None,
+        "p_value": None,
+    }
     if np.array_equal(a, c):
         return out
     draws = _seed_image_draws(a, c, truth, metric, n_classes, np.random.default_rng(seed), n_boot)
@@ -223,14 +234,23 @@ def replicate_bootstrap(
     if not replicates:
         raise ValueError("replicate_bootstrap needs at least one replicate")
     rng = np.random.default_rng(seed)
-    per = [seed_image_bootstrap(a, c, y, metric, n_classes, level=level, n_boot=n_boot,
-                                seed=int(rng.integers(2**31)))
-           for a, c, y in replicates]  # fmt: skip
+    per = [
+        seed_image_bootstrap(
+            a, c, y, metric, n_classes, level=level, n_boot=n_boot, seed=int(rng.integers(2**31))
+        )
+        for a, c, y in replicates
+    ]
     # (B, K): per bootstrap draw, each replicate's difference with its seeds and images
     # resampled; then the replicates themselves are resampled
-    draws = np.stack([_seed_image_draws(np.asarray(a), np.asarray(c), np.asarray(y), metric,
-                                        n_classes, rng, n_boot)
-                      for a, c, y in replicates], 1)  # fmt: skip
+    draws = np.stack(
+        [
+            _seed_image_draws(
+                np.asarray(a), np.asarray(c), np.asarray(y), metric, n_classes, rng, n_boot
+            )
+            for a, c, y in replicates
+        ],
+        1,
+    )
     k = len(replicates)
     chosen = rng.integers(0, k, (n_boot, k))  # the replicates resampled
     total = np.take_along_axis(draws, chosen, 1).mean(1)

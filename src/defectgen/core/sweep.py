@@ -222,8 +222,9 @@ def probe_grid(tiles: np.ndarray, cells: list[dict], chosen: dict) -> bytes:
     rows, cols = len(strengths), len(guidances)
     tiles = tiles[..., 0] if tiles.ndim == 3 and tiles.shape[2] == 1 else tiles
     h, w = tiles.shape[0] // rows, tiles.shape[1] // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols + 0.6, 1.3 * rows + 0.5),
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(1.3 * cols + 0.6, 1.3 * rows + 0.5), squeeze=False
+    )
     for i, strength in enumerate(strengths):
         for j, guidance in enumerate(guidances):
             ax = axes[i][j]

@@ -115,19 +115,23 @@ class _Data:
         # copy-paste cuts defects by their masks: box-only data has none to cut
         masked = [i for i in self.subset if i.mask is not None]
         self.plan = arms.plan(
-            cfg.conditions, oracle=cfg.oracle,
+            cfg.conditions,
+            oracle=cfg.oracle,
             copy_paste=params.copy_paste.enabled and len(masked) == len(self.subset),
-        )  # fmt: skip
+        )
         self.plan.pop(arms.MAJORITY)  # a classifier baseline: no detection analogue
         # the harness draws manifest rows; each row's annotated item, by id
         every = self.subset + self.outside + [i for a in self.added.values() for i in a]
         self.items = {i.row["id"]: i for i in every}
         self.pool = harness.Pool(
-            self.plan, [i.row for i in self.subset], [i.row for i in self.outside],
+            self.plan,
+            [i.row for i in self.subset],
+            [i.row for i in self.outside],
             {arm: [i.row for i in items] for arm, items in self.added.items()},
             normal_classes=tuple(params.data.normal_classes),
-            items="synthetic images with annotations", item="image",
-        )  # fmt: skip
+            items="synthetic images with annotations",
+            item="image",
+        )
         self._cache: dict[str, tuple] = {}
         self._pixels: dict[str, tuple] | None = None
 
@@ -160,10 +164,13 @@ class _Data:
         drawn = self.pool.draw(name, rng)
         extra = [self.sample(self.items[r["id"]]) for r in drawn.rows]
         cfg = self.params.classical
-        extra += [detect.classical(cfg, *self.sample(self.items[r["id"]]), rng)
-                  for r in drawn.copies]  # fmt: skip
-        classes = [self.labels.index(r["label"])
-                   for r in [i.row for i in self.subset] + drawn.rows + drawn.copies]  # fmt: skip
+        extra += [
+            detect.classical(cfg, *self.sample(self.items[r["id"]]), rng) for r in drawn.copies
+        ]
+        classes = [
+            self.labels.index(r["label"])
+            for r in [i.row for i in self.subset] + drawn.rows + drawn.copies
+        ]
         provenance: dict = {}
         if drawn.pastes is not None:
             pasted, provenance, pasted_classes = self._paste(drawn.pastes, rng)
@@ -194,36 +201,64 @@ def _train_one(params: Params, data: _Data, model_name: str, condition: str, see
         torch.manual_seed(derive_seed(params.seed, "detect-init", model_name, seed) % 2**63)
         model = detect.build(model_name, len(data.labels), size)
     fit = detect.fit(
-        model, (images, targets), val if val else ([], []), data.labels,
-        steps=cfg.steps, evals=cfg.evals, batch_size=cfg.batch_size, lr=cfg.lr,
+        model,
+        (images, targets),
+        val if val else ([], []),
+        data.labels,
+        steps=cfg.steps,
+        evals=cfg.evals,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
         seed=derive_seed(params.seed, "detect-fit", model_name, seed) % 2**63,
-        weight_decay=cfg.weight_decay, schedule_kind=cfg.schedule, warmup=cfg.warmup,
-        classes=classes if cfg.class_balance == "sampler" else None, rt=rt,
-    )  # fmt: skip
+        weight_decay=cfg.weight_decay,
+        schedule_kind=cfg.schedule,
+        warmup=cfg.warmup,
+        classes=classes if cfg.class_balance == "sampler" else None,
+        rt=rt,
+    )
     scores = detect.evaluate(
-        fit.model, [t[0] for t in test], [t[1] for t in test], data.labels, rt=rt,
+        fit.model,
+        [t[0] for t in test],
+        [t[1] for t in test],
+        data.labels,
+        rt=rt,
         segm=detect.has_masks(model_name),
-    )  # fmt: skip
+    )
     return {
-        "model": model_name, "condition": condition, "seed": seed, **scores,
-        "n_train": len(images), "n_added": n_added, "steps": cfg.steps,
-        "best_step": fit.best_step, "eval_steps": fit.eval_steps,
-        "val_map50": fit.val_map50, "train_loss": fit.losses, **provenance,
-    }  # fmt: skip
+        "model": model_name,
+        "condition": condition,
+        "seed": seed,
+        **scores,
+        "n_train": len(images),
+        "n_added": n_added,
+        "steps": cfg.steps,
+        "best_step": fit.best_step,
+        "eval_steps": fit.eval_steps,
+        "val_map50": fit.val_map50,
+        "train_loss": fit.losses,
+        **provenance,
+    }
 
 
 def _metrics(records: list[dict]) -> tuple[str, ...]:
-    return ("map", "map50", "segm_map", "segm_map50") if "segm_map" in records[0] else (
-        "map", "map50")  # fmt: skip
+    return (
+        ("map", "map50", "segm_map", "segm_map50") if "segm_map" in records[0] else ("map", "map50")
+    )
 
 
 def headline(comparisons: dict[str, list[dict]], checks: dict[str, dict]) -> str:
     """Synthetic vs classical for detection in one line (the first model), or, when its
     validity check failed, that this budget cannot say."""
     for model, rows in comparisons.items():
-        line = harness.headline(rows, checks[model], "map", "Synthetic vs classical "
-                                "augmentation for detection", model=model, shown="mAP@[.5:.95]",
-                                points=False)  # fmt: skip
+        line = harness.headline(
+            rows,
+            checks[model],
+            "map",
+            "Synthetic vs classical augmentation for detection",
+            model=model,
+            shown="mAP@[.5:.95]",
+            points=False,
+        )
         if line:
             return line
     return "No synthetic arm was trained, so detection's synthetic vs classical is unanswered."
@@ -316,9 +351,13 @@ def run(
         summary[model] = {}
         for condition in dict.fromkeys(r["condition"] for r in mine):
             runs = [r for r in mine if r["condition"] == condition]
-            entry: dict = {"n_seeds": len(runs), "n_train": runs[0]["n_train"],
-                           "n_added": runs[0]["n_added"], "steps": runs[0]["steps"],
-                           "best_steps": [r["best_step"] for r in runs]}  # fmt: skip
+            entry: dict = {
+                "n_seeds": len(runs),
+                "n_train": runs[0]["n_train"],
+                "n_added": runs[0]["n_added"],
+                "steps": runs[0]["steps"],
+                "best_steps": [r["best_step"] for r in runs],
+            }
             entry["budget_bound"] = validity.budget_bound([r["val_map50"] for r in runs])
             for m in names:
                 s = stats.summary([r[m] for r in runs])
@@ -330,12 +369,19 @@ def run(
                 entry.update(copypaste.summarise(runs))
             summary[model][condition] = entry
         comparisons[model], checks[model] = harness.analyse(
-            {m: {c: {r["seed"]: r[m] for r in mine if r["condition"] == c} for c in summary[model]}
-             for m in names},
-            data.plan, primary="map", higher=dict.fromkeys(names, True),
+            {
+                m: {
+                    c: {r["seed"]: r[m] for r in mine if r["condition"] == c}
+                    for c in summary[model]
+                }
+                for m in names
+            },
+            data.plan,
+            primary="map",
+            higher=dict.fromkeys(names, True),
             constant=0.0,  # a detector that finds nothing
             bound={c: summary[model][c]["budget_bound"] for c in summary[model]},
-        )  # fmt: skip
+        )
     with atomic_dir(out_dir) as tmp:
         atomic_write_json(
             tmp / DETECT_JSON,
@@ -363,7 +409,7 @@ def run(
                     "mAP@.5, per-class AP; instances are 8-connected mask regions or boxes",
                     "parent_boxes_up_to": cfg.parent_boxes_up_to,
                     "synthetic": cfg.synthetic,
-                },  # fmt: skip
+                },
                 "n_test": len(data.split["test"]),
                 "n_val": len(data.split["val"]),
                 "order": [c for c in data.plan if c not in skipped],
@@ -375,12 +421,26 @@ def run(
         )
         # curves go to curves/, copy-paste provenance to detect.json (copypaste.summarise)
         drop = ("eval_steps", "val_map50", "train_loss", "pasted", "short", "overlapping")
-        table = [{k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in r.items()
-                  if k not in drop} for r in records]  # fmt: skip
+        table = [
+            {
+                k: (json.dumps(v) if isinstance(v, dict) else v)
+                for k, v in r.items()
+                if k not in drop
+            }
+            for r in records
+        ]
         pd.DataFrame(table).to_parquet(tmp / RUNS_PARQUET, index=False)
-        plot = [{"run": f"{m} {c}", "model": m, "condition": c, "map": e["map_mean"],
-                 "map50": e["map50_mean"]} for m, conds in summary.items()
-                for c, e in conds.items()]  # fmt: skip
+        plot = [
+            {
+                "run": f"{m} {c}",
+                "model": m,
+                "condition": c,
+                "map": e["map_mean"],
+                "map50": e["map50_mean"],
+            }
+            for m, conds in summary.items()
+            for c, e in conds.items()
+        ]
         write_file(tmp / COMPARISON_CSV, pd.DataFrame(plot).to_csv(index=False).encode())
         _grid(data, tmp / BOXES_PNG)
         curves = Curves()

@@ -89,20 +89,31 @@ def _make_prior(
     images: list[np.ndarray] = []
     for start in range(0, len(seeds), 16):
         images += sample.generate(
-            pipe, prompt=prior_prompt(params), seeds=seeds[start : start + 16], parents=None,
-            strength=1.0, guidance=db.prior_guidance, steps=db.prior_steps, size=size,
+            pipe,
+            prompt=prior_prompt(params),
+            seeds=seeds[start : start + 16],
+            parents=None,
+            strength=1.0,
+            guidance=db.prior_guidance,
+            steps=db.prior_steps,
+            size=size,
             channels=channels,
-        )  # fmt: skip
+        )
     for i, image in enumerate(images):
         write_file(unit / f"{i:04d}.png", encode_png(image))
     atomic_write_json(
         unit / PRIOR_JSON,
         {
-            "prompt": prior_prompt(params), "n_images": len(images), "seeds": seeds,
-            "sampler": "ddpm", "steps": db.prior_steps, "guidance": db.prior_guidance,
-            "size": size, "images_sha256": file_digest(*sorted(unit.glob("*.png"))),
+            "prompt": prior_prompt(params),
+            "n_images": len(images),
+            "seeds": seeds,
+            "sampler": "ddpm",
+            "steps": db.prior_steps,
+            "guidance": db.prior_guidance,
+            "size": size,
+            "images_sha256": file_digest(*sorted(unit.glob("*.png"))),
         },
-    )  # fmt: skip
+    )
 
 
 def _prior(params: Params, base: Path, unit: Path, rt: models.Runtime) -> adapt.Prior:
@@ -144,11 +155,19 @@ def _adapt_class(
     ) -> None:
         """Train `trainable` for one phase and record it (losses are added after)."""
         adapt.train(
-            pipe, trainable, token_ids, latents, noise_scheduler,
-            steps=steps.steps, lr=steps.lr, batch_size=cfg.batch_size, gen=gen, rt=rt,
+            pipe,
+            trainable,
+            token_ids,
+            latents,
+            noise_scheduler,
+            steps=steps.steps,
+            lr=steps.lr,
+            batch_size=cfg.batch_size,
+            gen=gen,
+            rt=rt,
             log=progress(f"finetune {label} {name}", steps.steps, curves.logger(f"{label}.{name}")),
             prior=prior,
-        )  # fmt: skip
+        )
         phases[name] = {"steps": steps.steps, "lr": steps.lr, **info}
 
     if cfg.mode in ("ti_lora", "ti"):  # stage 1: only the new token's row
@@ -159,9 +178,13 @@ def _adapt_class(
         lora_seed = derive_seed(params.seed, "lora", label)
         trainable = adapt.add_lora(pipe, cfg.lora.rank, cfg.lora.alpha, seed=lora_seed)
         phase(
-            "lora", trainable, cfg.lora, rank=cfg.lora.rank, alpha=cfg.lora.alpha or cfg.lora.rank,
+            "lora",
+            trainable,
+            cfg.lora,
+            rank=cfg.lora.rank,
+            alpha=cfg.lora.alpha or cfg.lora.rank,
             trainable_params=sum(p.numel() for p in trainable),
-        )  # fmt: skip
+        )
     if cfg.mode == "full_attn":  # ablation: the attention projections in full
         trainable = adapt.attention_parameters(pipe)
         phase(
@@ -179,11 +202,17 @@ def _adapt_class(
         else:
             trainable, shape = adapt.unet_parameters(pipe), {}
         phase(
-            "dreambooth", trainable, db, prior=prior, train=db.train, **shape,
+            "dreambooth",
+            trainable,
+            db,
+            prior=prior,
+            train=db.train,
+            **shape,
             trainable_params=sum(p.numel() for p in trainable),
-            prior_prompt=prior_prompt(params), prior_weight=db.prior_weight,
+            prior_prompt=prior_prompt(params),
+            prior_weight=db.prior_weight,
             n_prior=len(prior.latents) if prior is not None else 0,
-        )  # fmt: skip
+        )
     dreambooth_lora = cfg.mode == "dreambooth" and db.train == "lora"
     files = adapt.save_adapter(
         pipe,

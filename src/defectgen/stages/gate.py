@@ -93,18 +93,27 @@ class _Judge:
         rng = np.random.default_rng(derive_seed(self.params.seed, "gate-classical", label))
         own = self.ref.images(self.ref.train(label), self.size)
         each = math.ceil(2 * len(f_syn) / max(1, len(own)))
-        copies = [augment.classical_copy(self.params.classical, px, rng).image
-                  for px in own for _ in range(each)]  # fmt: skip
+        copies = [
+            augment.classical_copy(self.params.classical, px, rng).image
+            for px in own
+            for _ in range(each)
+        ]
         return no_harm.Added(f_syn.numpy(), self.ref.features(copies).numpy())
 
     def check(self, added: dict[str, no_harm.Added], key: str) -> dict:
         cfg = self.params.gate
         return no_harm.check(
-            self.real_x, self.real_y, self.val_x, self.val_y,
+            self.real_x,
+            self.real_y,
+            self.val_x,
+            self.val_y,
             {self.labels.index(c): a for c, a in added.items()},
-            metric=self.metric, n_classes=len(self.labels), seeds=cfg.seeds,
-            components=cfg.judge_components, seed=derive_seed(self.params.seed, "gate-judge", key),
-        )  # fmt: skip
+            metric=self.metric,
+            n_classes=len(self.labels),
+            seeds=cfg.seeds,
+            components=cfg.judge_components,
+            seed=derive_seed(self.params.seed, "gate-judge", key),
+        )
 
 
 def run(params: Params, *, preprocessed: Path, generated: Path, out_dir: Path) -> dict[str, float]:
@@ -151,11 +160,16 @@ def run(params: Params, *, preprocessed: Path, generated: Path, out_dir: Path) -
         candidates[label] = [r for r, k in zip(syn_rows, keep.tolist(), strict=True) if k]
         n = min(cfg.max_images, len(candidates[label]), len(train))
         entry: dict = {
-            "n_synthetic": len(syn_rows), "near_duplicates": int(dup.sum()),
-            "knn_precision": precision, "knn_recall": recall, "knn_k": cfg.knn_k,
-            "outside_manifold": int((~inside).sum()), "manifold_filter": cfg.manifold_filter,
-            "n_candidates": len(candidates[label]), "n_compared": n,
-        }  # fmt: skip
+            "n_synthetic": len(syn_rows),
+            "near_duplicates": int(dup.sum()),
+            "knn_precision": precision,
+            "knn_recall": recall,
+            "knn_k": cfg.knn_k,
+            "outside_manifold": int((~inside).sum()),
+            "manifold_filter": cfg.manifold_filter,
+            "n_candidates": len(candidates[label]),
+            "n_compared": n,
+        }
         # 3. distances, taken on the images that would pass, against the gate's half of val
         measured: dict = {}
         ref_rows: list[dict] = []
@@ -181,10 +195,13 @@ def run(params: Params, *, preprocessed: Path, generated: Path, out_dir: Path) -
                 f"{kd}_std": kd_std,
             }
         evidence[label] = gate_core.Evidence(
-            n_compared=n, n_reference=len(ref_rows), distance=measured.get(fd),
-            baseline=measured.get(f"{fd}_real"), blur=measured.get(f"{fd}_blur"),
+            n_compared=n,
+            n_reference=len(ref_rows),
+            distance=measured.get(fd),
+            baseline=measured.get(f"{fd}_real"),
+            blur=measured.get(f"{fd}_blur"),
             noise=measured.get(f"{fd}_noise"),
-        )  # fmt: skip
+        )
         # 4. the floors; 5. what the no-harm check adds for a class past them
         if gate_core.floors(evidence[label], cfg)[0] and cfg.decide_by == "no_harm":
             added[label] = judge.added(label, f_syn_all[keep])
@@ -196,7 +213,7 @@ def run(params: Params, *, preprocessed: Path, generated: Path, out_dir: Path) -
                 "\n".join(sorted(r["id"] for r in ref_rows)).encode()
             ).hexdigest(),
             ratio=measured[fd] / base if base else None,
-        )  # fmt: skip
+        )
         report[label] = entry
         units.tick(f"{label}: measured", time.perf_counter() - started)
         for key in (*measured, "near_duplicates", "knn_precision", "knn_recall"):
@@ -220,12 +237,17 @@ def run(params: Params, *, preprocessed: Path, generated: Path, out_dir: Path) -
         if decision.passed:
             kept.extend(candidates[label])
         report[label].update(
-            no_harm=own, fidelity_passed=decision.fidelity_passed,
-            fidelity_reason=decision.fidelity_reason, passed=decision.passed,
-            verdict=decision.verdict, rule=decision.rule, reason=decision.reason,
-            change=decision.change, superior=decision.superior,
+            no_harm=own,
+            fidelity_passed=decision.fidelity_passed,
+            fidelity_reason=decision.fidelity_reason,
+            passed=decision.passed,
+            verdict=decision.verdict,
+            rule=decision.rule,
+            reason=decision.reason,
+            change=decision.change,
+            superior=decision.superior,
             n_kept=len(candidates[label]) if decision.passed else 0,
-        )  # fmt: skip
+        )
         report[label]["fraction_kept"] = report[label]["n_kept"] / report[label]["n_synthetic"]
         metrics_out[f"{label}/passed"] = float(decision.passed)
         metrics_out.update(_check_metrics(f"{label}/", own))

@@ -197,9 +197,15 @@ def run(
     with atomic_dir(out_dir) as tmp:
         for label in labels:
             done, seconds = resume.ensure(
-                label, _generate_class, params, base, adapters / "adapters" / label,
-                per_class[label], rt, settings[label],
-            )  # fmt: skip
+                label,
+                _generate_class,
+                params,
+                base,
+                adapters / "adapters" / label,
+                per_class[label],
+                rt,
+                settings[label],
+            )
             units.tick(label, seconds)
             if seconds is not None:
                 metrics[f"time/{label}_s"] = seconds

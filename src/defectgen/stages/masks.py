@@ -156,15 +156,22 @@ def _producer(params: Params, label: str, real, curves: Curves):
             f"[masks] {label}: the DDPM mask producer at {d.size} px for {d.steps} steps runs "
             "for tens of minutes per class on a CPU; the CPU-sized settings are masks.ddpm "
             "{size: 32, steps: 300} (profiles/sd-saliency-900.yaml, README)",
-            file=sys.stderr, flush=True,
-        )  # fmt: skip
-    unet = maskgen.build(tuple(d.channels), seed=derive_seed(params.seed, "masks", label),
-                         size=d.size)  # fmt: skip
-    maskgen.train(unet, real, steps=d.steps, batch_size=d.batch_size, lr=d.lr,
-                  gen=torch.Generator().manual_seed(derive_seed(params.seed, "ddpm", label)),
-                  log=progress(f"masks {label} DDPM {d.size} px", d.steps,
-                               curves.logger(f"{label}.ddpm")),
-                  rt=rt)  # fmt: skip
+            file=sys.stderr,
+            flush=True,
+        )
+    unet = maskgen.build(
+        tuple(d.channels), seed=derive_seed(params.seed, "masks", label), size=d.size
+    )
+    maskgen.train(
+        unet,
+        real,
+        steps=d.steps,
+        batch_size=d.batch_size,
+        lr=d.lr,
+        gen=torch.Generator().manual_seed(derive_seed(params.seed, "ddpm", label)),
+        log=progress(f"masks {label} DDPM {d.size} px", d.steps, curves.logger(f"{label}.ddpm")),
+        rt=rt,
+    )
     return unet
 
 
@@ -202,8 +209,12 @@ def _class_unit(unit: Path, params: Params, label: str, real_rows, val_rows, pre
         made, records, rejected = _make(method, params, label, real, ids, space, producer)
         kept = [(m, r) for m, r in zip(made, records, strict=True) if (m > 0).any()]
         in_range = [accept.accepts(m) for m, _ in kept]
-        stats = {"made": len(kept), "accepted": sum(in_range),
-                 "empty_dropped": len(made) - len(kept), "rejected": rejected}  # fmt: skip
+        stats = {
+            "made": len(kept),
+            "accepted": sum(in_range),
+            "empty_dropped": len(made) - len(kept),
+            "rejected": rejected,
+        }
         if kept:
             stats.update(asdict(masks_core.stats([m for m, _ in kept])))
         if len(kept) >= 2:
@@ -226,14 +237,24 @@ def _class_unit(unit: Path, params: Params, label: str, real_rows, val_rows, pre
         for k, (mask, rec) in enumerate(used):
             rel = f"masks/{label}/{method}_{k:04d}.png"
             write_file(unit / rel, encode_png(mask))
-            table.append({"id": f"{label}-{method}-{k:04d}", "label": label, "method": method,
-                          "path": rel, "parents": json.dumps(rec["parents"]),
-                          "alpha": rec["alpha"], "seed": rec["seed"],
-                          "area_ratio": masks_core.area_ratio(mask),
-                          "components": masks_core.components(mask)})  # fmt: skip
+            table.append(
+                {
+                    "id": f"{label}-{method}-{k:04d}",
+                    "label": label,
+                    "method": method,
+                    "path": rel,
+                    "parents": json.dumps(rec["parents"]),
+                    "alpha": rec["alpha"],
+                    "seed": rec["seed"],
+                    "area_ratio": masks_core.area_ratio(mask),
+                    "components": masks_core.components(mask),
+                }
+            )
         # every mask made; the ones pairs will not see in grey
-        shown = [m if ok and method not in drops else np.where(m > 0, UNUSED_GREY, 0).astype(
-            np.uint8) for (m, _), ok in zip(kept, in_range, strict=True)]  # fmt: skip
+        shown = [
+            m if ok and method not in drops else np.where(m > 0, UNUSED_GREY, 0).astype(np.uint8)
+            for (m, _), ok in zip(kept, in_range, strict=True)
+        ]
         grid.append(shown or [np.zeros(real[0].shape, np.uint8)])
     write_file(unit / "grid.png", encode_png(_grid(grid)))
     atomic_write_json(unit / "entry.json", entry)
@@ -278,8 +299,9 @@ def run(params: Params, *, preprocessed: Path, out_dir: Path, params_key: str) -
                 report["classes"][label] = {"skipped": NORMAL}
                 continue
             mine = sorted((r for r in masked if r["label"] == label), key=lambda r: r["id"])
-            train = [r for r in mine if r["split"] == "train"
-                     and (cfg.data == "train" or r["in_subset"])]  # fmt: skip
+            train = [
+                r for r in mine if r["split"] == "train" and (cfg.data == "train" or r["in_subset"])
+            ]
             # an all-zero mask says "no defect here": not a mask to learn shapes from
             train = [r for r in train if _has_defect(preprocessed, r)]
             val = [r for r in mine if r["split"] == "val"]

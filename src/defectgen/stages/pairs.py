@@ -155,8 +155,9 @@ def _on_backgrounds(cfg: PairsConfig, masks, pool, rng):
     return chosen, moved, offsets, overlapping
 
 
-def _class_unit(unit, params, label, labels, real, synthetic_masks, masks_dir, base, rt,
-                layouts_from=None):  # fmt: skip
+def _class_unit(
+    unit, params, label, labels, real, synthetic_masks, masks_dir, base, rt, layouts_from=None
+):
     """One class: train its ControlNet, generate its pairs into `unit`; returns the entry.
     `layouts_from`: the (row, image, mask) triples the drivers take their layouts from
     and pairs.background normal its backgrounds (defect-free images when the dataset
@@ -216,8 +217,12 @@ def _class_unit(unit, params, label, labels, real, synthetic_masks, masks_dir, b
             pool = real if cfg.background == "real" else layouts_from
             layouts, masks, offsets, n = _on_backgrounds(cfg, masks, pool, rng)
             overlapping += n
-            backgrounds = control.Backgrounds([px for _, px, _ in layouts], cfg.blend.strength,
-                                              cfg.blend.dilate, cfg.blend.feather)  # fmt: skip
+            backgrounds = control.Backgrounds(
+                [px for _, px, _ in layouts],
+                cfg.blend.strength,
+                cfg.blend.dilate,
+                cfg.blend.feather,
+            )
         else:
             pool = layouts_from or real
             layouts = [pool[int(rng.integers(len(pool)))] for _ in index]
@@ -341,10 +346,16 @@ def _real_pairs(preprocessed: Path, rows: list[dict], data: str, label: str):
 def _normal_images(preprocessed: Path, rows: list[dict], params: Params):
     """The defect-free classes' real train (row, image, empty mask) triples."""
     picked = sorted(
-        (r for r in rows if r["label"] in params.data.normal_classes and r["split"] == "train"
-         and r["origin"] == "real" and (params.pairs.data == "train" or r["in_subset"])),
+        (
+            r
+            for r in rows
+            if r["label"] in params.data.normal_classes
+            and r["split"] == "train"
+            and r["origin"] == "real"
+            and (params.pairs.data == "train" or r["in_subset"])
+        ),
         key=lambda r: r["id"],
-    )  # fmt: skip
+    )
     out = []
     for row in picked:
         image, _ = decode_image((preprocessed / row["path"]).read_bytes())
@@ -407,8 +418,10 @@ def run(
     with atomic_dir(out_dir) as tmp:
         for label, entry in masks_report["classes"].items():
             if "skipped" not in entry and not any(t["label"] == label for t in table):
-                report["classes"][label] = {"skipped": "the masks stage used none of its "
-                                            "masks (masks.json: every method dropped)"}  # fmt: skip
+                report["classes"][label] = {
+                    "skipped": "the masks stage used none of its "
+                    "masks (masks.json: every method dropped)"
+                }
         for label in sorted({t["label"] for t in table}):
             mine = [t for t in table if t["label"] == label]
             real = None  # read only when the class's unit is still to be made
@@ -417,8 +430,19 @@ def run(
                 if not real:
                     report["classes"][label] = {"skipped": "no real train images with masks"}
                     continue
-            done, _ = resume.ensure(label, _class_unit, params, label, labels, real, mine,
-                                    masks_dir, base, rt, layouts_from=normal)  # fmt: skip
+            done, _ = resume.ensure(
+                label,
+                _class_unit,
+                params,
+                label,
+                labels,
+                real,
+                mine,
+                masks_dir,
+                base,
+                rt,
+                layouts_from=normal,
+            )
             entry = json.loads((done / "entry.json").read_text(encoding="utf-8"))
             class_rows = manifest.read_rows(done)
             for folder in ("images", "masks"):

@@ -122,13 +122,15 @@ def process_image(
             img, dx, dy = pad_square(img)
             m = pad_square(m)[0] if m is not None else None
             if b is not None:  # moved with the image onto the square
-                b = roi_core.clip_boxes(b, roi_core.Box(-dx, -dy, img.shape[1] - dx,
-                                                        img.shape[0] - dy))  # fmt: skip
+                b = roi_core.clip_boxes(
+                    b, roi_core.Box(-dx, -dy, img.shape[1] - dx, img.shape[0] - dy)
+                )
             k = size / img.shape[0]
             edges = (dx, dy, dx + view.width, dy + view.height)
-            note["content_box"] = {"label": "content",
-                                   **dict(zip(("x0", "y0", "x1", "y1"), (e * k for e in edges),
-                                              strict=True))}  # fmt: skip
+            note["content_box"] = {
+                "label": "content",
+                **dict(zip(("x0", "y0", "x1", "y1"), (e * k for e in edges), strict=True)),
+            }
             side_w = side_h = img.shape[0]
         if b is not None:
             b = roi_core.scale_boxes(b, size / side_w, size / side_h)
@@ -163,18 +165,22 @@ def _report(notes: list[tuple[dict, dict]], normal: set[str]) -> dict:
             "masks": len(mine),
             "with_defect": len(defect),
             "regions_median_before": float(np.median([n["mask_before"][0] for n in defect]))
-            if defect else 0.0,
+            if defect
+            else 0.0,
             "regions_median_after": float(np.median([n["mask_after"][0] for n in defect]))
-            if defect else 0.0,
+            if defect
+            else 0.0,
             "area_mean_before": float(np.mean([n["mask_before"][1] for n in defect]))
-            if defect else 0.0,
+            if defect
+            else 0.0,
             "area_mean_after": float(np.mean([n["mask_after"][1] for n in defect]))
-            if defect else 0.0,
+            if defect
+            else 0.0,
             # a defect under half an output pixel, kept at its strongest pixel
             # (preprocess.empty_mask keep; skipped images are in masks_lost only)
             "kept_at_one_pixel": sum(1 for n in defect if n.get("mask_lost")),
             "emptied": sum(1 for n in defect if n["mask_after"][0] == 0),
-        }  # fmt: skip
+        }
     return {
         "aspect_warn_above": ASPECT_WARN,
         "aspect_changed": {
@@ -187,10 +193,11 @@ def _report(notes: list[tuple[dict, dict]], normal: set[str]) -> dict:
         # a defect image whose boxes all fell away (ingest dropped degenerate ones, or an
         # ROI tile clipped them): a detector would learn "nothing to find" from it
         "defect_images_without_boxes": [
-            r["original_path"] for r, n in notes
+            r["original_path"]
+            for r, n in notes
             if n.get("boxes_left") == 0 and r["label"] not in normal
         ],
-    }  # fmt: skip
+    }
 
 
 def run(params: Params, *, ingested: Path, out_dir: Path) -> dict[str, float]:

@@ -99,11 +99,21 @@ def run(
         }
         tiny = record["profile"] == "tiny"
         name = registry.model_name(params.data.name, label)
-        gate_words = {"verdict": tags["defectgen.verdict"], "reason": verdict.get("reason"),
-                      "change": verdict.get("change", ""), fd: distance}  # fmt: skip
+        gate_words = {
+            "verdict": tags["defectgen.verdict"],
+            "reason": verdict.get("reason"),
+            "change": verdict.get("change", ""),
+            fd: distance,
+        }
         if not passed:  # never a version, so the model's `latest` is never a failed one
-            out[label] = {"model": name, "version": None, "alias": None, "created": False,
-                          "why": "not registered: the gate kept it out", **gate_words}  # fmt: skip
+            out[label] = {
+                "model": name,
+                "version": None,
+                "alias": None,
+                "created": False,
+                "why": "not registered: the gate kept it out",
+                **gate_words,
+            }
             continue
         version, alias, created, why = registry.register_adapter(
             name=name,

@@ -143,14 +143,25 @@ def _gate(sweep: Path, gated: Path) -> tuple[Section, int, int]:
                     f"{verdict}: {reason}"
                     + (f" ({entry['change']})" if entry.get("change") else ""),
                     style=verdict,
-                ),  # fmt: skip
+                ),
             ]
         )
     sec.table(
-        ["class", "chosen cell", "synthetic", "real-vs-real", "blurred", "noised",
-         "near-duplicates", "k-NN precision / recall", "no harm on val", "kept", "verdict"],
+        [
+            "class",
+            "chosen cell",
+            "synthetic",
+            "real-vs-real",
+            "blurred",
+            "noised",
+            "near-duplicates",
+            "k-NN precision / recall",
+            "no harm on val",
+            "kept",
+            "verdict",
+        ],
         rows,
-    )  # fmt: skip
+    )
     source = chosen.get("source", "sweep")
     if source != "sweep":
         sec.paragraph("The sweep was off: the cells come from params.", note=True)
@@ -213,8 +224,14 @@ def _comparison_rows(comparisons: list[dict], metrics: tuple[str, ...], points: 
 
 
 COMPARISON_HEADERS = [
-    "arm", "control", "metric", "difference [95 % CI]", "p (Holm)", "verdict", "seeds",
-]  # fmt: skip
+    "arm",
+    "control",
+    "metric",
+    "difference [95 % CI]",
+    "p (Holm)",
+    "verdict",
+    "seeds",
+]
 
 
 def _classifiers(train: Path) -> tuple[Section, str, Section]:
@@ -268,10 +285,19 @@ def _classifiers(train: Path) -> tuple[Section, str, Section]:
             )
             bars.append((f"{model} {condition}", e[f"{metric}_mean"], e[f"{metric}_std"]))
     sec.table(
-        ["model", "condition", "train images", "accuracy", "balanced accuracy", "macro-F1",
-         f"{metric} vs real", "recall per class", "seeds"],
+        [
+            "model",
+            "condition",
+            "train images",
+            "accuracy",
+            "balanced accuracy",
+            "macro-F1",
+            f"{metric} vs real",
+            "recall per class",
+            "seeds",
+        ],
         rows,
-    )  # fmt: skip
+    )
     for model, comparisons in result["comparisons"].items():
         forest = page.forest_rows(comparisons, metric)
         if forest:
@@ -331,24 +357,41 @@ def _masks(masks: Path) -> Section:
             rows.append([label, "-", Cell("-"), "-", "-", "-", f"skipped: {entry['skipped']}"])
             continue
         real = entry["real"]
-        rows.append([label, "real", Cell(str(entry["n_real"]), numeric=True),
-                     Cell(f"{real['area_ratio_mean']:.4f}", numeric=True),
-                     Cell(f"{real['components_mean']:.2f}", numeric=True),
-                     Cell(_fmt(entry.get(f"{fd}_real")), numeric=True),
-                     f"HMI in {entry['hmi_space']} space"])  # fmt: skip
+        rows.append(
+            [
+                label,
+                "real",
+                Cell(str(entry["n_real"]), numeric=True),
+                Cell(f"{real['area_ratio_mean']:.4f}", numeric=True),
+                Cell(f"{real['components_mean']:.2f}", numeric=True),
+                Cell(_fmt(entry.get(f"{fd}_real")), numeric=True),
+                f"HMI in {entry['hmi_space']} space",
+            ]
+        )
         for method, m in entry["methods"].items():
-            notes = (f"{m['made'] - m['accepted']} out of range, {m['empty_dropped']} empty, "
-                     f"{m['rejected']} draws rejected")  # fmt: skip
+            notes = (
+                f"{m['made'] - m['accepted']} out of range, {m['empty_dropped']} empty, "
+                f"{m['rejected']} draws rejected"
+            )
             if "dropped" in m:
                 notes = f"dropped: {m['dropped']}; {notes}"
-            rows.append([label, method, Cell(f"{m['n']} of {m['made']}", numeric=True),
-                         Cell(f"{m['area_ratio_mean']:.4f}" if m["made"] else "-", numeric=True),
-                         Cell(f"{m['components_mean']:.2f}" if m["made"] else "-", numeric=True),
-                         Cell(_fmt(m.get(fd)), numeric=True), notes])  # fmt: skip
+            rows.append(
+                [
+                    label,
+                    method,
+                    Cell(f"{m['n']} of {m['made']}", numeric=True),
+                    Cell(f"{m['area_ratio_mean']:.4f}" if m["made"] else "-", numeric=True),
+                    Cell(f"{m['components_mean']:.2f}" if m["made"] else "-", numeric=True),
+                    Cell(_fmt(m.get(fd)), numeric=True),
+                    notes,
+                ]
+            )
     sec.table(["class", "masks", "used of made", "area ratio", "regions", fd, "notes"], rows)
     for path in sorted((masks / GRIDS_DIR).glob("*.png")):
-        sec.figure(path.read_bytes(), f"{path.stem}: real (top row), then one row per method; "
-                   "grey: not used for pairs")  # fmt: skip
+        sec.figure(
+            path.read_bytes(),
+            f"{path.stem}: real (top row), then one row per method; grey: not used for pairs",
+        )
     return sec
 
 
@@ -373,10 +416,16 @@ def _pairs(pairs: Path, pairs_gated: Path | None) -> Section | None:
         v = verdicts.get(label, {})
         modules = [m for m in ("sae", "sff") if entry[m]] or ["-"]
         verdict, reason = run_summary.verdict_reason(v) if v else ("", "not gated")
-        rows.append([label, Cell(str(entry["n"]), numeric=True), entry["conditioning"],
-                     "+".join(m.upper() for m in modules),
-                     Cell(_fmt(v.get(fd)) if fd else "-", numeric=True),
-                     Cell(f"{verdict}: {reason}" if v else reason, style=verdict)])  # fmt: skip
+        rows.append(
+            [
+                label,
+                Cell(str(entry["n"]), numeric=True),
+                entry["conditioning"],
+                "+".join(m.upper() for m in modules),
+                Cell(_fmt(v.get(fd)) if fd else "-", numeric=True),
+                Cell(f"{verdict}: {reason}" if v else reason, style=verdict),
+            ]
+        )
     sec.table(["class", "pairs", "conditioning", "modules", fd or "distance", "gate"], rows)
     for path in sorted((pairs / GRIDS_DIR).glob("*.png")):
         sec.figure(
@@ -386,9 +435,16 @@ def _pairs(pairs: Path, pairs_gated: Path | None) -> Section | None:
     return sec
 
 
-SEG_SHOWN = (("s_measure", "S"), ("mae", "MAE"), ("max_e_measure", "max E"),
-             ("max_f_measure", "max F"), ("iou", "IoU"), ("dice", "Dice"),
-             ("pixel_auroc", "AUROC"), ("pixel_ap", "AP"))  # fmt: skip
+SEG_SHOWN = (
+    ("s_measure", "S"),
+    ("mae", "MAE"),
+    ("max_e_measure", "max E"),
+    ("max_f_measure", "max F"),
+    ("iou", "IoU"),
+    ("dice", "Dice"),
+    ("pixel_auroc", "AUROC"),
+    ("pixel_ap", "AP"),
+)
 
 
 def _segmentation(segment: Path) -> Section | None:
@@ -406,8 +462,10 @@ def _segmentation(segment: Path) -> Section | None:
         if "skipped" in entry:
             rows.append([condition, "-"] + ["-"] * len(SEG_SHOWN) + [entry["skipped"]])
             continue
-        cells = [Cell(f"{entry[k]['mean']:.3f} +- {entry[k]['std']:.3f}", numeric=True)
-                 for k, _ in SEG_SHOWN]  # fmt: skip
+        cells = [
+            Cell(f"{entry[k]['mean']:.3f} +- {entry[k]['std']:.3f}", numeric=True)
+            for k, _ in SEG_SHOWN
+        ]
         rows.append([condition, Cell(str(entry["n_train"]), numeric=True), *cells, ""])
     sec.table(["condition", "train pairs", *(n for _, n in SEG_SHOWN), "notes"], rows)
     if "primary_metric_reason" in report:  # segment.json written before it chose one
@@ -440,8 +498,10 @@ def _detection(detect_dir: Path) -> Section | None:
         rows = []
         for c in report["order"]:
             e = conditions[c]
-            cells = [Cell(f"{e[f'{m}_mean']:.3f} +- {e[f'{m}_std']:.3f}", numeric=True)
-                     for m in ("map", "map50")]  # fmt: skip
+            cells = [
+                Cell(f"{e[f'{m}_mean']:.3f} +- {e[f'{m}_std']:.3f}", numeric=True)
+                for m in ("map", "map50")
+            ]
             rows.append([model, c, Cell(str(e["n_train"]), numeric=True), *cells])
         sec.table(["model", "condition", "train images", "mAP@[.5:.95]", "mAP@.5"], rows)
         shown = _comparison_rows(report["comparisons"][model], ("map", "map50"), False)
@@ -454,8 +514,10 @@ def _detection(detect_dir: Path) -> Section | None:
     for condition, why in report["not_trained"].items():
         sec.paragraph(f"{condition}: not trained, {why}.")
     if (detect_dir / BOXES_PNG).is_file():
-        sec.figure((detect_dir / BOXES_PNG).read_bytes(),
-                   "synthetic training images with the boxes they train with")  # fmt: skip
+        sec.figure(
+            (detect_dir / BOXES_PNG).read_bytes(),
+            "synthetic training images with the boxes they train with",
+        )
     return sec
 
 
@@ -494,8 +556,9 @@ def _provenance(params: Params, preprocessed: Path | None) -> Section:
     return sec
 
 
-def _summary(gate: tuple[Section, int, int] | None, n_classes: int, plain: str | None,
-             tiny_prior: bool) -> str:  # fmt: skip
+def _summary(
+    gate: tuple[Section, int, int] | None, n_classes: int, plain: str | None, tiny_prior: bool
+) -> str:
     """The page's first lines: the answer in a plain sentence (summary.answer) and what
     its interval covers, the tiny prior's caveat where it made the images, then the
     gate's verdicts."""
@@ -505,10 +568,18 @@ def _summary(gate: tuple[Section, int, int] | None, n_classes: int, plain: str |
     text = f"{passed} of {n_classes} classes passed the quality gate; {kept} synthetic images "
     if plain is None:
         return text + "were kept; no classifier was trained."
-    covers = (" The interval covers this run's training seeds and test images; another "
-              "few-shot draw or generator run can move it.")  # fmt: skip
-    caveat = (" The images come from the tiny CPU prior, which shows the pipeline working, "
-              "not the quality a real prior gives.") if tiny_prior else ""  # fmt: skip
+    covers = (
+        " The interval covers this run's training seeds and test images; another "
+        "few-shot draw or generator run can move it."
+    )
+    caveat = (
+        (
+            " The images come from the tiny CPU prior, which shows the pipeline working, "
+            "not the quality a real prior gives."
+        )
+        if tiny_prior
+        else ""
+    )
     return f"{plain}{covers}{caveat} {text}entered real+synthetic."
 
 
@@ -524,12 +595,18 @@ def _answer(evaluation: dict, gate: dict | None, tiny_prior: bool) -> Section:
     def effect(row: dict | None) -> Cell:
         if row is None:
             return Cell("-")
-        words = "no verdict" if withheld else {"better": "better", "worse": "worse"}.get(
-            row["verdict"], "not resolved")  # fmt: skip
+        words = (
+            "no verdict"
+            if withheld
+            else {"better": "better", "worse": "worse"}.get(row["verdict"], "not resolved")
+        )
         return Cell(f"{stats.describe({**row, 'p_value': None})} ({words})", numeric=True)
 
-    images = ("the gate-passed synthetic images" if arm == arms.GATED
-              else "every generated image (the gate passed none)")  # fmt: skip
+    images = (
+        "the gate-passed synthetic images"
+        if arm == arms.GATED
+        else "every generated image (the gate passed none)"
+    )
     sec.paragraph(
         f"Each class's test F1 with {images} added, against as many classical copies of "
         "its real images and against the few-shot set alone (paired over seeds; 95 % "
@@ -537,10 +614,19 @@ def _answer(evaluation: dict, gate: dict | None, tiny_prior: bool) -> Section:
     )
     sec.table(
         ["class", "gate", "synthetic images kept", "F1 vs classical copies", "F1 vs real alone"],
-        [[r["label"], Cell(r["gate"] or "-", style=r["gate"] or ""),
-          Cell("-" if r["kept"] is None else f"{r['kept'][0]} / {r['kept'][1]}", numeric=True),
-          effect(r["vs_classical"]), effect(r["vs_real"])] for r in rows],
-    )  # fmt: skip
+        [
+            [
+                r["label"],
+                Cell(r["gate"] or "-", style=r["gate"] or ""),
+                Cell(
+                    "-" if r["kept"] is None else f"{r['kept'][0]} / {r['kept'][1]}", numeric=True
+                ),
+                effect(r["vs_classical"]),
+                effect(r["vs_real"]),
+            ]
+            for r in rows
+        ],
+    )
     steps = run_summary.next_steps(evaluation, gate, tiny_prior)
     if steps:
         sec.paragraph("What next: " + " ".join(steps))
@@ -597,9 +683,13 @@ def run(
         n_missing_inputs.
     """
     given = dict(
-        ingested=ingested, preprocessed=preprocessed, sweep=sweep, generated=generated,
-        gated=gated, train=train,
-    )  # fmt: skip
+        ingested=ingested,
+        preprocessed=preprocessed,
+        sweep=sweep,
+        generated=generated,
+        gated=gated,
+        train=train,
+    )
     have = {k: Path(v) for k, v in given.items() if v is not None}
     missing = [producer(key).name for key in given if key not in have]  # their stages
     sections = []

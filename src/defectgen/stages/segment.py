@@ -132,8 +132,15 @@ def _export(
     return counts
 
 
-def _fit_score(params: Params, seed: int, train_set, val_set, test_set, labels_test,
-               classes: list[str] | None = None):  # fmt: skip
+def _fit_score(
+    params: Params,
+    seed: int,
+    train_set,
+    val_set,
+    test_set,
+    labels_test,
+    classes: list[str] | None = None,
+):
     """One U-Net: metrics overall, Dice per class, its loss curve and val checks (the best
     val Dice weights are scored). The seed is the same for every condition (paired:
     init, batch order and flips drawn alike)."""
@@ -168,8 +175,12 @@ def _fit_score(params: Params, seed: int, train_set, val_set, test_set, labels_t
         per_class[label] = float(
             np.mean([segmetrics.iou_dice(preds[i], test_set[1][i])[1] for i in idx])
         )
-    checks = {"best_step": fit.best_step, "eval_steps": fit.eval_steps, "val_dice": fit.val_dice,
-              "test_scores": each}  # fmt: skip
+    checks = {
+        "best_step": fit.best_step,
+        "eval_steps": fit.eval_steps,
+        "val_dice": fit.val_dice,
+        "test_scores": each,
+    }
     return scores, per_class, fit.losses, checks
 
 
@@ -180,11 +191,20 @@ class _Conditions:
 
     def __init__(self, params, preprocessed, pairs_dir, real_train, outside, added):
         self.params, self.pairs_dir = params, pairs_dir
-        self.plan = arms.plan(params.segment.conditions, oracle=params.segment.oracle,
-                              copy_paste=params.copy_paste.enabled)  # fmt: skip
-        self.pool = harness.Pool(self.plan, real_train, outside, added,
-                                 normal_classes=tuple(params.data.normal_classes),
-                                 items="synthetic pairs", item="pair")  # fmt: skip
+        self.plan = arms.plan(
+            params.segment.conditions,
+            oracle=params.segment.oracle,
+            copy_paste=params.copy_paste.enabled,
+        )
+        self.pool = harness.Pool(
+            self.plan,
+            real_train,
+            outside,
+            added,
+            normal_classes=tuple(params.data.normal_classes),
+            items="synthetic pairs",
+            item="pair",
+        )
         both = real_train + outside
         self.label = {r["id"]: r["label"] for r in both}
         images, masks = _load(preprocessed, both)
@@ -225,12 +245,20 @@ RECORD_FORMAT = "p2"
 def _test_scores(scores: dict[str, dict[int, dict]], test: list[dict]) -> pd.DataFrame:
     """Every unit's score: one row per (condition, seed, test image) with its per-image
     metrics, from which every comparison of segment.json recomputes."""
-    return pd.DataFrame([
-        {"condition": c, "seed": seed, "image_id": t["id"], "label": t["label"],
-         **{m: each[m][i] for m in each}}
-        for c, by_seed in scores.items() for seed, each in by_seed.items()
-        for i, t in enumerate(test)
-    ])  # fmt: skip
+    return pd.DataFrame(
+        [
+            {
+                "condition": c,
+                "seed": seed,
+                "image_id": t["id"],
+                "label": t["label"],
+                **{m: each[m][i] for m in each},
+            }
+            for c, by_seed in scores.items()
+            for seed, each in by_seed.items()
+            for i, t in enumerate(test)
+        ]
+    )
 
 
 # Compared between conditions (paired over seeds and test images); MAE is better when lower.
@@ -244,24 +272,45 @@ def headline(comparisons: list[dict], check: dict, metric: str = "s_measure") ->
     """Synthetic pairs vs classically augmented real pairs, on the primary `metric`
     (segmetrics.primary_metric), in one line; or, when the validity check failed, that
     this budget cannot say."""
-    line = harness.headline(comparisons, check, metric, "Synthetic pairs vs classical "
-                            "augmentation", shown=METRIC_NAMES[metric], points=False)  # fmt: skip
+    line = harness.headline(
+        comparisons,
+        check,
+        metric,
+        "Synthetic pairs vs classical augmentation",
+        shown=METRIC_NAMES[metric],
+        points=False,
+    )
     return (
         line
         or "No synthetic pairs were trained on, so pairs vs classical augmentation is unanswered."
     )
 
 
-def _record_unit(unit: Path, params: Params, conds, condition: str, seed: int, val_set,
-                 test_set, test_labels: list[str]) -> None:  # fmt: skip
+def _record_unit(
+    unit: Path,
+    params: Params,
+    conds,
+    condition: str,
+    seed: int,
+    val_set,
+    test_set,
+    test_labels: list[str],
+) -> None:
     """One segmenter trained and scored, as a resume unit."""
     images, masks, n_added, provenance, classes = conds.pairs(condition, seed)
     balance = classes if params.segment.class_balance == "sampler" else None
     scores, per_class, losses, checks = _fit_score(
         params, seed, (images, masks), val_set, test_set, test_labels, balance
     )
-    record = {"scores": scores, "per_class_dice": per_class, "losses": losses, **checks,
-              "n_train": len(images), "n_added": n_added, **provenance}  # fmt: skip
+    record = {
+        "scores": scores,
+        "per_class_dice": per_class,
+        "losses": losses,
+        **checks,
+        "n_train": len(images),
+        "n_added": n_added,
+        **provenance,
+    }
     atomic_write_json(unit / RECORD_JSON, record)
 
 
@@ -364,9 +413,15 @@ def run(
         counts = _export(tmp, preprocessed, pairs_dir, rows, export, labels)
         # every condition's seeds in one pool: cfg.workers stay busy to the last U-Net
         labels_test = [r["label"] for r in test]
-        jobs = [(f"{condition}.seed{seed}", _record_unit,
-                 (params, conds, condition, seed, val_set, test_set, labels_test))
-                for condition in to_train for seed in cfg.seeds]  # fmt: skip
+        jobs = [
+            (
+                f"{condition}.seed{seed}",
+                _record_unit,
+                (params, conds, condition, seed, val_set, test_set, labels_test),
+            )
+            for condition in to_train
+            for seed in cfg.seeds
+        ]
         units = Units("segment", "U-Net", len(jobs))
         made = iter(resume.ensure_many(jobs, workers=cfg.workers, tick=units.tick))
         for condition in conds.plan:
@@ -424,13 +479,17 @@ def run(
             return stats.seed_image_bootstrap(a, c, strata, metric)
 
         comparisons, check = harness.analyse(
-            {m: {c: {r["seed"]: r[m] for r in runs if r["condition"] == c} for c in trained}
-             for m in COMPARED},
-            conds.plan, primary=primary, higher=COMPARED,
+            {
+                m: {c: {r["seed"]: r[m] for r in runs if r["condition"] == c} for c in trained}
+                for m in COMPARED
+            },
+            conds.plan,
+            primary=primary,
+            higher=COMPARED,
             constant=segmetrics.evaluate(empty, test_set[1])[primary],
             bound={c: report["conditions"][c]["budget_bound"] for c in trained},
             difference=difference,
-        )  # fmt: skip
+        )
         report["primary_metric"], report["primary_metric_reason"] = primary, why
         report["validity"] = check
         report["order"] = [c for c in conds.plan if c in report["conditions"]]

@@ -210,9 +210,15 @@ def run(
                 }
                 continue
             done, seconds = resume.ensure(
-                label, _probe_class, params, ref, base, adapters / "adapters" / label,
-                per_class[label], rt,
-            )  # fmt: skip
+                label,
+                _probe_class,
+                params,
+                ref,
+                base,
+                adapters / "adapters" / label,
+                per_class[label],
+                rt,
+            )
             units.tick(label, seconds)
             if seconds is not None:
                 metrics_out[f"time/{label}_s"] = seconds

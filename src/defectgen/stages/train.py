@@ -153,8 +153,9 @@ class _Data:
         self, x: torch.Tensor, views: int, seeds: list[int], network: str
     ) -> torch.Tensor:
         if network not in self._trunks:
-            self._trunks[network] = classify.FrozenTrunk(runtime(self.params.model),
-                                                         network=network)  # fmt: skip
+            self._trunks[network] = classify.FrozenTrunk(
+                runtime(self.params.model), network=network
+            )
         cfg = self.params.train
         augment = classify.protocol_augment(cfg.rotation, cfg.flips)
         return self._trunks[network].views(x, augment, views, seeds)
@@ -195,11 +196,14 @@ def _probe_inputs(data: _Data, rows, extra, condition: str, seed: int, model: st
     """(train, val, test) feature tensors for a probe: train with its views (classical
     copies' views drawn under seeds of the condition, seed and copy), val/test plain."""
     views, network = data.params.train.views, classify.PROBES[model]
-    plain = data.features([r for r in rows if r["origin"] != "classical"], views=views,
-                          network=network)  # fmt: skip
+    plain = data.features(
+        [r for r in rows if r["origin"] != "classical"], views=views, network=network
+    )
     if extra:
-        seeds = [derive_seed(data.params.seed, "views", condition, seed, i) % 2**63
-                 for i in range(len(extra))]  # fmt: skip
+        seeds = [
+            derive_seed(data.params.seed, "views", condition, seed, i) % 2**63
+            for i in range(len(extra))
+        ]
         copies = data.trunk_views(classify.to_batch(extra), views, seeds, network)
         plain = torch.cat([plain, copies])
     train = (plain, _labels(data, rows))
@@ -223,8 +227,7 @@ def _train_one(params: Params, data: _Data, model_name: str, condition: str, see
     if leaked:  # cannot happen by construction; the invariant that matters most
         raise DataError(f"val/test images in the training set of {condition}: {sorted(leaked)[:3]}")
     if classify.on_features(model_name):
-        train, val, (test_x, test_y) = _probe_inputs(data, rows, extra, condition, seed,
-                                                     model_name)  # fmt: skip
+        train, val, (test_x, test_y) = _probe_inputs(data, rows, extra, condition, seed, model_name)
         augment = classify.probe_augment(cfg.views)
     else:
         train = _tensors(data, rows, extra)
@@ -306,11 +309,17 @@ def _test_predictions(records: list[dict], data: _Data) -> pd.DataFrame:
     and predicted class, from which every metric and interval of eval.json recomputes."""
     test = data.split["test"]
     rows = [
-        {"model": r["model"], "condition": r["condition"], "seed": r["seed"],
-         "image_id": t["id"], "label": t["label"], "predicted": data.labels[p]}
+        {
+            "model": r["model"],
+            "condition": r["condition"],
+            "seed": r["seed"],
+            "image_id": t["id"],
+            "label": t["label"],
+            "predicted": data.labels[p],
+        }
         for r in records
         for t, p in zip(test, r["test_pred"], strict=True)
-    ]  # fmt: skip
+    ]
     return pd.DataFrame(rows)
 
 
@@ -337,8 +346,9 @@ class _Difference:
         return stats.seed_image_bootstrap(a, c, self.y, metric, self.n_classes)
 
 
-def _per_class(records: list[dict], model: str, labels: list[str],
-               control_of=arms.classical_of) -> dict[str, list[dict]]:  # fmt: skip
+def _per_class(
+    records: list[dict], model: str, labels: list[str], control_of=arms.classical_of
+) -> dict[str, list[dict]]:
     """Per additive arm and class: the class's test F1 with the arm's synthetic images
     minus with its control (paired over seeds): by default as many classical copies,
     the outcome the gate's per-class verdict predicts (did that class's synthetic images
@@ -389,13 +399,17 @@ def _analyse(records: list[dict], model: str, data: _Data, difference: _Differen
     constant = [r[data.primary] for r in mine if r["condition"] == arms.MAJORITY]
     return harness.analyse(
         {m: {c: {r["seed"]: r[m] for r in rs} for c, rs in runs.items()} for m in METRICS},
-        data.plan, primary=data.primary, higher=dict.fromkeys(METRICS, True),
+        data.plan,
+        primary=data.primary,
+        higher=dict.fromkeys(METRICS, True),
         constant=constant[0] if constant else 0.0,
-        bound={c: validity.budget_bound([r["val_score"] for r in rs], data.tolerance)
-               for c, rs in runs.items()},
+        bound={
+            c: validity.budget_bound([r["val_score"] for r in rs], data.tolerance)
+            for c, rs in runs.items()
+        },
         classes_predicted={c: [r["classes_predicted"] for r in rs] for c, rs in runs.items()},
         difference=difference,
-    )  # fmt: skip
+    )
 
 
 def headline(comparisons: dict[str, list[dict]], checks: dict[str, dict], metric: str) -> str:
@@ -404,8 +418,9 @@ def headline(comparisons: dict[str, list[dict]], checks: dict[str, dict], metric
     trained, else real+ungated; the first model); or, when the first model's validity
     check failed, that this budget cannot say."""
     for model, rows in comparisons.items():
-        line = harness.headline(rows, checks[model], metric,
-                                "Synthetic vs classical augmentation", model=model)  # fmt: skip
+        line = harness.headline(
+            rows, checks[model], metric, "Synthetic vs classical augmentation", model=model
+        )
         if line:
             return line
     return "No synthetic arm was trained, so synthetic vs classical augmentation is unanswered."
@@ -478,9 +493,13 @@ def run(
     records: list[dict] = []
     metrics_out: dict[str, float] = {}
     to_train, skipped = data.pool.runnable()
-    runs = [(m, condition, seed) for condition in data.plan
-            if condition in to_train or condition == arms.MAJORITY
-            for m in cfg.models for seed in cfg.seeds]  # fmt: skip
+    runs = [
+        (m, condition, seed)
+        for condition in data.plan
+        if condition in to_train or condition == arms.MAJORITY
+        for m in cfg.models
+        for seed in cfg.seeds
+    ]
     # a probe's runs take seconds once its features exist: they train here, where the
     # feature cache lives; end-to-end models train cfg.workers at a time in worker processes
     finished: dict[tuple[str, str, int], tuple[Path, float | None]] = {}
@@ -505,8 +524,11 @@ def run(
     captured = {m: _captured(records, m, data.primary) for m in summary}
     per_class = {m: _per_class(records, m, data.labels) for m in summary}
     per_class_real = {m: _per_class(records, m, data.labels, lambda _: arms.REAL) for m in summary}
-    short = {c: s for c in data.matched if c in arms.ORACLES
-             and c not in skipped and (s := data.pool.oracle_shortfall(c))}  # fmt: skip
+    short = {
+        c: s
+        for c in data.matched
+        if c in arms.ORACLES and c not in skipped and (s := data.pool.oracle_shortfall(c))
+    }
     with atomic_dir(out_dir) as tmp:
         atomic_write_json(
             tmp / EVAL_JSON,

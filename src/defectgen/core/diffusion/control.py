@@ -116,8 +116,13 @@ def train(
             image_cond = images[d["idx"]]
 
             def residuals(noisy, t, image_cond=image_cond):
-                down, mid = controlnet(noisy, t, encoder_hidden_states=cond,
-                                       controlnet_cond=image_cond, return_dict=False)  # fmt: skip
+                down, mid = controlnet(
+                    noisy,
+                    t,
+                    encoder_hidden_states=cond,
+                    controlnet_cond=image_cond,
+                    return_dict=False,
+                )
                 return {
                     "down_block_additional_residuals": down,
                     "mid_block_additional_residual": mid,
@@ -125,8 +130,9 @@ def train(
 
             # residuals run inside denoise_loss's autocast, with the UNet
             z = cache.latents(d["idx"], d["eps"])
-            loss = denoise_loss(pipe.unet, noise_scheduler, z, d["noise"], d["t"], cond, rt,
-                                residuals=residuals)  # fmt: skip
+            loss = denoise_loss(
+                pipe.unet, noise_scheduler, z, d["noise"], d["t"], cond, rt, residuals=residuals
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -264,8 +270,10 @@ def generate_pairs(
     images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
     generated = from_pixels(images, channels)
     if backgrounds is not None:
-        generated = [_composite(g, bg, alpha) for g, bg, (_, alpha)
-                     in zip(generated, backgrounds.images, regions, strict=True)]  # fmt: skip
+        generated = [
+            _composite(g, bg, alpha)
+            for g, bg, (_, alpha) in zip(generated, backgrounds.images, regions, strict=True)
+        ]
     return list(zip(generated, [np.asarray(m).copy() for m in masks], strict=True))
 
 

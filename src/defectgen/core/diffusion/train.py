@@ -223,8 +223,11 @@ def train_vae(
 
     def draw(g: torch.Generator) -> dict:  # batch rows, mirror coin, posterior noise
         idx = torch.randint(0, len(pixels), (batch_size,), generator=g)
-        return {"idx": idx, "flip": torch.rand(batch_size, 1, 1, 1, generator=g),
-                "eps": torch.randn(shape, generator=g)}  # fmt: skip
+        return {
+            "idx": idx,
+            "flip": torch.rand(batch_size, 1, 1, 1, generator=g),
+            "eps": torch.randn(shape, generator=g),
+        }
 
     images = pixels.to(rt.device)
     started, step = time.perf_counter(), 0
@@ -281,8 +284,11 @@ def train_denoiser(
 
     def draw(g: torch.Generator) -> dict:  # latents, prompt dropout, noise and timesteps
         rows = latents.draw(batch_size, g)
-        return {**rows, "drop": torch.rand(batch_size, generator=g),
-                **noise_draw(noise_scheduler, shape, g)}  # fmt: skip
+        return {
+            **rows,
+            "drop": torch.rand(batch_size, generator=g),
+            **noise_draw(noise_scheduler, shape, g),
+        }
 
     cond, uncond = cond.to(rt.device), uncond.to(rt.device)
     with LossBuffer(log) as losses:
