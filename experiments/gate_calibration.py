@@ -36,7 +36,7 @@ from defectgen.config import Params, parse_params
 from defectgen.core import augment, classify, no_harm
 from defectgen.real_images import load_images
 from defectgen.seeds import derive_seed
-from experiments.expansion.run import PROFILES, RESULTS, _git, replicate_params
+from experiments.expansion.run import PROFILES, RESULTS, clean_commit, replicate_params
 
 OUTCOMES = {"pass": "no harm", "fail": "harm", "inconclusive": "unresolved"}
 
@@ -180,11 +180,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", type=Path, help="default: experiments/expansion/results/<ds>")
     ap.add_argument("--toy", action="store_true", help="the run was made with --toy")
     ap.add_argument("--write", action="store_true")
+    ap.add_argument(
+        "--exploratory",
+        action="store_true",
+        help="allow uncommitted code (the record's commit then reads -dirty)",
+    )
     args = ap.parse_args(argv)
+    # read once, before any work: the code this process imported; refused on a dirty
+    # tree (earlier results rewritten under experiments/expansion/results do not count)
+    commit = clean_commit(args.exploratory or args.toy)
     profile = args.profile or PROFILES / f"{args.dataset}.yaml"
     raw = replicate_params(args.dataset, profile, args.toy, False, (), args.replicate)
     params = parse_params(raw, str(profile))
-    commit = _git()  # read once: the code this process imported
     gate = run_gate(params, args.run_dir, commit)
     found = rows(gate, test_outcomes(params, args.run_dir))
     print(json.dumps(found, indent=1, default=str))
