@@ -179,7 +179,6 @@ def _report(notes: list[tuple[dict, dict]], normal: set[str]) -> dict:
             # a defect under half an output pixel, kept at its strongest pixel
             # (preprocess.empty_mask keep; skipped images are in masks_lost only)
             "kept_at_one_pixel": sum(1 for n in defect if n.get("mask_lost")),
-            "emptied": sum(1 for n in defect if n["mask_after"][0] == 0),
         }
     return {
         "aspect_warn_above": ASPECT_WARN,
