@@ -6,20 +6,20 @@ from components import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def base(
-    params_yaml: str,
+    params: str,
     preprocessed: Input[Dataset],
     track: bool,
     base: Output[Model],
     metrics: Output[Metrics],
 ):
     """The diffusion prior: tiny pretrained here, sd15 checked (defectgen.stages.base)."""
-    from defectgen.runner import run_from_yaml
+    from defectgen.runner import run_task
 
-    run_from_yaml(
+    run_task(
         "base",
-        params_yaml,
+        params,
         out_dir=base.path,
         inputs={"preprocessed": preprocessed.path},
         track=track,
-        log_metric=metrics.log_metric,
+        metrics=metrics,
     )

@@ -6,7 +6,7 @@ from components import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def detect(
-    params_yaml: str,
+    params: str,
     preprocessed: Input[Dataset],
     generated: Input[Dataset],
     gated: Input[Dataset],
@@ -18,11 +18,11 @@ def detect(
 ):
     """Detectors per condition and seed, scored on the real test split with COCOeval
     (defectgen.stages.detect); a "skipped" record without masks or boxes."""
-    from defectgen.runner import run_from_yaml
+    from defectgen.runner import run_task
 
-    run_from_yaml(
+    run_task(
         "detect",
-        params_yaml,
+        params,
         out_dir=detect.path,
         inputs={
             "preprocessed": preprocessed.path,
@@ -32,5 +32,5 @@ def detect(
             "pairs_gated": pairs_gated.path,
         },
         track=track,
-        log_metric=metrics.log_metric,
+        metrics=metrics,
     )

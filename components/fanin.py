@@ -7,12 +7,14 @@ from components import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def classes(params_yaml: str, preprocessed: Input[Dataset]) -> List[str]:  # noqa: UP006
+def classes(params: str, preprocessed: Input[Dataset]) -> List[str]:  # noqa: UP006
     """The classes the pipeline fans out over (defectgen.cluster.fanin.classes)."""
     from defectgen.cluster.fanin import classes
-    from defectgen.runner import params_from_yaml
+    from defectgen.declarations import FANOUT_READS
+    from defectgen.scoped import from_task_params, scoped
 
-    return classes(params_from_yaml(params_yaml, "classes component params"), preprocessed.path)
+    handed = from_task_params(params, "classes component params")
+    return classes(scoped(handed, FANOUT_READS, "classes"), preprocessed.path)
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

@@ -6,7 +6,7 @@ from components import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def finetune(
-    params_yaml: str,
+    params: str,
     preprocessed: Input[Dataset],
     base: Input[Model],
     track: bool,
@@ -16,14 +16,14 @@ def finetune(
 ):
     """Textual inversion + LoRA adapter of one class, `label` (defectgen.stages.finetune);
     the cluster pipeline runs it once per class."""
-    from defectgen.runner import run_from_yaml
+    from defectgen.runner import run_task
 
-    run_from_yaml(
+    run_task(
         "finetune",
-        params_yaml,
+        params,
         out_dir=adapters.path,
         inputs={"preprocessed": preprocessed.path, "base": base.path},
         track=track,
-        log_metric=metrics.log_metric,
+        metrics=metrics,
         only_class=label,
     )

@@ -6,7 +6,7 @@ from components import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def gate(
-    params_yaml: str,
+    params: str,
     preprocessed: Input[Dataset],
     generated: Input[Dataset],
     track: bool,
@@ -17,14 +17,14 @@ def gate(
     """The verdict on one class's synthetic images (defectgen.stages.gate); returns
     "pass" or "fail" for the pipeline's dsl.If."""
     from defectgen.cluster.fanin import verdict
-    from defectgen.runner import run_from_yaml
+    from defectgen.runner import run_task
 
-    run_from_yaml(
+    run_task(
         "gate",
-        params_yaml,
+        params,
         out_dir=gated.path,
         inputs={"preprocessed": preprocessed.path, "generated": generated.path},
         track=track,
-        log_metric=metrics.log_metric,
+        metrics=metrics,
     )
     return verdict(gated.path, label)

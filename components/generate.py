@@ -6,7 +6,7 @@ from components import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def generate(
-    params_yaml: str,
+    params: str,
     preprocessed: Input[Dataset],
     base: Input[Model],
     adapters: Input[Model],
@@ -17,11 +17,11 @@ def generate(
 ):
     """Synthetic images per class at the chosen settings, with provenance
     (defectgen.stages.generate)."""
-    from defectgen.runner import run_from_yaml
+    from defectgen.runner import run_task
 
-    run_from_yaml(
+    run_task(
         "generate",
-        params_yaml,
+        params,
         out_dir=generated.path,
         inputs={
             "preprocessed": preprocessed.path,
@@ -30,5 +30,5 @@ def generate(
             "sweep": sweep.path,
         },
         track=track,
-        log_metric=metrics.log_metric,
+        metrics=metrics,
     )

@@ -6,20 +6,20 @@ from components import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def ingest(
-    params_yaml: str,
+    params: str,
     source: str,
     track: bool,
     ingested: Output[Dataset],
     metrics: Output[Metrics],
 ):
     """Raw dataset -> manifest + checked copies (defectgen.stages.ingest)."""
-    from defectgen.runner import run_from_yaml
+    from defectgen.runner import run_task
 
-    run_from_yaml(
+    run_task(
         "ingest",
-        params_yaml,
+        params,
         out_dir=ingested.path,
         inputs={"source": source},
         track=track,
-        log_metric=metrics.log_metric,
+        metrics=metrics,
     )

@@ -6,7 +6,7 @@ from components import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def masks(
-    params_yaml: str,
+    params: str,
     preprocessed: Input[Dataset],
     track: bool,
     masks: Output[Dataset],
@@ -14,13 +14,13 @@ def masks(
 ):
     """New defect masks per class and their quality, or a "skipped" record for a dataset
     without masks (defectgen.stages.masks)."""
-    from defectgen.runner import run_from_yaml
+    from defectgen.runner import run_task
 
-    run_from_yaml(
+    run_task(
         "masks",
-        params_yaml,
+        params,
         out_dir=masks.path,
         inputs={"preprocessed": preprocessed.path},
         track=track,
-        log_metric=metrics.log_metric,
+        metrics=metrics,
     )

@@ -6,7 +6,7 @@ from components import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def pairs(
-    params_yaml: str,
+    params: str,
     preprocessed: Input[Dataset],
     base: Input[Model],
     masks: Input[Dataset],
@@ -16,11 +16,11 @@ def pairs(
 ):
     """Per class a ControlNet from the base UNet, then self-annotated image + mask pairs
     from the masks stage's masks (defectgen.stages.pairs); "skipped" without masks."""
-    from defectgen.runner import run_from_yaml
+    from defectgen.runner import run_task
 
-    run_from_yaml(
+    run_task(
         "pairs",
-        params_yaml,
+        params,
         out_dir=pairs.path,
         inputs={
             "preprocessed": preprocessed.path,
@@ -28,5 +28,5 @@ def pairs(
             "masks": masks.path,
         },
         track=track,
-        log_metric=metrics.log_metric,
+        metrics=metrics,
     )

@@ -6,7 +6,7 @@ from components import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def pairs_gate(
-    params_yaml: str,
+    params: str,
     preprocessed: Input[Dataset],
     pairs: Input[Dataset],
     track: bool,
@@ -14,13 +14,13 @@ def pairs_gate(
     metrics: Output[Metrics],
 ):
     """The gate, unchanged, on the pairs' images (defectgen.stages.pairs_gate), every class."""
-    from defectgen.runner import run_from_yaml
+    from defectgen.runner import run_task
 
-    run_from_yaml(
+    run_task(
         "pairs_gate",
-        params_yaml,
+        params,
         out_dir=pairs_gated.path,
         inputs={"preprocessed": preprocessed.path, "pairs": pairs.path},
         track=track,
-        log_metric=metrics.log_metric,
+        metrics=metrics,
     )

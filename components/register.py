@@ -6,7 +6,7 @@ from components import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def register(
-    params_yaml: str,
+    params: str,
     base: Input[Model],
     adapters: Input[Model],
     sweep: Input[Dataset],
@@ -17,11 +17,11 @@ def register(
 ):
     """Class adapters into the MLflow model registry, promoted by the gate
     (defectgen.stages.register); nothing is registered without tracking."""
-    from defectgen.runner import run_from_yaml
+    from defectgen.runner import run_task
 
-    run_from_yaml(
+    run_task(
         "register",
-        params_yaml,
+        params,
         out_dir=registry.path,
         inputs={
             "base": base.path,
@@ -30,5 +30,5 @@ def register(
             "gated": gated.path,
         },
         track=track,
-        log_metric=metrics.log_metric,
+        metrics=metrics,
     )

@@ -6,7 +6,7 @@ from components import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def report(
-    params_yaml: str,
+    params: str,
     ingested: Input[Dataset],
     preprocessed: Input[Dataset],
     sweep: Input[Dataset],
@@ -28,12 +28,13 @@ def report(
     import tempfile
     from pathlib import Path
 
-    from defectgen.runner import run_from_yaml
+    from defectgen.runner import key_by_run, run_task
 
+    key_by_run(html.path)  # its MLflow parent under kfp.local (a temp folder is not)
     out = Path(tempfile.mkdtemp()) / "report"
-    run_from_yaml(
+    run_task(
         "report",
-        params_yaml,
+        params,
         out_dir=str(out),
         inputs={
             "ingested": ingested.path,

@@ -6,7 +6,7 @@ from components import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def segment(
-    params_yaml: str,
+    params: str,
     preprocessed: Input[Dataset],
     pairs: Input[Dataset],
     pairs_gated: Input[Dataset],
@@ -16,11 +16,11 @@ def segment(
 ):
     """COCO export of real + synthetic pairs and a U-Net per condition, scored on the
     real test split (defectgen.stages.segment)."""
-    from defectgen.runner import run_from_yaml
+    from defectgen.runner import run_task
 
-    run_from_yaml(
+    run_task(
         "segment",
-        params_yaml,
+        params,
         out_dir=segment.path,
         inputs={
             "preprocessed": preprocessed.path,
@@ -28,5 +28,5 @@ def segment(
             "pairs_gated": pairs_gated.path,
         },
         track=track,
-        log_metric=metrics.log_metric,
+        metrics=metrics,
     )

@@ -6,7 +6,7 @@ from components import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def status(
-    params_yaml: str,
+    params: str,
     track: bool,
     final: dsl.PipelineTaskFinalStatus,
     summary: Output[Markdown],
@@ -19,12 +19,14 @@ def status(
     import tempfile
     from pathlib import Path
 
-    from defectgen.runner import params_from_yaml
+    from defectgen.runner import key_by_run
+    from defectgen.scoped import from_task_params
     from defectgen.status import write_status
 
+    key_by_run(summary.path)  # its MLflow parent under kfp.local (a temp folder is not)
     out = Path(tempfile.mkdtemp()) / "report"
     write_status(
-        params_from_yaml(params_yaml, "status component params"),
+        from_task_params(params, "status component params"),
         state=final.state,
         job=final.pipeline_job_resource_name,
         error=final.error_message or "",

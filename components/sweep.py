@@ -6,7 +6,7 @@ from components import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def sweep(
-    params_yaml: str,
+    params: str,
     preprocessed: Input[Dataset],
     base: Input[Model],
     adapters: Input[Model],
@@ -15,11 +15,11 @@ def sweep(
     metrics: Output[Metrics],
 ):
     """Per-class strength x guidance probes and the chosen cell (defectgen.stages.sweep)."""
-    from defectgen.runner import run_from_yaml
+    from defectgen.runner import run_task
 
-    run_from_yaml(
+    run_task(
         "sweep",
-        params_yaml,
+        params,
         out_dir=sweep.path,
         inputs={
             "preprocessed": preprocessed.path,
@@ -27,5 +27,5 @@ def sweep(
             "adapters": adapters.path,
         },
         track=track,
-        log_metric=metrics.log_metric,
+        metrics=metrics,
     )

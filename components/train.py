@@ -6,7 +6,7 @@ from components import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def train(
-    params_yaml: str,
+    params: str,
     preprocessed: Input[Dataset],
     generated: Input[Dataset],
     gated: Input[Dataset],
@@ -16,11 +16,11 @@ def train(
 ):
     """Classifiers per condition and seed, scored on the real test split
     (defectgen.stages.train)."""
-    from defectgen.runner import run_from_yaml
+    from defectgen.runner import run_task
 
-    run_from_yaml(
+    run_task(
         "train",
-        params_yaml,
+        params,
         out_dir=train.path,
         inputs={
             "preprocessed": preprocessed.path,
@@ -28,5 +28,5 @@ def train(
             "gated": gated.path,
         },
         track=track,
-        log_metric=metrics.log_metric,
+        metrics=metrics,
     )

@@ -11,15 +11,20 @@
     exit handler: status (always: the final state and every stage run; for a run that
       did not succeed, also the report, from what the finished stages logged to MLflow)
 
-Placement comes from params `cluster` at compile time (`build(params.cluster)`): GPU
+Params are fixed at compile time (`build(params)`): each task gets as its `params` input
+only the keys its stage reads (declarations: Stage.reads; scoped.task_params renders
+them), so KFP's cache key, which covers a task's inputs, changes only when one of those
+keys does: a gate rule edited and recompiled reruns gate and what follows it, while base,
+finetune, sweep and generate are served from the cache. Placement comes from params
+`cluster` (`Placement`): GPU
 tasks request accelerators and carry the GPU node selector, tolerations, /dev/shm,
 retries with backoff and a timeout; CPU tasks carry none of the GPU settings, so a
 tainted GPU pool never runs them. MLflow credentials come from the Kubernetes secret
 `cluster.mlflow_secret` (optional: a run with track=False needs none). The raw data
 reaches the ingest pod on the PVC `cluster.data_pvc`, mounted at `cluster.data_mount`.
 Every task can be served from KFP's cache: no input changes from run to run (the
-MLflow key comes from the pod's run-id label). A retried task restarts its stage
-from the beginning: resume state lives in the pod's own filesystem.
+MLflow key comes from the pod's run-id label, not an input). A retried task restarts its
+stage from the beginning: resume state lives in the pod's own filesystem.
 
 Differences from `dvc repro`, on purpose: a failed run's report comes from the exit
 handler and needs tracking (an exit task cannot take the stages' artifacts). A class
@@ -48,8 +53,10 @@ from components.status import status
 from components.sweep import sweep
 from components.train import train
 from defectgen.cluster import CLUSTER_ENV
-from defectgen.config import ClusterConfig
-from defectgen.runner import PIPELINE_KEY_ENV
+from defectgen.config import ClusterConfig, Params
+from defectgen.declarations import FANOUT_READS, STATUS_READS, get_stage
+from defectgen.runner import PIPELINE_KEY_ENV, PIPELINE_NAME
+from defectgen.scoped import task_params
 
 RUN_ID_FIELD = "metadata.labels['pipeline/runid']"  # KFP's run id label on every task pod
 
@@ -118,86 +125,128 @@ class Placement:
         return task
 
 
-def build(cluster: ClusterConfig) -> graph_component.GraphComponent:
-    """The pipeline, placed on the cluster that params `cluster` describes."""
+def build(params: Params) -> graph_component.GraphComponent:
+    """The pipeline for `params`, placed on the cluster that params `cluster` describes."""
+    cluster = params.cluster
     place = Placement(cluster)
 
-    def one_class(common: dict, label, preprocessed, base) -> dict:
+    def inputs(stage: str, track) -> dict:
+        """A stage task's params input (the keys the stage reads) and `track`."""
+        return {"params": task_params(params, get_stage(stage).reads), "track": track}
+
+    def one_class(track, label, preprocessed, base) -> dict:
         """One class's tasks in the loop body: finetune -> sweep -> generate -> gate ->
         register if the gate passed it; returns its sweep, generated and gated outputs.
         Plain tasks, not a nested pipeline: a pipeline inside a ParallelFor does not run
         on every backend (kubeflow/pipelines#10039)."""
         adapted = place.gpu(
-            finetune(**common, preprocessed=preprocessed, base=base, label=label), "finetune"
+            finetune(
+                **inputs("finetune", track), preprocessed=preprocessed, base=base, label=label
+            ),
+            "finetune",
         )
         adapters = adapted.outputs["adapters"]
         swept = place.gpu(
-            sweep(**common, preprocessed=preprocessed, base=base, adapters=adapters), "sweep"
+            sweep(
+                **inputs("sweep", track), preprocessed=preprocessed, base=base, adapters=adapters
+            ),
+            "sweep",
         )
         chosen = swept.outputs["sweep"]
         gen = place.gpu(
-            generate(**common, preprocessed=preprocessed, base=base, adapters=adapters,
-                     sweep=chosen),
+            generate(
+                **inputs("generate", track),
+                preprocessed=preprocessed,
+                base=base,
+                adapters=adapters,
+                sweep=chosen,
+            ),
             "generate",
-        )  # fmt: skip
+        )
         judged = place.gpu(
-            gate(**common, preprocessed=preprocessed, generated=gen.outputs["generated"],
-                 label=label),
+            gate(
+                **inputs("gate", track),
+                preprocessed=preprocessed,
+                generated=gen.outputs["generated"],
+                label=label,
+            ),
             "gate",
-        )  # fmt: skip
+        )
         with dsl.If(judged.outputs["Output"] == "pass", name="passed-gate"):
             place.cpu(
-                register(**common, base=base, adapters=adapters, sweep=chosen,
-                         gated=judged.outputs["gated"]),
+                register(
+                    **inputs("register", track),
+                    base=base,
+                    adapters=adapters,
+                    sweep=chosen,
+                    gated=judged.outputs["gated"],
+                ),
                 "register",
-            )  # fmt: skip
-        return {"sweep": chosen, "generated": gen.outputs["generated"],
-                "gated": judged.outputs["gated"]}  # fmt: skip
+            )
+        return {
+            "sweep": chosen,
+            "generated": gen.outputs["generated"],
+            "gated": judged.outputs["gated"],
+        }
 
     @dsl.pipeline(
-        name="defectgen",
+        name=PIPELINE_NAME,
         description="Expand a small defect-image dataset: ingest -> preprocess -> base -> "
         "per class (finetune -> sweep -> generate -> gate -> register if passed) -> train, "
         "detect -> report; the exit handler records the run's status.",
     )
-    def defectgen_pipeline(params_yaml: str, source: str = "", track: bool = False):
+    def defectgen_pipeline(source: str = "", track: bool = False):
         """Args:
-        params_yaml: the whole params.yaml as text (the compiled default is the repo's).
         source: the raw dataset folder as seen from inside the ingest pod: a path
             under cluster.data_mount, where the PVC cluster.data_pvc is mounted (e.g.
             /mnt/defectgen-data/neu-det); empty: params data.root (or the ELPV package).
         track: log to MLflow (the secret's tracking URI must reach a server from the pods).
+
+        The params are the compiled ones (`python -m pipelines.compile --params FILE`).
         """
-        # Every stage task gets the params and `track` (the MLflow key: Placement).
-        common = {"params_yaml": params_yaml, "track": track}
-        final = place.cpu(status(**common), "status")
+        final = place.cpu(status(params=task_params(params, STATUS_READS), track=track), "status")
         with dsl.ExitHandler(final, name="stages"):
-            ing = place.data(place.cpu(ingest(**common, source=source), "ingest"))
-            pre = place.cpu(preprocess(**common, ingested=ing.outputs["ingested"]), "preprocess")
+            ing = place.data(place.cpu(ingest(**inputs("ingest", track), source=source), "ingest"))
+            pre = place.cpu(
+                preprocess(**inputs("preprocess", track), ingested=ing.outputs["ingested"]),
+                "preprocess",
+            )
             preprocessed = pre.outputs["preprocessed"]
-            masked = place.gpu(masks(**common, preprocessed=preprocessed), "masks")
-            prior = place.gpu(base(**common, preprocessed=preprocessed), "base")
+            masked = place.gpu(masks(**inputs("masks", track), preprocessed=preprocessed), "masks")
+            prior = place.gpu(base(**inputs("base", track), preprocessed=preprocessed), "base")
             base_model = prior.outputs["base"]
             paired = place.gpu(
-                pairs(**common, preprocessed=preprocessed, base=base_model,
-                      masks=masked.outputs["masks"]),
+                pairs(
+                    **inputs("pairs", track),
+                    preprocessed=preprocessed,
+                    base=base_model,
+                    masks=masked.outputs["masks"],
+                ),
                 "pairs",
-            )  # fmt: skip
+            )
             image_mask_pairs = paired.outputs["pairs"]
             pairs_judged = place.gpu(
-                pairs_gate(**common, preprocessed=preprocessed, pairs=image_mask_pairs),
+                pairs_gate(
+                    **inputs("pairs_gate", track), preprocessed=preprocessed, pairs=image_mask_pairs
+                ),
                 "pairs_gate",
             )
             segmented = place.gpu(
-                segment(**common, preprocessed=preprocessed, pairs=image_mask_pairs,
-                        pairs_gated=pairs_judged.outputs["pairs_gated"]),
+                segment(
+                    **inputs("segment", track),
+                    preprocessed=preprocessed,
+                    pairs=image_mask_pairs,
+                    pairs_gated=pairs_judged.outputs["pairs_gated"],
+                ),
                 "segment",
-            )  # fmt: skip
-            labels = place.cpu(classes(params_yaml=params_yaml, preprocessed=preprocessed),
-                               "classes")  # fmt: skip
+            )
+            labels = place.cpu(
+                classes(params=task_params(params, FANOUT_READS), preprocessed=preprocessed),
+                "classes",
+            )
 
             with dsl.ParallelFor(labels.output, parallelism=cluster.parallelism) as label:
-                per_class = one_class(common, label, preprocessed, base_model)
+                per_class = one_class(track, label, preprocessed, base_model)
 
             def fan_in(output: str):
                 """The loop's per-class `output`s, merged into one folder."""
@@ -208,21 +257,41 @@ def build(cluster: ClusterConfig) -> graph_component.GraphComponent:
             generated = fan_in("generated")
             gated = fan_in("gated")
             trained = place.gpu(
-                train(**common, preprocessed=preprocessed, generated=generated, gated=gated),
+                train(
+                    **inputs("train", track),
+                    preprocessed=preprocessed,
+                    generated=generated,
+                    gated=gated,
+                ),
                 "train",
             )
             detected = place.gpu(
-                detect(**common, preprocessed=preprocessed, generated=generated, gated=gated,
-                       pairs=image_mask_pairs, pairs_gated=pairs_judged.outputs["pairs_gated"]),
+                detect(
+                    **inputs("detect", track),
+                    preprocessed=preprocessed,
+                    generated=generated,
+                    gated=gated,
+                    pairs=image_mask_pairs,
+                    pairs_gated=pairs_judged.outputs["pairs_gated"],
+                ),
                 "detect",
-            )  # fmt: skip
+            )
             place.cpu(
-                report(**common, ingested=ing.outputs["ingested"], preprocessed=preprocessed,
-                       sweep=chosen, generated=generated, gated=gated,
-                       train=trained.outputs["train"], masks=masked.outputs["masks"],
-                       pairs=image_mask_pairs, pairs_gated=pairs_judged.outputs["pairs_gated"],
-                       segment=segmented.outputs["segment"], detect=detected.outputs["detect"]),
+                report(
+                    **inputs("report", track),
+                    ingested=ing.outputs["ingested"],
+                    preprocessed=preprocessed,
+                    sweep=chosen,
+                    generated=generated,
+                    gated=gated,
+                    train=trained.outputs["train"],
+                    masks=masked.outputs["masks"],
+                    pairs=image_mask_pairs,
+                    pairs_gated=pairs_judged.outputs["pairs_gated"],
+                    segment=segmented.outputs["segment"],
+                    detect=detected.outputs["detect"],
+                ),
                 "report",
-            )  # fmt: skip
+            )
 
     return defectgen_pipeline

@@ -149,6 +149,8 @@ class _Scan:
             base = self.resolve(node.value, env)
             if base is not None and (base, node.attr) in self.methods:
                 self.found |= self.methods[base, node.attr]
+                if base == "":  # a method of Params takes its sections from the Params
+                    self.reached |= {k.split(".")[0] for k in self.methods[base, node.attr]}
             elif base == "" and node.attr in WHOLE:
                 self.found |= self._hashed(node)
             elif base == "" and node.attr in FIELDS[""] and node.attr not in FIELDS:

@@ -189,12 +189,14 @@ def test_schedule_says_what_it_needs_before_touching_a_cluster(tmp_path, capsys,
     assert "no KFP endpoint: pass --host URL or set $KF_PIPELINES_ENDPOINT" in (
         capsys.readouterr().err
     )
-    params = str(REPO / "params.yaml")
-    assert main(["schedule", "create", "--cron", "0 2 * * *", "--params", params]) == 2
+    assert main(["schedule", "create", "--cron", "0 2 * * *"]) == 2
     assert "KFP wants six fields, seconds first" in capsys.readouterr().err
+    missing = str(tmp_path / "cluster.yaml")
+    assert main(["schedule", "create", "--package", missing]) == 2
+    assert f"{missing}: no compiled pipeline" in capsys.readouterr().err
     monkeypatch.setenv("KF_PIPELINES_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on 9
     package = str(REPO / "pipelines" / "build" / "defectgen.yaml")
-    assert main(["schedule", "create", "--params", params, "--package", package]) == 2
+    assert main(["schedule", "create", "--package", package]) == 2
     err = capsys.readouterr().err
     assert "KFP endpoint http://127.0.0.1:9: connect failed" in err and "Traceback" not in err
 

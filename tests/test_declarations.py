@@ -100,6 +100,13 @@ def test_declared_params_are_exactly_the_keys_the_code_reads(stage):
     assert not declared - read, f"{stage.name} declares {sorted(declared - read)} unread"
 
 
+def test_the_pipeline_s_other_tasks_declare_what_their_code_reads():
+    """The KFP tasks that run no stage: the fan-out's class list reads two keys (one of
+    them through Params.synthesised), the exit handler every key (it renders the report)."""
+    assert dvc_stages.params_read("defectgen.cluster.fanin") == set(declarations.FANOUT_READS)
+    assert dvc_stages.params_read("defectgen.status") == set(declarations.STATUS_READS)
+
+
 def test_no_stage_imports_another_stage():
     for path in sorted(STAGES_DIR.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):

@@ -1,18 +1,22 @@
 """A stage reads only the params keys it declares: the view (defectgen.scoped) hands out
-declared keys and refuses any other, and the static scan (pipelines.params_read) finds the
-keys a piece of code reads."""
+declared keys and refuses any other, a KFP task is handed those keys alone (task_params),
+and the static scan (pipelines.params_read) finds the keys a piece of code reads."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import pickle
 import textwrap
+from pathlib import Path
 
 import pytest
 
-from defectgen.config import ALL, GateConfig, GenerateConfig
-from defectgen.declarations import get_stage
-from defectgen.scoped import UndeclaredRead, scoped
+from defectgen.config import ALL, GateConfig, GenerateConfig, LoraConfig
+from defectgen.declarations import STAGES, get_stage
+from defectgen.errors import ConfigError
+from defectgen.runner import local_run_key
+from defectgen.scoped import UndeclaredRead, from_task_params, scoped, task_params
 from pipelines import params_read
 from tests.conftest import make_params
 
@@ -35,6 +39,67 @@ def test_a_view_gives_declared_keys_and_refuses_the_rest(tmp_path):
     with pytest.raises(TypeError):
         view.seed = 8
     assert scoped(params, (ALL,), "report") is params
+
+
+def test_a_task_is_handed_its_stage_s_keys_and_reads_them_as_the_file_gives_them(tmp_path):
+    """What a KFP task reads back from its params input holds its stage's keys with the
+    file's values and types, so its resume key and MLflow params are the CLI's."""
+    params = make_params(
+        "folders", tmp_path, finetune={"lora": {"steps": 3, "lr": 1e-4, "rank": 2}}
+    )
+    for stage in STAGES:
+        handed = from_task_params(task_params(params, stage.reads), stage.name)
+        assert handed.keyed(*stage.reads) == params.keyed(*stage.reads), stage.name
+        assert stage.params_hash(handed) == stage.params_hash(params), stage.name
+        assert handed.data.name == "fixture" and handed.tracking == params.tracking
+    finetune = from_task_params(task_params(params, get_stage("finetune").reads), "finetune")
+    assert isinstance(finetune.finetune.lora, LoraConfig) and finetune.finetune.lora.rank == 2
+    ingest = from_task_params(task_params(params, get_stage("ingest").reads), "ingest")
+    assert ingest.data.root == tmp_path  # a Path again, not the JSON string
+    assert from_task_params(task_params(params, (ALL,)), "report").given == (ALL,)
+
+
+def test_a_task_s_params_refuse_the_keys_it_was_not_handed(tmp_path):
+    params = make_params("folders", tmp_path, gate={"margin": 0.05})
+    handed = from_task_params(task_params(params, ("seed", "gate.margin")), "demo")
+    assert handed.gate.margin == 0.05 and handed.seed == 7
+    assert handed.carries("gate.margin") and not handed.carries("gate")
+    with pytest.raises(KeyError, match="carry only data.name, gate.margin, seed, tracking"):
+        handed.keyed("gate")  # the other gate keys hold defaults, not the file's values
+    with pytest.raises(KeyError, match=r"not \*"):
+        handed.section_hash()  # every parameter: the exit handler's, not a stage task's
+    view = scoped(handed, ("seed", "gate.margin"), "demo")
+    with pytest.raises(UndeclaredRead, match="'gate.max_ratio'"):
+        _ = view.gate.max_ratio
+
+
+def test_a_task_s_params_are_checked_key_by_key_and_narrowed_to_its_class(tmp_path):
+    with pytest.raises(ConfigError, match="seed: Input should be greater than or equal to 0"):
+        from_task_params(json.dumps({"seed": -1}), "demo component params")
+    with pytest.raises(ConfigError, match="gate.margin: Input should be a valid number"):
+        from_task_params(json.dumps({"gate.margin": "wide"}), "demo component params")
+    with pytest.raises(ConfigError, match="no key 'gate.nope'"):
+        from_task_params(json.dumps({"gate.nope": 1}), "demo component params")
+    with pytest.raises(ConfigError, match="not the JSON"):
+        from_task_params("seed: [", "demo component params")
+    params = make_params("folders", tmp_path, finetune={"classes": ["a", "b"]})
+    text = task_params(params, get_stage("finetune").reads)
+    assert from_task_params(text, "finetune", only_class="b").finetune.classes == ["b"]
+    assert from_task_params(text, "finetune").finetune.classes == ["a", "b"]
+
+
+def test_a_kfp_local_run_s_tasks_share_one_mlflow_key(tmp_path: Path):
+    """Every task of a kfp.local run, in the loop or not, gets the key of its run folder;
+    another run another key."""
+    run = tmp_path / "root" / "defectgen-2026-12-08-01-02-03-456789"
+    other = tmp_path / "root" / "defectgen-2026-12-08-01-09-03-000001"
+    keys = {
+        local_run_key(str(run / "for-loop-2-iteration-0" / "finetune" / "adapters")),
+        local_run_key(str(run / "status" / "summary")),
+        local_run_key(str(run / "report" / "html")),
+    }
+    assert len(keys) == 1
+    assert local_run_key(str(other / "base" / "base")) not in keys
 
 
 def test_a_method_of_a_params_class_reads_through_the_view(tmp_path):

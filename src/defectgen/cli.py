@@ -110,8 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     q = sched.add_parser("create", help="a recurring run of the compiled pipeline")
     q.add_argument("--name", default="defectgen-nightly")
     q.add_argument("--cron", default="0 0 2 * * *", help="six fields, seconds first (02:00)")
-    q.add_argument("--params", type=Path, default=Path("params.yaml"))
-    q.add_argument("--package", type=Path, default=Path("pipelines/build/defectgen.yaml"))
+    q.add_argument(
+        "--package",
+        type=Path,
+        default=Path("pipelines/build/defectgen.yaml"),
+        help="the pipeline compiled with your params (python -m pipelines.compile --params)",
+    )
     q.add_argument("--source-path", default="", help="the dataset folder as the pods see it")
     q.add_argument("--no-track", action="store_true", help="no MLflow from the pods")
     q.add_argument("--experiment", default="defectgen", help="KFP experiment")
@@ -165,7 +169,6 @@ def _schedule(args: argparse.Namespace) -> int:
             host=args.host,
             name=args.name,
             cron=args.cron,
-            params_path=args.params,
             package=args.package,
             source_path=args.source_path,
             track=not args.no_track,

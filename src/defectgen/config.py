@@ -10,10 +10,18 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from defectgen.core import arms
 from defectgen.errors import ConfigError
@@ -902,6 +910,8 @@ class Params(_Section):
     detect: DetectConfig = Field(default_factory=DetectConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    # the keys these params carry: ALL, or one KFP task's own keys (`from_keyed`)
+    _given: tuple[str, ...] = PrivateAttr(default=(ALL,))
 
     @model_validator(mode="after")
     def _normal_not_synthesised(self) -> Params:
@@ -919,10 +929,38 @@ class Params(_Section):
         chosen = self.finetune.classes or labels
         return [c for c in labels if c in chosen and c not in self.data.normal_classes]
 
+    @property
+    def given(self) -> tuple[str, ...]:
+        """The keys these params carry: (ALL,) for a params file, a task's own keys for
+        the params a KFP task receives (`from_keyed`)."""
+        return self._given
+
+    def carries(self, key: str) -> bool:
+        """Whether `key` (a section, a dotted key or ALL) holds its given value here, not
+        a default standing in for a key this task was not handed."""
+        given = self._given
+        if ALL in given or key in given or key.split(".")[0] in given:
+            return True
+        if key == ALL:
+            return False
+        section = type(self).model_fields[key].annotation if "." not in key else None
+        return (
+            isinstance(section, type)
+            and issubclass(section, BaseModel)
+            and all(f"{key}.{f}" in given for f in section.model_fields)
+        )
+
     def keyed(self, *keys: str) -> dict[str, Any]:
         """The values of `keys`, each a section ("train"), a dotted key ("generate.mode")
         or ALL (every section but `cluster`, which says where stages run, not what they
         compute), as JSON-ready values: what a stage declares it reads."""
+        known = [k for k in keys if k == ALL or k.split(".")[0] in type(self).model_fields]
+        lacking = [k for k in known if not self.carries(k)]
+        if lacking:
+            raise KeyError(
+                f"these params carry only {', '.join(self._given)} (one task's keys), not "
+                f"{', '.join(lacking)}"
+            )
         dumped = self.model_dump(mode="json")
         if ALL in keys:
             keys = tuple(k for k in type(self).model_fields if k != "cluster")
@@ -936,11 +974,63 @@ class Params(_Section):
             out[key] = value
         return out
 
+    @classmethod
+    def from_keyed(cls, values: dict[str, Any], source: str = "params") -> Params:
+        """Params that carry only `values`, what `keyed` returned for some keys (a KFP
+        task's params input: pipelines.defectgen_pipeline); every other key keeps its
+        default, and `keyed` and a stage's view (scoped) refuse it.
+
+        Each value is validated by its own field's type. The sections' checks across keys
+        ran when the whole params were loaded (pipelines.compile refuses invalid params);
+        on part of a section they would judge a user's value against a default.
+        """
+        whole: dict[str, Any] = {}
+        parts: dict[str, dict[str, Any]] = {}
+        for key, value in values.items():
+            name, _, field = key.partition(".")
+            section = cls.model_fields[name].annotation if name in cls.model_fields else None
+            if section is None or (field and field not in section.model_fields):
+                raise ConfigError(f"{source}: params have no key {key!r}")
+            if field:
+                parts.setdefault(name, {})[field] = _validated(section, field, value, source)
+            else:
+                whole[name] = _validated(cls, name, value, source)
+        for name, fields in parts.items():  # a key of a section given whole is its value
+            if name not in whole:
+                whole[name] = cls.model_fields[name].annotation.model_construct(**fields)
+        whole.setdefault("data", DataConfig.model_construct())  # the one required section
+        params = cls.model_construct(**whole)
+        everything = [k for k in cls.model_fields if k != "cluster"]
+        params._given = (ALL,) if set(values) >= set(everything) else tuple(values)
+        return params
+
     def section_hash(self, *keys: str) -> str:
         """Short sha256 of the named sections or dotted keys (none: ALL), for resume keys,
         tags and provenance."""
         blob = json.dumps(self.keyed(*(keys or (ALL,))), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _validated(model: type[BaseModel], field: str, value: Any, source: str) -> Any:
+    """`value` validated as `model`'s field `field` (its type and constraints)."""
+    info = model.model_fields[field]
+    kind = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+    try:
+        return TypeAdapter(kind).validate_python(value)
+    except ValidationError as exc:
+        where = f"{SECTION_NAME.get(model, '')}{field}"
+        reasons = "; ".join(
+            f"{'.'.join(map(str, (where, *e['loc'])))}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"{source}: invalid parameters: {reasons}") from None
+
+
+# each section's class -> "<its key>." (the prefix of its keys' names in messages)
+SECTION_NAME = {
+    f.annotation: f"{name}."
+    for name, f in Params.model_fields.items()
+    if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)
+}
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

@@ -111,6 +111,11 @@ SAMPLING = (
     "generate.per_class",
 )
 
+# the KFP tasks that run no stage: the classes the pipeline fans out over
+# (cluster.fanin.classes) and the exit handler, which renders the report (status)
+FANOUT_READS = ("finetune.classes", "data.normal_classes")
+STATUS_READS = (ALL,)
+
 PREPROCESSED = ("preprocessed", True, "the preprocess stage's output folder")
 BASE = ("base", True, "the base stage's output folder")
 ADAPTERS = ("adapters", True, "the finetune stage's output folder")

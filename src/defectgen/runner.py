@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from defectgen.atomic import atomic_write_json
 from defectgen.config import Params
 from defectgen.declarations import STAGES, Stage, get_stage  # noqa: F401  (the registry)
 
@@ -72,53 +74,61 @@ def _reproducible(metrics: dict[str, float]) -> dict[str, float]:
 
 
 PIPELINE_KEY_ENV = "DEFECTGEN_PIPELINE_KEY"  # groups a run's stages in MLflow (tracking.py)
+PIPELINE_NAME = "defectgen"  # the KFP pipeline's name (pipelines.defectgen_pipeline)
+# kfp.local names a run's folder <pipeline name>-<%Y-%m-%d-%H-%M-%S-%f>
+_LOCAL_RUN = re.compile(rf"^{PIPELINE_NAME}-\d{{4}}(-\d{{2}}){{5}}-\d{{6}}$")
 
 
-def run_from_yaml(
+def run_task(
     stage_name: str,
-    params_yaml: str,
+    params: str,
     *,
     out_dir: str,
     inputs: dict[str, str],
     track: bool = True,
-    log_metric: Callable[[str, float], None] | None = None,
+    metrics: Any = None,
     only_class: str = "",
 ) -> dict[str, float]:
-    """Entry point for KFP components: params as YAML text, paths as strings.
+    """Entry point for KFP components: the task's params (the keys its stage reads, as
+    scoped.task_params renders them), paths as strings.
 
     Empty input strings mean "not given". The MLflow pipeline key that groups a run's
     stages under one parent comes from $DEFECTGEN_PIPELINE_KEY, which the compiled
     pipeline sets from the pod's `pipeline/runid` label (not a task input, so KFP's
-    cache key does not change with every run). `log_metric` receives
-    every metric (a KFP Metrics artifact's log_metric). `only_class` runs the stage for
-    one class (the per-class fan-out): finetune adapts only it, and the stages after
+    cache key does not change with every run); under kfp.local from the run's folder
+    (`local_run_key`). `metrics`, a KFP Metrics artifact, gets every metric, logged and
+    as a JSON file at its path (a Metrics artifact without its file is a cache miss for
+    kfp.local, so the task would never be reused). `only_class` runs the stage for one
+    class (the per-class fan-out): finetune adapts only it, and the stages after
     finetune follow their inputs, which then hold only that class.
     """
-    where = f"{stage_name} component params"
-    params = params_from_yaml(params_yaml, where, only_class)
-    if track and params.tracking.enabled and not os.environ.get(PIPELINE_KEY_ENV):
-        # No run-id label (kfp.local): every task of the run derives one key from the
-        # whole params, before a per-class task narrows them to its class.
-        from defectgen import tracking
+    from defectgen.scoped import from_task_params
 
-        os.environ[PIPELINE_KEY_ENV] = tracking.pipeline_key(params_from_yaml(params_yaml, where))
+    handed = from_task_params(params, f"{stage_name} component params", only_class)
+    if track and handed.tracking.enabled:
+        key_by_run(out_dir)
     paths = {k: Path(v) for k, v in inputs.items() if v}
-    metrics, _ = execute(
-        get_stage(stage_name), params, out_dir=Path(out_dir), inputs=paths, track=track
+    values, _ = execute(
+        get_stage(stage_name), handed, out_dir=Path(out_dir), inputs=paths, track=track
     )
-    if log_metric is not None:
-        for key, value in metrics.items():
-            log_metric(key, value)
-    return metrics
+    if metrics is not None:
+        for key, value in values.items():
+            metrics.log_metric(key, value)
+        atomic_write_json(Path(metrics.path), values)
+    return values
 
 
-def params_from_yaml(params_yaml: str, where: str, only_class: str = "") -> Params:
-    """Params from YAML text (a KFP pipeline parameter), optionally narrowed to one class."""
-    import yaml
+def key_by_run(out_path: str) -> None:
+    """$DEFECTGEN_PIPELINE_KEY, where no run-id label set it (kfp.local), from the run
+    folder that `out_path` (one of the task's outputs) lies in."""
+    os.environ.setdefault(PIPELINE_KEY_ENV, local_run_key(out_path))
 
-    from defectgen.config import parse_params
 
-    raw = yaml.safe_load(params_yaml)
-    if only_class:
-        raw.setdefault("finetune", {})["classes"] = [only_class]
-    return parse_params(raw, where)
+def local_run_key(out_path: str) -> str:
+    """The MLflow pipeline key of a task without a run-id label (kfp.local): its run's
+    folder, under which every task writes (<root>/<run>/[<loop iteration>/]<task>/
+    <output>). A task is handed only its own keys, so no hash of the params is the same
+    in every task. Outside that layout: the parent of the output's task folder."""
+    path = Path(out_path).resolve()
+    run = next((p for p in path.parents if _LOCAL_RUN.match(p.name)), path.parents[1])
+    return f"local:{run}"

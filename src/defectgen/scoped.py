@@ -1,5 +1,6 @@
 """The params a stage may read: a read-only view of Params that hands out the keys the
-stage declares (declarations.Stage.reads) and raises on any other.
+stage declares (declarations.Stage.reads) and raises on any other; and the same keys
+rendered as a KFP task's params input (`task_params`), read back by `from_task_params`.
 
 Its reads are what dvc.yaml's params, the resume key and the KFP task's params input
 follow, so a key read but not declared would let a changed value reuse a stale result.
@@ -10,12 +11,17 @@ without annotations) in every run of a stage, the tests' included.
 
 from __future__ import annotations
 
+import json
 import types
 from typing import Any
 
 from pydantic import BaseModel
 
-from defectgen.config import ALL
+from defectgen.config import ALL, Params
+from defectgen.errors import ConfigError
+
+# what the runner reads around every stage: the MLflow experiment and the parent run's name
+RUNNER_READS = ("data.name", "tracking")
 
 # pydantic's methods that read every key of their object
 _WHOLE = ("model_dump", "model_dump_json", "model_copy")
@@ -29,6 +35,33 @@ class UndeclaredRead(RuntimeError):
 def covered(key: str, declared: tuple[str, ...]) -> bool:
     """Whether a declared section or key covers `key` (a section covers its keys)."""
     return ALL in declared or any(key == d or key.startswith(d + ".") for d in declared)
+
+
+def task_params(params: Params, reads: tuple[str, ...]) -> str:
+    """The keys `reads` names (with the runner's own) and their values, as one line of
+    JSON: a KFP task's params input. KFP's cache key covers a task's inputs, so a task is
+    served from the cache until a key it reads changes (a line: kfp copies a constant
+    into a comment header that breaks on a multi-line string)."""
+    keys = (ALL,) if ALL in reads else (*reads, *RUNNER_READS)
+    kept = [k for k in dict.fromkeys(keys) if not any(k.startswith(s + ".") for s in keys)]
+    return json.dumps(params.keyed(*kept), sort_keys=True)
+
+
+def from_task_params(text: str, where: str, only_class: str = "") -> Params:
+    """The params a task was handed (`task_params`), optionally narrowed to one class
+    (finetune in the per-class fan-out): they carry only the task's keys."""
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{where}: not the JSON that task_params renders ({exc})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected an object of params keys, got {values!r}")
+    if only_class:
+        if "finetune" in values:
+            values["finetune"] = {**values["finetune"], "classes": [only_class]}
+        else:
+            values["finetune.classes"] = [only_class]
+    return Params.from_keyed(values, where)
 
 
 def scoped(params: Any, reads: tuple[str, ...], stage: str) -> Any:

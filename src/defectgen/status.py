@@ -23,6 +23,14 @@ from defectgen.atomic import atomic_write_bytes
 from defectgen.config import Params
 
 
+def _without_a_run(runs: list[dict[str, str]]) -> list[str]:
+    """The stages, in pipeline order, with no MLflow run under this pipeline run."""
+    from defectgen.declarations import STAGES
+
+    ran = {r["stage"] for r in runs}
+    return [s.name for s in STAGES if s.name not in ran]
+
+
 def _render_report(params: Params, report_dir: Path) -> str:
     """The report from the finished stages' MLflow artifacts into `report_dir`, as the
     report stage's own MLflow run under the parent; returns one line for the page."""
@@ -99,6 +107,12 @@ def write_status(
             "|---|---|---|",
             *(f"| {r['stage']} | {r['status']} | {r['wall_s']} |" for r in runs),
         ]
+        if absent := _without_a_run(runs):
+            lines += [
+                "",
+                f"No run in this pipeline run: {', '.join(absent)} (served from KFP's cache, "
+                "not reached, or, for register, no class passed the gate).",
+            ]
     else:
         lines.append("- MLflow: tracking off (no stage runs to list)")
     text = "\n".join(lines) + "\n"

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from defectgen.config import Params
+from defectgen.config import ALL, Params
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
@@ -134,21 +134,26 @@ def _find_or_create_parent(client: MlflowClient, experiment_id: str, params: Par
     run = client.create_run(
         experiment_id,
         run_name=f"pipeline {params.data.name}",
-        tags={
-            KEY_TAG: key,
-            "mlflow.source.git.commit": sha,
-            "defectgen.params_hash": params.section_hash(),
-            "defectgen.dataset": params.data.name,
-        },
+        tags={KEY_TAG: key, "mlflow.source.git.commit": sha, "defectgen.dataset": params.data.name},
     )
-    flat = _flatten(params.model_dump(mode="json"))
-    items = list(flat.items())
+    _log_parent_params(client, run.info.run_id, params)
+    return run.info.run_id  # RUNNING until its first stage ends (stage_run)
+
+
+def _log_parent_params(client: MlflowClient, parent_id: str, params: Params) -> None:
+    """The params the parent run does not have yet, and with all of them their hash: a
+    params file gives every one; a KFP task carries only its stage's keys, so its run's
+    parent gets the rest (and the hash) from the exit handler (finish_pipeline)."""
+    if ALL in params.given:
+        client.set_tag(parent_id, "defectgen.params_hash", params.section_hash())
+    logged = client.get_run(parent_id).data.params
+    flat = _flatten(params.keyed(*params.given))
+    items = [(k, v) for k, v in flat.items() if k not in logged]
     for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
         client.log_batch(
-            run.info.run_id,
+            parent_id,
             params=[mlflow.entities.Param(k, v[:6000]) for k, v in items[i : i + 100]],
         )
-    return run.info.run_id  # RUNNING until its first stage ends (stage_run)
 
 
 class StageRun:
@@ -298,6 +303,7 @@ def finish_pipeline(params: Params, state: str, error: str = "") -> list[dict[st
     experiment = _experiment(params)
     client = MlflowClient()
     parent_id = _find_or_create_parent(client, experiment.experiment_id, params)
+    _log_parent_params(client, parent_id, params)
     client.set_tag(parent_id, "defectgen.run_status", state)
     if error:
         client.set_tag(parent_id, "defectgen.run_error", error[:5000])

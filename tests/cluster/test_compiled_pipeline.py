@@ -2,12 +2,17 @@
 thin shells over the stages (tests/e2e/test_kfp_local.py runs it with kfp.local)."""
 
 import inspect
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import yaml
 
+from defectgen.config import ALL, load_params
+from defectgen.declarations import FANOUT_READS
 from defectgen.runner import STAGES
+from defectgen.scoped import RUNNER_READS
 from pipelines.compile import DEFAULT_OUT, compile_pipeline
 from tests.conftest import REPO
 
@@ -123,6 +128,80 @@ def test_cache_keys_hold_nothing_that_changes_between_runs():
         assert "pipeline_key" not in params, name
 
 
+def _cache_inputs(params: dict, folder: Path, name: str) -> dict[str, str]:
+    """Every task of the pipeline compiled from `params`: its inputs (parameters, constants
+    included, and artifacts: what KFP's cache key covers), as JSON."""
+    (folder / f"{name}.params.yaml").write_text(yaml.safe_dump(params))
+    spec, _ = _compiled(compile_pipeline(folder / f"{name}.params.yaml", folder / f"{name}.yaml"))
+    dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
+    return {
+        name: json.dumps(task.get("inputs", {}), sort_keys=True)
+        for dag in dags
+        for name, task in dag["tasks"].items()
+    }
+
+
+@pytest.fixture(scope="module")
+def repo_cache_inputs(tmp_path_factory) -> dict[str, str]:
+    """_cache_inputs of the repo's params.yaml (compiled once for the edits below)."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    return _cache_inputs(params, tmp_path_factory.mktemp("repo"), "repo")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "rerun"),
+    [
+        # a rule of the gate alone: gate and pairs_gate (the gate on the pairs' images)
+        ("gate.decide_by", "fidelity", {"gate", "pairs-gate"}),
+        # a key each of base, finetune and sweep reads, and no other stage
+        ("base.unet_steps", 301, {"base"}),
+        ("finetune.batch_size", 2, {"finetune"}),
+        ("sweep.probe_images", 10, {"sweep"}),
+        # read by the real-image reference of masks, sweep and both gates
+        ("gate.max_images", 150, {"masks", "sweep", "gate", "pairs-gate"}),
+    ],
+)
+def test_a_task_s_cache_key_changes_only_with_a_key_its_stage_reads(
+    key, value, rerun, repo_cache_inputs, tmp_path: Path
+):
+    """Recompiled after one edit, only the tasks whose stage reads the key get other
+    inputs (and register, report and the exit handler, which read every parameter):
+    every other task is served from KFP's cache on the next run."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    before = repo_cache_inputs
+    section, field = key.split(".")
+    assert params[section][field] != value
+    params[section][field] = value
+    after = _cache_inputs(params, tmp_path, "after")
+    assert set(after) == set(before)
+    changed = {task for task in before if before[task] != after[task]}
+    assert changed == rerun | {"register", "report", "status"}
+
+
+def test_each_task_is_handed_the_keys_its_stage_reads():
+    """A stage task's params input holds the keys its stage declares (tests/
+    test_declarations.py: exactly what its code reads), with the runner's own (the MLflow
+    experiment, the dataset's name); values as params.yaml has them."""
+    spec, _ = _compiled()
+    handed = {
+        task: json.loads(inputs["params"]["runtimeValue"]["constant"])
+        for task, inputs in _task_inputs(spec)
+        if "params" in inputs
+    }
+    params = load_params(REPO / "params.yaml")
+    every = {k for k in params.model_fields if k != "cluster"}
+    for stage in STAGES:
+        keys = handed.pop(stage.name.replace("_", "-"))
+        if ALL in stage.reads:
+            assert set(keys) == every, stage.name
+        else:
+            runner = {k for k in RUNNER_READS if k.split(".")[0] not in stage.reads}
+            assert set(keys) == set(stage.reads) | runner, stage.name
+        assert keys == params.keyed(*keys), stage.name
+    assert set(handed["classes"]) == set(FANOUT_READS) | set(RUNNER_READS)
+    assert set(handed["status"]) == every
+
+
 def test_the_raw_data_reaches_the_ingest_pod_on_its_pvc(tmp_path: Path):
     _, k8s = _compiled()
     mounted = {name: p["pvcMount"] for name, p in k8s.items() if "pvcMount" in p}
@@ -142,16 +221,18 @@ def _call_component(component, stage, tmp: Path, monkeypatch) -> dict:
     stage's declared report files instead of running the stage."""
     from defectgen import runner
 
+    # report and status key their MLflow parent by their run folder: restored afterwards
+    monkeypatch.setenv(runner.PIPELINE_KEY_ENV, "a-run")
     calls = []
 
-    def run_from_yaml(name, params_yaml, *, out_dir, inputs, **kw):
+    def run_task(name, params, *, out_dir, inputs, **kw):
         calls.append({"stage": name, "out_dir": out_dir, "inputs": inputs})
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         for report in stage.reports:
             (Path(out_dir) / report).write_text(report)
         return {}
 
-    monkeypatch.setattr(runner, "run_from_yaml", run_from_yaml)
+    monkeypatch.setattr(runner, "run_task", run_task)
     monkeypatch.setattr("defectgen.cluster.fanin.verdict", lambda folder, label: "pass")
     kwargs = {}
     for name, param in inspect.signature(component.python_func).parameters.items():

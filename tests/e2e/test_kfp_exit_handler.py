@@ -6,13 +6,11 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import yaml
-from kfp import components, local
+from kfp import local
 
-from pipelines.compile import compile_pipeline
 from tests.conftest import toy_repo_params
 from tests.core.test_page import check_self_contained
-from tests.e2e.test_kfp_local import _dataset, _one
+from tests.e2e.test_kfp_local import _dataset, _one, compiled
 
 pytestmark = pytest.mark.slow
 
@@ -24,8 +22,6 @@ def test_exit_handler_reports_a_failed_run(tmp_path: Path, monkeypatch):
     compiled here with a 1 s backoff instead of the default minute)."""
     params = toy_repo_params("broken", "overridden", images_per_class=2)
     params["cluster"] = {"retries": 1, "backoff": "1s"}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    compiled = compile_pipeline(tmp_path / "params.yaml", tmp_path / "retry-fast.yaml")
     params["model"].update({"profile": "sd15", "base": str(tmp_path / "no-checkpoint")})
     db = tmp_path / "mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
@@ -35,8 +31,8 @@ def test_exit_handler_reports_a_failed_run(tmp_path: Path, monkeypatch):
         pipeline_root=str(pipeline_root),
         raise_on_error=False,
     )
-    pipeline = components.load_component_from_file(str(compiled))
-    pipeline(params_yaml=yaml.safe_dump(params), source=str(_dataset(tmp_path / "ds")), track=True)
+    pipeline = compiled(params, tmp_path, "broken")
+    pipeline(source=str(_dataset(tmp_path / "ds")), track=True)
     run = _one(pipeline_root, "defectgen-*")
     assert not list(run.glob("report/html"))  # the report task never ran
     summary = _one(run, "status/summary").read_text()

@@ -1,6 +1,6 @@
 """The compiled KFP pipeline run end to end with kfp.local (no cluster): the fan-out,
 the fan-in, the verdict's condition, the exit handler on success (on failure:
-test_kfp_exit_handler.py)."""
+test_kfp_exit_handler.py), and KFP's cache across a recompile that changes a gate key."""
 
 import json
 from pathlib import Path
@@ -12,7 +12,7 @@ import yaml
 from kfp import components, local
 
 from defectgen import manifest
-from pipelines.compile import DEFAULT_OUT
+from pipelines.compile import compile_pipeline
 from tests.conftest import save, texture, toy_repo_params
 from tests.core.test_page import check_self_contained
 
@@ -37,12 +37,30 @@ def _one(root: Path, pattern: str) -> Path:
     return found[0]
 
 
+def compiled(params: dict, folder: Path, name: str):
+    """The pipeline compiled from `params` (written to folder/<name>.params.yaml)."""
+    (folder / f"{name}.params.yaml").write_text(yaml.safe_dump(params))
+    spec = compile_pipeline(folder / f"{name}.params.yaml", folder / f"{name}.yaml")
+    return components.load_component_from_file(str(spec))
+
+
+def _tasks_run(run: Path) -> set[str]:
+    """The tasks that executed in a kfp.local run (a task served from the cache leaves
+    no folder), loop iterations' included."""
+    loops = [p for p in run.iterdir() if p.name.startswith("for-loop-")]
+    return {p.name for p in [*run.iterdir(), *(q for lp in loops for q in lp.iterdir())]
+            if p.is_dir() and not p.name.startswith("for-loop-")}  # fmt: skip
+
+
 def test_compiled_pipeline_runs_locally(tmp_path: Path, monkeypatch):
     db = tmp_path / "mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")  # the task processes inherit it
     pipeline_root = tmp_path / "root"
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
-    pipeline = components.load_component_from_file(str(DEFAULT_OUT))
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(pipeline_root),
+        enable_caching=True,
+    )
     # data.root is required by the folders layout; the pipeline's source overrides it.
     params = toy_repo_params("kfp", "overridden", images_per_class=2)
     # the verdicts this test needs come from the distance-ratio floor alone: random
@@ -51,7 +69,8 @@ def test_compiled_pipeline_runs_locally(tmp_path: Path, monkeypatch):
     # tested in tests/core/test_gate.py, test_no_harm.py and tests/stages/test_gate.py)
     params["gate"].update(decide_by="fidelity", max_ratio=1000.0, floors=["ratio"])
     params["train"]["workers"] = 1  # the dvc run tests the worker pool; here it costs ~30 s
-    pipeline(params_yaml=yaml.safe_dump(params), source=str(_dataset(tmp_path / "ds")), track=True)
+    source = str(_dataset(tmp_path / "ds"))
+    compiled(params, tmp_path, "first")(source=source, track=True)
     run = _one(pipeline_root, "defectgen-*")
     labels = ["crack", "scratch"]
 
@@ -95,8 +114,28 @@ def test_compiled_pipeline_runs_locally(tmp_path: Path, monkeypatch):
     assert "the report task has it" in _one(run, "status/report").read_text()
     for stage in ("ingest", "finetune", "gate", "train", "report"):
         assert f"| {stage} | FINISHED |" in summary
+    assert "No run in this pipeline run" not in summary
     parent = client.search_runs(
         [client.get_experiment_by_name("defectgen").experiment_id],
         filter_string="tags.`defectgen.run_status` = 'SUCCEEDED'",
     )
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    # each task logged its own keys; the exit handler gave the parent every one and the hash
+    assert parent[0].data.params["gate.margin"] == "0.02"
+    assert parent[0].data.params["train.primary"] == params["train"]["primary"]
+    assert len(parent[0].data.tags["defectgen.params_hash"]) == 12
+
+    # A gate rule changed and recompiled: only the tasks that read the gate's keys, and
+    # those after them, run again; the rest are served from KFP's cache.
+    params["gate"]["margin"] = 0.05
+    compiled(params, tmp_path, "second")(source=source, track=True)
+    (again,) = set(pipeline_root.glob("defectgen-*")) - {run}
+    ran = _tasks_run(again)
+    assert not ran & {"ingest", "preprocess", "masks", "base", "pairs", "classes", "finetune",
+                      "sweep", "generate"}, ran  # fmt: skip
+    assert {"gate", "pairs-gate", "segment", "train", "detect", "report", "status"} <= ran
+    summary = _one(again, "status/summary").read_text()
+    assert (
+        "No run in this pipeline run: ingest, preprocess, masks, base, finetune, sweep, "
+        "generate, pairs (served from KFP's cache" in summary
+    )

@@ -3,7 +3,7 @@ verdict, and the fan-in that merges per-class stage outputs into the folder one 
 every class would have written.
 
 On a cluster, finetune, sweep, generate and gate run once per class (KFP ParallelFor,
-`runner.run_from_yaml(only_class=...)`); train and report read whole-dataset folders,
+`runner.run_task(only_class=...)`); train and report read whole-dataset folders,
 so the per-class outputs are merged. Every per-class stage output is
 keyed by class (images/<class>/, adapters/<class>/, curves/<class>.*.csv, JSON objects
 with one key per class or a "classes" object, manifest rows with a label), so merging is

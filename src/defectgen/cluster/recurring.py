@@ -13,14 +13,10 @@ a backlog of GPU jobs.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 
-import yaml
-
-from defectgen.config import load_params
 from defectgen.errors import ConfigError, DefectgenError
 
 ENDPOINT_ENV = "KF_PIPELINES_ENDPOINT"
@@ -74,19 +70,21 @@ def create(
     host: str | None,
     name: str,
     cron: str,
-    params_path: Path,
     package: Path,
     source_path: str = "",
     track: bool = True,
     experiment: str = "defectgen",
     namespace: str | None = None,
 ) -> str:
-    """Create the recurring run; returns its id."""
+    """Create the recurring run of `package`, the pipeline compiled with its params
+    (`python -m pipelines.compile --params FILE`: the compiler refuses invalid params);
+    returns its id."""
     cron = check_cron(cron)
-    load_params(params_path)  # refuse to schedule params that would fail every night
     if not Path(package).is_file():
-        raise DefectgenError(f"{package}: no compiled pipeline; run `python -m pipelines.compile`")
-    params_json = json.dumps(yaml.safe_load(Path(params_path).read_text(encoding="utf-8")))
+        raise DefectgenError(
+            f"{package}: no compiled pipeline; run `python -m pipelines.compile --params FILE "
+            f"--out {package}`"
+        )
     client, endpoint = _client(host)
     exp = _call(
         endpoint, "create experiment", client.create_experiment, experiment, namespace=namespace
@@ -101,7 +99,7 @@ def create(
         cron_expression=cron,
         max_concurrency=1,
         no_catchup=True,
-        params={"params_yaml": params_json, "source": source_path, "track": track},
+        params={"source": source_path, "track": track},
         pipeline_package_path=str(package),
         enable_caching=True,
     )
