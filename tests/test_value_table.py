@@ -1,5 +1,6 @@
-"""The README's value table: written from the committed results.json files, and the
-README's copy is what those files say."""
+"""The value, gate and calibration tables of docs/results.md and the README's short
+value table: written from the committed results.json files, and each copy is what those
+files say."""
 
 from __future__ import annotations
 
@@ -75,8 +76,26 @@ def test_a_u_net_row_follows_the_classifiers_with_its_own_metric_and_validity():
     ]  # fmt: skip
 
 
-def test_the_readme_table_is_the_committed_results():
-    assert table.readme_table(REPO / "README.md") == table.table()
+def test_the_value_tables_are_the_committed_results():
+    full = table.table()
+    assert table.readme_table(table.RESULTS_DOC) == table.relinked(full)
+    short = table.readme_table(REPO / "README.md", table.SHORT_START, table.SHORT_END)
+    assert short == table.short_table(full)
+
+
+def test_the_short_table_keeps_each_row_s_dataset_synthetic_minus_classical_and_verdict():
+    full = "\n".join([
+        table.START, *table.HEADER,
+        "| [toy](experiments/x.md) | judge | 3 | 10 | accuracy | yes | a | b | c | d | "
+        "-1.0 pp [-2.0, -0.1] | -1 / -1 / -1 | real+ungated: worse |",
+        table.END,
+    ])  # fmt: skip
+    short = table.short_table(full).splitlines()
+    assert short[1] == ("| dataset | judge | replicates | few-shot per class | "
+                        "synthetic - classical | verdict (Holm) |")  # fmt: skip
+    assert short[3] == ("| [toy](experiments/x.md) | judge | 3 | 10 | -1.0 pp [-2.0, -0.1] | "
+                        "real+ungated: worse |")  # fmt: skip
+    assert "](../experiments/x.md)" in table.relinked(full)
 
 
 def test_a_gate_row_puts_the_estimate_its_power_and_the_outcome_side_by_side(tmp_path):
@@ -110,13 +129,13 @@ def test_a_gate_row_puts_the_estimate_its_power_and_the_outcome_side_by_side(tmp
     )
 
 
-def test_the_readme_gate_table_is_the_committed_results():
-    readme = table.readme_table(REPO / "README.md", table.GATE_START, table.GATE_END)
+def test_the_gate_table_is_the_committed_results():
+    readme = table.readme_table(table.RESULTS_DOC, table.GATE_START, table.GATE_END)
     assert readme == table.gate_table()
 
 
-def test_the_readme_calibration_table_is_the_committed_results():
-    readme = table.readme_table(REPO / "README.md", table.CAL_START, table.CAL_END)
+def test_the_calibration_table_is_the_committed_results():
+    readme = table.readme_table(table.RESULTS_DOC, table.CAL_START, table.CAL_END)
     assert readme == table.calibration_table()
 
 

@@ -1,9 +1,9 @@
-"""The README's "does it help?" and gate-agreement tables, written from the committed
-results.json files.
+"""The "does it help?" and gate tables of docs/results.md, and the README's short value
+table, written from the committed results.json files.
 
     python -m experiments.expansion.table            # print the tables
-    python -m experiments.expansion.table --write    # put them into README.md
-    python -m experiments.expansion.table --check    # exit 1 when README.md's differ
+    python -m experiments.expansion.table --write    # put them into docs/results.md, README.md
+    python -m experiments.expansion.table --check    # exit 1 when a copy differs
 
 One row per dataset and judge: the research claim over the dataset's replicates of the
 whole expansion (experiments.expansion.replicates: the replicates, their seeds and their
@@ -19,8 +19,9 @@ The gate table: per class, the gate's cross-fitted utility estimate with its min
 detectable effect and the train images at which an effect of its size would resolve
 (the power analysis of an inconclusive verdict), its verdict, and the class's test
 outcome (its F1 with its synthetic images minus with as many classical copies), with the
-pooled agreement counts under it. The README holds each table between two marker
-lines; tests/test_value_table.py fails when the README's copy differs from the files.
+pooled agreement counts under it. docs/results.md holds each table between two marker
+lines, the README the short value table (dataset, judge, replicates, synthetic minus
+classical, verdict); tests/test_value_table.py fails when a copy differs from the files.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ GATE_START = "<!-- gate table: python -m experiments.expansion.table --write -->
 CAL_START = "<!-- calibration table: python -m experiments.expansion.table --write -->"
 CAL_END = "<!-- end of the calibration table -->"
 GATE_END = "<!-- end of the gate table -->"
+SHORT_START = "<!-- short value table: python -m experiments.expansion.table --write -->"
+SHORT_END = "<!-- end of the short value table -->"
+README = REPO / "README.md"
+RESULTS_DOC = REPO / "docs" / "results.md"
 METRIC_NAMES = {"s_measure": "S-measure", "dice": "Dice", "map": "mAP@[.5:.95]", "map_50": "mAP@.5"}
 
 
@@ -221,6 +226,34 @@ def calibration_table(results: Path = RESULTS) -> str:
     return "\n".join([*lines, "", gate_calibration.totals(rows), CAL_END])
 
 
+def short_table(full: str) -> str:
+    """The README's few columns of the value table `full`: dataset, judge, replicates,
+    few-shot per class, synthetic minus classical and the verdict."""
+    keep = (0, 1, 2, 3, 10, 12)
+    rows = [line for line in full.splitlines() if line.startswith("|")]
+    cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
+    picked = ["| " + " | ".join(row[i] for i in keep) + " |" for row in cells]
+    return "\n".join([SHORT_START, *picked, SHORT_END])
+
+
+def relinked(table_text: str) -> str:
+    """A table's repository-relative links as docs/results.md reaches them."""
+    return table_text.replace("](experiments/", "](../experiments/")
+
+
+def tables() -> dict[Path, dict[tuple[str, str], str]]:
+    """Each file's generated tables, by their marker lines."""
+    full = table()
+    return {
+        RESULTS_DOC: {
+            (START, END): relinked(full),
+            (GATE_START, GATE_END): gate_table(),
+            (CAL_START, CAL_END): calibration_table(),
+        },
+        README: {(SHORT_START, SHORT_END): short_table(full)},
+    }
+
+
 def readme_table(readme: Path, start: str = START, end: str = END) -> str | None:
     text = readme.read_text(encoding="utf-8")
     if start not in text or end not in text:
@@ -230,28 +263,33 @@ def readme_table(readme: Path, start: str = START, end: str = END) -> str | None
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--write", action="store_true", help="replace the table in README.md")
-    ap.add_argument("--check", action="store_true", help="exit 1 when README.md's differs")
+    ap.add_argument("--write", action="store_true", help="replace the tables in their files")
+    ap.add_argument("--check", action="store_true", help="exit 1 when a copy differs")
     args = ap.parse_args(argv)
-    readme = REPO / "README.md"
-    fresh = {(START, END): table(), (GATE_START, GATE_END): gate_table(),
-             (CAL_START, CAL_END): calibration_table()}  # fmt: skip
+    fresh = tables()
     if args.write:
-        text = readme.read_text(encoding="utf-8")
-        for (start, end), new in fresh.items():
-            old = readme_table(readme, start, end)
-            if old is None:
-                raise SystemExit(f"{readme}: no table markers; add the lines {start!r} and "
-                                 f"{end!r}")  # fmt: skip
-            text = text.replace(old, new)
-        readme.write_text(text, "utf-8")
+        for path, generated in fresh.items():
+            text = path.read_text(encoding="utf-8")
+            for (start, end), new in generated.items():
+                old = readme_table(path, start, end)
+                if old is None:
+                    raise SystemExit(f"{path}: no table markers; add {start!r} and {end!r}")
+                text = text.replace(old, new)
+            path.write_text(text, "utf-8")
     elif args.check:
-        if any(readme_table(readme, *marks) != new for marks, new in fresh.items()):
-            print(f"{readme}: a table differs from the results files; run "
-                  "python -m experiments.expansion.table --write", file=sys.stderr)  # fmt: skip
+        stale = sorted(
+            {str(p) for p, made in fresh.items() for marks, new in made.items()
+             if readme_table(p, *marks) != new}
+        )  # fmt: skip
+        if stale:
+            print(
+                f"{', '.join(stale)}: a table differs from the results files; run "
+                "python -m experiments.expansion.table --write",
+                file=sys.stderr,
+            )
             return 1
     else:
-        print(*fresh.values(), sep="\n\n")
+        print(*(t for generated in fresh.values() for t in generated.values()), sep="\n\n")
     return 0
 
 
