@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from defectgen.config import ModelConfig, TinyArchConfig  # noqa: E402
-from defectgen.core.diffusion import adapt, models, train  # noqa: E402
+from defectgen.core.diffusion import adapt, loops, models  # noqa: E402
 
 SIZE = 32
 
@@ -38,8 +38,8 @@ def one_class(base: Path, cfg: ModelConfig, label: str, rt, steps: int) -> dict:
     token_id = adapt.add_token(pipe, f"<{label}>", None)
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for _ in range(8)]
-    cache = train.encode_latents(pipe.vae, train.to_pixels(images), rt, flip=False)
-    ids, sched = train.prompt_ids(pipe, f"a photo of <{label}>"), models.training_scheduler(pipe)
+    cache = loops.encode_latents(pipe.vae, loops.to_pixels(images), rt, flip=False)
+    ids, sched = loops.prompt_ids(pipe, f"a photo of <{label}>"), models.training_scheduler(pipe)
     row, commit = adapt.token_parameters(pipe, token_id)
     out = {}
     for phase in ("ti", "lora"):

@@ -4,7 +4,7 @@ The model is the full-size Stable Diffusion 1.5 architecture built from its publ
 configs (below) with random weights: the compute cost of every step equals the real
 model's, and nothing is downloaded. Everything runs through the production code
 (defectgen.core.diffusion: adapt.train for textual inversion and LoRA, sample.generate
-for image-oriented generation; defectgen.core.metrics for gate features).
+for image-oriented generation; defectgen.core.distances for gate features).
 
 Measured, in bf16 at 512x512 unless `--smoke`:
 - the GPU's bf16 matmul peak (8192^3 products): the floor every figure is held against;
@@ -49,7 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from defectgen.core.diffusion import adapt, models, sample  # noqa: E402
-from defectgen.core.diffusion.train import LatentCache, prompt_ids  # noqa: E402
+from defectgen.core.diffusion.loops import LatentCache, prompt_ids  # noqa: E402
 
 # Stable Diffusion 1.5's published configs (runwayml/stable-diffusion-v1-5: unet/, vae/,
 # text_encoder/config.json), the arguments that differ from the classes' defaults.
@@ -394,7 +394,7 @@ def bench_generation(pipe, rt, peak: float, args, log: Callable[[dict], None]) -
 
 def bench_features(rt, peak: float, args, log: Callable[[dict], None]) -> None:
     """Gate feature extraction: EfficientNet-Lite0 (the offline gate's extractor) through
-    defectgen.core.metrics, and the Inception-v3 architecture (standard FID's) at 299 px."""
+    defectgen.core.distances, and the Inception-v3 architecture (standard FID's) at 299 px."""
     from defectgen._torchvision_compat import ensure_torchvision_importable
 
     ensure_torchvision_importable()
@@ -404,10 +404,10 @@ def bench_features(rt, peak: float, args, log: Callable[[dict], None]) -> None:
     batch = 8 if args.smoke else 128
     images = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
     try:
-        from defectgen.core import metrics
+        from defectgen.core import distances
 
-        extractor = metrics.make_extractor(metrics.EFFNET, weights=None, device=rt.device)
-        run = lambda: metrics.extract(extractor, list(images), batch_size=batch)  # noqa: E731
+        extractor = distances.make_extractor(distances.EFFNET, weights=None, device=rt.device)
+        run = lambda: distances.extract(extractor, list(images), batch_size=batch)  # noqa: E731
         reset_memory(rt)
         seconds = timed(run, rt, repeats=args.repeats)
         log(

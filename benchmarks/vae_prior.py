@@ -6,7 +6,7 @@
 
 Each variant builds the tiny VAE from params.yaml's model.tiny (with its overrides),
 trains it for the same wall time on the base stage's images (base.data, the few-shot
-subset by default) with `train.train_vae`, and is measured on what it was not trained on:
+subset by default) with `loops.train_vae`, and is measured on what it was not trained on:
 val PSNR and SSIM (64 val images), and the Frechet distance on EfficientNet-Lite0 features
 of its reconstructions of N train images to N val images (`fd_effnet_lite0_recon`), next
 to the real train images' own distance at the same N (`fd_effnet_lite0_real`: a perfect
@@ -34,8 +34,8 @@ import torch
 import yaml
 
 from defectgen.config import merge_overrides, parse_params
-from defectgen.core import metrics as fd_metrics
-from defectgen.core.diffusion import models, sample, train, vae_loss
+from defectgen.core import distances
+from defectgen.core.diffusion import loops, models, sample, vae_loss
 from defectgen.real_images import train_images
 from defectgen.seeds import derive_seed
 from defectgen.stages.base import _val_images, recon_distance, reconstruct, train_prior_unet
@@ -83,7 +83,7 @@ def img2img_distance(pipe, params, images, val, rt, *, strength: float) -> dict:
     real-vs-real."""
     started = time.perf_counter()
     train_prior_unet(
-        pipe, train.to_pixels(images), params.base, seed=params.seed, rt=rt, log=lambda s, v: None
+        pipe, loops.to_pixels(images), params.base, seed=params.seed, rt=rt, log=lambda s, v: None
     )
     unet_s = time.perf_counter() - started
     n = min(len(images), len(val))
@@ -100,10 +100,10 @@ def img2img_distance(pipe, params, images, val, rt, *, strength: float) -> dict:
             steps=params.generate.steps, size=params.preprocess.image_size, channels=channels,
         )  # fmt: skip
     gen_s = time.perf_counter() - started
-    extractor = fd_metrics.make_extractor(fd_metrics.EFFNET, weights=None, device=rt.device)
-    f_val = fd_metrics.extract(extractor, val[:n])
-    fd = fd_metrics.frechet(fd_metrics.extract(extractor, synthetic), f_val)
-    real = fd_metrics.frechet(fd_metrics.extract(extractor, parents), f_val)
+    extractor = distances.make_extractor(distances.EFFNET, weights=None, device=rt.device)
+    f_val = distances.extract(extractor, val[:n])
+    fd = distances.frechet(distances.extract(extractor, synthetic), f_val)
+    real = distances.frechet(distances.extract(extractor, parents), f_val)
     return {
         "unet_steps": params.base.unet_steps,
         "unet_s": round(unet_s, 1),
@@ -135,16 +135,16 @@ def run_variant(
         params.model.tiny, image_size=params.preprocess.image_size, work_dir=work, seed=params.seed
     )
     started = time.perf_counter()
-    steps = train.train_vae(
-        pipe.vae, train.to_pixels(images), steps=steps or 1_000_000,
+    steps = loops.train_vae(
+        pipe.vae, loops.to_pixels(images), steps=steps or 1_000_000,
         batch_size=params.base.batch_size,
         lr=params.base.vae_lr, gen=torch.Generator().manual_seed(derive_seed(params.seed, "vae")),
         rt=rt, log=lambda step, loss: None, objective=params.base.vae_loss, seconds=seconds,
     )  # fmt: skip
     wall = time.perf_counter() - started
     val = _val_images(preprocessed, params.base.fd_images)
-    x = train.to_pixels(val[:64])
-    recon = train.to_pixels(reconstruct(pipe.vae, val[:64], rt))
+    x = loops.to_pixels(val[:64])
+    recon = loops.to_pixels(reconstruct(pipe.vae, val[:64], rt))
     out = recon_distance(pipe.vae, images, val, rt, seed=derive_seed(params.seed, "base-fd"))
     if strength is not None:
         pipe.vae.requires_grad_(False).eval()
@@ -156,7 +156,7 @@ def run_variant(
         "steps": steps,
         "train_s": round(wall, 1),
         "latent": list(pipe.vae.encode(x[:1]).latent_dist.mean.shape[1:]),
-        "psnr_val_db": train.reconstruction_psnr(pipe.vae, x, rt),
+        "psnr_val_db": loops.reconstruction_psnr(pipe.vae, x, rt),
         "ssim_val": float(vae_loss.ssim(recon, x)),
         **out,
     }

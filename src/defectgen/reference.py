@@ -8,7 +8,7 @@ For a class at a given image size:
     train       the images generation learned from (finetune.data: subset or train),
                 the real-vs-real baseline, the real manifold, and what near-duplicates
                 are measured against
-Distances come from core.metrics (torch-fidelity): Inception FID when its weights are
+Distances come from core.distances (torch-fidelity): Inception FID when its weights are
 available (gate.inception_weights or torch's cache), else the offline EfficientNet-Lite0
 Frechet/kernel distances, named fd_effnet_lite0 / kd_effnet_lite0; `Reference.note` says
 which and why. Features of real images are cached on disk per (extractor, ids, size), so
@@ -26,7 +26,7 @@ import torch
 
 from defectgen import manifest
 from defectgen.config import Params
-from defectgen.core import metrics, neighbours
+from defectgen.core import distances, neighbours
 from defectgen.core.device import runtime
 from defectgen.real_images import load_images
 from defectgen.seeds import derive_seed
@@ -34,20 +34,20 @@ from defectgen.seeds import derive_seed
 VAL_HALVES = ("sweep", "gate")
 
 
-def choose_extractor(params: Params, device: torch.device) -> tuple[metrics.Extractor, str]:
+def choose_extractor(params: Params, device: torch.device) -> tuple[distances.Extractor, str]:
     """The extractor gate.extractor asks for, and a note on why (shown in the reports)."""
     cfg = params.gate
-    if cfg.extractor == metrics.EFFNET:
-        return metrics.make_extractor(metrics.EFFNET, weights=None, device=device), "requested"
-    weights = metrics.inception_weights(cfg.inception_weights)
-    if weights is not None or cfg.extractor == metrics.INCEPTION:
-        ext = metrics.make_extractor(metrics.INCEPTION, weights=weights, device=device)
+    if cfg.extractor == distances.EFFNET:
+        return distances.make_extractor(distances.EFFNET, weights=None, device=device), "requested"
+    weights = distances.inception_weights(cfg.inception_weights)
+    if weights is not None or cfg.extractor == distances.INCEPTION:
+        ext = distances.make_extractor(distances.INCEPTION, weights=weights, device=device)
         return ext, f"Inception weights {weights}"
     note = (
         "Inception FID weights are not available offline (set gate.inception_weights to a "
         "local copy for standard FID); using the offline EfficientNet-Lite0 distance"
     )
-    return metrics.make_extractor(metrics.EFFNET, weights=None, device=device), note
+    return distances.make_extractor(distances.EFFNET, weights=None, device=device), note
 
 
 def pick(rows: list[dict], n: int, seed: int) -> list[dict]:
@@ -104,7 +104,7 @@ class Reference:
 
     def features(self, images: list[np.ndarray]) -> torch.Tensor:
         """Features of in-memory images (synthetic or corrupted: never cached)."""
-        return metrics.extract(self.extractor, images)
+        return distances.extract(self.extractor, images)
 
     def real_features(self, rows: list[dict], size: int) -> torch.Tensor:
         """Features of real manifest rows at `size`, cached per (extractor, ids, size)."""

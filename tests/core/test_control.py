@@ -7,7 +7,7 @@ from scipy import ndimage
 
 from defectgen.config import ModelConfig, TinyArchConfig
 from defectgen.core import masks as masks_core
-from defectgen.core.diffusion import control, models, train
+from defectgen.core.diffusion import control, loops, models
 from tests.conftest import texture
 
 CPU = models.Runtime(torch.device("cpu"), torch.float32)
@@ -44,11 +44,11 @@ def test_controlnet_starts_at_the_base_and_trains_only_itself(pipe):
     assert all(not d.any() for d in down) and not mid.any()
 
     images = [texture(i, (SIZE, SIZE)) for i in range(4)]
-    cache = train.encode_latents(pipe.vae, train.to_pixels(images), CPU, flip=False)
+    cache = loops.encode_latents(pipe.vae, loops.to_pixels(images), CPU, flip=False)
     conditions = control.to_conditions([masks_core.coloured(m, (255, 0, 0)) for m in _masks(4)])
     base_before = models.fingerprint(pipe)
     losses = []
-    control.train(pipe, net, cache, conditions, train.prompt_ids(pipe, "a photo of <defect>"),
+    control.train(pipe, net, cache, conditions, loops.prompt_ids(pipe, "a photo of <defect>"),
                   models.training_scheduler(pipe), steps=3, batch_size=2, lr=1e-3,
                   gen=torch.Generator().manual_seed(0), rt=CPU,
                   log=lambda s, v: losses.append(v))  # fmt: skip
@@ -56,7 +56,7 @@ def test_controlnet_starts_at_the_base_and_trains_only_itself(pipe):
     assert models.fingerprint(pipe) == base_before  # the base stays frozen
     assert any(p.abs().sum() > 0 for p in net.controlnet_mid_block.parameters())  # it learned
     with pytest.raises(ValueError, match="3 conditions for 4 images"):
-        control.train(pipe, net, cache, conditions[:3], train.prompt_ids(pipe, "x"),
+        control.train(pipe, net, cache, conditions[:3], loops.prompt_ids(pipe, "x"),
                       models.training_scheduler(pipe), steps=1, batch_size=1, lr=1e-3,
                       gen=torch.Generator(), rt=CPU, log=lambda s, v: None)  # fmt: skip
 

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from defectgen.config import ModelConfig, TinyArchConfig
-from defectgen.core.diffusion import adapt, models, sample, train
+from defectgen.core.diffusion import adapt, loops, models, sample
 from defectgen.core.diffusion.tokenizer import build_tokenizer
 from defectgen.errors import ConfigError
 from tests.conftest import texture
@@ -35,14 +35,14 @@ def fresh(base_dir: Path):
     return models.prepare(pipe, ModelConfig())
 
 
-def latents_of(pipe, n: int = 6) -> train.LatentCache:
+def latents_of(pipe, n: int = 6) -> loops.LatentCache:
     images = [texture(i, (SIZE, SIZE)) for i in range(n)]
-    return train.encode_latents(pipe.vae, train.to_pixels(images), CPU, flip=True)
+    return loops.encode_latents(pipe.vae, loops.to_pixels(images), CPU, flip=True)
 
 
 def loop_kwargs(pipe, prompt: str, steps: int = 3):
     return dict(
-        ids=train.prompt_ids(pipe, prompt),
+        ids=loops.prompt_ids(pipe, prompt),
         latents=latents_of(pipe),
         noise_scheduler=models.training_scheduler(pipe),
         steps=steps,
@@ -123,7 +123,7 @@ def test_lora_adapter_reloads_into_a_fresh_pipeline(base_dir, tmp_path, alpha):
     for name in projections:
         assert len([k for k in keys if k.startswith(name + ".")]) == 2, name
     assert not any("embed" in k for k in keys)  # the resized embedding stays out
-    ids = train.prompt_ids(pipe, "a photo of <crack>")
+    ids = loops.prompt_ids(pipe, "a photo of <crack>")
     with torch.no_grad():
         expected = pipe.text_encoder(ids)[0]
         z = torch.randn(1, 4, SIZE // 4, SIZE // 4, generator=torch.Generator().manual_seed(1))
@@ -134,7 +134,7 @@ def test_lora_adapter_reloads_into_a_fresh_pipeline(base_dir, tmp_path, alpha):
     reloaded = [k for m in (other.unet, other.text_encoder) for k, _ in m.named_parameters()]
     assert len([k for k in reloaded if "lora_A" in k]) == len(projections)
     with torch.no_grad():
-        got = other.text_encoder(train.prompt_ids(other, "a photo of <crack>"))[0]
+        got = other.text_encoder(loops.prompt_ids(other, "a photo of <crack>"))[0]
         unet_got = other.unet(z, 10, got).sample
     assert torch.allclose(expected, got, atol=1e-6)
     assert torch.allclose(unet_expected, unet_got, atol=1e-5)
@@ -155,20 +155,20 @@ def test_full_attention_adapter_reloads(base_dir, tmp_path):
     assert models.fingerprint(other) == models.fingerprint(pipe)
 
 
-def _held_loss(pipe, prompt: str, cache: train.LatentCache) -> float:
+def _held_loss(pipe, prompt: str, cache: loops.LatentCache) -> float:
     """The denoising loss on `cache` under `prompt`, with fixed noise and timesteps."""
     gen = torch.Generator().manual_seed(123)
     rows = torch.arange(len(cache))
     z = cache.latents(rows, torch.randn(cache.mean.shape, generator=gen))
-    cond = pipe.text_encoder(train.prompt_ids(pipe, prompt))[0].expand(len(z), -1, -1)
+    cond = pipe.text_encoder(loops.prompt_ids(pipe, prompt))[0].expand(len(z), -1, -1)
     scheduler = models.training_scheduler(pipe)
     with torch.no_grad():
         losses = [
-            train.denoise_loss(
+            loops.denoise_loss(
                 pipe.unet,
                 scheduler,
                 z,
-                **train.noise_draw(scheduler, z.shape, gen),
+                **loops.noise_draw(scheduler, z.shape, gen),
                 cond=cond,
                 rt=CPU,
             )
@@ -184,8 +184,8 @@ def test_prior_preservation_keeps_the_class_prior(base_dir, tmp_path):
     held = {}
     for weight in (0.0, 5.0):
         pipe = fresh(base_dir)
-        prior_cache = train.encode_latents(pipe.vae, train.to_pixels(smooth), CPU, flip=False)
-        prior = adapt.Prior(train.prompt_ids(pipe, "a photo of defect"), prior_cache, weight)
+        prior_cache = loops.encode_latents(pipe.vae, loops.to_pixels(smooth), CPU, flip=False)
+        prior = adapt.Prior(loops.prompt_ids(pipe, "a photo of defect"), prior_cache, weight)
         token_id = adapt.add_token(pipe, "<dent>", "sks")
         params = adapt.unet_parameters(pipe)
         kwargs = loop_kwargs(pipe, "a photo of <dent> defect", steps=40)
@@ -272,20 +272,20 @@ def test_vae_objective_with_every_term_trains_and_stops_on_time(base_dir):
     from defectgen.config import VaeLossConfig
 
     pipe = fresh(base_dir)
-    pixels = train.to_pixels([texture(i, (SIZE, SIZE)) for i in range(8)])
+    pixels = loops.to_pixels([texture(i, (SIZE, SIZE)) for i in range(8)])
     cfg = VaeLossConfig(
         pixel="l1", ssim=0.5, fft=0.5, perceptual_effnet_lite0=0.1, adversarial=0.1,
         adversarial_start=0.25,
     )  # fmt: skip
     losses = []
     before = [p.detach().clone() for p in pipe.vae.parameters()]
-    steps = train.train_vae(
+    steps = loops.train_vae(
         pipe.vae, pixels, steps=4, batch_size=4, lr=1e-3, gen=torch.Generator().manual_seed(0),
         rt=CPU, log=lambda step, loss: losses.append(loss), objective=cfg,
     )  # fmt: skip
     assert steps == 4 and len(losses) == 4 and all(np.isfinite(losses))
     assert any(not torch.equal(b, p) for b, p in zip(before, pipe.vae.parameters(), strict=True))
-    taken = train.train_vae(
+    taken = loops.train_vae(
         pipe.vae, pixels, steps=10_000, batch_size=4, lr=1e-3,
         gen=torch.Generator().manual_seed(0), rt=CPU, log=lambda step, loss: None, seconds=1.0,
     )  # fmt: skip

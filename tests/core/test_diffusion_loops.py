@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from defectgen.core.diffusion import adapt, control, models, train
+from defectgen.core.diffusion import adapt, control, loops, models
 from tests.conftest import texture
 from tests.core import test_diffusion as diffusion_tests
 
@@ -24,10 +24,10 @@ CHUNK = 3
 
 
 def pixels(n: int = 5) -> torch.Tensor:
-    return train.to_pixels([texture(i, (SIZE, SIZE)) for i in range(n)])
+    return loops.to_pixels([texture(i, (SIZE, SIZE)) for i in range(n)])
 
 
-def reference_latents(cache: train.LatentCache, gen: torch.Generator) -> torch.Tensor:
+def reference_latents(cache: loops.LatentCache, gen: torch.Generator) -> torch.Tensor:
     idx = torch.randint(0, len(cache), (BATCH,), generator=gen)
     mean, std = cache.mean[idx], cache.std[idx]
     return (mean + std * torch.randn(mean.shape, generator=gen)) * cache.scaling
@@ -62,8 +62,8 @@ def reference_adapt(pipe, params, ids, cache, scheduler, gen, prior=None) -> Non
 def ti_then_lora(pipe, loop, prior=None) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Textual inversion, then LoRA (StableSDG's two phases on one generator), by `loop`."""
     token_id = adapt.add_token(pipe, "<crack>", None)
-    ids = train.prompt_ids(pipe, "a photo of <crack>")
-    cache = train.encode_latents(pipe.vae, pixels(), CPU, flip=True)
+    ids = loops.prompt_ids(pipe, "a photo of <crack>")
+    cache = loops.encode_latents(pipe.vae, pixels(), CPU, flip=True)
     scheduler = models.training_scheduler(pipe)
     gen = torch.Generator().manual_seed(0)
     row, commit = adapt.token_parameters(pipe, token_id)
@@ -92,8 +92,8 @@ def test_adaptation_is_bit_identical_to_the_per_step_loop(base_dir, with_prior):
     def prior_for(pipe):
         if not with_prior:
             return None
-        cache = train.encode_latents(pipe.vae, pixels(3), CPU, flip=False)
-        return adapt.Prior(train.prompt_ids(pipe, "a photo of steel"), cache, 0.5)
+        cache = loops.encode_latents(pipe.vae, pixels(3), CPU, flip=False)
+        return adapt.Prior(loops.prompt_ids(pipe, "a photo of steel"), cache, 0.5)
 
     expected_pipe, got_pipe = fresh(base_dir), fresh(base_dir)
     expected, expected_state = ti_then_lora(
@@ -111,13 +111,13 @@ def test_denoiser_pretraining_is_bit_identical(base_dir):
     def run(production: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
         pipe = fresh(base_dir)
         unet = pipe.unet
-        cache = train.encode_latents(pipe.vae, pixels(), CPU, flip=False)
+        cache = loops.encode_latents(pipe.vae, pixels(), CPU, flip=False)
         with torch.no_grad():
-            cond, uncond = (pipe.text_encoder(train.prompt_ids(pipe, t))[0] for t in ("steel", ""))
+            cond, uncond = (pipe.text_encoder(loops.prompt_ids(pipe, t))[0] for t in ("steel", ""))
         scheduler = models.training_scheduler(pipe)
         gen = torch.Generator().manual_seed(1)
         if production:
-            train.train_denoiser(
+            loops.train_denoiser(
                 unet, cache, cond, uncond, scheduler, steps=STEPS, batch_size=BATCH, lr=1e-3,
                 uncond_prob=0.5, gen=gen, rt=CPU, log=lambda s, v: None, chunk=CHUNK,
             )  # fmt: skip
@@ -150,7 +150,7 @@ def test_vae_pretraining_is_bit_identical(base_dir):
         x_all = pixels(6)
         gen = torch.Generator().manual_seed(2)
         if production:
-            train.train_vae(
+            loops.train_vae(
                 vae, x_all, steps=STEPS, batch_size=BATCH, lr=1e-3, gen=gen, rt=CPU,
                 log=lambda s, v: None, chunk=CHUNK, objective=objective,
             )  # fmt: skip
@@ -168,7 +168,7 @@ def test_vae_pretraining_is_bit_identical(base_dir):
                 loss.backward()
                 opt.step()
             vae.eval().requires_grad_(False)
-            cache = train.encode_latents(vae, x_all, CPU, flip=False)
+            cache = loops.encode_latents(vae, x_all, CPU, flip=False)
             vae.register_to_config(scaling_factor=float(1.0 / cache.mean.std()))
         return [p.detach().clone() for p in vae.parameters()], vae.config.scaling_factor
 
@@ -181,9 +181,9 @@ def test_controlnet_training_is_bit_identical(base_dir):
     def run(production: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
         pipe = fresh(base_dir)
         net = control.build(pipe, seed=0)
-        cache = train.encode_latents(pipe.vae, pixels(4), CPU, flip=False)
+        cache = loops.encode_latents(pipe.vae, pixels(4), CPU, flip=False)
         conditions = torch.rand(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
-        ids = train.prompt_ids(pipe, "a photo of <defect>")
+        ids = loops.prompt_ids(pipe, "a photo of <defect>")
         scheduler = models.training_scheduler(pipe)
         gen = torch.Generator().manual_seed(3)
         if production:
@@ -226,7 +226,7 @@ def test_draws_come_in_step_order_whatever_the_chunk():
         return {"a": torch.randint(0, 9, (2,), generator=gen), "b": torch.randn(3, generator=gen)}
 
     def collect(chunk: int) -> list[dict[str, torch.Tensor]]:
-        draws = train.Draws(one_step, torch.Generator().manual_seed(7), CPU, steps=5, chunk=chunk)
+        draws = loops.Draws(one_step, torch.Generator().manual_seed(7), CPU, steps=5, chunk=chunk)
         return [{k: v.clone() for k, v in d.items()} for d in draws]
 
     gen = torch.Generator().manual_seed(7)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from defectgen.core import metrics
+from defectgen.core import distances
 from defectgen.core import sweep as sweep_core
 from tests.conftest import shared_data
 
@@ -26,8 +26,8 @@ def scored() -> list[dict]:
     images of the class."""
     paths = sorted((shared_data("neu-det") / "images").glob("patches_*.jpg"))[:42]
     images = [np.asarray(Image.open(p).convert("L").resize((96, 96))) for p in paths]
-    extractor = metrics.make_extractor(metrics.EFFNET, weights=None, device=torch.device("cpu"))
-    reference = metrics.extract(extractor, images[:30])
+    extractor = distances.make_extractor(distances.EFFNET, weights=None, device=torch.device("cpu"))
+    reference = distances.extract(extractor, images[:30])
     probes = images[30:]
     out = []
     for cell in sweep_core.grid(STRENGTHS, GUIDANCES, "img2img"):
@@ -39,7 +39,7 @@ def scored() -> list[dict]:
             np.clip(x + rng.normal(0, 15.0 * steps, x.shape), 0, 255).astype(np.uint8)
             for x in probes
         ]
-        feats = metrics.extract(extractor, noised)
+        feats = distances.extract(extractor, noised)
         numbers = sweep_core.score(
             feats, reference, torch.zeros(len(probes), dtype=torch.bool), subsets=10, seed=0
         )
@@ -90,7 +90,7 @@ def test_the_fast_frechet_equals_torch_fidelitys_and_spread_is_measured(scored):
     rng = np.random.default_rng(0)
     a = torch.from_numpy(rng.normal(0, 1, (12, 1280))).float()
     b = torch.from_numpy(rng.normal(0.3, 1.2, (40, 1280))).float()
-    assert sweep_core.frechet_fast(a, b) == pytest.approx(metrics.frechet(a, b), rel=1e-4)
+    assert sweep_core.frechet_fast(a, b) == pytest.approx(distances.frechet(a, b), rel=1e-4)
     assert all(c["fd_spread"] > 0 and c["kd_spread"] > 0 for c in scored)
 
 

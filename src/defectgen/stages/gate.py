@@ -53,7 +53,7 @@ from defectgen import manifest
 from defectgen.artifacts import FEATURES_DIR, GATE_CSV, GATE_JSON
 from defectgen.atomic import atomic_dir, atomic_write_json
 from defectgen.config import Params
-from defectgen.core import augment, classify, metrics, neighbours, no_harm
+from defectgen.core import augment, classify, distances, neighbours, no_harm
 from defectgen.core import gate as gate_core
 from defectgen.progress import Units
 from defectgen.real_images import load_images
@@ -180,17 +180,17 @@ def run(params: Params, *, preprocessed: Path, generated: Path, out_dir: Path) -
             f_ref = ref.real_features(ref_rows, size)
             rng = np.random.default_rng(seed)
             f_syn = f_syn_all[keep][rng.permutation(len(candidates[label]))[:n]]
-            kd_mean, kd_std = metrics.kernel(
+            kd_mean, kd_std = distances.kernel(
                 f_syn, f_ref, subsets=cfg.kid_subsets, seed=seed % 2**31
             )
             noisy = gate_core.noised(train_px, cfg.noise_sigma, np.random.default_rng(seed))
             measured = {
-                fd: metrics.frechet(f_syn, f_ref),
-                f"{fd}_real": metrics.frechet(ref.real_features(train_rows, size), f_ref),
-                f"{fd}_blur": metrics.frechet(
+                fd: distances.frechet(f_syn, f_ref),
+                f"{fd}_real": distances.frechet(ref.real_features(train_rows, size), f_ref),
+                f"{fd}_blur": distances.frechet(
                     ref.features(gate_core.blurred(train_px, cfg.blur_radius)), f_ref
                 ),
-                f"{fd}_noise": metrics.frechet(ref.features(noisy), f_ref),
+                f"{fd}_noise": distances.frechet(ref.features(noisy), f_ref),
                 kd: kd_mean,
                 f"{kd}_std": kd_std,
             }

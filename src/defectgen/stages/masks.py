@@ -182,7 +182,7 @@ def _has_defect(preprocessed: Path, row: dict) -> bool:
 
 def _class_unit(unit: Path, params: Params, label: str, real_rows, val_rows, preprocessed, ext):
     """One class: every method's masks, their quality, into the resume unit."""
-    from defectgen.core import metrics
+    from defectgen.core import distances
 
     cfg = params.masks
     real, ids = _read(preprocessed, real_rows), [r["id"] for r in real_rows]
@@ -192,7 +192,7 @@ def _class_unit(unit: Path, params: Params, label: str, real_rows, val_rows, pre
     producer = None
     if "ddpm" in cfg.methods or ("hmi" in cfg.methods and space == "latent"):
         producer = _producer(params, label, real, curves)
-    f_ref = metrics.extract(ext, val if len(val) >= 2 else real)
+    f_ref = distances.extract(ext, val if len(val) >= 2 else real)
     entry = {
         "hmi_space": space,
         "reference": "val masks" if len(val) >= 2 else "train masks (fewer than 2 val masks)",
@@ -201,7 +201,7 @@ def _class_unit(unit: Path, params: Params, label: str, real_rows, val_rows, pre
         "methods": {},
     }
     if len(val) >= 2:
-        entry[f"{ext.fd_name}_real"] = metrics.frechet(metrics.extract(ext, real), f_ref)
+        entry[f"{ext.fd_name}_real"] = distances.frechet(distances.extract(ext, real), f_ref)
     accept = masks_core.MaskRange.of(real, cfg.accept.range_factor)
     entry["range"] = asdict(accept)
     made_by = {}
@@ -218,8 +218,8 @@ def _class_unit(unit: Path, params: Params, label: str, real_rows, val_rows, pre
         if kept:
             stats.update(asdict(masks_core.stats([m for m, _ in kept])))
         if len(kept) >= 2:
-            feats = metrics.extract(ext, [m for m, _ in kept])
-            stats[ext.fd_name] = metrics.frechet(feats, f_ref)
+            feats = distances.extract(ext, [m for m, _ in kept])
+            stats[ext.fd_name] = distances.frechet(feats, f_ref)
         entry["methods"][method] = stats
         made_by[method] = (kept, in_range)
     a = cfg.accept

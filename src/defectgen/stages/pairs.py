@@ -164,7 +164,7 @@ def _class_unit(
     has them; else the class's own `real`)."""
     import torch
 
-    from defectgen.core.diffusion import control, models, train
+    from defectgen.core.diffusion import control, loops, models
     from defectgen.prior import open_base
 
     cfg = params.pairs
@@ -173,7 +173,7 @@ def _class_unit(
     channels = 1 if real[0][1].ndim == 2 else 3
     images = [px for _, px, _ in real]
     conditions = control.to_conditions([_condition(cfg, px, m, colour) for _, px, m in real])
-    latents = train.encode_latents(pipe.vae, train.to_pixels(images), rt, flip=False)
+    latents = loops.encode_latents(pipe.vae, loops.to_pixels(images), rt, flip=False)
     prompt = cfg.prompt_template.format(label=label)
     net = control.build(pipe, seed=derive_seed(params.seed, "controlnet", label))
     curves = Curves()
@@ -182,7 +182,7 @@ def _class_unit(
         net,
         latents,
         conditions,
-        train.prompt_ids(pipe, prompt),
+        loops.prompt_ids(pipe, prompt),
         models.training_scheduler(pipe),
         steps=cfg.steps,
         batch_size=cfg.batch_size,

@@ -44,7 +44,7 @@ from defectgen.artifacts import (
 )
 from defectgen.atomic import atomic_dir, atomic_write_json, write_file
 from defectgen.config import Params
-from defectgen.core import metrics
+from defectgen.core import distances
 from defectgen.core import sweep as sweep_core
 from defectgen.core.diffusion import models, sample
 from defectgen.core.images import decode_image, encode_png, resize
@@ -107,7 +107,7 @@ def _probe_class(
         "label": label,
         "n_probe": n,
         "n_reference": len(f_ref),
-        "fd_real": metrics.frechet(f_train, f_ref),
+        "fd_real": distances.frechet(f_train, f_ref),
         "cells": scored,
     }
     atomic_write_json(unit / CELLS_JSON, record)

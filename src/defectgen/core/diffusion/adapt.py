@@ -27,9 +27,9 @@ from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
 from defectgen.core.device import LossBuffer
-from defectgen.core.diffusion import train as train_lib
+from defectgen.core.diffusion import loops
+from defectgen.core.diffusion.loops import LatentCache, StepLogger, denoise_loss
 from defectgen.core.diffusion.models import Runtime
-from defectgen.core.diffusion.train import LatentCache, StepLogger, denoise_loss
 from defectgen.errors import ConfigError
 
 UNET_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
@@ -102,7 +102,7 @@ def train(
     the prior prompt (DreamBooth's L = L_instance + lambda L_prior). Inputs go to the
     device once and each step's random numbers come from `train.Draws` (no host copy
     or sync inside the loop)."""
-    opt = train_lib.optimizer(torch.optim.Adam, parameters, lr, rt)
+    opt = loops.optimizer(torch.optim.Adam, parameters, lr, rt)
     terms = [("", ids, latents)] + ([("prior.", prior.ids, prior.latents)] if prior else [])
     on_device = {
         prefix: (prompt.to(rt.device), cache.to(rt.device)) for prefix, prompt, cache in terms
@@ -113,7 +113,7 @@ def train(
         for prefix, _, cache in terms:
             out |= cache.draw(batch_size, g, prefix)
             shape = (batch_size, *cache.mean.shape[1:])
-            out |= train_lib.noise_draw(noise_scheduler, shape, g, prefix)
+            out |= loops.noise_draw(noise_scheduler, shape, g, prefix)
         return out
 
     def loss_on(prefix: str, d: dict) -> torch.Tensor:
@@ -126,7 +126,7 @@ def train(
         return denoise_loss(pipe.unet, noise_scheduler, z, noise, t, cond, rt)
 
     with LossBuffer(log) as losses:
-        for step, d in enumerate(train_lib.Draws(draw, gen, rt, steps=steps, chunk=chunk)):
+        for step, d in enumerate(loops.Draws(draw, gen, rt, steps=steps, chunk=chunk)):
             loss = loss_on("", d)
             if prior is not None:
                 loss = loss + prior.weight * loss_on("prior.", d)

@@ -41,8 +41,7 @@ from scipy import ndimage
 
 from defectgen.core.device import LossBuffer
 from defectgen.core.diffusion import defectsynth
-from defectgen.core.diffusion.models import Runtime, latent_factor
-from defectgen.core.diffusion.train import (
+from defectgen.core.diffusion.loops import (
     Draws,
     LatentCache,
     StepLogger,
@@ -52,6 +51,7 @@ from defectgen.core.diffusion.train import (
     optimizer,
     to_pixels,
 )
+from defectgen.core.diffusion.models import Runtime, latent_factor
 
 EMBEDDING_CHANNELS = (16, 32, 96, 256)  # diffusers' default for SD's 8x factor
 ANGLES = tuple(range(0, 360, 15))  # SAE's rotation search (Eq. 5), degrees

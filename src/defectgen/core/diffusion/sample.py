@@ -21,7 +21,7 @@ from diffusers import (
 )
 from diffusers.utils.torch_utils import randn_tensor
 
-from defectgen.core.diffusion.train import from_pixels, to_pixels
+from defectgen.core.diffusion.loops import from_pixels, to_pixels
 
 
 class BatchedImg2Img(StableDiffusionImg2ImgPipeline):

@@ -22,7 +22,7 @@ from torch import nn
 
 from defectgen.config import VaeLossConfig
 from defectgen.core.device import Runtime
-from defectgen.core.metrics import IMAGENET_MEAN, IMAGENET_STD, effnet_weights_path
+from defectgen.core.distances import IMAGENET_MEAN, IMAGENET_STD, effnet_weights_path
 
 PERCEPTUAL_BLOCKS = 4  # EfficientNet-Lite0 blocks after the stem (strides 2, 2, 2x2)
 
