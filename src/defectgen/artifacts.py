@@ -161,6 +161,19 @@ def read_chosen(sweep_dir: Path, labels: list[str]) -> dict[str, ChosenCell]:
     return cast(dict[str, ChosenCell], classes)
 
 
+def read_masks_table(masks_dir: Path) -> list[dict[str, Any]]:
+    """The masks stage's table (masks.parquet): one row per new mask, with its parents."""
+    import pandas as pd
+
+    path = Path(masks_dir) / MASKS_PARQUET
+    if not path.is_file():
+        raise DataError(
+            f"{path}: missing; pass the masks stage's output folder as --masks (or re-run "
+            "the masks stage)"
+        )
+    return pd.read_parquet(path).to_dict("records")
+
+
 def read_gate(gated_dir: Path, *, option: str = "gated") -> GateReport:
     """The gate's (or pairs_gate's) verdicts per class."""
     path = Path(gated_dir) / GATE_JSON

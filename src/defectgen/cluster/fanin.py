@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from defectgen import manifest
+from defectgen.artifacts import GATE_JSON, read_gate
 from defectgen.atomic import atomic_dir, atomic_write_json, write_file
 from defectgen.config import Params
 from defectgen.errors import DataError
@@ -48,10 +49,11 @@ def classes(params: Params, preprocessed: Path) -> list[str]:
 
 def verdict(gated: Path, label: str) -> str:
     """ "pass" or "fail": the gate stage's verdict on `label` in its output `gated`."""
-    path = Path(gated) / "gate.json"
-    entry = json.loads(path.read_text(encoding="utf-8"))["classes"].get(label)
+    entry = read_gate(Path(gated))["classes"].get(label)
     if entry is None:
-        raise DataError(f"{path}: no verdict for class {label!r}; gate that class first")
+        raise DataError(
+            f"{Path(gated) / GATE_JSON}: no verdict for class {label!r}; gate that class first"
+        )
     return "pass" if entry["passed"] else "fail"
 
 

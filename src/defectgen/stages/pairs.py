@@ -45,10 +45,9 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from scipy import ndimage
 
-from defectgen import manifest
+from defectgen import artifacts, manifest
 from defectgen.artifacts import (
     BASE_JSON,
     CURVES_DIR,
@@ -385,7 +384,7 @@ def run(
 
     rows = manifest.read_rows(preprocessed)
     train_ids = {r["id"] for r in rows if r["split"] == "train"}
-    table = pd.read_parquet(masks_dir / MASKS_PARQUET).to_dict("records")
+    table = artifacts.read_masks_table(masks_dir)
     leaked = [t["id"] for t in table if set(json.loads(t["parents"])) - train_ids]
     if leaked:  # the masks stage reads train masks only; the invariant that matters
         raise DataError(f"{masks_dir}: masks with parents outside train: {leaked[:3]}")

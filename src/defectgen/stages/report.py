@@ -26,14 +26,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from defectgen import manifest
+from defectgen import artifacts, manifest
 from defectgen import summary as run_summary
 from defectgen.artifacts import (
     BOXES_PNG,
     CHOSEN_JSON,
     DETECT_JSON,
     EVAL_JSON,
-    GATE_JSON,
     GRIDS_DIR,
     HEATMAPS_DIR,
     INGEST_JSON,
@@ -52,14 +51,12 @@ from defectgen.config import Params
 from defectgen.core import arms, no_harm, page, stats
 from defectgen.core.page import Cell, Section
 from defectgen.declarations import producer
-from defectgen.errors import DataError
 from defectgen.resume import file_digest
 
 
-def _json(path: Path) -> dict:
-    if not path.is_file():
-        raise DataError(f"{path}: missing; pass that stage's output folder to the report")
-    return json.loads(path.read_text(encoding="utf-8"))
+def _record(folder: Path, name: str, option: str) -> dict:
+    """Record `name` of the stage whose output is `option` (its folder `folder`)."""
+    return artifacts.read_json(folder / name, stage=producer(option).name, option=option)
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -67,8 +64,8 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 
 
 def _dataset(ingested: Path, preprocessed: Path) -> Section:
-    ingest = _json(ingested / INGEST_JSON)
-    counts = _json(preprocessed / SPLIT_COUNTS_JSON)
+    ingest = _record(ingested, INGEST_JSON, "ingested")
+    counts = _record(preprocessed, SPLIT_COUNTS_JSON, "preprocessed")
     sec = Section("Dataset")
     sec.paragraph(
         f"{ingest['n_images']} images from {ingest['source']} ({ingest['layout']} layout). "
@@ -98,8 +95,8 @@ def _distance_name(gate: dict) -> str:
 
 
 def _gate(sweep: Path, gated: Path) -> tuple[Section, int, int]:
-    chosen = _json(sweep / CHOSEN_JSON)
-    gate = _json(gated / GATE_JSON)
+    chosen = _record(sweep, CHOSEN_JSON, "sweep")
+    gate = artifacts.read_gate(gated)
     fd = _distance_name(gate)
     sec = Section("Quality gate")
     sec.paragraph(
@@ -182,7 +179,11 @@ def _sweep(sweep: Path) -> Section | None:
         "heatmap). Below each heatmap, one probe per cell in the same layout."
     )
     record = sweep / CHOSEN_JSON
-    chosen = _json(record)["classes"] if record.is_file() else {}
+    chosen = (
+        artifacts.read_json(record, stage="sweep", option="sweep", keys=("classes",))["classes"]
+        if record.is_file()
+        else {}
+    )
     for path in heatmaps:
         if (c := chosen.get(path.stem)) and c.get("reason"):
             sec.paragraph(
@@ -237,7 +238,7 @@ COMPARISON_HEADERS = [
 def _classifiers(train: Path) -> tuple[Section, str, Section]:
     """The classifiers' section, the headline, and how they were measured (a section
     for the end of the page, under "How this was measured")."""
-    result = _json(train / EVAL_JSON)
+    result = _record(train, EVAL_JSON, "train")
     protocol = result["protocol"]
     metric = result["primary_metric"]
     sec = Section("Does synthetic data help? Classifiers on the real test split")
@@ -337,7 +338,7 @@ def _classifiers(train: Path) -> tuple[Section, str, Section]:
 
 
 def _masks(masks: Path) -> Section:
-    report = _json(masks / MASKS_JSON)
+    report = _record(masks, MASKS_JSON, "masks")
     sec = Section("Synthetic masks")
     if "skipped" in report:
         sec.paragraph(f"The mask branch was skipped: {report['skipped']}.", note=True)
@@ -396,10 +397,10 @@ def _masks(masks: Path) -> Section:
 
 
 def _pairs(pairs: Path, pairs_gated: Path | None) -> Section | None:
-    report = _json(pairs / PAIRS_JSON)
+    report = _record(pairs, PAIRS_JSON, "pairs")
     if "skipped" in report:  # the masks section already says why
         return None
-    gate = _json(pairs_gated / GATE_JSON) if pairs_gated else None
+    gate = artifacts.read_gate(pairs_gated, option="pairs_gated") if pairs_gated else None
     verdicts = gate["classes"] if gate else {}
     fd = _distance_name(gate) if gate else None
     sec = Section("Image + mask pairs")
@@ -448,7 +449,7 @@ SEG_SHOWN = (
 
 
 def _segmentation(segment: Path) -> Section | None:
-    report = _json(segment / SEGMENT_JSON)
+    report = _record(segment, SEGMENT_JSON, "segment")
     if "skipped" in report:
         return None
     sec = Section("Segmentation: do the pairs help?")
@@ -483,7 +484,7 @@ def _segmentation(segment: Path) -> Section | None:
 
 
 def _detection(detect_dir: Path) -> Section | None:
-    report = _json(detect_dir / DETECT_JSON)
+    report = _record(detect_dir, DETECT_JSON, "detect")
     if "skipped" in report:
         return None
     p = report["protocol"]
@@ -706,7 +707,7 @@ def run(
     gate, n_classes = None, 0
     if "sweep" in have and "gated" in have:
         gate = _gate(have["sweep"], have["gated"])
-        n_classes = len(_json(have["gated"] / GATE_JSON)["classes"])
+        n_classes = len(artifacts.read_gate(have["gated"])["classes"])
         sections.append(gate[0])
     if "sweep" in have and (heatmaps := _sweep(have["sweep"])) is not None:
         sections.append(heatmaps)
@@ -729,11 +730,11 @@ def run(
         sections.append(methods)
     sections.append(_provenance(params, have.get("preprocessed")))
     title = f"defectgen report: {params.data.name}"
-    evaluation = _json(have["train"] / EVAL_JSON) if "train" in have else None
+    evaluation = _record(have["train"], EVAL_JSON, "train") if "train" in have else None
     plain = run_summary.answer(evaluation) if evaluation else None
     tiny = params.model.profile == "tiny"
     summary = _summary(gate, n_classes, plain, tiny)
-    verdicts = _json(have["gated"] / GATE_JSON) if "gated" in have else None
+    verdicts = artifacts.read_gate(have["gated"]) if "gated" in have else None
     if evaluation is not None:  # the first screen: the answer per class, what next
         sections.insert(int(bool(missing)), _answer(evaluation, verdicts, tiny))
     parent = run_summary.parent_record(evaluation, verdicts)

@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from defectgen import manifest
+from defectgen import artifacts, manifest
 from defectgen.artifacts import (
     COMPARISON_CSV,
     CURVES_DIR,
@@ -333,7 +333,7 @@ def run(
     """
     cfg = params.segment
     preprocessed, pairs_dir, gated = Path(preprocessed), Path(pairs), Path(pairs_gated)
-    pairs_report = json.loads((pairs_dir / PAIRS_JSON).read_text(encoding="utf-8"))
+    pairs_report = artifacts.read_json(pairs_dir / PAIRS_JSON, stage="pairs", option="pairs")
     if "skipped" in pairs_report:
         with atomic_dir(out_dir) as tmp:
             atomic_write_json(tmp / SEGMENT_JSON, {"skipped": pairs_report["skipped"]})
