@@ -1,3 +1,6 @@
+"""Generated from the stage declaration (src/defectgen/declarations.py) by
+`python -m pipelines.kfp_components --write`: change the declaration, not this file."""
+
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
@@ -12,14 +15,17 @@ def base(
     base: Output[Model],
     metrics: Output[Metrics],
 ):
-    """The diffusion prior: tiny pretrained here, sd15 checked (defectgen.stages.base)."""
+    """The diffusion prior: pretrain the tiny profile, or check and record an sd15
+    checkpoint (defectgen.stages.base)."""
     from defectgen.runner import run_task
 
     run_task(
         "base",
         params,
         out_dir=base.path,
-        inputs={"preprocessed": preprocessed.path},
+        inputs={
+            "preprocessed": preprocessed.path,
+        },
         track=track,
         metrics=metrics,
     )

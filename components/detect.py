@@ -1,3 +1,6 @@
+"""Generated from the stage declaration (src/defectgen/declarations.py) by
+`python -m pipelines.kfp_components --write`: change the declaration, not this file."""
+
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Output
 
@@ -16,8 +19,9 @@ def detect(
     detect: Output[Dataset],
     metrics: Output[Metrics],
 ):
-    """Detectors per condition and seed, scored on the real test split with COCOeval
-    (defectgen.stages.detect); a "skipped" record without masks or boxes."""
+    """Detectors (Faster R-CNN / Mask R-CNN) on real vs real+synthetic with the matched
+    controls, scored on the real test split with COCOeval; skipped without masks or boxes
+    (defectgen.stages.detect)."""
     from defectgen.runner import run_task
 
     run_task(

@@ -1,3 +1,6 @@
+"""Generated from the stage declaration (src/defectgen/declarations.py) by
+`python -m pipelines.kfp_components --write`: change the declaration, not this file."""
+
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
@@ -14,15 +17,19 @@ def finetune(
     adapters: Output[Model],
     metrics: Output[Metrics],
 ):
-    """Textual inversion + LoRA adapter of one class, `label` (defectgen.stages.finetune);
-    the cluster pipeline runs it once per class."""
+    """Per class: textual inversion, then LoRA (StableSDG), into diffusers adapter files
+    (defectgen.stages.finetune). Adapts the one class `label` (the pipeline runs it once
+    per class)."""
     from defectgen.runner import run_task
 
     run_task(
         "finetune",
         params,
         out_dir=adapters.path,
-        inputs={"preprocessed": preprocessed.path, "base": base.path},
+        inputs={
+            "preprocessed": preprocessed.path,
+            "base": base.path,
+        },
         track=track,
         metrics=metrics,
         only_class=label,

@@ -1,3 +1,6 @@
+"""Generated from the stage declaration (src/defectgen/declarations.py) by
+`python -m pipelines.kfp_components --write`: change the declaration, not this file."""
+
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Output
 
@@ -14,8 +17,10 @@ def gate(
     gated: Output[Dataset],
     metrics: Output[Metrics],
 ) -> str:
-    """The verdict on one class's synthetic images (defectgen.stages.gate); returns
-    "pass" or "fail" for the pipeline's dsl.If."""
+    """Per class: fidelity floors (distance to held-out real images against real-vs-real,
+    blurred and noised real images), then whether its images do no harm on val; keeps the
+    passing classes' images minus near-duplicates (defectgen.stages.gate). Returns "pass"
+    or "fail" for class `label`, for the pipeline's dsl.If."""
     from defectgen.cluster.fanin import verdict
     from defectgen.runner import run_task
 
@@ -23,7 +28,10 @@ def gate(
         "gate",
         params,
         out_dir=gated.path,
-        inputs={"preprocessed": preprocessed.path, "generated": generated.path},
+        inputs={
+            "preprocessed": preprocessed.path,
+            "generated": generated.path,
+        },
         track=track,
         metrics=metrics,
     )

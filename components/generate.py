@@ -1,3 +1,6 @@
+"""Generated from the stage declaration (src/defectgen/declarations.py) by
+`python -m pipelines.kfp_components --write`: change the declaration, not this file."""
+
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
@@ -15,7 +18,7 @@ def generate(
     generated: Output[Dataset],
     metrics: Output[Metrics],
 ):
-    """Synthetic images per class at the chosen settings, with provenance
+    """Per class: image-oriented (img2img) or txt2img generation with the class's adapter
     (defectgen.stages.generate)."""
     from defectgen.runner import run_task
 

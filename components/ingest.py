@@ -1,3 +1,6 @@
+"""Generated from the stage declaration (src/defectgen/declarations.py) by
+`python -m pipelines.kfp_components --write`: change the declaration, not this file."""
+
 from kfp import dsl
 from kfp.dsl import Dataset, Metrics, Output
 
@@ -12,14 +15,17 @@ def ingest(
     ingested: Output[Dataset],
     metrics: Output[Metrics],
 ):
-    """Raw dataset -> manifest + checked copies (defectgen.stages.ingest)."""
+    """Read a raw dataset (folders, image+mask, VOC, COCO, ELPV) into a manifest
+    (defectgen.stages.ingest)."""
     from defectgen.runner import run_task
 
     run_task(
         "ingest",
         params,
         out_dir=ingested.path,
-        inputs={"source": source},
+        inputs={
+            "source": source,
+        },
         track=track,
         metrics=metrics,
     )

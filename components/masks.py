@@ -1,3 +1,6 @@
+"""Generated from the stage declaration (src/defectgen/declarations.py) by
+`python -m pipelines.kfp_components --write`: change the declaration, not this file."""
+
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Output
 
@@ -12,15 +15,18 @@ def masks(
     masks: Output[Dataset],
     metrics: Output[Metrics],
 ):
-    """New defect masks per class and their quality, or a "skipped" record for a dataset
-    without masks (defectgen.stages.masks)."""
+    """Per class: new defect masks from the real train masks (hybrid interpolation,
+    perturbation, a DDPM producer) and their quality; a record saying so without masks
+    (defectgen.stages.masks)."""
     from defectgen.runner import run_task
 
     run_task(
         "masks",
         params,
         out_dir=masks.path,
-        inputs={"preprocessed": preprocessed.path},
+        inputs={
+            "preprocessed": preprocessed.path,
+        },
         track=track,
         metrics=metrics,
     )

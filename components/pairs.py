@@ -1,3 +1,6 @@
+"""Generated from the stage declaration (src/defectgen/declarations.py) by
+`python -m pipelines.kfp_components --write`: change the declaration, not this file."""
+
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
@@ -14,8 +17,9 @@ def pairs(
     pairs: Output[Dataset],
     metrics: Output[Metrics],
 ):
-    """Per class a ControlNet from the base UNet, then self-annotated image + mask pairs
-    from the masks stage's masks (defectgen.stages.pairs); "skipped" without masks."""
+    """Per class: a ControlNet from the base UNet trained on real (mask, image) pairs, then
+    self-annotated image + mask pairs from the masks stage's masks
+    (defectgen.stages.pairs)."""
     from defectgen.runner import run_task
 
     run_task(

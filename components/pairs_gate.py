@@ -1,3 +1,6 @@
+"""Generated from the stage declaration (src/defectgen/declarations.py) by
+`python -m pipelines.kfp_components --write`: change the declaration, not this file."""
+
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Output
 
@@ -13,14 +16,18 @@ def pairs_gate(
     pairs_gated: Output[Dataset],
     metrics: Output[Metrics],
 ):
-    """The gate, unchanged, on the pairs' images (defectgen.stages.pairs_gate), every class."""
+    """The gate, unchanged, on the pairs stage's images: per class distance to held-out real
+    images against real-vs-real (defectgen.stages.gate)."""
     from defectgen.runner import run_task
 
     run_task(
         "pairs_gate",
         params,
         out_dir=pairs_gated.path,
-        inputs={"preprocessed": preprocessed.path, "pairs": pairs.path},
+        inputs={
+            "preprocessed": preprocessed.path,
+            "pairs": pairs.path,
+        },
         track=track,
         metrics=metrics,
     )

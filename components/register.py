@@ -1,3 +1,6 @@
+"""Generated from the stage declaration (src/defectgen/declarations.py) by
+`python -m pipelines.kfp_components --write`: change the declaration, not this file."""
+
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
@@ -15,8 +18,8 @@ def register(
     registry: Output[Dataset],
     metrics: Output[Metrics],
 ):
-    """Class adapters into the MLflow model registry, promoted by the gate
-    (defectgen.stages.register); nothing is registered without tracking."""
+    """Every class adapter into the MLflow model registry; champion/challenger by the gate
+    (defectgen.stages.register)."""
     from defectgen.runner import run_task
 
     run_task(

@@ -1,3 +1,6 @@
+"""Generated from the stage declaration (src/defectgen/declarations.py) by
+`python -m pipelines.kfp_components --write`: change the declaration, not this file."""
+
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Markdown, Output
 
@@ -22,8 +25,8 @@ def report(
     html: Output[HTML],
     markdown: Output[Markdown],
 ):
-    """The run's HTML report and markdown summary (defectgen.stages.report); the KFP UI
-    shows both artifacts."""
+    """One self-contained HTML page and a markdown summary of the run
+    (defectgen.stages.report). The KFP UI shows the page and the summary."""
     import shutil
     import tempfile
     from pathlib import Path

@@ -1,3 +1,6 @@
+"""Generated from the stage declaration (src/defectgen/declarations.py) by
+`python -m pipelines.kfp_components --write`: change the declaration, not this file."""
+
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Output
 
@@ -14,8 +17,8 @@ def segment(
     segment: Output[Dataset],
     metrics: Output[Metrics],
 ):
-    """COCO export of real + synthetic pairs and a U-Net per condition, scored on the
-    real test split (defectgen.stages.segment)."""
+    """COCO export of real + synthetic pairs, and a U-Net per condition (real vs
+    real+synthetic) scored on the real test split (defectgen.stages.segment)."""
     from defectgen.runner import run_task
 
     run_task(

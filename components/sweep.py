@@ -1,3 +1,6 @@
+"""Generated from the stage declaration (src/defectgen/declarations.py) by
+`python -m pipelines.kfp_components --write`: change the declaration, not this file."""
+
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
@@ -14,7 +17,8 @@ def sweep(
     sweep: Output[Dataset],
     metrics: Output[Metrics],
 ):
-    """Per-class strength x guidance probes and the chosen cell (defectgen.stages.sweep)."""
+    """Per class: probe a strength x guidance grid, choose the cell closest to held-out real
+    images (defectgen.stages.sweep)."""
     from defectgen.runner import run_task
 
     run_task(

@@ -1,3 +1,6 @@
+"""Generated from the stage declaration (src/defectgen/declarations.py) by
+`python -m pipelines.kfp_components --write`: change the declaration, not this file."""
+
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Output
 
@@ -14,8 +17,8 @@ def train(
     train: Output[Dataset],
     metrics: Output[Metrics],
 ):
-    """Classifiers per condition and seed, scored on the real test split
-    (defectgen.stages.train)."""
+    """Classifiers on real vs real+synthetic (and the other conditions in params), best
+    epoch on val, scored on the real test split (defectgen.stages.train)."""
     from defectgen.runner import run_task
 
     run_task(

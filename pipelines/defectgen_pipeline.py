@@ -1,13 +1,15 @@
 """The KFP v2 pipeline: the stages of dvc.yaml, with the per-class work fanned out.
 
-    ingest -> preprocess -> masks -> pairs (needs base) -> pairs_gate -> segment
-                             (the mask branch; "skipped" records without masks)
-                          -> base -> classes
-      ParallelFor class (at most cluster.parallelism at once): one_class's plain tasks
-        finetune -> sweep -> generate -> gate -> If verdict == "pass": register
-        (collected: the chosen cell, the generated and the gated images)
-      merge (dsl.Collected) the chosen cells, generated and gated images
-      -> train, detect (also reads the mask branch's pairs) -> report
+Wired from the declarations (defectgen.declarations.STAGES, in their order): each stage's
+task takes its declared input artifacts from the tasks that declare them as outputs;
+its component is generated from the same declaration (pipelines.kfp_components).
+
+    the stages before the fan-out (ingest, preprocess, masks, base)
+    classes -> ParallelFor class (at most cluster.parallelism at once), plain tasks:
+      finetune -> sweep -> generate -> gate -> If verdict == "pass": register
+    merge (dsl.Collected) each per-class output after finetune: the chosen cells, the
+      generated and the gated images
+    the stages after it (pairs, pairs_gate, segment, train, detect, report)
     exit handler: status (always: the final state and every stage run; for a run that
       did not succeed, also the report, from what the finished stages logged to MLflow)
 
@@ -16,10 +18,10 @@ only the keys its stage reads (declarations: Stage.reads; scoped.task_params ren
 them), so KFP's cache key, which covers a task's inputs, changes only when one of those
 keys does: a gate rule edited and recompiled reruns gate and what follows it, while base,
 finetune, sweep and generate are served from the cache. Placement comes from params
-`cluster` (`Placement`): GPU
-tasks request accelerators and carry the GPU node selector, tolerations, /dev/shm,
-retries with backoff and a timeout; CPU tasks carry none of the GPU settings, so a
-tainted GPU pool never runs them. MLflow credentials come from the Kubernetes secret
+`cluster` (`Placement`): GPU tasks request accelerators and carry the GPU node selector,
+tolerations, /dev/shm, retries with backoff and a timeout; CPU tasks (CPU_STAGES, the
+fan-out's helpers, the exit handler) carry none of them, so a tainted GPU pool never
+runs them. MLflow credentials come from the Kubernetes secret
 `cluster.mlflow_secret` (optional: a run with track=False needs none). The raw data
 reaches the ingest pod on the PVC `cluster.data_pvc`, mounted at `cluster.data_mount`.
 Every task can be served from KFP's cache: no input changes from run to run (the
@@ -32,31 +34,23 @@ the gate fails gets no register task here; under dvc, register lists it unregist
 Compile with `python -m pipelines.compile` (writes pipelines/build/defectgen.yaml).
 """
 
+import importlib
+
 from kfp import dsl, kubernetes
 from kfp.dsl import graph_component
 
-from components.base import base
-from components.detect import detect
 from components.fanin import classes, merge_datasets
-from components.finetune import finetune
-from components.gate import gate
-from components.generate import generate
-from components.ingest import ingest
-from components.masks import masks
-from components.pairs import pairs
-from components.pairs_gate import pairs_gate
-from components.preprocess import preprocess
-from components.register import register
-from components.report import report
-from components.segment import segment
 from components.status import status
-from components.sweep import sweep
-from components.train import train
 from defectgen.cluster import CLUSTER_ENV
 from defectgen.config import ClusterConfig, Params
-from defectgen.declarations import FANOUT_READS, STATUS_READS, get_stage
+from defectgen.declarations import FANOUT_READS, RAW, STAGES, STATUS_READS, Stage, get_stage
 from defectgen.runner import PIPELINE_KEY_ENV, PIPELINE_NAME
 from defectgen.scoped import task_params
+from pipelines.kfp_components import LABELLED
+
+# the stages run once per class, in order (their outputs are merged after the fan-out)
+PER_CLASS = ("finetune", "sweep", "generate", "gate")
+CPU_STAGES = {"ingest", "preprocess", "register", "report"}  # no model on a GPU
 
 RUN_ID_FIELD = "metadata.labels['pipeline/runid']"  # KFP's run id label on every task pod
 
@@ -126,68 +120,47 @@ class Placement:
 
 
 def build(params: Params) -> graph_component.GraphComponent:
-    """The pipeline for `params`, placed on the cluster that params `cluster` describes."""
+    """The pipeline for `params`, placed on the cluster that params `cluster` describes.
+
+    Wired from the declarations: each stage's task takes its declared input artifacts
+    from the tasks that declare them as outputs, in declaration order (which is the
+    DAG's). The per-class stages run inside the fan-out; after it, their outputs are the
+    merged folders. Adding an input to a stage is its declaration plus
+    `python -m pipelines.kfp_components --write`."""
     cluster = params.cluster
     place = Placement(cluster)
 
-    def inputs(stage: str, track) -> dict:
-        """A stage task's params input (the keys the stage reads) and `track`."""
-        return {"params": task_params(params, get_stage(stage).reads), "track": track}
+    def step(stage: Stage, made: dict, track, **extra) -> dsl.PipelineTask:
+        """`stage`'s task: its params input (the keys it reads), `track`, each declared
+        input artifact from `made`; its output joins `made`."""
+        component = getattr(importlib.import_module(f"components.{stage.name}"), stage.name)
+        artifacts = {a: made[a] for a, _, _ in stage.inputs if a != RAW}
+        task = component(params=task_params(params, stage.reads), track=track, **artifacts, **extra)
+        placed = (place.cpu if stage.name in CPU_STAGES else place.gpu)(task, stage.name)
+        if stage.name != "report":  # the report's outputs are its page and summary
+            made[stage.output] = task.outputs[stage.output]
+        return placed
 
-    def one_class(track, label, preprocessed, base) -> dict:
-        """One class's tasks in the loop body: finetune -> sweep -> generate -> gate ->
-        register if the gate passed it; returns its sweep, generated and gated outputs.
+    def fan_out(made: dict, track) -> None:
+        """The per-class stages, once per class (at most cluster.parallelism at once),
+        register where the gate passed the class; then their outputs merged into `made`.
         Plain tasks, not a nested pipeline: a pipeline inside a ParallelFor does not run
         on every backend (kubeflow/pipelines#10039)."""
-        adapted = place.gpu(
-            finetune(
-                **inputs("finetune", track), preprocessed=preprocessed, base=base, label=label
-            ),
-            "finetune",
+        labels = place.cpu(
+            classes(params=task_params(params, FANOUT_READS), preprocessed=made["preprocessed"]),
+            "classes",
         )
-        adapters = adapted.outputs["adapters"]
-        swept = place.gpu(
-            sweep(
-                **inputs("sweep", track), preprocessed=preprocessed, base=base, adapters=adapters
-            ),
-            "sweep",
-        )
-        chosen = swept.outputs["sweep"]
-        gen = place.gpu(
-            generate(
-                **inputs("generate", track),
-                preprocessed=preprocessed,
-                base=base,
-                adapters=adapters,
-                sweep=chosen,
-            ),
-            "generate",
-        )
-        judged = place.gpu(
-            gate(
-                **inputs("gate", track),
-                preprocessed=preprocessed,
-                generated=gen.outputs["generated"],
-                label=label,
-            ),
-            "gate",
-        )
-        with dsl.If(judged.outputs["Output"] == "pass", name="passed-gate"):
-            place.cpu(
-                register(
-                    **inputs("register", track),
-                    base=base,
-                    adapters=adapters,
-                    sweep=chosen,
-                    gated=judged.outputs["gated"],
-                ),
-                "register",
-            )
-        return {
-            "sweep": chosen,
-            "generated": gen.outputs["generated"],
-            "gated": judged.outputs["gated"],
-        }
+        loop = dict(made)
+        with dsl.ParallelFor(labels.output, parallelism=cluster.parallelism) as label:
+            for name in PER_CLASS:
+                stage = get_stage(name)
+                judged = step(stage, loop, track, **({"label": label} if name in LABELLED else {}))
+            with dsl.If(judged.outputs["Output"] == "pass", name="passed-gate"):
+                step(get_stage("register"), loop, track)
+        for name in PER_CLASS[1:]:  # the adapters stay per class: nothing after reads them
+            output = get_stage(name).output
+            merged = merge_datasets(parts=dsl.Collected(loop[output]))
+            made[output] = place.cpu(merged, f"merge {output}").outputs["merged"]
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
@@ -206,92 +179,13 @@ def build(params: Params) -> graph_component.GraphComponent:
         """
         final = place.cpu(status(params=task_params(params, STATUS_READS), track=track), "status")
         with dsl.ExitHandler(final, name="stages"):
-            ing = place.data(place.cpu(ingest(**inputs("ingest", track), source=source), "ingest"))
-            pre = place.cpu(
-                preprocess(**inputs("preprocess", track), ingested=ing.outputs["ingested"]),
-                "preprocess",
-            )
-            preprocessed = pre.outputs["preprocessed"]
-            masked = place.gpu(masks(**inputs("masks", track), preprocessed=preprocessed), "masks")
-            prior = place.gpu(base(**inputs("base", track), preprocessed=preprocessed), "base")
-            base_model = prior.outputs["base"]
-            paired = place.gpu(
-                pairs(
-                    **inputs("pairs", track),
-                    preprocessed=preprocessed,
-                    base=base_model,
-                    masks=masked.outputs["masks"],
-                ),
-                "pairs",
-            )
-            image_mask_pairs = paired.outputs["pairs"]
-            pairs_judged = place.gpu(
-                pairs_gate(
-                    **inputs("pairs_gate", track), preprocessed=preprocessed, pairs=image_mask_pairs
-                ),
-                "pairs_gate",
-            )
-            segmented = place.gpu(
-                segment(
-                    **inputs("segment", track),
-                    preprocessed=preprocessed,
-                    pairs=image_mask_pairs,
-                    pairs_gated=pairs_judged.outputs["pairs_gated"],
-                ),
-                "segment",
-            )
-            labels = place.cpu(
-                classes(params=task_params(params, FANOUT_READS), preprocessed=preprocessed),
-                "classes",
-            )
-
-            with dsl.ParallelFor(labels.output, parallelism=cluster.parallelism) as label:
-                per_class = one_class(track, label, preprocessed, base_model)
-
-            def fan_in(output: str):
-                """The loop's per-class `output`s, merged into one folder."""
-                merged = merge_datasets(parts=dsl.Collected(per_class[output]))
-                return place.cpu(merged, f"merge {output}").outputs["merged"]
-
-            chosen = fan_in("sweep")
-            generated = fan_in("generated")
-            gated = fan_in("gated")
-            trained = place.gpu(
-                train(
-                    **inputs("train", track),
-                    preprocessed=preprocessed,
-                    generated=generated,
-                    gated=gated,
-                ),
-                "train",
-            )
-            detected = place.gpu(
-                detect(
-                    **inputs("detect", track),
-                    preprocessed=preprocessed,
-                    generated=generated,
-                    gated=gated,
-                    pairs=image_mask_pairs,
-                    pairs_gated=pairs_judged.outputs["pairs_gated"],
-                ),
-                "detect",
-            )
-            place.cpu(
-                report(
-                    **inputs("report", track),
-                    ingested=ing.outputs["ingested"],
-                    preprocessed=preprocessed,
-                    sweep=chosen,
-                    generated=generated,
-                    gated=gated,
-                    train=trained.outputs["train"],
-                    masks=masked.outputs["masks"],
-                    pairs=image_mask_pairs,
-                    pairs_gated=pairs_judged.outputs["pairs_gated"],
-                    segment=segmented.outputs["segment"],
-                    detect=detected.outputs["detect"],
-                ),
-                "report",
-            )
+            made: dict = {}
+            for stage in STAGES:
+                if stage.name == "ingest":
+                    place.data(step(stage, made, track, source=source))
+                elif stage.name == PER_CLASS[0]:
+                    fan_out(made, track)
+                elif stage.name not in (*PER_CLASS, "register"):
+                    step(stage, made, track)
 
     return defectgen_pipeline

@@ -8,14 +8,12 @@ import dataclasses
 import json
 import pickle
 import textwrap
-from pathlib import Path
 
 import pytest
 
 from defectgen.config import ALL, GateConfig, GenerateConfig, LoraConfig
 from defectgen.declarations import STAGES, get_stage
 from defectgen.errors import ConfigError
-from defectgen.runner import local_run_key
 from defectgen.scoped import UndeclaredRead, from_task_params, scoped, task_params
 from pipelines import params_read
 from tests.conftest import make_params
@@ -86,20 +84,6 @@ def test_a_task_s_params_are_checked_key_by_key_and_narrowed_to_its_class(tmp_pa
     text = task_params(params, get_stage("finetune").reads)
     assert from_task_params(text, "finetune", only_class="b").finetune.classes == ["b"]
     assert from_task_params(text, "finetune").finetune.classes == ["a", "b"]
-
-
-def test_a_kfp_local_run_s_tasks_share_one_mlflow_key(tmp_path: Path):
-    """Every task of a kfp.local run, in the loop or not, gets the key of its run folder;
-    another run another key."""
-    run = tmp_path / "root" / "defectgen-2026-12-08-01-02-03-456789"
-    other = tmp_path / "root" / "defectgen-2026-12-08-01-09-03-000001"
-    keys = {
-        local_run_key(str(run / "for-loop-2-iteration-0" / "finetune" / "adapters")),
-        local_run_key(str(run / "status" / "summary")),
-        local_run_key(str(run / "report" / "html")),
-    }
-    assert len(keys) == 1
-    assert local_run_key(str(other / "base" / "base")) not in keys
 
 
 def test_a_method_of_a_params_class_reads_through_the_view(tmp_path):

@@ -197,8 +197,9 @@ STAGES = (
     ),
     Stage(
         "gate",
-        "per class: Frechet/kernel distance of synthetic vs held-out real images, judged "
-        "against real-vs-real; keeps the passing classes' images minus near-duplicates",
+        "per class: fidelity floors (distance to held-out real images against "
+        "real-vs-real, blurred and noised real images), then whether its images do no harm "
+        "on val; keeps the passing classes' images minus near-duplicates",
         (PREPROCESSED, ("generated", True, "the generate stage's output folder")),
         ("seed", *DEVICE, "finetune.data", "gate", "classical", "train.primary"),
         (art.GATE_JSON, art.GATE_CSV),

@@ -16,7 +16,8 @@ from typing import Any
 
 from defectgen.atomic import atomic_write_json
 from defectgen.config import Params
-from defectgen.declarations import STAGES, Stage, get_stage  # noqa: F401  (the registry)
+from defectgen.declarations import STAGES, Stage, get_stage  # noqa: F401  (the stage table)
+from defectgen.errors import ConfigError
 
 
 def execute(
@@ -104,13 +105,18 @@ def run_task(
     """
     from defectgen.scoped import from_task_params
 
+    stage = get_stage(stage_name)
     handed = from_task_params(params, f"{stage_name} component params", only_class)
+    if lacking := [k for k in stage.reads if not handed.carries(k)]:
+        raise ConfigError(
+            f"{stage_name} component params lack {', '.join(lacking)}, which the stage "
+            "reads: the pipeline was compiled by another version; recompile it "
+            "(python -m pipelines.compile --params FILE)"
+        )
     if track and handed.tracking.enabled:
         key_by_run(out_dir)
     paths = {k: Path(v) for k, v in inputs.items() if v}
-    values, _ = execute(
-        get_stage(stage_name), handed, out_dir=Path(out_dir), inputs=paths, track=track
-    )
+    values, _ = execute(stage, handed, out_dir=Path(out_dir), inputs=paths, track=track)
     if metrics is not None:
         for key, value in values.items():
             metrics.log_metric(key, value)

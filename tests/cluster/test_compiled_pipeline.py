@@ -1,6 +1,7 @@
 """The compiled KFP pipeline: up to date, placed as params `cluster` says, its components
 thin shells over the stages (tests/e2e/test_kfp_local.py runs it with kfp.local)."""
 
+import dataclasses
 import inspect
 import json
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 import yaml
 
 from defectgen.config import ALL, load_params
-from defectgen.declarations import FANOUT_READS
+from defectgen.declarations import FANOUT_READS, get_stage
 from defectgen.runner import STAGES
 from defectgen.scoped import RUNNER_READS
 from pipelines.compile import DEFAULT_OUT, compile_pipeline
@@ -266,6 +267,23 @@ def test_components_hand_the_runner_exactly_their_stage_and_its_declared_artifac
             assert (tmp / "markdown").read_text() == "report.md"
         else:
             assert call["out_dir"] == str(tmp / stage.output), stage.name
+
+
+def test_each_component_is_its_stage_s_declaration_rendered():
+    """components/<stage>.py is generated (pipelines.kfp_components): an input added to
+    a declaration reaches the component's signature and its call of the runner."""
+    from pipelines import kfp_components
+
+    for stage in STAGES:
+        committed = (REPO / "components" / f"{stage.name}.py").read_text(encoding="utf-8")
+        assert committed == kfp_components.render(stage), (
+            f"components/{stage.name}.py is stale: python -m pipelines.kfp_components --write"
+        )
+    train = get_stage("train")
+    grown = dataclasses.replace(train, inputs=(*train.inputs, ("masks", True, "masks")))
+    text = kfp_components.render(grown)
+    assert "    masks: Input[Dataset],\n" in text and '"masks": masks.path,' in text
+    assert "masks" not in kfp_components.render(train)
 
 
 def test_the_stages_take_what_they_declare():
