@@ -155,6 +155,67 @@ def _plots() -> list[str]:
     return out
 
 
+def _depths() -> dict[str, int]:
+    """Each stage's longest distance from the DAG's start (its inputs' producers + 1)."""
+    depth: dict[str, int] = {}
+    for name, inputs in declarations.graph():
+        depth[name] = 1 + max((depth[p] for p in inputs.values()), default=-1)
+    return depth
+
+
+def chains() -> list[list[str]]:
+    """The DAG as paths: the longest path first, then the longest path through stages
+    not yet drawn, each led by its latest drawn producer and ended by its first drawn
+    consumer (ties: declaration order). Every stage is on exactly one path as its own."""
+    order = [name for name, _ in declarations.graph()]
+    producers = {name: set(inputs.values()) for name, inputs in declarations.graph()}
+    depth, drawn, out = _depths(), set(), []
+    while len(drawn) < len(order):
+        best: dict[str, list[str]] = {}  # stage -> the longest undrawn path ending there
+        for name in order:
+            if name in drawn:
+                continue
+            before = [best[p] for p in order if p in producers[name] and p in best]
+            best[name] = max(before, key=len, default=[]) + [name]
+        path = max(best.values(), key=len)  # the first of the longest, in order
+        lead = [p for p in order if p in producers[path[0]] and p in drawn]
+        head = [max(lead, key=lambda p: depth[p])] if lead else []
+        tail = [c for c in order if c in drawn and path[-1] in producers[c]][:1]
+        out.append(head + path + tail)
+        drawn |= set(path)
+    return out
+
+
+def drawing() -> str:
+    """`chains` drawn one per line, each led from under its first stage's place above."""
+    lines: list[str] = []
+    columns: dict[str, int] = {}
+    for chain in chains():
+        indent = columns.get(chain[0], 0)
+        line = " " * indent + " -> ".join(chain)
+        at = indent
+        for name in chain:
+            columns.setdefault(name, at)
+            at += len(name) + len(" -> ")
+        lines.append(line)
+    return "\n".join(lines)
+
+
+DAG_START = "<!-- the DAG: python -m pipelines.dvc_stages --write -->"
+DAG_END = "<!-- end of the DAG -->"
+DAG_DOCS = (REPO / "README.md", REPO / "docs" / "architecture.md")
+
+
+def dag_block() -> str:
+    """The drawing as the README and architecture.md hold it, between its markers."""
+    return f"{DAG_START}\n```\n{drawing()}\n```\n{DAG_END}"
+
+
+def _with_dag(text: str) -> str:
+    start, end = text.index(DAG_START), text.index(DAG_END) + len(DAG_END)
+    return text[:start] + dag_block() + text[end:]
+
+
 def render() -> str:
     """The whole dvc.yaml, from the declarations."""
     lines = HEADER.rstrip("\n").split("\n") + ["stages:"]
@@ -171,12 +232,15 @@ def main() -> int:
     new = render()
     if args.write:
         DVC_YAML.write_text(new, encoding="utf-8")
-        print(f"wrote {DVC_YAML}")
+        for doc in DAG_DOCS:  # the drawing of the DAG where the docs show it
+            doc.write_text(_with_dag(doc.read_text(encoding="utf-8")), encoding="utf-8")
+        print(f"wrote {DVC_YAML} and the DAG in {', '.join(d.name for d in DAG_DOCS)}")
         return 0
-    if new != text:
-        print(
-            "dvc.yaml differs from the stage declarations: python -m pipelines.dvc_stages --write"
-        )
+    stale = [d.name for d in DAG_DOCS if _with_dag(d.read_text(encoding="utf-8")) != d.read_text(
+        encoding="utf-8")] + (["dvc.yaml"] if new != text else [])  # fmt: skip
+    if stale:
+        print(f"{', '.join(stale)} differ from the stage declarations: "
+              "python -m pipelines.dvc_stages --write")  # fmt: skip
         return 1
     print("dvc.yaml matches the stage declarations")
     return 0

@@ -69,6 +69,27 @@ def test_dvc_yaml_is_the_render_of_the_declarations():
     )
 
 
+def test_the_docs_draw_the_declared_dag():
+    for doc in dvc_stages.DAG_DOCS:
+        assert dvc_stages.dag_block() in doc.read_text(encoding="utf-8"), (
+            f"{doc.name}'s DAG differs from the declarations: python -m pipelines.dvc_stages "
+            "--write"
+        )
+
+
+def test_the_drawing_is_paths_that_hold_every_stage_once():
+    """Each drawn line follows edges of the declared graph, and every stage is on one
+    line as its own (a line's first and last stage may lead in from, or out to, one drawn
+    above)."""
+    producers = {name: set(inputs.values()) for name, inputs in graph()}
+    own = []
+    for i, chain in enumerate(dvc_stages.chains()):
+        assert all(a in producers[b] for a, b in zip(chain, chain[1:], strict=False)), chain
+        own += chain if i == 0 else [s for s in chain[1:] if s not in own]
+    assert sorted(own) == sorted(producers)
+    assert dvc_stages.chains()[0][0] == "ingest" and dvc_stages.chains()[0][-1] == "report"
+
+
 def test_a_declaration_change_reaches_dvc_yaml(monkeypatch):
     """Outputs, metrics, plots and side-effect stages follow the declaration alone."""
     stages = list(declarations.STAGES)
