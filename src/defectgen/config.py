@@ -169,13 +169,15 @@ class SubsetConfig(_Section):
 class PreprocessConfig(_Section):
     image_size: int = Field(default=64, ge=8, le=4096)
     resize: Literal["squash", "pad", "crop"] = Field(
-        default="squash",
-        description="how a non-square image becomes image_size x image_size: squash (scaled "
-        "to the square, its aspect changed; preprocess_report.json counts the images changed "
-        "by over 1.25x) | pad (letterboxed: the short side padded with black, the image's "
-        "own region kept in the manifest's content_box) | crop (square tiles of the short "
-        "side covering the image, all in the image's split; a tile without a defect pixel or "
-        "box of a defect image is dropped); the shared datasets are square",
+        default="pad",
+        description="how a non-square image becomes image_size x image_size: pad (the "
+        "default: letterboxed, the short side padded with black, the image's own region "
+        "kept in the manifest's content_box; no label changes, the defects are smaller) | "
+        "crop (square tiles of the short side covering the image, all in the image's split; "
+        "a tile of a defect image without a defect pixel or box is dropped, so use it with "
+        "masks or boxes) | squash (scaled to the square, every shape stretched by the "
+        "aspect; preprocess_report.json counts the images changed by over 1.25x); measured "
+        "in experiments/results/resize-modes.md; the shared datasets are square",
     )
     empty_mask: Literal["keep", "skip"] = Field(
         default="keep",

@@ -198,7 +198,7 @@ def test_the_report_counts_regions_before_and_after_and_names_squashed_images(tm
     save(dot, root / "masks" / "crack_9.png")
     rows, metrics, out = _run(root, tmp_path, layout="image_mask",
                               data={"label_from": "prefix", "masks_required": True},
-                              preprocess={"image_size": 16})  # fmt: skip
+                              preprocess={"image_size": 16, "resize": "squash"})  # fmt: skip
     report = json.loads((out / artifacts.PREPROCESS_REPORT_JSON).read_text())
     crack = report["masks"]["crack"]
     assert crack["with_defect"] == 5
