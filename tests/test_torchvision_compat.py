@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+from defectgen import _torchvision_compat as _compat
+
 
 def test_torchvision_models_import_and_run_on_this_torch():
     # A fresh interpreter: the shim must act before the first torchvision import.
@@ -35,3 +37,24 @@ def test_a_users_own_import_torchvision_works_in_the_venv():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "(1, 2)"
+
+
+def test_torchvision_s_missing_ops_say_where_the_explanation_is():
+    """In the CPU venv torchvision.ops.nms cannot run; its error names the README section
+    that explains why, instead of torchvision's advice to match versions (they match).
+    Where the compiled ops load (a CUDA torch), nms runs."""
+    code = (
+        "from defectgen._torchvision_compat import ensure_torchvision_importable as e\n"
+        "import torch, torchvision\n"
+        "try:\n"
+        "    torchvision.ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)\n"
+        "    print(e(), 'ran')\n"
+        "except RuntimeError as exc:\n"
+        "    print(e(), exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    mode, said = out.stdout.strip().split(" ", 1)
+    expected = {"native": "ran", "schemas-only": _compat.OPS_MISSING}
+    assert said == expected[mode]
+    assert "README.md, 'Taking the expanded dataset away'" in _compat.OPS_MISSING

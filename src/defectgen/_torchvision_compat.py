@@ -59,15 +59,59 @@ def ensure_torchvision_importable() -> str:
     return _state["mode"]
 
 
+# What torchvision.ops.nms and the other compiled ops say here, instead of torchvision's
+# "incompatible versions" advice, which does not apply (the versions match; the build is
+# CUDA's): where the explanation is.
+OPS_MISSING = (
+    "torchvision's compiled ops (torchvision.ops.nms, roi_align, ...) cannot load in this "
+    "venv: the locked torchvision is PyPI's CUDA build beside the CPU torch wheel, the only "
+    "pair this machine can install (defectgen's detectors do without them). See README.md, "
+    "'Taking the expanded dataset away'; on a GPU machine `containers/install-locked.sh "
+    "cu128` installs the matching CUDA pair."
+)
+
+
+def _explained(has_ops):
+    """torchvision.extension's _assert_has_ops, raising OPS_MISSING."""
+
+    def _assert_has_ops():
+        if not has_ops():
+            raise RuntimeError(OPS_MISSING)
+
+    return _assert_has_ops
+
+
 class _BeforeTorchvision:
     """A sys.meta_path finder that prepares torch's op registry the first time
-    torchvision is imported, then steps aside (it finds nothing itself)."""
+    torchvision is imported, then steps aside (it finds nothing itself); where the
+    compiled ops cannot load, it leaves _ExplainMissingOps in its place."""
 
     def find_spec(self, name, path=None, target=None):
         if name == "torchvision":
             sys.meta_path.remove(self)
-            ensure_torchvision_importable()
+            if ensure_torchvision_importable() == "schemas-only":
+                sys.meta_path.insert(0, _ExplainMissingOps())
         return None
+
+
+class _ExplainMissingOps:
+    """Loads torchvision.extension, then has its _assert_has_ops raise OPS_MISSING
+    (before torchvision.ops imports it by name); steps aside after."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "torchvision.extension":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            run = spec.loader.exec_module
+
+            def exec_module(module):
+                run(module)
+                module._assert_has_ops = _explained(module._has_ops)
+
+            spec.loader.exec_module = exec_module
+        return spec
 
 
 def install_import_hook() -> None:
