@@ -84,7 +84,10 @@ CHROMIUM_FLAGS = [
 ]  # fmt: skip
 
 # Appended to a copy of the page: records console errors and load failures, then
-# writes how many images decoded into the DOM that --dump-dom prints.
+# writes into the DOM that --dump-dom prints how many images decoded and what a reader
+# sees before scrolling (a 1200 x 900 window): the headings, paragraphs and table rows
+# whose top lies on the first screen.
+FIRST_SCREEN = (1200, 900)
 PROBE = """<script>
 const errors = [];
 const origError = console.error;
@@ -95,7 +98,11 @@ window.addEventListener('load', () => {
   const ok = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
   const out = document.createElement('pre');
   out.id = 'probe';
-  out.textContent = JSON.stringify({images: imgs.length, loaded: ok, errors});
+  const seen = [...document.body.querySelectorAll('h1, h2, h3, p, tr')]
+    .filter(e => e.getBoundingClientRect().top < window.innerHeight)
+    .map(e => ({tag: e.tagName.toLowerCase(), text: e.innerText.trim()}));
+  out.textContent = JSON.stringify({images: imgs.length, loaded: ok, errors,
+                                    first_screen: seen});
   document.body.appendChild(out);
 });
 </script>"""
@@ -103,6 +110,7 @@ window.addEventListener('load', () => {
 
 def render_in_chromium(html_path: Path, tmp: Path) -> dict:
     """Load a page in headless Chromium: a screenshot, and the probe's findings."""
+    import html
     import json
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -117,13 +125,15 @@ def render_in_chromium(html_path: Path, tmp: Path) -> dict:
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip
     assert Image.open(shot).size == (1200, 2000)
+    width, height = FIRST_SCREEN
     dom = subprocess.run(
-        [*common, "--virtual-time-budget=5000", "--dump-dom", probed.as_uri()],
+        [*common, f"--window-size={width},{height}", "--virtual-time-budget=5000",
+         "--dump-dom", probed.as_uri()],
         check=True, capture_output=True, text=True, timeout=120,
     ).stdout  # fmt: skip
     found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
     assert found, "the page did not finish loading in Chromium"
-    return json.loads(found.group(1).replace("&quot;", '"'))
+    return json.loads(html.unescape(found.group(1)))
 
 
 def test_page_renders_in_headless_chromium(tmp_path):
@@ -131,7 +141,10 @@ def test_page_renders_in_headless_chromium(tmp_path):
     path = tmp_path / "report.html"
     path.write_text(html, encoding="utf-8")
     probe = render_in_chromium(path, tmp_path)
-    assert probe == {"images": 2, "loaded": 2, "errors": []}
+    assert {k: probe[k] for k in ("images", "loaded", "errors")} == {
+        "images": 2, "loaded": 2, "errors": []
+    }  # fmt: skip
+    assert probe["first_screen"][0] == {"tag": "h1", "text": "report <x>"}
 
 
 def test_score_charts_start_where_the_differences_show():

@@ -148,8 +148,8 @@ def test_the_probe_grid_labels_each_cell_and_keeps_the_saved_order():
     png = sweep_core.probe_grid(tiles, cells, {"strength": 0.3, "guidance": 1.5})
     pixels, _ = decode_image(png)
     assert pixels.shape[0] > 100 and pixels.shape[1] > 100  # a figure, not the 16 x 16 tiles
-    # the outline is on the chosen cell: second row (s 0.3 as saved, not sorted first),
-    # second column (w 1.5)
+    # the outline is on the chosen cell: second row (strength 0.3 as saved, not sorted),
+    # second column (guidance 1.5)
     red = (pixels[..., 0] > 200) & (pixels[..., 1] < 60) & (pixels[..., 2] < 60)
     rows, cols = np.nonzero(red)
     assert rows.size and rows.mean() > pixels.shape[0] / 2 and cols.mean() > pixels.shape[1] / 2

@@ -94,6 +94,17 @@ def test_repro_twice_resume_params_diff_metrics_and_push(dvc_repo, tmp_path):
     assert evaluation["headline"].startswith("Synthetic vs classical augmentation (resnet18, ")
     probe = render_in_chromium(report, tmp_path)
     assert probe["images"] >= 4 and probe["loaded"] == probe["images"] and not probe["errors"]
+    # what a reader sees before scrolling (Chromium, 1200 x 900): the plain answer once,
+    # the answer per class and what to do next, in words, no sentence twice
+    first = probe["first_screen"]
+    seen = "\n".join(e["text"] for e in first)
+    assert run_summary.answer(evaluation) in seen
+    assert "The answer per class" in [e["text"] for e in first if e["tag"] in ("h2", "h3")]
+    assert [e for e in first if e["tag"] == "tr" and e["text"].startswith("crack")]
+    assert "What next:" in seen
+    assert re.findall(r"\b[a-z0-9]+(?:_[a-z0-9]+)+\b", seen) == []  # no metric key
+    said = [s.strip() for e in first if e["tag"] == "p" for s in e["text"].split(". ")]
+    assert len(said) == len(set(said)), said
 
     # A run killed during train, repeated with nothing changed: the finished stages are
     # not redone, only the side-effect stages run, and DVC restores the lost output from
