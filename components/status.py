@@ -14,14 +14,14 @@ def status(
 ):
     """The exit handler: the run's final state, its error and its stage runs, written
     whether the stages succeeded or not; for a run that did not succeed, also the report
-    rendered from the finished stages' MLflow runs (defectgen.status)."""
+    rendered from the finished stages' MLflow runs (defectgen.reports.status)."""
     import shutil
     import tempfile
     from pathlib import Path
 
+    from defectgen.reports.status import write_status
     from defectgen.runner import key_by_run
     from defectgen.scoped import from_task_params
-    from defectgen.status import write_status
 
     key_by_run(summary.path)  # its MLflow parent under kfp.local (a temp folder is not)
     out = Path(tempfile.mkdtemp()) / "report"

@@ -125,7 +125,7 @@ def test_the_pipeline_s_other_tasks_declare_what_their_code_reads():
     """The KFP tasks that run no stage: the fan-out's class list reads two keys (one of
     them through Params.synthesised), the exit handler every key (it renders the report)."""
     assert dvc_stages.params_read("defectgen.cluster.fanin") == set(declarations.FANOUT_READS)
-    assert dvc_stages.params_read("defectgen.status") == set(declarations.STATUS_READS)
+    assert dvc_stages.params_read("defectgen.reports.status") == set(declarations.STATUS_READS)
 
 
 def test_no_stage_imports_another_stage():

@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.params}: {args.profile} applied (params hash {params.section_hash()})")
             return 0
         if args.command == "summary":
-            from defectgen import summary
+            from defectgen.reports import summary
 
             print(summary.text(args.data))
             return 0

@@ -15,9 +15,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from defectgen import declarations, manifest
-from defectgen import summary as run_summary
+from defectgen.reports import summary as run_summary
 from tests.conftest import REPO, toy_repo_params
-from tests.core.test_page import check_self_contained, render_in_chromium
+from tests.reports.test_page import check_self_contained, render_in_chromium
 
 pytestmark = pytest.mark.slow
 # the declared stages with DVC outputs (register and report always run)

@@ -9,8 +9,8 @@ import pytest
 from kfp import local
 
 from tests.conftest import toy_repo_params
-from tests.core.test_page import check_self_contained
 from tests.e2e.test_kfp_local import _dataset, _one, compiled
+from tests.reports.test_page import check_self_contained
 
 pytestmark = pytest.mark.slow
 

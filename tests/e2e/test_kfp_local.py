@@ -14,7 +14,7 @@ from kfp import components, local
 from defectgen import manifest
 from pipelines.compile import compile_pipeline
 from tests.conftest import save, texture, toy_repo_params
-from tests.core.test_page import check_self_contained
+from tests.reports.test_page import check_self_contained
 
 pytestmark = pytest.mark.slow
 

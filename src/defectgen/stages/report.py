@@ -18,7 +18,7 @@ it shows are all DVC-tracked in the stages it reads. It is logged to MLflow.
 A run that failed part-way still gets a report: every input is optional, the sections
 whose inputs exist are rendered, and the page names the stages it had no output from
 (the cluster's exit handler renders it from what the finished stages logged to MLflow,
-defectgen.status).
+defectgen.reports.status).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import json
 from pathlib import Path
 
 from defectgen import artifacts, manifest
-from defectgen import summary as run_summary
 from defectgen.artifacts import (
     BOXES_PNG,
     CHOSEN_JSON,
@@ -48,9 +47,11 @@ from defectgen.artifacts import (
 )
 from defectgen.atomic import atomic_dir, atomic_write_json, write_file
 from defectgen.config import Params
-from defectgen.core import arms, no_harm, page, stats
-from defectgen.core.page import Cell, Section
+from defectgen.core import arms, no_harm, stats
 from defectgen.declarations import producer
+from defectgen.reports import page
+from defectgen.reports import summary as run_summary
+from defectgen.reports.page import Cell, Section
 from defectgen.resume import file_digest
 
 

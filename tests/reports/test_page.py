@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from defectgen.core import page as page
-from defectgen.core.page import Cell, Section
+from defectgen.reports import page as page
+from defectgen.reports.page import Cell, Section
 
 
 class _Collect(HTMLParser):

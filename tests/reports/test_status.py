@@ -1,4 +1,4 @@
-"""The run status and the failed run's report (defectgen.status), on MLflow with sqlite.
+"""The run status and the failed run's report (defectgen.reports.status), on MLflow with sqlite.
 
 The kfp.local failure test runs this through a real pipeline; here the per-class stage
 runs of a fanned-out run are logged directly, to check the merge and what is named.
@@ -15,9 +15,9 @@ from mlflow.tracking import MlflowClient
 from defectgen import tracking
 from defectgen.cli import main
 from defectgen.config import Params
-from defectgen.status import write_status
+from defectgen.reports.status import write_status
 from tests.conftest import REPO
-from tests.core.test_page import check_self_contained
+from tests.reports.test_page import check_self_contained
 
 
 def _params(root: Path, tracked: bool) -> Params:

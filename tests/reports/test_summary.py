@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 
-from defectgen import cli, summary
+from defectgen import cli
+from defectgen.reports import summary
 
 
 def write(path, content) -> None:
