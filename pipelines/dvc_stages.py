@@ -236,13 +236,14 @@ def main() -> int:
             doc.write_text(_with_dag(doc.read_text(encoding="utf-8")), encoding="utf-8")
         print(f"wrote {DVC_YAML} and the DAG in {', '.join(d.name for d in DAG_DOCS)}")
         return 0
-    stale = [d.name for d in DAG_DOCS if _with_dag(d.read_text(encoding="utf-8")) != d.read_text(
-        encoding="utf-8")] + (["dvc.yaml"] if new != text else [])  # fmt: skip
+    docs = {d.name: d.read_text(encoding="utf-8") for d in DAG_DOCS}
+    stale = [name for name, doc in docs.items() if _with_dag(doc) != doc]
+    stale += ["dvc.yaml"] if new != text else []
     if stale:
-        print(f"{', '.join(stale)} differ from the stage declarations: "
+        print(f"{', '.join(stale)}: differ from the stage declarations; run "
               "python -m pipelines.dvc_stages --write")  # fmt: skip
         return 1
-    print("dvc.yaml matches the stage declarations")
+    print("dvc.yaml and the docs' DAG match the stage declarations")
     return 0
 
 
